@@ -1,0 +1,213 @@
+"""Domain types shared by the server and the workers.
+
+Plain frozen dataclasses and int enums; protobuf types stop at the gRPC edge. Enum
+values equal the proto enum numbers so that the edge converts with a plain int cast.
+Times are Unix epoch seconds as floats.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+
+class BatchState(enum.IntEnum):
+    QUEUED = 1
+    RUNNING = 2
+    CANCELLING = 3
+    COMPLETED = 4
+    FAILED = 5
+    CANCELLED = 6
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_BATCH_STATES
+
+
+TERMINAL_BATCH_STATES = frozenset(
+    {BatchState.COMPLETED, BatchState.FAILED, BatchState.CANCELLED}
+)
+
+
+class ItemState(enum.IntEnum):
+    PENDING = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_ITEM_STATES
+
+
+TERMINAL_ITEM_STATES = frozenset({ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Cloud Tasks retry semantics. Zero fields mean "take the default"."""
+
+    max_attempts: int = 0
+    min_backoff: float = 0.0
+    max_backoff: float = 0.0
+    max_doublings: int = 0
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch is run. Zero fields mean "take the default" until merged."""
+
+    chunk_size: int = 0
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    max_concurrent: int = 0
+    max_per_second: float = 0.0
+    burst: int = 0
+    rate_limit_key: str = ""
+    priority: int = 0
+    item_timeout: float = 0.0
+
+    def merged_over(self, defaults: BatchOptions) -> BatchOptions:
+        """These options, with every zero field taken from `defaults`."""
+        return _merge(self, defaults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchOptions:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        retry = values.pop("retry_policy", None) or {}
+        retry_known = {f.name for f in fields(RetryPolicy)}
+        policy = RetryPolicy(**{k: v for k, v in retry.items() if k in retry_known})
+        return cls(retry_policy=policy, **values)
+
+
+def _merge(primary: Any, fallback: Any) -> Any:
+    changes: dict[str, Any] = {}
+    for f in fields(primary):
+        mine, theirs = getattr(primary, f.name), getattr(fallback, f.name)
+        if isinstance(mine, RetryPolicy):
+            changes[f.name] = _merge(mine, theirs)
+        elif not mine:
+            changes[f.name] = theirs
+    return replace(primary, **changes)
+
+
+@dataclass(frozen=True)
+class ItemCounts:
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.running + self.succeeded + self.failed + self.cancelled
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A committed batch as the store keeps it."""
+
+    batch_id: str
+    handler: str
+    state: BatchState
+    options: BatchOptions
+    metadata: Mapping[str, str]
+    request_id: str
+    total_items: int
+    chunk_count: int
+    counts: ItemCounts
+    create_time: float
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item on its way in: params already validated, as compact JSON bytes."""
+
+    custom_id: str
+    params_json: bytes
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Everything about a new batch except its items.
+
+    `options` are the effective options (defaults merged in by the edge). The store
+    digests the spec and the items as they arrive to recognise request_id replays.
+    """
+
+    batch_id: str
+    handler: str
+    options: BatchOptions
+    metadata: Mapping[str, str]
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """The terminal outcome of one item, as a worker records it."""
+
+    index: int  # position in the batch, from 0
+    state: ItemState
+    attempts: int
+    start_time: float | None
+    end_time: float | None
+    output_json: bytes | None = None  # a JSON object, for SUCCEEDED
+    error_code: int = 0  # a google.rpc.Code, for FAILED
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """One item as ListBatchItems shows it: its id plus its outcome or live state."""
+
+    custom_id: str
+    index: int
+    state: ItemState
+    attempts: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    output_json: bytes | None = None
+    error_code: int = 0
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """What a worker publishes about a handler it serves."""
+
+    name: str
+    description: str
+    params_schema: Mapping[str, Any]
+    default_options: BatchOptions = field(default_factory=BatchOptions)
+
+
+@dataclass(frozen=True)
+class HandlerStatus:
+    spec: HandlerSpec
+    live_workers: int
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    """A chunk handed to a worker: the items it still has to run."""
+
+    batch_id: str
+    chunk: int
+    handler: str
+    options: BatchOptions
+    first_index: int  # global index of the chunk's first item
+    items: list[tuple[int, str, bytes]]  # (global index, custom_id, params_json) not yet done
