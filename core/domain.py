@@ -26,9 +26,7 @@ class BatchState(enum.IntEnum):
         return self in TERMINAL_BATCH_STATES
 
 
-TERMINAL_BATCH_STATES = frozenset(
-    {BatchState.COMPLETED, BatchState.FAILED, BatchState.CANCELLED}
-)
+TERMINAL_BATCH_STATES = frozenset({BatchState.COMPLETED, BatchState.FAILED, BatchState.CANCELLED})
 
 
 class ItemState(enum.IntEnum):
@@ -71,7 +69,8 @@ class BatchOptions:
 
     def merged_over(self, defaults: BatchOptions) -> BatchOptions:
         """These options, with every zero field taken from `defaults`."""
-        return _merge(self, defaults)
+        merged: BatchOptions = _merge(self, defaults)
+        return merged
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,102 @@
+"""Assembles the gRPC server: BatchService, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+
+from batchd.core.config import Settings
+from batchd.core.keys import Keys
+from batchd.core.logs import get_logger
+from batchd.core.store import BatchStore
+from batchd.server.progress import ProgressHub
+from batchd.server.servicer import BatchServicer
+from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
+
+log = get_logger(__name__)
+
+SERVICE_NAME = batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+# SubmitBatch takes up to 4 MiB of items; the envelope gets a little room on top.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 64 * 1024
+HEALTH_CHECK_INTERVAL = 1.0
+
+
+@dataclass
+class BatchdServer:
+    """A running server; `port` is the bound port (useful with port 0)."""
+
+    server: grpc.aio.Server
+    port: int
+    redis: Redis
+    hub: ProgressHub
+    health: health.aio.HealthServicer
+    _monitor: asyncio.Task[None]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._monitor
+        await self.hub.close()
+        await self.server.stop(grace)
+        await self.redis.aclose()
+        log.info("server_stopped")
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
+    """Starts serving on settings.host:port (or `port`, 0 for any free one)."""
+    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+    store = BatchStore(redis, Keys(settings.key_prefix))
+    hub = ProgressHub(store)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    batch_service_pb2_grpc.add_BatchServiceServicer_to_server(
+        BatchServicer(store, hub, settings), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{settings.host}:{settings.port if port is None else port}")
+    await server.start()
+    monitor = asyncio.create_task(_watch_redis(store, health_servicer), name="health-monitor")
+    log.info("server_started", port=bound)
+    return BatchdServer(server, bound, redis, hub, health_servicer, monitor)
+
+
+async def _watch_redis(store: BatchStore, servicer: health.aio.HealthServicer) -> None:
+    """Reports NOT_SERVING while Redis does not answer: without it we can do nothing."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    current = None
+    while True:
+        try:
+            alive = await asyncio.wait_for(store.ping(), HEALTH_CHECK_INTERVAL)
+        except Exception:
+            alive = False
+        status = serving if alive else not_serving
+        if status != current:
+            for name in ("", SERVICE_NAME):
+                await servicer.set(name, status)
+            log.info("health_changed", serving=alive)
+            current = status
+        await asyncio.sleep(HEALTH_CHECK_INTERVAL)

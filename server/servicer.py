@@ -1,0 +1,266 @@
+"""The BatchService implementation: validate, convert, call the store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from batchd.core.config import Settings
+from batchd.core.domain import BatchOptions, BatchSpec, BatchState, ItemState
+from batchd.core.errors import InvalidRequest
+from batchd.core.logs import get_logger
+from batchd.core.store import BatchStore, UploadSession
+from batchd.server import convert, validation
+from batchd.server.errors import translate_errors
+from batchd.server.progress import ProgressHub
+from batchd.server.validation import SchemaCache, Violations
+from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
+
+log = get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1_000
+DEFAULT_MIN_INTERVAL = 0.25
+MIN_MIN_INTERVAL = 0.01
+DEFAULT_HEARTBEAT = 5.0
+
+
+class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
+    def __init__(self, store: BatchStore, hub: ProgressHub, settings: Settings) -> None:
+        self.store = store
+        self.hub = hub
+        self.schemas = SchemaCache()
+        self.worker_ttl = settings.worker_ttl
+        self.service_defaults = BatchOptions(chunk_size=settings.default_chunk_size)
+
+    # -- submitting -------------------------------------------------------------------
+    @translate_errors
+    async def SubmitBatch(
+        self, request: batch_service_pb2.SubmitBatchRequest, context: Context
+    ) -> batch_service_pb2.SubmitBatchResponse:
+        violations = Violations()
+        if not request.items:
+            violations.add("items", "at least one item is required")
+        elif len(request.items) > validation.MAX_ITEMS_PER_MESSAGE:
+            violations.add("items", f"at most {validation.MAX_ITEMS_PER_MESSAGE} per message")
+        upload = await self._begin(violations, request, request.items)
+        batch, replayed = await _finish(upload.session)
+        return batch_service_pb2.SubmitBatchResponse(
+            batch=convert.batch_to_proto(batch), replayed=replayed
+        )
+
+    @translate_errors
+    async def UploadBatch(
+        self,
+        request_iterator: AsyncIterator[batch_service_pb2.UploadBatchRequest],
+        context: Context,
+    ) -> batch_service_pb2.UploadBatchResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidRequest.for_field("header", "the first message must be the header")
+        upload = await self._begin(Violations(), first.header, ())
+        try:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "items":
+                    raise InvalidRequest.for_field("header", "only the first message is a header")
+                await upload.add(message.items.items)
+        except BaseException:
+            # A broken stream, a bad item or a cancelled call: nothing may stay behind.
+            await upload.session.abort()
+            raise
+        batch, replayed = await _finish(upload.session)
+        return batch_service_pb2.UploadBatchResponse(
+            batch=convert.batch_to_proto(batch), replayed=replayed
+        )
+
+    async def _begin(
+        self,
+        violations: Violations,
+        header: batch_service_pb2.SubmitBatchRequest | batch_service_pb2.UploadBatchHeader,
+        items: Any,
+    ) -> _Upload:
+        spec = await self.store.get_handler(header.handler) if header.handler else None
+        validation.check_header(
+            violations,
+            handler=header.handler,
+            spec=spec,
+            metadata=header.metadata,
+            request_id=header.request_id,
+            batch_id=header.batch_id,
+            options=header.options,
+        )
+        violations.raise_if_any()
+        assert spec is not None  # check_header reported a missing handler
+        batch_id = header.batch_id or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(batch_id=batch_id)
+        batch_spec = BatchSpec(
+            batch_id=batch_id,
+            handler=header.handler,
+            options=validation.effective_options(header.options, spec, self.service_defaults),
+            metadata=dict(header.metadata),
+            request_id=header.request_id,
+        )
+        validator = self.schemas.validator(spec)
+        new_items = validation.check_items(violations, items, first_index=0, validator=validator)
+        violations.raise_if_any()
+        upload = _Upload(await self.store.begin_upload(batch_spec), validator)
+        if new_items:
+            try:
+                await upload.session.add_items(new_items)
+            except BaseException:
+                await upload.session.abort()
+                raise
+        return upload
+
+    # -- reading ----------------------------------------------------------------------
+    @translate_errors
+    async def GetBatch(
+        self, request: batch_service_pb2.GetBatchRequest, context: Context
+    ) -> batch_service_pb2.GetBatchResponse:
+        batch = await self.store.get_batch(_batch_id(request.batch_id))
+        return batch_service_pb2.GetBatchResponse(batch=convert.batch_to_proto(batch))
+
+    @translate_errors
+    async def ListBatches(
+        self, request: batch_service_pb2.ListBatchesRequest, context: Context
+    ) -> batch_service_pb2.ListBatchesResponse:
+        states = [BatchState(s) for s in _known(request.states, BatchState, "states")]
+        batches, token = await self.store.list_batches(
+            _page_size(request.page_size), request.page_token, states
+        )
+        return batch_service_pb2.ListBatchesResponse(
+            batches=[convert.batch_to_proto(b) for b in batches], next_page_token=token
+        )
+
+    @translate_errors
+    async def ListBatchItems(
+        self, request: batch_service_pb2.ListBatchItemsRequest, context: Context
+    ) -> batch_service_pb2.ListBatchItemsResponse:
+        states = [ItemState(s) for s in _known(request.states, ItemState, "states")]
+        items, token = await self.store.list_items(
+            _batch_id(request.batch_id), _page_size(request.page_size), request.page_token, states
+        )
+        return batch_service_pb2.ListBatchItemsResponse(
+            items=[convert.item_to_proto(i) for i in items], next_page_token=token
+        )
+
+    @translate_errors
+    async def ListHandlers(
+        self, request: batch_service_pb2.ListHandlersRequest, context: Context
+    ) -> batch_service_pb2.ListHandlersResponse:
+        handlers = await self.store.list_handlers(self.worker_ttl)
+        return batch_service_pb2.ListHandlersResponse(
+            handlers=[convert.handler_to_proto(h) for h in sorted(handlers, key=_name)]
+        )
+
+    # -- changing ---------------------------------------------------------------------
+    @translate_errors
+    async def CancelBatch(
+        self, request: batch_service_pb2.CancelBatchRequest, context: Context
+    ) -> batch_service_pb2.CancelBatchResponse:
+        batch = await self.store.cancel_batch(_batch_id(request.batch_id))
+        log.info("batch_cancel_requested", batch_id=batch.batch_id, state=batch.state.name)
+        return batch_service_pb2.CancelBatchResponse(batch=convert.batch_to_proto(batch))
+
+    # -- watching ---------------------------------------------------------------------
+    @translate_errors
+    async def WatchProgress(
+        self, request: batch_service_pb2.WatchProgressRequest, context: Context
+    ) -> AsyncIterator[batch_service_pb2.WatchProgressResponse]:
+        batch_id = _batch_id(request.batch_id)
+        structlog.contextvars.bind_contextvars(batch_id=batch_id)
+        min_interval = DEFAULT_MIN_INTERVAL
+        if request.HasField("min_interval"):
+            min_interval = max(convert.seconds(request.min_interval), MIN_MIN_INTERVAL)
+        heartbeat = DEFAULT_HEARTBEAT
+        if request.HasField("heartbeat_interval"):
+            heartbeat = max(convert.seconds(request.heartbeat_interval), min_interval)
+        await self.store.get_batch(batch_id)  # NOT_FOUND before the stream starts
+        async for snapshot, is_heartbeat in self.hub.watch(
+            batch_id, min_interval=min_interval, heartbeat_interval=heartbeat
+        ):
+            yield batch_service_pb2.WatchProgressResponse(
+                progress=_progress(snapshot), heartbeat=is_heartbeat
+            )
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """A batch being stored, with the validator for its handler's params."""
+
+    session: UploadSession
+    validator: validation.Validator
+
+    async def add(self, items: Any) -> None:
+        violations = Violations()
+        new_items = validation.check_items(
+            violations, items, first_index=self.session.item_count, validator=self.validator
+        )
+        violations.raise_if_any()
+        await self.session.add_items(new_items)
+
+
+async def _finish(session: UploadSession) -> tuple[Any, bool]:
+    try:
+        batch, replayed = await session.commit()
+    except BaseException:
+        await session.abort()
+        raise
+    log.info(
+        "batch_submitted",
+        batch_id=batch.batch_id,
+        handler=batch.handler,
+        items=batch.total_items,
+        chunks=batch.chunk_count,
+        replayed=replayed,
+    )
+    return batch, replayed
+
+
+def _progress(snapshot: Any) -> batch_pb2.BatchProgress:
+    batch = snapshot.batch
+    progress = batch_pb2.BatchProgress(
+        batch_id=batch.batch_id,
+        state=int(batch.state),  # type: ignore[arg-type]
+        total_items=batch.total_items,
+        counts=convert.counts_to_proto(batch.counts),
+        items_per_second=snapshot.items_per_second,
+        create_time=convert.timestamp(batch.create_time),
+        start_time=convert.timestamp(batch.start_time),
+        end_time=convert.timestamp(batch.end_time),
+        observe_time=convert.timestamp(snapshot.observed_at),
+    )
+    if snapshot.eta is not None:
+        progress.eta.CopyFrom(convert.duration(snapshot.eta))
+    return progress
+
+
+def _batch_id(batch_id: str) -> str:
+    if not batch_id:
+        raise InvalidRequest.for_field("batch_id", "required")
+    if not validation.ID_PATTERN.fullmatch(batch_id):
+        raise InvalidRequest.for_field("batch_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]")
+    return batch_id
+
+
+def _page_size(requested: int) -> int:
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _known(values: Any, enum: Any, field: str) -> list[int]:
+    known = {int(member) for member in enum}
+    for position, value in enumerate(values):
+        if value not in known:
+            raise InvalidRequest.for_field(f"{field}[{position}]", f"unknown state {value}")
+    return list(values)
+
+
+def _name(status: Any) -> str:
+    return str(status.spec.name)

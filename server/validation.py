@@ -1,0 +1,215 @@
+"""Checks a submitted batch before anything is stored.
+
+Every problem becomes a field violation naming the field (`items[12].custom_id`,
+`items[3].params.url`) so a caller can fix its request; items are checked against the
+handler's JSON Schema as published by the workers, so the server needs none of the
+handlers' code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import fastjsonschema
+
+from batchd.core.domain import BatchOptions, HandlerSpec, NewItem
+from batchd.core.errors import FieldViolation, InvalidRequest
+from batchd.server import convert
+from batchd.v1 import batch_pb2
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_ITEMS_PER_MESSAGE = 10_000
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MAX_REQUEST_ID = 128
+MAX_CHUNK_SIZE = 10_000
+MAX_ATTEMPTS = 100
+MAX_PRIORITY = 1_000
+MAX_ITEM_TIMEOUT = 24 * 3600.0
+# A request with thousands of bad items names the first ones; that is enough to act on.
+MAX_VIOLATIONS = 100
+
+Validator = Callable[[Any], Any]
+
+
+class Violations:
+    """Collects field violations; `raise_if_any` turns them into one InvalidRequest."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        if len(self.items) < MAX_VIOLATIONS:
+            self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            first = self.items[0]
+            more = f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""
+            raise InvalidRequest(f"{first.field}: {first.description}{more}", self.items)
+
+
+class SchemaCache:
+    """Compiled params validators, one per distinct published schema."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, Validator] = {}
+
+    def validator(self, spec: HandlerSpec) -> Validator:
+        key = json.dumps(spec.params_schema, sort_keys=True)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = fastjsonschema.compile(dict(spec.params_schema))
+            self._compiled[key] = compiled
+        return compiled
+
+
+def check_header(
+    violations: Violations,
+    *,
+    handler: str,
+    spec: HandlerSpec | None,
+    metadata: Mapping[str, str],
+    request_id: str,
+    batch_id: str,
+    options: batch_pb2.BatchOptions,
+) -> None:
+    if not handler:
+        violations.add("handler", "required")
+    elif spec is None:
+        violations.add("handler", f"unknown handler {handler!r}: no worker has published it")
+    _check_metadata(violations, metadata)
+    if len(request_id) > MAX_REQUEST_ID:
+        violations.add("request_id", f"at most {MAX_REQUEST_ID} characters")
+    if batch_id and not ID_PATTERN.fullmatch(batch_id):
+        violations.add("batch_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]")
+    _check_options(violations, options)
+
+
+def _check_metadata(violations: Violations, metadata: Mapping[str, str]) -> None:
+    if len(metadata) > MAX_METADATA_PAIRS:
+        violations.add("metadata", f"at most {MAX_METADATA_PAIRS} pairs")
+    for key, value in metadata.items():
+        if not 1 <= len(key) <= MAX_METADATA_KEY:
+            violations.add(
+                f"metadata[{key[:64]!r}]", f"keys are 1 to {MAX_METADATA_KEY} characters"
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            violations.add(
+                f"metadata[{key!r}]", f"values are at most {MAX_METADATA_VALUE} characters"
+            )
+
+
+def _check_options(violations: Violations, options: batch_pb2.BatchOptions) -> None:
+    if options.chunk_size > MAX_CHUNK_SIZE:
+        violations.add("options.chunk_size", f"at most {MAX_CHUNK_SIZE}")
+    retry = options.retry_policy
+    if retry.max_attempts > MAX_ATTEMPTS:
+        violations.add("options.retry_policy.max_attempts", f"at most {MAX_ATTEMPTS}")
+    for name in ("min_backoff", "max_backoff"):
+        if convert.seconds(getattr(retry, name)) < 0:
+            violations.add(f"options.retry_policy.{name}", "must not be negative")
+    if retry.HasField("max_backoff") and convert.seconds(retry.max_backoff) < convert.seconds(
+        retry.min_backoff
+    ):
+        violations.add("options.retry_policy.max_backoff", "must not be below min_backoff")
+    if not math.isfinite(options.max_per_second) or options.max_per_second < 0:
+        violations.add("options.max_per_second", "must be a finite number, 0 or more")
+    if abs(options.priority) > MAX_PRIORITY:
+        violations.add("options.priority", f"must be within ±{MAX_PRIORITY}")
+    timeout = convert.seconds(options.item_timeout)
+    if not 0 <= timeout <= MAX_ITEM_TIMEOUT:
+        violations.add("options.item_timeout", "must be between 0 and 24 hours")
+
+
+def effective_options(
+    requested: batch_pb2.BatchOptions, spec: HandlerSpec, service_defaults: BatchOptions
+) -> BatchOptions:
+    """The options in force: the request's, then the handler's, then the service's."""
+    options = convert.options_from_proto(requested)
+    return options.merged_over(spec.default_options).merged_over(service_defaults)
+
+
+def check_items(
+    violations: Violations,
+    items: Iterable[batch_pb2.Item],
+    *,
+    first_index: int,
+    validator: Validator | None,
+) -> list[NewItem]:
+    """Checks one message's items; returns them ready to store (params as compact JSON).
+
+    Duplicate custom_ids within the message are caught here; across messages, the store
+    catches them as chunks are staged.
+    """
+    accepted: list[NewItem] = []
+    seen: dict[str, int] = {}
+    for offset, item in enumerate(items):
+        index = first_index + offset
+        field = f"items[{index}]"
+        custom_id = item.custom_id
+        if not ID_PATTERN.fullmatch(custom_id):
+            violations.add(f"{field}.custom_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]")
+        elif custom_id in seen:
+            violations.add(f"{field}.custom_id", f"duplicates items[{seen[custom_id]}]")
+        else:
+            seen[custom_id] = index
+        params_json = _params(violations, item, field, validator)
+        if params_json is not None:
+            accepted.append(NewItem(custom_id, params_json))
+    return accepted
+
+
+def _params(
+    violations: Violations, item: batch_pb2.Item, field: str, validator: Validator | None
+) -> bytes | None:
+    payload = item.WhichOneof("payload")
+    params: Any
+    if payload == "params_json":
+        try:
+            params = json.loads(item.params_json)
+        except (ValueError, UnicodeDecodeError) as exc:
+            violations.add(f"{field}.params_json", f"not valid JSON: {exc}")
+            return None
+        if not isinstance(params, dict):
+            violations.add(f"{field}.params_json", "must be a JSON object")
+            return None
+        encoded = item.params_json.strip()
+    else:
+        params = convert.struct_to_dict(item.params) if payload == "params" else {}
+        encoded = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+    if validator is not None:
+        try:
+            validator(params)
+        except fastjsonschema.JsonSchemaException as exc:
+            violations.add(_schema_field(field, exc), _schema_message(exc))
+            return None
+    return encoded
+
+
+def _schema_field(field: str, exc: fastjsonschema.JsonSchemaException) -> str:
+    path = getattr(exc, "path", None) or []
+    # fastjsonschema paths start with "data"; the rest are property names or indexes.
+    suffix = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in list(path)[1:])
+    return f"{field}.params{suffix}"
+
+
+def _schema_message(exc: fastjsonschema.JsonSchemaException) -> str:
+    message = str(getattr(exc, "message", exc))
+    return message.replace("data.", "params.").replace("data ", "params ")
+
+
+def chunked(items: Iterable[batch_pb2.Item], size: int) -> Iterator[list[batch_pb2.Item]]:
+    batch: list[batch_pb2.Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
