@@ -162,7 +162,9 @@ def main() -> int:
         if args.check:
             problems += vendored
             if problems:
-                print("gen_protos: generated files are stale:", *problems, sep="\n  ", file=sys.stderr)
+                print(
+                    "gen_protos: generated files are stale:", *problems, sep="\n  ", file=sys.stderr
+                )
                 print("run: .venv/bin/python scripts/gen_protos.py", file=sys.stderr)
                 return 1
             print(f"gen_protos: {rel} and {VENDORED_ROOT.relative_to(ROOT)} are up to date")
@@ -174,7 +176,12 @@ def main() -> int:
             shutil.copyfile(fresh / name, committed / name)
         print(f"gen_protos: wrote {rel} ({len(problems)} file(s) changed)")
         if vendored:
-            print("gen_protos: cannot refresh vendored protos:", *vendored, sep="\n  ", file=sys.stderr)
+            print(
+                "gen_protos: cannot refresh vendored protos:",
+                *vendored,
+                sep="\n  ",
+                file=sys.stderr,
+            )
             return 1
     return 0
 
