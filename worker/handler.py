@@ -1,0 +1,159 @@
+"""The handler API: what a user writes to run the items of a batch.
+
+A handler is a `Handler` value: a name, a description, a JSON Schema for its params,
+default batch options and an async `run(params, ctx)` that returns the item's output (a
+JSON object). Optional `startup`/`shutdown` hooks open and close resources shared by every
+item a worker process runs, such as a connection pool.
+
+What `run` raises decides the item's fate:
+
+    Exception
+    └── HandlerError        carries a google.rpc code and a message
+        ├── PermanentError  the item fails now; never retried
+        └── RetryableError  the attempt failed; the item may be retried (after retry_after)
+
+Any other exception fails the item with code UNKNOWN and the exception's message; the
+traceback goes to the worker's log, never into the stored error.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from batchd.core.domain import BatchOptions
+
+__all__ = [
+    "Code",
+    "Handler",
+    "HandlerError",
+    "ItemContext",
+    "PermanentError",
+    "RetryableError",
+    "RunItem",
+    "ShutdownHook",
+    "StartupHook",
+    "WorkerInfo",
+]
+
+# A handler name: what batches refer to, e.g. "http.request".
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+
+
+class Code(enum.IntEnum):
+    """The google.rpc.Code values a handler may fail an item with (a plain int works too)."""
+
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class HandlerError(Exception):
+    """An item failure the handler chose: a google.rpc code and a message for the caller."""
+
+    default_code: int = Code.UNKNOWN
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = int(self.default_code if code is None else code)
+
+
+class PermanentError(HandlerError):
+    """Retrying cannot help (bad input, not found, forbidden): the item fails now."""
+
+    default_code = Code.FAILED_PRECONDITION
+
+
+class RetryableError(HandlerError):
+    """This attempt failed but another may succeed; `retry_after` (seconds) is a hint."""
+
+    default_code = Code.UNAVAILABLE
+
+    def __init__(
+        self, message: str, *, code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ItemContext:
+    """What a handler knows about the item it runs, besides its params."""
+
+    batch_id: str
+    custom_id: str
+    attempt: int  # 1 for the first attempt
+    # Bound with batch_id and custom_id. Never log params or outputs with it.
+    logger: structlog.typing.FilteringBoundLogger = field(repr=False, compare=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and workers: pass it on to APIs that deduplicate."""
+        return f"{self.batch_id}/{self.custom_id}"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a startup hook learns about the worker process it runs in."""
+
+    worker_id: str
+    concurrency: int  # items in flight at most in this process: size pools to it
+
+
+class RunItem(Protocol):
+    """Runs one item: returns its output, a JSON object (or raises, see HandlerError)."""
+
+    def __call__(
+        self, params: dict[str, Any], ctx: ItemContext, /
+    ) -> Awaitable[Mapping[str, Any]]: ...
+
+
+class StartupHook(Protocol):
+    """Opens what the handler shares across items, once per worker process."""
+
+    def __call__(self, worker: WorkerInfo, /) -> Awaitable[None]: ...
+
+
+class ShutdownHook(Protocol):
+    """Closes what the startup hook opened, after the last item."""
+
+    def __call__(self) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Handler:
+    """A named piece of work a worker serves; see the module docstring."""
+
+    name: str
+    run: RunItem = field(compare=False)
+    description: str = ""
+    # JSON Schema every item's params must satisfy; the server checks it at submit time.
+    params_schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+    default_options: BatchOptions = field(default_factory=BatchOptions)
+    startup: StartupHook | None = field(default=None, compare=False)
+    shutdown: ShutdownHook | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"handler name {self.name!r}: lowercase words of [a-z0-9_] joined by dots"
+            )
