@@ -1,0 +1,231 @@
+"""`http.request`: one outbound HTTP call per item.
+
+Every item of a worker process goes through one aiohttp `ClientSession`, opened by the
+startup hook with a connection pool as large as the worker's concurrency, and closed by
+the shutdown hook. The session keeps no cookies: items must not see each other's.
+
+How a response or an error maps to the item's fate:
+
+    2xx, 3xx (after redirects)      SUCCEEDED: status, headers, body (text, capped)
+    408                             retry, DEADLINE_EXCEEDED
+    429                             retry, RESOURCE_EXHAUSTED (Retry-After honoured)
+    5xx                             retry, UNAVAILABLE (Retry-After honoured)
+    other 4xx                       fail, 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED,
+                                    403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ABORTED,
+                                    otherwise FAILED_PRECONDITION
+    timeout                         retry, DEADLINE_EXCEEDED
+    connection error                retry, UNAVAILABLE
+    invalid URL, TLS certificate    fail, INVALID_ARGUMENT / FAILED_PRECONDITION
+"""
+
+from __future__ import annotations
+
+import codecs
+import email.utils
+import time
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import aiohttp
+
+from batchd.core.domain import BatchOptions, RetryPolicy
+from batchd.worker.handler import (
+    Code,
+    Handler,
+    ItemContext,
+    PermanentError,
+    RetryableError,
+    WorkerInfo,
+)
+
+__all__ = ["BODY_LIMIT", "PARAMS_SCHEMA", "http_request_handler"]
+
+# Response bodies are cut to this many bytes (then `body_truncated` is true).
+BODY_LIMIT = 64 * 1024
+DEFAULT_TIMEOUT = 30.0
+USER_AGENT = "batchd-http-request/0.1"
+
+PARAMS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "method": {
+            "type": "string",
+            "enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            "default": "GET",
+        },
+        "url": {"type": "string", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://.+", "maxLength": 8192},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "json": {"description": "A JSON request body (sets Content-Type: application/json)."},
+        "body": {"type": "string", "description": "A text request body."},
+        "timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 600,
+            "default": DEFAULT_TIMEOUT,
+            "description": "Seconds for the whole call, body included.",
+        },
+    },
+    "required": ["url"],
+    "additionalProperties": False,
+    "not": {"required": ["json", "body"]},
+}
+
+_PERMANENT_CODES: dict[int, Code] = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    409: Code.ABORTED,
+}
+
+
+class _HttpRequest:
+    """The handler's state: the worker process's one session."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def startup(self, worker: WorkerInfo) -> None:
+        connector = aiohttp.TCPConnector(limit=max(worker.concurrency, 1))
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def shutdown(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        if self._session is None:
+            raise RuntimeError("http.request used before its startup hook ran")
+        timeout = float(params.get("timeout", DEFAULT_TIMEOUT))
+        body: dict[str, Any] = {}
+        if "json" in params:
+            body["json"] = params["json"]
+        elif "body" in params:
+            body["data"] = str(params["body"]).encode()
+        try:
+            async with self._session.request(
+                str(params.get("method", "GET")),
+                str(params["url"]),
+                headers=params.get("headers"),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                **body,
+            ) as response:
+                _raise_for_status(response)
+                text, truncated = await _read_text(response)
+                return {
+                    "status": response.status,
+                    "headers": _headers(response),
+                    "body": text,
+                    "body_truncated": truncated,
+                }
+        except TimeoutError as exc:  # aiohttp's timeouts subclass it
+            raise RetryableError(
+                f"HTTP request timed out after {timeout:g}s", code=Code.DEADLINE_EXCEEDED
+            ) from exc
+        except aiohttp.InvalidURL as exc:
+            raise PermanentError(f"invalid URL: {exc}", code=Code.INVALID_ARGUMENT) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise PermanentError(
+                f"TLS certificate error: {exc.certificate_error}", code=Code.FAILED_PRECONDITION
+            ) from exc
+        except aiohttp.TooManyRedirects as exc:
+            raise PermanentError("too many redirects", code=Code.FAILED_PRECONDITION) from exc
+        except aiohttp.ClientError as exc:
+            raise RetryableError(
+                f"HTTP request failed: {type(exc).__name__}: {exc}", code=Code.UNAVAILABLE
+            ) from exc
+
+
+def http_request_handler() -> Handler:
+    """A fresh `http.request` handler, with its own (not yet opened) session."""
+    state = _HttpRequest()
+    return Handler(
+        name="http.request",
+        description=(
+            "Makes one HTTP request and returns {status, headers, body, body_truncated}; "
+            f"bodies are cut at {BODY_LIMIT // 1024} KiB. 408, 429, 5xx, timeouts and "
+            "connection errors are retried; other 4xx fail the item."
+        ),
+        params_schema=PARAMS_SCHEMA,
+        default_options=BatchOptions(
+            chunk_size=50,
+            retry_policy=RetryPolicy(
+                max_attempts=5, min_backoff=0.2, max_backoff=60.0, max_doublings=5
+            ),
+        ),
+        run=state.run,
+        startup=state.startup,
+        shutdown=state.shutdown,
+    )
+
+
+def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    status = response.status
+    if status < 400:
+        return
+    message = f"HTTP {status} {response.reason or _reason(status)}".rstrip()
+    if status == 408:
+        raise RetryableError(message, code=Code.DEADLINE_EXCEEDED)
+    if status == 429:
+        raise RetryableError(
+            message, code=Code.RESOURCE_EXHAUSTED, retry_after=_retry_after(response)
+        )
+    if status >= 500:
+        raise RetryableError(message, code=Code.UNAVAILABLE, retry_after=_retry_after(response))
+    raise PermanentError(message, code=_PERMANENT_CODES.get(status, Code.FAILED_PRECONDITION))
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    """Response headers as a plain dict; repeated headers joined with ", "."""
+    merged: dict[str, str] = {}
+    for name, value in response.headers.items():
+        merged[name] = f"{merged[name]}, {value}" if name in merged else value
+    return merged
+
+
+async def _read_text(response: aiohttp.ClientResponse) -> tuple[str, bool]:
+    """At most BODY_LIMIT bytes of the body, decoded; and whether more was left unread."""
+    parts: list[bytes] = []
+    size = 0
+    async for data in response.content.iter_chunked(BODY_LIMIT):
+        parts.append(data)
+        size += len(data)
+        if size > BODY_LIMIT:
+            break
+    raw = b"".join(parts)
+    truncated = len(raw) > BODY_LIMIT
+    try:
+        decoder = codecs.getincrementaldecoder(response.charset or "utf-8")(errors="replace")
+    except LookupError:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    # Not final when cut: a character split at the limit is dropped, not garbled.
+    return decoder.decode(raw[:BODY_LIMIT], final=not truncated), truncated
