@@ -25,6 +25,7 @@ SERVICE_NAME = batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].ful
 # SubmitBatch takes up to 4 MiB of items; the envelope gets a little room on top.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 64 * 1024
 HEALTH_CHECK_INTERVAL = 1.0
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
@@ -40,7 +41,8 @@ class BatchdServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, NOT_SERVING)
         self._monitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._monitor
@@ -51,10 +53,6 @@ class BatchdServer:
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
-
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
 
 
 async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
@@ -78,25 +76,34 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
     )
     bound = server.add_insecure_port(f"{settings.host}:{settings.port if port is None else port}")
     await server.start()
-    monitor = asyncio.create_task(_watch_redis(store, health_servicer), name="health-monitor")
+    redis_health = _RedisHealth(store, health_servicer)
+    await redis_health.check()  # callers see a real status from the first moment
+    monitor = asyncio.create_task(redis_health.run(), name="health-monitor")
     log.info("server_started", port=bound)
     return BatchdServer(server, bound, redis, hub, health_servicer, monitor)
 
 
-async def _watch_redis(store: BatchStore, servicer: health.aio.HealthServicer) -> None:
+class _RedisHealth:
     """Reports NOT_SERVING while Redis does not answer: without it we can do nothing."""
-    serving = health_pb2.HealthCheckResponse.SERVING
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    current = None
-    while True:
+
+    def __init__(self, store: BatchStore, servicer: health.aio.HealthServicer) -> None:
+        self.store = store
+        self.servicer = servicer
+        self.serving: bool | None = None
+
+    async def check(self) -> None:
         try:
-            alive = await asyncio.wait_for(store.ping(), HEALTH_CHECK_INTERVAL)
+            alive = await asyncio.wait_for(self.store.ping(), HEALTH_CHECK_INTERVAL)
         except Exception:
             alive = False
-        status = serving if alive else not_serving
-        if status != current:
+        if alive != self.serving:
+            status = health_pb2.HealthCheckResponse.SERVING if alive else NOT_SERVING
             for name in ("", SERVICE_NAME):
-                await servicer.set(name, status)
+                await self.servicer.set(name, status)
             log.info("health_changed", serving=alive)
-            current = status
-        await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+            self.serving = alive
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+            await self.check()

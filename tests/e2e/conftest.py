@@ -1,0 +1,63 @@
+"""The whole service for end-to-end tests: a real gRPC server on a free port, a real ARQ
+worker (in-process, polling the private Redis) and a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from batchd.client import AsyncClient
+from batchd.core.config import Settings
+from batchd.server.app import BatchdServer, start_server
+from batchd.worker.app import build_worker
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, host="127.0.0.1", worker_concurrency=200)
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Settings) -> AsyncIterator[BatchdServer]:
+    running = await start_server(settings, port=0)
+    yield running
+    await running.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+async def worker(settings: Settings) -> AsyncIterator[None]:
+    worker = build_worker(settings, poll_delay=0.02)
+    task = asyncio.create_task(worker.async_run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await worker.close()
+
+
+@pytest.fixture(scope="session")
+async def client(server: BatchdServer, worker: None) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def http_base() -> AsyncIterator[str]:
+    """A local HTTP peer: /ok/<n> answers 200 with JSON, /missing/<n> answers 404."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"n": request.match_info["n"], "method": request.method})
+
+    app = web.Application()
+    app.router.add_route("*", "/ok/{n}", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()

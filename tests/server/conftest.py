@@ -1,0 +1,57 @@
+"""A real batchd gRPC server on a free port, against the session's private Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+
+from batchd.core.config import Settings
+from batchd.core.domain import BatchOptions, HandlerSpec, RetryPolicy
+from batchd.core.store import BatchStore
+from batchd.server.app import BatchdServer, start_server
+from batchd.v1 import batch_service_pb2_grpc
+
+# A handler published by a stand-in worker: the server validates against the catalog
+# alone, so these tests need no worker process.
+ECHO = HandlerSpec(
+    name="test.echo",
+    description="Echoes its params.",
+    params_schema={
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0}, "s": {"type": "string"}},
+        "required": ["n"],
+        "additionalProperties": False,
+    },
+    default_options=BatchOptions(chunk_size=7, retry_policy=RetryPolicy(max_attempts=3)),
+)
+
+
+@pytest.fixture(scope="session")
+async def store(redis_url: str) -> AsyncIterator[BatchStore]:
+    redis = Redis.from_url(redis_url)
+    store = BatchStore(redis)
+    await store.publish_worker(f"test-{uuid.uuid4().hex}", [ECHO], ttl=3600)
+    yield store
+    await redis.aclose()
+
+
+@pytest.fixture(scope="session")
+async def server(redis_url: str, store: BatchStore) -> AsyncIterator[BatchdServer]:
+    running = await start_server(Settings(redis_url=redis_url, host="127.0.0.1"), port=0)
+    yield running
+    await running.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+async def channel(server: BatchdServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def stub(channel: grpc.aio.Channel) -> batch_service_pb2_grpc.BatchServiceStub:
+    return batch_service_pb2_grpc.BatchServiceStub(channel)

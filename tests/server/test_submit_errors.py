@@ -1,0 +1,169 @@
+"""Every bad request gets its status code and a field violation naming the field, and
+nothing of a rejected batch is stored."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from batchd.core.store import BatchStore
+from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
+
+Stub = batch_service_pb2_grpc.BatchServiceStub
+
+
+def items(count: int, **params: Any) -> list[batch_pb2.Item]:
+    body = json.dumps({"n": 1, **params}).encode()
+    return [batch_pb2.Item(custom_id=f"i{i}", params_json=body) for i in range(count)]
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "no rich status attached"
+    found: dict[str, str] = {}
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            found.update({v.field: v.description for v in bad_request.field_violations})
+    return found
+
+
+async def submit_error(stub: Stub, **fields: Any) -> grpc.aio.AioRpcError:
+    fields.setdefault("handler", "test.echo")
+    fields.setdefault("items", items(3))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SubmitBatch(batch_service_pb2.SubmitBatchRequest(**fields))
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"handler": ""}, "handler"),
+        ({"handler": "no.such.handler"}, "handler"),
+        ({"items": []}, "items"),
+        (
+            {"items": [batch_pb2.Item(custom_id="bad id!", params_json=b'{"n":1}')]},
+            "items[0].custom_id",
+        ),
+        (
+            {"items": [batch_pb2.Item(custom_id="x" * 65, params_json=b'{"n":1}')]},
+            "items[0].custom_id",
+        ),
+        (
+            {"items": [*items(2), batch_pb2.Item(custom_id="i0", params_json=b'{"n":1}')]},
+            "items[2].custom_id",
+        ),
+        ({"items": [batch_pb2.Item(custom_id="a", params_json=b"{nope")]}, "items[0].params_json"),
+        ({"items": [batch_pb2.Item(custom_id="a", params_json=b"[1]")]}, "items[0].params_json"),
+        ({"items": [batch_pb2.Item(custom_id="a", params_json=b'{"n":-1}')]}, "items[0].params.n"),
+        ({"items": [batch_pb2.Item(custom_id="a", params_json=b'{"s":"x"}')]}, "items[0].params"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata['k']"),
+        ({"request_id": "r" * 129}, "request_id"),
+        ({"batch_id": "not ok"}, "batch_id"),
+        ({"options": batch_pb2.BatchOptions(chunk_size=10_001)}, "options.chunk_size"),
+        ({"options": batch_pb2.BatchOptions(max_per_second=-1)}, "options.max_per_second"),
+    ],
+)
+async def test_invalid_submit_names_the_field(
+    stub: Stub, store: BatchStore, fields: dict[str, Any], field: str
+) -> None:
+    batch_id = f"rejected-{uuid.uuid4().hex[:8]}"
+    fields.setdefault("batch_id", batch_id)
+    error = await submit_error(stub, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations(error), violations(error)
+    assert not [k async for k in store.redis.scan_iter(match=f"*{batch_id}*")]
+
+
+async def test_struct_params_are_validated_like_json(stub: Stub) -> None:
+    item = batch_pb2.Item(custom_id="a")
+    item.params.update({"n": "one"})
+    error = await submit_error(stub, items=[item])
+    assert "items[0].params.n" in violations(error)
+
+
+async def test_many_bad_items_each_named(stub: Stub) -> None:
+    bad = [batch_pb2.Item(custom_id=f"i{i}", params_json=b'{"n":-1}') for i in range(5)]
+    error = await submit_error(stub, items=items(0) + bad)
+    assert set(violations(error)) == {f"items[{i}].params.n" for i in range(5)}
+
+
+async def test_unknown_batch_is_not_found(stub: Stub) -> None:
+    for call in (
+        stub.GetBatch(batch_service_pb2.GetBatchRequest(batch_id="missing")),
+        stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id="missing")),
+        stub.ListBatchItems(batch_service_pb2.ListBatchItemsRequest(batch_id="missing")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    watch = stub.WatchProgress(batch_service_pb2.WatchProgressRequest(batch_id="missing"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in watch:
+            pass
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_taken_batch_id_already_exists(stub: Stub) -> None:
+    batch_id = f"mine-{uuid.uuid4().hex[:8]}"
+    request = batch_service_pb2.SubmitBatchRequest(
+        handler="test.echo", items=items(3), batch_id=batch_id
+    )
+    first = await stub.SubmitBatch(request)
+    assert first.batch.batch_id == batch_id
+    request.items[0].custom_id = "different"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SubmitBatch(request)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_request_id_replay_returns_the_original(stub: Stub) -> None:
+    request_id = uuid.uuid4().hex
+    request = batch_service_pb2.SubmitBatchRequest(
+        handler="test.echo", items=items(20), request_id=request_id
+    )
+    first = await stub.SubmitBatch(request)
+    again = await stub.SubmitBatch(request)
+    assert again.replayed
+    assert not first.replayed
+    assert again.batch.batch_id == first.batch.batch_id
+    request.items[5].params_json = b'{"n": 2}'
+    error = await submit_error(
+        stub, handler="test.echo", items=request.items, request_id=request_id
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in violations(error)
+
+
+async def test_request_id_replay_with_chosen_batch_id(stub: Stub) -> None:
+    request = batch_service_pb2.SubmitBatchRequest(
+        handler="test.echo",
+        items=items(4),
+        request_id=uuid.uuid4().hex,
+        batch_id=f"chosen-{uuid.uuid4().hex[:8]}",
+    )
+    first = await stub.SubmitBatch(request)
+    again = await stub.SubmitBatch(request)
+    assert again.replayed
+    assert again.batch.batch_id == first.batch.batch_id == request.batch_id
+
+
+async def test_defaults_come_from_the_handler(stub: Stub) -> None:
+    response = await stub.SubmitBatch(
+        batch_service_pb2.SubmitBatchRequest(handler="test.echo", items=items(20))
+    )
+    batch = response.batch
+    assert batch.options.chunk_size == 7
+    assert batch.options.retry_policy.max_attempts == 3
+    assert batch.chunk_count == 3
+    assert batch.total_items == 20
+    assert batch.state == batch_pb2.BATCH_STATE_QUEUED
+    assert batch.counts.pending == 20
