@@ -1,0 +1,76 @@
+"""The ARQ job codec shared by the server (which enqueues) and the workers (which run).
+
+A chunk job carries references only, `(batch_id, chunk)`, and every job and result goes
+through msgpack: nothing is ever pickled. The server enqueues jobs inside its own
+MULTI/EXEC (see `BatchStore` commit), so `chunk_job` builds exactly the key, bytes,
+score and expiry that `arq.connections.ArqRedis.enqueue_job` would write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from arq.constants import expires_extra_ms, job_key_prefix
+from arq.jobs import serialize_job
+
+# The name the worker registers its chunk coroutine under.
+RUN_CHUNK = "run_chunk"
+
+# arq's default: a job not started within a day of its score expires unrun.
+DEFAULT_JOB_EXPIRY = expires_extra_ms / 1000
+
+
+def _default(value: object) -> object:
+    # arq stores a failed job's exception as its result; keep its text, not the object.
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    """ARQ `job_serializer`: msgpack, str as str and bytes as bin."""
+    packed: bytes = msgpack.packb(data, use_bin_type=True, default=_default)
+    return packed
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    """ARQ `job_deserializer`, the inverse of `serialize` (tuples come back as lists)."""
+    data: dict[str, Any] = msgpack.unpackb(raw, raw=False)
+    return data
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One ARQ job as enqueue_job stores it: `SET key payload PX expires_ms` and
+    `ZADD queue {job_id: score_ms}`."""
+
+    job_id: str
+    key: str
+    payload: bytes
+    score_ms: int
+    expires_ms: int
+
+
+def chunk_job(
+    job_id: str,
+    batch_id: str,
+    chunk: int,
+    *,
+    now_ms: int,
+    expiry: float = DEFAULT_JOB_EXPIRY,
+) -> ChunkJob:
+    """The job that runs `chunk` of `batch_id`, to run now.
+
+    Like enqueue_job without deferral: the score is the enqueue time and the job key
+    expires `expiry` seconds later (arq's `expires_extra_ms`).
+    """
+    payload = serialize_job(RUN_CHUNK, (batch_id, chunk), {}, None, now_ms, serializer=serialize)
+    return ChunkJob(
+        job_id=job_id,
+        key=job_key_prefix + job_id,
+        payload=payload,
+        score_ms=now_ms,
+        expires_ms=int(expiry * 1000),
+    )
