@@ -1,0 +1,210 @@
+"""How the store's values look in Redis: msgpack chunks and outcomes, meta hashes, JSON
+handler specs and opaque page tokens. Pure functions, no I/O.
+
+Times are Unix seconds (float) in the domain and integer milliseconds in Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+from batchd.core.domain import (
+    BatchOptions,
+    BatchRecord,
+    BatchState,
+    HandlerSpec,
+    ItemCounts,
+    ItemOutcome,
+    ItemState,
+    ItemView,
+    NewItem,
+)
+from batchd.core.errors import InvalidRequest
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def to_ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def from_ms(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no spaces: equal values give equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- chunks and outcomes -----------------------------------------------------------
+
+
+def encode_chunk(items: Sequence[NewItem]) -> bytes:
+    """msgpack `[[custom_id, params_json], ...]`, params as bin."""
+    packed: bytes = msgpack.packb(
+        [(item.custom_id, item.params_json) for item in items], use_bin_type=True
+    )
+    return packed
+
+
+def decode_chunk(raw: bytes) -> list[tuple[str, bytes]]:
+    return [(str(cid), bytes(params)) for cid, params in msgpack.unpackb(raw, raw=False)]
+
+
+def encode_outcome(outcome: ItemOutcome) -> bytes:
+    """msgpack `[state, attempts, start_ms, end_ms, output_json|nil, error_code, error_message]`."""
+    packed: bytes = msgpack.packb(
+        [
+            int(outcome.state),
+            outcome.attempts,
+            to_ms(outcome.start_time),
+            to_ms(outcome.end_time),
+            outcome.output_json,
+            outcome.error_code,
+            outcome.error_message,
+        ],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def decode_outcome(index: int, custom_id: str, raw: bytes) -> ItemView:
+    state, attempts, start, end, output, code, message = msgpack.unpackb(raw, raw=False)
+    return ItemView(
+        custom_id=custom_id,
+        index=index,
+        state=ItemState(state),
+        attempts=attempts,
+        start_time=from_ms(start),
+        end_time=from_ms(end),
+        output_json=None if output is None else bytes(output),
+        error_code=code,
+        error_message=message,
+    )
+
+
+# -- the meta hash -----------------------------------------------------------------
+
+
+def encode_meta(
+    *,
+    handler: str,
+    options: BatchOptions,
+    metadata: Mapping[str, str],
+    request_id: str,
+    digest: str,
+    total: int,
+    chunks: int,
+    chunk_size: int,
+    created_ms: int,
+) -> dict[str, str | int]:
+    """The fields of a new batch's meta hash (docs/design.md, "Keys")."""
+    return {
+        "handler": handler,
+        "state": int(BatchState.QUEUED),
+        "options": canonical_json(options.to_dict()).decode(),
+        "metadata": canonical_json(dict(metadata)).decode(),
+        "request_id": request_id,
+        "digest": digest,
+        "total": total,
+        "chunks": chunks,
+        "chunk_size": chunk_size,
+        "created": created_ms,
+        "n_run": 0,
+        "n_ok": 0,
+        "n_fail": 0,
+        "n_cancel": 0,
+    }
+
+
+def _int(meta: Mapping[bytes, bytes], name: bytes) -> int:
+    raw = meta.get(name)
+    return int(raw) if raw else 0
+
+
+def _time(meta: Mapping[bytes, bytes], name: bytes) -> float | None:
+    raw = meta.get(name)
+    return int(raw) / 1000 if raw else None
+
+
+def decode_meta(batch_id: str, meta: Mapping[bytes, bytes]) -> BatchRecord:
+    """A BatchRecord from HGETALL of `…:meta`; pending is derived, so counts add up."""
+    total = _int(meta, b"total")
+    running, ok, failed, cancelled = (
+        _int(meta, name) for name in (b"n_run", b"n_ok", b"n_fail", b"n_cancel")
+    )
+    counts = ItemCounts(
+        pending=total - running - ok - failed - cancelled,
+        running=running,
+        succeeded=ok,
+        failed=failed,
+        cancelled=cancelled,
+    )
+    return BatchRecord(
+        batch_id=batch_id,
+        handler=meta[b"handler"].decode(),
+        state=BatchState(_int(meta, b"state")),
+        options=BatchOptions.from_dict(json.loads(meta[b"options"])),
+        metadata=json.loads(meta[b"metadata"]),
+        request_id=meta.get(b"request_id", b"").decode(),
+        total_items=total,
+        chunk_count=_int(meta, b"chunks"),
+        counts=counts,
+        create_time=_int(meta, b"created") / 1000,
+        start_time=_time(meta, b"started"),
+        end_time=_time(meta, b"ended"),
+    )
+
+
+# -- the handler catalog -----------------------------------------------------------
+
+
+def encode_handler(spec: HandlerSpec, seen_ms: int) -> bytes:
+    """The catalog entry: the spec plus when a worker serving it last published it."""
+    return canonical_json(
+        {
+            "name": spec.name,
+            "description": spec.description,
+            "params_schema": spec.params_schema,
+            "default_options": spec.default_options.to_dict(),
+            "seen_ms": seen_ms,
+        }
+    )
+
+
+def decode_handler(raw: bytes) -> tuple[HandlerSpec, int]:
+    """(spec, last publish ms) from a catalog entry."""
+    data = json.loads(raw)
+    spec = HandlerSpec(
+        name=data["name"],
+        description=data.get("description", ""),
+        params_schema=data.get("params_schema", {}),
+        default_options=BatchOptions.from_dict(data.get("default_options", {})),
+    )
+    return spec, int(data.get("seen_ms", 0))
+
+
+# -- page tokens -------------------------------------------------------------------
+
+
+def encode_token(text: str) -> str:
+    """An opaque page token (base64url, unpadded)."""
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> str:
+    """The text of a page token; InvalidRequest on `page_token` if it is not one of ours."""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest.for_field("page_token", "not a page token of this listing") from None
