@@ -1,0 +1,269 @@
+"""The upload session: stages a batch chunk by chunk, then commits it in one transaction.
+
+See docs/design.md, "Writing a batch". Staged keys live under the batch's upload lock
+and expire with it, so an upload that dies leaves nothing for long; `abort` deletes
+them at once. At most one chunk is buffered in memory.
+
+The request digest is a SHA-256 over the canonical JSON of
+`{"handler", "options" (as given, defaults merged), "metadata"}`, then, per item in
+order, the JSON array `[custom_id, params]` (params being the item's JSON bytes). The
+batch id is not part of it: a retried request whose batch id the server chose anew is
+still a replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from batchd.core import codec
+from batchd.core.domain import BatchRecord, BatchSpec, NewItem
+from batchd.core.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
+from batchd.core.jobs import chunk_job
+from batchd.core.keys import Keys
+from batchd.core.scripts import Scripts
+
+_COMMIT_ATTEMPTS = 5
+_SLICE = 1000  # keys per DEL / PEXPIRE command
+
+
+def _spec_digest(spec: BatchSpec) -> hashlib._Hash:
+    header = {
+        "handler": spec.handler,
+        "options": spec.options.to_dict(),
+        "metadata": dict(spec.metadata),
+    }
+    return hashlib.sha256(codec.canonical_json(header))
+
+
+def _slices(keys: list[str]) -> list[list[str]]:
+    return [keys[i : i + _SLICE] for i in range(0, len(keys), _SLICE)]
+
+
+class UploadSession:
+    """Stages one batch's chunks, then commits it atomically (or aborts, leaving nothing).
+
+    Made by `BatchStore.begin_upload`. When the spec's request_id is already known the
+    session stages nothing: it only digests the items, and `commit` returns the original
+    batch (or rejects a different body).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        scripts: Scripts,
+        spec: BatchSpec,
+        *,
+        chunk_size: int,
+        token: str,
+        staging_ttl: float,
+        job_expiry: float,
+        replay_of: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.chunk_size = chunk_size
+        self._redis = redis
+        self._keys = keys
+        self._scripts = scripts
+        self._token = token
+        self._ttl_ms = int(staging_ttl * 1000)
+        self._job_expiry = job_expiry
+        self._replay_of = replay_of
+        self._digest = _spec_digest(spec)
+        self._buffer: list[NewItem] = []
+        self._count = 0
+        self._staged = 0  # chunks staged so far
+        self._refreshed = time.monotonic()
+        self._closed = False
+
+    @property
+    def item_count(self) -> int:
+        return self._count
+
+    async def add_items(self, items: Iterable[NewItem]) -> None:
+        """Buffer items; stage every full chunk. InvalidRequest on a duplicate custom_id
+        (field `items[<global index>].custom_id`), after which the session is aborted."""
+        self._check_open()
+        for item in items:
+            self._digest.update(b"[" + codec.canonical_json(item.custom_id) + b",")
+            self._digest.update(item.params_json + b"]")
+            self._count += 1
+            if self._replay_of is not None:
+                continue
+            self._buffer.append(item)
+            if len(self._buffer) >= self.chunk_size:
+                await self._stage()
+
+    async def commit(self) -> tuple[BatchRecord, bool]:
+        """Make the batch visible and runnable; returns (batch, replayed).
+
+        InvalidRequest when the batch holds no items, or when the request_id was used
+        with another body; AlreadyExists when the batch id was taken meanwhile.
+        FailedPrecondition when the upload outlived its staging TTL.
+        """
+        self._check_open()
+        if self._buffer:
+            await self._stage()
+        if self._count == 0:
+            await self.abort()
+            raise InvalidRequest.for_field("items", "a batch needs at least one item")
+        if self._replay_of is not None:
+            self._closed = True
+            return await self._replay(self._replay_of)
+        for _ in range(_COMMIT_ATTEMPTS):
+            try:
+                original = await self._try_commit()
+            except WatchError:
+                continue  # the request key or the lock changed: look again
+            if original is not None:
+                await self.abort()
+                return await self._replay(original)
+            self._closed = True
+            return await self._read_batch(self.spec.batch_id), False
+        raise WatchError(f"commit of batch {self.spec.batch_id!r} kept conflicting")
+
+    async def abort(self) -> None:
+        """Delete everything staged so far and release the batch id. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        if self._replay_of is not None:
+            return
+        lock = self._keys.upload_lock(self.spec.batch_id)
+        staged = [self._keys.chunk(self.spec.batch_id, n) for n in range(self._staged)]
+        staged.append(self._keys.ids(self.spec.batch_id))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(lock)
+                if await pipe.get(lock) != self._token.encode():
+                    return  # expired: whoever holds the batch id now owns these keys
+                pipe.multi()
+                for keys in _slices(staged):
+                    pipe.delete(*keys)
+                pipe.delete(lock)
+                await pipe.execute()
+            except WatchError:
+                pass  # the lock changed hands: nothing here is ours to delete
+
+    # -- internals ------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition(f"the upload of batch {self.spec.batch_id!r} is over")
+
+    async def _stage(self) -> None:
+        batch_id, chunk = self.spec.batch_id, self._staged
+        first = chunk * self.chunk_size
+        ids = [item.custom_id for item in self._buffer]
+        result = await self._scripts.stage_chunk(
+            keys=[
+                self._keys.upload_lock(batch_id),
+                self._keys.ids(batch_id),
+                self._keys.chunk(batch_id, chunk),
+            ],
+            args=[self._token, self._ttl_ms, codec.encode_chunk(self._buffer), first, *ids],
+        )
+        if result == -1:
+            await self.abort()
+            raise FailedPrecondition(f"the upload of batch {batch_id!r} expired")
+        if isinstance(result, list):
+            position, previous = int(result[0]), int(result[1])
+            await self.abort()
+            raise InvalidRequest.for_field(
+                f"items[{first + position}].custom_id",
+                f"custom_id {ids[position]!r} is already used by items[{previous}]",
+            )
+        self._staged += 1
+        self._buffer.clear()
+        await self._refresh_ttls()
+
+    async def _refresh_ttls(self) -> None:
+        """Keep early chunks alive through a long upload: the script refreshes the lock
+        and ids with every chunk; the chunk keys get theirs every third of the TTL."""
+        if time.monotonic() - self._refreshed < self._ttl_ms / 3000:
+            return
+        self._refreshed = time.monotonic()
+        staged = [self._keys.chunk(self.spec.batch_id, n) for n in range(self._staged)]
+        for keys in _slices(staged):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.pexpire(key, self._ttl_ms)
+                await pipe.execute()
+
+    async def _try_commit(self) -> str | None:
+        """One WATCH/MULTI/EXEC; returns the original batch id if the request_id is known."""
+        spec, keys = self.spec, self._keys
+        lock = keys.upload_lock(spec.batch_id)
+        request = keys.request(spec.request_id) if spec.request_id else None
+        staged = [keys.chunk(spec.batch_id, n) for n in range(self._staged)]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(lock, *([request] if request else []))
+            if request and (original := await pipe.get(request)) is not None:
+                return bytes(original).decode()
+            if await pipe.exists(keys.meta(spec.batch_id)):
+                self._closed = True  # the staged keys may be the new owner's: keep them
+                raise AlreadyExists(f"batch {spec.batch_id!r} already exists")
+            owned = await pipe.get(lock) == self._token.encode()
+            if not owned or await pipe.exists(*staged) != len(staged):
+                await pipe.reset()
+                await self.abort()
+                raise FailedPrecondition(f"the upload of batch {spec.batch_id!r} expired")
+
+            created = codec.now_ms()
+            options = replace(spec.options, chunk_size=self.chunk_size)
+            meta = codec.encode_meta(
+                handler=spec.handler,
+                options=options,
+                metadata=spec.metadata,
+                request_id=spec.request_id,
+                digest=self._digest.hexdigest(),
+                total=self._count,
+                chunks=self._staged,
+                chunk_size=self.chunk_size,
+                created_ms=created,
+            )
+            pipe.multi()
+            pipe.hset(keys.meta(spec.batch_id), mapping=meta)
+            pipe.zadd(keys.batches, {spec.batch_id: created})
+            if request:
+                pipe.set(request, spec.batch_id)
+            for key in [*staged, keys.ids(spec.batch_id)]:
+                pipe.persist(key)
+            pipe.delete(lock)
+            for n in range(self._staged):
+                job = chunk_job(
+                    keys.chunk_job_id(spec.batch_id, n),
+                    spec.batch_id,
+                    n,
+                    now_ms=created,
+                    expiry=self._job_expiry,
+                )
+                pipe.set(job.key, job.payload, px=job.expires_ms)
+                pipe.zadd(keys.queue, {job.job_id: job.score_ms})
+            await pipe.execute()
+        return None
+
+    async def _read_batch(self, batch_id: str) -> BatchRecord:
+        record, _ = await self._read_meta(batch_id)
+        return record
+
+    async def _read_meta(self, batch_id: str) -> tuple[BatchRecord, bytes]:
+        meta = await self._redis.hgetall(self._keys.meta(batch_id))  # type: ignore[misc]
+        if not meta:
+            raise NotFound(f"batch {batch_id!r} not found")
+        return codec.decode_meta(batch_id, meta), meta.get(b"digest", b"")
+
+    async def _replay(self, batch_id: str) -> tuple[BatchRecord, bool]:
+        record, digest = await self._read_meta(batch_id)
+        if digest.decode() != self._digest.hexdigest():
+            raise InvalidRequest.for_field(
+                "request_id",
+                f"already used by batch {batch_id!r} with a different request body",
+            )
+        return record, True
