@@ -89,7 +89,7 @@ async def test_cancel_mid_run(client: AsyncClient) -> None:
 
 async def test_request_id_replay_through_the_client(client: AsyncClient) -> None:
     request_id = uuid.uuid4().hex
-    items = [(f"r{i}", {}) for i in range(10)]
+    items: list[tuple[str, dict[str, object]]] = [(f"r{i}", {}) for i in range(10)]
     first = await client.submit("noop", items, request_id=request_id)
     again = await client.submit("noop", items, request_id=request_id)
     assert again.replayed

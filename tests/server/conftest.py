@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -14,6 +15,9 @@ from batchd.core.domain import BatchOptions, HandlerSpec, RetryPolicy
 from batchd.core.store import BatchStore
 from batchd.server.app import BatchdServer, start_server
 from batchd.v1 import batch_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from batchd.v1.batch_service_pb2_grpc import BatchServiceAsyncStub
 
 # A handler published by a stand-in worker: the server validates against the catalog
 # alone, so these tests need no worker process.
@@ -53,5 +57,5 @@ async def channel(server: BatchdServer) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture(scope="session")
-def stub(channel: grpc.aio.Channel) -> batch_service_pb2_grpc.BatchServiceStub:
+def stub(channel: grpc.aio.Channel) -> BatchServiceAsyncStub:
     return batch_service_pb2_grpc.BatchServiceStub(channel)

@@ -46,11 +46,13 @@ async def test_health_follows_redis(redis_server_factory: Callable[..., object])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service="batchd.v1.BatchService")
-            updates = health.Watch(request)
+            updates = health.Watch(request)  # type: ignore[attr-defined]  # stubs lack Watch
             assert (await updates.read()).status == SERVING
             redis.stop()  # type: ignore[attr-defined]
             assert (await updates.read()).status == NOT_SERVING
-            check = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            check = await health.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service="")
+            )
             assert check.status == NOT_SERVING
             redis.start()  # type: ignore[attr-defined]
             assert (await updates.read()).status == SERVING

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -13,9 +13,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from batchd.core.store import BatchStore
-from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
+from batchd.v1 import batch_pb2, batch_service_pb2
 
-Stub = batch_service_pb2_grpc.BatchServiceStub
+if TYPE_CHECKING:
+    from batchd.v1.batch_service_pb2_grpc import BatchServiceAsyncStub as Stub
 
 
 def items(count: int, **params: Any) -> list[batch_pb2.Item]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from batchd.core.store import BatchStore
-from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
+from batchd.v1 import batch_pb2, batch_service_pb2
 
-Stub = batch_service_pb2_grpc.BatchServiceStub
+if TYPE_CHECKING:
+    from batchd.v1.batch_service_pb2_grpc import BatchServiceAsyncStub as Stub
+
 Request = batch_service_pb2.UploadBatchRequest
 
 
