@@ -1,0 +1,68 @@
+"""batchd.client: a typed Python client of the batchd batch-processing service.
+
+`Client` (blocking) and `AsyncClient` (asyncio) have the same methods:
+
+    submit(handler, items, *, options, metadata, request_id, batch_id) -> SubmitResult
+    upload(handler, items, *, items_per_message, ...)                  -> SubmitResult
+    get(batch_id)                                                      -> Batch
+    list(*, states, page_size)          -> (async) iterator of Batch, every page
+    list_page(*, states, page_size, page_token)                        -> Page[Batch]
+    cancel(batch_id)                                                   -> Batch
+    items(batch_id, *, states, page_size) -> (async) iterator of BatchItem, every page
+    items_page(batch_id, *, states, page_size, page_token)             -> Page[BatchItem]
+    handlers()                                                         -> list[HandlerInfo]
+    watch(batch_id, *, min_interval, retry) -> (async) iterator of BatchProgress
+
+Results are frozen dataclasses (`Batch`, `BatchProgress`, ...) converted from the
+batchd.v1 messages, with `IntEnum` states, `datetime`s and `timedelta`s. Items
+are mappings, `(custom_id, params)` tuples or `batchd.v1.batch_pb2.Item`s.
+
+Errors: every failed call raises `BatchdError` (`.code`, a `grpc.StatusCode`;
+`.message`; `.field_violations`; `.retry_after`); nothing else escapes from an RPC.
+"""
+
+from batchd.client._async import AsyncClient
+from batchd.client._errors import BatchdError, FieldViolation
+from batchd.client._items import ItemLike, Params, to_item
+from batchd.client._requests import DEFAULT_TARGET, DEFAULT_TIMEOUT
+from batchd.client._sync import Client
+from batchd.client._types import (
+    Batch,
+    BatchItem,
+    BatchOptions,
+    BatchProgress,
+    BatchState,
+    HandlerInfo,
+    ItemCounts,
+    ItemError,
+    ItemState,
+    Page,
+    RetryPolicy,
+    SubmitResult,
+)
+from batchd.client._watch import WatchRetry
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "AsyncClient",
+    "Batch",
+    "BatchItem",
+    "BatchOptions",
+    "BatchProgress",
+    "BatchState",
+    "BatchdError",
+    "Client",
+    "FieldViolation",
+    "HandlerInfo",
+    "ItemCounts",
+    "ItemError",
+    "ItemLike",
+    "ItemState",
+    "Page",
+    "Params",
+    "RetryPolicy",
+    "SubmitResult",
+    "WatchRetry",
+    "to_item",
+]

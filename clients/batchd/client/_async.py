@@ -1,0 +1,280 @@
+"""`AsyncClient`: the batchd API over a `grpc.aio` channel."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from batchd.client._errors import rpc_errors
+from batchd.client._items import (
+    DEFAULT_ITEMS_PER_MESSAGE,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ItemLike,
+    UploadPacker,
+    aiter_upload_requests,
+)
+from batchd.client._requests import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    OptionsLike,
+    list_batches_request,
+    list_items_request,
+    submit_request,
+    upload_header,
+    watch_request,
+)
+from batchd.client._requests import channel_options as _channel_options
+from batchd.client._types import (
+    Batch,
+    BatchItem,
+    BatchProgress,
+    BatchState,
+    HandlerInfo,
+    ItemState,
+    Page,
+    SubmitResult,
+)
+from batchd.client._watch import WatchRetry, WatchSession
+from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """An asyncio client of batchd.v1.BatchService.
+
+    Opens a channel to `target` (insecure, or TLS with `credentials`), or uses
+    `channel`, which it then leaves open on `close()`. Unary calls have a deadline
+    of `timeout` seconds (None: none). Every failed call raises `BatchdError`.
+
+        async with AsyncClient("localhost:50051") as client:
+            result = await client.upload("http.request", items)
+            async for progress in client.watch(result.batch.batch_id):
+                ...
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._owns_channel = channel is None
+        if channel is None:
+            options = _channel_options(channel_options)
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._channel = channel
+        self._stub = batch_service_pb2_grpc.BatchServiceStub(channel)
+        self._timeout = timeout
+
+    async def close(self) -> None:
+        """Closes the channel, if the client opened it."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def submit(
+        self,
+        handler: str,
+        items: Iterable[ItemLike],
+        *,
+        options: OptionsLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        batch_id: str | None = None,
+        params_struct: bool = False,
+    ) -> SubmitResult:
+        """Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB.
+        Use `upload()` for anything larger or for items you would rather stream."""
+        request = submit_request(
+            handler,
+            items,
+            options=options,
+            metadata=metadata,
+            request_id=request_id,
+            batch_id=batch_id,
+            params_struct=params_struct,
+        )
+        with rpc_errors():
+            response = await self._stub.SubmitBatch(request, timeout=self._timeout)
+        return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+
+    async def upload(
+        self,
+        handler: str,
+        items: Iterable[ItemLike] | AsyncIterable[ItemLike],
+        *,
+        options: OptionsLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        batch_id: str | None = None,
+        params_struct: bool = False,
+        items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline reaches the server)
+    ) -> SubmitResult:
+        """Submits a batch of any size as a stream (UploadBatch): a header, then
+        messages of up to `items_per_message` items (and `max_message_bytes`).
+
+        Items are pulled from `items` only as messages are sent, so the iterable is
+        never held in memory whole. If it raises, the stream is cancelled (the
+        service keeps nothing) and the exception propagates unchanged. A sync
+        iterable is iterated on the event loop: keep it non-blocking.
+        """
+        header = upload_header(
+            handler, options=options, metadata=metadata, request_id=request_id, batch_id=batch_id
+        )
+        packer = UploadPacker(
+            items_per_message=items_per_message,
+            max_message_bytes=max_message_bytes,
+            params_struct=params_struct,
+        )
+        call = self._stub.UploadBatch(timeout=timeout)
+        try:
+            with rpc_errors():
+                async for message in aiter_upload_requests(header, items, packer):
+                    await call.write(message)
+                await call.done_writing()
+                response = await call
+        except BaseException:
+            call.cancel()
+            raise
+        return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+
+    async def get(self, batch_id: str) -> Batch:
+        """Returns one batch."""
+        request = batch_service_pb2.GetBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            response = await self._stub.GetBatch(request, timeout=self._timeout)
+        return Batch.from_proto(response.batch)
+
+    async def list_page(
+        self,
+        *,
+        states: Iterable[BatchState] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[Batch]:
+        """Returns one page of batches, newest first (`page_size` 0: the service's 100)."""
+        request = list_batches_request(states, page_size, page_token)
+        with rpc_errors():
+            response = await self._stub.ListBatches(request, timeout=self._timeout)
+        return Page(tuple(map(Batch.from_proto, response.batches)), response.next_page_token)
+
+    async def list(
+        self, *, states: Iterable[BatchState] | None = None, page_size: int = 0
+    ) -> AsyncIterator[Batch]:
+        """Yields every batch (in one of `states`, if given), newest first, page by page."""
+        states = builtins.list(states or ())
+        token = ""
+        while True:
+            page = await self.list_page(states=states, page_size=page_size, page_token=token)
+            for batch in page.items:
+                yield batch
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    async def cancel(self, batch_id: str) -> Batch:
+        """Cancels a batch; returns it as it stands after the request. Idempotent."""
+        request = batch_service_pb2.CancelBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            response = await self._stub.CancelBatch(request, timeout=self._timeout)
+        return Batch.from_proto(response.batch)
+
+    async def items_page(
+        self,
+        batch_id: str,
+        *,
+        states: Iterable[ItemState] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[BatchItem]:
+        """Returns one page of a batch's item outcomes, in submission order."""
+        request = list_items_request(batch_id, states, page_size, page_token)
+        with rpc_errors():
+            response = await self._stub.ListBatchItems(request, timeout=self._timeout)
+        return Page(tuple(map(BatchItem.from_proto, response.items)), response.next_page_token)
+
+    async def items(
+        self,
+        batch_id: str,
+        *,
+        states: Iterable[ItemState] | None = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[BatchItem]:
+        """Yields the outcome of every item (in one of `states`, if given), page by page."""
+        states = builtins.list(states or ())
+        token = ""
+        while True:
+            page = await self.items_page(
+                batch_id, states=states, page_size=page_size, page_token=token
+            )
+            for item in page.items:
+                yield item
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    async def handlers(self) -> builtins.list[HandlerInfo]:
+        """Returns the handlers that workers have published."""
+        with rpc_errors():
+            response = await self._stub.ListHandlers(
+                batch_service_pb2.ListHandlersRequest(), timeout=self._timeout
+            )
+        return [HandlerInfo.from_proto(h) for h in response.handlers]
+
+    async def watch(
+        self,
+        batch_id: str,
+        *,
+        min_interval: float | timedelta | None = 0.25,
+        heartbeat_interval: float | timedelta | None = None,
+        retry: WatchRetry | None = None,
+    ) -> AsyncIterator[BatchProgress]:
+        """Yields progress snapshots of a batch until, and including, the terminal one.
+
+        The first snapshot comes at once, then one per change (at most one per
+        `min_interval` seconds) and a heartbeat (`heartbeat=True`) when nothing
+        changes. A lost stream (UNAVAILABLE, a connection gone, a server closing
+        it early) is reopened with backoff per `retry`; the next snapshot simply
+        carries on. Other errors, and running out of retries, raise `BatchdError`.
+        """
+        session = WatchSession(batch_id, retry or WatchRetry())
+        request = watch_request(batch_id, min_interval, heartbeat_interval)
+        while True:
+            call = self._stub.WatchProgress(request)
+            try:
+                async for response in call:
+                    progress = session.snapshot(response)
+                    yield progress
+                    if progress.state.is_terminal:
+                        return
+                error = session.ended_early()
+            except grpc.RpcError as exc:
+                error = session.failed(exc)
+            finally:
+                call.cancel()
+            await asyncio.sleep(session.backoff(error))

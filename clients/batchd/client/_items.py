@@ -1,0 +1,204 @@
+"""Items: what callers pass, how they become `batchd.v1.Item`s and upload messages.
+
+An item may be
+- a mapping `{"custom_id": "a", "params": {...}}` (params optional),
+- a tuple `("a", {...})`,
+- a generated `batchd.v1.Item`, sent as it is.
+
+Params are a JSON object given as a mapping, or as `bytes` already holding its
+UTF-8 JSON (passed through untouched). By default they travel as `params_json`,
+compact JSON bytes, which spares both ends a Struct conversion; `params_struct=True`
+sends a `google.protobuf.Struct` instead (ints then become doubles, as in any Struct).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, TypeAlias
+
+from google.protobuf import struct_pb2
+
+from batchd.client._errors import BatchdError
+from batchd.v1 import batch_pb2, batch_service_pb2
+
+__all__ = [
+    "DEFAULT_ITEMS_PER_MESSAGE",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "ItemLike",
+    "Params",
+    "UploadPacker",
+    "aiter_upload_requests",
+    "iter_upload_requests",
+    "to_item",
+]
+
+Params: TypeAlias = Mapping[str, Any] | bytes
+"""An item's params: a JSON object as a mapping, or its UTF-8 JSON encoding."""
+
+ItemLike: TypeAlias = Mapping[str, Any] | tuple[str, Params | None] | batch_pb2.Item
+"""Anything `submit()` and `upload()` accept as an item."""
+
+DEFAULT_ITEMS_PER_MESSAGE = 1000
+# Servers accept 4 MiB messages by default; stay well below, whatever the item count.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+
+_ITEM_KEYS = frozenset({"custom_id", "params"})
+
+
+def to_item(item: ItemLike, *, index: int = 0, params_struct: bool = False) -> batch_pb2.Item:
+    """Converts one item; `index` (its position in the batch) only names it in errors.
+
+    Raises `BatchdError` (INVALID_ARGUMENT) with a field violation such as
+    `items[3].params` for an item the service would refuse anyway.
+    """
+    if isinstance(item, batch_pb2.Item):
+        return item
+    where = f"items[{index}]"
+    value: object = item  # callers without a type checker pass anything
+    custom_id: object
+    params: object
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise BatchdError.invalid_argument(where, "a tuple item is (custom_id, params)")
+        custom_id, params = value
+    elif isinstance(value, Mapping):
+        unknown = set(value) - _ITEM_KEYS
+        if unknown:
+            raise BatchdError.invalid_argument(
+                where, f"unknown keys {sorted(map(str, unknown))}; expected custom_id, params"
+            )
+        if "custom_id" not in value:
+            raise BatchdError.invalid_argument(f"{where}.custom_id", "missing")
+        custom_id, params = value["custom_id"], value.get("params")
+    else:
+        expected = "a mapping, a (custom_id, params) tuple or an Item"
+        raise BatchdError.invalid_argument(
+            where, f"expected {expected}, not {type(value).__name__}"
+        )
+    if not isinstance(custom_id, str):
+        raise BatchdError.invalid_argument(f"{where}.custom_id", "must be a string")
+    if params_struct:
+        return batch_pb2.Item(custom_id=custom_id, params=_struct(params, where))
+    return batch_pb2.Item(custom_id=custom_id, params_json=_json(params, where))
+
+
+def _json(params: object, where: str) -> bytes:
+    if isinstance(params, bytes | bytearray | memoryview):
+        return bytes(params)
+    if params is None:
+        return b"{}"
+    if not isinstance(params, Mapping):
+        raise BatchdError.invalid_argument(f"{where}.params", "must be a JSON object")
+    try:
+        text = json.dumps(
+            params if isinstance(params, dict) else dict(params),
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+    except (TypeError, ValueError) as exc:
+        raise BatchdError.invalid_argument(f"{where}.params", f"not JSON: {exc}") from None
+    return text.encode()
+
+
+def _struct(params: object, where: str) -> struct_pb2.Struct:
+    if isinstance(params, bytes | bytearray | memoryview):
+        try:
+            params = json.loads(bytes(params))
+        except ValueError as exc:
+            raise BatchdError.invalid_argument(f"{where}.params", f"not JSON: {exc}") from None
+    struct = struct_pb2.Struct()
+    if params is None:
+        return struct
+    if not isinstance(params, Mapping):
+        raise BatchdError.invalid_argument(f"{where}.params", "must be a JSON object")
+    try:
+        struct.update(params)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BatchdError.invalid_argument(f"{where}.params", f"not JSON: {exc}") from None
+    return struct
+
+
+class UploadPacker:
+    """Packs items into `UploadBatchItems` messages of at most `items_per_message`
+    items and (unless one item alone is larger) `max_message_bytes` bytes."""
+
+    def __init__(
+        self,
+        *,
+        items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        params_struct: bool = False,
+    ) -> None:
+        if items_per_message < 1:
+            raise ValueError("items_per_message must be at least 1")
+        self._per_message = items_per_message
+        self._max_bytes = max_message_bytes
+        self._struct = params_struct
+        self._pending: list[batch_pb2.Item] = []
+        self._pending_bytes = 0
+        self.count = 0
+        """Items packed so far."""
+
+    def add(self, item: ItemLike) -> batch_service_pb2.UploadBatchRequest | None:
+        """Adds one item; returns a full message when there is one to send."""
+        converted = to_item(item, index=self.count, params_struct=self._struct)
+        self.count += 1
+        # Tag, length prefix and repeated-field overhead: a few bytes per item.
+        size = converted.ByteSize() + 8
+        full = None
+        if self._pending and self._pending_bytes + size > self._max_bytes:
+            full = self.flush()
+        self._pending.append(converted)
+        self._pending_bytes += size
+        if full is None and len(self._pending) >= self._per_message:
+            full = self.flush()
+        return full
+
+    def flush(self) -> batch_service_pb2.UploadBatchRequest | None:
+        """Returns the items not sent yet as one message, or None if there are none."""
+        if not self._pending:
+            return None
+        message = batch_service_pb2.UploadBatchRequest(
+            items=batch_service_pb2.UploadBatchItems(items=self._pending)
+        )
+        self._pending = []
+        self._pending_bytes = 0
+        return message
+
+
+def iter_upload_requests(
+    header: batch_service_pb2.UploadBatchHeader,
+    items: Iterable[ItemLike],
+    packer: UploadPacker,
+) -> Iterator[batch_service_pb2.UploadBatchRequest]:
+    """The messages of an UploadBatch stream, pulling items only as messages fill."""
+    yield batch_service_pb2.UploadBatchRequest(header=header)
+    for item in items:
+        message = packer.add(item)
+        if message is not None:
+            yield message
+    last = packer.flush()
+    if last is not None:
+        yield last
+
+
+async def aiter_upload_requests(
+    header: batch_service_pb2.UploadBatchHeader,
+    items: Iterable[ItemLike] | AsyncIterable[ItemLike],
+    packer: UploadPacker,
+) -> AsyncIterator[batch_service_pb2.UploadBatchRequest]:
+    """`iter_upload_requests` over a sync or an async iterable."""
+    if not isinstance(items, AsyncIterable):
+        for message in iter_upload_requests(header, items, packer):
+            yield message
+        return
+    yield batch_service_pb2.UploadBatchRequest(header=header)
+    async for item in items:
+        full = packer.add(item)
+        if full is not None:
+            yield full
+    last = packer.flush()
+    if last is not None:
+        yield last

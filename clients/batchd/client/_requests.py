@@ -1,0 +1,153 @@
+"""Request building shared by `Client` and `AsyncClient`, and their channel defaults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from batchd.client._errors import BatchdError
+from batchd.client._items import ItemLike, to_item
+from batchd.client._types import BatchOptions, BatchState, ItemState
+from batchd.v1 import batch_pb2, batch_service_pb2
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "OptionsLike",
+    "channel_options",
+    "list_batches_request",
+    "list_items_request",
+    "submit_request",
+    "upload_header",
+    "watch_request",
+]
+
+DEFAULT_TARGET = "localhost:50051"
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a unary call may take; uploads and watches have no deadline by default."""
+
+OptionsLike = BatchOptions | batch_pb2.BatchOptions | Mapping[str, Any]
+"""Batch options: a `BatchOptions`, the generated message, or a mapping such as
+`{"chunk_size": 500, "retry_policy": {"max_attempts": 3}}`."""
+
+_SERVICE = "batchd.v1.BatchService"
+# Safe to repeat on UNAVAILABLE: they read, or (CancelBatch) are idempotent.
+_RETRIED_METHODS = ("GetBatch", "ListBatches", "CancelBatch", "ListBatchItems", "ListHandlers")
+_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": _SERVICE, "method": m} for m in _RETRIED_METHODS],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "3s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """Options for a channel the client creates itself; `extra` wins over the defaults."""
+    options: dict[str, Any] = {
+        "grpc.service_config": json.dumps(_SERVICE_CONFIG),
+        # Pages of items carry their outputs: allow more than the 4 MiB default.
+        "grpc.max_receive_message_length": 64 << 20,
+        "grpc.max_send_message_length": 64 << 20,
+    }
+    options.update(dict(extra))
+    return list(options.items())
+
+
+def _options(options: OptionsLike | None) -> batch_pb2.BatchOptions | None:
+    if options is None or isinstance(options, batch_pb2.BatchOptions):
+        return options
+    if isinstance(options, BatchOptions):
+        return options.to_proto()
+    try:
+        return BatchOptions.from_mapping(options).to_proto()
+    except (TypeError, ValueError) as exc:
+        raise BatchdError(grpc.StatusCode.INVALID_ARGUMENT, f"options: {exc}") from None
+
+
+def submit_request(
+    handler: str,
+    items: Iterable[ItemLike],
+    *,
+    options: OptionsLike | None,
+    metadata: Mapping[str, str] | None,
+    request_id: str | None,
+    batch_id: str | None,
+    params_struct: bool,
+) -> batch_service_pb2.SubmitBatchRequest:
+    return batch_service_pb2.SubmitBatchRequest(
+        handler=handler,
+        items=[to_item(item, index=i, params_struct=params_struct) for i, item in enumerate(items)],
+        options=_options(options),
+        metadata=metadata,
+        request_id=request_id or "",
+        batch_id=batch_id or "",
+    )
+
+
+def upload_header(
+    handler: str,
+    *,
+    options: OptionsLike | None,
+    metadata: Mapping[str, str] | None,
+    request_id: str | None,
+    batch_id: str | None,
+) -> batch_service_pb2.UploadBatchHeader:
+    return batch_service_pb2.UploadBatchHeader(
+        handler=handler,
+        options=_options(options),
+        metadata=metadata,
+        request_id=request_id or "",
+        batch_id=batch_id or "",
+    )
+
+
+def list_batches_request(
+    states: Iterable[BatchState] | None, page_size: int, page_token: str
+) -> batch_service_pb2.ListBatchesRequest:
+    return batch_service_pb2.ListBatchesRequest(
+        page_size=page_size,
+        page_token=page_token,
+        states=[batch_pb2.BatchState.ValueType(s) for s in states or ()],
+    )
+
+
+def list_items_request(
+    batch_id: str, states: Iterable[ItemState] | None, page_size: int, page_token: str
+) -> batch_service_pb2.ListBatchItemsRequest:
+    return batch_service_pb2.ListBatchItemsRequest(
+        batch_id=batch_id,
+        page_size=page_size,
+        page_token=page_token,
+        states=[batch_pb2.ItemState.ValueType(s) for s in states or ()],
+    )
+
+
+def _seconds(value: float | timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value if isinstance(value, timedelta) else timedelta(seconds=value))
+    return d
+
+
+def watch_request(
+    batch_id: str,
+    min_interval: float | timedelta | None,
+    heartbeat_interval: float | timedelta | None,
+) -> batch_service_pb2.WatchProgressRequest:
+    return batch_service_pb2.WatchProgressRequest(
+        batch_id=batch_id,
+        min_interval=None if min_interval is None else _seconds(min_interval),
+        heartbeat_interval=None if heartbeat_interval is None else _seconds(heartbeat_interval),
+    )

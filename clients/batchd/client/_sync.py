@@ -1,0 +1,295 @@
+"""`Client`: the batchd API over a blocking `grpc.Channel`; the same methods as
+`AsyncClient`, returning values and plain iterators."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from batchd.client._errors import BatchdError, rpc_errors
+from batchd.client._items import (
+    DEFAULT_ITEMS_PER_MESSAGE,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ItemLike,
+    UploadPacker,
+    iter_upload_requests,
+)
+from batchd.client._requests import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    OptionsLike,
+    list_batches_request,
+    list_items_request,
+    submit_request,
+    upload_header,
+    watch_request,
+)
+from batchd.client._requests import channel_options as _channel_options
+from batchd.client._types import (
+    Batch,
+    BatchItem,
+    BatchProgress,
+    BatchState,
+    HandlerInfo,
+    ItemState,
+    Page,
+    SubmitResult,
+)
+from batchd.client._watch import WatchRetry, WatchSession
+from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
+
+__all__ = ["Client"]
+
+
+class Client:
+    """A blocking client of batchd.v1.BatchService; see `AsyncClient` for the details.
+
+    with Client("localhost:50051") as client:
+        result = client.upload("http.request", items)
+        for progress in client.watch(result.batch.batch_id):
+            ...
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._owns_channel = channel is None
+        if channel is None:
+            options = _channel_options(channel_options)
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=options)
+            else:
+                channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel
+        self._stub = batch_service_pb2_grpc.BatchServiceStub(channel)
+        self._timeout = timeout
+
+    def close(self) -> None:
+        """Closes the channel, if the client opened it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def submit(
+        self,
+        handler: str,
+        items: Iterable[ItemLike],
+        *,
+        options: OptionsLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        batch_id: str | None = None,
+        params_struct: bool = False,
+    ) -> SubmitResult:
+        """Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB."""
+        request = submit_request(
+            handler,
+            items,
+            options=options,
+            metadata=metadata,
+            request_id=request_id,
+            batch_id=batch_id,
+            params_struct=params_struct,
+        )
+        with rpc_errors():
+            response = self._stub.SubmitBatch(request, timeout=self._timeout)
+        return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+
+    def upload(
+        self,
+        handler: str,
+        items: Iterable[ItemLike],
+        *,
+        options: OptionsLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        batch_id: str | None = None,
+        params_struct: bool = False,
+        items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        timeout: float | None = None,
+    ) -> SubmitResult:
+        """Submits a batch of any size as a stream (UploadBatch), pulling items only
+        as messages are sent. If `items` raises, the stream is cancelled (the
+        service keeps nothing) and the exception propagates unchanged."""
+        header = upload_header(
+            handler, options=options, metadata=metadata, request_id=request_id, batch_id=batch_id
+        )
+        packer = UploadPacker(
+            items_per_message=items_per_message,
+            max_message_bytes=max_message_bytes,
+            params_struct=params_struct,
+        )
+        requests = _GuardedRequests(iter_upload_requests(header, items, packer))
+        future = self._stub.UploadBatch.future(iter(requests), timeout=timeout)
+        requests.attach(future)
+        try:
+            response = future.result()
+        except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+            if requests.error is not None:
+                raise requests.error from None
+            if isinstance(exc, grpc.RpcError):
+                raise BatchdError.from_rpc_error(exc) from exc
+            raise BatchdError(grpc.StatusCode.CANCELLED, "upload cancelled") from exc
+        except BaseException:
+            future.cancel()
+            raise
+        return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+
+    def get(self, batch_id: str) -> Batch:
+        """Returns one batch."""
+        request = batch_service_pb2.GetBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            response = self._stub.GetBatch(request, timeout=self._timeout)
+        return Batch.from_proto(response.batch)
+
+    def list_page(
+        self,
+        *,
+        states: Iterable[BatchState] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[Batch]:
+        """Returns one page of batches, newest first (`page_size` 0: the service's 100)."""
+        request = list_batches_request(states, page_size, page_token)
+        with rpc_errors():
+            response = self._stub.ListBatches(request, timeout=self._timeout)
+        return Page(tuple(map(Batch.from_proto, response.batches)), response.next_page_token)
+
+    def list(
+        self, *, states: Iterable[BatchState] | None = None, page_size: int = 0
+    ) -> Iterator[Batch]:
+        """Yields every batch (in one of `states`, if given), newest first, page by page."""
+        states = builtins.list(states or ())
+        token = ""
+        while True:
+            page = self.list_page(states=states, page_size=page_size, page_token=token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def cancel(self, batch_id: str) -> Batch:
+        """Cancels a batch; returns it as it stands after the request. Idempotent."""
+        request = batch_service_pb2.CancelBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            response = self._stub.CancelBatch(request, timeout=self._timeout)
+        return Batch.from_proto(response.batch)
+
+    def items_page(
+        self,
+        batch_id: str,
+        *,
+        states: Iterable[ItemState] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[BatchItem]:
+        """Returns one page of a batch's item outcomes, in submission order."""
+        request = list_items_request(batch_id, states, page_size, page_token)
+        with rpc_errors():
+            response = self._stub.ListBatchItems(request, timeout=self._timeout)
+        return Page(tuple(map(BatchItem.from_proto, response.items)), response.next_page_token)
+
+    def items(
+        self,
+        batch_id: str,
+        *,
+        states: Iterable[ItemState] | None = None,
+        page_size: int = 0,
+    ) -> Iterator[BatchItem]:
+        """Yields the outcome of every item (in one of `states`, if given), page by page."""
+        states = builtins.list(states or ())
+        token = ""
+        while True:
+            page = self.items_page(batch_id, states=states, page_size=page_size, page_token=token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def handlers(self) -> builtins.list[HandlerInfo]:
+        """Returns the handlers that workers have published."""
+        with rpc_errors():
+            response = self._stub.ListHandlers(
+                batch_service_pb2.ListHandlersRequest(), timeout=self._timeout
+            )
+        return [HandlerInfo.from_proto(h) for h in response.handlers]
+
+    def watch(
+        self,
+        batch_id: str,
+        *,
+        min_interval: float | timedelta | None = 0.25,
+        heartbeat_interval: float | timedelta | None = None,
+        retry: WatchRetry | None = None,
+    ) -> Iterator[BatchProgress]:
+        """Yields progress snapshots until, and including, the terminal one,
+        reconnecting as `AsyncClient.watch` does."""
+        session = WatchSession(batch_id, retry or WatchRetry())
+        request = watch_request(batch_id, min_interval, heartbeat_interval)
+        while True:
+            call = self._stub.WatchProgress(request)
+            try:
+                for response in call:
+                    progress = session.snapshot(response)
+                    yield progress
+                    if progress.state.is_terminal:
+                        return
+                error = session.ended_early()
+            except grpc.RpcError as exc:
+                error = session.failed(exc)
+            finally:
+                call.cancel()
+            time.sleep(session.backoff(error))
+
+
+class _GuardedRequests:
+    """Request messages for a sync stream-unary call that keep an exception raised
+    while producing them away from grpc.
+
+    grpc would log the exception with its traceback and fail the call with UNKNOWN.
+    Instead the call is cancelled *before* the iterator ends, so the service never
+    sees a completed upload, and `error` holds the exception for the caller.
+    """
+
+    def __init__(self, messages: Iterator[batch_service_pb2.UploadBatchRequest]) -> None:
+        self._messages = messages
+        self._attached = threading.Event()
+        self._call: grpc.Future[Any] | None = None
+        self.error: BaseException | None = None
+
+    def attach(self, call: grpc.Future[Any]) -> None:
+        self._call = call
+        self._attached.set()
+
+    def __iter__(self) -> Iterator[batch_service_pb2.UploadBatchRequest]:
+        try:
+            yield from self._messages
+        except Exception as exc:
+            self.error = exc
+            self._attached.wait()
+            assert self._call is not None
+            self._call.cancel()

@@ -1,0 +1,404 @@
+"""What the client returns: frozen dataclasses over the batchd.v1 messages.
+
+Proto types stop at the client's edge. Each class has an explicit `from_proto()`
+(and `to_proto()` where the client sends it): enums become `IntEnum`s with the
+proto numbers, Timestamps timezone-aware `datetime`s (UTC), Durations
+`timedelta`s, Structs plain dicts. Unset timestamps and durations are `None`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.rpc import status_pb2
+
+from batchd.v1 import batch_pb2
+
+__all__ = [
+    "Batch",
+    "BatchItem",
+    "BatchOptions",
+    "BatchProgress",
+    "BatchState",
+    "HandlerInfo",
+    "ItemCounts",
+    "ItemError",
+    "ItemState",
+    "Page",
+    "RetryPolicy",
+    "SubmitResult",
+]
+
+T = TypeVar("T")
+
+
+class BatchState(enum.IntEnum):
+    """Where a batch stands; the values are those of `batchd.v1.BatchState`."""
+
+    UNSPECIFIED = 0
+    QUEUED = 1
+    RUNNING = 2
+    CANCELLING = 3
+    COMPLETED = 4
+    FAILED = 5
+    CANCELLED = 6
+
+    @classmethod
+    def _missing_(cls, value: object) -> BatchState:
+        # A state added to the proto after this client was built.
+        return cls.UNSPECIFIED
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for COMPLETED, FAILED and CANCELLED: nothing changes any more."""
+        return self in (BatchState.COMPLETED, BatchState.FAILED, BatchState.CANCELLED)
+
+
+class ItemState(enum.IntEnum):
+    """Where one item stands; the values are those of `batchd.v1.ItemState`."""
+
+    UNSPECIFIED = 0
+    PENDING = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @classmethod
+    def _missing_(cls, value: object) -> ItemState:
+        return cls.UNSPECIFIED
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(message, name)
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _duration(message: Any, name: str) -> timedelta | None:
+    if not message.HasField(name):
+        return None
+    d: duration_pb2.Duration = getattr(message, name)
+    return d.ToTimedelta()
+
+
+def _to_duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def _timedelta(value: timedelta | float | None) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    return timedelta(seconds=value)
+
+
+def _struct_dict(message: Any, name: str) -> dict[str, Any] | None:
+    if not message.HasField(name):
+        return None
+    struct: struct_pb2.Struct = getattr(message, name)
+    return json_format.MessageToDict(struct)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed items are retried. Zero or `None` takes the handler's default."""
+
+    max_attempts: int = 0
+    """Attempts in all, the first included."""
+    min_backoff: timedelta | None = None
+    """The delay before the first retry."""
+    max_backoff: timedelta | None = None
+    """The longest delay between two attempts."""
+    max_doublings: int = 0
+    """How many times the delay doubles before it grows linearly."""
+
+    @classmethod
+    def from_proto(cls, pb: batch_pb2.RetryPolicy) -> RetryPolicy:
+        return cls(
+            max_attempts=pb.max_attempts,
+            min_backoff=_duration(pb, "min_backoff"),
+            max_backoff=_duration(pb, "max_backoff"),
+            max_doublings=pb.max_doublings,
+        )
+
+    def to_proto(self) -> batch_pb2.RetryPolicy:
+        return batch_pb2.RetryPolicy(
+            max_attempts=self.max_attempts,
+            min_backoff=_to_duration(self.min_backoff),
+            max_backoff=_to_duration(self.max_backoff),
+            max_doublings=self.max_doublings,
+        )
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch is run. Zero or `None` takes the handler's default, then the
+    service's; `Batch.options` shows the values in force."""
+
+    chunk_size: int = 0
+    """Items per chunk (the unit a worker picks up), 1 to 10,000."""
+    retry_policy: RetryPolicy | None = None
+    max_concurrent: int = 0
+    """Items of this batch in flight at once across all workers; 0: no limit."""
+    max_per_second: float = 0.0
+    """Items of this batch started per second across all workers; 0: no limit."""
+    burst: int = 0
+    """Items that may start at once above the steady `max_per_second` rate."""
+    rate_limit_key: str = ""
+    """A rate-limit key shared with other batches."""
+    priority: int = 0
+    """Higher runs first."""
+    item_timeout: timedelta | None = None
+    """The longest one attempt of one item may take."""
+
+    @classmethod
+    def from_proto(cls, pb: batch_pb2.BatchOptions) -> BatchOptions:
+        return cls(
+            chunk_size=pb.chunk_size,
+            retry_policy=(
+                RetryPolicy.from_proto(pb.retry_policy) if pb.HasField("retry_policy") else None
+            ),
+            max_concurrent=pb.max_concurrent,
+            max_per_second=pb.max_per_second,
+            burst=pb.burst,
+            rate_limit_key=pb.rate_limit_key,
+            priority=pb.priority,
+            item_timeout=_duration(pb, "item_timeout"),
+        )
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> BatchOptions:
+        """Options from a mapping of field names, e.g. `{"chunk_size": 500}`. Durations
+        may be `timedelta`s or seconds; `retry_policy` a `RetryPolicy` or a mapping."""
+        values = dict(options)
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown batch options: {', '.join(sorted(unknown))}")
+        policy = values.get("retry_policy")
+        if isinstance(policy, Mapping):
+            policy_values = dict(policy)
+            for name in ("min_backoff", "max_backoff"):
+                policy_values[name] = _timedelta(policy_values.get(name))
+            values["retry_policy"] = RetryPolicy(**policy_values)
+        values["item_timeout"] = _timedelta(values.get("item_timeout"))
+        return cls(**values)
+
+    def to_proto(self) -> batch_pb2.BatchOptions:
+        return batch_pb2.BatchOptions(
+            chunk_size=self.chunk_size,
+            retry_policy=self.retry_policy.to_proto() if self.retry_policy else None,
+            max_concurrent=self.max_concurrent,
+            max_per_second=self.max_per_second,
+            burst=self.burst,
+            rate_limit_key=self.rate_limit_key,
+            priority=self.priority,
+            item_timeout=_to_duration(self.item_timeout),
+        )
+
+
+@dataclass(frozen=True)
+class ItemCounts:
+    """Items per state; they add up to the batch's `total_items`."""
+
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Items in a terminal state: succeeded, failed or cancelled."""
+        return self.succeeded + self.failed + self.cancelled
+
+    @classmethod
+    def from_proto(cls, pb: batch_pb2.ItemCounts) -> ItemCounts:
+        return cls(
+            pending=pb.pending,
+            running=pb.running,
+            succeeded=pb.succeeded,
+            failed=pb.failed,
+            cancelled=pb.cancelled,
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch: what was submitted and where it stands."""
+
+    batch_id: str
+    handler: str
+    state: BatchState
+    options: BatchOptions
+    metadata: Mapping[str, str]
+    request_id: str
+    total_items: int
+    chunk_count: int
+    counts: ItemCounts
+    create_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, pb: batch_pb2.Batch) -> Batch:
+        return cls(
+            batch_id=pb.batch_id,
+            handler=pb.handler,
+            state=BatchState(pb.state),
+            options=BatchOptions.from_proto(pb.options),
+            metadata=dict(pb.metadata),
+            request_id=pb.request_id,
+            total_items=pb.total_items,
+            chunk_count=pb.chunk_count,
+            counts=ItemCounts.from_proto(pb.counts),
+            create_time=_time(pb, "create_time"),
+            start_time=_time(pb, "start_time"),
+            end_time=_time(pb, "end_time"),
+        )
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What `submit()` and `upload()` return."""
+
+    batch: Batch
+    """The batch as stored."""
+    replayed: bool
+    """True when the request_id had been seen and the original batch is returned."""
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """One progress snapshot of a batch, as `watch()` yields them."""
+
+    batch_id: str
+    state: BatchState
+    total_items: int
+    counts: ItemCounts
+    items_per_second: float
+    """Items finished per second, recently."""
+    eta: timedelta | None
+    """The expected time to finish at the current rate; `None` when unknown."""
+    create_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    observe_time: datetime | None
+    """When the service read this snapshot."""
+    heartbeat: bool = False
+    """True when nothing changed since the previous snapshot."""
+
+    @property
+    def fraction(self) -> float:
+        """The finished share of the items, 0.0 to 1.0 (1.0 for an empty batch)."""
+        if self.total_items == 0:
+            return 1.0
+        return self.counts.finished / self.total_items
+
+    @classmethod
+    def from_proto(cls, pb: batch_pb2.BatchProgress, *, heartbeat: bool = False) -> BatchProgress:
+        return cls(
+            batch_id=pb.batch_id,
+            state=BatchState(pb.state),
+            total_items=pb.total_items,
+            counts=ItemCounts.from_proto(pb.counts),
+            items_per_second=pb.items_per_second,
+            eta=_duration(pb, "eta"),
+            create_time=_time(pb, "create_time"),
+            start_time=_time(pb, "start_time"),
+            end_time=_time(pb, "end_time"),
+            observe_time=_time(pb, "observe_time"),
+            heartbeat=heartbeat,
+        )
+
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """Why an item failed: a status code and a message."""
+
+    code: grpc.StatusCode
+    message: str
+
+    @classmethod
+    def from_proto(cls, pb: status_pb2.Status) -> ItemError:
+        return cls(
+            code=_STATUS_CODES.get(pb.code, grpc.StatusCode.UNKNOWN),
+            message=pb.message,
+        )
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """The outcome of one item."""
+
+    custom_id: str
+    index: int
+    """The item's position in the batch, from 0."""
+    state: ItemState
+    attempts: int
+    output: dict[str, Any] | None
+    """The handler's output, for a SUCCEEDED item."""
+    error: ItemError | None
+    """Why the item failed, for a FAILED item."""
+    start_time: datetime | None
+    end_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, pb: batch_pb2.BatchItem) -> BatchItem:
+        return cls(
+            custom_id=pb.custom_id,
+            index=pb.index,
+            state=ItemState(pb.state),
+            attempts=pb.attempts,
+            output=_struct_dict(pb, "output"),
+            error=ItemError.from_proto(pb.error) if pb.HasField("error") else None,
+            start_time=_time(pb, "start_time"),
+            end_time=_time(pb, "end_time"),
+        )
+
+
+@dataclass(frozen=True)
+class HandlerInfo:
+    """A handler that workers serve."""
+
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+    """The JSON Schema every item's params must satisfy."""
+    default_options: BatchOptions
+    live_workers: int
+    """Workers alive now that serve the handler; 0: batches wait QUEUED."""
+    last_seen_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, pb: batch_pb2.HandlerInfo) -> HandlerInfo:
+        return cls(
+            name=pb.name,
+            description=pb.description,
+            params_schema=_struct_dict(pb, "params_schema") or {},
+            default_options=BatchOptions.from_proto(pb.default_options),
+            live_workers=pb.live_workers,
+            last_seen_time=_time(pb, "last_seen_time"),
+        )
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing."""
+
+    items: tuple[T, ...] = field(default=())
+    next_page_token: str = ""
+    """Pass as `page_token` for the next page; empty on the last page."""
