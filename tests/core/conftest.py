@@ -1,26 +1,24 @@
 """A BatchStore per test over the session's private Redis (tests/conftest.py).
 
 Every test gets its own key prefix, so the global keys (the batch index, the queue,
-the handler catalog) start empty and nothing needs flushing. Shared helpers live in
-`store_helpers` (this directory is put on sys.path, as tests/ is for `support`).
+the handler catalog) start empty and nothing needs flushing. `new_batch` submits a
+batch of `total` items `item-<i>` with params `{"n":<i>}`.
 """
 
 from __future__ import annotations
 
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
 
+from batchd.core.domain import BatchOptions, BatchRecord, BatchSpec, NewItem
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+# new_batch(total=7, chunk_size=3) -> the committed batch
+NewBatch = Callable[..., Awaitable[BatchRecord]]
 
 
 @pytest.fixture
@@ -38,3 +36,22 @@ def keys() -> Keys:
 @pytest.fixture
 def store(redis: Redis, keys: Keys) -> BatchStore:
     return BatchStore(redis, keys)
+
+
+@pytest.fixture
+def new_batch(store: BatchStore) -> NewBatch:
+    async def submit(total: int = 7, chunk_size: int = 3) -> BatchRecord:
+        spec = BatchSpec(
+            batch_id=f"b-{uuid.uuid4().hex[:12]}",
+            handler="test.echo",
+            options=BatchOptions(chunk_size=chunk_size),
+            metadata={},
+        )
+        session = await store.begin_upload(spec)
+        await session.add_items(
+            NewItem(custom_id=f"item-{i}", params_json=b'{"n":%d}' % i) for i in range(total)
+        )
+        batch, _ = await session.commit()
+        return batch
+
+    return submit

@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+
 import pytest
 from redis.asyncio import Redis
-from store_helpers import keys_of, make_items, make_spec, new_id, submit
 
 from batchd.core import jobs
-from batchd.core.domain import BatchState, ItemCounts, NewItem
+from batchd.core.domain import BatchOptions, BatchRecord, BatchSpec, BatchState, ItemCounts, NewItem
 from batchd.core.errors import AlreadyExists, FieldViolation, InvalidRequest
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
+
+
+def new_id(prefix: str = "b") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def make_spec(
+    batch_id: str | None = None,
+    *,
+    chunk_size: int = 3,
+    request_id: str = "",
+    handler: str = "test.echo",
+    metadata: dict[str, str] | None = None,
+) -> BatchSpec:
+    return BatchSpec(
+        batch_id=batch_id or new_id(),
+        handler=handler,
+        options=BatchOptions(chunk_size=chunk_size),
+        metadata=metadata if metadata is not None else {"team": "core"},
+        request_id=request_id,
+    )
+
+
+def make_items(count: int, start: int = 0) -> list[NewItem]:
+    return [NewItem(f"item-{i}", b'{"n":%d}' % i) for i in range(start, start + count)]
+
+
+async def submit(
+    store: BatchStore, spec: BatchSpec, items: Iterable[NewItem]
+) -> tuple[BatchRecord, bool]:
+    session = await store.begin_upload(spec)
+    await session.add_items(items)
+    return await session.commit()
+
+
+async def keys_of(redis: Redis, batch_id: str) -> list[bytes]:
+    """Every key that mentions the batch: its own keys and its ARQ jobs."""
+    return sorted([key async for key in redis.scan_iter(match=f"*{batch_id}*", count=1000)])
 
 
 async def test_commit_makes_the_batch_visible_and_runnable(
@@ -102,9 +142,7 @@ async def test_a_duplicate_custom_id_across_chunks_names_both_items(
     assert await keys_of(redis, spec.batch_id) == []  # the session aborted itself
 
 
-async def test_a_duplicate_custom_id_inside_the_last_chunk(
-    store: BatchStore, redis: Redis
-) -> None:
+async def test_a_duplicate_custom_id_inside_the_last_chunk(store: BatchStore, redis: Redis) -> None:
     spec = make_spec(chunk_size=10)
     session = await store.begin_upload(spec)
     await session.add_items([*make_items(4), NewItem("item-2", b"{}")])
