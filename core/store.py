@@ -8,11 +8,14 @@ them to UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from batchd.core import codec
 from batchd.core.domain import (
@@ -31,7 +34,7 @@ from batchd.core.errors import AlreadyExists, InvalidRequest, NotFound
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
 from batchd.core.scripts import Scripts
-from batchd.core.upload import UploadSession
+from batchd.core.upload import UploadSession, drop_if_owner
 
 __all__ = ["BatchStore", "UploadSession"]
 
@@ -84,10 +87,16 @@ class BatchStore:
                 return self._session(spec, token="", replay_of=bytes(original).decode())
         token = secrets.token_hex(16)
         lock = self.keys.upload_lock(spec.batch_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(lock, token, nx=True, px=int(self.staging_ttl * 1000))
-            pipe.exists(self.keys.meta(spec.batch_id))
-            acquired, exists = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(lock, token, nx=True, px=int(self.staging_ttl * 1000))
+                pipe.exists(self.keys.meta(spec.batch_id))
+                acquired, exists = await pipe.execute()
+        except BaseException:
+            # Cut short (cancelled): the lock may be ours already; nobody else can free it.
+            with contextlib.suppress(RedisError):
+                await asyncio.shield(drop_if_owner(self.redis, lock, token, []))
+            raise
         if exists:
             if acquired:
                 await self.redis.delete(lock)

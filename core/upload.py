@@ -13,13 +13,15 @@ still a replay.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import replace
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from batchd.core import codec
 from batchd.core.domain import BatchRecord, BatchSpec, NewItem
@@ -43,6 +45,26 @@ def _spec_digest(spec: BatchSpec) -> hashlib._Hash:
 
 def _slices(keys: list[str]) -> list[list[str]]:
     return [keys[i : i + _SLICE] for i in range(0, len(keys), _SLICE)]
+
+
+async def drop_if_owner(redis: Redis, lock: str, token: str, keys: list[str]) -> None:
+    """Delete `keys` and the upload lock, if the lock still holds `token`.
+
+    A lock that expired and was taken again belongs to another upload, and so do the
+    keys staged under it: they are left alone.
+    """
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(lock)
+            if await pipe.get(lock) != token.encode():
+                return
+            pipe.multi()
+            for part in _slices(keys):
+                pipe.delete(*part)
+            pipe.delete(lock)
+            await pipe.execute()
+        except WatchError:
+            pass  # the lock changed hands meanwhile: nothing here is ours
 
 
 class UploadSession:
@@ -129,28 +151,21 @@ class UploadSession:
         raise WatchError(f"commit of batch {self.spec.batch_id!r} kept conflicting")
 
     async def abort(self) -> None:
-        """Delete everything staged so far and release the batch id. Idempotent."""
+        """Delete everything staged so far and release the batch id. Idempotent.
+
+        Shielded: when the caller is cancelled (a client gone mid-stream) the clean-up
+        still runs to its end.
+        """
         if self._closed:
             return
         self._closed = True
         self._buffer.clear()
         if self._replay_of is not None:
             return
-        lock = self._keys.upload_lock(self.spec.batch_id)
         staged = [self._keys.chunk(self.spec.batch_id, n) for n in range(self._staged)]
         staged.append(self._keys.ids(self.spec.batch_id))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(lock)
-                if await pipe.get(lock) != self._token.encode():
-                    return  # expired: whoever holds the batch id now owns these keys
-                pipe.multi()
-                for keys in _slices(staged):
-                    pipe.delete(*keys)
-                pipe.delete(lock)
-                await pipe.execute()
-            except WatchError:
-                pass  # the lock changed hands: nothing here is ours to delete
+        lock = self._keys.upload_lock(self.spec.batch_id)
+        await asyncio.shield(drop_if_owner(self._redis, lock, self._token, staged))
 
     # -- internals ------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -161,14 +176,22 @@ class UploadSession:
         batch_id, chunk = self.spec.batch_id, self._staged
         first = chunk * self.chunk_size
         ids = [item.custom_id for item in self._buffer]
-        result = await self._scripts.stage_chunk(
-            keys=[
-                self._keys.upload_lock(batch_id),
-                self._keys.ids(batch_id),
-                self._keys.chunk(batch_id, chunk),
-            ],
-            args=[self._token, self._ttl_ms, codec.encode_chunk(self._buffer), first, *ids],
-        )
+        # Counted before the call: a call cut short may still have staged the chunk,
+        # and abort must then delete it too.
+        self._staged = chunk + 1
+        try:
+            result = await self._scripts.stage_chunk(
+                keys=[
+                    self._keys.upload_lock(batch_id),
+                    self._keys.ids(batch_id),
+                    self._keys.chunk(batch_id, chunk),
+                ],
+                args=[self._token, self._ttl_ms, codec.encode_chunk(self._buffer), first, *ids],
+            )
+        except BaseException:
+            with contextlib.suppress(RedisError):  # the first error is the one to report
+                await self.abort()
+            raise
         if result == -1:
             await self.abort()
             raise FailedPrecondition(f"the upload of batch {batch_id!r} expired")
@@ -179,7 +202,6 @@ class UploadSession:
                 f"items[{first + position}].custom_id",
                 f"custom_id {ids[position]!r} is already used by items[{previous}]",
             )
-        self._staged += 1
         self._buffer.clear()
         await self._refresh_ttls()
 
