@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from batchd.core import jobs
 from batchd.core.domain import BatchOptions, BatchRecord, BatchSpec, BatchState, ItemCounts, NewItem
@@ -117,6 +119,35 @@ async def test_abort_leaves_no_key_behind(store: BatchStore, redis: Redis) -> No
     # The batch id is free again.
     batch, _ = await submit(store, spec, make_items(2))
     assert batch.total_items == 2
+
+
+async def test_a_cancelled_upload_leaves_no_key_behind(store: BatchStore, redis: Redis) -> None:
+    spec = make_spec(chunk_size=10)
+    session = await store.begin_upload(spec)
+    staging = asyncio.Event()
+
+    async def feed() -> None:
+        for n in range(10_000):
+            await session.add_items(make_items(10, start=10 * n))
+            staging.set()
+
+    task = asyncio.create_task(feed())
+    await staging.wait()
+    task.cancel()  # wherever it lands, mid-script or between chunks
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await session.abort()
+    assert await keys_of(redis, spec.batch_id) == []
+
+
+async def test_redis_errors_reach_the_caller_unwrapped(free_port: int) -> None:
+    down = Redis(port=free_port, socket_connect_timeout=1)
+    store = BatchStore(down)
+    with pytest.raises(RedisConnectionError):
+        await store.get_batch("any")
+    with pytest.raises(RedisConnectionError):
+        await store.begin_upload(make_spec())
+    await down.aclose()
 
 
 async def test_an_empty_batch_is_invalid(store: BatchStore, redis: Redis) -> None:
