@@ -148,6 +148,7 @@ class UploadSession:
                 return await self._replay(original)
             self._closed = True
             return await self._read_batch(self.spec.batch_id), False
+        await self.abort()
         raise WatchError(f"commit of batch {self.spec.batch_id!r} kept conflicting")
 
     async def abort(self) -> None:
@@ -258,16 +259,18 @@ class UploadSession:
             for key in [*staged, keys.ids(spec.batch_id)]:
                 pipe.persist(key)
             pipe.delete(lock)
+            # One ARQ job per chunk, as ArqRedis.enqueue_job would write it.
+            queued: dict[str, int] = {}
             for n in range(self._staged):
-                job = chunk_job(
-                    keys.chunk_job_id(spec.batch_id, n),
-                    spec.batch_id,
-                    n,
-                    now_ms=created,
-                    expiry=self._job_expiry,
-                )
+                job_id = keys.chunk_job_id(spec.batch_id, n)
+                job = chunk_job(job_id, spec.batch_id, n, now_ms=created, expiry=self._job_expiry)
                 pipe.set(job.key, job.payload, px=job.expires_ms)
-                pipe.zadd(keys.queue, {job.job_id: job.score_ms})
+                queued[job.job_id] = job.score_ms
+                if len(queued) == _SLICE:
+                    pipe.zadd(keys.queue, queued)
+                    queued = {}
+            if queued:
+                pipe.zadd(keys.queue, queued)
             await pipe.execute()
         return None
 
