@@ -9,34 +9,34 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Settings:
-    # Redis. Empty: the all-in-one service starts an embedded server (see data_dir).
-    redis_url: str = ""
-    key_prefix: str = "batchd:"
-    # gRPC server
-    host: str = "0.0.0.0"
-    port: int = 50051
-    # The embedded Redis keeps its AOF here.
-    data_dir: str = ".data"
-    # Workers
-    worker_concurrency: int = 100  # items in flight per worker process
-    worker_max_chunks: int = 8  # chunk jobs in flight per worker process
-    handlers: str = ""  # extra handlers: comma-separated "module:attribute" paths
-    heartbeat_interval: float = 2.0  # seconds between worker liveness reports
-    worker_ttl: float = 10.0  # a worker silent this long counts as gone
-    # Batches
-    default_chunk_size: int = 100
-    outcome_flush_items: int = 200  # a worker flushes outcomes every N items ...
-    outcome_flush_interval: float = 0.1  # ... or every this many seconds
-    # Logging
-    log_format: str = "auto"  # "json", "console" or "auto" (console on a terminal)
-    log_level: str = "info"
+    redis_url: str = _setting(
+        "", "Redis URL (also REDIS_URL); empty: batchd-service starts an embedded server"
+    )
+    key_prefix: str = _setting("batchd:", "prefix of every Redis key batchd writes")
+    host: str = _setting("0.0.0.0", "address the gRPC server listens on")
+    port: int = _setting(50051, "port the gRPC server listens on")
+    data_dir: str = _setting(".data", "where the embedded Redis keeps its append-only file")
+    worker_concurrency: int = _setting(100, "items in flight per worker process")
+    worker_max_chunks: int = _setting(8, "chunk jobs in flight per worker process")
+    handlers: str = _setting("", "extra handlers to serve: comma-separated module:attribute")
+    heartbeat_interval: float = _setting(2.0, "seconds between a worker's liveness reports")
+    worker_ttl: float = _setting(10.0, "a worker silent this many seconds counts as gone")
+    default_chunk_size: int = _setting(100, "items per chunk when neither batch nor handler say")
+    outcome_flush_items: int = _setting(200, "a worker records outcomes every N items ...")
+    outcome_flush_interval: float = _setting(0.1, "... or every this many seconds")
+    log_format: str = _setting("auto", "json, console, or auto (console on a terminal)")
+    log_level: str = _setting("info", "debug, info, warning or error")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -53,14 +53,13 @@ class Settings:
         return cls(**values)
 
     @classmethod
-    def from_args(
-        cls, argv: Sequence[str] | None = None, *, description: str = ""
-    ) -> Settings:
+    def from_args(cls, argv: Sequence[str] | None = None, *, description: str = "") -> Settings:
         """Settings from command-line flags over the environment."""
         parser = argparse.ArgumentParser(description=description)
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            parser.add_argument(flag, dest=f.name, default=None, help=f"(BATCHD_{f.name.upper()})")
+            help_text = f"{f.metadata['help']} [BATCHD_{f.name.upper()}, default {f.default!r}]"
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
         parsed = vars(parser.parse_args(argv))
         overrides = {k: _convert(_field_type(k), v) for k, v in parsed.items() if v is not None}
         return cls.from_env(**overrides)
