@@ -59,18 +59,15 @@ class Settings:
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
             help_text = f"{f.metadata['help']} [BATCHD_{f.name.upper()}, default {f.default!r}]"
-            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
         parsed = vars(parser.parse_args(argv))
-        overrides = {k: _convert(_field_type(k), v) for k, v in parsed.items() if v is not None}
+        overrides = {k: v for k, v in parsed.items() if v is not None}
         return cls.from_env(**overrides)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
-
-
-def _field_type(name: str) -> str:
-    return next(str(f.type) for f in fields(Settings) if f.name == name)
 
 
 def _convert(type_name: object, raw: str) -> Any:
