@@ -1,0 +1,234 @@
+"""The ARQ worker, assembled from batchd's Settings.
+
+`build_worker` returns an `arq.Worker` for in-process use (tests, embedding);
+`batchd-worker` (`batchd.worker.main`) runs the same worker with signal handling.
+
+What ARQ does for us (arq 0.28, `arq/worker.py`):
+- `Worker.main` puts its Redis pool in `ctx["redis"]`, then awaits `on_startup(ctx)`;
+  every job gets a copy of ctx plus `job_id`, `job_try`, `enqueue_time`, `score`.
+- `on_shutdown` runs only in `Worker.close()`: after `async_run()` call `close()`.
+- A job running while its worker stops is cancelled, and a CancelledError job, like
+  `Retry`, is put back on the queue (`retry_jobs`); so is one whose worker died, once
+  its `arq:in-progress:<id>` key expires (job timeout + 10 s). A job that raises
+  anything else, or times out, is finished and dropped: `run_chunk` turns Redis errors
+  into `Retry`, and its timeout is long.
+- With `job_completion_wait`, SIGINT/SIGTERM stop picking jobs and wait that long for the
+  jobs in hand before cancelling them (`handle_sig_wait_for_completion`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import arq
+from arq.connections import RedisSettings
+
+from batchd.core import jobs
+from batchd.core.config import Settings
+from batchd.core.keys import Keys
+from batchd.core.logs import get_logger
+from batchd.core.store import BatchStore
+from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
+from batchd.worker.handler import Handler, WorkerInfo
+from batchd.worker.registry import load_handlers, specs
+
+__all__ = [
+    "JOB_MAX_TRIES",
+    "JOB_TIMEOUT",
+    "SHUTDOWN_GRACE",
+    "BatchdWorker",
+    "build_worker",
+    "new_worker_id",
+    "worker_settings",
+]
+
+log = get_logger(__name__)
+
+# A chunk job's time limit. Long, because a job that times out is dropped with its chunk
+# still claimed; but a crashed worker's job is rerun only this long after it started.
+JOB_TIMEOUT = 3600
+# Runs of one chunk job: stops, Redis errors and missing handlers each use one.
+JOB_MAX_TRIES = 10
+# On SIGTERM/SIGINT, how long the jobs in hand may run before they are cancelled (and
+# requeued). Under batchd-service's 30 s wait before it kills the worker.
+SHUTDOWN_GRACE = 20
+
+
+def new_worker_id() -> str:
+    """hostname-pid-random: unique per process, readable in ListHandlers and logs."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def worker_settings(
+    settings: Settings,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    worker_id: str | None = None,
+) -> dict[str, Any]:
+    """ARQ worker settings (a `WorkerSettingsType` dict, for `arq.worker.create_worker`).
+
+    `handlers` default to `load_handlers(settings.handlers)`.
+    """
+    served = load_handlers(settings.handlers) if handlers is None else handlers
+    return _arq_options(settings, _Lifecycle(settings, served, worker_id or new_worker_id()))
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    handle_signals: bool = False,
+    extra_handlers: Iterable[Handler] = (),
+    poll_delay: float = 0.5,
+) -> BatchdWorker:
+    """An ARQ worker serving the built-in, installed and configured handlers (plus
+    `extra_handlers`). Build it inside the event loop that will run it.
+
+    Run it with `await worker.async_run()` and always `await worker.close()` after (that
+    runs the shutdown hooks); `worker.started` is set once it has published its handlers.
+    `burst=True` stops once the queue is empty. Leave `handle_signals` off inside another
+    application: it replaces SIGINT/SIGTERM handlers.
+    """
+    handlers = load_handlers(settings.handlers, extra_handlers)
+    lifecycle = _Lifecycle(settings, handlers, new_worker_id())
+    options = _arq_options(settings, lifecycle)
+    if not handle_signals:
+        options["job_completion_wait"] = 0
+    return BatchdWorker(
+        lifecycle, burst=burst, handle_signals=handle_signals, poll_delay=poll_delay, **options
+    )
+
+
+def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
+    if not settings.redis_url:
+        raise ValueError("the worker needs a Redis URL (BATCHD_REDIS_URL)")
+    return {
+        "functions": [
+            arq.func(run_chunk, name=jobs.RUN_CHUNK, timeout=JOB_TIMEOUT, max_tries=JOB_MAX_TRIES)
+        ],
+        "queue_name": Keys(settings.key_prefix).queue,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "job_serializer": jobs.serialize,
+        "job_deserializer": jobs.deserialize,
+        "max_jobs": settings.worker_max_chunks,
+        "keep_result": 0,  # nobody reads ARQ results: outcomes live in the store
+        "max_tries": JOB_MAX_TRIES,
+        "job_completion_wait": SHUTDOWN_GRACE,
+        "on_startup": lifecycle.startup,
+        "on_shutdown": lifecycle.shutdown,
+    }
+
+
+class BatchdWorker(arq.Worker):
+    """arq's Worker, plus `worker_id` and `started` (set once the catalog is published)."""
+
+    def __init__(self, lifecycle: _Lifecycle, **options: Any) -> None:
+        super().__init__(**options)
+        self.worker_id = lifecycle.worker_id
+        self.started = lifecycle.started
+
+    async def close(self) -> None:
+        """arq 0.28's `Worker.close`, step for step, but closing the pool with `aclose()`:
+        its `close(close_connection_pool=True)` is deprecated in redis-py 5."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)  # cancels what still runs, as arq does
+        if self._pool is None:
+            return
+        await asyncio.gather(*self.tasks.values())
+        await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose()
+        self._pool = None
+
+
+class _Lifecycle:
+    """ARQ's on_startup/on_shutdown: the runtime, handler hooks, catalog and heartbeat."""
+
+    def __init__(self, settings: Settings, handlers: Mapping[str, Handler], worker_id: str):
+        self.settings = settings
+        self.handlers = handlers
+        self.worker_id = worker_id
+        self.opened: list[Handler] = []  # handlers whose startup hook ran
+        self.heartbeat: asyncio.Task[None] | None = None
+        self.store: BatchStore | None = None
+        self.started = asyncio.Event()
+
+    async def startup(self, ctx: dict[Any, Any]) -> None:
+        settings = self.settings
+        # ARQ's pool (bytes replies, no decoding) serves the store too: one pool per process.
+        self.store = BatchStore(ctx["redis"], Keys(settings.key_prefix))
+        info = WorkerInfo(worker_id=self.worker_id, concurrency=settings.worker_concurrency)
+        try:
+            for handler in self.handlers.values():
+                if handler.startup is not None:
+                    await handler.startup(info)
+                self.opened.append(handler)
+        except BaseException:
+            await self._shutdown_handlers()
+            raise
+        ctx[CTX_KEY] = WorkerRuntime(
+            settings=settings,
+            store=self.store,
+            handlers=self.handlers,
+            worker_id=self.worker_id,
+            slots=asyncio.Semaphore(max(settings.worker_concurrency, 1)),
+            max_tries=JOB_MAX_TRIES,
+        )
+        await self._publish()
+        self.heartbeat = asyncio.create_task(self._beat(), name="batchd heartbeat")
+        self.started.set()
+        log.info(
+            "worker_started",
+            worker_id=self.worker_id,
+            handlers=sorted(self.handlers),
+            concurrency=settings.worker_concurrency,
+            max_chunks=settings.worker_max_chunks,
+        )
+
+    async def shutdown(self, ctx: dict[Any, Any]) -> None:
+        self.started.clear()
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.heartbeat
+            self.heartbeat = None
+        if self.store is not None:
+            try:
+                await self.store.remove_worker(self.worker_id)
+            except Exception:
+                log.warning("worker_remove_failed", worker_id=self.worker_id, exc_info=True)
+        await self._shutdown_handlers()
+        log.info("worker_stopped", worker_id=self.worker_id)
+
+    async def _publish(self) -> None:
+        assert self.store is not None
+        await self.store.publish_worker(
+            self.worker_id, specs(self.handlers), ttl=self.settings.worker_ttl
+        )
+
+    async def _beat(self) -> None:
+        """Refreshes the catalog and this worker's liveness; a failed beat is only logged."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self._publish()
+            except Exception:
+                log.warning("worker_heartbeat_failed", worker_id=self.worker_id, exc_info=True)
+
+    async def _shutdown_handlers(self) -> None:
+        while self.opened:
+            handler = self.opened.pop()
+            if handler.shutdown is None:
+                continue
+            try:
+                await handler.shutdown()
+            except Exception:
+                log.warning("handler_shutdown_failed", handler=handler.name, exc_info=True)

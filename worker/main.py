@@ -1,0 +1,39 @@
+"""`batchd-worker`: one ARQ worker process.
+
+SIGTERM/SIGINT stop it gracefully: it takes no new chunk, lets the chunks in hand run
+for up to SHUTDOWN_GRACE seconds, then cancels them (their unfinished items go back to
+the queue with their jobs), removes itself from the catalog and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from batchd.core.config import Settings
+from batchd.core.logs import configure_logging, get_logger
+from batchd.worker.app import build_worker
+
+log = get_logger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = Settings.from_args(argv, description="batchd worker: runs the chunks of batches.")
+    configure_logging(settings)
+    asyncio.run(run(settings))
+
+
+async def run(settings: Settings) -> None:
+    worker = build_worker(settings, handle_signals=True)
+    try:
+        # A signal cancels the worker's main task (after the grace period): that ends
+        # async_run with CancelledError, which is how ARQ's own Worker.run stops too.
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.async_run()
+    finally:
+        await worker.close()
+
+
+if __name__ == "__main__":
+    main()
