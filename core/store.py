@@ -1,7 +1,8 @@
-"""The one module that talks to Redis: named operations over batches, chunks and outcomes.
+"""The Redis store: named operations over batches, chunks, outcomes and the catalog.
 
-See docs/design.md for the key layout and the semantics of each Lua script. Values are
-encoded by `batchd.core.codec`; uploads are staged by `batchd.core.upload`. Redis
+See docs/design.md for the key layout and the semantics of each Lua script. Only this
+package talks to Redis: values are encoded by `codec`, uploads staged by `upload`,
+listings paged by `listing`, atomic updates made by `scripts` (core/lua/*.lua). Redis
 errors (`redis.exceptions.ConnectionError`, ...) propagate unwrapped: the edge maps
 them to UNAVAILABLE.
 """
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from batchd.core import codec
+from batchd.core import codec, listing
 from batchd.core.domain import (
     BatchOptions,
     BatchRecord,
@@ -30,7 +31,7 @@ from batchd.core.domain import (
     ItemState,
     ItemView,
 )
-from batchd.core.errors import AlreadyExists, InvalidRequest, NotFound
+from batchd.core.errors import AlreadyExists, NotFound
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
 from batchd.core.scripts import Scripts
@@ -38,10 +39,6 @@ from batchd.core.upload import UploadSession, drop_if_owner
 
 __all__ = ["BatchStore", "UploadSession"]
 
-# A listing reads at most this many chunks (items) or index entries (batches) per
-# call, so a filter that matches little returns a short page instead of scanning on.
-_MAX_SCAN_CHUNKS = 64
-_MAX_SCAN_BATCHES = 1000
 # Worker entries silent for this many TTLs are dropped from the workers zset.
 _PRUNE_AFTER_TTLS = 10
 
@@ -126,95 +123,15 @@ class BatchStore:
     async def list_batches(
         self, page_size: int, cursor: str, states: Sequence[BatchState]
     ) -> tuple[list[BatchRecord], str]:
-        """Newest first; returns (batches, next cursor or "").
-
-        The cursor is the (create ms, batch id) of the last entry looked at; a page may
-        be short when a state filter skips many batches.
-        """
-        page_size, wanted = max(1, page_size), set(states)
-        top: float | str = "+inf"
-        after: tuple[int, str] | None = None
-        if cursor:
-            after = _parse_batch_cursor(cursor)
-            top = after[0]
-        window = page_size + 1 if not wanted else max(page_size + 1, 200)
-        found: list[BatchRecord] = []
-        offset = scanned = 0
-        last = (0, "")  # the last entry looked at
-        while scanned < _MAX_SCAN_BATCHES:
-            entries = await self.redis.zrevrangebyscore(
-                self.keys.batches, top, "-inf", start=offset, num=window, withscores=True
-            )
-            if not entries:
-                return found, ""
-            offset += len(entries)
-            index = [(bytes(member).decode(), int(score)) for member, score in entries]
-            if after is not None:  # ties on create ms sort by id, descending
-                index = [(b, ms) for b, ms in index if ms < after[0] or b < after[1]]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for batch_id, _ in index:
-                    pipe.hgetall(self.keys.meta(batch_id))
-                metas = await pipe.execute()
-            for position, ((batch_id, ms), meta) in enumerate(zip(index, metas, strict=True)):
-                scanned += 1
-                last = (ms, batch_id)
-                if not meta:
-                    continue
-                record = codec.decode_meta(batch_id, meta)
-                if wanted and record.state not in wanted:
-                    continue
-                found.append(record)
-                if len(found) == page_size:
-                    more = position + 1 < len(index) or len(entries) == window
-                    return found, _batch_cursor(ms, batch_id) if more else ""
-            if len(entries) < window:
-                return found, ""
-        return found, _batch_cursor(*last)
+        """Newest first; returns (batches, next cursor or ""). A page may be short when a
+        state filter skips many batches."""
+        return await listing.list_batches(self.redis, self.keys, page_size, cursor, states)
 
     async def list_items(
         self, batch_id: str, page_size: int, cursor: str, states: Sequence[ItemState]
     ) -> tuple[list[ItemView], str]:
-        """In submission order; a page may be short when a filter skips many items.
-
-        The cursor is the global index to continue from.
-        """
-        total_raw, size_raw = await self.redis.hmget(  # type: ignore[misc]
-            self.keys.meta(batch_id), ["total", "chunk_size"]
-        )
-        if total_raw is None:
-            raise NotFound(f"batch {batch_id!r} not found")
-        total, size = int(total_raw), int(size_raw)
-        start = _parse_index_cursor(cursor) if cursor else 0
-        page_size, wanted = max(1, page_size), set(states)
-        if wanted == {ItemState.FAILED}:
-            return await self._list_failed(batch_id, size, page_size, start)
-
-        found: list[ItemView] = []
-        index, budget = start, _MAX_SCAN_CHUNKS
-        while index < total and budget > 0:
-            first_chunk = index // size
-            span = min(budget, -(-page_size // size) + 1, -(-total // size) - first_chunk)
-            budget -= span
-            for chunk, items, outcomes, claimed in await self._read_chunks(
-                batch_id, range(first_chunk, first_chunk + span)
-            ):
-                fallback = _UNRECORDED.get(claimed or b"", ItemState.PENDING)
-                for offset in range(index - chunk * size, len(items)):
-                    custom_id, _ = items[offset]
-                    raw = outcomes.get(str(offset).encode())
-                    view = (
-                        codec.decode_outcome(index, custom_id, raw)
-                        if raw is not None
-                        else ItemView(custom_id=custom_id, index=index, state=fallback)
-                    )
-                    index += 1
-                    if wanted and view.state not in wanted:
-                        continue
-                    found.append(view)
-                    if len(found) == page_size:
-                        return found, _index_cursor(index, total)
-                index = (chunk + 1) * size
-        return found, _index_cursor(index, total)
+        """In submission order; a page may be short when a filter skips many items."""
+        return await listing.list_items(self.redis, self.keys, batch_id, page_size, cursor, states)
 
     # -- changing -------------------------------------------------------------------
     async def cancel_batch(self, batch_id: str) -> BatchRecord:
@@ -354,73 +271,3 @@ class BatchStore:
             job_expiry=self.job_expiry,
             replay_of=replay_of,
         )
-
-    async def _read_chunks(
-        self, batch_id: str, chunks: range
-    ) -> list[tuple[int, list[tuple[str, bytes]], dict[bytes, bytes], bytes | None]]:
-        """(chunk, items, outcomes, claim state) of each chunk, in one round trip."""
-        keys = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in chunks:
-                pipe.get(keys.chunk(batch_id, chunk))
-                pipe.hgetall(keys.outcomes(batch_id, chunk))
-                pipe.hget(keys.chunk_states(batch_id), str(chunk))
-            replies = await pipe.execute()
-        read = []
-        for position, chunk in enumerate(chunks):
-            raw, outcomes, claimed = replies[3 * position : 3 * position + 3]
-            items = codec.decode_chunk(raw) if raw is not None else []
-            read.append((chunk, items, outcomes, claimed))
-        return read
-
-    async def _list_failed(
-        self, batch_id: str, size: int, page_size: int, start: int
-    ) -> tuple[list[ItemView], str]:
-        """FAILED items only, straight from the `failed` index."""
-        members = await self.redis.zrangebyscore(
-            self.keys.failed(batch_id), start, "+inf", start=0, num=page_size + 1
-        )
-        indexes = [int(member) for member in members]
-        more = len(indexes) > page_size
-        indexes = indexes[:page_size]
-        by_chunk: dict[int, list[int]] = {}
-        for index in indexes:
-            by_chunk.setdefault(index // size, []).append(index)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk, wanted in by_chunk.items():
-                pipe.get(self.keys.chunk(batch_id, chunk))
-                pipe.hmget(self.keys.outcomes(batch_id, chunk), [i - chunk * size for i in wanted])
-            replies = iter(await pipe.execute())
-        views: list[ItemView] = []
-        for chunk, wanted in by_chunk.items():
-            items, outcomes = codec.decode_chunk(next(replies)), next(replies)
-            for index, raw in zip(wanted, outcomes, strict=True):
-                custom_id = items[index - chunk * size][0]
-                views.append(codec.decode_outcome(index, custom_id, raw))
-        return views, codec.encode_token(str(indexes[-1] + 1)) if more else ""
-
-
-# An item without an outcome reads as its chunk's claim state says.
-_UNRECORDED = {b"c": ItemState.CANCELLED, b"r": ItemState.RUNNING}
-
-
-def _batch_cursor(created_ms: int, batch_id: str) -> str:
-    return codec.encode_token(f"{created_ms}:{batch_id}")
-
-
-def _parse_batch_cursor(cursor: str) -> tuple[int, str]:
-    created, sep, batch_id = codec.decode_token(cursor).partition(":")
-    if not sep or not created.isdigit():
-        raise InvalidRequest.for_field("page_token", "not a page token of this listing")
-    return int(created), batch_id
-
-
-def _index_cursor(index: int, total: int) -> str:
-    return codec.encode_token(str(index)) if index < total else ""
-
-
-def _parse_index_cursor(cursor: str) -> int:
-    text = codec.decode_token(cursor)
-    if not text.isdigit():
-        raise InvalidRequest.for_field("page_token", "not a page token of this listing")
-    return int(text)
