@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from batchd.core.config import Settings
 from batchd.server.app import BatchdServer, start_server
+from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -59,3 +61,22 @@ async def test_health_follows_redis(redis_server_factory: Callable[..., object])
             updates.cancel()
     finally:
         await running.stop(grace=0)
+
+
+async def test_shutdown_ends_watches_with_unavailable(redis_url: str, store: object) -> None:
+    running = await start_server(Settings(redis_url=redis_url, host="127.0.0.1"), port=0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = batch_service_pb2_grpc.BatchServiceStub(channel)
+        items = [batch_pb2.Item(custom_id="a", params_json=b'{"n":1}')]
+        submitted = await stub.SubmitBatch(
+            batch_service_pb2.SubmitBatchRequest(handler="test.echo", items=items)
+        )
+        call = stub.WatchProgress(
+            batch_service_pb2.WatchProgressRequest(batch_id=submitted.batch.batch_id)
+        )
+        assert (await call.read()).progress.state == batch_pb2.BATCH_STATE_QUEUED  # type: ignore[union-attr]
+        stopping = asyncio.create_task(running.stop(grace=5))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        await stopping

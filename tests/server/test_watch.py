@@ -1,0 +1,91 @@
+"""WatchProgress: a snapshot at once, heartbeats while nothing changes, the terminal
+snapshot, then OK."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+
+from batchd.v1 import batch_pb2, batch_service_pb2
+
+if TYPE_CHECKING:
+    from batchd.v1.batch_service_pb2_grpc import BatchServiceAsyncStub as Stub
+
+
+async def queued_batch(stub: Stub, count: int = 30) -> str:
+    items = [batch_pb2.Item(custom_id=f"w{i}", params_json=b'{"n":1}') for i in range(count)]
+    response = await stub.SubmitBatch(
+        batch_service_pb2.SubmitBatchRequest(handler="test.echo", items=items)
+    )
+    return response.batch.batch_id
+
+
+async def read_to_end(call: Any) -> list[batch_service_pb2.WatchProgressResponse]:
+    """The rest of a stream already read with read(): the two APIs may not be mixed."""
+    messages = []
+    while (message := await call.read()) is not grpc.aio.EOF:
+        messages.append(message)
+    return messages
+
+
+def watch_request(batch_id: str, heartbeat: float) -> batch_service_pb2.WatchProgressRequest:
+    return batch_service_pb2.WatchProgressRequest(
+        batch_id=batch_id,
+        min_interval=duration_pb2.Duration(nanos=10_000_000),
+        heartbeat_interval=duration_pb2.Duration(
+            seconds=int(heartbeat), nanos=int(heartbeat % 1 * 1e9)
+        ),
+    )
+
+
+async def test_snapshot_heartbeats_terminal_then_ok(stub: Stub) -> None:
+    # No worker serves test.echo here: the batch stays QUEUED until it is cancelled.
+    batch_id = await queued_batch(stub)
+    call = stub.WatchProgress(watch_request(batch_id, heartbeat=0.05))
+    first = await call.read()
+    assert isinstance(first, batch_service_pb2.WatchProgressResponse)
+    assert not first.heartbeat
+    assert first.progress.state == batch_pb2.BATCH_STATE_QUEUED
+    assert first.progress.counts.pending == first.progress.total_items == 30
+    beats = [await call.read() for _ in range(3)]
+    assert all(isinstance(b, batch_service_pb2.WatchProgressResponse) for b in beats)
+    assert all(b.heartbeat and b.progress.counts == first.progress.counts for b in beats)  # type: ignore[union-attr]
+
+    await stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id=batch_id))
+    rest = await read_to_end(call)
+    last = rest[-1].progress
+    assert last.state == batch_pb2.BATCH_STATE_CANCELLED
+    assert last.counts.cancelled == 30
+    assert last.HasField("end_time")
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_watching_a_finished_batch_ends_at_once(stub: Stub) -> None:
+    batch_id = await queued_batch(stub, count=3)
+    await stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id=batch_id))
+    messages = [m async for m in stub.WatchProgress(watch_request(batch_id, heartbeat=5))]
+    assert len(messages) == 1
+    assert messages[0].progress.state == batch_pb2.BATCH_STATE_CANCELLED
+
+
+async def test_many_watchers_share_one_feed(stub: Stub) -> None:
+    batch_id = await queued_batch(stub)
+    calls = [stub.WatchProgress(watch_request(batch_id, heartbeat=5)) for _ in range(50)]
+    for call in calls:
+        first = await call.read()
+        assert isinstance(first, batch_service_pb2.WatchProgressResponse)
+    await stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id=batch_id))
+    for call in calls:
+        rest = await read_to_end(call)
+        assert rest[-1].progress.state == batch_pb2.BATCH_STATE_CANCELLED
+
+
+async def test_invalid_batch_id_is_rejected(stub: Stub) -> None:
+    call = stub.WatchProgress(batch_service_pb2.WatchProgressRequest(batch_id="no spaces"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
