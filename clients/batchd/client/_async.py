@@ -40,6 +40,7 @@ from batchd.client._types import (
     Page,
     SubmitResult,
 )
+from batchd.client._upload import upload_async
 from batchd.client._watch import WatchRetry, WatchSession
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
@@ -139,9 +140,10 @@ class AsyncClient:
         messages of up to `items_per_message` items (and `max_message_bytes`).
 
         Items are pulled from `items` only as messages are sent, so the iterable is
-        never held in memory whole. If it raises, the stream is cancelled (the
-        service keeps nothing) and the exception propagates unchanged. A sync
-        iterable is iterated on the event loop: keep it non-blocking.
+        never held in memory whole. If it raises (or an item is invalid), the
+        upload is abandoned, so the service keeps nothing, and the exception
+        propagates unchanged. A sync iterable is iterated on the event loop: keep
+        it non-blocking.
         """
         header = upload_header(
             handler, options=options, metadata=metadata, request_id=request_id, batch_id=batch_id
@@ -152,15 +154,7 @@ class AsyncClient:
             params_struct=params_struct,
         )
         call = self._stub.UploadBatch(timeout=timeout)
-        try:
-            with rpc_errors():
-                async for message in aiter_upload_requests(header, items, packer):
-                    await call.write(message)
-                await call.done_writing()
-                response = await call
-        except BaseException:
-            call.cancel()
-            raise
+        response = await upload_async(call, aiter_upload_requests(header, items, packer))
         return SubmitResult(Batch.from_proto(response.batch), response.replayed)
 
     async def get(self, batch_id: str) -> Batch:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import builtins
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -42,6 +41,7 @@ from batchd.client._types import (
     Page,
     SubmitResult,
 )
+from batchd.client._upload import GuardedRequests
 from batchd.client._watch import WatchRetry, WatchSession
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
@@ -133,8 +133,9 @@ class Client:
         timeout: float | None = None,
     ) -> SubmitResult:
         """Submits a batch of any size as a stream (UploadBatch), pulling items only
-        as messages are sent. If `items` raises, the stream is cancelled (the
-        service keeps nothing) and the exception propagates unchanged."""
+        as messages are sent. If `items` raises (or an item is invalid), the upload
+        is abandoned, so the service keeps nothing, and the exception propagates
+        unchanged."""
         header = upload_header(
             handler, options=options, metadata=metadata, request_id=request_id, batch_id=batch_id
         )
@@ -143,7 +144,7 @@ class Client:
             max_message_bytes=max_message_bytes,
             params_struct=params_struct,
         )
-        requests = _GuardedRequests(iter_upload_requests(header, items, packer))
+        requests = GuardedRequests(iter_upload_requests(header, items, packer))
         future = self._stub.UploadBatch.future(iter(requests), timeout=timeout)
         requests.attach(future)
         try:
@@ -264,32 +265,3 @@ class Client:
             finally:
                 call.cancel()
             time.sleep(session.backoff(error))
-
-
-class _GuardedRequests:
-    """Request messages for a sync stream-unary call that keep an exception raised
-    while producing them away from grpc.
-
-    grpc would log the exception with its traceback and fail the call with UNKNOWN.
-    Instead the call is cancelled *before* the iterator ends, so the service never
-    sees a completed upload, and `error` holds the exception for the caller.
-    """
-
-    def __init__(self, messages: Iterator[batch_service_pb2.UploadBatchRequest]) -> None:
-        self._messages = messages
-        self._attached = threading.Event()
-        self._call: grpc.Future[Any] | None = None
-        self.error: BaseException | None = None
-
-    def attach(self, call: grpc.Future[Any]) -> None:
-        self._call = call
-        self._attached.set()
-
-    def __iter__(self) -> Iterator[batch_service_pb2.UploadBatchRequest]:
-        try:
-            yield from self._messages
-        except Exception as exc:
-            self.error = exc
-            self._attached.wait()
-            assert self._call is not None
-            self._call.cancel()
