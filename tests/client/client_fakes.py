@@ -1,0 +1,254 @@
+"""A tiny real gRPC server for the client's tests (fixtures in conftest.py).
+
+`FakeBatchService` is a scripted batchd.v1.BatchService on a real `grpc.aio`
+server (port 0): tests tell it which rich errors to return, which snapshots a
+WatchProgress stream sends and where it breaks, and read back what it received.
+The client under test talks to it over a real channel; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
+
+pb = batch_service_pb2
+
+# Reconnect at once in tests: the channel's own backoff starts at 1 s otherwise.
+FAST_RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 200),
+)
+
+
+@dataclass(frozen=True)
+class Abort:
+    """A scripted failure: the RPC ends with this status and rich details."""
+
+    code: grpc.StatusCode
+    message: str
+    details: Sequence[Message] = ()
+
+
+HANG = "hang"
+"""A watch script step: keep the stream open until the client cancels it."""
+
+WatchStep = pb.WatchProgressResponse | Abort | str
+
+
+def progress(
+    state: int,
+    *,
+    total: int = 10,
+    pending: int = 0,
+    running: int = 0,
+    succeeded: int = 0,
+    failed: int = 0,
+    cancelled: int = 0,
+    heartbeat: bool = False,
+    batch_id: str = "b1",
+) -> pb.WatchProgressResponse:
+    counts = batch_pb2.ItemCounts(
+        pending=pending, running=running, succeeded=succeeded, failed=failed, cancelled=cancelled
+    )
+    eta = duration_pb2.Duration(seconds=7)
+    return pb.WatchProgressResponse(
+        progress=batch_pb2.BatchProgress(
+            batch_id=batch_id,
+            state=batch_pb2.BatchState.ValueType(state),
+            total_items=total,
+            counts=counts,
+            items_per_second=2.5,
+            eta=eta,
+        ),
+        heartbeat=heartbeat,
+    )
+
+
+def make_batch(batch_id: str, state: int = batch_pb2.BATCH_STATE_QUEUED, total: int = 3) -> Any:
+    batch = batch_pb2.Batch(
+        batch_id=batch_id,
+        handler="noop",
+        state=batch_pb2.BatchState.ValueType(state),
+        total_items=total,
+        chunk_count=1,
+        counts=batch_pb2.ItemCounts(pending=total),
+        metadata={"team": "data"},
+        options=batch_pb2.BatchOptions(chunk_size=100),
+    )
+    batch.create_time.FromSeconds(1_700_000_000)
+    return batch
+
+
+@dataclass
+class Upload:
+    """What one UploadBatch call received."""
+
+    messages: list[pb.UploadBatchRequest] = field(default_factory=list)
+    outcome: str = "open"  # "completed", "cancelled", "aborted", "rejected"
+
+    @property
+    def header(self) -> pb.UploadBatchHeader:
+        return self.messages[0].header
+
+    @property
+    def items(self) -> list[batch_pb2.Item]:
+        return [i for m in self.messages[1:] for i in m.items.items]
+
+
+class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
+    def __init__(self) -> None:
+        self.errors: dict[str, list[Abort]] = {}
+        """Method name -> failures to return, one per call, before answering normally."""
+        self.calls: dict[str, int] = {}
+        self.batches: list[batch_pb2.Batch] = []
+        self.items: list[batch_pb2.BatchItem] = []
+        self.handlers: list[batch_pb2.HandlerInfo] = []
+        self.requests: list[Message] = []
+        self.uploads: list[Upload] = []
+        self.upload_reject: Abort | None = None
+        """Fail every upload right after its header."""
+        self.watch_scripts: list[list[WatchStep]] = []
+        self.watch_requests: list[pb.WatchProgressRequest] = []
+        self.watch_cancelled = asyncio.Event()
+        # Set when an upload's first items message arrives, for the async and
+        # the sync (threaded) laziness tests.
+        self.items_arrived = asyncio.Event()
+        self.items_arrived_threadsafe = threading.Event()
+        self.upload_finished = asyncio.Event()
+
+    async def _enter(self, name: str, request: Message, context: Any) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        self.requests.append(request)
+        pending = self.errors.get(name)
+        if pending:
+            await abort(context, pending.pop(0))
+
+    async def SubmitBatch(self, request: Any, context: Any) -> pb.SubmitBatchResponse:
+        await self._enter("SubmitBatch", request, context)
+        batch = make_batch(request.batch_id or "b-submitted", total=len(request.items))
+        return pb.SubmitBatchResponse(batch=batch, replayed=bool(request.request_id))
+
+    async def UploadBatch(self, request_iterator: Any, context: Any) -> pb.UploadBatchResponse:
+        self.calls["UploadBatch"] = self.calls.get("UploadBatch", 0) + 1
+        upload = Upload()
+        self.uploads.append(upload)
+        try:
+            async for request in request_iterator:
+                upload.messages.append(request)
+                if len(upload.messages) > 1 and request.WhichOneof("part") != "items":
+                    # As batchd does; the client abandons an upload this way.
+                    upload.outcome = "rejected"
+                    failure = Abort(grpc.StatusCode.INVALID_ARGUMENT, "only one header")
+                    await abort(context, failure)
+                if len(upload.messages) == 1 and self.upload_reject is not None:
+                    upload.outcome = "aborted"
+                    await abort(context, self.upload_reject)
+                if len(upload.messages) == 2:
+                    self.items_arrived.set()
+                    self.items_arrived_threadsafe.set()
+            upload.outcome = "completed"
+            batch = make_batch(upload.header.batch_id or "b-uploaded", total=len(upload.items))
+            return pb.UploadBatchResponse(batch=batch)
+        except asyncio.CancelledError:
+            if upload.outcome == "open":
+                upload.outcome = "cancelled"
+            raise
+        finally:
+            self.upload_finished.set()
+
+    async def GetBatch(self, request: Any, context: Any) -> pb.GetBatchResponse:
+        await self._enter("GetBatch", request, context)
+        return pb.GetBatchResponse(batch=make_batch(request.batch_id))
+
+    async def ListBatches(self, request: Any, context: Any) -> pb.ListBatchesResponse:
+        await self._enter("ListBatches", request, context)
+        start = int(request.page_token or 0)
+        end = start + (request.page_size or 100)
+        token = str(end) if end < len(self.batches) else ""
+        return pb.ListBatchesResponse(batches=self.batches[start:end], next_page_token=token)
+
+    async def CancelBatch(self, request: Any, context: Any) -> pb.CancelBatchResponse:
+        await self._enter("CancelBatch", request, context)
+        batch = make_batch(request.batch_id, state=batch_pb2.BATCH_STATE_CANCELLING)
+        return pb.CancelBatchResponse(batch=batch)
+
+    async def ListBatchItems(self, request: Any, context: Any) -> pb.ListBatchItemsResponse:
+        await self._enter("ListBatchItems", request, context)
+        wanted = set(request.states)
+        items = [i for i in self.items if not wanted or i.state in wanted]
+        start = int(request.page_token or 0)
+        end = start + (request.page_size or 100)
+        token = str(end) if end < len(items) else ""
+        return pb.ListBatchItemsResponse(items=items[start:end], next_page_token=token)
+
+    async def ListHandlers(self, request: Any, context: Any) -> pb.ListHandlersResponse:
+        await self._enter("ListHandlers", request, context)
+        return pb.ListHandlersResponse(handlers=self.handlers)
+
+    async def WatchProgress(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.WatchProgressResponse]:
+        self.watch_requests.append(request)
+        script = self.watch_scripts.pop(0) if self.watch_scripts else []
+        try:
+            for step in script:
+                if isinstance(step, Abort):
+                    await abort(context, step)
+                elif step == HANG:
+                    await asyncio.Event().wait()
+                else:
+                    assert isinstance(step, pb.WatchProgressResponse)
+                    yield step
+        except asyncio.CancelledError:
+            self.watch_cancelled.set()
+            raise
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], failure: Abort) -> None:
+    """Ends the RPC the way batchd does: a google.rpc.Status in the trailers."""
+    status = status_pb2.Status(code=failure.code.value[0], message=failure.message)
+    for detail in failure.details:
+        status.details.add().Pack(detail)
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, rich.trailing_metadata)
+
+
+class FakeServer:
+    """A real grpc.aio server around a FakeBatchService; `restart()` keeps the port."""
+
+    def __init__(self, service: FakeBatchService) -> None:
+        self.service = service
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        server = grpc.aio.server()
+        batch_service_pb2_grpc.add_BatchServiceServicer_to_server(self.service, server)
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await server.start()
+        self._server = server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(None)
+            self._server = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()

@@ -1,0 +1,235 @@
+"""Items, options and results: conversion to and from the batchd.v1 messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from batchd.client import (
+    Batch,
+    BatchdError,
+    BatchItem,
+    BatchOptions,
+    BatchState,
+    FieldViolation,
+    ItemState,
+    RetryPolicy,
+    to_item,
+)
+from batchd.client._items import UploadPacker, aiter_upload_requests, iter_upload_requests
+from batchd.client._requests import submit_request, upload_header
+from batchd.v1 import batch_pb2, batch_service_pb2
+
+
+def test_mapping_item_sends_compact_json() -> None:
+    item = to_item({"custom_id": "a", "params": {"url": "http://x/é", "n": [1, 2.5, None]}})
+    assert item.custom_id == "a"
+    assert item.WhichOneof("payload") == "params_json"
+    assert item.params_json == '{"url":"http://x/é","n":[1,2.5,null]}'.encode()
+
+
+def test_tuple_item_and_missing_params() -> None:
+    assert to_item(("a", {"k": "v"})).params_json == b'{"k":"v"}'
+    assert to_item(("b", None)).params_json == b"{}"
+    assert to_item({"custom_id": "c"}).params_json == b"{}"
+
+
+def test_bytes_params_pass_through_untouched() -> None:
+    raw = b'{"already": "encoded"}'
+    assert to_item(("a", raw)).params_json == raw
+
+
+def test_generated_item_is_sent_as_is() -> None:
+    item = batch_pb2.Item(custom_id="x", params_json=b"{}")
+    assert to_item(item) is item
+
+
+def test_params_struct_flag_sends_a_struct() -> None:
+    item = to_item(("a", {"n": 1, "s": "x"}), params_struct=True)
+    assert item.WhichOneof("payload") == "params"
+    assert dict(item.params) == {"n": 1.0, "s": "x"}
+    from_bytes = to_item(("a", b'{"k": true}'), params_struct=True)
+    assert dict(from_bytes.params) == {"k": True}
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"params": {}}, "items[4].custom_id"),
+        ({"custom_id": 7}, "items[4].custom_id"),
+        ({"custom_id": "a", "params": [1]}, "items[4].params"),
+        ({"custom_id": "a", "params": {"x": float("nan")}}, "items[4].params"),
+        ({"custom_id": "a", "params": {"x": object()}}, "items[4].params"),
+        ({"custom_id": "a", "param": {}}, "items[4]"),
+        (("a", {}, "extra"), "items[4]"),
+        (42, "items[4]"),
+    ],
+)
+def test_bad_items_raise_invalid_argument_naming_the_field(item: object, field: str) -> None:
+    with pytest.raises(BatchdError) as caught:
+        to_item(item, index=4)  # type: ignore[arg-type]
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in caught.value.field_violations] == [field]
+
+
+def test_packer_splits_by_count() -> None:
+    packer = UploadPacker(items_per_message=1000)
+    messages = [m for i in range(2500) if (m := packer.add((f"i{i}", {}))) is not None]
+    last = packer.flush()
+    assert last is not None
+    sizes = [len(m.items.items) for m in [*messages, last]]
+    assert sizes == [1000, 1000, 500]
+    assert packer.flush() is None
+
+
+def test_packer_splits_by_bytes() -> None:
+    packer = UploadPacker(items_per_message=1000, max_message_bytes=10_000)
+    big = {"blob": "x" * 1000}
+    messages = [m for i in range(50) if (m := packer.add((f"i{i}", big))) is not None]
+    last = packer.flush()
+    assert last is not None
+    messages.append(last)
+    assert sum(len(m.items.items) for m in messages) == 50
+    assert all(m.ByteSize() <= 10_000 for m in messages)
+    assert len(messages) > 5
+
+
+def test_upload_requests_are_lazy() -> None:
+    pulled = 0
+
+    def items() -> Iterator[tuple[str, dict[str, int]]]:
+        nonlocal pulled
+        for i in range(1_000_000):
+            pulled += 1
+            yield f"i{i}", {"i": i}
+
+    header = upload_header("noop", options=None, metadata=None, request_id=None, batch_id=None)
+    requests = iter_upload_requests(header, items(), UploadPacker(items_per_message=3))
+    first = next(requests)
+    assert first.WhichOneof("part") == "header"
+    assert pulled == 0
+    second = next(requests)
+    assert [i.custom_id for i in second.items.items] == ["i0", "i1", "i2"]
+    assert pulled == 3
+    next(requests)
+    assert pulled == 6
+
+
+async def test_async_upload_requests_are_lazy() -> None:
+    pulled = 0
+
+    async def items() -> AsyncIterator[tuple[str, dict[str, int]]]:
+        nonlocal pulled
+        for i in range(1_000_000):
+            pulled += 1
+            yield f"i{i}", {}
+
+    header = batch_service_pb2.UploadBatchHeader(handler="noop")
+    requests = aiter_upload_requests(header, items(), UploadPacker(items_per_message=2))
+    assert (await anext(requests)).WhichOneof("part") == "header"
+    assert len((await anext(requests)).items.items) == 2
+    assert pulled == 2
+
+
+def test_options_from_dataclass_mapping_and_message() -> None:
+    options = BatchOptions(
+        chunk_size=500,
+        retry_policy=RetryPolicy(max_attempts=3, min_backoff=timedelta(seconds=1.5)),
+        max_per_second=20.0,
+        item_timeout=timedelta(seconds=30),
+    )
+    as_mapping = {
+        "chunk_size": 500,
+        "retry_policy": {"max_attempts": 3, "min_backoff": 1.5},
+        "max_per_second": 20.0,
+        "item_timeout": 30,
+    }
+    expected = options.to_proto()
+    assert expected.retry_policy.min_backoff.nanos == 500_000_000
+    for given in (options, as_mapping, expected):
+        request = submit_request(
+            "noop",
+            [],
+            options=given,
+            metadata={"k": "v"},
+            request_id="r",
+            batch_id=None,
+            params_struct=False,
+        )
+        assert request.options == expected
+        assert dict(request.metadata) == {"k": "v"}
+        assert request.request_id == "r"
+        assert request.batch_id == ""
+    assert BatchOptions.from_proto(expected) == options
+
+
+def test_unknown_option_is_invalid_argument() -> None:
+    with pytest.raises(BatchdError) as caught:
+        submit_request(
+            "noop",
+            [],
+            options={"chunk_sise": 5},
+            metadata=None,
+            request_id=None,
+            batch_id=None,
+            params_struct=False,
+        )
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chunk_sise" in caught.value.message
+
+
+def test_batch_from_proto() -> None:
+    pb = batch_pb2.Batch(
+        batch_id="b",
+        handler="noop",
+        state=batch_pb2.BATCH_STATE_RUNNING,
+        total_items=3,
+        counts=batch_pb2.ItemCounts(pending=1, running=1, succeeded=1),
+        metadata={"a": "b"},
+    )
+    pb.create_time.FromSeconds(1_700_000_000)
+    batch = Batch.from_proto(pb)
+    assert batch.state is BatchState.RUNNING
+    assert not batch.state.is_terminal
+    assert batch.create_time == datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    assert batch.start_time is None
+    assert batch.counts.finished == 1
+    assert batch.metadata == {"a": "b"}
+    assert batch.options.retry_policy is None
+
+
+def test_unknown_enum_values_read_as_unspecified() -> None:
+    pb = batch_pb2.Batch(batch_id="b")
+    pb.state = 99  # type: ignore[assignment]
+    assert Batch.from_proto(pb).state is BatchState.UNSPECIFIED
+
+
+def test_batch_item_from_proto_with_error_and_output() -> None:
+    failed = batch_pb2.BatchItem(custom_id="x", index=4, state=batch_pb2.ITEM_STATE_FAILED)
+    failed.error.code = grpc.StatusCode.NOT_FOUND.value[0]
+    failed.error.message = "404"
+    item = BatchItem.from_proto(failed)
+    assert item.state is ItemState.FAILED
+    assert item.error is not None
+    assert (item.error.code, item.error.message) == (grpc.StatusCode.NOT_FOUND, "404")
+    assert item.output is None
+    ok = batch_pb2.BatchItem(custom_id="y", state=batch_pb2.ITEM_STATE_SUCCEEDED)
+    ok.output.update({"status": 200})
+    assert BatchItem.from_proto(ok).output == {"status": 200}
+    assert BatchItem.from_proto(ok).error is None
+
+
+def test_error_str_lists_violations() -> None:
+    error = BatchdError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bad request",
+        [FieldViolation("items[0].custom_id", "too long")],
+    )
+    assert str(error) == "INVALID_ARGUMENT: bad request\n  items[0].custom_id: too long"
+    assert json.loads(json.dumps(error.field_violations[0].__dict__))["field"] == (
+        "items[0].custom_id"
+    )
