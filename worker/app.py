@@ -13,7 +13,8 @@ What ARQ does for us (arq 0.28, `arq/worker.py`):
   anything else, or times out, is finished and dropped: `run_chunk` turns Redis errors
   into `Retry`, and its timeout is long.
 - With `job_completion_wait`, SIGINT/SIGTERM stop picking jobs and wait that long for the
-  jobs in hand before cancelling them (`handle_sig_wait_for_completion`).
+  jobs in hand before cancelling them (`handle_sig_wait_for_completion`). We also tell
+  the chunks in hand to start no more items and to go back to the queue with the rest.
 """
 
 from __future__ import annotations
@@ -99,8 +100,6 @@ def build_worker(
     handlers = load_handlers(settings.handlers, extra_handlers)
     lifecycle = _Lifecycle(settings, handlers, new_worker_id())
     options = _arq_options(settings, lifecycle)
-    if not handle_signals:
-        options["job_completion_wait"] = 0
     return BatchdWorker(
         lifecycle, burst=burst, handle_signals=handle_signals, poll_delay=poll_delay, **options
     )
@@ -133,6 +132,14 @@ class BatchdWorker(arq.Worker):
         super().__init__(**options)
         self.worker_id = lifecycle.worker_id
         self.started = lifecycle.started
+        self._draining = lifecycle.draining
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        """SIGTERM/SIGINT: arq stops taking jobs and waits up to SHUTDOWN_GRACE for those
+        in hand; the chunks among them also start no more items and go back to the queue
+        with the rest (they would otherwise run whole chunks before stopping)."""
+        self._draining.set()
+        super().handle_sig_wait_for_completion(signum)
 
     async def close(self) -> None:
         """arq 0.28's `Worker.close`, step for step, but closing the pool with `aclose()`:
@@ -160,6 +167,7 @@ class _Lifecycle:
         self.heartbeat: asyncio.Task[None] | None = None
         self.store: BatchStore | None = None
         self.started = asyncio.Event()
+        self.draining = asyncio.Event()
 
     async def startup(self, ctx: dict[Any, Any]) -> None:
         settings = self.settings
@@ -181,6 +189,7 @@ class _Lifecycle:
             worker_id=self.worker_id,
             slots=asyncio.Semaphore(max(settings.worker_concurrency, 1)),
             max_tries=JOB_MAX_TRIES,
+            draining=self.draining,
         )
         await self._publish()
         self.heartbeat = asyncio.create_task(self._beat(), name="batchd heartbeat")

@@ -11,6 +11,9 @@ A flush answers with the batch's state: once it says CANCELLING (or CANCELLED) n
 item starts, and the final flush records every item not started as CANCELLED. Items in
 flight finish.
 
+When the worker drains (SIGTERM), no new item starts either; the outcomes so far are
+recorded and the job goes back to the queue for the items not started.
+
 Nothing a handler does can crash the worker: every exception becomes a FAILED item.
 When Redis fails, or the worker stops mid-chunk, the job is retried by ARQ; recording is
 first-writer-wins and a re-claimed chunk hands out only the items without an outcome, so
@@ -65,6 +68,9 @@ class WorkerRuntime:
     # Items in flight across every chunk job of the process.
     slots: asyncio.Semaphore
     max_tries: int  # the ARQ job's tries: the last one fails items rather than retrying
+    # Set when the worker is asked to stop: chunks start no more items and go back to
+    # the queue, for another worker, with what they have not started.
+    draining: asyncio.Event
 
 
 async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
@@ -94,9 +100,11 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
         return
     handler = runtime.handlers.get(claimed.handler)
     try:
-        await _ChunkRun(runtime, claimed, handler).run()
+        finished = await _ChunkRun(runtime, claimed, handler).run()
     except _FlushFailed as exc:
         raise Retry(defer=STORE_ERROR_DEFER) from exc
+    if not finished:
+        raise Retry()  # back to the queue as it is: the chunk stays claimed, the rest runs
 
 
 class _FlushFailed(Exception):
@@ -119,7 +127,8 @@ class _ChunkRun:
         self.cancelled = False  # the batch is being cancelled: start no more items
         self.counts: Counter[ItemState] = Counter()
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Runs the chunk; False when the worker began draining before its end."""
         claimed, started = self.claimed, time.monotonic()
         for item in claimed.items:
             self.queue.put_nowait(item)
@@ -143,6 +152,18 @@ class _ChunkRun:
             self.log.info("chunk_interrupted", **self._count_fields())
             raise
         not_started = self._drain()
+        if not_started and not self.cancelled:
+            # The worker is draining: record what is done, leave the rest to another run
+            # (unless that last flush tells of a cancel: then end the chunk here).
+            await self._stop(flusher, release=False)
+            if not self.cancelled:
+                self.log.info(
+                    "chunk_handed_back",
+                    not_started=len(not_started),
+                    duration=round(time.monotonic() - started, 3),
+                    **self._count_fields(),
+                )
+                return False
         self.buffer.extend(self._cancelled(item) for item in not_started)
         self.counts[ItemState.CANCELLED] += len(not_started)
         state = await self._stop(flusher, release=True)
@@ -152,13 +173,14 @@ class _ChunkRun:
             duration=round(time.monotonic() - started, 3),
             **self._count_fields(),
         )
+        return True
 
     # -- consumers -------------------------------------------------------------------
     async def _consume(self) -> None:
-        slots = self.runtime.slots
-        while not self.cancelled:
+        slots, draining = self.runtime.slots, self.runtime.draining
+        while not (self.cancelled or draining.is_set()):
             async with slots:
-                if self.cancelled or self.queue.empty():
+                if self.cancelled or draining.is_set() or self.queue.empty():
                     return
                 item = self.queue.get_nowait()
                 outcome = await self._run_item(*item)

@@ -1,8 +1,9 @@
 """`batchd-worker`: one ARQ worker process.
 
-SIGTERM/SIGINT stop it gracefully: it takes no new chunk, lets the chunks in hand run
-for up to SHUTDOWN_GRACE seconds, then cancels them (their unfinished items go back to
-the queue with their jobs), removes itself from the catalog and exits.
+SIGTERM/SIGINT stop it gracefully: it takes no new chunk, starts no new item, lets the
+items in flight finish (for up to SHUTDOWN_GRACE seconds, then cancels them), records
+their outcomes, puts its chunks back on the queue with the items not done, removes
+itself from the catalog and exits.
 """
 
 from __future__ import annotations
