@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -153,7 +152,3 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "bool_value":
         return value.bool_value
     return None
-
-
-def metadata_dict(metadata: Mapping[str, str]) -> dict[str, str]:
-    return dict(metadata)

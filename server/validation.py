@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import fastjsonschema
@@ -202,14 +202,3 @@ def _schema_field(field: str, exc: fastjsonschema.JsonSchemaException) -> str:
 def _schema_message(exc: fastjsonschema.JsonSchemaException) -> str:
     message = str(getattr(exc, "message", exc))
     return message.replace("data.", "params.").replace("data ", "params ")
-
-
-def chunked(items: Iterable[batch_pb2.Item], size: int) -> Iterator[list[batch_pb2.Item]]:
-    batch: list[batch_pb2.Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
