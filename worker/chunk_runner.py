@@ -227,6 +227,13 @@ class _ChunkRun:
             except Exception as exc:
                 item_log.warning("item_raised", attempt=attempt, exc_info=True)
                 return self._failed(index, attempt, start, Code.UNKNOWN, _message(exc))
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise  # the job is: the item stays without outcome, for the next run
+                # A CancelledError of the handler's own (say, from a task it awaited).
+                item_log.warning("item_cancelled_itself", attempt=attempt, exc_info=True)
+                message = "the handler was cancelled"
+                return self._failed(index, attempt, start, Code.CANCELLED, message)
             return self._succeeded(index, attempt, start, output, item_log)
 
     async def _attempt(self, params: Any, ctx: ItemContext) -> Mapping[str, Any]:
@@ -339,6 +346,11 @@ class _ChunkRun:
         if state in (BatchState.CANCELLING, BatchState.CANCELLED):
             self.cancelled = True
         return state
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _message(exc: BaseException) -> str:

@@ -153,6 +153,8 @@ class Mixed:
             return [1, 2]  # type: ignore[return-value]
         if do == "hang":
             await self.hang.wait()
+        if do == "cancelled":
+            raise asyncio.CancelledError  # not the worker's doing: the item fails
         raise AssertionError(do)
 
     def handler(self) -> Handler:
@@ -173,6 +175,7 @@ async def test_outputs_errors_and_retries(redis: Redis, redis_url: str) -> None:
         "not_json",
         "not_object",
         "hang",
+        "cancelled",
     ]
     options = BatchOptions(
         chunk_size=4,
@@ -184,7 +187,7 @@ async def test_outputs_errors_and_retries(redis: Redis, redis_url: str) -> None:
 
     batch = await store.get_batch(batch_id)
     assert batch.state == BatchState.COMPLETED
-    assert (batch.counts.succeeded, batch.counts.failed) == (2, 7)
+    assert (batch.counts.succeeded, batch.counts.failed) == (2, 8)
     assert_counts_add_up(batch)
     items = dict(zip(cases, await all_items(store, batch_id), strict=True))
 
@@ -228,6 +231,12 @@ async def test_outputs_errors_and_retries(redis: Redis, redis_url: str) -> None:
         "item timed out after 0.05s",
     )
     assert items["hang"].output_json is None
+    assert failure("cancelled") == (
+        ItemState.FAILED,
+        1,
+        Code.CANCELLED,
+        "the handler was cancelled",
+    )
 
 
 async def test_sleep_builtin(redis: Redis, redis_url: str) -> None:
