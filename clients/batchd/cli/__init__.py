@@ -1,0 +1,1 @@
+"""batchd.cli: the `batchd` command (`batchd --help`), built on batchd.client only."""
