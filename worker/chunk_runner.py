@@ -143,8 +143,9 @@ class _ChunkRun:
             async with asyncio.TaskGroup() as consumers:
                 for n in range(pool):
                     consumers.create_task(self._consume(), name=f"consumer {n}")
-        except asyncio.CancelledError:
-            # The worker is stopping: keep what is done; the job's next run does the rest.
+        except BaseException:
+            # Cancelled (the worker is stopping) or broken: keep what is done; the job's
+            # next run, if any, does the rest.
             try:
                 await asyncio.shield(self._stop(flusher, release=False))
             except _FlushFailed:
@@ -193,14 +194,13 @@ class _ChunkRun:
 
     async def _run_item(self, index: int, custom_id: str, params_json: bytes) -> ItemOutcome:
         item_log = self.log.bind(custom_id=custom_id)
-        start = time.time()
         if self.handler is None:
             message = f"no worker serves handler {self.claimed.handler!r}"
-            return self._failed(index, 0, start, Code.UNIMPLEMENTED, message)
+            return self._failed(index, 0, None, Code.UNIMPLEMENTED, message)
         try:
             params = json.loads(params_json)
         except ValueError:
-            return self._failed(index, 0, start, Code.INVALID_ARGUMENT, "params are not JSON")
+            return self._failed(index, 0, None, Code.INVALID_ARGUMENT, "params are not JSON")
         policy = self.claimed.options.retry_policy
         attempt = 0
         while True:
@@ -278,7 +278,9 @@ class _ChunkRun:
         )
 
     @staticmethod
-    def _failed(index: int, attempt: int, start: float, code: int, message: str) -> ItemOutcome:
+    def _failed(
+        index: int, attempt: int, start: float | None, code: int, message: str
+    ) -> ItemOutcome:
         return ItemOutcome(
             index=index,
             state=ItemState.FAILED,
