@@ -13,10 +13,9 @@ import contextlib
 from collections.abc import Sequence
 
 from batchd.core.config import Settings
-from batchd.core.logs import configure_logging, get_logger
+from batchd.core.logs import configure_logging
 from batchd.worker.app import build_worker
-
-log = get_logger(__name__)
+from batchd.worker.registry import HandlerLoadError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -26,7 +25,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def run(settings: Settings) -> None:
-    worker = build_worker(settings, handle_signals=True)
+    try:
+        worker = build_worker(settings, handle_signals=True)
+    except (ValueError, HandlerLoadError) as exc:  # configuration: say so, no traceback
+        raise SystemExit(f"batchd-worker: {exc}") from None
     try:
         # A signal cancels the worker's main task (after the grace period): that ends
         # async_run with CancelledError, which is how ARQ's own Worker.run stops too.
