@@ -18,7 +18,10 @@ from batchd.worker.app import build_worker
 
 @pytest.fixture(scope="session")
 def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, host="127.0.0.1", worker_concurrency=200)
+    # A key prefix of their own keeps these batches apart from other tests' queues.
+    return Settings(
+        redis_url=redis_url, host="127.0.0.1", worker_concurrency=200, key_prefix="e2e:"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +35,7 @@ async def server(settings: Settings) -> AsyncIterator[BatchdServer]:
 async def worker(settings: Settings) -> AsyncIterator[None]:
     worker = build_worker(settings, poll_delay=0.02)
     task = asyncio.create_task(worker.async_run())
+    await worker.started.wait()  # the catalog is published: submits can be validated
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
