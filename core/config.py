@@ -29,6 +29,9 @@ class Settings:
     data_dir: str = _setting(".data", "where the embedded Redis keeps its append-only file")
     worker_concurrency: int = _setting(100, "items in flight per worker process")
     worker_max_chunks: int = _setting(8, "chunk jobs in flight per worker process")
+    worker_poll_interval: float = _setting(
+        0.05, "seconds a worker waits between looks at the queue when it has room"
+    )
     handlers: str = _setting("", "extra handlers to serve: comma-separated module:attribute")
     heartbeat_interval: float = _setting(2.0, "seconds between a worker's liveness reports")
     worker_ttl: float = _setting(10.0, "a worker silent this many seconds counts as gone")

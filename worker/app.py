@@ -87,21 +87,26 @@ def build_worker(
     burst: bool = False,
     handle_signals: bool = False,
     extra_handlers: Iterable[Handler] = (),
-    poll_delay: float = 0.5,
+    poll_delay: float | None = None,
 ) -> BatchdWorker:
     """An ARQ worker serving the built-in, installed and configured handlers (plus
     `extra_handlers`). Build it inside the event loop that will run it.
 
     Run it with `await worker.async_run()` and always `await worker.close()` after (that
     runs the shutdown hooks); `worker.started` is set once it has published its handlers.
-    `burst=True` stops once the queue is empty. Leave `handle_signals` off inside another
+    `burst=True` stops once the queue is empty. `poll_delay` defaults to
+    settings.worker_poll_interval. Leave `handle_signals` off inside another
     application: it replaces SIGINT/SIGTERM handlers.
     """
     handlers = load_handlers(settings.handlers, extra_handlers)
     lifecycle = _Lifecycle(settings, handlers, new_worker_id())
     options = _arq_options(settings, lifecycle)
     return BatchdWorker(
-        lifecycle, burst=burst, handle_signals=handle_signals, poll_delay=poll_delay, **options
+        lifecycle,
+        burst=burst,
+        handle_signals=handle_signals,
+        poll_delay=settings.worker_poll_interval if poll_delay is None else poll_delay,
+        **options,
     )
 
 
