@@ -74,7 +74,9 @@ async def test_shutdown_ends_watches_with_unavailable(redis_url: str, store: obj
         call = stub.WatchProgress(
             batch_service_pb2.WatchProgressRequest(batch_id=submitted.batch.batch_id)
         )
-        assert (await call.read()).progress.state == batch_pb2.BATCH_STATE_QUEUED  # type: ignore[union-attr]
+        first = await call.read()
+        assert isinstance(first, batch_service_pb2.WatchProgressResponse)
+        assert first.progress.state == batch_pb2.BATCH_STATE_QUEUED
         stopping = asyncio.create_task(running.stop(grace=5))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()

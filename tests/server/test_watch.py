@@ -50,9 +50,11 @@ async def test_snapshot_heartbeats_terminal_then_ok(stub: Stub) -> None:
     assert not first.heartbeat
     assert first.progress.state == batch_pb2.BATCH_STATE_QUEUED
     assert first.progress.counts.pending == first.progress.total_items == 30
-    beats = [await call.read() for _ in range(3)]
-    assert all(isinstance(b, batch_service_pb2.WatchProgressResponse) for b in beats)
-    assert all(b.heartbeat and b.progress.counts == first.progress.counts for b in beats)  # type: ignore[union-attr]
+    for _ in range(3):
+        beat = await call.read()
+        assert isinstance(beat, batch_service_pb2.WatchProgressResponse)
+        assert beat.heartbeat
+        assert beat.progress.counts == first.progress.counts
 
     await stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id=batch_id))
     rest = await read_to_end(call)
