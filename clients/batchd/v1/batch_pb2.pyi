@@ -49,7 +49,8 @@ class BatchState(_BatchState, metaclass=_BatchStateEnumTypeWrapper):
 
     QUEUED -> RUNNING -> COMPLETED, or -> CANCELLING -> CANCELLED when cancelled.
     COMPLETED means every item reached a terminal state; some of them may have
-    FAILED. FAILED is reserved for a batch that could not be run at all.
+    FAILED or EXPIRED. FAILED is reserved for a batch that could not be run at all.
+    RetryBatchItems takes a finished batch back to RUNNING.
     """
 
 BATCH_STATE_UNSPECIFIED: BatchState.ValueType  # 0
@@ -86,6 +87,8 @@ class _ItemStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ItemState.V
     """The handler failed (after all allowed attempts); `error` says why."""
     ITEM_STATE_CANCELLED: _ItemState.ValueType  # 5
     """The batch was cancelled before the item started."""
+    ITEM_STATE_EXPIRED: _ItemState.ValueType  # 6
+    """The batch's completion window ended before the item finished."""
 
 class ItemState(_ItemState, metaclass=_ItemStateEnumTypeWrapper):
     """The lifecycle of one item of a batch."""
@@ -102,6 +105,8 @@ ITEM_STATE_FAILED: ItemState.ValueType  # 4
 """The handler failed (after all allowed attempts); `error` says why."""
 ITEM_STATE_CANCELLED: ItemState.ValueType  # 5
 """The batch was cancelled before the item started."""
+ITEM_STATE_EXPIRED: ItemState.ValueType  # 6
+"""The batch's completion window ended before the item finished."""
 Global___ItemState: _TypeAlias = ItemState  # noqa: Y015
 
 @_typing.final
@@ -201,6 +206,7 @@ class BatchOptions(_message.Message):
     RATE_LIMIT_KEY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     ITEM_TIMEOUT_FIELD_NUMBER: _builtins.int
+    COMPLETION_WINDOW_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
     """Items per chunk: a chunk is the unit a worker picks up. 1 to 10,000."""
     max_concurrent: _builtins.int
@@ -221,6 +227,12 @@ class BatchOptions(_message.Message):
     def item_timeout(self) -> _duration_pb2.Duration:
         """The longest one attempt of one item may take before it counts as failed."""
 
+    @_builtins.property
+    def completion_window(self) -> _duration_pb2.Duration:
+        """How long the batch may take from submission: items not finished by then end
+        EXPIRED. Unset means 24 hours.
+        """
+
     def __init__(
         self,
         *,
@@ -232,10 +244,11 @@ class BatchOptions(_message.Message):
         rate_limit_key: _builtins.str = ...,
         priority: _builtins.int = ...,
         item_timeout: _duration_pb2.Duration | None = ...,
+        completion_window: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item_timeout", b"item_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion_window", b"completion_window", "item_timeout", b"item_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "chunk_size", b"chunk_size", "item_timeout", b"item_timeout", "max_concurrent", b"max_concurrent", "max_per_second", b"max_per_second", "priority", b"priority", "rate_limit_key", b"rate_limit_key", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "chunk_size", b"chunk_size", "completion_window", b"completion_window", "item_timeout", b"item_timeout", "max_concurrent", b"max_concurrent", "max_per_second", b"max_per_second", "priority", b"priority", "rate_limit_key", b"rate_limit_key", "retry_policy", b"retry_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,6 +267,7 @@ class ItemCounts(_message.Message):
     SUCCEEDED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
     pending: _builtins.int
     """Items waiting for a worker."""
     running: _builtins.int
@@ -264,6 +278,8 @@ class ItemCounts(_message.Message):
     """Items that failed."""
     cancelled: _builtins.int
     """Items cancelled before they started."""
+    expired: _builtins.int
+    """Items the completion window ended before they finished."""
     def __init__(
         self,
         *,
@@ -272,10 +288,11 @@ class ItemCounts(_message.Message):
         succeeded: _builtins.int = ...,
         failed: _builtins.int = ...,
         cancelled: _builtins.int = ...,
+        expired: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "failed", b"failed", "pending", b"pending", "running", b"running", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "expired", b"expired", "failed", b"failed", "pending", b"pending", "running", b"running", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -465,21 +482,24 @@ class BatchItem(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     custom_id: _builtins.str
     """The caller's id of the item."""
     index: _builtins.int
     """The item's position in the batch, from 0."""
     state: Global___ItemState.ValueType
-    """Where the item stands."""
+    """Where the item stands. A PENDING item with attempts > 0 waits for a retry."""
     attempts: _builtins.int
-    """How many attempts were made."""
+    """How many attempts were made (since the last RetryBatchItems)."""
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
         """The handler's output, for a SUCCEEDED item."""
 
     @_builtins.property
     def error(self) -> _status_pb2.Status:
-        """Why the item failed, for a FAILED item: a google.rpc.Code and a message."""
+        """Why the item failed, for a FAILED item (or, for an item waiting for a
+        retry, why its last attempt failed): a google.rpc.Code and a message.
+        """
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -488,6 +508,10 @@ class BatchItem(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the item reached its terminal state; unset before that."""
+
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When an item waiting for a retry becomes due; unset otherwise."""
 
     def __init__(
         self,
@@ -500,10 +524,11 @@ class BatchItem(_message.Message):
         error: _status_pb2.Status | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "next_attempt_time", b"next_attempt_time", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "custom_id", b"custom_id", "end_time", b"end_time", "error", b"error", "index", b"index", "output", b"output", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "custom_id", b"custom_id", "end_time", b"end_time", "error", b"error", "index", b"index", "next_attempt_time", b"next_attempt_time", "output", b"output", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -422,6 +422,111 @@ class CancelBatchResponse(_message.Message):
 Global___CancelBatchResponse: _TypeAlias = CancelBatchResponse  # noqa: Y015
 
 @_typing.final
+class RetryBatchItemsRequest(_message.Message):
+    """The request of RetryBatchItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    CUSTOM_IDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch whose items to run again."""
+    request_id: _builtins.str
+    """Makes the request safe to retry: a replay returns the original response."""
+    @_builtins.property
+    def custom_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The items to run again; empty means every FAILED and EXPIRED item. Listed
+        items must be FAILED or EXPIRED.
+        """
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        custom_ids: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "custom_ids", b"custom_ids", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryBatchItemsRequest: _TypeAlias = RetryBatchItemsRequest  # noqa: Y015
+
+@_typing.final
+class RetryBatchItemsResponse(_message.Message):
+    """The response of RetryBatchItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    REQUEUED_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    requeued: _builtins.int
+    """How many items were queued again."""
+    replayed: _builtins.bool
+    """True when the request_id had been seen and the original result is returned."""
+    @_builtins.property
+    def batch(self) -> _batch_pb2.Batch:
+        """The batch after the request."""
+
+    def __init__(
+        self,
+        *,
+        batch: _batch_pb2.Batch | None = ...,
+        requeued: _builtins.int = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "replayed", b"replayed", "requeued", b"requeued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryBatchItemsResponse: _TypeAlias = RetryBatchItemsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteBatchRequest(_message.Message):
+    """The request of DeleteBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch to delete."""
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBatchRequest: _TypeAlias = DeleteBatchRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBatchResponse(_message.Message):
+    """The response of DeleteBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBatchResponse: _TypeAlias = DeleteBatchResponse  # noqa: Y015
+
+@_typing.final
 class ListBatchItemsRequest(_message.Message):
     """The request of ListBatchItems."""
 

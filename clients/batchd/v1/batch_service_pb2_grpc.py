@@ -65,6 +65,16 @@ class BatchServiceStub:
                 request_serializer=batchd_dot_v1_dot_batch__service__pb2.CancelBatchRequest.SerializeToString,
                 response_deserializer=batchd_dot_v1_dot_batch__service__pb2.CancelBatchResponse.FromString,
                 _registered_method=True)
+        self.RetryBatchItems = channel.unary_unary(
+                '/batchd.v1.BatchService/RetryBatchItems',
+                request_serializer=batchd_dot_v1_dot_batch__service__pb2.RetryBatchItemsRequest.SerializeToString,
+                response_deserializer=batchd_dot_v1_dot_batch__service__pb2.RetryBatchItemsResponse.FromString,
+                _registered_method=True)
+        self.DeleteBatch = channel.unary_unary(
+                '/batchd.v1.BatchService/DeleteBatch',
+                request_serializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchRequest.SerializeToString,
+                response_deserializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchResponse.FromString,
+                _registered_method=True)
         self.ListBatchItems = channel.unary_unary(
                 '/batchd.v1.BatchService/ListBatchItems',
                 request_serializer=batchd_dot_v1_dot_batch__service__pb2.ListBatchItemsRequest.SerializeToString,
@@ -130,6 +140,24 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryBatchItems(self, request, context):
+        """Runs FAILED and EXPIRED items again (all of them, or the listed ones) with a
+        fresh attempt budget; the batch returns to RUNNING. Safe to retry with a
+        request_id. FAILED_PRECONDITION while the batch is being cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBatch(self, request, context):
+        """Deletes a finished batch and every item outcome at once (finished batches
+        are otherwise kept for the retention period). FAILED_PRECONDITION while
+        the batch is still queued or running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBatchItems(self, request, context):
         """Lists the outcome of each item of a batch, in submission order.
         """
@@ -180,6 +208,16 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.CancelBatch,
                     request_deserializer=batchd_dot_v1_dot_batch__service__pb2.CancelBatchRequest.FromString,
                     response_serializer=batchd_dot_v1_dot_batch__service__pb2.CancelBatchResponse.SerializeToString,
+            ),
+            'RetryBatchItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryBatchItems,
+                    request_deserializer=batchd_dot_v1_dot_batch__service__pb2.RetryBatchItemsRequest.FromString,
+                    response_serializer=batchd_dot_v1_dot_batch__service__pb2.RetryBatchItemsResponse.SerializeToString,
+            ),
+            'DeleteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBatch,
+                    request_deserializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchRequest.FromString,
+                    response_serializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchResponse.SerializeToString,
             ),
             'ListBatchItems': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBatchItems,
@@ -338,6 +376,60 @@ class BatchService:
             '/batchd.v1.BatchService/CancelBatch',
             batchd_dot_v1_dot_batch__service__pb2.CancelBatchRequest.SerializeToString,
             batchd_dot_v1_dot_batch__service__pb2.CancelBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryBatchItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchd.v1.BatchService/RetryBatchItems',
+            batchd_dot_v1_dot_batch__service__pb2.RetryBatchItemsRequest.SerializeToString,
+            batchd_dot_v1_dot_batch__service__pb2.RetryBatchItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchd.v1.BatchService/DeleteBatch',
+            batchd_dot_v1_dot_batch__service__pb2.DeleteBatchRequest.SerializeToString,
+            batchd_dot_v1_dot_batch__service__pb2.DeleteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,16 @@ class BatchServiceStub:
     """Cancels a batch: pending items become CANCELLED, running ones may finish.
     Idempotent: cancelling a cancelled or finished batch returns it unchanged.
     """
+    RetryBatchItems: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.RetryBatchItemsRequest, _batch_service_pb2.RetryBatchItemsResponse]
+    """Runs FAILED and EXPIRED items again (all of them, or the listed ones) with a
+    fresh attempt budget; the batch returns to RUNNING. Safe to retry with a
+    request_id. FAILED_PRECONDITION while the batch is being cancelled.
+    """
+    DeleteBatch: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.DeleteBatchRequest, _batch_service_pb2.DeleteBatchResponse]
+    """Deletes a finished batch and every item outcome at once (finished batches
+    are otherwise kept for the retention period). FAILED_PRECONDITION while
+    the batch is still queued or running.
+    """
     ListBatchItems: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.ListBatchItemsRequest, _batch_service_pb2.ListBatchItemsResponse]
     """Lists the outcome of each item of a batch, in submission order."""
     ListHandlers: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.ListHandlersRequest, _batch_service_pb2.ListHandlersResponse]
@@ -93,6 +103,16 @@ class BatchServiceAsyncStub(BatchServiceStub):
     CancelBatch: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.CancelBatchRequest, _batch_service_pb2.CancelBatchResponse]  # type: ignore[assignment]
     """Cancels a batch: pending items become CANCELLED, running ones may finish.
     Idempotent: cancelling a cancelled or finished batch returns it unchanged.
+    """
+    RetryBatchItems: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.RetryBatchItemsRequest, _batch_service_pb2.RetryBatchItemsResponse]  # type: ignore[assignment]
+    """Runs FAILED and EXPIRED items again (all of them, or the listed ones) with a
+    fresh attempt budget; the batch returns to RUNNING. Safe to retry with a
+    request_id. FAILED_PRECONDITION while the batch is being cancelled.
+    """
+    DeleteBatch: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.DeleteBatchRequest, _batch_service_pb2.DeleteBatchResponse]  # type: ignore[assignment]
+    """Deletes a finished batch and every item outcome at once (finished batches
+    are otherwise kept for the retention period). FAILED_PRECONDITION while
+    the batch is still queued or running.
     """
     ListBatchItems: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.ListBatchItemsRequest, _batch_service_pb2.ListBatchItemsResponse]  # type: ignore[assignment]
     """Lists the outcome of each item of a batch, in submission order."""
@@ -158,6 +178,28 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_batch_service_pb2.CancelBatchResponse, _abc.Awaitable[_batch_service_pb2.CancelBatchResponse]]:
         """Cancels a batch: pending items become CANCELLED, running ones may finish.
         Idempotent: cancelling a cancelled or finished batch returns it unchanged.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryBatchItems(
+        self,
+        request: _batch_service_pb2.RetryBatchItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_service_pb2.RetryBatchItemsResponse, _abc.Awaitable[_batch_service_pb2.RetryBatchItemsResponse]]:
+        """Runs FAILED and EXPIRED items again (all of them, or the listed ones) with a
+        fresh attempt budget; the batch returns to RUNNING. Safe to retry with a
+        request_id. FAILED_PRECONDITION while the batch is being cancelled.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteBatch(
+        self,
+        request: _batch_service_pb2.DeleteBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_service_pb2.DeleteBatchResponse, _abc.Awaitable[_batch_service_pb2.DeleteBatchResponse]]:
+        """Deletes a finished batch and every item outcome at once (finished batches
+        are otherwise kept for the retention period). FAILED_PRECONDITION while
+        the batch is still queued or running.
         """
 
     @_abc_1.abstractmethod
