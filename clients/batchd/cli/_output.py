@@ -55,7 +55,9 @@ def print_json(value: Any, out: TextIO) -> None:
 def print_error(error: BatchdError, out: TextIO) -> None:
     print(f"error: {error.code.name}: {error.message}", file=out)
     for violation in error.field_violations:
-        print(f"  {violation.field}: {violation.description}", file=out)
+        line = f"{violation.field}: {violation.description}"
+        if line != error.message:  # a message that is the one violation already says it
+            print(f"  {line}", file=out)
     if error.retry_after is not None:
         print(f"  retry after {error.retry_after:g}s", file=out)
 

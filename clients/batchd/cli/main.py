@@ -243,7 +243,16 @@ def _options(args: argparse.Namespace) -> BatchOptions:
 @contextmanager
 def _open_input(path: str) -> Iterator[BinaryIO]:
     if path == "-":
-        yield sys.stdin.buffer
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):  # a stand-in stdin without a descriptor
+            yield sys.stdin.buffer
+            return
+        # A reader of our own, not sys.stdin: the upload reads it on a grpc thread,
+        # and after Ctrl-C that thread may still be blocked in a read. Were it holding
+        # sys.stdin's lock, the interpreter would abort at exit trying to close it.
+        with open(fd, "rb", closefd=False) as stream:
+            yield stream
         return
     try:
         stream = open(path, "rb")  # noqa: SIM115 (closed below; opening errors reported apart)
