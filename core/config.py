@@ -35,6 +35,18 @@ class Settings:
     handlers: str = _setting("", "extra handlers to serve: comma-separated module:attribute")
     heartbeat_interval: float = _setting(2.0, "seconds between a worker's liveness reports")
     worker_ttl: float = _setting(10.0, "a worker silent this many seconds counts as gone")
+    lease_ttl: float = _setting(
+        5.0,
+        "seconds a worker's claim on a chunk lasts unrenewed: a dead worker's chunk is "
+        "picked up again after this",
+    )
+    maintenance_interval: float = _setting(
+        1.0, "seconds between sweeps for expired leases and completion windows"
+    )
+    retention: float = _setting(7 * 86400.0, "seconds a finished batch and its outcomes are kept")
+    default_completion_window: float = _setting(
+        86400.0, "seconds a batch may take when it does not say; then unfinished items EXPIRE"
+    )
     default_chunk_size: int = _setting(100, "items per chunk when neither batch nor handler say")
     outcome_flush_items: int = _setting(200, "a worker records outcomes every N items ...")
     outcome_flush_interval: float = _setting(0.1, "... or every this many seconds")

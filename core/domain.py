@@ -35,13 +35,16 @@ class ItemState(enum.IntEnum):
     SUCCEEDED = 3
     FAILED = 4
     CANCELLED = 5
+    EXPIRED = 6
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_ITEM_STATES
 
 
-TERMINAL_ITEM_STATES = frozenset({ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED})
+TERMINAL_ITEM_STATES = frozenset(
+    {ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED, ItemState.EXPIRED}
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class BatchOptions:
     rate_limit_key: str = ""
     priority: int = 0
     item_timeout: float = 0.0
+    completion_window: float = 0.0  # seconds from submission; then unfinished items EXPIRE
 
     def merged_over(self, defaults: BatchOptions) -> BatchOptions:
         """These options, with every zero field taken from `defaults`."""
@@ -103,14 +107,15 @@ class ItemCounts:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+    expired: int = 0
 
     @property
     def total(self) -> int:
-        return self.pending + self.running + self.succeeded + self.failed + self.cancelled
+        return self.pending + self.running + self.finished
 
     @property
     def finished(self) -> int:
-        return self.succeeded + self.failed + self.cancelled
+        return self.succeeded + self.failed + self.cancelled + self.expired
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,9 @@ class BatchSpec:
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    """The terminal outcome of one item, as a worker records it."""
+    """The outcome of one attempt of an item, as a worker records it: terminal, or — with
+    `retry_at` set and state PENDING — a failed attempt to be retried at that time (the
+    error fields then carry the attempt's error)."""
 
     index: int  # position in the batch, from 0
     state: ItemState
@@ -166,6 +173,7 @@ class ItemOutcome:
     output_json: bytes | None = None  # a JSON object, for SUCCEEDED
     error_code: int = 0  # a google.rpc.Code, for FAILED
     error_message: str = ""
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,7 @@ class ItemView:
     output_json: bytes | None = None
     error_code: int = 0
     error_message: str = ""
+    next_attempt_time: float | None = None  # for a PENDING item waiting for a retry
 
 
 @dataclass(frozen=True)
@@ -210,3 +219,5 @@ class ClaimedChunk:
     options: BatchOptions
     first_index: int  # global index of the chunk's first item
     items: list[tuple[int, str, bytes]]  # (global index, custom_id, params_json) not yet done
+    token: str = ""  # the claim's lease token: renewals and the release must present it
+    attempts: Mapping[int, int] = field(default_factory=dict)  # global index -> attempts so far
