@@ -56,11 +56,17 @@ def progress(
     succeeded: int = 0,
     failed: int = 0,
     cancelled: int = 0,
+    expired: int = 0,
     heartbeat: bool = False,
     batch_id: str = "b1",
 ) -> pb.WatchProgressResponse:
     counts = batch_pb2.ItemCounts(
-        pending=pending, running=running, succeeded=succeeded, failed=failed, cancelled=cancelled
+        pending=pending,
+        running=running,
+        succeeded=succeeded,
+        failed=failed,
+        cancelled=cancelled,
+        expired=expired,
     )
     eta = duration_pb2.Duration(seconds=7)
     return pb.WatchProgressResponse(
@@ -183,6 +189,18 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         await self._enter("CancelBatch", request, context)
         batch = make_batch(request.batch_id, state=batch_pb2.BATCH_STATE_CANCELLING)
         return pb.CancelBatchResponse(batch=batch)
+
+    async def RetryBatchItems(self, request: Any, context: Any) -> pb.RetryBatchItemsResponse:
+        await self._enter("RetryBatchItems", request, context)
+        batch = make_batch(request.batch_id, state=batch_pb2.BATCH_STATE_RUNNING)
+        requeued = len(request.custom_ids) or 2
+        return pb.RetryBatchItemsResponse(
+            batch=batch, requeued=requeued, replayed=bool(request.request_id)
+        )
+
+    async def DeleteBatch(self, request: Any, context: Any) -> pb.DeleteBatchResponse:
+        await self._enter("DeleteBatch", request, context)
+        return pb.DeleteBatchResponse()
 
     async def ListBatchItems(self, request: Any, context: Any) -> pb.ListBatchItemsResponse:
         await self._enter("ListBatchItems", request, context)

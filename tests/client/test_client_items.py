@@ -141,12 +141,14 @@ def test_options_from_dataclass_mapping_and_message() -> None:
         retry_policy=RetryPolicy(max_attempts=3, min_backoff=timedelta(seconds=1.5)),
         max_per_second=20.0,
         item_timeout=timedelta(seconds=30),
+        completion_window=timedelta(hours=2),
     )
     as_mapping = {
         "chunk_size": 500,
         "retry_policy": {"max_attempts": 3, "min_backoff": 1.5},
         "max_per_second": 20.0,
         "item_timeout": 30,
+        "completion_window": timedelta(hours=2),
     }
     expected = options.to_proto()
     assert expected.retry_policy.min_backoff.nanos == 500_000_000
@@ -188,7 +190,7 @@ def test_batch_from_proto() -> None:
         handler="noop",
         state=batch_pb2.BATCH_STATE_RUNNING,
         total_items=3,
-        counts=batch_pb2.ItemCounts(pending=1, running=1, succeeded=1),
+        counts=batch_pb2.ItemCounts(pending=1, running=1, succeeded=1, expired=2),
         metadata={"a": "b"},
     )
     pb.create_time.FromSeconds(1_700_000_000)
@@ -197,7 +199,7 @@ def test_batch_from_proto() -> None:
     assert not batch.state.is_terminal
     assert batch.create_time == datetime.fromtimestamp(1_700_000_000, tz=UTC)
     assert batch.start_time is None
-    assert batch.counts.finished == 1
+    assert batch.counts.finished == 3
     assert batch.metadata == {"a": "b"}
     assert batch.options.retry_policy is None
 
@@ -217,6 +219,15 @@ def test_batch_item_from_proto_with_error_and_output() -> None:
     assert item.error is not None
     assert (item.error.code, item.error.message) == (grpc.StatusCode.NOT_FOUND, "404")
     assert item.output is None
+    assert item.next_attempt_time is None
+    waiting = batch_pb2.BatchItem(custom_id="w", state=batch_pb2.ITEM_STATE_PENDING, attempts=1)
+    waiting.next_attempt_time.FromSeconds(1_700_000_060)
+    assert BatchItem.from_proto(waiting).next_attempt_time == datetime.fromtimestamp(
+        1_700_000_060, tz=UTC
+    )
+    expired = BatchItem.from_proto(batch_pb2.BatchItem(state=batch_pb2.ITEM_STATE_EXPIRED))
+    assert expired.state is ItemState.EXPIRED
+    assert expired.state.is_terminal
     ok = batch_pb2.BatchItem(custom_id="y", state=batch_pb2.ITEM_STATE_SUCCEEDED)
     ok.output.update({"status": 200})
     assert BatchItem.from_proto(ok).output == {"status": 200}

@@ -221,6 +221,28 @@ async def test_sync_list_items_cancel_handlers(service: FakeBatchService, client
     assert handlers == ["noop"]
 
 
+async def test_retry_and_delete(
+    service: FakeBatchService, aclient: AsyncClient, client: Client
+) -> None:
+    result = await aclient.retry("b1", ["i1", "i3"], request_id="again-1")
+    request = service.requests[-1]
+    assert isinstance(request, batch_service_pb2.RetryBatchItemsRequest)
+    assert (request.batch_id, list(request.custom_ids), request.request_id) == (
+        "b1",
+        ["i1", "i3"],
+        "again-1",
+    )
+    assert (result.batch.state, result.requeued, result.replayed) == (BatchState.RUNNING, 2, True)
+    await aclient.delete("b1")
+    assert service.calls["DeleteBatch"] == 1
+    service.errors["DeleteBatch"] = [Abort(grpc.StatusCode.FAILED_PRECONDITION, "still running")]
+    with pytest.raises(BatchdError, match="FAILED_PRECONDITION: still running"):
+        await asyncio.to_thread(client.delete, "b2")
+    every = await asyncio.to_thread(client.retry, "b2")
+    assert every.requeued == 2
+    assert every.replayed is False
+
+
 async def test_async_items_and_handlers(service: FakeBatchService, aclient: AsyncClient) -> None:
     service.items = [batch_pb2.BatchItem(custom_id=f"i{i}", index=i) for i in range(250)]
     service.handlers = [batch_pb2.HandlerInfo(name="noop", live_workers=1)]

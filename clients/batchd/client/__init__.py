@@ -8,6 +8,8 @@
     list(*, states, page_size)          -> (async) iterator of Batch, every page
     list_page(*, states, page_size, page_token)                        -> Page[Batch]
     cancel(batch_id)                                                   -> Batch
+    retry(batch_id, custom_ids=None, *, request_id)                    -> RetryResult
+    delete(batch_id)                                                   -> None
     items(batch_id, *, states, page_size) -> (async) iterator of BatchItem, every page
     items_page(batch_id, *, states, page_size, page_token)             -> Page[BatchItem]
     handlers()                                                         -> list[HandlerInfo]
@@ -38,6 +40,7 @@ from batchd.client._types import (
     ItemState,
     Page,
     RetryPolicy,
+    RetryResult,
     SubmitResult,
 )
 from batchd.client._watch import WatchRetry
@@ -62,6 +65,7 @@ __all__ = [
     "Page",
     "Params",
     "RetryPolicy",
+    "RetryResult",
     "SubmitResult",
     "WatchRetry",
     "to_item",

@@ -38,6 +38,7 @@ from batchd.client._types import (
     HandlerInfo,
     ItemState,
     Page,
+    RetryResult,
     SubmitResult,
 )
 from batchd.client._upload import upload_async
@@ -197,6 +198,30 @@ class AsyncClient:
         with rpc_errors():
             response = await self._stub.CancelBatch(request, timeout=self._timeout)
         return Batch.from_proto(response.batch)
+
+    async def retry(
+        self,
+        batch_id: str,
+        custom_ids: Iterable[str] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> RetryResult:
+        """Runs FAILED and EXPIRED items again (every one, or those in `custom_ids`)
+        with a fresh attempt budget; the batch returns to RUNNING. A `request_id`
+        makes it safe to repeat. FAILED_PRECONDITION while the batch is cancelling."""
+        request = batch_service_pb2.RetryBatchItemsRequest(
+            batch_id=batch_id, custom_ids=custom_ids or (), request_id=request_id or ""
+        )
+        with rpc_errors():
+            response = await self._stub.RetryBatchItems(request, timeout=self._timeout)
+        return RetryResult(Batch.from_proto(response.batch), response.requeued, response.replayed)
+
+    async def delete(self, batch_id: str) -> None:
+        """Deletes a finished batch and all its item outcomes. FAILED_PRECONDITION
+        while the batch is queued or running: cancel it first."""
+        request = batch_service_pb2.DeleteBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            await self._stub.DeleteBatch(request, timeout=self._timeout)
 
     async def items_page(
         self,

@@ -39,6 +39,7 @@ from batchd.client._types import (
     HandlerInfo,
     ItemState,
     Page,
+    RetryResult,
     SubmitResult,
 )
 from batchd.client._upload import GuardedRequests
@@ -199,6 +200,30 @@ class Client:
         with rpc_errors():
             response = self._stub.CancelBatch(request, timeout=self._timeout)
         return Batch.from_proto(response.batch)
+
+    def retry(
+        self,
+        batch_id: str,
+        custom_ids: Iterable[str] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> RetryResult:
+        """Runs FAILED and EXPIRED items again (every one, or those in `custom_ids`)
+        with a fresh attempt budget; the batch returns to RUNNING. A `request_id`
+        makes it safe to repeat. FAILED_PRECONDITION while the batch is cancelling."""
+        request = batch_service_pb2.RetryBatchItemsRequest(
+            batch_id=batch_id, custom_ids=custom_ids or (), request_id=request_id or ""
+        )
+        with rpc_errors():
+            response = self._stub.RetryBatchItems(request, timeout=self._timeout)
+        return RetryResult(Batch.from_proto(response.batch), response.requeued, response.replayed)
+
+    def delete(self, batch_id: str) -> None:
+        """Deletes a finished batch and all its item outcomes. FAILED_PRECONDITION
+        while the batch is queued or running: cancel it first."""
+        request = batch_service_pb2.DeleteBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            self._stub.DeleteBatch(request, timeout=self._timeout)
 
     def items_page(
         self,

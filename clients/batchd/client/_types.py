@@ -32,6 +32,7 @@ __all__ = [
     "ItemState",
     "Page",
     "RetryPolicy",
+    "RetryResult",
     "SubmitResult",
 ]
 
@@ -69,10 +70,21 @@ class ItemState(enum.IntEnum):
     SUCCEEDED = 3
     FAILED = 4
     CANCELLED = 5
+    EXPIRED = 6
 
     @classmethod
     def _missing_(cls, value: object) -> ItemState:
         return cls.UNSPECIFIED
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for SUCCEEDED, FAILED, CANCELLED and EXPIRED."""
+        return self in (
+            ItemState.SUCCEEDED,
+            ItemState.FAILED,
+            ItemState.CANCELLED,
+            ItemState.EXPIRED,
+        )
 
 
 def _time(message: Any, name: str) -> datetime | None:
@@ -161,6 +173,9 @@ class BatchOptions:
     """Higher runs first."""
     item_timeout: timedelta | None = None
     """The longest one attempt of one item may take."""
+    completion_window: timedelta | None = None
+    """How long the batch may take from submission; items not finished by then
+    end EXPIRED. `None`: the service's default (24 hours)."""
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.BatchOptions) -> BatchOptions:
@@ -175,6 +190,7 @@ class BatchOptions:
             rate_limit_key=pb.rate_limit_key,
             priority=pb.priority,
             item_timeout=_duration(pb, "item_timeout"),
+            completion_window=_duration(pb, "completion_window"),
         )
 
     @classmethod
@@ -191,7 +207,8 @@ class BatchOptions:
             for name in ("min_backoff", "max_backoff"):
                 policy_values[name] = _timedelta(policy_values.get(name))
             values["retry_policy"] = RetryPolicy(**policy_values)
-        values["item_timeout"] = _timedelta(values.get("item_timeout"))
+        for name in ("item_timeout", "completion_window"):
+            values[name] = _timedelta(values.get(name))
         return cls(**values)
 
     def to_proto(self) -> batch_pb2.BatchOptions:
@@ -204,6 +221,7 @@ class BatchOptions:
             rate_limit_key=self.rate_limit_key,
             priority=self.priority,
             item_timeout=_to_duration(self.item_timeout),
+            completion_window=_to_duration(self.completion_window),
         )
 
 
@@ -216,11 +234,12 @@ class ItemCounts:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+    expired: int = 0
 
     @property
     def finished(self) -> int:
-        """Items in a terminal state: succeeded, failed or cancelled."""
-        return self.succeeded + self.failed + self.cancelled
+        """Items in a terminal state: succeeded, failed, cancelled or expired."""
+        return self.succeeded + self.failed + self.cancelled + self.expired
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.ItemCounts) -> ItemCounts:
@@ -230,6 +249,7 @@ class ItemCounts:
             succeeded=pb.succeeded,
             failed=pb.failed,
             cancelled=pb.cancelled,
+            expired=pb.expired,
         )
 
 
@@ -276,6 +296,18 @@ class SubmitResult:
     """The batch as stored."""
     replayed: bool
     """True when the request_id had been seen and the original batch is returned."""
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What `retry()` returns."""
+
+    batch: Batch
+    """The batch after the request (RUNNING again if anything was requeued)."""
+    requeued: int
+    """How many items were queued again."""
+    replayed: bool
+    """True when the request_id had been seen and the original result is returned."""
 
 
 @dataclass(frozen=True)
@@ -352,9 +384,12 @@ class BatchItem:
     output: dict[str, Any] | None
     """The handler's output, for a SUCCEEDED item."""
     error: ItemError | None
-    """Why the item failed, for a FAILED item."""
+    """Why the item failed, for a FAILED item (or, for a PENDING item waiting for a
+    retry, why its last attempt failed)."""
     start_time: datetime | None
     end_time: datetime | None
+    next_attempt_time: datetime | None = None
+    """When a PENDING item waiting for a retry becomes due."""
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.BatchItem) -> BatchItem:
@@ -367,6 +402,7 @@ class BatchItem:
             error=ItemError.from_proto(pb.error) if pb.HasField("error") else None,
             start_time=_time(pb, "start_time"),
             end_time=_time(pb, "end_time"),
+            next_attempt_time=_time(pb, "next_attempt_time"),
         )
 
 
