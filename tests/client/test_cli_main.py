@@ -55,6 +55,7 @@ async def test_submit_streams_a_file(
         "--max-attempts=3",
         "--max-per-second=50",
         "--priority=2",
+        "--completion-window=3600",
         "--metadata=team=data",
         "--metadata=run=7",
         "--request-id=r1",
@@ -69,6 +70,7 @@ async def test_submit_streams_a_file(
     assert header.options.retry_policy.max_attempts == 3
     assert header.options.max_per_second == 50
     assert header.options.priority == 2
+    assert header.options.completion_window.seconds == 3600
     assert dict(header.metadata) == {"team": "data", "run": "7"}
     assert (header.request_id, header.batch_id) == ("r1", "mine")
     assert [len(m.items.items) for m in upload.messages[1:]] == [1000, 1000, 500]
@@ -210,6 +212,22 @@ async def test_cancel_and_handlers(
     assert json.loads(capsys.readouterr().out)[0]["name"] == "noop"
 
 
+async def test_retry_then_watch_and_delete(
+    service: FakeBatchService, server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service.watch_scripts = [[progress(COMPLETED, succeeded=10)]]
+    assert await run(server, "retry", "b1", "--item", "a", "--item=b", "--watch") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "b1 RUNNING: 2 items requeued"
+    assert " b1 COMPLETED 10/10 " in lines[1]
+    request = next(
+        r for r in service.requests if isinstance(r, batch_service_pb2.RetryBatchItemsRequest)
+    )
+    assert list(request.custom_ids) == ["a", "b"]
+    assert await run(server, "delete", "b1") == 0
+    assert capsys.readouterr().out == "b1 deleted\n"
+
+
 async def test_watch_prints_a_line_per_snapshot_and_exits_0_on_success(
     service: FakeBatchService, server: FakeServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -231,6 +249,7 @@ async def test_watch_prints_a_line_per_snapshot_and_exits_0_on_success(
     [
         (progress(COMPLETED, succeeded=8, failed=2), 1),
         (progress(CANCELLED, succeeded=3, cancelled=7), 1),
+        (progress(COMPLETED, succeeded=9, expired=1), 1),
         (progress(COMPLETED, succeeded=10), 0),
     ],
 )
@@ -251,9 +270,15 @@ async def test_watch_exit_status(
 async def test_watch_hints_at_failed_items(
     service: FakeBatchService, server: FakeServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    service.watch_scripts = [[progress(COMPLETED, succeeded=8, failed=2)]]
+    service.watch_scripts = [[progress(COMPLETED, succeeded=7, failed=2, expired=1)]]
     assert await run(server, "watch", "b1") == 1
-    assert capsys.readouterr().err == "2 items failed: batchd items b1 --state failed\n"
+    captured = capsys.readouterr()
+    assert "failed=2 running=0 pending=0 cancelled=0 expired=1 " in captured.out
+    assert captured.err == (
+        "2 items failed: batchd items b1 --state failed\n"
+        "1 items expired: batchd items b1 --state expired\n"
+        "to run them again: batchd retry b1\n"
+    )
 
 
 async def test_submit_then_watch(

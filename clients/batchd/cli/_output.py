@@ -103,7 +103,7 @@ def print_batch(batch: Batch, out: TextIO) -> None:
         (
             "counts",
             f"succeeded={c.succeeded} failed={c.failed} running={c.running} "
-            f"pending={c.pending} cancelled={c.cancelled}",
+            f"pending={c.pending} cancelled={c.cancelled} expired={c.expired}",
         ),
         ("created", format_time(batch.create_time)),
         ("started", format_time(batch.start_time)),
@@ -141,7 +141,10 @@ def print_batches(batches: Iterable[Batch], out: TextIO, *, as_json: bool) -> in
 
 def _item_result(item: BatchItem) -> str:
     if item.error is not None:
-        return f"{item.error.code.name}: {item.error.message}"
+        text = f"{item.error.code.name}: {item.error.message}"
+        if item.next_attempt_time is not None:
+            text += f" (retry at {format_time(item.next_attempt_time)})"
+        return text
     if item.output is not None:
         return json.dumps(item.output, ensure_ascii=False, separators=(",", ":"))
     return ""

@@ -2,7 +2,7 @@
 
 The client's `watch()` reconnects by itself, so a server restart only pauses the
 display. Exit status: 0 when the batch COMPLETED with every item succeeded, 1 when
-items failed or were cancelled (or the batch FAILED or was CANCELLED).
+items failed, expired or were cancelled (or the batch FAILED or was CANCELLED).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ _STATE_STYLES = {
 
 
 def exit_status(progress: BatchProgress | None) -> int:
-    """0 for a batch COMPLETED without failed or cancelled items, else 1."""
+    """0 for a batch COMPLETED with every item succeeded, else 1."""
     if progress is None:
         return 1
-    c = progress.counts
-    ok = progress.state == BatchState.COMPLETED and c.failed == 0 and c.cancelled == 0
+    ok = (
+        progress.state == BatchState.COMPLETED and progress.counts.succeeded == progress.total_items
+    )
     return 0 if ok else 1
 
 
@@ -47,7 +48,7 @@ def snapshot_line(p: BatchProgress) -> str:
         f"{when} {p.batch_id} {p.state.name} {c.finished}/{p.total_items} "
         f"({p.fraction * 100:.1f}%) succeeded={c.succeeded} failed={c.failed} "
         f"running={c.running} pending={c.pending} cancelled={c.cancelled} "
-        f"rate={p.items_per_second:.1f}/s eta={format_duration(p.eta)}"
+        f"expired={c.expired} rate={p.items_per_second:.1f}/s eta={format_duration(p.eta)}"
     )
 
 
@@ -79,6 +80,9 @@ def render(batch_id: str, p: BatchProgress | None) -> RenderableType:
         ("  cancelled ", "dim"),
         (f"{c.cancelled:,}", "magenta" if c.cancelled else ""),
     )
+    if c.expired:
+        counts.append("  expired ", "dim")
+        counts.append(f"{c.expired:,}", "bold yellow")
     elapsed = None
     if p.start_time is not None:
         end = p.end_time or p.observe_time
@@ -119,9 +123,16 @@ def follow(
             for progress in snapshots:
                 last = progress
                 live.update(render(batch_id, progress))
-    if last is not None and last.counts.failed and not as_json:
-        print(
-            f"{last.counts.failed} items failed: batchd items {batch_id} --state failed",
-            file=err,
-        )
+    if last is not None and not as_json:
+        _hint(batch_id, last, err)
     return exit_status(last)
+
+
+def _hint(batch_id: str, last: BatchProgress, err: TextIO) -> None:
+    c = last.counts
+    if c.failed:
+        print(f"{c.failed} items failed: batchd items {batch_id} --state failed", file=err)
+    if c.expired:
+        print(f"{c.expired} items expired: batchd items {batch_id} --state expired", file=err)
+    if c.failed or c.expired:
+        print(f"to run them again: batchd retry {batch_id}", file=err)

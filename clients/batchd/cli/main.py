@@ -42,7 +42,7 @@ T = TypeVar("T")
 _DESCRIPTION = """\
 Submit, follow and inspect batches of the batchd service.
 
-exit status: 0 done; 1 `watch` (or `submit --watch`) saw items fail or the batch
+exit status: 0 done; 1 `watch` (or `--watch`) saw items fail, expire or be
 cancelled; 2 an error, printed as `error: <CODE>: <message>` with each bad field;
 130 interrupted.
 """
@@ -54,6 +54,7 @@ examples:
   gen_items | batchd submit noop - --chunk-size 500
   batchd watch BATCH_ID
   batchd items BATCH_ID --state failed
+  batchd retry BATCH_ID
   batchd list --state running --json | jq .batch_id
 
 The server is --target, else ${TARGET_ENV}, else {DEFAULT_TARGET}.
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--item-timeout", type=float, metavar="SECONDS", help="the longest one attempt may take"
     )
+    submit.add_argument(
+        "--completion-window",
+        type=float,
+        metavar="SECONDS",
+        help="items not finished this long after submission end EXPIRED (default: 24 h)",
+    )
     submit.add_argument("--request-id", metavar="ID", help="makes a retried submit safe")
     submit.add_argument("--batch-id", metavar="ID", help="choose the batch id")
     submit.add_argument(
@@ -208,6 +215,28 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("batch_id", metavar="BATCH_ID")
     _add_json(cancel)
 
+    retry = verb(
+        "retry", _retry, "run FAILED and EXPIRED items again; the batch returns to RUNNING"
+    )
+    retry.add_argument("batch_id", metavar="BATCH_ID")
+    retry.add_argument(
+        "--item",
+        dest="custom_ids",
+        action="append",
+        default=[],
+        metavar="CUSTOM_ID",
+        help="only this item (repeatable; default: every failed and expired item)",
+    )
+    retry.add_argument("--request-id", metavar="ID", help="makes a repeated retry safe")
+    retry.add_argument("--watch", action="store_true", help="then follow it as `watch` does")
+    retry.add_argument(
+        "--interval", type=float, default=0.25, metavar="SECONDS", help="with --watch"
+    )
+    _add_json(retry)
+
+    delete = verb("delete", _delete, "delete a finished batch and its item outcomes")
+    delete.add_argument("batch_id", metavar="BATCH_ID")
+
     items = verb("items", _items, "list item outcomes; failed items with their error")
     items.add_argument("batch_id", metavar="BATCH_ID")
     items.add_argument(
@@ -237,6 +266,9 @@ def _options(args: argparse.Namespace) -> BatchOptions:
         rate_limit_key=args.rate_limit_key or "",
         priority=args.priority or 0,
         item_timeout=timedelta(seconds=args.item_timeout) if args.item_timeout else None,
+        completion_window=(
+            timedelta(seconds=args.completion_window) if args.completion_window else None
+        ),
     )
 
 
@@ -335,6 +367,27 @@ def _cancel(client: Client, args: argparse.Namespace, io: _Io) -> int:
         print_json(batch, io.out)
     else:
         print(f"{batch.batch_id} {batch.state.name}", file=io.out)
+    return 0
+
+
+def _retry(client: Client, args: argparse.Namespace, io: _Io) -> int:
+    result = client.retry(args.batch_id, args.custom_ids, request_id=args.request_id)
+    if args.json:
+        print_json(result, io.out)
+    else:
+        print(
+            f"{result.batch.batch_id} {result.batch.state.name}: {result.requeued} items requeued",
+            file=io.out,
+            flush=True,
+        )
+    if not args.watch:
+        return 0
+    return _follow(client, args.batch_id, args, io)
+
+
+def _delete(client: Client, args: argparse.Namespace, io: _Io) -> int:
+    client.delete(args.batch_id)
+    print(f"{args.batch_id} deleted", file=io.out)
     return 0
 
 
