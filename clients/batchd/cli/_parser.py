@@ -1,0 +1,211 @@
+"""The `batchd` command line: verbs, flags and their help."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from batchd.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, BatchState, ItemState
+
+__all__ = ["TARGET_ENV", "build_parser"]
+
+TARGET_ENV = "BATCHD_TARGET"
+
+_DESCRIPTION = """\
+Submit, follow and inspect batches of the batchd service.
+
+exit status: 0 done; 1 `watch` (or `--watch`) saw items fail, expire or be
+cancelled; 2 an error, printed as `error: <CODE>: <message>` with each bad field;
+130 interrupted.
+"""
+
+_EPILOG = f"""\
+examples:
+  batchd handlers
+  batchd submit http.request items.jsonl --max-per-second 50 --watch
+  gen_items | batchd submit noop - --chunk-size 500
+  batchd watch BATCH_ID
+  batchd items BATCH_ID --state failed
+  batchd retry BATCH_ID
+  batchd list --state running --json | jq .batch_id
+
+The server is --target, else ${TARGET_ENV}, else {DEFAULT_TARGET}.
+"""
+
+
+def _state(enum_type: type[BatchState] | type[ItemState]) -> Callable[[str], int]:
+    names = [s.name.lower() for s in enum_type if s.value]
+
+    def parse(text: str) -> int:
+        try:
+            state = enum_type[text.upper()]
+        except KeyError:
+            raise argparse.ArgumentTypeError(
+                f"unknown state {text!r} (choose from {', '.join(names)})"
+            ) from None
+        return int(state)
+
+    parse.__name__ = "state"
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --target and --timeout work before or after the verb.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--target",
+        default=argparse.SUPPRESS,
+        help=f"the server, HOST:PORT (default: ${TARGET_ENV}, else {DEFAULT_TARGET})",
+    )
+    shared.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help=f"deadline of each call but uploads and watches (default: {DEFAULT_TIMEOUT:g})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="batchd",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        parents=[shared],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, parents=[shared], help=help, description=help)
+
+    submit = verb("submit", "submit a batch from JSON Lines; prints the batch id")
+    submit.add_argument("handler", metavar="HANDLER", help="the handler that runs every item")
+    submit.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        default="-",
+        help='JSON Lines, one {"custom_id": ..., "params": {...}} per line; '
+        "- or none for stdin. A line without custom_id gets line-<n>",
+    )
+    submit.add_argument("--chunk-size", type=int, metavar="N", help="items per chunk")
+    submit.add_argument("--max-attempts", type=int, metavar="N", help="attempts per item")
+    submit.add_argument("--max-concurrent", type=int, metavar="N", help="items in flight")
+    submit.add_argument("--max-per-second", type=float, metavar="R", help="items started/s")
+    submit.add_argument("--burst", type=int, metavar="N", help="items above the rate at once")
+    submit.add_argument("--rate-limit-key", metavar="KEY", help="a rate limit shared by batches")
+    submit.add_argument("--priority", type=int, metavar="P", help="higher runs first")
+    submit.add_argument(
+        "--item-timeout", type=float, metavar="SECONDS", help="the longest one attempt may take"
+    )
+    submit.add_argument(
+        "--completion-window",
+        type=float,
+        metavar="SECONDS",
+        help="items not finished this long after submission end EXPIRED (default: 24 h)",
+    )
+    submit.add_argument("--request-id", metavar="ID", help="makes a retried submit safe")
+    submit.add_argument("--batch-id", metavar="ID", help="choose the batch id")
+    submit.add_argument(
+        "--metadata",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label for the batch (repeatable)",
+    )
+    submit.add_argument(
+        "--items-per-message",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="items per upload message (default: 1000)",
+    )
+    submit.add_argument("--watch", action="store_true", help="then follow it as `watch` does")
+    submit.add_argument(
+        "--interval", type=float, default=0.25, metavar="SECONDS", help="with --watch"
+    )
+    _add_json(submit)
+
+    watch = verb(
+        "watch",
+        "follow a batch to its end: exit 0 if every item succeeded, 1 if any failed, "
+        "expired or was cancelled",
+    )
+    watch.add_argument("batch_id", metavar="BATCH_ID")
+    watch.add_argument(
+        "--interval",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="least time between two updates (default: 0.25)",
+    )
+    _add_json(watch)
+
+    get = verb("get", "show one batch")
+    get.add_argument("batch_id", metavar="BATCH_ID")
+    _add_json(get)
+
+    list_ = verb("list", "list batches, newest first")
+    list_.add_argument(
+        "--state",
+        type=_state(BatchState),
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only batches in this state (repeatable): "
+        + ", ".join(s.name.lower() for s in BatchState if s.value),
+    )
+    list_.add_argument("--limit", type=int, default=0, metavar="N", help="at most N batches")
+    _add_json(list_)
+
+    cancel = verb("cancel", "cancel a batch (idempotent)")
+    cancel.add_argument("batch_id", metavar="BATCH_ID")
+    _add_json(cancel)
+
+    retry = verb("retry", "run FAILED and EXPIRED items again; the batch returns to RUNNING")
+    retry.add_argument("batch_id", metavar="BATCH_ID")
+    retry.add_argument(
+        "--item",
+        dest="custom_ids",
+        action="append",
+        default=[],
+        metavar="CUSTOM_ID",
+        help="only this item (repeatable; default: every failed and expired item)",
+    )
+    retry.add_argument("--request-id", metavar="ID", help="makes a repeated retry safe")
+    retry.add_argument("--watch", action="store_true", help="then follow it as `watch` does")
+    retry.add_argument(
+        "--interval", type=float, default=0.25, metavar="SECONDS", help="with --watch"
+    )
+    _add_json(retry)
+
+    delete = verb("delete", "delete a finished batch and its item outcomes")
+    delete.add_argument("batch_id", metavar="BATCH_ID")
+
+    items = verb("items", "list item outcomes; failed items with their error")
+    items.add_argument("batch_id", metavar="BATCH_ID")
+    items.add_argument(
+        "--state",
+        type=_state(ItemState),
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only items in this state (repeatable): "
+        + ", ".join(s.name.lower() for s in ItemState if s.value),
+    )
+    items.add_argument("--limit", type=int, default=0, metavar="N", help="at most N items")
+    _add_json(items)
+
+    handlers = verb("handlers", "list the handlers that workers serve")
+    _add_json(handlers)
+    return parser
