@@ -53,6 +53,7 @@ def options_from_proto(message: batch_pb2.BatchOptions) -> BatchOptions:
         rate_limit_key=message.rate_limit_key,
         priority=message.priority,
         item_timeout=seconds(message.item_timeout),
+        completion_window=seconds(message.completion_window),
     )
 
 
@@ -72,6 +73,7 @@ def options_to_proto(options: BatchOptions) -> batch_pb2.BatchOptions:
         rate_limit_key=options.rate_limit_key,
         priority=options.priority,
         item_timeout=duration(options.item_timeout),
+        completion_window=duration(options.completion_window),
     )
 
 
@@ -82,6 +84,7 @@ def counts_to_proto(counts: ItemCounts) -> batch_pb2.ItemCounts:
         succeeded=counts.succeeded,
         failed=counts.failed,
         cancelled=counts.cancelled,
+        expired=counts.expired,
     )
 
 
@@ -110,6 +113,7 @@ def item_to_proto(item: ItemView) -> batch_pb2.BatchItem:
         attempts=item.attempts,
         start_time=timestamp(item.start_time),
         end_time=timestamp(item.end_time),
+        next_attempt_time=timestamp(item.next_attempt_time),
     )
     if item.output_json is not None:
         message.output.update(json.loads(item.output_json))

@@ -38,7 +38,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         self.hub = hub
         self.schemas = SchemaCache()
         self.worker_ttl = settings.worker_ttl
-        self.service_defaults = BatchOptions(chunk_size=settings.default_chunk_size)
+        self.service_defaults = BatchOptions(
+            chunk_size=settings.default_chunk_size,
+            completion_window=settings.default_completion_window,
+        )
 
     # -- submitting -------------------------------------------------------------------
     @translate_errors
@@ -67,10 +70,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             raise InvalidRequest.for_field("header", "the first message must be the header")
         upload = await self._begin(Violations(), first.header, ())
         try:
-            async for message in request_iterator:
-                if message.WhichOneof("part") != "items":
-                    raise InvalidRequest.for_field("header", "only the first message is a header")
-                await upload.add(message.items.items)
+            await _receive_items(upload, request_iterator)
         except BaseException:
             # A broken stream, a bad item or a cancelled call: nothing may stay behind.
             await upload.session.abort()
@@ -169,6 +169,37 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         log.info("batch_cancel_requested", batch_id=batch.batch_id, state=batch.state.name)
         return batch_service_pb2.CancelBatchResponse(batch=convert.batch_to_proto(batch))
 
+    @translate_errors
+    async def RetryBatchItems(
+        self, request: batch_service_pb2.RetryBatchItemsRequest, context: Context
+    ) -> batch_service_pb2.RetryBatchItemsResponse:
+        batch_id = _batch_id(request.batch_id)
+        for position, custom_id in enumerate(request.custom_ids):
+            if not validation.ID_PATTERN.fullmatch(custom_id):
+                raise InvalidRequest.for_field(
+                    f"custom_ids[{position}]", "must be 1 to 64 characters of [A-Za-z0-9_.-]"
+                )
+        if len(request.request_id) > validation.MAX_REQUEST_ID:
+            raise InvalidRequest.for_field(
+                "request_id", f"at most {validation.MAX_REQUEST_ID} characters"
+            )
+        batch, requeued, replayed = await self.store.retry_items(
+            batch_id, list(request.custom_ids), request.request_id
+        )
+        log.info("batch_items_requeued", batch_id=batch_id, items=requeued, replayed=replayed)
+        return batch_service_pb2.RetryBatchItemsResponse(
+            batch=convert.batch_to_proto(batch), requeued=requeued, replayed=replayed
+        )
+
+    @translate_errors
+    async def DeleteBatch(
+        self, request: batch_service_pb2.DeleteBatchRequest, context: Context
+    ) -> batch_service_pb2.DeleteBatchResponse:
+        batch_id = _batch_id(request.batch_id)
+        await self.store.delete_batch(batch_id)
+        log.info("batch_deleted", batch_id=batch_id)
+        return batch_service_pb2.DeleteBatchResponse()
+
     # -- watching ---------------------------------------------------------------------
     @translate_errors
     async def WatchProgress(
@@ -205,6 +236,30 @@ class _Upload:
         )
         violations.raise_if_any()
         await self.session.add_items(new_items)
+
+
+async def _receive_items(
+    upload: _Upload, request_iterator: AsyncIterator[batch_service_pb2.UploadBatchRequest]
+) -> None:
+    """Stages item messages until the end message. A stream that stops without one was
+    broken off — a cancelled call can look like a clean end — so it commits nothing."""
+    async for message in request_iterator:
+        part = message.WhichOneof("part")
+        if part == "items":
+            await upload.add(message.items.items)
+        elif part == "end":
+            if message.end.item_count != upload.session.item_count:
+                raise InvalidRequest.for_field(
+                    "end.item_count",
+                    f"the stream carried {upload.session.item_count} items, "
+                    f"not {message.end.item_count}",
+                )
+            if await anext(aiter(request_iterator), None) is not None:
+                raise InvalidRequest.for_field("end", "must be the last message")
+            return
+        else:
+            raise InvalidRequest.for_field("header", "only the first message is a header")
+    raise InvalidRequest.for_field("end", "the stream ended without an end message")
 
 
 async def _finish(session: UploadSession) -> tuple[Any, bool]:

@@ -31,6 +31,7 @@ MAX_CHUNK_SIZE = 10_000
 MAX_ATTEMPTS = 100
 MAX_PRIORITY = 1_000
 MAX_ITEM_TIMEOUT = 24 * 3600.0
+MAX_COMPLETION_WINDOW = 30 * 24 * 3600.0
 # A request with thousands of bad items names the first ones; that is enough to act on.
 MAX_VIOLATIONS = 100
 
@@ -125,6 +126,9 @@ def _check_options(violations: Violations, options: batch_pb2.BatchOptions) -> N
     timeout = convert.seconds(options.item_timeout)
     if not 0 <= timeout <= MAX_ITEM_TIMEOUT:
         violations.add("options.item_timeout", "must be between 0 and 24 hours")
+    window = convert.seconds(options.completion_window)
+    if not 0 <= window <= MAX_COMPLETION_WINDOW:
+        violations.add("options.completion_window", "must be between 0 and 30 days")
 
 
 def effective_options(

@@ -109,8 +109,12 @@ class Upload:
         return self.messages[0].header
 
     @property
+    def item_messages(self) -> list[pb.UploadBatchRequest]:
+        return [m for m in self.messages[1:] if m.WhichOneof("part") == "items"]
+
+    @property
     def items(self) -> list[batch_pb2.Item]:
-        return [i for m in self.messages[1:] for i in m.items.items]
+        return [i for m in self.item_messages for i in m.items.items]
 
 
 class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
@@ -153,7 +157,8 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         try:
             async for request in request_iterator:
                 upload.messages.append(request)
-                if len(upload.messages) > 1 and request.WhichOneof("part") != "items":
+                part = request.WhichOneof("part")
+                if len(upload.messages) > 1 and part not in ("items", "end"):
                     # As batchd does; the client abandons an upload this way.
                     upload.outcome = "rejected"
                     failure = Abort(grpc.StatusCode.INVALID_ARGUMENT, "only one header")
@@ -164,6 +169,10 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
                 if len(upload.messages) == 2:
                     self.items_arrived.set()
                     self.items_arrived_threadsafe.set()
+            if upload.messages[-1].WhichOneof("part") != "end":
+                # As batchd does: only the end message commits.
+                upload.outcome = "rejected"
+                await abort(context, Abort(grpc.StatusCode.INVALID_ARGUMENT, "no end message"))
             upload.outcome = "completed"
             batch = make_batch(upload.header.batch_id or "b-uploaded", total=len(upload.items))
             return pb.UploadBatchResponse(batch=batch)

@@ -73,7 +73,8 @@ async def test_submit_streams_a_file(
     assert header.options.completion_window.seconds == 3600
     assert dict(header.metadata) == {"team": "data", "run": "7"}
     assert (header.request_id, header.batch_id) == ("r1", "mine")
-    assert [len(m.items.items) for m in upload.messages[1:]] == [1000, 1000, 500]
+    assert [len(m.items.items) for m in upload.item_messages] == [1000, 1000, 500]
+    assert upload.messages[-1].end.item_count == 2500
     assert upload.items[2].custom_id == "line-3"
     assert upload.items[4].params_json == b'{"i":4}'
 

@@ -79,8 +79,9 @@ async def test_async_upload_streams_while_items_are_produced(
     assert upload.header.options.chunk_size == 50
     assert dict(upload.header.metadata) == {"k": "v"}
     assert (upload.header.request_id, upload.header.batch_id) == ("r1", "up-1")
-    assert all(m.WhichOneof("part") == "items" for m in upload.messages[1:])
-    assert [len(m.items.items) for m in upload.messages[1:]] == [10] * 100
+    assert all(m.WhichOneof("part") == "items" for m in upload.messages[1:-1])
+    assert [len(m.items.items) for m in upload.item_messages] == [10] * 100
+    assert upload.messages[-1].end.item_count == 1000
     assert [i.custom_id for i in upload.items] == [f"i{i}" for i in range(1000)]
     assert upload.items[7].params_json == b'{"i":7}'
     assert pulled == 1000

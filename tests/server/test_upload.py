@@ -29,6 +29,10 @@ def header(batch_id: str, **fields: object) -> Request:
     )
 
 
+def end(count: int) -> Request:
+    return Request(end=batch_service_pb2.UploadBatchEnd(item_count=count))
+
+
 def item_messages(total: int, per_message: int = 1000, start: int = 0) -> list[Request]:
     body = b'{"n":1}'
     messages = []
@@ -53,7 +57,7 @@ async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
 async def test_upload_of_200000_items(stub: Stub, store: BatchStore) -> None:
     batch_id = f"up-{uuid.uuid4().hex[:8]}"
     chunk_size = batch_pb2.BatchOptions(chunk_size=1000)
-    messages = [header(batch_id, options=chunk_size), *item_messages(200_000)]
+    messages = [header(batch_id, options=chunk_size), *item_messages(200_000), end(200_000)]
     response = await stub.UploadBatch(iter(messages))
     batch = response.batch
     assert (batch.batch_id, batch.total_items, batch.chunk_count) == (batch_id, 200_000, 200)
@@ -87,7 +91,7 @@ async def test_broken_stream_leaves_nothing(stub: Stub, store: BatchStore) -> No
 
 async def test_bad_item_late_in_the_stream_rejects_all(stub: Stub, store: BatchStore) -> None:
     batch_id = f"late-{uuid.uuid4().hex[:8]}"
-    messages = [header(batch_id), *item_messages(3000)]
+    messages = [header(batch_id), *item_messages(3000), end(3000)]
     messages[3].items.items[7].params_json = b'{"n":"x"}'
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.UploadBatch(iter(messages))
@@ -98,11 +102,31 @@ async def test_bad_item_late_in_the_stream_rejects_all(stub: Stub, store: BatchS
 
 async def test_duplicate_id_across_messages_rejected(stub: Stub, store: BatchStore) -> None:
     batch_id = f"dup-{uuid.uuid4().hex[:8]}"
-    messages = [header(batch_id), *item_messages(2000), *item_messages(1, start=5)]
+    messages = [header(batch_id), *item_messages(2000), *item_messages(1, start=5), end(2001)]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.UploadBatch(iter(messages))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "items[2000].custom_id" in (caught.value.details() or "")
+    assert await keys_of(store, batch_id) == []
+
+
+async def test_stream_without_end_commits_nothing(stub: Stub, store: BatchStore) -> None:
+    """A client that breaks off can look like a clean end of stream: only the end
+    message commits."""
+    batch_id = f"noend-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UploadBatch(iter([header(batch_id), *item_messages(2500)]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "end" in (caught.value.details() or "")
+    assert await keys_of(store, batch_id) == []
+
+
+async def test_end_with_wrong_count_commits_nothing(stub: Stub, store: BatchStore) -> None:
+    batch_id = f"count-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UploadBatch(iter([header(batch_id), *item_messages(2500), end(2400)]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "end.item_count" in (caught.value.details() or "")
     assert await keys_of(store, batch_id) == []
 
 

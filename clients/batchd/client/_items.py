@@ -182,6 +182,15 @@ def iter_upload_requests(
     last = packer.flush()
     if last is not None:
         yield last
+    yield _end(packer)
+
+
+def _end(packer: UploadPacker) -> batch_service_pb2.UploadBatchRequest:
+    # Only this message commits the batch: a stream that breaks off before it, even one
+    # that looks cleanly closed to the server, leaves nothing behind.
+    return batch_service_pb2.UploadBatchRequest(
+        end=batch_service_pb2.UploadBatchEnd(item_count=packer.count)
+    )
 
 
 async def aiter_upload_requests(
@@ -202,3 +211,4 @@ async def aiter_upload_requests(
     last = packer.flush()
     if last is not None:
         yield last
+    yield _end(packer)

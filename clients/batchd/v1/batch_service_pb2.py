@@ -26,7 +26,7 @@ from batchd.v1 import batch_pb2 as batchd_dot_v1_dot_batch__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62\x61tchd/v1/batch_service.proto\x12\tbatchd.v1\x1a\x15\x62\x61tchd/v1/batch.proto\x1a\x1egoogle/protobuf/duration.proto\"\x85\x02\n\x12SubmitBatchRequest\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\x1e\n\x05items\x18\x02 \x03(\x0b\x32\x0f.batchd.v1.Item\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.batchd.v1.BatchOptions\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.batchd.v1.SubmitBatchRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x13SubmitBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\xe3\x01\n\x11UploadBatchHeader\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.batchd.v1.BatchOptions\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.batchd.v1.UploadBatchHeader.MetadataEntry\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x10UploadBatchItems\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.batchd.v1.Item\"z\n\x12UploadBatchRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.batchd.v1.UploadBatchHeaderH\x00\x12,\n\x05items\x18\x02 \x01(\x0b\x32\x1b.batchd.v1.UploadBatchItemsH\x00\x42\x06\n\x04part\"H\n\x13UploadBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"#\n\x0fGetBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"3\n\x10GetBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\"b\n\x12ListBatchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.batchd.v1.BatchState\"Q\n\x13ListBatchesResponse\x12!\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x10.batchd.v1.Batch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x43\x61ncelBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"6\n\x13\x43\x61ncelBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\"R\n\x16RetryBatchItemsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\ncustom_ids\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"^\n\x17RetryBatchItemsResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\x12\x10\n\x08requeued\x18\x02 \x01(\x04\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"&\n\x12\x44\x65leteBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteBatchResponse\"v\n\x15ListBatchItemsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12$\n\x06states\x18\x04 \x03(\x0e\x32\x14.batchd.v1.ItemState\"V\n\x16ListBatchItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.batchd.v1.BatchItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x15\n\x13ListHandlersRequest\"@\n\x14ListHandlersResponse\x12(\n\x08handlers\x18\x01 \x03(\x0b\x32\x16.batchd.v1.HandlerInfo\"\x90\x01\n\x14WatchProgressRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12/\n\x0cmin_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x15WatchProgressResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x18.batchd.v1.BatchProgress\x12\x11\n\theartbeat\x18\x02 \x01(\x08\x32\xb3\x06\n\x0c\x42\x61tchService\x12L\n\x0bSubmitBatch\x12\x1d.batchd.v1.SubmitBatchRequest\x1a\x1e.batchd.v1.SubmitBatchResponse\x12N\n\x0bUploadBatch\x12\x1d.batchd.v1.UploadBatchRequest\x1a\x1e.batchd.v1.UploadBatchResponse(\x01\x12\x43\n\x08GetBatch\x12\x1a.batchd.v1.GetBatchRequest\x1a\x1b.batchd.v1.GetBatchResponse\x12L\n\x0bListBatches\x12\x1d.batchd.v1.ListBatchesRequest\x1a\x1e.batchd.v1.ListBatchesResponse\x12L\n\x0b\x43\x61ncelBatch\x12\x1d.batchd.v1.CancelBatchRequest\x1a\x1e.batchd.v1.CancelBatchResponse\x12X\n\x0fRetryBatchItems\x12!.batchd.v1.RetryBatchItemsRequest\x1a\".batchd.v1.RetryBatchItemsResponse\x12L\n\x0b\x44\x65leteBatch\x12\x1d.batchd.v1.DeleteBatchRequest\x1a\x1e.batchd.v1.DeleteBatchResponse\x12U\n\x0eListBatchItems\x12 .batchd.v1.ListBatchItemsRequest\x1a!.batchd.v1.ListBatchItemsResponse\x12O\n\x0cListHandlers\x12\x1e.batchd.v1.ListHandlersRequest\x1a\x1f.batchd.v1.ListHandlersResponse\x12T\n\rWatchProgress\x12\x1f.batchd.v1.WatchProgressRequest\x1a .batchd.v1.WatchProgressResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62\x61tchd/v1/batch_service.proto\x12\tbatchd.v1\x1a\x15\x62\x61tchd/v1/batch.proto\x1a\x1egoogle/protobuf/duration.proto\"\x85\x02\n\x12SubmitBatchRequest\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\x1e\n\x05items\x18\x02 \x03(\x0b\x32\x0f.batchd.v1.Item\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.batchd.v1.BatchOptions\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.batchd.v1.SubmitBatchRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x13SubmitBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\xe3\x01\n\x11UploadBatchHeader\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.batchd.v1.BatchOptions\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.batchd.v1.UploadBatchHeader.MetadataEntry\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x10UploadBatchItems\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.batchd.v1.Item\"$\n\x0eUploadBatchEnd\x12\x12\n\nitem_count\x18\x01 \x01(\x04\"\xa4\x01\n\x12UploadBatchRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.batchd.v1.UploadBatchHeaderH\x00\x12,\n\x05items\x18\x02 \x01(\x0b\x32\x1b.batchd.v1.UploadBatchItemsH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.batchd.v1.UploadBatchEndH\x00\x42\x06\n\x04part\"H\n\x13UploadBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"#\n\x0fGetBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"3\n\x10GetBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\"b\n\x12ListBatchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.batchd.v1.BatchState\"Q\n\x13ListBatchesResponse\x12!\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x10.batchd.v1.Batch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x43\x61ncelBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"6\n\x13\x43\x61ncelBatchResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\"R\n\x16RetryBatchItemsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x12\n\ncustom_ids\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"^\n\x17RetryBatchItemsResponse\x12\x1f\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x10.batchd.v1.Batch\x12\x10\n\x08requeued\x18\x02 \x01(\x04\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"&\n\x12\x44\x65leteBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteBatchResponse\"v\n\x15ListBatchItemsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12$\n\x06states\x18\x04 \x03(\x0e\x32\x14.batchd.v1.ItemState\"V\n\x16ListBatchItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.batchd.v1.BatchItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x15\n\x13ListHandlersRequest\"@\n\x14ListHandlersResponse\x12(\n\x08handlers\x18\x01 \x03(\x0b\x32\x16.batchd.v1.HandlerInfo\"\x90\x01\n\x14WatchProgressRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12/\n\x0cmin_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x15WatchProgressResponse\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x18.batchd.v1.BatchProgress\x12\x11\n\theartbeat\x18\x02 \x01(\x08\x32\xb3\x06\n\x0c\x42\x61tchService\x12L\n\x0bSubmitBatch\x12\x1d.batchd.v1.SubmitBatchRequest\x1a\x1e.batchd.v1.SubmitBatchResponse\x12N\n\x0bUploadBatch\x12\x1d.batchd.v1.UploadBatchRequest\x1a\x1e.batchd.v1.UploadBatchResponse(\x01\x12\x43\n\x08GetBatch\x12\x1a.batchd.v1.GetBatchRequest\x1a\x1b.batchd.v1.GetBatchResponse\x12L\n\x0bListBatches\x12\x1d.batchd.v1.ListBatchesRequest\x1a\x1e.batchd.v1.ListBatchesResponse\x12L\n\x0b\x43\x61ncelBatch\x12\x1d.batchd.v1.CancelBatchRequest\x1a\x1e.batchd.v1.CancelBatchResponse\x12X\n\x0fRetryBatchItems\x12!.batchd.v1.RetryBatchItemsRequest\x1a\".batchd.v1.RetryBatchItemsResponse\x12L\n\x0b\x44\x65leteBatch\x12\x1d.batchd.v1.DeleteBatchRequest\x1a\x1e.batchd.v1.DeleteBatchResponse\x12U\n\x0eListBatchItems\x12 .batchd.v1.ListBatchItemsRequest\x1a!.batchd.v1.ListBatchItemsResponse\x12O\n\x0cListHandlers\x12\x1e.batchd.v1.ListHandlersRequest\x1a\x1f.batchd.v1.ListHandlersResponse\x12T\n\rWatchProgress\x12\x1f.batchd.v1.WatchProgressRequest\x1a .batchd.v1.WatchProgressResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,42 +49,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADBATCHHEADER_METADATAENTRY']._serialized_end=361
   _globals['_UPLOADBATCHITEMS']._serialized_start=667
   _globals['_UPLOADBATCHITEMS']._serialized_end=717
-  _globals['_UPLOADBATCHREQUEST']._serialized_start=719
-  _globals['_UPLOADBATCHREQUEST']._serialized_end=841
-  _globals['_UPLOADBATCHRESPONSE']._serialized_start=843
-  _globals['_UPLOADBATCHRESPONSE']._serialized_end=915
-  _globals['_GETBATCHREQUEST']._serialized_start=917
-  _globals['_GETBATCHREQUEST']._serialized_end=952
-  _globals['_GETBATCHRESPONSE']._serialized_start=954
-  _globals['_GETBATCHRESPONSE']._serialized_end=1005
-  _globals['_LISTBATCHESREQUEST']._serialized_start=1007
-  _globals['_LISTBATCHESREQUEST']._serialized_end=1105
-  _globals['_LISTBATCHESRESPONSE']._serialized_start=1107
-  _globals['_LISTBATCHESRESPONSE']._serialized_end=1188
-  _globals['_CANCELBATCHREQUEST']._serialized_start=1190
-  _globals['_CANCELBATCHREQUEST']._serialized_end=1228
-  _globals['_CANCELBATCHRESPONSE']._serialized_start=1230
-  _globals['_CANCELBATCHRESPONSE']._serialized_end=1284
-  _globals['_RETRYBATCHITEMSREQUEST']._serialized_start=1286
-  _globals['_RETRYBATCHITEMSREQUEST']._serialized_end=1368
-  _globals['_RETRYBATCHITEMSRESPONSE']._serialized_start=1370
-  _globals['_RETRYBATCHITEMSRESPONSE']._serialized_end=1464
-  _globals['_DELETEBATCHREQUEST']._serialized_start=1466
-  _globals['_DELETEBATCHREQUEST']._serialized_end=1504
-  _globals['_DELETEBATCHRESPONSE']._serialized_start=1506
-  _globals['_DELETEBATCHRESPONSE']._serialized_end=1527
-  _globals['_LISTBATCHITEMSREQUEST']._serialized_start=1529
-  _globals['_LISTBATCHITEMSREQUEST']._serialized_end=1647
-  _globals['_LISTBATCHITEMSRESPONSE']._serialized_start=1649
-  _globals['_LISTBATCHITEMSRESPONSE']._serialized_end=1735
-  _globals['_LISTHANDLERSREQUEST']._serialized_start=1737
-  _globals['_LISTHANDLERSREQUEST']._serialized_end=1758
-  _globals['_LISTHANDLERSRESPONSE']._serialized_start=1760
-  _globals['_LISTHANDLERSRESPONSE']._serialized_end=1824
-  _globals['_WATCHPROGRESSREQUEST']._serialized_start=1827
-  _globals['_WATCHPROGRESSREQUEST']._serialized_end=1971
-  _globals['_WATCHPROGRESSRESPONSE']._serialized_start=1973
-  _globals['_WATCHPROGRESSRESPONSE']._serialized_end=2059
-  _globals['_BATCHSERVICE']._serialized_start=2062
-  _globals['_BATCHSERVICE']._serialized_end=2881
+  _globals['_UPLOADBATCHEND']._serialized_start=719
+  _globals['_UPLOADBATCHEND']._serialized_end=755
+  _globals['_UPLOADBATCHREQUEST']._serialized_start=758
+  _globals['_UPLOADBATCHREQUEST']._serialized_end=922
+  _globals['_UPLOADBATCHRESPONSE']._serialized_start=924
+  _globals['_UPLOADBATCHRESPONSE']._serialized_end=996
+  _globals['_GETBATCHREQUEST']._serialized_start=998
+  _globals['_GETBATCHREQUEST']._serialized_end=1033
+  _globals['_GETBATCHRESPONSE']._serialized_start=1035
+  _globals['_GETBATCHRESPONSE']._serialized_end=1086
+  _globals['_LISTBATCHESREQUEST']._serialized_start=1088
+  _globals['_LISTBATCHESREQUEST']._serialized_end=1186
+  _globals['_LISTBATCHESRESPONSE']._serialized_start=1188
+  _globals['_LISTBATCHESRESPONSE']._serialized_end=1269
+  _globals['_CANCELBATCHREQUEST']._serialized_start=1271
+  _globals['_CANCELBATCHREQUEST']._serialized_end=1309
+  _globals['_CANCELBATCHRESPONSE']._serialized_start=1311
+  _globals['_CANCELBATCHRESPONSE']._serialized_end=1365
+  _globals['_RETRYBATCHITEMSREQUEST']._serialized_start=1367
+  _globals['_RETRYBATCHITEMSREQUEST']._serialized_end=1449
+  _globals['_RETRYBATCHITEMSRESPONSE']._serialized_start=1451
+  _globals['_RETRYBATCHITEMSRESPONSE']._serialized_end=1545
+  _globals['_DELETEBATCHREQUEST']._serialized_start=1547
+  _globals['_DELETEBATCHREQUEST']._serialized_end=1585
+  _globals['_DELETEBATCHRESPONSE']._serialized_start=1587
+  _globals['_DELETEBATCHRESPONSE']._serialized_end=1608
+  _globals['_LISTBATCHITEMSREQUEST']._serialized_start=1610
+  _globals['_LISTBATCHITEMSREQUEST']._serialized_end=1728
+  _globals['_LISTBATCHITEMSRESPONSE']._serialized_start=1730
+  _globals['_LISTBATCHITEMSRESPONSE']._serialized_end=1816
+  _globals['_LISTHANDLERSREQUEST']._serialized_start=1818
+  _globals['_LISTHANDLERSREQUEST']._serialized_end=1839
+  _globals['_LISTHANDLERSRESPONSE']._serialized_start=1841
+  _globals['_LISTHANDLERSRESPONSE']._serialized_end=1905
+  _globals['_WATCHPROGRESSREQUEST']._serialized_start=1908
+  _globals['_WATCHPROGRESSREQUEST']._serialized_end=2052
+  _globals['_WATCHPROGRESSRESPONSE']._serialized_start=2054
+  _globals['_WATCHPROGRESSRESPONSE']._serialized_end=2140
+  _globals['_BATCHSERVICE']._serialized_start=2143
+  _globals['_BATCHSERVICE']._serialized_end=2962
 # @@protoc_insertion_point(module_scope)

@@ -210,32 +210,63 @@ class UploadBatchItems(_message.Message):
 Global___UploadBatchItems: _TypeAlias = UploadBatchItems  # noqa: Y015
 
 @_typing.final
+class UploadBatchEnd(_message.Message):
+    """The last message of an UploadBatch stream: the batch is committed only when
+    it arrives, so a stream that breaks off (or a client that gives up) can never
+    leave a partial batch behind.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    item_count: _builtins.int
+    """How many items the stream carried; a mismatch rejects the batch."""
+    def __init__(
+        self,
+        *,
+        item_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_count", b"item_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadBatchEnd: _TypeAlias = UploadBatchEnd  # noqa: Y015
+
+@_typing.final
 class UploadBatchRequest(_message.Message):
-    """One message of an UploadBatch stream: the header first, then items."""
+    """One message of an UploadBatch stream: the header first, then items, then the end."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___UploadBatchHeader:
         """The first message, and only the first."""
 
     @_builtins.property
     def items(self) -> Global___UploadBatchItems:
-        """Every later message."""
+        """The messages between the header and the end."""
+
+    @_builtins.property
+    def end(self) -> Global___UploadBatchEnd:
+        """The last message, and only the last."""
 
     def __init__(
         self,
         *,
         header: Global___UploadBatchHeader | None = ...,
         items: Global___UploadBatchItems | None = ...,
+        end: Global___UploadBatchEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "items", b"items", "part", b"part"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "header", b"header", "items", b"items", "part", b"part"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "items", b"items", "part", b"part"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "header", b"header", "items", b"items", "part", b"part"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "items"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "items", "end"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 

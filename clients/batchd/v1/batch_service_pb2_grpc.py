@@ -110,9 +110,9 @@ class BatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadBatch(self, request_iterator, context):
-        """Submits a batch of any size as a stream: one header, then item messages.
-        The batch becomes visible and starts only when the stream completes; a
-        broken stream leaves nothing behind.
+        """Submits a batch of any size as a stream: one header, item messages, and an
+        end message. The batch becomes visible and starts only when the end message
+        arrives; a broken stream leaves nothing behind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,9 +44,9 @@ class BatchServiceStub:
     A repeated request_id with the same body returns the original batch.
     """
     UploadBatch: _grpc.StreamUnaryMultiCallable[_batch_service_pb2.UploadBatchRequest, _batch_service_pb2.UploadBatchResponse]
-    """Submits a batch of any size as a stream: one header, then item messages.
-    The batch becomes visible and starts only when the stream completes; a
-    broken stream leaves nothing behind.
+    """Submits a batch of any size as a stream: one header, item messages, and an
+    end message. The batch becomes visible and starts only when the end message
+    arrives; a broken stream leaves nothing behind.
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.GetBatchRequest, _batch_service_pb2.GetBatchResponse]
     """Returns one batch."""
@@ -92,9 +92,9 @@ class BatchServiceAsyncStub(BatchServiceStub):
     A repeated request_id with the same body returns the original batch.
     """
     UploadBatch: _aio.StreamUnaryMultiCallable[_batch_service_pb2.UploadBatchRequest, _batch_service_pb2.UploadBatchResponse]  # type: ignore[assignment]
-    """Submits a batch of any size as a stream: one header, then item messages.
-    The batch becomes visible and starts only when the stream completes; a
-    broken stream leaves nothing behind.
+    """Submits a batch of any size as a stream: one header, item messages, and an
+    end message. The batch becomes visible and starts only when the end message
+    arrives; a broken stream leaves nothing behind.
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.GetBatchRequest, _batch_service_pb2.GetBatchResponse]  # type: ignore[assignment]
     """Returns one batch."""
@@ -149,9 +149,9 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_batch_service_pb2.UploadBatchRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_batch_service_pb2.UploadBatchResponse, _abc.Awaitable[_batch_service_pb2.UploadBatchResponse]]:
-        """Submits a batch of any size as a stream: one header, then item messages.
-        The batch becomes visible and starts only when the stream completes; a
-        broken stream leaves nothing behind.
+        """Submits a batch of any size as a stream: one header, item messages, and an
+        end message. The batch becomes visible and starts only when the end message
+        arrives; a broken stream leaves nothing behind.
         """
 
     @_abc_1.abstractmethod
