@@ -1,0 +1,69 @@
+"""Fixtures for fault-injection tests: a private Redis each test may kill, a server, and
+worker subprocesses loading the chaos handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.processes import ServiceProcess, worker
+
+from batchd.client import AsyncClient
+from batchd.core.config import Settings
+from batchd.server.app import BatchdServer, start_server
+
+# Short leases and sweeps so that a killed worker's chunk is picked up within seconds.
+FAST_RECOVERY = {"BATCHD_LEASE_TTL": "2", "BATCHD_MAINTENANCE_INTERVAL": "0.5"}
+
+
+@pytest.fixture
+def private_redis(redis_server_factory: Callable[..., object]) -> object:
+    return redis_server_factory(appendonly=True, extra_args=["--appendfsync", "everysec"])
+
+
+@pytest.fixture
+def chaos_log(tmp_path: Path) -> Path:
+    return tmp_path / "applied.log"
+
+
+@pytest.fixture
+def workers(
+    private_redis: object, chaos_log: Path, tmp_path: Path
+) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(concurrency: int = 10) -> ServiceProcess:
+        env = {
+            "BATCHD_REDIS_URL": private_redis.url,  # type: ignore[attr-defined]
+            "BATCHD_HANDLERS": "chaos_handlers:handlers",
+            "BATCHD_CHAOS_LOG": str(chaos_log),
+            "BATCHD_WORKER_CONCURRENCY": str(concurrency),
+            **FAST_RECOVERY,
+        }
+        process = worker(env, tmp_path / f"worker-{len(started)}.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+async def server(private_redis: object) -> AsyncIterator[BatchdServer]:
+    settings = Settings(
+        redis_url=private_redis.url,  # type: ignore[attr-defined]
+        host="127.0.0.1",
+        lease_ttl=2,
+        maintenance_interval=0.5,
+    )
+    running = await start_server(settings, port=0)
+    yield running
+    await running.stop(grace=0)
+
+
+@pytest.fixture
+async def client(server: BatchdServer) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+        yield client

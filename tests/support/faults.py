@@ -1,0 +1,36 @@
+"""Helpers for fault-injection tests."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from batchd.client import AsyncClient
+
+
+async def wait_for_handler(client: AsyncClient, name: str) -> None:
+    """Workers publish their catalog from other processes: poll until one has."""
+    async with asyncio.timeout(30):
+        # Another process's state: there is nothing to subscribe to.
+        while not await _serves(client, name):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def _serves(client: AsyncClient, name: str) -> bool:
+    return any(h.name == name and h.live_workers for h in await client.handlers())
+
+
+def applied(chaos_log: Path) -> list[tuple[str, int]]:
+    """Every application of an item's effect: (idempotency key, worker pid)."""
+    if not chaos_log.exists():
+        return []
+    pairs = []
+    for line in chaos_log.read_text().splitlines():
+        key, pid = line.rsplit(" ", 1)
+        pairs.append((key, int(pid)))
+    return pairs
+
+
+def rng(seed: int = 7) -> random.Random:
+    return random.Random(seed)

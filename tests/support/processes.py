@@ -1,0 +1,74 @@
+"""batchd processes for system tests: workers and servers as real subprocesses that a
+test can SIGKILL, SIGTERM and restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+SUPPORT_DIR = Path(__file__).resolve().parent
+
+
+class ServiceProcess:
+    """One `python -m <module>` batchd process configured through BATCHD_* variables."""
+
+    def __init__(self, module: str, env: Mapping[str, str], log_path: Path) -> None:
+        self.module = module
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(SUPPORT_DIR), os.environ.get("PYTHONPATH", "")]),
+            "BATCHD_LOG_FORMAT": "json",
+            **env,
+        }
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash would; returns the exit status."""
+        assert self.process is not None
+        self.process.kill()
+        return self.process.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, as an orchestrator would; returns the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def worker(env: Mapping[str, str], log_path: Path) -> ServiceProcess:
+    return ServiceProcess("batchd.worker.main", env, log_path)
+
+
+def server(env: Mapping[str, str], log_path: Path) -> ServiceProcess:
+    return ServiceProcess("batchd.server.main", env, log_path)
