@@ -78,6 +78,39 @@ def encode_outcome(outcome: ItemOutcome) -> bytes:
     return packed
 
 
+def encode_attempt(outcome: ItemOutcome) -> bytes:
+    """An item's last failed attempt, while it waits for another (the `attempts` hash):
+    msgpack `[attempts, error_code, error_message, due_ms]`."""
+    packed: bytes = msgpack.packb(
+        [outcome.attempts, outcome.error_code, outcome.error_message, to_ms(outcome.retry_at)],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def decode_attempt(raw: bytes) -> tuple[int, int, str, int]:
+    """(attempts, error_code, error_message, due ms) of an `attempts` entry."""
+    attempts, code, message, due = msgpack.unpackb(raw, raw=False)
+    return int(attempts), int(code), str(message), int(due)
+
+
+def waiting_view(index: int, custom_id: str, due_ms: int, attempt: bytes | None) -> ItemView:
+    """A PENDING item waiting in its chunk's retry set. Without an `attempts` entry (a
+    redriven or handed-back item) it shows as plain PENDING."""
+    if attempt is None:
+        return ItemView(custom_id=custom_id, index=index, state=ItemState.PENDING)
+    attempts, code, message, _ = decode_attempt(attempt)
+    return ItemView(
+        custom_id=custom_id,
+        index=index,
+        state=ItemState.PENDING,
+        attempts=attempts,
+        error_code=code,
+        error_message=message,
+        next_attempt_time=due_ms / 1000,
+    )
+
+
 def decode_outcome(index: int, custom_id: str, raw: bytes) -> ItemView:
     state, attempts, start, end, output, code, message = msgpack.unpackb(raw, raw=False)
     return ItemView(
@@ -107,9 +140,10 @@ def encode_meta(
     chunks: int,
     chunk_size: int,
     created_ms: int,
+    deadline_ms: int | None = None,
 ) -> dict[str, str | int]:
     """The fields of a new batch's meta hash (docs/design.md, "Keys")."""
-    return {
+    meta: dict[str, str | int] = {
         "handler": handler,
         "state": int(BatchState.QUEUED),
         "options": canonical_json(options.to_dict()).decode(),
@@ -124,7 +158,11 @@ def encode_meta(
         "n_ok": 0,
         "n_fail": 0,
         "n_cancel": 0,
+        "n_exp": 0,
     }
+    if deadline_ms is not None:
+        meta["deadline"] = deadline_ms
+    return meta
 
 
 def _int(meta: Mapping[bytes, bytes], name: bytes) -> int:
@@ -140,15 +178,16 @@ def _time(meta: Mapping[bytes, bytes], name: bytes) -> float | None:
 def decode_meta(batch_id: str, meta: Mapping[bytes, bytes]) -> BatchRecord:
     """A BatchRecord from HGETALL of `…:meta`; pending is derived, so counts add up."""
     total = _int(meta, b"total")
-    running, ok, failed, cancelled = (
-        _int(meta, name) for name in (b"n_run", b"n_ok", b"n_fail", b"n_cancel")
+    running, ok, failed, cancelled, expired = (
+        _int(meta, name) for name in (b"n_run", b"n_ok", b"n_fail", b"n_cancel", b"n_exp")
     )
     counts = ItemCounts(
-        pending=total - running - ok - failed - cancelled,
+        pending=total - running - ok - failed - cancelled - expired,
         running=running,
         succeeded=ok,
         failed=failed,
         cancelled=cancelled,
+        expired=expired,
     )
     return BatchRecord(
         batch_id=batch_id,

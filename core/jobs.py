@@ -1,9 +1,10 @@
 """The ARQ job codec shared by the server (which enqueues) and the workers (which run).
 
 A chunk job carries references only, `(batch_id, chunk)`, and every job and result goes
-through msgpack: nothing is ever pickled. The server enqueues jobs inside its own
-MULTI/EXEC (see `BatchStore` commit), so `chunk_job` builds exactly the key, bytes,
-score and expiry that `arq.connections.ArqRedis.enqueue_job` would write.
+through msgpack: nothing is ever pickled. The store enqueues jobs inside its own
+MULTI/EXEC (a commit) or Lua scripts (retries, hand-backs, reaped leases, redrives), so
+`chunk_job` and the scripts' `enqueue` (core/lua/_jobs.lua) write exactly the key, bytes,
+score and expiry that `arq.connections.ArqRedis.enqueue_job` would.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ RUN_CHUNK = "run_chunk"
 
 # arq's default: a job not started within a day of its score expires unrun.
 DEFAULT_JOB_EXPIRY = expires_extra_ms / 1000
+# A job's key is this plus its id (arq's own constant, for the Lua scripts).
+JOB_KEY_PREFIX: str = job_key_prefix
 
 
 def _default(value: object) -> object:
@@ -60,17 +63,20 @@ def chunk_job(
     *,
     now_ms: int,
     expiry: float = DEFAULT_JOB_EXPIRY,
+    defer_until_ms: int | None = None,
 ) -> ChunkJob:
-    """The job that runs `chunk` of `batch_id`, to run now.
+    """The job that runs `chunk` of `batch_id`, enqueued at `now_ms`.
 
-    Like enqueue_job without deferral: the score is the enqueue time and the job key
-    expires `expiry` seconds later (arq's `expires_extra_ms`).
+    Like enqueue_job: the score is the enqueue time, or `defer_until_ms` (its
+    `_defer_until`), and the job key expires `expiry` seconds (arq's `expires_extra_ms`)
+    after the score.
     """
     payload = serialize_job(RUN_CHUNK, (batch_id, chunk), {}, None, now_ms, serializer=serialize)
+    score = now_ms if defer_until_ms is None else defer_until_ms
     return ChunkJob(
         job_id=job_id,
         key=job_key_prefix + job_id,
         payload=payload,
-        score_ms=now_ms,
-        expires_ms=int(expiry * 1000),
+        score_ms=score,
+        expires_ms=score - now_ms + int(expiry * 1000),
     )

@@ -1,7 +1,11 @@
 """Every Redis key batchd uses, built in one place.
 
 Per-batch keys carry the batch id as a hash tag (`{id}`) so that all of a batch's keys
-live in one Redis Cluster slot and its Lua scripts stay valid there.
+live in one Redis Cluster slot and its Lua scripts stay valid there. The Lua scripts
+get `batch_prefix` and derive the per-chunk keys from it (`c:<n>`, `o:<n>`, `w:<n>`,
+as `chunk`, `outcomes` and `waiting` build them here; tests/core/test_keys.py holds
+the two together), and build ARQ job ids `<batch_id>:<chunk>:<tag><ms>` (tag `t`: a
+retry timer or a hand-back, `l`: a reaped lease, `r`: a redrive).
 """
 
 from __future__ import annotations
@@ -42,9 +46,32 @@ class Keys:
         """The ARQ queue (ZSET job_id -> score) that chunk jobs go through."""
         return f"{self.prefix}queue"
 
+    @property
+    def leases(self) -> str:
+        """ZSET `<batch_id>/<chunk>` -> lease expiry (ms) of every claimed chunk."""
+        return f"{self.prefix}leases"
+
+    @property
+    def deadlines(self) -> str:
+        """ZSET batch_id -> end of the completion window (ms) of every unfinished batch."""
+        return f"{self.prefix}deadlines"
+
+    def redrive(self, request_id: str) -> str:
+        """STRING `<requeued>:<batch_id>`: what a RetryBatchItems request_id did."""
+        return f"{self.prefix}redrive:{request_id}"
+
+    @staticmethod
+    def lease_member(batch_id: str, chunk: int) -> str:
+        """A chunk's member in `leases`."""
+        return f"{batch_id}/{chunk}"
+
     # -- per batch ----------------------------------------------------------------
     def _batch(self, batch_id: str) -> str:
         return f"{self.prefix}b:{{{batch_id}}}"
+
+    def batch_prefix(self, batch_id: str) -> str:
+        """What every key of the batch starts with (the scripts build chunk keys on it)."""
+        return f"{self._batch(batch_id)}:"
 
     def meta(self, batch_id: str) -> str:
         """HASH: the batch's fields and counters (see docs/design.md)."""
@@ -66,13 +93,32 @@ class Keys:
         """HASH local index -> msgpack outcome: a chunk's terminal item outcomes."""
         return f"{self._batch(batch_id)}:o:{chunk}"
 
+    def waiting(self, batch_id: str, chunk: int) -> str:
+        """ZSET local index -> due time (ms): a chunk's items waiting for another attempt."""
+        return f"{self._batch(batch_id)}:w:{chunk}"
+
     def chunk_states(self, batch_id: str) -> str:
-        """HASH chunk number -> "r" (claimed), "d" (done) or "c" (cancelled)."""
+        """HASH chunk number -> "r:<token>" (claimed), "d" (done), "c" (cancelled) or "x"
+        (expired); absent: queued."""
         return f"{self._batch(batch_id)}:chunks"
+
+    def running(self, batch_id: str) -> str:
+        """HASH chunk number -> items of the chunk counted in `n_run`."""
+        return f"{self._batch(batch_id)}:running"
+
+    def attempts(self, batch_id: str) -> str:
+        """HASH global index -> msgpack [attempts, error_code, error_message, due_ms]: the
+        last failed attempt of an item waiting for another."""
+        return f"{self._batch(batch_id)}:attempts"
 
     def failed(self, batch_id: str) -> str:
         """ZSET of the global indexes of FAILED items, for filtered listings."""
         return f"{self._batch(batch_id)}:failed"
+
+    def expired(self, batch_id: str) -> str:
+        """ZSET of the global indexes of EXPIRED items that have an outcome record (the
+        items of an `x` chunk without one are EXPIRED too)."""
+        return f"{self._batch(batch_id)}:expired"
 
     def chunk_job_id(self, batch_id: str, chunk: int) -> str:
         """The ARQ job id of a chunk: unique, so a chunk is never queued twice."""
