@@ -3,11 +3,16 @@
 Page tokens are opaque (`codec.encode_token`): `<create ms>:<batch id>` of the last
 batch looked at, or the global index of the next item. A call reads a bounded amount,
 so a page may be short when a state filter matches little; its token continues.
+
+An item reads as its outcome record; else, waiting for a retry, as PENDING with its last
+attempt; else as its chunk's state says: RUNNING in a claimed chunk, CANCELLED in a
+cancelled one, EXPIRED in an expired one, PENDING otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -23,11 +28,11 @@ _MAX_SCAN_BATCHES = 1000
 
 async def list_batches(
     redis: Redis, keys: Keys, page_size: int, cursor: str, states: Sequence[BatchState]
-) -> tuple[list[BatchRecord], str]:
-    """Newest first; returns (batches, next cursor or "").
+) -> tuple[list[BatchRecord], str, list[str]]:
+    """Newest first; returns (batches, next cursor or "", ids seen whose meta is gone).
 
     The cursor is the (create ms, batch id) of the last entry looked at; a page may
-    be short when a state filter skips many batches.
+    be short when a state filter skips many batches. The caller prunes the gone ids.
     """
     page_size, wanted = max(1, page_size), set(states)
     top: float | str = "+inf"
@@ -37,6 +42,7 @@ async def list_batches(
         top = after[0]
     window = page_size + 1 if not wanted else max(page_size + 1, 200)
     found: list[BatchRecord] = []
+    gone: list[str] = []
     offset = scanned = 0
     last = (0, "")  # the last entry looked at
     while scanned < _MAX_SCAN_BATCHES:
@@ -44,7 +50,7 @@ async def list_batches(
             keys.batches, top, "-inf", start=offset, num=window, withscores=True
         )
         if not entries:
-            return found, ""
+            return found, "", gone
         offset += len(entries)
         index = [(bytes(member).decode(), int(score)) for member, score in entries]
         if after is not None:  # ties on create ms sort by id, descending
@@ -57,6 +63,7 @@ async def list_batches(
             scanned += 1
             last = (ms, batch_id)
             if not meta:
+                gone.append(batch_id)
                 continue
             record = codec.decode_meta(batch_id, meta)
             if wanted and record.state not in wanted:
@@ -64,10 +71,10 @@ async def list_batches(
             found.append(record)
             if len(found) == page_size:
                 more = position + 1 < len(index) or len(entries) == window
-                return found, _batch_cursor(ms, batch_id) if more else ""
+                return found, _batch_cursor(ms, batch_id) if more else "", gone
         if len(entries) < window:
-            return found, ""
-    return found, _batch_cursor(*last)
+            return found, "", gone
+    return found, _batch_cursor(*last), gone
 
 
 async def list_items(
@@ -99,43 +106,62 @@ async def list_items(
         first_chunk = index // size
         span = min(budget, -(-page_size // size) + 1, -(-total // size) - first_chunk)
         budget -= span
-        for chunk, items, outcomes, claimed in await _read_chunks(
-            redis, keys, batch_id, range(first_chunk, first_chunk + span)
+        for chunk in await _read_chunks(
+            redis, keys, batch_id, range(first_chunk, first_chunk + span), size
         ):
-            fallback = _UNRECORDED.get(claimed or b"", ItemState.PENDING)
-            for offset in range(index - chunk * size, len(items)):
-                custom_id, _ = items[offset]
-                raw = outcomes.get(str(offset).encode())
-                view = (
-                    codec.decode_outcome(index, custom_id, raw)
-                    if raw is not None
-                    else ItemView(custom_id=custom_id, index=index, state=fallback)
-                )
+            fallback = _unrecorded(chunk.state)
+            for offset in range(index - chunk.number * size, len(chunk.items)):
+                custom_id, _ = chunk.items[offset]
+                raw = chunk.outcomes.get(str(offset).encode())
+                due = chunk.waiting.get(offset)
+                if raw is not None:
+                    view = codec.decode_outcome(index, custom_id, raw)
+                elif due is not None:
+                    view = codec.waiting_view(index, custom_id, due, chunk.attempts.get(index))
+                else:
+                    view = ItemView(custom_id=custom_id, index=index, state=fallback)
                 index += 1
                 if wanted and view.state not in wanted:
                     continue
                 found.append(view)
                 if len(found) == page_size:
                     return found, _index_cursor(index, total)
-            index = (chunk + 1) * size
+            index = (chunk.number + 1) * size
     return found, _index_cursor(index, total)
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    number: int
+    items: list[tuple[str, bytes]]
+    outcomes: dict[bytes, bytes]  # local index -> outcome record
+    state: bytes | None  # claim state
+    waiting: dict[int, int]  # local index -> due ms
+    attempts: dict[int, bytes]  # global index -> attempts entry (of waiting items)
+
+
 async def _read_chunks(
-    redis: Redis, keys: Keys, batch_id: str, chunks: range
-) -> list[tuple[int, list[tuple[str, bytes]], dict[bytes, bytes], bytes | None]]:
-    """(chunk, items, outcomes, claim state) of each chunk, in one round trip."""
+    redis: Redis, keys: Keys, batch_id: str, chunks: range, size: int
+) -> list[_Chunk]:
+    """Each chunk's items, outcomes, state and retries, in one or two round trips."""
     async with redis.pipeline(transaction=False) as pipe:
         for chunk in chunks:
             pipe.get(keys.chunk(batch_id, chunk))
             pipe.hgetall(keys.outcomes(batch_id, chunk))
             pipe.hget(keys.chunk_states(batch_id), str(chunk))
+            pipe.zrange(keys.waiting(batch_id, chunk), 0, -1, withscores=True)
         replies = await pipe.execute()
+    parts = [replies[4 * at : 4 * at + 4] for at in range(len(chunks))]
+    waiting = [{int(local): int(due) for local, due in part[3]} for part in parts]
+    indexes = [n * size + local for n, due in zip(chunks, waiting, strict=True) for local in due]
+    attempts: dict[int, bytes] = {}
+    if indexes:
+        entries = await redis.hmget(keys.attempts(batch_id), indexes)  # type: ignore[misc]
+        attempts = {index: raw for index, raw in zip(indexes, entries, strict=True) if raw}
     read = []
-    for position, chunk in enumerate(chunks):
-        raw, outcomes, claimed = replies[3 * position : 3 * position + 3]
+    for n, (raw, outcomes, state, _), due in zip(chunks, parts, waiting, strict=True):
         items = codec.decode_chunk(raw) if raw is not None else []
-        read.append((chunk, items, outcomes, claimed))
+        read.append(_Chunk(n, items, outcomes, state, due, attempts))
     return read
 
 
@@ -166,8 +192,15 @@ async def _list_failed(
     return views, codec.encode_token(str(indexes[-1] + 1)) if more else ""
 
 
-# An item without an outcome reads as its chunk's claim state says.
-_UNRECORDED = {b"c": ItemState.CANCELLED, b"r": ItemState.RUNNING}
+def _unrecorded(state: bytes | None) -> ItemState:
+    """How an item with no outcome and no retry reads, by its chunk's claim state."""
+    if state is None or state == b"d":
+        return ItemState.PENDING
+    if state == b"c":
+        return ItemState.CANCELLED
+    if state == b"x":
+        return ItemState.EXPIRED
+    return ItemState.RUNNING  # b"r:<token>"
 
 
 def _batch_cursor(created_ms: int, batch_id: str) -> str:

@@ -1,15 +1,27 @@
 """The store's Lua scripts (`core/lua/*.lua`), registered once per Redis client.
 
-Each script is an atomic multi-key update over one batch's keys, all passed in KEYS
-and all sharing the batch's hash tag; docs/design.md describes what each one does.
+Per-batch scripts are atomic updates over one batch's keys (all sharing the batch's hash
+tag) plus the global zsets they keep in step (leases, deadlines, the ARQ queue). They
+share two preludes, prepended here: `_jobs.lua` (enqueueing ARQ chunk jobs exactly as
+`ArqRedis.enqueue_job` does) and `_batch.lua` (the batch's keys and the helpers that move
+items between states). `BatchScope` builds the KEYS and ARGV every per-batch script
+starts with; docs/design.md describes what each script does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from batchd.core.jobs import JOB_KEY_PREFIX, RUN_CHUNK
+from batchd.core.keys import Keys
+
+Arg = str | int | bytes
 
 
 def _source(name: str) -> str:
@@ -20,7 +32,74 @@ class Scripts:
     """`register_script` handles: EVALSHA, falling back to EVAL after a SCRIPT FLUSH."""
 
     def __init__(self, redis: Redis) -> None:
-        self.claim_chunk: AsyncScript = redis.register_script(_source("claim_chunk.lua"))
-        self.record_outcomes: AsyncScript = redis.register_script(_source("record_outcomes.lua"))
-        self.cancel_batch: AsyncScript = redis.register_script(_source("cancel_batch.lua"))
+        jobs = _source("_jobs.lua")
+        batch = jobs + _source("_batch.lua")
+
+        def per_batch(name: str) -> AsyncScript:
+            return redis.register_script(batch + _source(name))
+
+        self.claim_chunk = per_batch("claim_chunk.lua")
+        self.record_outcomes = per_batch("record_outcomes.lua")
+        self.cancel_batch = per_batch("cancel_batch.lua")
+        self.expire_batch = per_batch("expire_batch.lua")
+        self.retry_items = per_batch("retry_items.lua")
+        self.delete_batch = per_batch("delete_batch.lua")
+        self.reap_leases: AsyncScript = redis.register_script(jobs + _source("reap_leases.lua"))
+        self.renew_leases: AsyncScript = redis.register_script(_source("renew_leases.lua"))
+        self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
         self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
+
+
+@dataclass(frozen=True)
+class BatchScope:
+    """What every per-batch script is called with (the header of core/lua/_batch.lua).
+
+    `retention_ms`: how long a finished batch's keys live (0: for ever). `job_expiry_ms`:
+    how long after its score an ARQ job may wait unstarted.
+    """
+
+    keys: Keys
+    retention_ms: int
+    job_expiry_ms: int
+
+    async def run(
+        self,
+        script: AsyncScript,
+        batch_id: str,
+        now_ms: int,
+        *,
+        keys: Sequence[str] = (),
+        args: Sequence[Arg] = (),
+    ) -> Any:
+        k = self.keys
+        return await script(
+            keys=[
+                k.meta(batch_id),
+                k.chunk_states(batch_id),
+                k.running(batch_id),
+                k.failed(batch_id),
+                k.expired(batch_id),
+                k.attempts(batch_id),
+                k.ids(batch_id),
+                k.deadlines,
+                k.leases,
+                k.queue,
+                k.batches,
+                *keys,
+            ],
+            args=[
+                batch_id,
+                k.batch_prefix(batch_id),
+                now_ms,
+                self.retention_ms,
+                JOB_KEY_PREFIX,
+                RUN_CHUNK,
+                self.job_expiry_ms,
+                k.request(""),
+                *args,
+            ],
+        )
+
+    def job_args(self) -> list[Arg]:
+        """ARQ job key prefix, job function, job expiry: the tail of reap_leases' ARGV."""
+        return [JOB_KEY_PREFIX, RUN_CHUNK, self.job_expiry_ms]

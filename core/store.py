@@ -2,9 +2,12 @@
 
 See docs/design.md for the key layout and the semantics of each Lua script. Only this
 package talks to Redis: values are encoded by `codec`, uploads staged by `upload`,
-listings paged by `listing`, atomic updates made by `scripts` (core/lua/*.lua). Redis
-errors (`redis.exceptions.ConnectionError`, ...) propagate unwrapped: the edge maps
-them to UNAVAILABLE.
+listings paged by `listing`, claims and records made by `claims`, expiry, redrive and
+deletion by `lifecycle`, atomic updates by `scripts` (core/lua/*.lua). Redis errors
+(`redis.exceptions.ConnectionError`, ...) propagate unwrapped: the edge maps them to
+UNAVAILABLE.
+
+Times passed in (`now`) are Unix seconds; left out, they are the store's clock.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from batchd.core import codec, listing
+from batchd.core import claims, codec, lifecycle, listing
+from batchd.core.claims import RecordResult
 from batchd.core.domain import (
-    BatchOptions,
     BatchRecord,
     BatchSpec,
     BatchState,
@@ -34,10 +38,13 @@ from batchd.core.domain import (
 from batchd.core.errors import AlreadyExists, NotFound
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
-from batchd.core.scripts import Scripts
+from batchd.core.scripts import BatchScope, Scripts
 from batchd.core.upload import UploadSession, drop_if_owner
 
-__all__ = ["BatchStore", "UploadSession"]
+__all__ = ["BatchStore", "RecordResult", "UploadSession"]
+
+# The default of Settings.retention: a week.
+DEFAULT_RETENTION = 7 * 86400.0
 
 # Worker entries silent for this many TTLs are dropped from the workers zset.
 _PRUNE_AFTER_TTLS = 10
@@ -47,9 +54,11 @@ class BatchStore:
     """Batches, chunks, outcomes and the handler catalog in Redis.
 
     `staging_ttl`: seconds an upload's staged keys (and its lock) outlive its last
-    chunk. `job_expiry`: seconds a chunk's ARQ job may wait in the queue before ARQ
-    drops it (arq's default, a day). `default_chunk_size`: items per chunk when the
-    batch options leave it at 0.
+    chunk. `job_expiry`: seconds a chunk's ARQ job may wait in the queue past its time
+    before ARQ drops it (arq's default, a day). `default_chunk_size`: items per chunk
+    when the batch options leave it at 0. `retention`: seconds a finished batch is kept
+    (Settings.retention; 0 keeps it for ever). `clock`: Unix seconds now (tests pass
+    their own).
     """
 
     def __init__(
@@ -60,13 +69,22 @@ class BatchStore:
         staging_ttl: float = 3600.0,
         job_expiry: float = DEFAULT_JOB_EXPIRY,
         default_chunk_size: int = 100,
+        retention: float = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         self.keys = keys or Keys()
         self.staging_ttl = staging_ttl
         self.job_expiry = job_expiry
         self.default_chunk_size = default_chunk_size
+        self.retention = retention
+        self.clock = clock
         self._scripts = Scripts(redis)
+        self._scope = BatchScope(
+            self.keys,
+            retention_ms=max(0, int(retention * 1000)),
+            job_expiry_ms=int(job_expiry * 1000),
+        )
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -125,7 +143,11 @@ class BatchStore:
     ) -> tuple[list[BatchRecord], str]:
         """Newest first; returns (batches, next cursor or ""). A page may be short when a
         state filter skips many batches."""
-        return await listing.list_batches(self.redis, self.keys, page_size, cursor, states)
+        batches, cursor, gone = await listing.list_batches(
+            self.redis, self.keys, page_size, cursor, states
+        )
+        await lifecycle.prune_batches(self._scripts, self._scope, gone)
+        return batches, cursor
 
     async def list_items(
         self, batch_id: str, page_size: int, cursor: str, states: Sequence[ItemState]
@@ -136,69 +158,114 @@ class BatchStore:
     # -- changing -------------------------------------------------------------------
     async def cancel_batch(self, batch_id: str) -> BatchRecord:
         """Idempotent. NotFound if there is no such batch."""
-        state = await self._scripts.cancel_batch(
-            keys=[self.keys.meta(batch_id), self.keys.chunk_states(batch_id)],
-            args=[codec.now_ms()],
-        )
+        state = await self._scope.run(self._scripts.cancel_batch, batch_id, self._now_ms())
         if state is None:
             raise NotFound(f"batch {batch_id!r} not found")
         return await self.get_batch(batch_id)
 
-    # -- workers --------------------------------------------------------------------
-    async def claim_chunk(self, batch_id: str, chunk: int) -> ClaimedChunk | None:
-        """None when the chunk is done, cancelled or its batch is gone."""
-        keys = self.keys
-        claimed = await self._scripts.claim_chunk(
-            keys=[
-                keys.meta(batch_id),
-                keys.chunk_states(batch_id),
-                keys.chunk(batch_id, chunk),
-                keys.outcomes(batch_id, chunk),
-            ],
-            args=[chunk, codec.now_ms()],
+    async def retry_items(
+        self, batch_id: str, custom_ids: Sequence[str], request_id: str
+    ) -> tuple[BatchRecord, int, bool]:
+        """Runs FAILED and EXPIRED items again (all of them when `custom_ids` is empty)
+        with a fresh attempt budget; returns (batch, requeued, replayed).
+
+        A finished batch runs again (and is kept until it finishes again), with a new
+        deadline. A known `request_id` returns what its first call did, replayed.
+        InvalidRequest (`custom_ids[i]`) when a listed item is missing or not FAILED or
+        EXPIRED, or (`request_id`) when the request_id retried another batch;
+        FailedPrecondition while the batch is being cancelled; NotFound.
+        """
+        batch = await self.get_batch(batch_id)
+        _, requeued, replayed = await lifecycle.retry_items(
+            self.redis,
+            self._scripts,
+            self._scope,
+            batch_id,
+            custom_ids,
+            request_id,
+            now_ms=self._now_ms(),
+            window=batch.options.completion_window,
         )
-        if claimed is None:
-            return None
-        raw_items, handler, options, size, recorded = claimed
-        first = chunk * int(size)
-        done = {int(offset) for offset in recorded}
-        return ClaimedChunk(
-            batch_id=batch_id,
-            chunk=chunk,
-            handler=bytes(handler).decode(),
-            options=BatchOptions.from_dict(json.loads(options)),
-            first_index=first,
-            items=[
-                (first + offset, custom_id, params)
-                for offset, (custom_id, params) in enumerate(codec.decode_chunk(raw_items))
-                if offset not in done
-            ],
+        return await self.get_batch(batch_id), requeued, replayed
+
+    async def delete_batch(self, batch_id: str) -> None:
+        """Deletes a finished batch and everything about it. NotFound; FailedPrecondition
+        while the batch is unfinished."""
+        await lifecycle.delete_batch(self._scripts, self._scope, batch_id, now_ms=self._now_ms())
+
+    # -- workers --------------------------------------------------------------------
+    async def claim_chunk(
+        self, batch_id: str, chunk: int, *, lease_ttl: float
+    ) -> ClaimedChunk | None:
+        """The chunk's runnable items, under a lease of `lease_ttl` seconds (renew it with
+        `renew_leases`; present `token` with every record).
+
+        None when there is nothing to run: the chunk is done, cancelled or expired, its
+        batch is gone or finished, or it is claimed under a live lease (its holder runs
+        every runnable item). A lease that ran out is taken over, with a new token.
+        """
+        return await claims.claim_chunk(
+            self._scripts,
+            self._scope,
+            batch_id,
+            chunk,
+            token=secrets.token_hex(8),
+            now_ms=self._now_ms(),
+            lease_ttl=lease_ttl,
+        )
+
+    async def renew_leases(
+        self, claims_held: Sequence[tuple[str, int, str]], ttl: float
+    ) -> list[bool]:
+        """Extends each (batch_id, chunk, token) claim's lease to `ttl` seconds from now, in
+        one round trip. False for a claim that was lost (taken over, expired, cancelled,
+        deleted): its holder must start no more items."""
+        return await claims.renew_leases(
+            self._scripts, self._scope, claims_held, now_ms=self._now_ms(), ttl=ttl
         )
 
     async def record_outcomes(
-        self, batch_id: str, chunk: int, outcomes: Sequence[ItemOutcome], *, release: bool
-    ) -> BatchState:
-        """First writer wins per item; returns the batch state after the write.
+        self,
+        batch_id: str,
+        chunk: int,
+        outcomes: Sequence[ItemOutcome],
+        *,
+        token: str,
+        release: bool,
+    ) -> RecordResult:
+        """Records outcomes of the chunk's items: terminal ones (first writer wins, whatever
+        the token), or failed attempts to retry (state PENDING with `retry_at`: the item
+        waits, and a job is scheduled for it). `release` (only under the claim's own
+        token) ends the claim: items it left unrecorded are handed back, to run again.
 
-        Outcomes must be terminal and belong to `chunk`; NotFound if the batch is gone.
+        ValueError for an outcome neither terminal nor a retry; NotFound if the batch is
+        gone; a ResponseError for an item outside the chunk (nothing is recorded).
         """
-        args: list[int | bytes] = [chunk, codec.now_ms(), int(release)]
-        for outcome in outcomes:
-            if not outcome.state.is_terminal:
-                raise ValueError(f"outcome of item {outcome.index} is not terminal")
-            args += [outcome.index, int(outcome.state), codec.encode_outcome(outcome)]
-        state = await self._scripts.record_outcomes(
-            keys=[
-                self.keys.meta(batch_id),
-                self.keys.chunk_states(batch_id),
-                self.keys.outcomes(batch_id, chunk),
-                self.keys.failed(batch_id),
-            ],
-            args=args,
+        return await claims.record_outcomes(
+            self._scripts,
+            self._scope,
+            batch_id,
+            chunk,
+            outcomes,
+            token=token,
+            release=release,
+            now_ms=self._now_ms(),
         )
-        if state is None:
-            raise NotFound(f"batch {batch_id!r} not found")
-        return BatchState(int(state))
+
+    # -- maintenance ----------------------------------------------------------------
+    async def reap_expired_leases(self, now: float | None = None) -> int:
+        """Drops every lease expired at `now` and enqueues a job to take its chunk over;
+        returns how many. Safe to run in any number of processes at once."""
+        return await claims.reap_expired_leases(
+            self._scripts, self._scope, now_ms=self._now_ms(now)
+        )
+
+    async def expire_batches(self, now: float | None = None) -> int:
+        """Ends every unfinished batch whose completion window closed by `now`: its items
+        without an outcome become EXPIRED. Returns how many batches expired."""
+        return await lifecycle.expire_batches(
+            self.redis, self._scripts, self._scope, now_ms=self._now_ms(now)
+        )
 
     async def publish_worker(
         self, worker_id: str, handlers: Sequence[HandlerSpec], ttl: float
@@ -257,6 +324,9 @@ class BatchStore:
         return sorted(statuses, key=lambda status: status.spec.name)
 
     # -- internals ------------------------------------------------------------------
+    def _now_ms(self, now: float | None = None) -> int:
+        return round((self.clock() if now is None else now) * 1000)
+
     def _session(
         self, spec: BatchSpec, *, token: str, replay_of: str | None = None
     ) -> UploadSession:
@@ -269,5 +339,6 @@ class BatchStore:
             token=token,
             staging_ttl=self.staging_ttl,
             job_expiry=self.job_expiry,
+            now_ms=self._now_ms,
             replay_of=replay_of,
         )

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from redis.asyncio import Redis
@@ -86,6 +86,7 @@ class UploadSession:
         token: str,
         staging_ttl: float,
         job_expiry: float,
+        now_ms: Callable[[], int] = codec.now_ms,
         replay_of: str | None = None,
     ) -> None:
         self.spec = spec
@@ -96,6 +97,7 @@ class UploadSession:
         self._token = token
         self._ttl_ms = int(staging_ttl * 1000)
         self._job_expiry = job_expiry
+        self._now_ms = now_ms
         self._replay_of = replay_of
         self._digest = _spec_digest(spec)
         self._buffer: list[NewItem] = []
@@ -238,8 +240,10 @@ class UploadSession:
                 await self.abort()
                 raise FailedPrecondition(f"the upload of batch {spec.batch_id!r} expired")
 
-            created = codec.now_ms()
+            created = self._now_ms()
             options = replace(spec.options, chunk_size=self.chunk_size)
+            window_ms = round(spec.options.completion_window * 1000)
+            deadline = created + window_ms if window_ms > 0 else None
             meta = codec.encode_meta(
                 handler=spec.handler,
                 options=options,
@@ -250,10 +254,13 @@ class UploadSession:
                 chunks=self._staged,
                 chunk_size=self.chunk_size,
                 created_ms=created,
+                deadline_ms=deadline,
             )
             pipe.multi()
             pipe.hset(keys.meta(spec.batch_id), mapping=meta)
             pipe.zadd(keys.batches, {spec.batch_id: created})
+            if deadline is not None:
+                pipe.zadd(keys.deadlines, {spec.batch_id: deadline})
             if request:
                 pipe.set(request, spec.batch_id)
             for key in [*staged, keys.ids(spec.batch_id)]:

@@ -1,45 +1,42 @@
--- Cancel a batch (docs/design.md, "Counts"): QUEUED or RUNNING -> CANCELLING, every
--- unclaimed chunk -> 'c' with its items counted cancelled; CANCELLED at once if
--- nothing is left running. Any other state is returned unchanged (idempotent).
--- KEYS: meta, chunks (states)
--- ARGV: now (ms)
+-- Cancel a batch (docs/design.md, "Reliability"): QUEUED or RUNNING -> CANCELLING.
+-- Every waiting retry gets a CANCELLED record; every chunk not claimed becomes 'c', its
+-- items without a record counted cancelled; claimed chunks are left to their holders,
+-- who cancel what they have not started (or to the claim that takes over from a dead
+-- one). CANCELLED at once if nothing is left running. Any other state is returned
+-- unchanged (idempotent).
 -- Returns the batch state after the call, or nil when there is no such batch.
-local meta, chunks = KEYS[1], KEYS[2]
-local now = ARGV[1]
-
-local m = redis.call('HMGET', meta, 'state', 'total', 'chunks', 'chunk_size')
+local m = redis.call('HMGET', META, 'state', 'total', 'chunks', 'chunk_size')
 if not m[1] then return nil end
 local state = tonumber(m[1])
-if state ~= 1 and state ~= 2 then return state end
+if state ~= QUEUED and state ~= RUNNING_BATCH then return state end
 local total, count, size = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
 
-local claimed = {}
-local flat = redis.call('HGETALL', chunks)
-for i = 1, #flat, 2 do claimed[flat[i]] = true end
+local states = {}
+local flat = redis.call('HGETALL', CHUNKS)
+for i = 1, #flat, 2 do states[flat[i]] = flat[i + 1] end
 
--- HSET in slices: unpack() is bounded by the Lua C stack.
-local pending, cancelled = {}, 0
+local marked, cancelled = {}, 0
 local function flush()
-  if #pending > 0 then redis.call('HSET', chunks, unpack(pending)) end
-  pending = {}
+  if #marked > 0 then redis.call('HSET', CHUNKS, unpack(marked)) end
+  marked = {}
 end
 for n = 0, count - 1 do
   local key = tostring(n)
-  if not claimed[key] then
-    pending[#pending + 1] = key
-    pending[#pending + 1] = 'c'
-    cancelled = cancelled + math.min(size, total - n * size)
-    if #pending >= 1000 then flush() end
+  local s = states[key]
+  if s ~= 'c' and s ~= 'x' then
+    local first, len = span(n, size, total)
+    if is_claimed(s) then
+      cancelled = cancelled + close_waiting(n, first, CANCELLED)
+    else
+      cancelled = cancelled + close_chunk(n, first, len, CANCELLED, false)
+      marked[#marked + 1] = key
+      marked[#marked + 1] = 'c'
+      if #marked >= 1000 then flush() end
+    end
   end
 end
 flush()
 
-local finished = tonumber(redis.call('HINCRBY', meta, 'n_cancel', cancelled))
-local c = redis.call('HMGET', meta, 'n_ok', 'n_fail')
-finished = finished + tonumber(c[1]) + tonumber(c[2])
-if finished >= total then
-  redis.call('HSET', meta, 'state', 6, 'ended', now) -- CANCELLED
-  return 6
-end
-redis.call('HSET', meta, 'state', 3) -- CANCELLING
-return 3
+redis.call('HINCRBY', META, 'n_cancel', cancelled)
+redis.call('HSET', META, 'state', CANCELLING)
+return settle()

@@ -1,27 +1,71 @@
--- Hand a chunk to a worker (docs/design.md, "Counts").
--- KEYS: meta, chunks (states), c:<n> (items), o:<n> (outcomes)
--- ARGV: n, now (ms)
--- Returns nil when the batch is gone or the chunk is done or cancelled, else
--- {items, handler, options, chunk_size, {local indexes that already have an outcome}}.
-local meta, chunks, items_key, outcomes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local n, now = ARGV[1], ARGV[2]
+-- Hand a chunk to a worker under a lease (docs/design.md, "Reliability").
+-- ARGV[A..]: n, token, lease expiry (ms)
+-- A chunk is claimable when queued, done ('d': it may have retries or handed-back items
+-- again) or claimed under a lease that expired (a takeover). Its due retries become
+-- runnable; runnable = items with no record and not waiting. n_run moves by
+-- |runnable| - running[n]. Nothing runnable: the chunk is done ('d'), and a job is
+-- scheduled for its first retry if it has one. A cancelling batch's chunk is cancelled
+-- here instead of handed out.
+-- Returns nil (nothing to run) or
+-- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}}
+-- where each attempt is the `attempts` entry of a runnable item that has one.
+local n, token, lease_until = ARGV[A], ARGV[A + 1], ARGV[A + 2]
 
-local m = redis.call('HMGET', meta, 'state', 'handler', 'options', 'chunk_size', 'total')
+local m = redis.call('HMGET', META, 'state', 'handler', 'options', 'chunk_size', 'total')
 if not m[1] then return nil end
-local items = redis.call('GET', items_key)
+local state = tonumber(m[1])
+if state > CANCELLING then return nil end
+local items = redis.call('GET', items_key(n))
 if not items then return nil end
 
-local claimed = redis.call('HGET', chunks, n)
-if claimed == 'd' or claimed == 'c' then return nil end
-if not claimed then
-  -- First claim: the chunk's items without an outcome start running. A chunk
-  -- already 'r' (a job retried after a crash) is handed out again as it is.
-  local size, total = tonumber(m[4]), tonumber(m[5])
-  local len = math.min(size, total - tonumber(n) * size)
-  redis.call('HSET', chunks, n, 'r')
-  redis.call('HINCRBY', meta, 'n_run', len - redis.call('HLEN', outcomes))
-  if tonumber(m[1]) == 1 then -- QUEUED -> RUNNING
-    redis.call('HSET', meta, 'state', 2, 'started', now)
-  end
+local claimed = redis.call('HGET', CHUNKS, n)
+if claimed == 'c' or claimed == 'x' then return nil end
+local member = lease_member(n)
+if is_claimed(claimed) then
+  local expiry = redis.call('ZSCORE', LEASES, member)
+  if expiry and tonumber(expiry) > NOW then return nil end -- its holder runs every item
 end
-return {items, m[2], m[3], m[4], redis.call('HKEYS', outcomes)}
+
+local first, len = span(n, tonumber(m[4]), tonumber(m[5]))
+take_due(n)
+local settled = settled_set(n)
+local runnable = {}
+for l = 0, len - 1 do
+  if not settled[l] then runnable[#runnable + 1] = l end
+end
+
+if state == CANCELLING then
+  -- A dead holder's items (cancel turned every unclaimed chunk to 'c'): start none.
+  local closed = close_chunk(n, first, len, CANCELLED, true)
+  redis.call('HINCRBY', META, 'n_cancel', closed)
+  redis.call('HSET', CHUNKS, n, 'c')
+  redis.call('ZREM', LEASES, member)
+  settle()
+  return nil
+end
+
+set_running(n, #runnable)
+if #runnable == 0 then
+  redis.call('HSET', CHUNKS, n, 'd')
+  redis.call('ZREM', LEASES, member)
+  local due = next_due(n)
+  if due then chunk_job(n, 't', due) end
+  return nil
+end
+redis.call('HSET', CHUNKS, n, 'r:' .. token)
+redis.call('ZADD', LEASES, lease_until, member)
+if state == QUEUED then redis.call('HSET', META, 'state', RUNNING_BATCH, 'started', NOW) end
+
+local attempts = {}
+local indexes = {}
+for i, l in ipairs(runnable) do indexes[i] = first + l end
+in_slices(indexes, 1000, function(slice)
+  local found = redis.call('HMGET', ATTEMPTS, unpack(slice))
+  for i, raw in ipairs(found) do
+    if raw then
+      attempts[#attempts + 1] = slice[i]
+      attempts[#attempts + 1] = raw
+    end
+  end
+end)
+return {items, m[2], m[3], m[4], runnable, attempts}

@@ -1,54 +1,87 @@
--- Record terminal item outcomes of a chunk (docs/design.md, "Counts").
--- KEYS: meta, chunks (states), o:<n> (outcomes), failed
--- ARGV: n, now (ms), release ('1' or '0'),
---       then per outcome: global index, item state, payload
--- Returns the batch state after the write, or nil when the batch is gone.
-local meta, chunks, outcomes, failed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local n, now, release = ARGV[1], ARGV[2], ARGV[3] == '1'
+-- Record item outcomes of a chunk (docs/design.md, "Reliability").
+-- ARGV[A..]: n, token, release ('1' or '0'),
+--            then per outcome: global index, item state, payload, due (ms; 0 unless a retry)
+-- A terminal outcome (payload: the record) is kept if the item has none yet — first
+-- writer wins, whichever claim it comes from — and moves the counters: a running item
+-- leaves n_run, a waiting one was pending. A retry (state PENDING, payload: the attempts
+-- entry) puts an item with no record that is not already waiting into the chunk's
+-- waiting set (in a cancelling batch it is CANCELLED instead) and schedules a job for
+-- the earliest such retry. Only claimed ('r:') and done ('d') chunks take outcomes.
+-- `release` counts only from the claim's holder (state 'r:<token>'): items it left
+-- unrecorded wait again, due now (cancelled, if the batch is cancelling), the chunk is
+-- done, its lease dropped, and a job scheduled for its first waiting item.
+-- Returns {batch state, the chunk's first due retry (ms) or false, 1 if the chunk was
+-- held under token}, or nil when the batch is gone.
+local n, token, release = ARGV[A], ARGV[A + 1], ARGV[A + 2] == '1'
 
-local m = redis.call('HMGET', meta, 'state', 'chunk_size')
+local m = redis.call('HMGET', META, 'state', 'chunk_size', 'total')
 if not m[1] then return nil end
 local state, size = tonumber(m[1]), tonumber(m[2])
-local first = tonumber(n) * size
-for i = 4, #ARGV, 3 do
+local first, len = span(n, size, tonumber(m[3]))
+for i = A + 3, #ARGV, 4 do
   local offset = tonumber(ARGV[i]) - first
-  if offset < 0 or offset >= size then
+  if offset < 0 or offset >= len then
     return redis.error_reply('item ' .. ARGV[i] .. ' is not in chunk ' .. n)
   end
 end
 
--- Only a claimed chunk takes outcomes: the items of a queued chunk are counted as
--- pending and those of a cancelled one as cancelled, not as running.
-local claimed = redis.call('HGET', chunks, n)
-if claimed == 'r' or claimed == 'd' then
-  local counter = {['3'] = 'n_ok', ['4'] = 'n_fail', ['5'] = 'n_cancel'}
-  local moved = {n_ok = 0, n_fail = 0, n_cancel = 0}
-  local new = 0
-  for i = 4, #ARGV, 3 do
-    local index = tonumber(ARGV[i])
-    -- First writer wins: a duplicate flush after a crash counts nothing twice.
-    if redis.call('HSETNX', outcomes, index - first, ARGV[i + 2]) == 1 then
-      local name = counter[ARGV[i + 1]]
+local claimed = redis.call('HGET', CHUNKS, n)
+local held = claimed == 'r:' .. token
+if is_claimed(claimed) or claimed == 'd' then
+  local o, w = outcomes_key(n), waiting_key(n)
+  local counter = {['3'] = 'n_ok', ['4'] = 'n_fail', ['5'] = 'n_cancel', ['6'] = 'n_exp'}
+  local moved = {n_ok = 0, n_fail = 0, n_cancel = 0, n_exp = 0}
+  local left = 0 -- running items that stopped running
+  local soonest = nil
+  for i = A + 3, #ARGV, 4 do
+    local index, kind, payload = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+    local l = index - first
+    if tonumber(kind) == PENDING then
+      if redis.call('HEXISTS', o, l) == 0 and not redis.call('ZSCORE', w, l) then
+        left = left + 1
+        if state == CANCELLING then
+          local a = cmsgpack.unpack(payload)
+          redis.call('HSET', o, l, outcome(CANCELLED, a[1], NOW, a[2], a[3]))
+          redis.call('HDEL', ATTEMPTS, index)
+          moved.n_cancel = moved.n_cancel + 1
+        else
+          local due = tonumber(ARGV[i + 3])
+          redis.call('ZADD', w, due, l)
+          redis.call('HSET', ATTEMPTS, index, payload)
+          if not soonest or due < soonest then soonest = due end
+        end
+      end
+    elseif redis.call('HSETNX', o, l, payload) == 1 then
+      local name = counter[kind]
       moved[name] = moved[name] + 1
-      new = new + 1
-      if name == 'n_fail' then redis.call('ZADD', failed, index, index) end
+      -- Not waiting, so it was running (every other item of the chunk has a record).
+      if redis.call('ZREM', w, l) == 0 then left = left + 1 end
+      redis.call('HDEL', ATTEMPTS, index)
+      if name == 'n_fail' then redis.call('ZADD', FAILED, index, index) end
+      if name == 'n_exp' then redis.call('ZADD', EXPIRED, index, index) end
     end
   end
-  if new > 0 then
-    redis.call('HINCRBY', meta, 'n_run', -new)
-    for _, name in ipairs({'n_ok', 'n_fail', 'n_cancel'}) do
-      if moved[name] > 0 then redis.call('HINCRBY', meta, name, moved[name]) end
-    end
+  if left > 0 then set_running(n, math.max(running_of(n) - left, 0)) end
+  for name, count in pairs(moved) do
+    if count > 0 then redis.call('HINCRBY', META, name, count) end
   end
-  if release then redis.call('HSET', chunks, n, 'd') end
+  if soonest then chunk_job(n, 't', soonest) end
+
+  if release and held then
+    if state == CANCELLING then
+      redis.call('HINCRBY', META, 'n_cancel', close_chunk(n, first, len, CANCELLED, true))
+    else
+      local settled = settled_set(n)
+      for l = 0, len - 1 do -- handed back: runs again with the next claim
+        if not settled[l] then redis.call('ZADD', w, NOW, l) end
+      end
+      set_running(n, 0)
+    end
+    redis.call('HSET', CHUNKS, n, 'd')
+    redis.call('ZREM', LEASES, lease_member(n))
+    local due = next_due(n)
+    if due then chunk_job(n, 't', due) end
+  end
 end
 
--- QUEUED, RUNNING or CANCELLING: finished once every item is terminal.
-if state <= 3 then
-  local c = redis.call('HMGET', meta, 'total', 'n_ok', 'n_fail', 'n_cancel')
-  if tonumber(c[2]) + tonumber(c[3]) + tonumber(c[4]) >= tonumber(c[1]) then
-    if state == 3 then state = 6 else state = 4 end -- CANCELLED or COMPLETED
-    redis.call('HSET', meta, 'state', state, 'ended', now)
-  end
-end
-return state
+return {settle(), next_due(n) or false, held and 1 or 0}

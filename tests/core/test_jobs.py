@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -50,6 +51,29 @@ async def test_a_chunk_job_is_what_enqueue_job_stores(redis: Redis) -> None:
     await redis.delete(ours.key, queue)
 
 
+async def test_a_deferred_chunk_job_is_what_enqueue_job_stores(redis: Redis) -> None:
+    arq = ArqRedis(
+        connection_pool=redis.connection_pool,
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+    )
+    job_id, queue = f"probe-{uuid.uuid4().hex}", f"q-{uuid.uuid4().hex}"
+    due = datetime.now(UTC) + timedelta(minutes=10)
+    assert await arq.enqueue_job(
+        jobs.RUN_CHUNK, "b-1", 4, _job_id=job_id, _queue_name=queue, _defer_until=due
+    )
+    theirs = jobs.deserialize(await redis.get(f"arq:job:{job_id}"))
+    their_score = await redis.zscore(queue, job_id)
+    their_ttl = await redis.pttl(f"arq:job:{job_id}")
+    assert their_score is not None
+
+    ours = jobs.chunk_job(job_id, "b-1", 4, now_ms=theirs["et"], defer_until_ms=int(their_score))
+    assert ours.payload == await redis.get(f"arq:job:{job_id}")
+    assert ours.score_ms == their_score
+    assert ours.expires_ms - 1000 < their_ttl <= ours.expires_ms
+    await redis.delete(ours.key, queue)
+
+
 async def test_an_arq_worker_runs_the_committed_chunks(
     store: BatchStore, redis: Redis, new_batch: NewBatch
 ) -> None:
@@ -58,13 +82,13 @@ async def test_an_arq_worker_runs_the_committed_chunks(
 
     async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> None:
         ran.append((batch_id, chunk))
-        claimed = await store.claim_chunk(batch_id, chunk)
+        claimed = await store.claim_chunk(batch_id, chunk, lease_ttl=60)
         assert claimed is not None
         outcomes = [
             ItemOutcome(index, ItemState.SUCCEEDED, 1, None, None, params)
             for index, _, params in claimed.items
         ]
-        await store.record_outcomes(batch_id, chunk, outcomes, release=True)
+        await store.record_outcomes(batch_id, chunk, outcomes, token=claimed.token, release=True)
 
     pool = ArqRedis(
         connection_pool=redis.connection_pool,

@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 from batchd.core.domain import (
     BatchRecord,
     BatchState,
+    ClaimedChunk,
     ItemCounts,
     ItemOutcome,
     ItemState,
@@ -19,6 +20,7 @@ from batchd.core.store import BatchStore
 
 # The conftest fixture: new_batch(total=7, chunk_size=3) -> the committed batch.
 NewBatch = Callable[..., Awaitable[BatchRecord]]
+LEASE = 60.0
 
 OK, FAILED, CANCELLED = ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED
 
@@ -42,13 +44,34 @@ async def counts(store: BatchStore, batch_id: str) -> ItemCounts:
     return batch.counts
 
 
+async def claim(store: BatchStore, batch_id: str, chunk: int) -> ClaimedChunk:
+    claimed = await store.claim_chunk(batch_id, chunk, lease_ttl=LEASE)
+    assert claimed is not None
+    return claimed
+
+
+async def record(
+    store: BatchStore,
+    claimed: ClaimedChunk,
+    outcomes: list[ItemOutcome],
+    *,
+    release: bool = False,
+) -> BatchState:
+    result = await store.record_outcomes(
+        claimed.batch_id, claimed.chunk, outcomes, token=claimed.token, release=release
+    )
+    return result.state
+
+
 async def test_claim_hands_out_the_chunk_and_starts_the_batch(
     store: BatchStore, new_batch: NewBatch
 ) -> None:
     batch = await new_batch()  # chunks of 3, 3 and 1
-    claimed = await store.claim_chunk(batch.batch_id, 1)
+    claimed = await store.claim_chunk(batch.batch_id, 1, lease_ttl=LEASE)
 
     assert claimed is not None
+    assert claimed.token
+    assert claimed.attempts == {}
     assert (claimed.batch_id, claimed.chunk, claimed.first_index) == (batch.batch_id, 1, 3)
     assert claimed.handler == "test.echo"
     assert claimed.options == batch.options
@@ -58,18 +81,16 @@ async def test_claim_hands_out_the_chunk_and_starts_the_batch(
     assert running.start_time is not None
     assert running.counts == ItemCounts(pending=4, running=3)
 
-    last = await store.claim_chunk(batch.batch_id, 2)
-    assert last is not None
+    last = await claim(store, batch.batch_id, 2)
+    assert last.token != claimed.token
     assert last.items == [(6, "item-6", b'{"n":6}')]
     assert await counts(store, batch.batch_id) == ItemCounts(pending=3, running=4)
 
 
 async def test_records_move_the_counts(store: BatchStore, new_batch: NewBatch) -> None:
     batch = await new_batch()
-    await store.claim_chunk(batch.batch_id, 0)
-    state = await store.record_outcomes(
-        batch.batch_id, 0, [outcome(0), outcome(1, FAILED)], release=False
-    )
+    claimed = await claim(store, batch.batch_id, 0)
+    state = await record(store, claimed, [outcome(0), outcome(1, FAILED)])
     assert state is BatchState.RUNNING
     assert await counts(store, batch.batch_id) == ItemCounts(
         pending=4, running=1, succeeded=1, failed=1
@@ -77,22 +98,23 @@ async def test_records_move_the_counts(store: BatchStore, new_batch: NewBatch) -
 
 
 async def test_a_duplicate_record_counts_nothing_twice(
-    store: BatchStore, new_batch: NewBatch
+    store: BatchStore, new_batch: NewBatch, advance: Callable[[float], float]
 ) -> None:
     batch = await new_batch()
-    await store.claim_chunk(batch.batch_id, 0)
-    await store.record_outcomes(batch.batch_id, 0, [outcome(0), outcome(1)], release=False)
+    claimed = await claim(store, batch.batch_id, 0)
+    await record(store, claimed, [outcome(0), outcome(1)])
     before = await counts(store, batch.batch_id)
 
     # A flush repeated after a crash, even with another verdict: the first one stands.
-    await store.record_outcomes(batch.batch_id, 0, [outcome(1, FAILED)], release=False)
+    await record(store, claimed, [outcome(1, FAILED)])
     assert await counts(store, batch.batch_id) == before
     items, _ = await store.list_items(batch.batch_id, 2, "", [])
     assert [i.state for i in items] == [OK, OK]
 
-    # The retried job claims the chunk again: only the unrecorded item, no new count.
-    again = await store.claim_chunk(batch.batch_id, 0)
-    assert again is not None
+    # The worker died: once its lease ran out the chunk is taken over, with only the
+    # unrecorded item, and no new count.
+    advance(LEASE)
+    again = await claim(store, batch.batch_id, 0)
     assert [index for index, _, _ in again.items] == [2]
     assert await counts(store, batch.batch_id) == before
 
@@ -103,10 +125,9 @@ async def test_the_batch_completes_when_every_item_is_terminal(
     batch = await new_batch()
     states = []
     for chunk in range(3):
-        claimed = await store.claim_chunk(batch.batch_id, chunk)
-        assert claimed is not None
+        claimed = await claim(store, batch.batch_id, chunk)
         results = [outcome(index, FAILED if index == 4 else OK) for index, _, _ in claimed.items]
-        states.append(await store.record_outcomes(batch.batch_id, chunk, results, release=True))
+        states.append(await record(store, claimed, results, release=True))
 
     assert states == [BatchState.RUNNING, BatchState.RUNNING, BatchState.COMPLETED]
     done = await store.get_batch(batch.batch_id)
@@ -115,12 +136,16 @@ async def test_the_batch_completes_when_every_item_is_terminal(
     assert done.end_time is not None
     assert done.start_time is not None
     assert done.end_time >= done.start_time
-    assert await store.claim_chunk(batch.batch_id, 0) is None  # a late retry: nothing to do
+    # A late job: nothing to do.
+    assert await store.claim_chunk(batch.batch_id, 0, lease_ttl=LEASE) is None
 
 
 async def test_an_unclaimed_chunk_takes_no_outcomes(store: BatchStore, new_batch: NewBatch) -> None:
     batch = await new_batch()
-    await store.record_outcomes(batch.batch_id, 1, [outcome(3)], release=True)
+    result = await store.record_outcomes(
+        batch.batch_id, 1, [outcome(3)], token="made-up", release=True
+    )
+    assert (result.state, result.held) == (BatchState.QUEUED, False)
     assert await counts(store, batch.batch_id) == ItemCounts(pending=7)
 
 
@@ -128,36 +153,38 @@ async def test_an_outcome_outside_its_chunk_is_refused(
     store: BatchStore, new_batch: NewBatch
 ) -> None:
     batch = await new_batch()
-    await store.claim_chunk(batch.batch_id, 0)
+    claimed = await claim(store, batch.batch_id, 0)
     with pytest.raises(ResponseError, match="not in chunk"):
-        await store.record_outcomes(batch.batch_id, 0, [outcome(0), outcome(3)], release=False)
+        await record(store, claimed, [outcome(0), outcome(3)])
     assert await counts(store, batch.batch_id) == ItemCounts(pending=4, running=3)
 
 
 async def test_only_terminal_outcomes_are_recorded(store: BatchStore, new_batch: NewBatch) -> None:
     batch = await new_batch()
-    with pytest.raises(ValueError, match="not terminal"):
-        await store.record_outcomes(
-            batch.batch_id, 0, [outcome(0, ItemState.RUNNING)], release=False
-        )
+    for state in (ItemState.RUNNING, ItemState.PENDING):  # PENDING: a retry needs retry_at
+        with pytest.raises(ValueError, match="not terminal"):
+            await store.record_outcomes(
+                batch.batch_id, 0, [outcome(0, state)], token="t", release=False
+            )
 
 
 async def test_cancel_waits_for_the_claimed_chunk(store: BatchStore, new_batch: NewBatch) -> None:
     batch = await new_batch()
-    await store.claim_chunk(batch.batch_id, 0)
-    await store.record_outcomes(batch.batch_id, 0, [outcome(0)], release=False)
+    claimed = await claim(store, batch.batch_id, 0)
+    await record(store, claimed, [outcome(0)])
 
     cancelling = await store.cancel_batch(batch.batch_id)
     assert cancelling.state is BatchState.CANCELLING
     assert cancelling.counts == ItemCounts(running=2, succeeded=1, cancelled=4)
     assert cancelling.end_time is None
-    assert await store.claim_chunk(batch.batch_id, 1) is None  # cancelled chunks stay unrun
+    # cancelled chunks stay unrun
+    assert await store.claim_chunk(batch.batch_id, 1, lease_ttl=LEASE) is None
     assert await store.cancel_batch(batch.batch_id) == cancelling  # idempotent
 
     # The worker learns of the cancel at its next flush and cancels the rest.
-    state = await store.record_outcomes(batch.batch_id, 0, [outcome(1)], release=False)
+    state = await record(store, claimed, [outcome(1)])
     assert state is BatchState.CANCELLING
-    state = await store.record_outcomes(batch.batch_id, 0, [outcome(2, CANCELLED)], release=True)
+    state = await record(store, claimed, [outcome(2, CANCELLED)], release=True)
     assert state is BatchState.CANCELLED
     cancelled = await store.get_batch(batch.batch_id)
     assert cancelled.state is BatchState.CANCELLED
@@ -173,13 +200,15 @@ async def test_cancel_of_an_unstarted_batch_is_immediate(
     assert cancelled.state is BatchState.CANCELLED
     assert cancelled.counts == ItemCounts(cancelled=7)
     assert cancelled.end_time is not None
-    assert all([await store.claim_chunk(batch.batch_id, n) is None for n in range(3)])
+    assert all(
+        [await store.claim_chunk(batch.batch_id, n, lease_ttl=LEASE) is None for n in range(3)]
+    )
 
 
 async def test_cancel_leaves_a_finished_batch_alone(store: BatchStore, new_batch: NewBatch) -> None:
     batch = await new_batch(total=2)
-    await store.claim_chunk(batch.batch_id, 0)
-    await store.record_outcomes(batch.batch_id, 0, [outcome(0), outcome(1)], release=True)
+    claimed = await claim(store, batch.batch_id, 0)
+    await record(store, claimed, [outcome(0), outcome(1)], release=True)
     done = await store.get_batch(batch.batch_id)
     assert done.state is BatchState.COMPLETED
     assert await store.cancel_batch(batch.batch_id) == done
@@ -193,6 +222,13 @@ async def test_unknown_batches_are_not_found(store: BatchStore) -> None:
     with pytest.raises(NotFound):
         await store.list_items("nope", 10, "", [])
     with pytest.raises(NotFound):
-        await store.record_outcomes("nope", 0, [outcome(0)], release=True)
-    assert await store.claim_chunk("nope", 0) is None
+        await store.record_outcomes("nope", 0, [outcome(0)], token="t", release=True)
+    assert await store.claim_chunk("nope", 0, lease_ttl=LEASE) is None
+    assert await store.renew_leases([("nope", 0, "t")], LEASE) == [False]
+    with pytest.raises(NotFound):
+        await store.retry_items("nope", [], "")
+    with pytest.raises(NotFound):
+        await store.retry_items("nope", ["item-0"], "")
+    with pytest.raises(NotFound):
+        await store.delete_batch("nope")
     assert await store.find_request("nope") is None

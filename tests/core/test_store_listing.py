@@ -51,9 +51,12 @@ async def test_items_read_as_their_outcome_or_their_chunk_says(
 ) -> None:
     batch = await new_batch(10, chunk_size=3)
     bid = batch.batch_id
-    await store.claim_chunk(bid, 0)
-    await store.record_outcomes(bid, 0, [outcome(0, OK), outcome(1, FAILED)], release=False)
-    await store.claim_chunk(bid, 2)  # items 6-8 running; chunks 1 and 3 queued
+    first = await store.claim_chunk(bid, 0, lease_ttl=60)
+    assert first is not None
+    await store.record_outcomes(
+        bid, 0, [outcome(0, OK), outcome(1, FAILED)], token=first.token, release=False
+    )
+    await store.claim_chunk(bid, 2, lease_ttl=60)  # items 6-8 running; chunks 1 and 3 queued
 
     items, pages = await list_all(store, bid, page_size=4)
     assert pages == 3
@@ -92,10 +95,10 @@ async def test_a_state_filter_pages_through_matches_only(
     batch = await new_batch(12, chunk_size=4)
     bid = batch.batch_id
     for chunk in range(3):
-        claimed = await store.claim_chunk(bid, chunk)
+        claimed = await store.claim_chunk(bid, chunk, lease_ttl=60)
         assert claimed is not None
         results = [outcome(i, FAILED if i % 3 == 0 else OK) for i, _, _ in claimed.items]
-        await store.record_outcomes(bid, chunk, results, release=True)
+        await store.record_outcomes(bid, chunk, results, token=claimed.token, release=True)
 
     failed, pages = await list_all(store, bid, page_size=2, states=[FAILED])
     assert [i.index for i in failed] == [0, 3, 6, 9]
@@ -140,7 +143,7 @@ async def test_batches_list_newest_first_across_pages(
     for n in range(7):
         # Batches 2-5 share one creation millisecond: ties must not be lost or repeated.
         ms = 1_700_000_000_000 + (2 if 2 <= n <= 5 else n)
-        monkeypatch.setattr(codec, "now_ms", lambda ms=ms: ms)
+        monkeypatch.setattr(store, "clock", lambda ms=ms: ms / 1000)
         batch = await new_batch(1)
         ids.append(batch.batch_id)
     monkeypatch.undo()

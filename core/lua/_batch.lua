@@ -1,0 +1,158 @@
+-- Prelude of every per-batch script (after _jobs.lua): the batch's keys, outcome
+-- records, running counts, retry sets and the end of a batch. docs/design.md,
+-- "Reliability", describes the states these helpers move items between.
+--
+-- KEYS: meta, chunks (states), running, failed, expired, attempts, ids, deadlines,
+--       leases, queue, batches; a script's own keys follow (KEYS[12] ...)
+-- ARGV: batch_id, batch key prefix, now (ms), retention (ms, 0: keep), ARQ job key
+--       prefix, job function, job expiry (ms), request key prefix; a script's own
+--       arguments follow (ARGV[A] ...)
+local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUE, BATCHES =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
+  KEYS[11]
+local BATCH, PREFIX, NOW, RETENTION = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local REQUEST_PREFIX = ARGV[8]
+local A = 9
+local enqueue = make_enqueue(QUEUE, ARGV[5], ARGV[6], tonumber(ARGV[7]), NOW)
+
+local PENDING, CANCELLED, EXPIRED_ITEM = 1, 5, 6
+local QUEUED, RUNNING_BATCH, CANCELLING, COMPLETED, CANCELLED_BATCH = 1, 2, 3, 4, 6
+
+-- Per-chunk keys, as batchd.core.keys builds them.
+local function items_key(n) return PREFIX .. 'c:' .. n end
+local function outcomes_key(n) return PREFIX .. 'o:' .. n end
+local function waiting_key(n) return PREFIX .. 'w:' .. n end
+local function lease_member(n) return BATCH .. '/' .. n end
+local function chunk_job(n, tag, score) return enqueue(BATCH, n, tag, score) end
+
+local function is_claimed(state) return state ~= false and state ~= nil and string.sub(state, 1, 2) == 'r:' end
+
+-- (global index of the first item, item count) of chunk n
+local function span(n, size, total)
+  local first = tonumber(n) * size
+  return first, math.min(size, total - first)
+end
+
+-- An outcome record as codec.decode_outcome reads it:
+-- [state, attempts, start_ms, end_ms, output, error_code, error_message]
+local function outcome(state, attempts, end_ms, code, message)
+  local ended = '\192'
+  if end_ms then ended = cmsgpack.pack(end_ms) end
+  return '\151' .. cmsgpack.pack(state, attempts) .. '\192' .. ended .. '\192'
+    .. cmsgpack.pack(code, message)
+end
+
+-- Items of chunk n counted in n_run; setting it moves n_run by the difference.
+local function running_of(n) return tonumber(redis.call('HGET', RUNNING, n) or '0') end
+local function set_running(n, value)
+  local old = running_of(n)
+  if value ~= old then redis.call('HINCRBY', META, 'n_run', value - old) end
+  if value == 0 then redis.call('HDEL', RUNNING, n) else redis.call('HSET', RUNNING, n, value) end
+end
+
+-- Removes chunk n's due retries from its waiting set (they are runnable again).
+local function take_due(n)
+  redis.call('ZREMRANGEBYSCORE', waiting_key(n), '-inf', NOW)
+end
+
+-- Due time (ms) of chunk n's first waiting item, or nil.
+local function next_due(n)
+  local first = redis.call('ZRANGE', waiting_key(n), 0, 0, 'WITHSCORES')
+  if #first == 0 then return nil end
+  return tonumber(first[2])
+end
+
+-- Local indexes of chunk n with a record or waiting, as a set.
+local function settled_set(n)
+  local set = {}
+  for _, l in ipairs(redis.call('HKEYS', outcomes_key(n))) do set[tonumber(l)] = true end
+  for _, l in ipairs(redis.call('ZRANGE', waiting_key(n), 0, -1)) do set[tonumber(l)] = true end
+  return set
+end
+
+-- Gives item `index` (global) of chunk n a CANCELLED or EXPIRED record carrying its last
+-- attempt, if it has none; returns 1 if it had none. Counters are the caller's.
+local function close_item(n, first, index, state)
+  local raw = redis.call('HGET', ATTEMPTS, index)
+  local a = {0, 0, ''}
+  if raw then a = cmsgpack.unpack(raw) end
+  local new = redis.call('HSETNX', outcomes_key(n), index - first, outcome(state, a[1], NOW, a[2], a[3]))
+  redis.call('HDEL', ATTEMPTS, index)
+  if new == 1 and state == EXPIRED_ITEM then redis.call('ZADD', EXPIRED, index, index) end
+  return new
+end
+
+-- close_waiting: closes chunk n's waiting items as `state`; returns how many.
+-- close_chunk: closes every item of chunk n without a record as `state` (CANCELLED or EXPIRED):
+-- waiting items, and the running ones of a claimed chunk, get a record; the other items
+-- of an unclaimed chunk are only counted (the chunk's new state, 'c' or 'x', says what
+-- they are). Moves n_run; returns how many items closed (for n_cancel or n_exp).
+local function close_waiting(n, first, state)
+  local closed = 0
+  for _, l in ipairs(redis.call('ZRANGE', waiting_key(n), 0, -1)) do
+    closed = closed + close_item(n, first, first + tonumber(l), state)
+  end
+  redis.call('DEL', waiting_key(n))
+  return closed
+end
+
+local function close_chunk(n, first, len, state, claimed)
+  local closed = close_waiting(n, first, state)
+  if claimed then
+    local o = outcomes_key(n)
+    for l = 0, len - 1 do
+      if redis.call('HEXISTS', o, l) == 0 then closed = closed + close_item(n, first, first + l, state) end
+    end
+  else
+    closed = closed + len - redis.call('HLEN', outcomes_key(n))
+  end
+  set_running(n, 0)
+  return closed
+end
+
+-- Calls fn on every key of the batch (a chunk's w: key may be missing: no matter).
+local function each_batch_key(chunks, fn)
+  for _, key in ipairs({META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS}) do fn(key) end
+  for n = 0, chunks - 1 do
+    fn(items_key(n))
+    fn(outcomes_key(n))
+    fn(waiting_key(n))
+  end
+end
+
+-- The batch's request key, or nil.
+local function request_key()
+  local id = redis.call('HGET', META, 'request_id')
+  if id and id ~= '' then return REQUEST_PREFIX .. id end
+  return nil
+end
+
+-- The batch is over: state, end time, no deadline; every key kept for RETENTION.
+local function finish(state)
+  redis.call('HSET', META, 'state', state, 'ended', NOW)
+  redis.call('ZREM', DEADLINES, BATCH)
+  if RETENTION > 0 then
+    local function expire(key) redis.call('PEXPIRE', key, RETENTION) end
+    each_batch_key(tonumber(redis.call('HGET', META, 'chunks')), expire)
+    local request = request_key()
+    if request then expire(request) end
+  end
+end
+
+-- Ends an unfinished batch once every item is terminal: COMPLETED, or CANCELLED if it
+-- was cancelling. Returns the batch state.
+local function settle()
+  local c = redis.call('HMGET', META, 'state', 'total', 'n_ok', 'n_fail', 'n_cancel', 'n_exp')
+  local state = tonumber(c[1])
+  if state > CANCELLING then return state end
+  local done = tonumber(c[3]) + tonumber(c[4]) + tonumber(c[5]) + tonumber(c[6] or '0')
+  if done < tonumber(c[2]) then return state end
+  if state == CANCELLING then state = CANCELLED_BATCH else state = COMPLETED end
+  finish(state)
+  return state
+end
+
+-- Runs fn(list) over slices of `list`: unpack() is bounded by the Lua C stack.
+local function in_slices(list, size, fn)
+  for from = 1, #list, size do fn({unpack(list, from, math.min(from + size - 1, #list))}) end
+end

@@ -1,0 +1,46 @@
+-- Expire a batch whose completion window is over (docs/design.md, "Reliability").
+-- Every item without a record is EXPIRED: waiting and running ones (in claimed chunks)
+-- get a record, those of unclaimed chunks are only counted; every chunk not cancelled
+-- becomes 'x' (a late holder's records and renewals are refused) and the batch ends:
+-- COMPLETED, or CANCELLED if it was cancelling. Unfinished batches whose deadline moved
+-- (a redrive) are filed again under it.
+-- Returns 1 if the batch expired, else 0.
+local m = redis.call('HMGET', META, 'state', 'total', 'chunks', 'chunk_size', 'deadline')
+local state = tonumber(m[1])
+if not state or state > CANCELLING or not m[5] then
+  redis.call('ZREM', DEADLINES, BATCH)
+  return 0
+end
+if tonumber(m[5]) > NOW then
+  redis.call('ZADD', DEADLINES, m[5], BATCH)
+  return 0
+end
+local total, count, size = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
+
+local states = {}
+local flat = redis.call('HGETALL', CHUNKS)
+for i = 1, #flat, 2 do states[flat[i]] = flat[i + 1] end
+
+local marked, expired = {}, 0
+local function flush()
+  if #marked > 0 then redis.call('HSET', CHUNKS, unpack(marked)) end
+  marked = {}
+end
+for n = 0, count - 1 do
+  local key = tostring(n)
+  local s = states[key]
+  if s ~= 'c' and s ~= 'x' then
+    local first, len = span(n, size, total)
+    local claimed = is_claimed(s)
+    expired = expired + close_chunk(n, first, len, EXPIRED_ITEM, claimed)
+    if claimed then redis.call('ZREM', LEASES, lease_member(n)) end
+    marked[#marked + 1] = key
+    marked[#marked + 1] = 'x'
+    if #marked >= 1000 then flush() end
+  end
+end
+flush()
+
+redis.call('HINCRBY', META, 'n_exp', expired)
+if state == CANCELLING then finish(CANCELLED_BATCH) else finish(COMPLETED) end
+return 1
