@@ -1,0 +1,51 @@
+"""Maintenance: the sweeps every server and worker runs every `maintenance_interval`.
+
+Each sweep reaps expired leases (their chunks get a job that takes them over) and
+expires batches whose completion window closed. Both are safe to run in any number of
+processes at once: every lease and every batch is handled by one Lua call, atomically,
+and what one process did the next one finds done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from batchd.core.logs import get_logger
+from batchd.core.store import BatchStore
+
+__all__ = ["SweepResult", "maintenance_loop", "sweep"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    leases_reaped: int
+    batches_expired: int
+
+
+async def sweep(store: BatchStore, now: float | None = None) -> SweepResult:
+    """One sweep at `now` (default: the store's clock)."""
+    now = store.clock() if now is None else now
+    reaped = await store.reap_expired_leases(now)
+    expired = await store.expire_batches(now)
+    return SweepResult(leases_reaped=reaped, batches_expired=expired)
+
+
+async def maintenance_loop(store: BatchStore, interval: float) -> None:
+    """Sweeps every `interval` seconds until cancelled. A failed sweep (Redis down, say)
+    is logged and tried again at the next tick; it never ends the loop."""
+    while True:
+        try:
+            result = await sweep(store)
+        except Exception:
+            log.warning("maintenance_failed", exc_info=True)
+        else:
+            if result.leases_reaped or result.batches_expired:
+                log.info(
+                    "maintenance_swept",
+                    leases_reaped=result.leases_reaped,
+                    batches_expired=result.batches_expired,
+                )
+        await asyncio.sleep(max(interval, 0.01))
