@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
+from batchd.core.maintenance import maintenance_loop
 from batchd.core.store import BatchStore
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
@@ -37,15 +38,16 @@ class BatchdServer:
     redis: Redis
     hub: ProgressHub
     health: health.aio.HealthServicer
-    _monitor: asyncio.Task[None]
+    _background: list[asyncio.Task[None]]
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
         for name in ("", SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
-        self._monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._monitor
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.hub.close()
         await self.server.stop(grace)
         await self.redis.aclose()
@@ -58,7 +60,7 @@ class BatchdServer:
 async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
     """Starts serving on settings.host:port (or `port`, 0 for any free one)."""
     redis = Redis.from_url(settings.redis_url, health_check_interval=10)
-    store = BatchStore(redis, Keys(settings.key_prefix))
+    store = BatchStore(redis, Keys(settings.key_prefix), retention=settings.retention)
     hub = ProgressHub(store)
     server = grpc.aio.server(
         options=[
@@ -79,8 +81,12 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
     redis_health = _RedisHealth(store, health_servicer)
     await redis_health.check()  # callers see a real status from the first moment
     monitor = asyncio.create_task(redis_health.run(), name="health-monitor")
+    # Servers sweep too, so that completion windows end even while no worker runs.
+    sweeper = asyncio.create_task(
+        maintenance_loop(store, settings.maintenance_interval), name="maintenance"
+    )
     log.info("server_started", port=bound)
-    return BatchdServer(server, bound, redis, hub, health_servicer, monitor)
+    return BatchdServer(server, bound, redis, hub, health_servicer, [monitor, sweeper])
 
 
 class _RedisHealth:

@@ -49,15 +49,26 @@ async def client(server: BatchdServer, worker: None) -> AsyncIterator[AsyncClien
         yield client
 
 
+# /broken/<n> answers 422 until a test "fixes" the peer by emptying this set.
+BROKEN: set[str] = set()
+
+
 @pytest.fixture(scope="session")
 async def http_base() -> AsyncIterator[str]:
-    """A local HTTP peer: /ok/<n> answers 200 with JSON, /missing/<n> answers 404."""
+    """A local HTTP peer: /ok/<n> answers 200 with JSON, /missing/<n> answers 404 and
+    /broken/<n> answers 422 while <n> is in BROKEN."""
 
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({"n": request.match_info["n"], "method": request.method})
 
+    async def broken(request: web.Request) -> web.Response:
+        if request.match_info["n"] in BROKEN:
+            return web.json_response({"error": "bad record"}, status=422)
+        return await ok(request)
+
     app = web.Application()
     app.router.add_route("*", "/ok/{n}", ok)
+    app.router.add_route("*", "/broken/{n}", broken)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
