@@ -12,6 +12,8 @@ What ARQ does for us (arq 0.28, `arq/worker.py`):
   its `arq:in-progress:<id>` key expires (job timeout + 10 s). A job that raises
   anything else, or times out, is finished and dropped: `run_chunk` turns Redis errors
   into `Retry`, and its timeout is long.
+- Nothing survives a Redis outage: `ResilientWorker` (batchd.worker.resilient) mends that,
+  and the pool's client retries a command whose connection breaks in flight.
 - With `job_completion_wait`, SIGINT/SIGTERM stop picking jobs and wait that long for the
   jobs in hand before cancelling them (`handle_sig_wait_for_completion`). We also tell
   the chunks in hand to start no more items and to go back to the queue with the rest.
@@ -26,6 +28,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import arq
@@ -38,7 +41,9 @@ from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.handler import Handler, WorkerInfo
+from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Outage, client_retry
 from batchd.worker.registry import load_handlers, specs
+from batchd.worker.resilient import ResilientWorker
 
 __all__ = [
     "JOB_MAX_TRIES",
@@ -118,7 +123,7 @@ def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
             arq.func(run_chunk, name=jobs.RUN_CHUNK, timeout=JOB_TIMEOUT, max_tries=JOB_MAX_TRIES)
         ],
         "queue_name": Keys(settings.key_prefix).queue,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": redis_settings(settings.redis_url),
         "job_serializer": jobs.serialize,
         "job_deserializer": jobs.deserialize,
         "max_jobs": settings.worker_max_chunks,
@@ -130,7 +135,12 @@ def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
     }
 
 
-class BatchdWorker(arq.Worker):
+def redis_settings(url: str) -> RedisSettings:
+    """ARQ's connection settings for `url`, retrying a command whose connection breaks."""
+    return replace(RedisSettings.from_dsn(url), retry=client_retry(), retry_on_error=RETRY_ON)
+
+
+class BatchdWorker(ResilientWorker):
     """arq's Worker, plus `worker_id` and `started` (set once the catalog is published)."""
 
     def __init__(self, lifecycle: _Lifecycle, **options: Any) -> None:
@@ -154,7 +164,7 @@ class BatchdWorker(arq.Worker):
         if self._pool is None:
             return
         await asyncio.gather(*self.tasks.values())
-        await self.pool.delete(self.health_check_key)
+        await self._delete_health_check()
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         await self.pool.aclose()
@@ -230,12 +240,17 @@ class _Lifecycle:
 
     async def _beat(self) -> None:
         """Refreshes the catalog and this worker's liveness; a failed beat is only logged."""
+        outage = Outage(log, "heartbeat")
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
                 await self._publish()
+            except REDIS_UNAVAILABLE as exc:
+                outage.failed(exc, worker_id=self.worker_id)
             except Exception:
                 log.warning("worker_heartbeat_failed", worker_id=self.worker_id, exc_info=True)
+            else:
+                outage.recovered(worker_id=self.worker_id)
 
     async def _shutdown_handlers(self) -> None:
         while self.opened:
