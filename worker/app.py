@@ -8,15 +8,17 @@ What ARQ does for us (arq 0.28, `arq/worker.py`):
   every job gets a copy of ctx plus `job_id`, `job_try`, `enqueue_time`, `score`.
 - `on_shutdown` runs only in `Worker.close()`: after `async_run()` call `close()`.
 - A job running while its worker stops is cancelled, and a CancelledError job, like
-  `Retry`, is put back on the queue (`retry_jobs`); so is one whose worker died, once
-  its `arq:in-progress:<id>` key expires (job timeout + 10 s). A job that raises
-  anything else, or times out, is finished and dropped: `run_chunk` turns Redis errors
-  into `Retry`, and its timeout is long.
-- Nothing survives a Redis outage: `ResilientWorker` (batchd.worker.resilient) mends that,
-  and the pool's client retries a command whose connection breaks in flight.
+  `Retry`, is put back on the queue (`retry_jobs`). A job that raises anything else, or
+  times out, is finished and dropped: `run_chunk` turns Redis errors into `Retry`.
 - With `job_completion_wait`, SIGINT/SIGTERM stop picking jobs and wait that long for the
   jobs in hand before cancelling them (`handle_sig_wait_for_completion`). We also tell
-  the chunks in hand to start no more items and to go back to the queue with the rest.
+  the chunks in hand to start no more items and to hand the rest back.
+- Nothing survives a Redis outage: `ResilientWorker` (batchd.worker.resilient) mends that,
+  and the pool's client retries a command whose connection breaks in flight.
+
+Besides ARQ's poll loop, each worker process runs three background tasks: the catalog
+heartbeat, the lease renewer (`LeaseKeeper`: every chunk it holds, every lease_ttl / 3)
+and the maintenance sweep (expired leases and completion windows).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import signal
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -38,9 +41,11 @@ from batchd.core import jobs
 from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
+from batchd.core.maintenance import maintenance_loop
 from batchd.core.store import BatchStore
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.handler import Handler, WorkerInfo
+from batchd.worker.leases import LeaseKeeper
 from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Outage, client_retry
 from batchd.worker.registry import load_handlers, specs
 from batchd.worker.resilient import ResilientWorker
@@ -58,7 +63,8 @@ __all__ = [
 log = get_logger(__name__)
 
 # A chunk job's time limit. Long, because a job that times out is dropped with its chunk
-# still claimed; but a crashed worker's job is rerun only this long after it started.
+# still claimed (its lease then expires and the chunk is taken over). A crashed worker's
+# chunk does not wait for it: its lease expires within lease_ttl.
 JOB_TIMEOUT = 3600
 # Runs of one chunk job: stops, Redis errors and missing handlers each use one.
 JOB_MAX_TRIES = 10
@@ -179,7 +185,7 @@ class _Lifecycle:
         self.handlers = handlers
         self.worker_id = worker_id
         self.opened: list[Handler] = []  # handlers whose startup hook ran
-        self.heartbeat: asyncio.Task[None] | None = None
+        self.background: list[asyncio.Task[None]] = []  # heartbeat, renewer, maintenance
         self.store: BatchStore | None = None
         self.started = asyncio.Event()
         self.draining = asyncio.Event()
@@ -187,7 +193,10 @@ class _Lifecycle:
     async def startup(self, ctx: dict[Any, Any]) -> None:
         settings = self.settings
         # ARQ's pool (bytes replies, no decoding) serves the store too: one pool per process.
-        self.store = BatchStore(ctx["redis"], Keys(settings.key_prefix))
+        # The store finishes batches when their last outcome is recorded: it needs retention.
+        self.store = BatchStore(
+            ctx["redis"], Keys(settings.key_prefix), retention=settings.retention
+        )
         info = WorkerInfo(worker_id=self.worker_id, concurrency=settings.worker_concurrency)
         try:
             for handler in self.handlers.values():
@@ -197,6 +206,7 @@ class _Lifecycle:
         except BaseException:
             await self._shutdown_handlers()
             raise
+        leases = LeaseKeeper(self.store, settings.lease_ttl)
         ctx[CTX_KEY] = WorkerRuntime(
             settings=settings,
             store=self.store,
@@ -205,9 +215,12 @@ class _Lifecycle:
             slots=asyncio.Semaphore(max(settings.worker_concurrency, 1)),
             max_tries=JOB_MAX_TRIES,
             draining=self.draining,
+            leases=leases,
         )
         await self._publish()
-        self.heartbeat = asyncio.create_task(self._beat(), name="batchd heartbeat")
+        self._spawn(self._beat(), "batchd heartbeat")
+        self._spawn(leases.run(), "batchd lease renewer")
+        self._spawn(self._maintain(), "batchd maintenance")
         self.started.set()
         log.info(
             "worker_started",
@@ -219,11 +232,12 @@ class _Lifecycle:
 
     async def shutdown(self, ctx: dict[Any, Any]) -> None:
         self.started.clear()
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
+        # After the jobs: a chunk in flight needs its lease renewed to the end.
+        while self.background:
+            task = self.background.pop()
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.heartbeat
-            self.heartbeat = None
+                await task
         if self.store is not None:
             try:
                 await self.store.remove_worker(self.worker_id)
@@ -232,11 +246,23 @@ class _Lifecycle:
         await self._shutdown_handlers()
         log.info("worker_stopped", worker_id=self.worker_id)
 
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self.background.append(asyncio.create_task(work, name=name))
+
     async def _publish(self) -> None:
         assert self.store is not None
         await self.store.publish_worker(
             self.worker_id, specs(self.handlers), ttl=self.settings.worker_ttl
         )
+
+    async def _maintain(self) -> None:
+        """The maintenance sweeps (batchd.core.maintenance), every worker's share of them;
+        the first at a random point of the interval, so that workers started together do
+        not sweep together."""
+        assert self.store is not None
+        interval = self.settings.maintenance_interval
+        await asyncio.sleep(random.uniform(0, interval))
+        await maintenance_loop(self.store, interval)
 
     async def _beat(self) -> None:
         """Refreshes the catalog and this worker's liveness; a failed beat is only logged."""

@@ -1,18 +1,24 @@
 """When to try a failed item again.
 
-INTERIM: items are retried in-process, inside their chunk job, and only after short
-delays (under `INLINE_DELAY_LIMIT`): a longer wait would hold a concurrency slot idle. A
-later change moves retries to a delayed queue; `backoff` stays, `inline_delay` goes.
+A failed attempt that may be retried is recorded as PENDING with a `retry_at` time; the
+store parks the item and queues a deferred job for its chunk, so a waiting item holds no
+concurrency slot and no job sleeps. This module only does the arithmetic: Cloud Tasks
+backoff, spread by jitter so that items failing together do not come back together, and
+never sooner than the handler's `retry_after` (an HTTP Retry-After, say).
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 from batchd.core.domain import RetryPolicy
 
-__all__ = ["INLINE_DELAY_LIMIT", "backoff", "inline_delay"]
+__all__ = ["JITTER", "backoff", "retry_delay"]
 
-# The longest an item waits in-process before its next attempt, in seconds.
-INLINE_DELAY_LIMIT = 1.0
+# Delays are spread uniformly over ±JITTER of the backoff (and over +JITTER of a
+# handler's retry_after, which is a floor).
+JITTER = 0.2
 
 
 def backoff(policy: RetryPolicy, retry: int) -> float:
@@ -33,15 +39,25 @@ def backoff(policy: RetryPolicy, retry: int) -> float:
     return float(delay)
 
 
-def inline_delay(policy: RetryPolicy, attempt: int, retry_after: float | None) -> float | None:
-    """How long to wait before trying again after `attempt` failed; None: give up now.
+def retry_delay(
+    policy: RetryPolicy,
+    attempt: int,
+    retry_after: float | None,
+    *,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float | None:
+    """Seconds to wait before the next attempt, after attempt number `attempt` (from 1,
+    counting every worker's attempts) failed; None when it was the last one allowed.
 
-    INTERIM: a handler's `retry_after` is honoured only below INLINE_DELAY_LIMIT (longer
-    fails the item for now); the policy's backoff is cut down to fit under it.
+    The backoff is jittered by ±JITTER (then capped at max_backoff again); a handler's
+    `retry_after` is a floor, spread upwards by up to JITTER so that items told to come
+    back at the same time do not all do so at once.
     """
     if attempt >= max(policy.max_attempts, 1):
         return None
-    if retry_after is not None:
-        delay = max(retry_after, 0.0)
-        return delay if delay < INLINE_DELAY_LIMIT else None
-    return min(backoff(policy, attempt), INLINE_DELAY_LIMIT * 0.9)
+    delay = backoff(policy, attempt) * uniform(1 - JITTER, 1 + JITTER)
+    if policy.max_backoff > 0:
+        delay = min(delay, policy.max_backoff)
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, retry_after * uniform(1.0, 1 + JITTER))
+    return max(delay, 0.0)

@@ -26,7 +26,7 @@ from batchd.core.domain import (
     RetryPolicy,
 )
 from batchd.core.keys import Keys
-from batchd.core.store import BatchStore
+from batchd.core.store import BatchStore, RecordResult
 from batchd.worker import app, chunk_runner
 from batchd.worker.app import build_worker
 from batchd.worker.handler import (
@@ -145,8 +145,6 @@ class Mixed:
             return {"attempt": ctx.attempt}
         if do == "always_retryable":
             raise RetryableError("still down", code=Code.UNAVAILABLE)
-        if do == "retry_later":
-            raise RetryableError("come back in a minute", retry_after=60)
         if do == "not_json":
             return {"value": {1, 2}}
         if do == "not_object":
@@ -171,7 +169,6 @@ async def test_outputs_errors_and_retries(redis: Redis, redis_url: str) -> None:
         "plain",
         "flaky",
         "always_retryable",
-        "retry_later",
         "not_json",
         "not_object",
         "hang",
@@ -187,7 +184,7 @@ async def test_outputs_errors_and_retries(redis: Redis, redis_url: str) -> None:
 
     batch = await store.get_batch(batch_id)
     assert batch.state == BatchState.COMPLETED
-    assert (batch.counts.succeeded, batch.counts.failed) == (2, 8)
+    assert (batch.counts.succeeded, batch.counts.failed) == (2, 7)
     assert_counts_add_up(batch)
     items = dict(zip(cases, await all_items(store, batch_id), strict=True))
 
@@ -207,13 +204,6 @@ async def test_outputs_errors_and_retries(redis: Redis, redis_url: str) -> None:
     assert (items["flaky"].state, items["flaky"].attempts) == (ItemState.SUCCEEDED, 3)
     assert output(items["flaky"]) == {"attempt": 3}
     assert failure("always_retryable") == (ItemState.FAILED, 3, Code.UNAVAILABLE, "still down")
-    # INTERIM: a long retry_after is not waited for in-process; the item fails now.
-    assert failure("retry_later") == (
-        ItemState.FAILED,
-        1,
-        Code.UNAVAILABLE,
-        "come back in a minute",
-    )
     state, attempts, code, message = failure("not_json")
     assert (state, attempts, code) == (ItemState.FAILED, 1, Code.INTERNAL)
     assert message.startswith("handler output is not JSON")
@@ -325,11 +315,11 @@ async def test_cancel_mid_chunk_cancels_the_items_not_started(
 
     record = BatchStore.record_outcomes
 
-    async def watched(self: BatchStore, *args: Any, **kwargs: Any) -> BatchState:
-        state = await record(self, *args, **kwargs)
-        if state == BatchState.CANCELLING:
+    async def watched(self: BatchStore, *args: Any, **kwargs: Any) -> RecordResult:
+        result = await record(self, *args, **kwargs)
+        if result.state == BatchState.CANCELLING:
             saw_cancelling.set()
-        return state
+        return result
 
     monkeypatch.setattr(BatchStore, "record_outcomes", watched)
     batch_id = await submit(store, "test.gated", [{}] * 10, options=BatchOptions(chunk_size=10))
@@ -380,8 +370,9 @@ async def test_items_in_flight_are_bounded_per_worker(redis: Redis, redis_url: s
     tasks_before = len(asyncio.all_tasks())
     await run_burst(settings, [Handler(name="test.probe", run=probe)])
     assert most_in_flight == 4
-    # Per chunk job: ARQ's task, the job's task, a flusher and at most 4 consumers.
-    assert most_tasks - tasks_before <= 2 * (2 + 1 + 4) + 4
+    # Per chunk job: ARQ's task, the job's task, a flusher and at most 4 consumers; per
+    # worker: the heartbeat, the lease renewer and the maintenance sweep.
+    assert most_tasks - tasks_before <= 2 * (2 + 1 + 4) + 3 + 2
     for batch_id in batch_ids:
         assert (await store.get_batch(batch_id)).counts.succeeded == 60
 
@@ -422,10 +413,10 @@ async def _flush_before_end(
     record = BatchStore.record_outcomes
 
     async def watched(
-        self: BatchStore, batch_id: str, chunk: int, outcomes: Any, *, release: bool
-    ) -> BatchState:
-        flushes.append(([o.index for o in outcomes], release))
-        state = await record(self, batch_id, chunk, outcomes, release=release)
+        self: BatchStore, batch_id: str, chunk: int, outcomes: Any, **kwargs: Any
+    ) -> Any:
+        flushes.append(([o.index for o in outcomes], kwargs["release"]))
+        state = await record(self, batch_id, chunk, outcomes, **kwargs)
         if any(o.index == 0 for o in outcomes):
             first_recorded.set()
         return state

@@ -1,4 +1,5 @@
-"""Stopping a worker mid-chunk: what is done stays recorded, the rest runs elsewhere."""
+"""Stopping a worker mid-chunk: what is done stays recorded, the rest is handed back (its
+items pending again, a fresh job queued for them) and runs elsewhere at once."""
 
 from __future__ import annotations
 
@@ -87,12 +88,13 @@ async def test_a_draining_worker_finishes_items_in_flight_and_hands_back_the_res
         await worker.close()
     assert gate.calls == ["i0", "i1"]
     batch = await store.get_batch(batch_id)
-    assert (batch.state, batch.counts.succeeded, batch.counts.running) == (
+    assert (batch.state, batch.counts.succeeded, batch.counts.pending) == (
         BatchState.RUNNING,
         2,
         8,
     )
-    assert await redis.zcard(Keys(settings.key_prefix).queue) == 1  # the job is queued again
+    assert batch.counts.running == 0
+    assert await redis.zcard(Keys(settings.key_prefix).queue) == 1  # a job for the rest
 
     await _burst(settings, [gate.handler()])
     batch = await store.get_batch(batch_id)
@@ -116,7 +118,8 @@ async def test_a_cancelled_chunk_job_keeps_what_it_recorded(redis: Redis, redis_
             await running
         await worker.close()
     batch = await store.get_batch(batch_id)
-    assert (batch.counts.succeeded, batch.counts.running) == (2, 8)
+    # The chunk was handed back, the two items cut short in flight with the rest.
+    assert (batch.counts.succeeded, batch.counts.pending, batch.counts.running) == (2, 8, 0)
 
     gate.open.set()
     await _burst(settings, [gate.handler()])
@@ -166,6 +169,13 @@ async def test_batchd_worker_stops_gracefully_on_sigterm(redis: Redis, redis_url
     batch = await store.get_batch(batch_id)
     # The two items in flight finished (more only if the signal came very late).
     assert 2 <= batch.counts.succeeded < 10
-    assert batch.counts.running == 10 - batch.counts.succeeded
+    assert batch.counts.pending == 10 - batch.counts.succeeded  # handed back
+    assert batch.counts.running == 0
     statuses = {s.spec.name: s for s in await store.list_handlers(settings.worker_ttl)}
     assert statuses["sleep"].live_workers == 0  # it withdrew from the catalog
+
+    # Another worker takes the rest at once: had the lease not been given up, its claim
+    # would find the chunk held, and this burst would end with the batch unfinished.
+    await _burst(settings, [])
+    batch = await store.get_batch(batch_id)
+    assert (batch.state, batch.counts.succeeded) == (BatchState.COMPLETED, 10)

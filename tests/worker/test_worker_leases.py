@@ -1,0 +1,143 @@
+"""Leases as a chunk sees them: a lease that cannot be renewed goes stale and the chunk
+starts no more items; once it is taken over, the chunk stops, though what finishes in
+flight is still recorded. An in-process worker whose renewals the test cuts off, against
+the private Redis; the test plays the worker that takes the chunk over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from batchd.core.config import Settings
+from batchd.core.domain import (
+    BatchOptions,
+    BatchSpec,
+    BatchState,
+    ItemOutcome,
+    ItemState,
+    ItemView,
+    NewItem,
+)
+from batchd.core.keys import Keys
+from batchd.core.store import BatchStore
+from batchd.worker.app import build_worker
+from batchd.worker.handler import Handler, ItemContext
+
+T = TypeVar("T")
+
+
+async def poll(probe: Callable[[], Awaitable[T | None]], within: float = 20) -> T:
+    """The first result of `probe` that is not None, looking every 10 ms."""
+    async with asyncio.timeout(within):
+        # State in Redis, and a worker's job list: there is nothing to subscribe to.
+        while (found := await probe()) is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        return found
+
+
+async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No maintenance sweeps of the worker's own: the takeover is the test's doing.
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=f"wl{uuid.uuid4().hex[:10]}:",
+        worker_concurrency=2,
+        lease_ttl=0.6,
+        maintenance_interval=3600.0,
+    )
+    keys = Keys(settings.key_prefix)
+    store = BatchStore(redis, keys)
+    gates = {"i0": asyncio.Event(), "i1": asyncio.Event()}
+    started: list[str] = []
+    both_in_flight = asyncio.Event()
+
+    async def gated(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        started.append(ctx.custom_id)
+        if len(started) == 2:
+            both_in_flight.set()
+        if ctx.custom_id in gates:
+            await gates[ctx.custom_id].wait()
+        return {}
+
+    cut_off = False
+    renew = BatchStore.renew_leases
+
+    async def renewals(self: BatchStore, claims: Sequence[Any], ttl: float) -> list[bool]:
+        if cut_off:
+            raise RedisConnectionError("this worker cannot reach Redis")
+        return await renew(self, claims, ttl)
+
+    monkeypatch.setattr(BatchStore, "renew_leases", renewals)
+    batch_id = f"b{uuid.uuid4().hex[:12]}"
+    session = await store.begin_upload(
+        BatchSpec(batch_id, "test.gated", BatchOptions(chunk_size=10), {})
+    )
+    await session.add_items(NewItem(f"i{n}", json.dumps({}).encode()) for n in range(6))
+    await session.commit()
+
+    async def state_of(custom_id: str) -> ItemState:
+        items, _ = await store.list_items(batch_id, 100, "", [])
+        return next(i.state for i in items if i.custom_id == custom_id)
+
+    async def lease_expired() -> bool | None:
+        expiry = await redis.zscore(keys.leases, keys.lease_member(batch_id, 0))
+        return True if expiry is not None and expiry < time.time() * 1000 else None
+
+    async def recorded(custom_id: str) -> bool | None:
+        return True if await state_of(custom_id) == ItemState.SUCCEEDED else None
+
+    worker = build_worker(
+        settings, extra_handlers=[Handler(name="test.gated", run=gated)], poll_delay=0.01
+    )
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await both_in_flight.wait()
+        cut_off = True
+        await poll(lease_expired)
+        gates["i0"].set()
+        # i0 is recorded (flushes still go through), but its consumer starts nothing
+        # on a lease it cannot vouch for.
+        await poll(lambda: recorded("i0"))
+        assert started == ["i0", "i1"]
+
+        # Another worker takes the chunk over: everything not recorded is its now.
+        taken = await store.claim_chunk(batch_id, 0, lease_ttl=60)
+        assert taken is not None
+        assert [custom_id for _, custom_id, _ in taken.items] == ["i1", "i2", "i3", "i4", "i5"]
+        cut_off = False  # the next renewal learns that the claim is lost
+        gates["i1"].set()  # in flight: it may finish, and is recorded (first writer wins)
+
+        async def job_ended() -> bool | None:
+            return True if not worker.job_tasks else None
+
+        await poll(job_ended)
+        await poll(lambda: recorded("i1"))
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+    assert started == ["i0", "i1"]  # nothing else, ever, from the worker that lost it
+
+    # The new holder finishes the rest; i1 counts once, as the old holder recorded it.
+    now = time.time()
+    outcomes = [
+        ItemOutcome(index, ItemState.SUCCEEDED, 1, now, now, output_json=b"{}")
+        for index, _, _ in taken.items
+    ]
+    result = await store.record_outcomes(batch_id, 0, outcomes, token=taken.token, release=True)
+    assert result.held
+    assert result.state == BatchState.COMPLETED
+    batch = await store.get_batch(batch_id)
+    assert (batch.counts.succeeded, batch.counts.total) == (6, 6)
+    items: list[ItemView]
+    items, _ = await store.list_items(batch_id, 100, "", [])
+    assert {i.state for i in items} == {ItemState.SUCCEEDED}

@@ -1,0 +1,161 @@
+"""One attempt of one item, and the outcome it leads to.
+
+    the handler returns a JSON object          SUCCEEDED
+    RetryableError, or item_timeout overrun    PENDING with retry_at (attempts left), or
+                                               FAILED with that error (none left)
+    PermanentError, any other HandlerError     FAILED now
+    any other exception                        FAILED, UNKNOWN (traceback to the log only)
+    output not a JSON object                   FAILED, INTERNAL
+
+Attempts count across workers and runs: the claim says how many an item already had
+(`ClaimedChunk.attempts`), so a retry on another worker, or after a crash, continues the
+count. Nothing here sleeps: a retry is a PENDING outcome the store turns into a deferred
+job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from batchd.core.domain import ClaimedChunk, ItemOutcome, ItemState
+from batchd.worker.handler import Code, Handler, HandlerError, ItemContext, RetryableError
+from batchd.worker.retry import retry_delay
+
+__all__ = ["Item", "run_item"]
+
+Item = tuple[int, str, bytes]  # (global index, custom_id, params_json)
+
+
+async def run_item(
+    handler: Handler | None,
+    claimed: ClaimedChunk,
+    item: Item,
+    log: structlog.typing.FilteringBoundLogger,
+) -> ItemOutcome:
+    """Runs the next attempt of `item`; never raises but CancelledError from outside."""
+    index, custom_id, params_json = item
+    before = int(claimed.attempts.get(index, 0))
+    item_log = log.bind(custom_id=custom_id)
+    if handler is None:
+        message = f"no worker serves handler {claimed.handler!r}"
+        return _failed(index, before, None, Code.UNIMPLEMENTED, message)
+    try:
+        params = json.loads(params_json)
+    except ValueError:
+        return _failed(index, before, None, Code.INVALID_ARGUMENT, "params are not JSON")
+    attempt = before + 1
+    start = time.time()
+    ctx = ItemContext(
+        batch_id=claimed.batch_id, custom_id=custom_id, attempt=attempt, logger=item_log
+    )
+    try:
+        output = await _attempt(handler, claimed.options.item_timeout, params, ctx)
+    except RetryableError as exc:
+        return _retry_or_fail(claimed, index, attempt, start, exc, item_log)
+    except HandlerError as exc:
+        return _failed(index, attempt, start, exc.code, exc.message)
+    except Exception as exc:
+        item_log.warning("item_raised", attempt=attempt, exc_info=True)
+        return _failed(index, attempt, start, Code.UNKNOWN, _message(exc))
+    except asyncio.CancelledError:
+        if _being_cancelled():
+            raise  # the job is: the item stays without outcome, for the next run
+        # A CancelledError of the handler's own (say, from a task it awaited).
+        item_log.warning("item_cancelled_itself", attempt=attempt, exc_info=True)
+        return _failed(index, attempt, start, Code.CANCELLED, "the handler was cancelled")
+    return _succeeded(index, attempt, start, output, item_log)
+
+
+async def _attempt(
+    handler: Handler, limit: float, params: Any, ctx: ItemContext
+) -> Mapping[str, Any]:
+    deadline = asyncio.timeout(limit if limit > 0 else None)
+    try:
+        async with deadline:
+            return await handler.run(params, ctx)
+    except TimeoutError as exc:
+        if deadline.expired():
+            message = f"item timed out after {limit:g}s"
+            raise RetryableError(message, code=Code.DEADLINE_EXCEEDED) from exc
+        raise
+
+
+def _retry_or_fail(
+    claimed: ClaimedChunk,
+    index: int,
+    attempt: int,
+    start: float,
+    exc: RetryableError,
+    item_log: structlog.typing.FilteringBoundLogger,
+) -> ItemOutcome:
+    delay = retry_delay(claimed.options.retry_policy, attempt, exc.retry_after)
+    if delay is None:
+        return _failed(index, attempt, start, exc.code, exc.message)
+    end = time.time()
+    item_log.debug("item_retry_scheduled", attempt=attempt, code=exc.code, delay=round(delay, 3))
+    return ItemOutcome(
+        index=index,
+        state=ItemState.PENDING,
+        attempts=attempt,
+        start_time=start,
+        end_time=end,
+        error_code=exc.code,
+        error_message=exc.message,
+        retry_at=end + delay,
+    )
+
+
+def _succeeded(
+    index: int,
+    attempt: int,
+    start: float,
+    output: Any,
+    item_log: structlog.typing.FilteringBoundLogger,
+) -> ItemOutcome:
+    if not isinstance(output, Mapping):
+        message = f"handler returned {type(output).__name__}, not a JSON object"
+        return _failed(index, attempt, start, Code.INTERNAL, message)
+    try:
+        encoded = json.dumps(
+            output, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except (TypeError, ValueError) as exc:
+        item_log.warning("item_output_invalid", error=str(exc))
+        return _failed(index, attempt, start, Code.INTERNAL, f"handler output is not JSON: {exc}")
+    return ItemOutcome(
+        index=index,
+        state=ItemState.SUCCEEDED,
+        attempts=attempt,
+        start_time=start,
+        end_time=time.time(),
+        output_json=encoded,
+    )
+
+
+def _failed(index: int, attempts: int, start: float | None, code: int, message: str) -> ItemOutcome:
+    return ItemOutcome(
+        index=index,
+        state=ItemState.FAILED,
+        attempts=attempts,
+        start_time=start,
+        end_time=time.time(),
+        error_code=int(code),
+        error_message=message,
+    )
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _message(exc: BaseException) -> str:
+    """An exception as a short message for the caller: no traceback."""
+    text = str(exc).strip()
+    return text if text else type(exc).__name__

@@ -1,0 +1,135 @@
+"""Chunk leases: a worker process keeps every chunk it holds claimed with one renewer.
+
+A claim lasts `lease_ttl` seconds unless renewed. `LeaseKeeper.run` renews every lease
+the process holds every `lease_ttl / 3` seconds in one store call. When the store says a
+claim is lost (taken over after we looked dead, cancelled, expired, deleted) the lease is
+marked lost and its chunk starts no more items; items in flight may finish and their
+outcomes are still recorded (first writer wins).
+
+A lease is "live" while it is known to be held: until `ttl` seconds after the last
+renewal (or claim) that succeeded, counted from when that call was *sent*. A chunk
+starts items only on a live lease. While Redis is away renewals fail and the lease goes
+stale: the chunk then waits, neither starting items nor giving up, until a renewal says
+whether the chunk is still ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from batchd.core.domain import ClaimedChunk
+from batchd.core.logs import get_logger
+from batchd.core.store import BatchStore
+from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
+
+__all__ = ["Lease", "LeaseKeeper"]
+
+log = get_logger(__name__)
+
+LeaseKey = tuple[str, int, str]  # (batch_id, chunk, token)
+
+
+class Lease:
+    """This process's claim on one chunk."""
+
+    def __init__(self, batch_id: str, chunk: int, token: str, valid_until: float) -> None:
+        self.batch_id = batch_id
+        self.chunk = chunk
+        self.token = token
+        self.lost = asyncio.Event()
+        self._valid_until = valid_until  # time.monotonic()
+        self._changed = asyncio.Event()
+
+    @property
+    def key(self) -> LeaseKey:
+        return (self.batch_id, self.chunk, self.token)
+
+    @property
+    def live(self) -> bool:
+        """Known to be held right now."""
+        return not self.lost.is_set() and time.monotonic() < self._valid_until
+
+    async def wait_changed(self) -> None:
+        """Returns at the next renewal, failed renewal or loss."""
+        self._changed.clear()
+        await self._changed.wait()
+
+    def renewed(self, sent_at: float, ttl: float) -> None:
+        self._valid_until = max(self._valid_until, sent_at + ttl)
+        self._changed.set()
+
+    def lose(self) -> None:
+        self.lost.set()
+        self._changed.set()
+
+    def touch(self) -> None:
+        """Wakes waiters (a renewal was tried, whatever came of it)."""
+        self._changed.set()
+
+
+class LeaseKeeper:
+    """The leases of one worker process and their renewer (`run`, one task)."""
+
+    def __init__(self, store: BatchStore, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._held: dict[LeaseKey, Lease] = {}
+        self._outage = Outage(log, "lease_renewal")
+
+    @property
+    def interval(self) -> float:
+        return self.ttl / 3
+
+    def hold(self, claimed: ClaimedChunk, claimed_at: float) -> Lease:
+        """Starts renewing a claim made at `claimed_at` (time.monotonic(), taken before
+        claim_chunk was called)."""
+        lease = Lease(claimed.batch_id, claimed.chunk, claimed.token, claimed_at + self.ttl)
+        self._held[lease.key] = lease
+        return lease
+
+    def drop(self, lease: Lease) -> None:
+        """Stops renewing: the chunk was released, handed back or lost."""
+        self._held.pop(lease.key, None)
+
+    def held(self) -> list[Lease]:
+        return list(self._held.values())
+
+    async def run(self) -> None:
+        """Renews every `ttl / 3` seconds until cancelled; never raises otherwise."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.renew_once()
+            except Exception:  # a bug must not end every chunk's renewals
+                log.exception("lease_renewal_crashed")
+
+    async def renew_once(self) -> None:
+        leases = self.held()
+        if not leases:
+            # The chunks ended, so their last flushes reached Redis: any outage is over.
+            self._outage.forget()
+            return
+        sent_at = time.monotonic()
+        try:
+            # A renewal stuck longer than a lease is useless: try afresh next round.
+            async with asyncio.timeout(self.ttl):
+                results = await self.store.renew_leases([lease.key for lease in leases], self.ttl)
+        except REDIS_UNAVAILABLE as exc:  # asyncio.timeout raises TimeoutError, one of them
+            self._outage.failed(exc, leases=len(leases))
+            for lease in leases:
+                lease.touch()
+            return
+        except Exception:
+            log.warning("lease_renewal_failed", leases=len(leases), exc_info=True)
+            for lease in leases:
+                lease.touch()
+            return
+        self._outage.recovered(leases=len(leases))
+        for lease, ok in zip(leases, results, strict=True):
+            if ok:
+                lease.renewed(sent_at, self.ttl)
+                continue
+            log.warning("lease_lost", batch_id=lease.batch_id, chunk=lease.chunk)
+            lease.lose()
+            self.drop(lease)

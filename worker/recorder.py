@@ -1,0 +1,141 @@
+"""Recording a chunk's outcomes: buffered, flushed in blocks, never dropped.
+
+Outcomes are flushed with `record_outcomes` every `outcome_flush_items` outcomes or
+`outcome_flush_interval` seconds by a background flusher, and once more when the chunk
+ends. Every flush presents the chunk's lease token. While Redis is away a flush is tried
+again (capped backoff) until it goes through: an outcome that was computed is recorded,
+however late (first writer wins, so a late record never counts twice). Only a batch that
+is gone (deleted) drops them.
+
+Each flush answers with the batch state and whether the claim still holds; the chunk
+reads `cancelling`, `lost` and `gone` from here to decide whether to start more items.
+A flush with `release` ends the claim (only while it holds): items left unrecorded are
+handed back to run again at once, or cancelled if the batch is being cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterable
+
+import structlog
+
+from batchd.core.config import Settings
+from batchd.core.domain import BatchState, ClaimedChunk, ItemOutcome, ItemState
+from batchd.core.errors import NotFound
+from batchd.core.store import BatchStore
+from batchd.worker.outages import REDIS_UNAVAILABLE, Backoff, Outage
+
+__all__ = ["FlushFailed", "Recorder"]
+
+
+class FlushFailed(Exception):
+    """A flush failed for another reason than Redis being away (a bug, a script error)."""
+
+
+class Recorder:
+    """The outcome buffer and flusher of one chunk run."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        claimed: ClaimedChunk,
+        settings: Settings,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.store = store
+        self.claimed = claimed
+        self.flush_items = max(settings.outcome_flush_items, 1)
+        self.flush_interval = max(settings.outcome_flush_interval, 0.001)
+        self.log = log
+        self.buffer: list[ItemOutcome] = []
+        self.counts: Counter[ItemState] = Counter()
+        self.batch_state: BatchState | None = None
+        self.lost = False  # a flush found the claim lost: its records counted, not its release
+        self.gone = False  # the batch was deleted: nothing more to record
+        self._flush_now = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._outage = Outage(log, "outcome_flush")
+
+    @property
+    def cancelling(self) -> bool:
+        return self.batch_state in (BatchState.CANCELLING, BatchState.CANCELLED)
+
+    def start(self) -> None:
+        name = f"flush {self.claimed.batch_id}:{self.claimed.chunk}"
+        self._task = asyncio.create_task(self._flusher(), name=name)
+
+    def add(self, outcomes: Iterable[ItemOutcome]) -> None:
+        for outcome in outcomes:
+            self.buffer.append(outcome)
+            self.counts[outcome.state] += 1
+        if len(self.buffer) >= self.flush_items:
+            self._flush_now.set()
+
+    async def stop(self, *, release: bool) -> None:
+        """Stops the flusher (after its flush in progress, if any), then flushes the rest;
+        with `release`, the chunk is released by that last flush."""
+        self._stopping = True
+        self._flush_now.set()
+        if self._task is not None:
+            await self._task
+        if (self.buffer or release) and not self.gone:
+            await self._flush(release=release)
+
+    def count_fields(self) -> dict[str, int]:
+        return {
+            "succeeded": self.counts[ItemState.SUCCEEDED],
+            "failed": self.counts[ItemState.FAILED],
+            "cancelled": self.counts[ItemState.CANCELLED],
+            "retrying": self.counts[ItemState.PENDING],
+        }
+
+    async def _flusher(self) -> None:
+        """Flushes every flush_interval seconds, or when told to; never raises."""
+        while not self._stopping and not self.gone:
+            try:
+                async with asyncio.timeout(self.flush_interval):
+                    await self._flush_now.wait()
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
+            if self.buffer and not self._stopping:
+                try:
+                    await self._flush(release=False)
+                except FlushFailed:
+                    self.log.warning("outcome_flush_failed", exc_info=True)
+
+    async def _flush(self, *, release: bool) -> None:
+        # The outcomes stay in the buffer until Redis has them: a flush cut short (the
+        # job cancelled while Redis is away) leaves them for the next one.
+        outcomes = list(self.buffer)
+        backoff = Backoff()
+        while True:
+            try:
+                result = await self.store.record_outcomes(
+                    self.claimed.batch_id,
+                    self.claimed.chunk,
+                    outcomes,
+                    token=self.claimed.token,
+                    release=release,
+                )
+            except NotFound:
+                self.log.info("batch_gone", dropped=len(self.buffer))
+                self.buffer.clear()
+                self.gone = True
+                return
+            except REDIS_UNAVAILABLE as exc:
+                self._outage.failed(exc, outcomes=len(outcomes))
+                await backoff.wait()
+                continue
+            except Exception as exc:
+                raise FlushFailed(str(exc)) from exc
+            del self.buffer[: len(outcomes)]  # what came in meanwhile stays
+            self._outage.recovered(outcomes=len(outcomes))
+            self.batch_state = result.state
+            if not result.held and not self.lost:
+                self.log.warning("claim_lost_at_flush")
+                self.lost = True
+            return
