@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import redis.exceptions
+
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 
@@ -39,8 +41,10 @@ async def maintenance_loop(store: BatchStore, interval: float) -> None:
     while True:
         try:
             result = await sweep(store)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("maintenance_failed", error=str(exc))  # Redis away: expected, brief
         except Exception:
-            log.warning("maintenance_failed", exc_info=True)
+            log.exception("maintenance_failed")
         else:
             if result.leases_reaped or result.batches_expired:
                 log.info(
