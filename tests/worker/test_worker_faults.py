@@ -280,11 +280,12 @@ async def test_a_worker_rides_out_a_redis_outage(
     assert set(applied) == {f"{batch_id}/i{n}" for n in range(300)}
     assert not duplicates
     events = worker.events()
-    # The loops saw the outage, and none died of it; those the batch needed saw its end.
-    # (The heartbeat and lease renewer, on timers of their own, may have had no round
-    # between the outage's end and the batch's.)
+    # The outcome flushes met the outage and saw its end, and no loop died of it. (The
+    # queue poll, heartbeat and lease renewer run on timers of their own: whether one of
+    # their rounds fell inside the outage, or after it before the batch ended, is timing.)
     troubled = {e["during"] for e in events if e["event"] == "redis_unavailable"}
     recovered = {e["during"] for e in events if e["event"] == "redis_available_again"}
-    assert {"queue_poll", "outcome_flush", "heartbeat"} <= troubled
-    assert {"queue_poll", "outcome_flush"} <= recovered <= troubled
+    assert "outcome_flush" in troubled
+    assert "outcome_flush" in recovered
+    assert recovered <= troubled
     assert events[-1]["event"] == "worker_stopped"
