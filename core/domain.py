@@ -20,6 +20,7 @@ class BatchState(enum.IntEnum):
     COMPLETED = 4
     FAILED = 5
     CANCELLED = 6
+    PAUSED = 7
 
     @property
     def is_terminal(self) -> bool:

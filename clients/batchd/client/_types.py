@@ -49,6 +49,7 @@ class BatchState(enum.IntEnum):
     COMPLETED = 4
     FAILED = 5
     CANCELLED = 6
+    PAUSED = 7
 
     @classmethod
     def _missing_(cls, value: object) -> BatchState:

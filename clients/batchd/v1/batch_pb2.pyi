@@ -43,6 +43,8 @@ class _BatchStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchState
     """The batch as a whole could not be run."""
     BATCH_STATE_CANCELLED: _BatchState.ValueType  # 6
     """Cancelled: pending items became CANCELLED and nothing is running any more."""
+    BATCH_STATE_PAUSED: _BatchState.ValueType  # 7
+    """Paused: no new item starts until ResumeBatch; items already running finish."""
 
 class BatchState(_BatchState, metaclass=_BatchStateEnumTypeWrapper):
     """The lifecycle of a batch.
@@ -50,7 +52,8 @@ class BatchState(_BatchState, metaclass=_BatchStateEnumTypeWrapper):
     QUEUED -> RUNNING -> COMPLETED, or -> CANCELLING -> CANCELLED when cancelled.
     COMPLETED means every item reached a terminal state; some of them may have
     FAILED or EXPIRED. FAILED is reserved for a batch that could not be run at all.
-    RetryBatchItems takes a finished batch back to RUNNING.
+    RetryBatchItems takes a finished batch back to RUNNING. PauseBatch turns a
+    QUEUED or RUNNING batch PAUSED (no new item starts); ResumeBatch turns it back.
     """
 
 BATCH_STATE_UNSPECIFIED: BatchState.ValueType  # 0
@@ -67,6 +70,8 @@ BATCH_STATE_FAILED: BatchState.ValueType  # 5
 """The batch as a whole could not be run."""
 BATCH_STATE_CANCELLED: BatchState.ValueType  # 6
 """Cancelled: pending items became CANCELLED and nothing is running any more."""
+BATCH_STATE_PAUSED: BatchState.ValueType  # 7
+"""Paused: no new item starts until ResumeBatch; items already running finish."""
 Global___BatchState: _TypeAlias = BatchState  # noqa: Y015
 
 class _ItemState:
@@ -414,6 +419,7 @@ class BatchProgress(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     OBSERVE_TIME_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_RATE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch."""
     state: Global___BatchState.ValueType
@@ -422,6 +428,11 @@ class BatchProgress(_message.Message):
     """How many items the batch holds; equal to the sum of `counts`."""
     items_per_second: _builtins.float
     """Items finished (succeeded, failed or cancelled) per second, recently."""
+    effective_rate: _builtins.float
+    """The start rate in force for the batch now, items per second: its
+    max_per_second, or less while the downstream asks to slow down (adaptive
+    back-off). 0 when the batch has no rate limit.
+    """
     @_builtins.property
     def counts(self) -> Global___ItemCounts:
         """Items per state."""
@@ -459,10 +470,11 @@ class BatchProgress(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         observe_time: _timestamp_pb2.Timestamp | None = ...,
+        effective_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "eta", b"eta", "observe_time", b"observe_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "effective_rate", b"effective_rate", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,6 +75,21 @@ class BatchServiceStub:
                 request_serializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchRequest.SerializeToString,
                 response_deserializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchResponse.FromString,
                 _registered_method=True)
+        self.PauseBatch = channel.unary_unary(
+                '/batchd.v1.BatchService/PauseBatch',
+                request_serializer=batchd_dot_v1_dot_batch__service__pb2.PauseBatchRequest.SerializeToString,
+                response_deserializer=batchd_dot_v1_dot_batch__service__pb2.PauseBatchResponse.FromString,
+                _registered_method=True)
+        self.ResumeBatch = channel.unary_unary(
+                '/batchd.v1.BatchService/ResumeBatch',
+                request_serializer=batchd_dot_v1_dot_batch__service__pb2.ResumeBatchRequest.SerializeToString,
+                response_deserializer=batchd_dot_v1_dot_batch__service__pb2.ResumeBatchResponse.FromString,
+                _registered_method=True)
+        self.UpdateBatch = channel.unary_unary(
+                '/batchd.v1.BatchService/UpdateBatch',
+                request_serializer=batchd_dot_v1_dot_batch__service__pb2.UpdateBatchRequest.SerializeToString,
+                response_deserializer=batchd_dot_v1_dot_batch__service__pb2.UpdateBatchResponse.FromString,
+                _registered_method=True)
         self.ListBatchItems = channel.unary_unary(
                 '/batchd.v1.BatchService/ListBatchItems',
                 request_serializer=batchd_dot_v1_dot_batch__service__pb2.ListBatchItemsRequest.SerializeToString,
@@ -158,6 +173,30 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseBatch(self, request, context):
+        """Pauses a QUEUED or RUNNING batch: no new item starts; running ones finish.
+        Idempotent. FAILED_PRECONDITION for a finished or cancelling batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeBatch(self, request, context):
+        """Resumes a PAUSED batch. Idempotent. FAILED_PRECONDITION for a batch that is
+        finished or cancelling.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateBatch(self, request, context):
+        """Changes a batch's priority, rate limit or concurrency while it runs; the
+        fields in update_mask are set, the others kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBatchItems(self, request, context):
         """Lists the outcome of each item of a batch, in submission order.
         """
@@ -218,6 +257,21 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.DeleteBatch,
                     request_deserializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchRequest.FromString,
                     response_serializer=batchd_dot_v1_dot_batch__service__pb2.DeleteBatchResponse.SerializeToString,
+            ),
+            'PauseBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseBatch,
+                    request_deserializer=batchd_dot_v1_dot_batch__service__pb2.PauseBatchRequest.FromString,
+                    response_serializer=batchd_dot_v1_dot_batch__service__pb2.PauseBatchResponse.SerializeToString,
+            ),
+            'ResumeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeBatch,
+                    request_deserializer=batchd_dot_v1_dot_batch__service__pb2.ResumeBatchRequest.FromString,
+                    response_serializer=batchd_dot_v1_dot_batch__service__pb2.ResumeBatchResponse.SerializeToString,
+            ),
+            'UpdateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBatch,
+                    request_deserializer=batchd_dot_v1_dot_batch__service__pb2.UpdateBatchRequest.FromString,
+                    response_serializer=batchd_dot_v1_dot_batch__service__pb2.UpdateBatchResponse.SerializeToString,
             ),
             'ListBatchItems': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBatchItems,
@@ -430,6 +484,87 @@ class BatchService:
             '/batchd.v1.BatchService/DeleteBatch',
             batchd_dot_v1_dot_batch__service__pb2.DeleteBatchRequest.SerializeToString,
             batchd_dot_v1_dot_batch__service__pb2.DeleteBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchd.v1.BatchService/PauseBatch',
+            batchd_dot_v1_dot_batch__service__pb2.PauseBatchRequest.SerializeToString,
+            batchd_dot_v1_dot_batch__service__pb2.PauseBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchd.v1.BatchService/ResumeBatch',
+            batchd_dot_v1_dot_batch__service__pb2.ResumeBatchRequest.SerializeToString,
+            batchd_dot_v1_dot_batch__service__pb2.ResumeBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchd.v1.BatchService/UpdateBatch',
+            batchd_dot_v1_dot_batch__service__pb2.UpdateBatchRequest.SerializeToString,
+            batchd_dot_v1_dot_batch__service__pb2.UpdateBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

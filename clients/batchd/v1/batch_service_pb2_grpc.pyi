@@ -66,6 +66,18 @@ class BatchServiceStub:
     are otherwise kept for the retention period). FAILED_PRECONDITION while
     the batch is still queued or running.
     """
+    PauseBatch: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.PauseBatchRequest, _batch_service_pb2.PauseBatchResponse]
+    """Pauses a QUEUED or RUNNING batch: no new item starts; running ones finish.
+    Idempotent. FAILED_PRECONDITION for a finished or cancelling batch.
+    """
+    ResumeBatch: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.ResumeBatchRequest, _batch_service_pb2.ResumeBatchResponse]
+    """Resumes a PAUSED batch. Idempotent. FAILED_PRECONDITION for a batch that is
+    finished or cancelling.
+    """
+    UpdateBatch: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.UpdateBatchRequest, _batch_service_pb2.UpdateBatchResponse]
+    """Changes a batch's priority, rate limit or concurrency while it runs; the
+    fields in update_mask are set, the others kept.
+    """
     ListBatchItems: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.ListBatchItemsRequest, _batch_service_pb2.ListBatchItemsResponse]
     """Lists the outcome of each item of a batch, in submission order."""
     ListHandlers: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.ListHandlersRequest, _batch_service_pb2.ListHandlersResponse]
@@ -113,6 +125,18 @@ class BatchServiceAsyncStub(BatchServiceStub):
     """Deletes a finished batch and every item outcome at once (finished batches
     are otherwise kept for the retention period). FAILED_PRECONDITION while
     the batch is still queued or running.
+    """
+    PauseBatch: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.PauseBatchRequest, _batch_service_pb2.PauseBatchResponse]  # type: ignore[assignment]
+    """Pauses a QUEUED or RUNNING batch: no new item starts; running ones finish.
+    Idempotent. FAILED_PRECONDITION for a finished or cancelling batch.
+    """
+    ResumeBatch: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.ResumeBatchRequest, _batch_service_pb2.ResumeBatchResponse]  # type: ignore[assignment]
+    """Resumes a PAUSED batch. Idempotent. FAILED_PRECONDITION for a batch that is
+    finished or cancelling.
+    """
+    UpdateBatch: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.UpdateBatchRequest, _batch_service_pb2.UpdateBatchResponse]  # type: ignore[assignment]
+    """Changes a batch's priority, rate limit or concurrency while it runs; the
+    fields in update_mask are set, the others kept.
     """
     ListBatchItems: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.ListBatchItemsRequest, _batch_service_pb2.ListBatchItemsResponse]  # type: ignore[assignment]
     """Lists the outcome of each item of a batch, in submission order."""
@@ -200,6 +224,36 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a finished batch and every item outcome at once (finished batches
         are otherwise kept for the retention period). FAILED_PRECONDITION while
         the batch is still queued or running.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseBatch(
+        self,
+        request: _batch_service_pb2.PauseBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_service_pb2.PauseBatchResponse, _abc.Awaitable[_batch_service_pb2.PauseBatchResponse]]:
+        """Pauses a QUEUED or RUNNING batch: no new item starts; running ones finish.
+        Idempotent. FAILED_PRECONDITION for a finished or cancelling batch.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeBatch(
+        self,
+        request: _batch_service_pb2.ResumeBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_service_pb2.ResumeBatchResponse, _abc.Awaitable[_batch_service_pb2.ResumeBatchResponse]]:
+        """Resumes a PAUSED batch. Idempotent. FAILED_PRECONDITION for a batch that is
+        finished or cancelling.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateBatch(
+        self,
+        request: _batch_service_pb2.UpdateBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_service_pb2.UpdateBatchResponse, _abc.Awaitable[_batch_service_pb2.UpdateBatchResponse]]:
+        """Changes a batch's priority, rate limit or concurrency while it runs; the
+        fields in update_mask are set, the others kept.
         """
 
     @_abc_1.abstractmethod
