@@ -50,6 +50,17 @@ class Settings:
     default_chunk_size: int = _setting(100, "items per chunk when neither batch nor handler say")
     outcome_flush_items: int = _setting(200, "a worker records outcomes every N items ...")
     outcome_flush_interval: float = _setting(0.1, "... or every this many seconds")
+    max_pending_items: int = _setting(
+        50_000_000,
+        "items not yet finished, across all batches, beyond which submits are refused "
+        "(RESOURCE_EXHAUSTED)",
+    )
+    max_batch_items: int = _setting(10_000_000, "items one batch may hold")
+    dispatch_window: int = _setting(
+        16,
+        "chunk jobs of each batch kept in the queue at once: a batch behind another "
+        "waits for at most this many of its chunks",
+    )
     log_format: str = _setting("auto", "json, console, or auto (console on a terminal)")
     log_level: str = _setting("info", "debug, info, warning or error")
 

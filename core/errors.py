@@ -51,9 +51,21 @@ class FailedPrecondition(BatchdError):
 
 
 class Exhausted(BatchdError):
-    def __init__(self, message: str, retry_after: float) -> None:
+    """A limit is reached. `quota_subject` / `quota_description` name it (for a
+    google.rpc.QuotaFailure), when it is a quota."""
+
+    def __init__(
+        self,
+        message: str,
+        retry_after: float,
+        *,
+        quota_subject: str = "",
+        quota_description: str = "",
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.quota_subject = quota_subject
+        self.quota_description = quota_description
 
 
 class Unavailable(BatchdError):

@@ -80,3 +80,36 @@ def chunk_job(
         score_ms=score,
         expires_ms=score - now_ms + int(expiry * 1000),
     )
+
+
+# A dispatched chunk job's score is now minus this many ms per priority step (plus 1000
+# steps, so that every priority is due at once): a higher priority always comes first.
+PRIORITY_STEP_MS = 10_000_000
+PRIORITY_BASE = 1000
+
+
+def dispatch_score(now_ms: int, priority: int) -> int:
+    """The queue score of a chunk job dispatched now at `priority` (as _batch.lua's
+    dispatch_score): due at once, ahead of every job of a lower priority."""
+    return now_ms - (priority + PRIORITY_BASE) * PRIORITY_STEP_MS
+
+
+def dispatched_job(
+    job_id: str,
+    batch_id: str,
+    chunk: int,
+    *,
+    now_ms: int,
+    priority: int,
+    expiry: float = DEFAULT_JOB_EXPIRY,
+) -> ChunkJob:
+    """A chunk job scored by priority (`dispatch_score`); its key expires `expiry`
+    seconds from now."""
+    job = chunk_job(job_id, batch_id, chunk, now_ms=now_ms, expiry=expiry)
+    return ChunkJob(
+        job_id=job.job_id,
+        key=job.key,
+        payload=job.payload,
+        score_ms=dispatch_score(now_ms, priority),
+        expires_ms=int(expiry * 1000),
+    )

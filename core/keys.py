@@ -56,6 +56,12 @@ class Keys:
         """ZSET batch_id -> end of the completion window (ms) of every unfinished batch."""
         return f"{self.prefix}deadlines"
 
+    @property
+    def pending(self) -> str:
+        """STRING: items of every batch not yet terminal (admission control). The scripts
+        that move items to or from a terminal state keep it in step."""
+        return f"{self.prefix}pending"
+
     def redrive(self, request_id: str) -> str:
         """STRING `<requeued>:<batch_id>`: what a RetryBatchItems request_id did."""
         return f"{self.prefix}redrive:{request_id}"
@@ -101,6 +107,10 @@ class Keys:
         """HASH chunk number -> "r:<token>" (claimed), "d" (done), "c" (cancelled) or "x"
         (expired); absent: queued."""
         return f"{self._batch(batch_id)}:chunks"
+
+    def parked(self, batch_id: str) -> str:
+        """SET of chunk numbers whose job was taken while the batch was paused."""
+        return f"{self._batch(batch_id)}:parked"
 
     def running(self, batch_id: str) -> str:
         """HASH chunk number -> items of the chunk counted in `n_run`."""

@@ -44,6 +44,9 @@ class Scripts:
         self.expire_batch = per_batch("expire_batch.lua")
         self.retry_items = per_batch("retry_items.lua")
         self.delete_batch = per_batch("delete_batch.lua")
+        self.pause_batch = per_batch("pause_batch.lua")
+        self.resume_batch = per_batch("resume_batch.lua")
+        self.update_batch = per_batch("update_batch.lua")
         self.reap_leases: AsyncScript = redis.register_script(jobs + _source("reap_leases.lua"))
         self.renew_leases: AsyncScript = redis.register_script(_source("renew_leases.lua"))
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
@@ -96,6 +99,7 @@ class BatchScope:
                 RUN_CHUNK,
                 self.job_expiry_ms,
                 k.request(""),
+                k.pending,
                 *args,
             ],
         )

@@ -17,12 +17,13 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from batchd.core import claims, codec, lifecycle, listing
+from batchd.core import claims, codec, dispatch, lifecycle, listing
 from batchd.core.claims import RecordResult
 from batchd.core.domain import (
     BatchRecord,
@@ -39,9 +40,9 @@ from batchd.core.errors import AlreadyExists, NotFound
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
 from batchd.core.scripts import BatchScope, Scripts
-from batchd.core.upload import UploadSession, drop_if_owner
+from batchd.core.upload import Limits, UploadSession, drop_if_owner
 
-__all__ = ["BatchStore", "RecordResult", "UploadSession"]
+__all__ = ["BatchStore", "Limits", "RecordResult", "UploadSession"]
 
 # The default of Settings.retention: a week.
 DEFAULT_RETENTION = 7 * 86400.0
@@ -71,6 +72,7 @@ class BatchStore:
         default_chunk_size: int = 100,
         retention: float = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys or Keys()
@@ -79,6 +81,7 @@ class BatchStore:
         self.default_chunk_size = default_chunk_size
         self.retention = retention
         self.clock = clock
+        self.limits = limits or Limits()
         self._scripts = Scripts(redis)
         self._scope = BatchScope(
             self.keys,
@@ -162,6 +165,30 @@ class BatchStore:
         if state is None:
             raise NotFound(f"batch {batch_id!r} not found")
         return await self.get_batch(batch_id)
+
+    async def pause_batch(self, batch_id: str) -> BatchRecord:
+        """QUEUED or RUNNING -> PAUSED; idempotent. FailedPrecondition when the batch is
+        finished or cancelling; NotFound."""
+        await dispatch.pause_batch(self._scripts, self._scope, batch_id, now_ms=self._now_ms())
+        return await self.get_batch(batch_id)
+
+    async def resume_batch(self, batch_id: str) -> BatchRecord:
+        """PAUSED -> RUNNING (QUEUED if nothing had started); idempotent.
+        FailedPrecondition when the batch is finished or cancelling; NotFound."""
+        await dispatch.resume_batch(self._scripts, self._scope, batch_id, now_ms=self._now_ms())
+        return await self.get_batch(batch_id)
+
+    async def update_options(self, batch_id: str, changes: Mapping[str, Any]) -> BatchRecord:
+        """Sets options (priority, max_per_second, burst, max_concurrent) of an unfinished
+        batch. FailedPrecondition when it is finished or cancelling; NotFound."""
+        await dispatch.update_options(
+            self.redis, self._scripts, self._scope, batch_id, changes, now_ms=self._now_ms()
+        )
+        return await self.get_batch(batch_id)
+
+    async def pending_items(self) -> int:
+        """Items not yet terminal across all batches (the admission counter)."""
+        return int(await self.redis.get(self.keys.pending) or 0)
 
     async def retry_items(
         self, batch_id: str, custom_ids: Sequence[str], request_id: str
@@ -341,4 +368,5 @@ class BatchStore:
             job_expiry=self.job_expiry,
             now_ms=self._now_ms,
             replay_of=replay_of,
+            limits=self.limits,
         )

@@ -18,19 +18,40 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from batchd.core import codec
 from batchd.core.domain import BatchRecord, BatchSpec, NewItem
-from batchd.core.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
-from batchd.core.jobs import chunk_job
+from batchd.core.errors import (
+    AlreadyExists,
+    Exhausted,
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+)
+from batchd.core.jobs import dispatched_job
 from batchd.core.keys import Keys
 from batchd.core.scripts import Scripts
 
 _COMMIT_ATTEMPTS = 5
+# RetryInfo of an upload refused for the system-wide pending limit: workers need a while
+# to bring the backlog down.
+ADMISSION_RETRY_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Admission limits: items not yet terminal across all batches, items per batch;
+    `window`: chunk jobs of a batch enqueued at commit (the rest follow its claims)."""
+
+    max_pending_items: int = 50_000_000
+    max_batch_items: int = 10_000_000
+    window: int = 16
+
+
 _SLICE = 1000  # keys per DEL / PEXPIRE command
 
 
@@ -88,6 +109,7 @@ class UploadSession:
         job_expiry: float,
         now_ms: Callable[[], int] = codec.now_ms,
         replay_of: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.spec = spec
         self.chunk_size = chunk_size
@@ -99,6 +121,7 @@ class UploadSession:
         self._job_expiry = job_expiry
         self._now_ms = now_ms
         self._replay_of = replay_of
+        self._limits = limits or Limits()
         self._digest = _spec_digest(spec)
         self._buffer: list[NewItem] = []
         self._count = 0
@@ -120,6 +143,9 @@ class UploadSession:
             self._count += 1
             if self._replay_of is not None:
                 continue
+            if self._count > self._limits.max_batch_items:
+                await self.abort()
+                raise self._over_batch_limit()
             self._buffer.append(item)
             if len(self._buffer) >= self.chunk_size:
                 await self._stage()
@@ -134,6 +160,8 @@ class UploadSession:
         self._check_open()
         if self._buffer:
             await self._stage()
+        if self._replay_of is None and self._count > 0:
+            await self._admit()
         if self._count == 0:
             await self.abort()
             raise InvalidRequest.for_field("items", "a batch needs at least one item")
@@ -206,7 +234,32 @@ class UploadSession:
                 f"custom_id {ids[position]!r} is already used by items[{previous}]",
             )
         self._buffer.clear()
+        await self._admit()
         await self._refresh_ttls()
+
+    async def _admit(self) -> None:
+        """Exhausted (after aborting) when this batch would take the items not yet
+        terminal across all batches beyond max_pending_items."""
+        pending = int(await self._redis.get(self._keys.pending) or 0)
+        limit = self._limits.max_pending_items
+        if pending + self._count > limit:
+            await self.abort()
+            raise Exhausted(
+                f"too many items pending: {pending} across all batches, and this batch "
+                f"would add {self._count} (limit {limit})",
+                ADMISSION_RETRY_AFTER,
+                quota_subject="max_pending_items",
+                quota_description=f"items not yet finished across all batches: at most {limit}",
+            )
+
+    def _over_batch_limit(self) -> Exhausted:
+        limit = self._limits.max_batch_items
+        return Exhausted(
+            f"a batch holds at most {limit} items",
+            ADMISSION_RETRY_AFTER,
+            quota_subject="max_batch_items",
+            quota_description=f"items per batch: at most {limit}",
+        )
 
     async def _refresh_ttls(self) -> None:
         """Keep early chunks alive through a long upload: the script refreshes the lock
@@ -256,6 +309,8 @@ class UploadSession:
                 created_ms=created,
                 deadline_ms=deadline,
             )
+            window = min(max(self._limits.window, 1), self._staged)
+            meta.update(cursor=window, prio=options.priority, acct=0)
             pipe.multi()
             pipe.hset(keys.meta(spec.batch_id), mapping=meta)
             pipe.zadd(keys.batches, {spec.batch_id: created})
@@ -266,16 +321,21 @@ class UploadSession:
             for key in [*staged, keys.ids(spec.batch_id)]:
                 pipe.persist(key)
             pipe.delete(lock)
-            # One ARQ job per chunk, as ArqRedis.enqueue_job would write it.
+            pipe.incrby(keys.pending, self._count)
+            # The first `window` chunks get an ARQ job (as ArqRedis.enqueue_job would write
+            # it), scored by priority; each claim of a fresh chunk enqueues the next.
             queued: dict[str, int] = {}
-            for n in range(self._staged):
-                job_id = keys.chunk_job_id(spec.batch_id, n)
-                job = chunk_job(job_id, spec.batch_id, n, now_ms=created, expiry=self._job_expiry)
+            for n in range(window):
+                job = dispatched_job(
+                    keys.chunk_job_id(spec.batch_id, n),
+                    spec.batch_id,
+                    n,
+                    now_ms=created,
+                    priority=options.priority,
+                    expiry=self._job_expiry,
+                )
                 pipe.set(job.key, job.payload, px=job.expires_ms)
                 queued[job.job_id] = job.score_ms
-                if len(queued) == _SLICE:
-                    pipe.zadd(keys.queue, queued)
-                    queued = {}
             if queued:
                 pipe.zadd(keys.queue, queued)
             await pipe.execute()

@@ -15,7 +15,7 @@ from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
-from batchd.core.store import BatchStore
+from batchd.core.store import BatchStore, Limits
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
@@ -60,7 +60,16 @@ class BatchdServer:
 async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
     """Starts serving on settings.host:port (or `port`, 0 for any free one)."""
     redis = Redis.from_url(settings.redis_url, health_check_interval=10)
-    store = BatchStore(redis, Keys(settings.key_prefix), retention=settings.retention)
+    store = BatchStore(
+        redis,
+        Keys(settings.key_prefix),
+        retention=settings.retention,
+        limits=Limits(
+            max_pending_items=settings.max_pending_items,
+            max_batch_items=settings.max_batch_items,
+            window=settings.dispatch_window,
+        ),
+    )
     hub = ProgressHub(store)
     server = grpc.aio.server(
         options=[

@@ -64,6 +64,16 @@ def to_status(error: BatchdError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        if error.quota_subject:
+            details.append(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=error.quota_subject, description=error.quota_description
+                        )
+                    ]
+                )
+            )
     packed = []
     for detail in details:
         wrapper = any_pb2.Any()

@@ -170,6 +170,34 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         return batch_service_pb2.CancelBatchResponse(batch=convert.batch_to_proto(batch))
 
     @translate_errors
+    async def PauseBatch(
+        self, request: batch_service_pb2.PauseBatchRequest, context: Context
+    ) -> batch_service_pb2.PauseBatchResponse:
+        batch = await self.store.pause_batch(_batch_id(request.batch_id))
+        log.info("batch_paused", batch_id=batch.batch_id, state=batch.state.name)
+        return batch_service_pb2.PauseBatchResponse(batch=convert.batch_to_proto(batch))
+
+    @translate_errors
+    async def ResumeBatch(
+        self, request: batch_service_pb2.ResumeBatchRequest, context: Context
+    ) -> batch_service_pb2.ResumeBatchResponse:
+        batch = await self.store.resume_batch(_batch_id(request.batch_id))
+        log.info("batch_resumed", batch_id=batch.batch_id, state=batch.state.name)
+        return batch_service_pb2.ResumeBatchResponse(batch=convert.batch_to_proto(batch))
+
+    @translate_errors
+    async def UpdateBatch(
+        self, request: batch_service_pb2.UpdateBatchRequest, context: Context
+    ) -> batch_service_pb2.UpdateBatchResponse:
+        batch_id = _batch_id(request.batch_id)
+        violations = Violations()
+        changes = validation.check_update(violations, request.options, request.update_mask.paths)
+        violations.raise_if_any()
+        batch = await self.store.update_options(batch_id, changes)
+        log.info("batch_updated", batch_id=batch_id, **changes)
+        return batch_service_pb2.UpdateBatchResponse(batch=convert.batch_to_proto(batch))
+
+    @translate_errors
     async def RetryBatchItems(
         self, request: batch_service_pb2.RetryBatchItemsRequest, context: Context
     ) -> batch_service_pb2.RetryBatchItemsResponse:

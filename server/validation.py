@@ -131,6 +131,32 @@ def _check_options(violations: Violations, options: batch_pb2.BatchOptions) -> N
         violations.add("options.completion_window", "must be between 0 and 30 days")
 
 
+# The options UpdateBatch may change (its update_mask paths).
+UPDATE_PATHS = ("priority", "max_per_second", "burst", "max_concurrent")
+
+
+def check_update(
+    violations: Violations, options: batch_pb2.BatchOptions, paths: Iterable[str]
+) -> dict[str, Any]:
+    """Checks an UpdateBatch request's mask and values (as a submit checks them); returns
+    the changes, option name -> new value."""
+    paths = list(paths)
+    if not paths:
+        violations.add("update_mask", f"name at least one of {', '.join(UPDATE_PATHS)}")
+    changes: dict[str, Any] = {}
+    for position, path in enumerate(paths):
+        name = path.removeprefix("options.")
+        if name not in UPDATE_PATHS:
+            violations.add(
+                f"update_mask.paths[{position}]",
+                f"unknown or fixed option {path!r}: one of {', '.join(UPDATE_PATHS)}",
+            )
+        else:
+            changes[name] = getattr(options, name)
+    _check_options(violations, options)
+    return changes
+
+
 def effective_options(
     requested: batch_pb2.BatchOptions, spec: HandlerSpec, service_defaults: BatchOptions
 ) -> BatchOptions:

@@ -20,6 +20,8 @@ A chunk stops starting items when:
   every item not started;
 - the worker drains (SIGTERM): items in flight finish (within the grace period), and the
   release hands the rest back so that another worker takes it at once;
+- a flush says the batch is PAUSED: items in flight finish, and the release hands the
+  rest back (its claim parks it until the batch is resumed);
 - the lease is lost (another worker took the chunk over, the batch was deleted...): the
   items in flight finish and are recorded (first writer wins), the rest is left to the
   new owner;
@@ -200,6 +202,7 @@ class _ChunkRun:
     def _stops_starting(self) -> bool:
         return (
             self.recorder.cancelling
+            or self.recorder.paused
             or not self._ours()
             or self.runtime.draining.is_set()
             or self.queue.empty()

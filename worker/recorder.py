@@ -63,6 +63,11 @@ class Recorder:
     def cancelling(self) -> bool:
         return self.batch_state in (BatchState.CANCELLING, BatchState.CANCELLED)
 
+    @property
+    def paused(self) -> bool:
+        """The batch is paused: start nothing more, hand the rest back."""
+        return self.batch_state is BatchState.PAUSED
+
     def start(self) -> None:
         name = f"flush {self.claimed.batch_id}:{self.claimed.chunk}"
         self._task = asyncio.create_task(self._flusher(), name=name)

@@ -5,24 +5,32 @@
 -- KEYS: meta, chunks (states), running, failed, expired, attempts, ids, deadlines,
 --       leases, queue, batches; a script's own keys follow (KEYS[12] ...)
 -- ARGV: batch_id, batch key prefix, now (ms), retention (ms, 0: keep), ARQ job key
---       prefix, job function, job expiry (ms), request key prefix; a script's own
---       arguments follow (ARGV[A] ...)
+--       prefix, job function, job expiry (ms), request key prefix, the global pending
+--       counter's key; a script's own arguments follow (ARGV[A] ...)
 local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUE, BATCHES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11]
 local BATCH, PREFIX, NOW, RETENTION = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local REQUEST_PREFIX = ARGV[8]
-local A = 9
+local PENDING_TOTAL = ARGV[9]
+local A = 10
 local enqueue = make_enqueue(QUEUE, ARGV[5], ARGV[6], tonumber(ARGV[7]), NOW)
+local enqueue_due = make_enqueue_due(QUEUE, ARGV[5], ARGV[6], tonumber(ARGV[7]), NOW)
 
 local PENDING, CANCELLED, EXPIRED_ITEM = 1, 5, 6
 local QUEUED, RUNNING_BATCH, CANCELLING, COMPLETED, CANCELLED_BATCH = 1, 2, 3, 4, 6
+local PAUSED = 7
+
+-- Not finished: QUEUED, RUNNING, CANCELLING or PAUSED.
+local function is_open(state) return state <= CANCELLING or state == PAUSED end
 
 -- Per-chunk keys, as batchd.core.keys builds them.
 local function items_key(n) return PREFIX .. 'c:' .. n end
 local function outcomes_key(n) return PREFIX .. 'o:' .. n end
 local function waiting_key(n) return PREFIX .. 'w:' .. n end
 local function lease_member(n) return BATCH .. '/' .. n end
+-- SET of the chunks whose job a claim took while the batch was paused: resume re-enqueues them.
+local PARKED = PREFIX .. 'parked'
 local function chunk_job(n, tag, score) return enqueue(BATCH, n, tag, score) end
 
 local function is_claimed(state) return state ~= false and state ~= nil and string.sub(state, 1, 2) == 'r:' end
@@ -113,6 +121,7 @@ end
 -- Calls fn on every key of the batch (a chunk's w: key may be missing: no matter).
 local function each_batch_key(chunks, fn)
   for _, key in ipairs({META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS}) do fn(key) end
+  fn(PARKED)
   for n = 0, chunks - 1 do
     fn(items_key(n))
     fn(outcomes_key(n))
@@ -127,10 +136,43 @@ local function request_key()
   return nil
 end
 
+-- Keeps the global pending counter (items of every batch not yet terminal) in step with
+-- this batch: moves it by the change in the batch's terminal counts since last time
+-- (`acct` in meta; a batch without it is not counted).
+local function account()
+  local c = redis.call('HMGET', META, 'acct', 'n_ok', 'n_fail', 'n_cancel', 'n_exp')
+  if not c[1] then return end
+  local done = tonumber(c[2]) + tonumber(c[3]) + tonumber(c[4]) + tonumber(c[5] or '0')
+  local delta = done - tonumber(c[1])
+  if delta ~= 0 then
+    redis.call('HSET', META, 'acct', done)
+    redis.call('DECRBY', PENDING_TOTAL, delta)
+  end
+end
+
+-- Priority dispatch (docs/design.md, "Flow control: dispatch"): a chunk job's score is
+-- now minus (priority + 1000) * 10^7 ms, so every such job is due at once and a higher
+-- priority always comes first; equal priorities interleave by the time they were enqueued.
+local function dispatch_score(priority)
+  return NOW - (tonumber(priority or '0') + 1000) * 10000000
+end
+
+-- Enqueues the batch's next chunk not yet in the queue (meta `cursor`), if any: a claim of
+-- a fresh chunk calls it, so each batch keeps a small window of jobs in the queue.
+local function dispatch_next()
+  local c = redis.call('HMGET', META, 'cursor', 'chunks', 'prio')
+  if not c[1] then return end
+  local cursor = tonumber(c[1])
+  if cursor >= tonumber(c[2]) then return end
+  redis.call('HSET', META, 'cursor', cursor + 1)
+  enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3]))
+end
+
 -- The batch is over: state, end time, no deadline; every key kept for RETENTION.
 local function finish(state)
   redis.call('HSET', META, 'state', state, 'ended', NOW)
   redis.call('ZREM', DEADLINES, BATCH)
+  account()
   if RETENTION > 0 then
     local function expire(key) redis.call('PEXPIRE', key, RETENTION) end
     each_batch_key(tonumber(redis.call('HGET', META, 'chunks')), expire)
@@ -142,9 +184,10 @@ end
 -- Ends an unfinished batch once every item is terminal: COMPLETED, or CANCELLED if it
 -- was cancelling. Returns the batch state.
 local function settle()
+  account()
   local c = redis.call('HMGET', META, 'state', 'total', 'n_ok', 'n_fail', 'n_cancel', 'n_exp')
   local state = tonumber(c[1])
-  if state > CANCELLING then return state end
+  if not is_open(state) then return state end
   local done = tonumber(c[3]) + tonumber(c[4]) + tonumber(c[5]) + tonumber(c[6] or '0')
   if done < tonumber(c[2]) then return state end
   if state == CANCELLING then state = CANCELLED_BATCH else state = COMPLETED end

@@ -22,3 +22,22 @@ local function make_enqueue(queue, job_prefix, job_function, job_expiry, now)
     return id
   end
 end
+
+-- make_enqueue_due(...) (same arguments) returns enqueue_due(batch_id, chunk, tag, score):
+-- like enqueue, for a score that may be in the past (a priority dispatch): the job key
+-- expires `expiry` ms from now, and the id is `<batch_id>:<chunk>:<tag>` — one per tag
+-- and chunk, so a chunk is dispatched once per tag.
+local function make_enqueue_due(queue, job_prefix, job_function, job_expiry, now)
+  return function(batch_id, chunk, tag, score)
+    local id = batch_id .. ':' .. chunk .. ':' .. tag
+    local key = job_prefix .. id
+    if redis.call('EXISTS', key) == 1 then return id end
+    local payload = '\133' .. cmsgpack.pack('t') .. '\192'
+      .. cmsgpack.pack('f', job_function, 'a') .. '\146'
+      .. cmsgpack.pack(batch_id, tonumber(chunk), 'k') .. '\128'
+      .. cmsgpack.pack('et', now)
+    redis.call('SET', key, payload, 'PX', string.format('%d', job_expiry))
+    redis.call('ZADD', queue, string.format('%d', score), id)
+    return id
+  end
+end

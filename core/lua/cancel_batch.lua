@@ -1,4 +1,4 @@
--- Cancel a batch (docs/design.md, "Reliability"): QUEUED or RUNNING -> CANCELLING.
+-- Cancel a batch (docs/design.md, "Reliability"): QUEUED, RUNNING or PAUSED -> CANCELLING.
 -- Every waiting retry gets a CANCELLED record; every chunk not claimed becomes 'c', its
 -- items without a record counted cancelled; claimed chunks are left to their holders,
 -- who cancel what they have not started (or to the claim that takes over from a dead
@@ -8,7 +8,7 @@
 local m = redis.call('HMGET', META, 'state', 'total', 'chunks', 'chunk_size')
 if not m[1] then return nil end
 local state = tonumber(m[1])
-if state ~= QUEUED and state ~= RUNNING_BATCH then return state end
+if state ~= QUEUED and state ~= RUNNING_BATCH and state ~= PAUSED then return state end
 local total, count, size = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
 
 local states = {}
@@ -36,6 +36,7 @@ for n = 0, count - 1 do
   end
 end
 flush()
+redis.call('DEL', PARKED)
 
 redis.call('HINCRBY', META, 'n_cancel', cancelled)
 redis.call('HSET', META, 'state', CANCELLING)

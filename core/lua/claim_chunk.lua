@@ -5,7 +5,8 @@
 -- runnable; runnable = items with no record and not waiting. n_run moves by
 -- |runnable| - running[n]. Nothing runnable: the chunk is done ('d'), and a job is
 -- scheduled for its first retry if it has one. A cancelling batch's chunk is cancelled
--- here instead of handed out.
+-- here instead of handed out; a paused batch's chunk is parked (resume enqueues it again).
+-- The first claim of a fresh chunk enqueues the batch's next chunk (dispatch_next).
 -- Returns nil (nothing to run) or
 -- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}}
 -- where each attempt is the `attempts` entry of a runnable item that has one.
@@ -14,7 +15,7 @@ local n, token, lease_until = ARGV[A], ARGV[A + 1], ARGV[A + 2]
 local m = redis.call('HMGET', META, 'state', 'handler', 'options', 'chunk_size', 'total')
 if not m[1] then return nil end
 local state = tonumber(m[1])
-if state > CANCELLING then return nil end
+if not is_open(state) then return nil end
 local items = redis.call('GET', items_key(n))
 if not items then return nil end
 
@@ -24,6 +25,11 @@ local member = lease_member(n)
 if is_claimed(claimed) then
   local expiry = redis.call('ZSCORE', LEASES, member)
   if expiry and tonumber(expiry) > NOW then return nil end -- its holder runs every item
+end
+if state == PAUSED then
+  -- Nothing starts while paused: the chunk waits for resume, which enqueues it again.
+  redis.call('SADD', PARKED, n)
+  return nil
 end
 
 local first, len = span(n, tonumber(m[4]), tonumber(m[5]))
@@ -44,6 +50,8 @@ if state == CANCELLING then
   return nil
 end
 
+-- A fresh chunk's first claim keeps the batch's window of queued jobs full.
+if not claimed then dispatch_next() end
 set_running(n, #runnable)
 if #runnable == 0 then
   redis.call('HSET', CHUNKS, n, 'd')

@@ -3,7 +3,7 @@
 -- Returns 1 when deleted, 0 when there is no such batch, -1 when it is not finished.
 local m = redis.call('HMGET', META, 'state', 'chunks')
 if not m[1] then return 0 end
-if tonumber(m[1]) <= CANCELLING then return -1 end
+if is_open(tonumber(m[1])) then return -1 end
 local count = tonumber(m[2])
 
 local request = request_key()

@@ -7,7 +7,7 @@
 -- Returns 1 if the batch expired, else 0.
 local m = redis.call('HMGET', META, 'state', 'total', 'chunks', 'chunk_size', 'deadline')
 local state = tonumber(m[1])
-if not state or state > CANCELLING or not m[5] then
+if not state or not is_open(state) or not m[5] then
   redis.call('ZREM', DEADLINES, BATCH)
   return 0
 end

@@ -120,13 +120,14 @@ end
 if requeued > 0 then
   redis.call('HINCRBY', META, 'n_fail', -n_fail)
   redis.call('HINCRBY', META, 'n_exp', -n_exp)
-  if state > CANCELLING then
+  if not is_open(state) then
     redis.call('HDEL', META, 'ended')
     each_batch_key(count, function(key) redis.call('PERSIST', key) end)
     local request = request_key()
     if request then redis.call('PERSIST', request) end
   end
-  if state ~= QUEUED then redis.call('HSET', META, 'state', RUNNING_BATCH) end
+  if state ~= QUEUED and state ~= PAUSED then redis.call('HSET', META, 'state', RUNNING_BATCH) end
+  account()
   if window > 0 then
     redis.call('HSET', META, 'deadline', NOW + window)
     redis.call('ZADD', DEADLINES, NOW + window, BATCH)

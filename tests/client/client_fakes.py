@@ -211,6 +211,25 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         await self._enter("DeleteBatch", request, context)
         return pb.DeleteBatchResponse()
 
+    async def PauseBatch(self, request: Any, context: Any) -> pb.PauseBatchResponse:
+        await self._enter("PauseBatch", request, context)
+        return pb.PauseBatchResponse(
+            batch=make_batch(request.batch_id, state=batch_pb2.BATCH_STATE_PAUSED)
+        )
+
+    async def ResumeBatch(self, request: Any, context: Any) -> pb.ResumeBatchResponse:
+        await self._enter("ResumeBatch", request, context)
+        return pb.ResumeBatchResponse(
+            batch=make_batch(request.batch_id, state=batch_pb2.BATCH_STATE_RUNNING)
+        )
+
+    async def UpdateBatch(self, request: Any, context: Any) -> pb.UpdateBatchResponse:
+        await self._enter("UpdateBatch", request, context)
+        batch = make_batch(request.batch_id, state=batch_pb2.BATCH_STATE_RUNNING)
+        for path in request.update_mask.paths:
+            setattr(batch.options, path, getattr(request.options, path))
+        return pb.UpdateBatchResponse(batch=batch)
+
     async def ListBatchItems(self, request: Any, context: Any) -> pb.ListBatchItemsResponse:
         await self._enter("ListBatchItems", request, context)
         wanted = set(request.states)

@@ -77,11 +77,13 @@ async def test_commit_makes_the_batch_visible_and_runnable(
     listed, _ = await store.list_batches(10, "", [])
     assert [b.batch_id for b in listed] == [spec.batch_id]
 
-    # One ARQ job per chunk, queued now, carrying only (batch_id, chunk).
+    # One ARQ job per chunk (the dispatch window is larger), due now at the batch's
+    # priority, carrying only (batch_id, chunk).
     queued = await redis.zrange(keys.queue, 0, -1, withscores=True)
     job_ids = sorted(member.decode() for member, _ in queued)
     assert job_ids == [f"{spec.batch_id}:{n}" for n in range(3)]
-    assert {int(score) for _, score in queued} == {round(batch.create_time * 1000)}
+    created_ms = round(batch.create_time * 1000)
+    assert {int(score) for _, score in queued} == {jobs.dispatch_score(created_ms, 0)}
     for n in range(3):
         raw = await redis.get(f"arq:job:{spec.batch_id}:{n}")
         assert raw is not None

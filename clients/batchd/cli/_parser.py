@@ -27,6 +27,8 @@ examples:
   batchd watch BATCH_ID
   batchd items BATCH_ID --state failed
   batchd retry BATCH_ID
+  batchd pause BATCH_ID; batchd resume BATCH_ID
+  batchd update BATCH_ID --priority 10 --max-per-second 20
   batchd list --state running --json | jq .batch_id
 
 The server is --target, else ${TARGET_ENV}, else {DEFAULT_TARGET}.
@@ -171,6 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = verb("cancel", "cancel a batch (idempotent)")
     cancel.add_argument("batch_id", metavar="BATCH_ID")
     _add_json(cancel)
+
+    pause = verb("pause", "pause a queued or running batch: no new item starts (idempotent)")
+    pause.add_argument("batch_id", metavar="BATCH_ID")
+    _add_json(pause)
+
+    resume = verb("resume", "resume a paused batch (idempotent)")
+    resume.add_argument("batch_id", metavar="BATCH_ID")
+    _add_json(resume)
+
+    update = verb("update", "change a batch's priority, rate or concurrency while it runs")
+    update.add_argument("batch_id", metavar="BATCH_ID")
+    update.add_argument("--priority", type=int, metavar="N", help="higher runs first")
+    update.add_argument(
+        "--max-per-second",
+        type=float,
+        metavar="RATE",
+        help="items started per second (0: no limit)",
+    )
+    update.add_argument("--burst", type=int, metavar="N", help="starts allowed above the rate")
+    update.add_argument(
+        "--max-concurrent", type=int, metavar="N", help="items in flight (0: no limit)"
+    )
+    _add_json(update)
 
     retry = verb("retry", "run FAILED and EXPIRED items again; the batch returns to RUNNING")
     retry.add_argument("batch_id", metavar="BATCH_ID")

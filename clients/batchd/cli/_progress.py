@@ -27,6 +27,7 @@ _STATE_STYLES = {
     BatchState.COMPLETED: "green",
     BatchState.FAILED: "red",
     BatchState.CANCELLED: "magenta",
+    BatchState.PAUSED: "yellow",
 }
 
 

@@ -26,6 +26,7 @@ from batchd.cli._progress import follow
 from batchd.client import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
+    Batch,
     BatchdError,
     BatchOptions,
     BatchState,
@@ -165,6 +166,53 @@ def _cancel(client: Client, args: argparse.Namespace, io: _Io) -> int:
     return 0
 
 
+def _print_state(batch: Batch, args: argparse.Namespace, io: _Io) -> int:
+    if args.json:
+        print_json(batch, io.out)
+    else:
+        print(f"{batch.batch_id} {batch.state.name}", file=io.out)
+    return 0
+
+
+def _pause(client: Client, args: argparse.Namespace, io: _Io) -> int:
+    return _print_state(client.pause(args.batch_id), args, io)
+
+
+def _resume(client: Client, args: argparse.Namespace, io: _Io) -> int:
+    return _print_state(client.resume(args.batch_id), args, io)
+
+
+def _update(client: Client, args: argparse.Namespace, io: _Io) -> int:
+    changes = {
+        "priority": args.priority,
+        "max_per_second": args.max_per_second,
+        "burst": args.burst,
+        "max_concurrent": args.max_concurrent,
+    }
+    if all(value is None for value in changes.values()):
+        raise _UsageError(
+            "update: give at least one of --priority, --max-per-second, --burst, --max-concurrent"
+        )
+    batch = client.update(
+        args.batch_id,
+        priority=args.priority,
+        max_per_second=args.max_per_second,
+        burst=args.burst,
+        max_concurrent=args.max_concurrent,
+    )
+    if args.json:
+        print_json(batch, io.out)
+    else:
+        options = batch.options
+        print(
+            f"{batch.batch_id} {batch.state.name}: priority {options.priority}, "
+            f"max_per_second {options.max_per_second}, burst {options.burst}, "
+            f"max_concurrent {options.max_concurrent}",
+            file=io.out,
+        )
+    return 0
+
+
 def _retry(client: Client, args: argparse.Namespace, io: _Io) -> int:
     result = client.retry(args.batch_id, args.custom_ids, request_id=args.request_id)
     if args.json:
@@ -209,6 +257,9 @@ _COMMANDS: dict[str, Command] = {
     "list": _list,
     "cancel": _cancel,
     "retry": _retry,
+    "pause": _pause,
+    "resume": _resume,
+    "update": _update,
     "delete": _delete,
     "items": _items,
     "handlers": _handlers,

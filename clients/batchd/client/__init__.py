@@ -24,7 +24,7 @@ Errors: every failed call raises `BatchdError` (`.code`, a `grpc.StatusCode`;
 """
 
 from batchd.client._async import AsyncClient
-from batchd.client._errors import BatchdError, FieldViolation
+from batchd.client._errors import BatchdError, FieldViolation, QuotaViolation
 from batchd.client._items import ItemLike, Params, to_item
 from batchd.client._requests import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from batchd.client._sync import Client
@@ -64,6 +64,7 @@ __all__ = [
     "ItemState",
     "Page",
     "Params",
+    "QuotaViolation",
     "RetryPolicy",
     "RetryResult",
     "SubmitResult",

@@ -26,6 +26,7 @@ from batchd.client._requests import (
     list_batches_request,
     list_items_request,
     submit_request,
+    update_request,
     upload_header,
     watch_request,
 )
@@ -197,6 +198,44 @@ class AsyncClient:
         request = batch_service_pb2.CancelBatchRequest(batch_id=batch_id)
         with rpc_errors():
             response = await self._stub.CancelBatch(request, timeout=self._timeout)
+        return Batch.from_proto(response.batch)
+
+    async def pause(self, batch_id: str) -> Batch:
+        """Pauses a QUEUED or RUNNING batch: no new item starts, running ones finish.
+        Idempotent. FAILED_PRECONDITION when the batch is finished or cancelling."""
+        request = batch_service_pb2.PauseBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            response = await self._stub.PauseBatch(request, timeout=self._timeout)
+        return Batch.from_proto(response.batch)
+
+    async def resume(self, batch_id: str) -> Batch:
+        """Resumes a PAUSED batch. Idempotent. FAILED_PRECONDITION when the batch is
+        finished or cancelling."""
+        request = batch_service_pb2.ResumeBatchRequest(batch_id=batch_id)
+        with rpc_errors():
+            response = await self._stub.ResumeBatch(request, timeout=self._timeout)
+        return Batch.from_proto(response.batch)
+
+    async def update(
+        self,
+        batch_id: str,
+        *,
+        priority: int | None = None,
+        max_per_second: float | None = None,
+        burst: int | None = None,
+        max_concurrent: int | None = None,
+    ) -> Batch:
+        """Changes the options given (the others are kept) of a queued, running or paused
+        batch. INVALID_ARGUMENT when none is given or a value is out of range."""
+        request = update_request(
+            batch_id,
+            priority=priority,
+            max_per_second=max_per_second,
+            burst=burst,
+            max_concurrent=max_concurrent,
+        )
+        with rpc_errors():
+            response = await self._stub.UpdateBatch(request, timeout=self._timeout)
         return Batch.from_proto(response.batch)
 
     async def retry(

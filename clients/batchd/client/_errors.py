@@ -5,6 +5,8 @@
       .message                  the status message
       .field_violations         [FieldViolation(field, description)] from google.rpc.BadRequest
       .retry_after              seconds, from google.rpc.RetryInfo; None without one
+      .quota_violations         [QuotaViolation(subject, description)] from
+                                google.rpc.QuotaFailure: which limit was reached
 
 The service sends rich errors (AIP-193): a `google.rpc.Status` in the
 `grpc-status-details-bin` trailer. Items the client cannot encode raise the same
@@ -23,7 +25,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-__all__ = ["BatchdError", "FieldViolation", "rpc_errors"]
+__all__ = ["BatchdError", "FieldViolation", "QuotaViolation", "rpc_errors"]
 
 _log = logging.getLogger("batchd.client")
 
@@ -36,6 +38,14 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    """A limit a request ran into (RESOURCE_EXHAUSTED), e.g. `max_pending_items`."""
+
+    subject: str
+    description: str
+
+
 class BatchdError(Exception):
     """A failed batchd call: a gRPC status code, a message and the rich details."""
 
@@ -43,6 +53,7 @@ class BatchdError(Exception):
     message: str
     field_violations: list[FieldViolation]
     retry_after: float | None
+    quota_violations: list[QuotaViolation]
 
     def __init__(
         self,
@@ -50,12 +61,14 @@ class BatchdError(Exception):
         message: str,
         field_violations: Sequence[FieldViolation] = (),
         retry_after: float | None = None,
+        quota_violations: Sequence[QuotaViolation] = (),
     ) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.field_violations = list(field_violations)
         self.retry_after = retry_after
+        self.quota_violations = list(quota_violations)
 
     def __str__(self) -> str:
         text = f"{self.code.name}: {self.message}"
@@ -79,9 +92,11 @@ class BatchdError(Exception):
             return cls(code, message)
         violations: list[FieldViolation] = []
         retry_after: float | None = None
+        quotas: list[QuotaViolation] = []
         for detail in status.details:
             bad_request = error_details_pb2.BadRequest()
             retry_info = error_details_pb2.RetryInfo()
+            quota = error_details_pb2.QuotaFailure()
             # Unpack() is False for a detail of another type.
             if detail.Unpack(bad_request):
                 violations.extend(
@@ -89,7 +104,9 @@ class BatchdError(Exception):
                 )
             elif detail.Unpack(retry_info):
                 retry_after = retry_info.retry_delay.ToTimedelta().total_seconds()
-        return cls(code, status.message or message, violations, retry_after)
+            elif detail.Unpack(quota):
+                quotas.extend(QuotaViolation(v.subject, v.description) for v in quota.violations)
+        return cls(code, status.message or message, violations, retry_after, quotas)
 
     @classmethod
     def invalid_argument(cls, field: str, description: str) -> BatchdError:

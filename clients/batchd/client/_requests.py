@@ -151,3 +151,26 @@ def watch_request(
         min_interval=None if min_interval is None else _seconds(min_interval),
         heartbeat_interval=None if heartbeat_interval is None else _seconds(heartbeat_interval),
     )
+
+
+def update_request(
+    batch_id: str,
+    *,
+    priority: int | None,
+    max_per_second: float | None,
+    burst: int | None,
+    max_concurrent: int | None,
+) -> batch_service_pb2.UpdateBatchRequest:
+    """An UpdateBatchRequest setting the options given (not None), and only those."""
+    values = {
+        "priority": priority,
+        "max_per_second": max_per_second,
+        "burst": burst,
+        "max_concurrent": max_concurrent,
+    }
+    given = {name: value for name, value in values.items() if value is not None}
+    request = batch_service_pb2.UpdateBatchRequest(batch_id=batch_id)
+    for name, value in given.items():
+        setattr(request.options, name, value)
+    request.update_mask.paths.extend(given)
+    return request

@@ -1,0 +1,206 @@
+"""Dispatch control in the store: pause parks chunks and resume re-enqueues them, the
+per-batch window of queued jobs, priority scores, option updates and the global pending
+counter behind admission limits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from batchd.core import jobs
+from batchd.core.domain import (
+    BatchOptions,
+    BatchRecord,
+    BatchSpec,
+    BatchState,
+    ItemOutcome,
+    ItemState,
+    NewItem,
+)
+from batchd.core.errors import Exhausted, FailedPrecondition
+from batchd.core.keys import Keys
+from batchd.core.store import BatchStore, Limits
+
+from .conftest import Consistent
+
+
+async def submit(
+    store: BatchStore, total: int, *, chunk_size: int = 2, priority: int = 0
+) -> BatchRecord:
+    spec = BatchSpec(
+        batch_id=f"b-{uuid.uuid4().hex[:12]}",
+        handler="test.echo",
+        options=BatchOptions(chunk_size=chunk_size, priority=priority),
+        metadata={},
+    )
+    session = await store.begin_upload(spec)
+    await session.add_items(NewItem(f"item-{i}", b"{}") for i in range(total))
+    batch, _ = await session.commit()
+    return batch
+
+
+async def queued(redis: Redis, keys: Keys, batch_id: str) -> dict[str, int]:
+    entries = await redis.zrange(keys.queue, 0, -1, withscores=True)
+    return {
+        bytes(member).decode(): int(score)
+        for member, score in entries
+        if bytes(member).decode().startswith(f"{batch_id}:")
+    }
+
+
+def chunks_of(jobs_queued: dict[str, int]) -> list[int]:
+    return sorted(int(job_id.split(":")[1]) for job_id in jobs_queued)
+
+
+def succeeded(index: int) -> ItemOutcome:
+    return ItemOutcome(index, ItemState.SUCCEEDED, 1, None, None, output_json=b"{}")
+
+
+@pytest.fixture
+def windowed(redis: Redis, keys: Keys, clock: Callable[[], float]) -> BatchStore:
+    return BatchStore(redis, keys, clock=clock, limits=Limits(window=2))
+
+
+async def test_a_window_of_jobs_is_queued_and_each_claim_adds_the_next(
+    windowed: BatchStore, redis: Redis, keys: Keys
+) -> None:
+    batch = await submit(windowed, 10, chunk_size=2)  # 5 chunks
+    assert chunks_of(await queued(redis, keys, batch.batch_id)) == [0, 1]
+    await windowed.claim_chunk(batch.batch_id, 0, lease_ttl=30)
+    assert chunks_of(await queued(redis, keys, batch.batch_id)) == [0, 1, 2]
+    # A second claim of the same chunk (a duplicate job) dispatches nothing more.
+    await windowed.claim_chunk(batch.batch_id, 0, lease_ttl=30)
+    assert chunks_of(await queued(redis, keys, batch.batch_id)) == [0, 1, 2]
+    for n in (1, 2, 3):
+        await windowed.claim_chunk(batch.batch_id, n, lease_ttl=30)
+    await windowed.claim_chunk(batch.batch_id, 4, lease_ttl=30)
+    assert chunks_of(await queued(redis, keys, batch.batch_id)) == [0, 1, 2, 3, 4]
+
+
+async def test_a_higher_priority_is_always_earlier_and_every_job_is_due(
+    store: BatchStore, redis: Redis, keys: Keys, advance: Callable[[float], float]
+) -> None:
+    low = await submit(store, 2, priority=0)
+    advance(3600)  # an hour later, and still ahead
+    high = await submit(store, 2, priority=1)
+    (low_score,) = (await queued(redis, keys, low.batch_id)).values()
+    (high_score,) = (await queued(redis, keys, high.batch_id)).values()
+    assert high_score < low_score <= round(store.clock() * 1000)
+
+
+async def test_an_update_moves_the_queued_jobs_and_keeps_the_other_options(
+    store: BatchStore, redis: Redis, keys: Keys
+) -> None:
+    batch = await submit(store, 4, chunk_size=2)
+    before = await queued(redis, keys, batch.batch_id)
+    updated = await store.update_options(batch.batch_id, {"priority": 3, "max_per_second": 7.5})
+    assert (updated.options.priority, updated.options.max_per_second) == (3, 7.5)
+    assert updated.options.chunk_size == 2
+    after = await queued(redis, keys, batch.batch_id)
+    step = jobs.PRIORITY_STEP_MS
+    assert after == {job_id: score - 3 * step for job_id, score in before.items()}
+
+
+async def test_pause_parks_claims_and_resume_queues_them_again(
+    store: BatchStore, redis: Redis, keys: Keys, consistent: Consistent
+) -> None:
+    batch = await submit(store, 4, chunk_size=2)
+    claimed = await store.claim_chunk(batch.batch_id, 0, lease_ttl=30)
+    assert claimed is not None
+    paused = await store.pause_batch(batch.batch_id)
+    assert paused.state is BatchState.PAUSED
+    assert (await store.pause_batch(batch.batch_id)).state is BatchState.PAUSED  # idempotent
+    # A claim while paused starts nothing; the holder learns of the pause from its record.
+    assert await store.claim_chunk(batch.batch_id, 1, lease_ttl=30) is None
+    result = await store.record_outcomes(
+        batch.batch_id, 0, [succeeded(0)], token=claimed.token, release=True
+    )
+    assert result.state is BatchState.PAUSED
+    # The hand-back's job comes, and parks too.
+    assert await store.claim_chunk(batch.batch_id, 0, lease_ttl=30) is None
+    parked = await redis.smembers(keys.parked(batch.batch_id))  # type: ignore[misc]
+    assert sorted(int(n) for n in parked) == [0, 1]
+    counts = await consistent(batch.batch_id)
+    assert (counts.succeeded, counts.pending, counts.running) == (1, 3, 0)
+
+    await redis.delete(keys.queue)  # resume alone must bring the chunks back
+    resumed = await store.resume_batch(batch.batch_id)
+    assert resumed.state is BatchState.RUNNING
+    assert chunks_of(await queued(redis, keys, batch.batch_id)) == [0, 1]
+    assert not await redis.exists(keys.parked(batch.batch_id))
+    assert (await store.resume_batch(batch.batch_id)).state is BatchState.RUNNING
+    again = await store.claim_chunk(batch.batch_id, 0, lease_ttl=30)
+    assert again is not None
+    assert [i for i, _, _ in again.items] == [1]
+
+
+async def test_a_paused_batch_can_be_cancelled_but_not_a_finished_one_paused(
+    store: BatchStore, consistent: Consistent
+) -> None:
+    batch = await submit(store, 4, chunk_size=2)
+    await store.pause_batch(batch.batch_id)
+    await store.claim_chunk(batch.batch_id, 0, lease_ttl=30)  # parked
+    cancelled = await store.cancel_batch(batch.batch_id)
+    assert cancelled.state is BatchState.CANCELLED
+    assert (await consistent(batch.batch_id)).cancelled == 4
+    with pytest.raises(FailedPrecondition):
+        await store.pause_batch(batch.batch_id)
+    with pytest.raises(FailedPrecondition):
+        await store.resume_batch(batch.batch_id)
+    with pytest.raises(FailedPrecondition):
+        await store.update_options(batch.batch_id, {"priority": 1})
+
+
+async def test_a_paused_batch_whose_last_items_finish_completes(store: BatchStore) -> None:
+    batch = await submit(store, 2, chunk_size=2)
+    claimed = await store.claim_chunk(batch.batch_id, 0, lease_ttl=30)
+    assert claimed is not None
+    await store.pause_batch(batch.batch_id)
+    result = await store.record_outcomes(
+        batch.batch_id, 0, [succeeded(0), succeeded(1)], token=claimed.token, release=True
+    )
+    assert result.state is BatchState.COMPLETED
+
+
+async def test_the_pending_counter_follows_commits_outcomes_and_cancels(
+    store: BatchStore,
+) -> None:
+    start = await store.pending_items()
+    batch = await submit(store, 6, chunk_size=2)
+    assert await store.pending_items() == start + 6
+    claimed = await store.claim_chunk(batch.batch_id, 0, lease_ttl=30)
+    assert claimed is not None
+    await store.record_outcomes(
+        batch.batch_id, 0, [succeeded(0)], token=claimed.token, release=False
+    )
+    assert await store.pending_items() == start + 5
+    await store.cancel_batch(batch.batch_id)
+    # The running item is still pending until its holder records it.
+    assert await store.pending_items() == start + 1
+    await store.record_outcomes(
+        batch.batch_id, 0, [succeeded(1)], token=claimed.token, release=True
+    )
+    assert await store.pending_items() == start
+
+
+async def test_admission_refuses_beyond_the_limits_and_keeps_nothing(
+    redis: Redis, keys: Keys, clock: Callable[[], float]
+) -> None:
+    store = BatchStore(
+        redis, keys, clock=clock, limits=Limits(max_pending_items=10, max_batch_items=8)
+    )
+    with pytest.raises(Exhausted) as per_batch:
+        await submit(store, 9, chunk_size=2)
+    assert per_batch.value.quota_subject == "max_batch_items"
+    await submit(store, 6, chunk_size=2)
+    with pytest.raises(Exhausted) as overall:
+        await submit(store, 5, chunk_size=2)
+    assert overall.value.quota_subject == "max_pending_items"
+    assert overall.value.retry_after > 0
+    batches, _ = await store.list_batches(10, "", [])
+    assert len(batches) == 1
+    leftovers = [key async for key in redis.scan_iter(match=f"{keys.prefix}b:*", count=1000)]
+    assert all(batches[0].batch_id.encode() in key for key in leftovers)
