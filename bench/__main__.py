@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench import upload_noop
+from bench import fairness, upload_noop
 
 if __name__ == "__main__":
     upload_noop.main()
+    fairness.main()

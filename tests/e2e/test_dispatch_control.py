@@ -78,12 +78,25 @@ async def service(redis_url: str, starts: Starts, **overrides: Any) -> AsyncIter
             finally:
                 await channel.close()
     finally:
+        # Let the jobs still queued (those of cancelled batches end at their claim) run
+        # out, so that stopping the worker cuts no job short.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await _idle(worker, redis, Keys(settings.key_prefix))
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await worker.close()
         await server.stop(grace=0)
         await redis.aclose()
+
+
+async def _idle(worker: Any, redis: Redis, keys: Keys) -> None:
+    def busy() -> bool:
+        return any(not task.done() for task in worker.tasks.values())
+
+    while await redis.zcard(keys.queue) or busy():  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
 
 
 def items(count: int, prefix: str = "i") -> list[tuple[str, dict[str, Any]]]:
