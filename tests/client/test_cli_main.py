@@ -356,3 +356,19 @@ async def test_follow_on_a_terminal_ends_with_the_final_state(
     assert await asyncio.to_thread(watch) == 0
     assert "COMPLETED" in screen.getvalue()
     assert err.getvalue() == ""
+
+
+async def test_pause_resume_and_update(
+    service: FakeBatchService, server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run(server, "pause", "b4") == 0
+    assert capsys.readouterr().out == "b4 PAUSED\n"
+    assert await run(server, "resume", "b4") == 0
+    assert capsys.readouterr().out == "b4 RUNNING\n"
+    assert await run(server, "update", "b4", "--priority", "5", "--max-per-second", "2.5") == 0
+    assert capsys.readouterr().out.startswith("b4 RUNNING: priority 5, max_per_second 2.5,")
+    request = service.requests[-1]
+    assert isinstance(request, batch_service_pb2.UpdateBatchRequest)
+    assert sorted(request.update_mask.paths) == ["max_per_second", "priority"]
+    assert await run(server, "update", "b4") == 2  # nothing to change
+    assert "--priority" in capsys.readouterr().err

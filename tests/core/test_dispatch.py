@@ -204,3 +204,46 @@ async def test_admission_refuses_beyond_the_limits_and_keeps_nothing(
     assert len(batches) == 1
     leftovers = [key async for key in redis.scan_iter(match=f"{keys.prefix}b:*", count=1000)]
     assert all(batches[0].batch_id.encode() in key for key in leftovers)
+
+
+async def test_a_retry_due_while_paused_waits_and_the_window_keeps_running(
+    store: BatchStore,
+    redis: Redis,
+    keys: Keys,
+    clock: Callable[[], float],
+    advance: Callable[[float], float],
+    consistent: Consistent,
+) -> None:
+    spec = BatchSpec(
+        batch_id=f"b-{uuid.uuid4().hex[:12]}",
+        handler="test.echo",
+        options=BatchOptions(chunk_size=2, completion_window=60),
+        metadata={},
+    )
+    session = await store.begin_upload(spec)
+    await session.add_items(NewItem(f"item-{i}", b"{}") for i in range(4))
+    batch, _ = await session.commit()
+    before = await store.pending_items() - 4  # the counter without this batch
+    claimed = await store.claim_chunk(batch.batch_id, 0, lease_ttl=30)
+    assert claimed is not None
+    retry = ItemOutcome(0, ItemState.PENDING, 1, None, None, error_code=14, retry_at=clock() + 5)
+    await store.record_outcomes(
+        batch.batch_id, 0, [retry, succeeded(1)], token=claimed.token, release=True
+    )
+    await store.pause_batch(batch.batch_id)
+    advance(10)  # the retry is due, the batch paused: its job's claim parks the chunk
+    assert await store.claim_chunk(batch.batch_id, 0, lease_ttl=30) is None
+    parked = await redis.smembers(keys.parked(batch.batch_id))  # type: ignore[misc]
+    assert {int(n) for n in parked} == {0}
+    assert (await consistent(batch.batch_id)).pending == 3
+
+    advance(60)  # past the completion window: a paused batch expires too
+    assert await store.expire_batches() == 1
+    expired = await store.get_batch(batch.batch_id)
+    assert expired.state is BatchState.COMPLETED
+    assert (expired.counts.succeeded, expired.counts.expired) == (1, 3)
+    assert await store.pending_items() == before
+    # A redrive puts them back in the pending count.
+    _, requeued, _ = await store.retry_items(batch.batch_id, [], "")
+    assert requeued == 3
+    assert await store.pending_items() == before + 3
