@@ -66,6 +66,12 @@ class Keys:
         """STRING `<requeued>:<batch_id>`: what a RetryBatchItems request_id did."""
         return f"{self.prefix}redrive:{request_id}"
 
+    def rate_key(self, name: str) -> str:
+        """HASH: the token bucket of a rate-limit key shared across batches (a
+        BatchOptions.rate_limit_key, or a handler's key such as `host:api.example:443`);
+        see core/lua/_flow.lua. The name is its own hash tag."""
+        return f"{self.prefix}rate:{{{name}}}"
+
     @staticmethod
     def lease_member(batch_id: str, chunk: int) -> str:
         """A chunk's member in `leases`."""
@@ -129,6 +135,15 @@ class Keys:
         """ZSET of the global indexes of EXPIRED items that have an outcome record (the
         items of an `x` chunk without one are EXPIRED too)."""
         return f"{self._batch(batch_id)}:expired"
+
+    def rate(self, batch_id: str) -> str:
+        """HASH: the batch's own token bucket (max_per_second, adaptive back-off)."""
+        return f"{self._batch(batch_id)}:rate"
+
+    def slots(self, batch_id: str) -> str:
+        """HASH chunk number -> `<token>:<count>`: max_concurrent slots held by the
+        holders of the batch's claimed chunks (live only with the chunk's lease)."""
+        return f"{self._batch(batch_id)}:slots"
 
     def chunk_job_id(self, batch_id: str, chunk: int) -> str:
         """The ARQ job id of a chunk: unique, so a chunk is never queued twice."""

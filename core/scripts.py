@@ -51,6 +51,11 @@ class Scripts:
         self.renew_leases: AsyncScript = redis.register_script(_source("renew_leases.lua"))
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
         self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
+        # Flow control (batchd.core.flow): token buckets, and max_concurrent slots.
+        flow = _source("_flow.lua")
+        self.take_permits: AsyncScript = redis.register_script(flow + _source("take_permits.lua"))
+        self.slow_down: AsyncScript = redis.register_script(flow + _source("slow_down.lua"))
+        self.hold_slots = per_batch("hold_slots.lua")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from batchd.core import claims, codec, dispatch, lifecycle, listing
+from batchd.core import claims, codec, dispatch, flow, lifecycle, listing
 from batchd.core.claims import RecordResult
 from batchd.core.domain import (
     BatchRecord,
@@ -276,6 +276,61 @@ class BatchStore:
             outcomes,
             token=token,
             release=release,
+            now_ms=self._now_ms(),
+        )
+
+    # -- flow control (batchd.core.flow) --------------------------------------------
+    async def take_permits(
+        self,
+        buckets: Sequence[flow.Bucket],
+        want: int,
+        *,
+        used: int = 0,
+        ok: int = 0,
+        now: float | None = None,
+    ) -> flow.Grant:
+        """Up to `want` start permits from every one of `buckets` at once (consumed now),
+        or how long to wait for them; `used`: starts made in the last free period beyond
+        what it granted, `ok`: items ended without a slow-down since (both for the
+        observed rates). The buckets run on Redis' clock unless `now` is given."""
+        return await flow.take_permits(self._scripts, buckets, want, used, now, ok)
+
+    async def slow_down(
+        self,
+        bucket: flow.Bucket,
+        *,
+        started: float | None = None,
+        used: int = 0,
+        ok: int = 0,
+        retry_after: float | None = None,
+        now: float | None = None,
+    ) -> tuple[bool, float]:
+        """The downstream asked to slow down: cuts the bucket's rate for every worker
+        (unless the item that saw it started before the last cut, or the last cut's
+        `retry_after` still holds) and starts nothing on it for `retry_after` seconds.
+        Returns (cut, rate)."""
+        return await flow.slow_down(self._scripts, bucket, started, now, used, ok, retry_after)
+
+    async def effective_rate(self, batch: BatchRecord, now: float | None = None) -> float:
+        """The start rate in force for the batch (items/s): its bucket's current rate,
+        below max_per_second while slowed down; 0 when unlimited."""
+        buckets = flow.buckets_for(self.keys, batch.batch_id, batch.options)
+        return (await flow.take_permits(self._scripts, buckets, 0, 0, now)).rate
+
+    async def hold_slots(
+        self, batch_id: str, chunk: int, token: str, count: int, *, limit: int
+    ) -> int:
+        """The holder of claimed chunk (`chunk`, `token`) asks to hold `count` of the
+        batch's `limit` (max_concurrent) slots; returns how many it holds now. Holdings
+        live only with their chunk's lease."""
+        return await flow.hold_slots(
+            self._scripts,
+            self._scope,
+            batch_id,
+            chunk,
+            token,
+            count,
+            limit,
             now_ms=self._now_ms(),
         )
 
