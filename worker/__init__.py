@@ -12,6 +12,7 @@ from batchd.worker.handler import (
     ItemContext,
     PermanentError,
     RetryableError,
+    SlowDown,
     WorkerInfo,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "ItemContext",
     "PermanentError",
     "RetryableError",
+    "SlowDown",
     "WorkerInfo",
 ]

@@ -18,18 +18,27 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 
 from batchd.core.domain import ClaimedChunk, ItemOutcome, ItemState
-from batchd.worker.handler import Code, Handler, HandlerError, ItemContext, RetryableError
+from batchd.worker.handler import (
+    Code,
+    Handler,
+    HandlerError,
+    ItemContext,
+    RetryableError,
+    SlowDown,
+)
 from batchd.worker.retry import retry_delay
 
-__all__ = ["Item", "run_item"]
+__all__ = ["Item", "OnSlowDown", "run_item"]
 
 Item = tuple[int, str, bytes]  # (global index, custom_id, params_json)
+# Told when a handler raised SlowDown, with the attempt's start (time.time()).
+OnSlowDown = Callable[[SlowDown, float], Awaitable[None]]
 
 
 async def run_item(
@@ -37,8 +46,11 @@ async def run_item(
     claimed: ClaimedChunk,
     item: Item,
     log: structlog.typing.FilteringBoundLogger,
+    *,
+    on_slow_down: OnSlowDown | None = None,
 ) -> ItemOutcome:
-    """Runs the next attempt of `item`; never raises but CancelledError from outside."""
+    """Runs the next attempt of `item`; never raises but CancelledError from outside.
+    `on_slow_down` hears of a SlowDown first (flow control's adaptive back-off)."""
     index, custom_id, params_json = item
     before = int(claimed.attempts.get(index, 0))
     item_log = log.bind(custom_id=custom_id)
@@ -57,6 +69,8 @@ async def run_item(
     try:
         output = await _attempt(handler, claimed.options.item_timeout, params, ctx)
     except RetryableError as exc:
+        if isinstance(exc, SlowDown) and on_slow_down is not None:
+            await on_slow_down(exc, start)
         return _retry_or_fail(claimed, index, attempt, start, exc, item_log)
     except HandlerError as exc:
         return _failed(index, attempt, start, exc.code, exc.message)

@@ -37,7 +37,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from arq import Retry
@@ -48,6 +48,7 @@ from batchd.core.errors import NotFound
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 from batchd.worker.attempts import Item, run_item
+from batchd.worker.flow import FlowGate, PermitPool
 from batchd.worker.handler import Handler
 from batchd.worker.leases import Lease, LeaseKeeper
 from batchd.worker.recorder import FlushFailed, Recorder
@@ -81,6 +82,8 @@ class WorkerRuntime:
     # back, for another worker, with what they have not started.
     draining: asyncio.Event
     leases: LeaseKeeper
+    # Rate-limit permits, shared by the process's chunk runs (batchd.worker.flow).
+    permits: PermitPool = field(default_factory=PermitPool)
 
 
 class ChunkEnd(enum.Enum):
@@ -140,12 +143,23 @@ class _ChunkRun:
         self.log = log.bind(batch_id=claimed.batch_id, chunk=claimed.chunk)
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.recorder = Recorder(runtime.store, claimed, runtime.settings, self.log)
+        self.gate = FlowGate(
+            runtime.store,
+            claimed,
+            handler,
+            runtime.slots,
+            runtime.permits,
+            self.queue.qsize,
+            self.log,
+        )
 
     async def run(self) -> ChunkEnd:
         claimed, started = self.claimed, time.monotonic()
         for item in claimed.items:
             self.queue.put_nowait(item)
         pool = min(len(claimed.items), max(self.runtime.settings.worker_concurrency, 1))
+        if claimed.options.max_concurrent > 0:  # more consumers could only wait for slots
+            pool = min(pool, claimed.options.max_concurrent)
         self.log.info(
             "chunk_started", handler=claimed.handler, items=len(claimed.items), consumers=pool
         )
@@ -190,26 +204,35 @@ class _ChunkRun:
     # -- consumers -------------------------------------------------------------------
     async def _consume(self) -> None:
         while await self._may_start():
-            async with self.runtime.slots:
-                if not self._can_start_now():
+            item = self.queue.get_nowait()
+            # Flow limits (batchd.worker.flow), then the worker-wide slot.
+            async with self.gate.admit(item, self._halted) as admission:
+                if admission is None or self._halted():
+                    self.queue.put_nowait(item)  # not started: back for the next look
                     continue  # things changed while waiting for a slot: look again
-                item = self.queue.get_nowait()
-                outcome = await run_item(self.handler, self.claimed, item, self.log)
+                outcome = await run_item(
+                    self.handler, self.claimed, item, self.log, on_slow_down=admission.slow_down
+                )
             self.recorder.add([outcome])
             # A handler that never awaits would otherwise starve flushes and renewals.
             await asyncio.sleep(0)
 
-    def _stops_starting(self) -> bool:
+    def _stops_starting(self, holding: bool = False) -> bool:
+        """`holding`: asked by a consumer holding an item it took out of the queue."""
         return (
             self.recorder.cancelling
             or self.recorder.paused
             or not self._ours()
             or self.runtime.draining.is_set()
-            or self.queue.empty()
+            or (self.queue.empty() and not holding)
         )
 
     def _can_start_now(self) -> bool:
         return not self._stops_starting() and self.lease.live
+
+    def _halted(self) -> bool:
+        """A consumer's item, taken out of the queue, may not start now."""
+        return self._stops_starting(holding=True) or not self.lease.live
 
     async def _may_start(self) -> bool:
         """True once an item may start; False when this consumer should end."""

@@ -11,6 +11,8 @@ What `run` raises decides the item's fate:
     └── HandlerError        carries a google.rpc code and a message
         ├── PermanentError  the item fails now; never retried
         └── RetryableError  the attempt failed; the item may be retried (after retry_after)
+            └── SlowDown    the same, and the downstream is overloaded (HTTP 429, 503):
+                            the batch's (or its key's) start rate drops for every worker
 
 Any other exception fails the item with code UNKNOWN and the exception's message; the
 traceback goes to the worker's log, never into the stored error.
@@ -34,9 +36,11 @@ __all__ = [
     "HandlerError",
     "ItemContext",
     "PermanentError",
+    "RateKey",
     "RetryableError",
     "RunItem",
     "ShutdownHook",
+    "SlowDown",
     "StartupHook",
     "WorkerInfo",
 ]
@@ -95,6 +99,14 @@ class RetryableError(HandlerError):
         self.retry_after = retry_after
 
 
+class SlowDown(RetryableError):
+    """The downstream asks to slow down (HTTP 429 or 503, a quota error): a retryable
+    failure that also cuts the start rate of the batch — of its rate-limit key, when it
+    has one — for every worker (adaptive back-off: docs/design.md, "Flow control")."""
+
+    default_code = Code.RESOURCE_EXHAUSTED
+
+
 @dataclass(frozen=True)
 class ItemContext:
     """What a handler knows about the item it runs, besides its params."""
@@ -127,6 +139,14 @@ class RunItem(Protocol):
     ) -> Awaitable[Mapping[str, Any]]: ...
 
 
+class RateKey(Protocol):
+    """The rate-limit key of an item, from its params (None: none), for batches that name
+    no rate_limit_key: its starts share that key's adaptive back-off with every batch
+    using it. `http.request` keys by destination, `host:<host>:<port>`."""
+
+    def __call__(self, params: Mapping[str, Any], /) -> str | None: ...
+
+
 class StartupHook(Protocol):
     """Opens what the handler shares across items, once per worker process."""
 
@@ -151,6 +171,7 @@ class Handler:
     default_options: BatchOptions = field(default_factory=BatchOptions)
     startup: StartupHook | None = field(default=None, compare=False)
     shutdown: ShutdownHook | None = field(default=None, compare=False)
+    rate_key: RateKey | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -8,14 +8,20 @@ How a response or an error maps to the item's fate:
 
     2xx, 3xx (after redirects)      SUCCEEDED: status, headers, body (text, capped)
     408                             retry, DEADLINE_EXCEEDED
-    429                             retry, RESOURCE_EXHAUSTED (Retry-After honoured)
-    5xx                             retry, UNAVAILABLE (Retry-After honoured)
+    429                             retry, RESOURCE_EXHAUSTED (Retry-After honoured), and
+                                    slow down (SlowDown)
+    503                             retry, UNAVAILABLE (Retry-After honoured), slow down
+    other 5xx                       retry, UNAVAILABLE (Retry-After honoured)
     other 4xx                       fail, 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED,
                                     403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ABORTED,
                                     otherwise FAILED_PRECONDITION
     timeout                         retry, DEADLINE_EXCEEDED
     connection error                retry, UNAVAILABLE
     invalid URL, TLS certificate    fail, INVALID_ARGUMENT / FAILED_PRECONDITION
+
+Items are rate-limit keyed by destination, `host:<host>:<port>` (`rate_key`), when their
+batch names no rate_limit_key: a 429 or 503 then slows every batch calling that host
+down, on every worker, with no limit configured (docs/design.md, "Flow control").
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from http import HTTPStatus
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
@@ -36,10 +43,11 @@ from batchd.worker.handler import (
     ItemContext,
     PermanentError,
     RetryableError,
+    SlowDown,
     WorkerInfo,
 )
 
-__all__ = ["BODY_LIMIT", "PARAMS_SCHEMA", "http_request_handler"]
+__all__ = ["BODY_LIMIT", "PARAMS_SCHEMA", "host_key", "http_request_handler"]
 
 # Response bodies are cut to this many bytes (then `body_truncated` is true).
 BODY_LIMIT = 64 * 1024
@@ -162,7 +170,19 @@ def http_request_handler() -> Handler:
         run=state.run,
         startup=state.startup,
         shutdown=state.shutdown,
+        rate_key=host_key,
     )
+
+
+def host_key(params: Mapping[str, Any]) -> str | None:
+    """`host:<host>:<port>` of the item's URL (None if it has none)."""
+    try:
+        url = URL(str(params["url"]))
+    except (KeyError, ValueError, TypeError):
+        return None
+    if not url.host:
+        return None
+    return f"host:{url.host.lower()}:{url.port}"
 
 
 def _raise_for_status(response: aiohttp.ClientResponse) -> None:
@@ -173,9 +193,9 @@ def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if status == 408:
         raise RetryableError(message, code=Code.DEADLINE_EXCEEDED)
     if status == 429:
-        raise RetryableError(
-            message, code=Code.RESOURCE_EXHAUSTED, retry_after=_retry_after(response)
-        )
+        raise SlowDown(message, code=Code.RESOURCE_EXHAUSTED, retry_after=_retry_after(response))
+    if status == 503:
+        raise SlowDown(message, code=Code.UNAVAILABLE, retry_after=_retry_after(response))
     if status >= 500:
         raise RetryableError(message, code=Code.UNAVAILABLE, retry_after=_retry_after(response))
     raise PermanentError(message, code=_PERMANENT_CODES.get(status, Code.FAILED_PRECONDITION))

@@ -1,0 +1,331 @@
+"""Flow control in a chunk run: when an item may start.
+
+Before an item starts, `FlowGate.admit` gets it, in order:
+1. a slot of the batch's `max_concurrent`, held in Redis by this chunk run in blocks
+   (`_Slots`: a run holding g slots runs at most g items at once, asks for more while
+   consumers wait, gives back what it no longer needs once its queue is empty; the
+   holding lives with the chunk's lease, so a crashed worker's slots come free);
+2. a worker slot (`settings.worker_concurrency`, the process-wide semaphore);
+3. a start permit of every rate-limit bucket of the item (`_Permits`, one per bucket
+   list per process, shared by its chunk runs): taken in blocks by one script call at a
+   time for everyone waiting, and used at once — a permit not used within PERMIT_TTL is
+   dropped, so starts never outrun the buckets. Only one consumer of a chunk run waits
+   for permits while holding a worker slot (`_turn`), so a slow bucket does not tie up
+   the process's slots.
+
+A SlowDown from the handler cuts the item's last bucket for every worker.
+Redis errors never fail an item: the gate waits and tries again, or gives up when the
+chunk stops starting items (`halted`), and the item goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from batchd.core.domain import ClaimedChunk
+from batchd.core.flow import Bucket, buckets_for
+from batchd.core.store import BatchStore
+from batchd.worker.attempts import Item
+from batchd.worker.handler import Handler, SlowDown
+
+__all__ = ["Admission", "FlowGate", "PermitPool"]
+
+# Granted permits not used within this long are dropped (the bucket counted them as
+# starts at grant time).
+PERMIT_TTL = 0.05
+# A batch with no rate limit, no key and no handler key starts this long unasked (its
+# bucket only matters after a SlowDown).
+OPTIMISTIC_FREE = 0.1
+# A consumer with no max_concurrent slot looks again this often (jittered).
+SLOT_POLL = 0.05
+# After a Redis error the gate tries again this much later.
+ERROR_PAUSE = 0.5
+# Sleeps are cut into steps this long, to notice a halt.
+HALT_CHECK = 0.1
+
+Halted = Callable[[], bool]
+
+
+@dataclass
+class Admission:
+    """An admitted item's start: tell `slow_down` of a SlowDown it met."""
+
+    permits: _Permits
+    slowed: bool = False
+
+    async def slow_down(self, exc: SlowDown, started: float) -> None:
+        self.slowed = True
+        await self.permits.slow_down(started, exc.retry_after)
+
+
+class PermitPool:
+    """The process's `_Permits`, by bucket list."""
+
+    def __init__(self) -> None:
+        self._by_buckets: dict[tuple[Bucket, ...], _Permits] = {}
+
+    def get(
+        self,
+        store: BatchStore,
+        buckets: Sequence[Bucket],
+        log: structlog.typing.FilteringBoundLogger,
+        *,
+        optimistic: bool = False,
+    ) -> _Permits:
+        """`optimistic`: a new one starts with a free period, unasked."""
+        key = tuple(buckets)
+        permits = self._by_buckets.get(key)
+        if permits is None:
+            if len(self._by_buckets) > 1000:  # of batches long gone, mostly
+                self._by_buckets.clear()
+            permits = self._by_buckets[key] = _Permits(store, buckets, log)
+            if optimistic:
+                permits.free_until = time.monotonic() + OPTIMISTIC_FREE
+        return permits
+
+
+class FlowGate:
+    """The flow limits of one chunk run (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        claimed: ClaimedChunk,
+        handler: Handler | None,
+        worker_slots: asyncio.Semaphore,
+        pool: PermitPool,
+        queued: Callable[[], int],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        """`queued()`: how many of the run's items wait in its queue."""
+        self.pool = pool
+        self.store = store
+        self.claimed = claimed
+        self.handler = handler
+        self.worker_slots = worker_slots
+        self.log = log
+        limit = claimed.options.max_concurrent
+        self.slots = _Slots(store, claimed, limit, queued, log) if limit > 0 else None
+        self._permits: dict[str | None, _Permits] = {}
+        self._turn = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def admit(self, item: Item, halted: Halted) -> AsyncIterator[Admission | None]:
+        """Holds what `item` needs to run while the block runs; None if the chunk halted
+        first (the caller then puts the item back)."""
+        permits = self._permits_for(item)
+        if self.slots is not None and not await self.slots.acquire(halted):
+            yield None
+            return
+        try:
+            admitted = await self._worker_slot_and_permit(permits, halted)
+            admission = Admission(permits) if admitted else None
+            try:
+                yield admission
+            finally:
+                if admission is not None:
+                    self.worker_slots.release()
+                    if not admission.slowed:
+                        permits.ok += 1
+        finally:
+            if self.slots is not None:
+                await self.slots.release()
+
+    async def _worker_slot_and_permit(self, permits: _Permits, halted: Halted) -> bool:
+        permits.waiting += 1  # what the next take asks for: every consumer ready to start
+        try:
+            async with self._turn:
+                await self.worker_slots.acquire()
+                try:
+                    if await permits.take(halted):
+                        return True
+                except BaseException:
+                    self.worker_slots.release()
+                    raise
+                self.worker_slots.release()
+                return False
+        finally:
+            permits.waiting -= 1
+
+    def _permits_for(self, item: Item) -> _Permits:
+        key = self._item_key(item)
+        permits = self._permits.get(key)
+        if permits is None:
+            buckets = buckets_for(self.store.keys, self.claimed.batch_id, self.claimed.options, key)
+            # Only the batch's own adaptive bucket, unlimited until a SlowDown: start at
+            # once, as if a first take had said so.
+            optimistic = key is None and not any(b.rate for b in buckets)
+            permits = self.pool.get(self.store, buckets, self.log, optimistic=optimistic)
+            self._permits[key] = permits
+        return permits
+
+    def _item_key(self, item: Item) -> str | None:
+        if self.handler is None or self.handler.rate_key is None:
+            return None
+        if self.claimed.options.rate_limit_key:
+            return None  # the batch's own key wins
+        try:
+            return self.handler.rate_key(json.loads(item[2]))
+        except Exception:  # a bad key function or params: no key, the item still runs
+            return None
+
+
+class _Permits:
+    """Start permits of one list of buckets, for the chunk runs of a process."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        buckets: Sequence[Bucket],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.store = store
+        self.buckets = list(buckets)
+        self.log = log
+        self.left = 0  # granted, unused
+        self.granted_at = 0.0  # time.monotonic()
+        self.free_until = 0.0  # time.monotonic(): unlimited until then
+        self.used = 0  # starts in free periods beyond what the takes asked, unreported
+        self.prepaid = 0  # what the last free take asked for (the script counted it)
+        self.ok = 0  # items ended without a slow-down, unreported
+        self.offset = 0.0  # the buckets' clock minus time.time()
+        self.waiting = 0  # consumers (of any chunk run) waiting for a permit
+        self._lock = asyncio.Lock()
+
+    async def take(self, halted: Halted) -> bool:
+        """One permit, at once or after waiting for it; False if halted first."""
+        if self._available():
+            return True
+        async with self._lock:  # one take at a time, for every run waiting
+            return await self._take(halted)
+
+    def _available(self) -> bool:
+        now = time.monotonic()
+        if now < self.free_until:
+            if self.prepaid > 0:
+                self.prepaid -= 1
+            else:
+                self.used += 1
+            return True
+        if self.left > 0 and now - self.granted_at < PERMIT_TTL:
+            self.left -= 1
+            return True
+        return False
+
+    async def _take(self, halted: Halted) -> bool:
+        while not self._available():
+            self.left = 0
+            if halted():
+                return False
+            used, ok, now = self.used, self.ok, time.monotonic()
+            try:
+                grant = await self.store.take_permits(self.buckets, self.waiting, used=used, ok=ok)
+            except Exception:
+                self.log.warning("rate_permits_failed", exc_info=True)
+                await _sleep(ERROR_PAUSE, halted)
+                continue
+            self.used -= used
+            self.ok -= ok
+            self.offset = grant.now - time.time()
+            if grant.free_for > 0:
+                self.free_until, self.prepaid = now + grant.free_for, grant.granted
+            elif grant.granted > 0:
+                self.left, self.granted_at = grant.granted, now
+            else:
+                await _sleep(grant.wait, halted)
+        return True
+
+    async def slow_down(self, started: float, retry_after: float | None) -> None:
+        """An item started at `started` (time.time()) met a SlowDown."""
+        self.free_until = 0.0  # look at the bucket before the next start
+        bucket, used, ok = self.buckets[-1], self.used, self.ok
+        try:
+            cut, rate = await self.store.slow_down(
+                bucket, started=started + self.offset, used=used, ok=ok, retry_after=retry_after
+            )
+        except Exception:
+            self.log.warning("rate_slow_down_failed", exc_info=True)
+            return
+        self.used -= used
+        self.ok -= ok
+        if cut:
+            self.log.info("rate_slowed_down", key=bucket.key, rate=round(rate, 2))
+
+
+class _Slots:
+    """The chunk run's holding of its batch's max_concurrent slots."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        claimed: ClaimedChunk,
+        limit: int,
+        queued: Callable[[], int],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.store = store
+        self.claimed = claimed
+        self.limit = limit
+        self.queued = queued
+        self.log = log
+        self.held = 0
+        self.in_use = 0
+        self.waiting = 0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, halted: Halted) -> bool:
+        self.waiting += 1
+        try:
+            while True:
+                if self.in_use < self.held:
+                    self.in_use += 1
+                    return True
+                if halted():
+                    return False
+                async with self._lock:
+                    if self.in_use < self.held:
+                        continue
+                    await self._hold(self.in_use + self.waiting)
+                if self.in_use >= self.held:
+                    await _sleep(SLOT_POLL * random.uniform(0.5, 1.5), halted)
+        finally:
+            self.waiting -= 1
+
+    async def release(self) -> None:
+        self.in_use -= 1
+        if self._surplus():
+            # Nothing left here to start: give it to the batch's other holders.
+            async with self._lock:
+                if self._surplus():
+                    await self._hold(self.in_use)
+
+    def _surplus(self) -> bool:
+        return self.held > self.in_use + self.waiting and self.queued() == 0
+
+    async def _hold(self, count: int) -> None:
+        c = self.claimed
+        try:
+            held = await self.store.hold_slots(
+                c.batch_id, c.chunk, c.token, count, limit=self.limit
+            )
+        except Exception:
+            self.log.warning("concurrency_slots_failed", exc_info=True)
+            return
+        # Never below what runs: a lost claim says 0, but its items run to their end.
+        self.held = max(held, self.in_use) if held else min(self.held, self.in_use)
+
+
+async def _sleep(seconds: float, halted: Halted) -> None:
+    """Sleeps `seconds`, or less if the chunk halts meanwhile."""
+    end = time.monotonic() + seconds
+    # `halted` is a condition over several objects, not an event to wait for.
+    while (left := end - time.monotonic()) > 0 and not halted():  # noqa: ASYNC110
+        await asyncio.sleep(min(left, HALT_CHECK))
