@@ -21,6 +21,9 @@ from batchd.core.store import BatchStore
 
 log = get_logger(__name__)
 
+# The effective rate (flow control) is read again at least this often, and with every
+# change of the batch.
+EFFECTIVE_RATE_INTERVAL = 1.0
 # The rate is measured over this window: long enough to smooth flush bursts, short
 # enough to follow a change of pace.
 RATE_WINDOW = 10.0
@@ -33,6 +36,7 @@ class Snapshot:
     eta: float | None
     observed_at: float
     version: int
+    effective_rate: float = 0.0  # the batch's start rate in force (0: unlimited)
 
 
 class _Feed:
@@ -46,6 +50,8 @@ class _Feed:
         self.error: Exception | None = None
         self._samples: deque[tuple[float, int]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._effective_rate = 0.0
+        self._effective_rate_at = 0.0  # time.monotonic()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll(), name=f"progress-{self.batch_id}")
@@ -69,7 +75,9 @@ class _Feed:
                 await asyncio.sleep(self.poll_interval)
                 continue
             previous = self.latest
-            if previous is None or _differs(previous.batch, batch):
+            changed = previous is None or _differs(previous.batch, batch)
+            rate_changed = await self._read_effective_rate(batch, changed)
+            if changed or rate_changed:
                 version += 1
                 self.latest = self._snapshot(batch, version)
                 async with self.changed:
@@ -88,7 +96,22 @@ class _Feed:
         rate = _rate(batch, samples, now)
         remaining = batch.total_items - finished
         eta = remaining / rate if rate > 0 and remaining else (0.0 if not remaining else None)
-        return Snapshot(batch, rate, eta, now, version)
+        return Snapshot(batch, rate, eta, now, version, self._effective_rate)
+
+    async def _read_effective_rate(self, batch: BatchRecord, changed: bool) -> bool:
+        """Reads the batch's effective rate when the batch changed or it is due; returns
+        whether it moved. An error keeps the last value: it is only shown."""
+        due = time.monotonic() - self._effective_rate_at >= EFFECTIVE_RATE_INTERVAL
+        if not (changed or due) or batch.state.is_terminal:
+            return False
+        self._effective_rate_at = time.monotonic()
+        try:
+            rate = round(await self.store.effective_rate(batch), 2)
+        except Exception:
+            log.debug("effective_rate_failed", batch_id=batch.batch_id, exc_info=True)
+            return False
+        moved, self._effective_rate = rate != self._effective_rate, rate
+        return moved
 
 
 def _differs(a: BatchRecord, b: BatchRecord) -> bool:

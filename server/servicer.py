@@ -319,6 +319,7 @@ def _progress(snapshot: Any) -> batch_pb2.BatchProgress:
         start_time=convert.timestamp(batch.start_time),
         end_time=convert.timestamp(batch.end_time),
         observe_time=convert.timestamp(snapshot.observed_at),
+        effective_rate=snapshot.effective_rate,
     )
     if snapshot.eta is not None:
         progress.eta.CopyFrom(convert.duration(snapshot.eta))

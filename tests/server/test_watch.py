@@ -3,12 +3,15 @@ snapshot, then OK."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from batchd.core.flow import buckets_for
+from batchd.core.store import BatchStore
 from batchd.v1 import batch_pb2, batch_service_pb2
 
 if TYPE_CHECKING:
@@ -91,3 +94,33 @@ async def test_invalid_batch_id_is_rejected(stub: Stub) -> None:
         async for _ in call:
             pass
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_snapshots_show_the_effective_rate(stub: Stub, store: BatchStore) -> None:
+    items = [batch_pb2.Item(custom_id=f"r{i}", params_json=b'{"n":1}') for i in range(3)]
+    options = batch_pb2.BatchOptions(max_per_second=40, burst=4)
+    response = await stub.SubmitBatch(
+        batch_service_pb2.SubmitBatchRequest(handler="test.echo", items=items, options=options)
+    )
+    batch_id = response.batch.batch_id
+    call = stub.WatchProgress(watch_request(batch_id, heartbeat=0.05))
+    first = await call.read()
+    assert isinstance(first, batch_service_pb2.WatchProgressResponse)
+    assert first.progress.effective_rate == 40
+    # The downstream asks to slow down: the rate drops (x 0.7), and snapshots say so.
+    batch = await store.get_batch(batch_id)
+    await store.slow_down(buckets_for(store.keys, batch_id, batch.options)[-1])
+    async with asyncio.timeout(5):
+        while True:
+            message = await call.read()
+            assert isinstance(message, batch_service_pb2.WatchProgressResponse)
+            if message.progress.effective_rate != 40:
+                break
+    assert 28 <= message.progress.effective_rate < 34  # and recovering, by 2/s a second
+    call.cancel()
+    unlimited = await queued_batch(stub, 2)
+    call = stub.WatchProgress(watch_request(unlimited, heartbeat=0.05))
+    first = await call.read()
+    assert isinstance(first, batch_service_pb2.WatchProgressResponse)
+    assert first.progress.effective_rate == 0
+    call.cancel()
