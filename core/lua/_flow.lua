@@ -8,7 +8,7 @@
 -- against), hold (ms: no new decrease before it, nor any start: a Retry-After), win /
 -- wn / pn (a 1-second window of starts: its start ms, its count, the previous window's
 -- count) and ok / pok (the same for items that ended without a slow-down): the observed
--- rates an unlimited bucket is cut from.
+-- rates an unlimited bucket is cut from; born (ms: when the bucket was made).
 --
 -- The effective rate, computed lazily from the stored last decrease (no background job):
 --   no slow-down on record      cfg (0: unlimited)
@@ -33,7 +33,8 @@ local function clock(arg)
 end
 
 local FIELDS = {
-  'tok', 'ts', 'cfg', 'cfg_at', 'cut', 'cut_at', 'ref', 'hold', 'win', 'wn', 'pn', 'ok', 'pok'
+  'tok', 'ts', 'cfg', 'cfg_at', 'cut', 'cut_at', 'ref', 'hold', 'win', 'wn', 'pn', 'ok', 'pok',
+  'born'
 }
 
 -- Loads a bucket; `rate` is the caller's configured rate (0: none). A batch's own bucket
@@ -51,6 +52,7 @@ local function load(key, rate, shared, now)
     b.cfg = rate
     b.cfg_at = now
   end
+  b.born = b.born or now
   b.win = b.win or now
   b.wn = b.wn or 0
   b.pn = b.pn or 0
@@ -107,11 +109,13 @@ local function count(b, n, now, ok)
   b.ok = b.ok + (ok or 0)
 end
 
--- (starts, items ended well) per second seen lately: the previous and current windows.
+-- (starts, items ended well) per second seen lately: the previous and current windows;
+-- and the start rate over the bucket's life if that is shorter (at least 250 ms).
 local function observed(b, now)
   count(b, 0, now)
   local span = 1 + (now - b.win) / 1000
-  return (b.pn + b.wn) / span, (b.pok + b.ok) / span
+  local young = math.max(0.25, math.min(span, (now - b.born) / 1000))
+  return (b.pn + b.wn) / span, (b.pok + b.ok) / span, (b.pn + b.wn) / young
 end
 
 -- Brings the tokens up to `now` at `rate`, capped at `cap`; a bucket new to limiting

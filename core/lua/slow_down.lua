@@ -2,8 +2,9 @@
 -- effective rate drops to max(FLOOR, rate * DECREASE), from its current rate or, for an
 -- unlimited bucket, from the rate of items ending well lately (else of starts); and it
 -- recovers from there (see _flow.lua; an unlimited bucket's first recovery is measured
--- against the faster of its start rate and that rate). With a Retry-After the bucket also starts nothing
--- for that long.
+-- against its recent start rate). A Retry-After holds off further decreases for that
+-- long; at an unlimited bucket's first decrease it also starts nothing for that long
+-- (the burst that met the limit is still being counted downstream).
 -- A signal is ignored while the last decrease's Retry-After holds, or when it comes from
 -- an item started before the last decrease: that decrease already answered it.
 -- KEYS: the bucket
@@ -26,12 +27,12 @@ if (b.hold and now < b.hold) or (b.cut_at and started and started < b.cut_at) th
 end
 local from, ref = rate, b.cfg
 if from <= 0 then
-  local starts, good = observed(b, now)
+  local starts, good, lately = observed(b, now)
   if good > 0 then from = good else from = starts end
   from = math.max(FLOOR, from)
-  -- Recovery (of an unconfigured bucket) is measured against the faster of the two: the
+  -- Recovery (of an unconfigured bucket) is measured against the start rate it had: the
   -- rate that ended well is a lagging, low estimate of what the downstream takes.
-  ref = math.max(from, starts)
+  ref = math.max(from, lately)
 elseif b.cfg <= 0 then
   ref = from
 end
@@ -44,7 +45,9 @@ b.hold = nil
 if pause and pause > 0 then
   pause = math.min(pause, 60000)
   b.hold = now + pause
-  b.tok = math.min(b.tok, 0) - b.cut * pause / 1000
+  -- The first slow-down of an unlimited key comes after a burst the downstream is still
+  -- counting: start nothing until its Retry-After. Later ones only cut the rate.
+  if rate <= 0 then b.tok = math.min(b.tok, 0) - b.cut * pause / 1000 end
 end
 save(b)
 return {1, string.format('%.6f', b.cut)}

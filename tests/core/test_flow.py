@@ -137,6 +137,30 @@ async def test_an_unlimited_key_backs_off_from_its_observed_rate(
     assert (await store.take_permits([b], 0, now=T0 + 60)).rate == 0
 
 
+async def test_retry_after_holds_off_further_cuts_and_pauses_a_first_contact(
+    store: BatchStore, keys: Keys
+) -> None:
+    limited = bucket(keys, 100, name="limited")
+    await store.take_permits([limited], 1, now=T0)
+    cut, rate = await store.slow_down(limited, retry_after=2, now=T0 + 1)
+    assert cut
+    assert rate == pytest.approx(70)
+    # Within the Retry-After, later signals (even of items started after) change nothing.
+    cut, _ = await store.slow_down(limited, started=T0 + 1.5, now=T0 + 2)
+    assert not cut
+    assert (await store.take_permits([limited], 1, now=T0 + 2)).granted == 1  # not paused
+    cut, _ = await store.slow_down(limited, started=T0 + 2.5, now=T0 + 3)
+    assert cut
+
+    unlimited = bucket(keys, 0, name="unlimited")
+    await store.take_permits([unlimited], 50, now=T0)
+    await store.slow_down(unlimited, retry_after=1, now=T0 + 0.5)
+    grant = await store.take_permits([unlimited], 5, now=T0 + 0.5)
+    assert grant.granted == 0
+    assert grant.wait >= 0.99  # nothing starts until the Retry-After has passed
+    assert (await store.take_permits([unlimited], 5, now=T0 + 1.6)).granted >= 1
+
+
 async def test_slow_down_never_goes_below_one_per_second(store: BatchStore, keys: Keys) -> None:
     b = bucket(keys, 2)
     for i in range(5):
