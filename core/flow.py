@@ -49,10 +49,11 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Grant:
-    """What a take got. `granted` permits, used at once; else `wait` seconds until a
-    block is there. `free_for` > 0: every bucket is unlimited — start freely that many
-    seconds, then report the starts (`used`) with the next take. `rate`: the slowest
-    bucket's effective rate (0: unlimited). `now`: the buckets' clock (Redis'), seconds."""
+    """What a take got. `granted` permits, to use at once — or, reserved, at once after
+    `wait` seconds, not before; none: ask again after `wait` seconds. `free_for` > 0:
+    every bucket is unlimited — start freely that many seconds, then report the starts
+    beyond `granted` (`used`) with the next take. `rate`: the slowest bucket's effective
+    rate (0: unlimited). `now`: the buckets' clock (Redis'), seconds."""
 
     granted: int
     wait: float

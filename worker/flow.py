@@ -8,8 +8,9 @@ Before an item starts, `FlowGate.admit` gets it, in order:
 2. a worker slot (`settings.worker_concurrency`, the process-wide semaphore);
 3. a start permit of every rate-limit bucket of the item (`_Permits`, one per bucket
    list per process, shared by its chunk runs): taken in blocks by one script call at a
-   time for everyone waiting, and used at once — a permit not used within PERMIT_TTL is
-   dropped, so starts never outrun the buckets. Only one consumer of a chunk run waits
+   time for everyone waiting — now, or reserved for a moment soon, slept to — and used
+   at once: a permit not used within PERMIT_TTL is dropped, so starts never outrun the
+   buckets. Only one consumer of a chunk run waits
    for permits while holding a worker slot (`_turn`), so a slow bucket does not tie up
    the process's slots.
 
@@ -238,7 +239,11 @@ class _Permits:
             if grant.free_for > 0:
                 self.free_until, self.prepaid = now + grant.free_for, grant.granted
             elif grant.granted > 0:
-                self.left, self.granted_at = grant.granted, now
+                if grant.wait > 0:  # reserved: their tokens are there only then
+                    await _sleep(grant.wait, halted)
+                    if halted():
+                        continue
+                self.left, self.granted_at = grant.granted, time.monotonic()
             else:
                 await _sleep(grant.wait, halted)
         return True

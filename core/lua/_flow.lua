@@ -23,6 +23,7 @@ local FLOOR = 1.0     -- a slow-down never takes the rate below this (items/s)
 local FORGET = 2.0
 local BLOCK = 0.05    -- a grant is at most max(1, rate * BLOCK) permits
 local FREE_MS = 100   -- an unlimited take lets the caller start freely for this long
+local RESERVE_MS = 250 -- a take may reserve a block whose tokens accrue within this
 local CFG_MS = 10000  -- a shared key's rate: the lowest a caller confirmed this recently
 local KEEP_MS = 3600000 -- an idle bucket goes after this long
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from batchd.core.domain import BatchOptions, BatchRecord, ItemOutcome, ItemState
-from batchd.core.flow import Bucket, buckets_for
+from batchd.core.flow import Bucket, Grant, buckets_for
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
 
@@ -20,19 +20,22 @@ def bucket(keys: Keys, rate: float, burst: int = 0, name: str = "api") -> Bucket
     return Bucket(keys.rate_key(name), rate, burst, shared=True)
 
 
-async def test_a_fresh_bucket_grants_its_burst_then_blocks_at_the_rate(
+async def test_a_fresh_bucket_grants_its_burst_then_reserves_blocks_at_the_rate(
     store: BatchStore, keys: Keys
 ) -> None:
     b = bucket(keys, 200, burst=20)
     first = await store.take_permits([b], 100, now=T0)
-    assert first.granted == 10  # a block: rate x 0.05
+    assert (first.granted, first.wait) == (10, 0)  # a block: rate x 0.05
     second = await store.take_permits([b], 100, now=T0)
-    assert second.granted == 10
-    empty = await store.take_permits([b], 100, now=T0)
-    assert (empty.granted, empty.wait) == (0, 0.05)  # 10 tokens at 200/s
-    assert empty.rate == 200
-    assert (await store.take_permits([b], 100, now=T0 + 0.049)).granted == 0
-    assert (await store.take_permits([b], 100, now=T0 + 0.05)).granted == 10
+    assert (second.granted, second.wait) == (10, 0)
+    # Then blocks reserved one after the other, each usable once its tokens are there,
+    # up to 250 ms ahead.
+    waits = [(await store.take_permits([b], 100, now=T0)).wait for _ in range(5)]
+    assert waits == [0.05, 0.1, 0.15, 0.2, 0.25]
+    full = await store.take_permits([b], 100, now=T0)
+    assert (full.granted, full.wait) == (0, 0.05)  # ask again when a reservation will do
+    assert full.rate == 200
+    assert await store.take_permits([b], 100, now=T0 + 0.05) == Grant(10, 0.25, 0, 200, T0 + 0.05)
 
 
 async def test_grants_never_exceed_the_rate_plus_burst(store: BatchStore, keys: Keys) -> None:
@@ -41,10 +44,11 @@ async def test_grants_never_exceed_the_rate_plus_burst(store: BatchStore, keys: 
     while now < T0 + 10:
         grant = await store.take_permits([b], 7, now=now)
         calls += 1
-        granted += grant.granted
         assert grant.granted <= 7
-        assert granted <= 20 + 200 * (now - T0) + 1e-6
-        now += grant.wait if grant.granted == 0 else 0.003
+        usable = now + grant.wait
+        granted += grant.granted
+        assert granted <= 20 + 200 * (usable - T0) + 1e-6
+        now = usable + (0.003 if grant.granted else 0)
     assert granted >= 200 * 10 - 20
     print(f"\nbucket 200/s, burst 20: {granted} permits in 10 s, {calls} calls")
 
@@ -53,8 +57,9 @@ async def test_small_rates_wait_for_single_permits(store: BatchStore, keys: Keys
     b = bucket(keys, 2)  # burst 0: max(1, rate / 10) = 1
     assert (await store.take_permits([b], 5, now=T0)).granted == 1
     grant = await store.take_permits([b], 5, now=T0)
-    assert (grant.granted, grant.wait) == (0, 0.5)
-    assert (await store.take_permits([b], 5, now=T0 + 0.5)).granted == 1
+    assert (grant.granted, grant.wait) == (0, 0.25)  # then a reservation will do
+    reserved = await store.take_permits([b], 5, now=T0 + 0.25)
+    assert (reserved.granted, reserved.wait) == (1, 0.25)
 
 
 async def test_several_buckets_grant_together(store: BatchStore, keys: Keys) -> None:
@@ -63,9 +68,9 @@ async def test_several_buckets_grant_together(store: BatchStore, keys: Keys) -> 
     assert grant.granted == 5
     assert grant.rate == 100
     grant = await store.take_permits([fast, slow], 50, now=T0)
-    assert grant.granted == 0
+    assert grant.granted == 5  # reserved: the slow bucket's tokens come in 50 ms
     assert grant.wait == 0.05
-    assert (await store.take_permits([fast], 1000, now=T0)).granted == 50  # 95 left
+    assert (await store.take_permits([fast], 1000, now=T0)).granted == 50  # 90 left
 
 
 async def test_a_shared_key_runs_at_the_lowest_rate_of_its_batches(
@@ -112,8 +117,9 @@ async def test_a_slowed_bucket_grants_at_the_lower_rate(store: BatchStore, keys:
     now, granted = T0, 0
     while now < T0 + 1:
         grant = await store.take_permits([b], 100, now=now)
-        granted += grant.granted
         now += grant.wait or 0.001
+        if now <= T0 + 1:
+            granted += grant.granted
     # 70/s growing by 5/s per second: about 72 in the first second.
     assert 68 <= granted <= 75
 
@@ -129,7 +135,7 @@ async def test_an_unlimited_key_backs_off_from_its_observed_rate(
     assert 250 <= rate <= 300
     grant = await store.take_permits([b], 100, now=T0 + 1)
     assert grant.free_for == 0
-    assert grant.granted == 0
+    assert grant.wait > 0  # limited now, starting empty: a block only for later
     # It recovers by 5% of the rate it was cut from per second; at twice that, it is
     # unlimited again.
     recovered = rate + 10 * 0.05 * rate / 0.7
@@ -156,9 +162,11 @@ async def test_retry_after_holds_off_further_cuts_and_pauses_a_first_contact(
     await store.take_permits([unlimited], 50, now=T0)
     await store.slow_down(unlimited, retry_after=1, now=T0 + 0.5)
     grant = await store.take_permits([unlimited], 5, now=T0 + 0.5)
-    assert grant.granted == 0
-    assert grant.wait >= 0.99  # nothing starts until the Retry-After has passed
-    assert (await store.take_permits([unlimited], 5, now=T0 + 1.6)).granted >= 1
+    assert grant.granted == 0  # nothing starts until the Retry-After has passed
+    assert (await store.take_permits([unlimited], 5, now=T0 + 1)).granted == 0
+    after = await store.take_permits([unlimited], 5, now=T0 + 1.6)
+    assert after.granted >= 1
+    assert after.wait == 0
 
 
 async def test_slow_down_never_goes_below_one_per_second(store: BatchStore, keys: Keys) -> None:
