@@ -317,6 +317,9 @@ class _Slots:
 
     async def _hold(self, count: int) -> None:
         c = self.claimed
+        if count < self.held:
+            # Giving back: stop using those slots before Redis hands them to others.
+            self.held = count
         try:
             held = await self.store.hold_slots(
                 c.batch_id, c.chunk, c.token, count, limit=self.limit
@@ -324,8 +327,9 @@ class _Slots:
         except Exception:
             self.log.warning("concurrency_slots_failed", exc_info=True)
             return
-        # Never below what runs: a lost claim says 0, but its items run to their end.
-        self.held = max(held, self.in_use) if held else min(self.held, self.in_use)
+        # What Redis says we hold, whatever runs: below in_use (a lost claim says 0) no
+        # more starts until enough have ended.
+        self.held = held
 
 
 async def _sleep(seconds: float, halted: Halted) -> None:

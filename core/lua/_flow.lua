@@ -12,7 +12,8 @@
 --
 -- The effective rate, computed lazily from the stored last decrease (no background job):
 --   no slow-down on record      cfg (0: unlimited)
---   after a slow-down at cut_at min(cfg, cut + RECOVER * ref * seconds since cut_at),
+--   after a slow-down at cut_at min(cfg, cut + RECOVER * ref * seconds since cut_at, or
+--                               since the end of its Retry-After hold),
 --                               ref = cfg; an unconfigured bucket (cfg 0) recovers
 --                               against the rate it was cut from (by FLOOR a second
 --                               at least), and is unlimited again once back at
@@ -82,7 +83,9 @@ local function rate_of(b, now)
     if b.cfg > 0 then ref = b.cfg end
     local step = RECOVER * ref
     if b.cfg == 0 then step = math.max(step, FLOOR) end
-    local r = b.cut + step * math.max(0, now - b.cut_at) / 1000
+    -- No recovery while a Retry-After holds: nothing would tell of an overshoot.
+    local since = math.max(b.cut_at, b.hold or 0)
+    local r = b.cut + step * math.max(0, now - since) / 1000
     if b.cfg > 0 and r < b.cfg then return r end
     if b.cfg == 0 and r < FORGET * ref then return r end
     b.cut, b.cut_at, b.ref = nil, nil, nil
