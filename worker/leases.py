@@ -130,6 +130,8 @@ class LeaseKeeper:
             if ok:
                 lease.renewed(sent_at, self.ttl)
                 continue
+            if lease.key not in self._held:
+                continue  # released while the renewal was under way: not lost, just done
             log.warning("lease_lost", batch_id=lease.batch_id, chunk=lease.chunk)
             lease.lose()
             self.drop(lease)

@@ -50,6 +50,7 @@ def snapshot_line(p: BatchProgress) -> str:
         f"({p.fraction * 100:.1f}%) succeeded={c.succeeded} failed={c.failed} "
         f"running={c.running} pending={c.pending} cancelled={c.cancelled} "
         f"expired={c.expired} rate={p.items_per_second:.1f}/s eta={format_duration(p.eta)}"
+        + (f" limit={p.effective_rate:.1f}/s" if p.effective_rate else "")
     )
 
 
@@ -96,6 +97,9 @@ def render(batch_id: str, p: BatchProgress | None) -> RenderableType:
     if elapsed is not None:
         rate.append("  elapsed ", "dim")
         rate.append(format_duration(elapsed))
+    if p.effective_rate:
+        rate.append("  limit ", "dim")
+        rate.append(f"{p.effective_rate:,.1f}/s")
     return Group(head, bar, counts, rate)
 
 

@@ -330,6 +330,9 @@ class BatchProgress:
     """When the service read this snapshot."""
     heartbeat: bool = False
     """True when nothing changed since the previous snapshot."""
+    effective_rate: float = 0.0
+    """The start rate in force now (items/s), lowered while the downstream asks to slow
+    down; 0 when the batch has no rate limit."""
 
     @property
     def fraction(self) -> float:
@@ -352,6 +355,7 @@ class BatchProgress:
             end_time=_time(pb, "end_time"),
             observe_time=_time(pb, "observe_time"),
             heartbeat=heartbeat,
+            effective_rate=pb.effective_rate,
         )
 
 
