@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +19,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from batchd.client import AsyncClient, BatchState
-from batchd.core.embedded_redis import EmbeddedRedis, free_port
+from bench.service import report, running_service, wait_for_handler
 
 
 def items(count: int, prefix: str) -> Iterator[tuple[str, dict[str, object]]]:
@@ -40,10 +35,7 @@ async def _commands(redis: Redis) -> dict[str, int]:
 async def run(count: int, chunk_size: int, port: int, redis_url: str) -> dict[str, float]:
     redis = Redis.from_url(redis_url)
     async with AsyncClient(f"127.0.0.1:{port}") as client:
-        while not any(  # noqa: ASYNC110 - the worker publishes its catalog in another process
-            h.name == "noop" and h.live_workers for h in await client.handlers()
-        ):
-            await asyncio.sleep(0.05)
+        await wait_for_handler(client, "noop")
         big = await client.upload("noop", items(count, "big"), options={"chunk_size": chunk_size})
         big_id = big.batch.batch_id
         async for progress in client.watch(big_id, min_interval=0.1):
@@ -83,24 +75,9 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
-        port = free_port()
-        env = dict(os.environ, BATCHD_REDIS_URL=redis.url, BATCHD_PORT=str(port),
-                   BATCHD_HOST="127.0.0.1", BATCHD_LOG_LEVEL="warning")  # fmt: skip
-        bin_dir = Path(sys.executable).parent
-        server = subprocess.Popen([bin_dir / "batchd-server"], env=env)
-        worker = subprocess.Popen([bin_dir / "batchd-worker"], env=env)
-        try:
-            figures = asyncio.run(run(args.items, args.chunk_size, port, redis.url))
-        finally:
-            for process in (server, worker):
-                process.terminate()
-                process.wait(30)
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value:,.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+    with running_service() as service:
+        figures = asyncio.run(run(args.items, args.chunk_size, service.port, service.redis_url))
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.processes import ServiceProcess, worker
+from support.processes import ServiceProcess, WorkerPool
 
 from batchd.client import AsyncClient
 from batchd.core.config import Settings
@@ -31,23 +31,17 @@ def chaos_log(tmp_path: Path) -> Path:
 def workers(
     private_redis: object, chaos_log: Path, tmp_path: Path
 ) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def start(concurrency: int = 10) -> ServiceProcess:
-        env = {
-            "BATCHD_REDIS_URL": private_redis.url,  # type: ignore[attr-defined]
+    pool = WorkerPool(
+        private_redis.url,  # type: ignore[attr-defined]
+        tmp_path,
+        {
             "BATCHD_HANDLERS": "chaos_handlers:handlers",
             "BATCHD_CHAOS_LOG": str(chaos_log),
-            "BATCHD_WORKER_CONCURRENCY": str(concurrency),
             **FAST_RECOVERY,
-        }
-        process = worker(env, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+        },
+    )
+    yield pool.start
+    pool.stop()
 
 
 @pytest.fixture

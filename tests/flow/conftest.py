@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.processes import ServiceProcess, worker
+from support.processes import ServiceProcess, WorkerPool
 
 from batchd.client import AsyncClient
 from batchd.core.config import Settings
@@ -29,23 +29,18 @@ def flow_log(tmp_path: Path) -> Path:
 def workers(
     private_redis: object, flow_log: Path, tmp_path: Path
 ) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def start(concurrency: int = 20) -> ServiceProcess:
-        env = {
-            "BATCHD_REDIS_URL": private_redis.url,  # type: ignore[attr-defined]
+    pool = WorkerPool(
+        private_redis.url,  # type: ignore[attr-defined]
+        tmp_path,
+        {
             "BATCHD_HANDLERS": "flow_handlers:handlers",
             "BATCHD_FLOW_LOG": str(flow_log),
-            "BATCHD_WORKER_CONCURRENCY": str(concurrency),
             "BATCHD_LOG_LEVEL": "info",
-        }
-        process = worker(env, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+        },
+        concurrency=20,
+    )
+    yield pool.start
+    pool.stop()
 
 
 @pytest.fixture

@@ -72,3 +72,30 @@ def worker(env: Mapping[str, str], log_path: Path) -> ServiceProcess:
 
 def server(env: Mapping[str, str], log_path: Path) -> ServiceProcess:
     return ServiceProcess("batchd.server.main", env, log_path)
+
+
+class WorkerPool:
+    """Worker subprocesses against one Redis, each logging to its own file in `log_dir`;
+    `start` is what fixtures hand to tests, `stop` what they call at the end."""
+
+    def __init__(
+        self, redis_url: str, log_dir: Path, env: Mapping[str, str], *, concurrency: int = 10
+    ) -> None:
+        self.env = {"BATCHD_REDIS_URL": redis_url, **env}
+        self.log_dir = log_dir
+        self.concurrency = concurrency
+        self.started: list[ServiceProcess] = []
+
+    def start(self, concurrency: int | None = None) -> ServiceProcess:
+        env = {
+            **self.env,
+            "BATCHD_WORKER_CONCURRENCY": str(concurrency or self.concurrency),
+        }
+        log_path = self.log_dir / f"worker-{len(self.started)}.log"
+        process = worker(env, log_path).start()
+        self.started.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.started:
+            process.stop()
