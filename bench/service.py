@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,12 @@ class Service:
     port: int
     redis_url: str
     server_pid: int
-    worker_pid: int
+    worker_pids: tuple[int, ...]
+
+    @property
+    def worker_pid(self) -> int:
+        """The first worker's pid (every service has at least one)."""
+        return self.worker_pids[0]
 
     @property
     def target(self) -> str:
@@ -31,22 +37,39 @@ class Service:
 
 
 @contextmanager
-def running_service() -> Iterator[Service]:
-    """A private Valkey (AOF on, as the embedded default), `batchd-server` and one
-    `batchd-worker`, stopped (SIGTERM) at the end."""
+def running_service(workers: int = 1, env: Mapping[str, str] | None = None) -> Iterator[Service]:
+    """A private Valkey (AOF on, as the embedded default), `batchd-server` and `workers`
+    `batchd-worker` processes (with `env` added to their BATCHD_* settings), stopped
+    (SIGTERM) at the end."""
+    if workers < 1:
+        raise ValueError("a service needs at least one worker to publish its handlers")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
         port = free_port()
-        env = dict(os.environ, BATCHD_REDIS_URL=redis.url, BATCHD_PORT=str(port),
-                   BATCHD_HOST="127.0.0.1", BATCHD_LOG_LEVEL="warning")  # fmt: skip
+        full_env = dict(os.environ, BATCHD_REDIS_URL=redis.url, BATCHD_PORT=str(port),
+                        BATCHD_HOST="127.0.0.1", BATCHD_LOG_LEVEL="warning")  # fmt: skip
+        full_env.update(env or {})
         bin_dir = Path(sys.executable).parent
-        server = subprocess.Popen([bin_dir / "batchd-server"], env=env)
-        worker = subprocess.Popen([bin_dir / "batchd-worker"], env=env)
+        server = subprocess.Popen([bin_dir / "batchd-server"], env=full_env)
+        pool = [subprocess.Popen([bin_dir / "batchd-worker"], env=full_env) for _ in range(workers)]
         try:
-            yield Service(port, redis.url, server.pid, worker.pid)
+            yield Service(port, redis.url, server.pid, tuple(w.pid for w in pool))
         finally:
-            for process in (server, worker):
+            for process in (server, *pool):
+                process.send_signal(signal.SIGCONT)  # in case a scenario left it paused
                 process.terminate()
                 process.wait(30)
+
+
+@contextmanager
+def paused(pids: tuple[int, ...]) -> Iterator[None]:
+    """Stops processes (SIGSTOP) for a while: workers that hold no work take none."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 async def wait_for_handler(client: AsyncClient, name: str) -> None:
@@ -67,6 +90,13 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (/proc/<pid>/stat)."""
+    # The command name (field 2) may hold spaces: count fields after its closing ")".
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(figures: dict[str, float], json_path: Path | None) -> None:

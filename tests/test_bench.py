@@ -1,4 +1,5 @@
-"""A small run of each benchmark, so that the suite keeps the benchmarks working."""
+"""A small run of each benchmark scenario, so that the suite keeps the benchmarks working:
+each writes its figures as JSON, and every figure must be there and positive."""
 
 from __future__ import annotations
 
@@ -10,16 +11,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_upload_noop_small(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, module: str, *flags: str) -> dict[str, float]:
     figures = tmp_path / "figures.json"
     subprocess.run(
-        [sys.executable, "-m", "bench.upload_noop", "--items", "3000", "--json", str(figures)],
+        [sys.executable, "-m", f"bench.{module}", *flags, "--json", str(figures)],
         cwd=ROOT,
         check=True,
         timeout=120,
         capture_output=True,
     )
-    result = json.loads(figures.read_text())
+    result: dict[str, float] = json.loads(figures.read_text())
+    return result
+
+
+def assert_positive(figures: dict[str, float], *names: str) -> None:
+    for name in names:
+        assert figures[name] > 0, name
+
+
+def test_upload_noop_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "upload_noop", "--items", "3000")
     assert result["items"] == 3000
-    assert result["items_per_second"] > 0
-    assert result["server_peak_rss_mib"] > 0
+    assert_positive(result, "items_per_second", "server_peak_rss_mib")
+
+
+def test_noop_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "noop", "--items", "2000", "--arq-jobs", "500")
+    assert_positive(
+        result,
+        "items_per_second",
+        "ceiling_items_per_second",
+        "arq_jobs_per_second",
+        "ratio_to_ceiling",
+        "ratio_to_arq",
+        "redis_commands_per_item",
+        "redis_bytes_per_pending_item",
+    )

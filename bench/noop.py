@@ -1,0 +1,150 @@
+"""`noop` items end to end, beside the Python ceiling and plain ARQ, measured in one run.
+
+Figures:
+- batchd: UploadBatch of N `noop` items to the terminal WatchProgress snapshot (items/s),
+  Redis commands per item (INFO commandstats delta over that run, the client's watch
+  and the worker's heartbeats included) and Redis memory per pending item (used_memory
+  delta after an upload of N items while the worker is paused, divided by N);
+- ceiling: an in-process loop decoding the same msgpack chunk bytes batchd stores
+  (`encode_chunk`/`decode_chunk`), parsing each item's params JSON and awaiting the same
+  `noop` handler function, as the worker does per item, without Redis or gRPC;
+- arq: plain ARQ on its own private Valkey (AOF on, as batchd's), one job per item:
+  enqueue `--arq-jobs` jobs (1,000 at a time), then one burst worker at the same
+  concurrency as batchd's worker (100) runs them; jobs/s over both phases.
+
+    .venv/bin/python -m bench.noop --items 1000000 --arq-jobs 20000   # a full run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+from redis.asyncio import Redis
+
+from batchd.client import AsyncClient
+from batchd.core.codec import decode_chunk, encode_chunk
+from batchd.core.domain import NewItem
+from batchd.core.embedded_redis import EmbeddedRedis
+from batchd.worker.handler import ItemContext
+from batchd.worker.handlers import noop_handler
+from bench.service import paused, report, running_service
+from bench.upload_noop import items
+from bench.upload_noop import run as run_upload
+
+ARQ_CONCURRENCY = 100  # batchd's default BATCHD_WORKER_CONCURRENCY
+
+
+async def redis_commands(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(int(value["calls"]) for value in stats.values())
+
+
+async def batchd_figures(
+    count: int, chunk_size: int, port: int, redis_url: str, worker_pids: tuple[int, ...]
+) -> dict[str, float]:
+    redis = Redis.from_url(redis_url)
+    try:
+        before = await redis_commands(redis)
+        figures = await run_upload(count, chunk_size, port)
+        figures["redis_commands_per_item"] = (await redis_commands(redis) - before) / count
+        # Memory of pending items: a second upload that no worker takes.
+        async with AsyncClient(f"127.0.0.1:{port}") as client:
+            with paused(worker_pids):
+                used = int((await redis.info("memory"))["used_memory"])
+                pending = await client.upload(
+                    "noop", items(count), options={"chunk_size": chunk_size}
+                )
+                grown = int((await redis.info("memory"))["used_memory"]) - used
+                await client.cancel(pending.batch.batch_id)
+        figures["redis_bytes_per_pending_item"] = grown / count
+    finally:
+        await redis.aclose()
+    return figures
+
+
+def stored_chunks(count: int, chunk_size: int) -> list[bytes]:
+    new = [NewItem(custom_id, json.dumps(params).encode()) for custom_id, params in items(count)]
+    return [encode_chunk(new[i : i + chunk_size]) for i in range(0, count, chunk_size)]
+
+
+async def ceiling(chunks: Sequence[bytes]) -> float:
+    """Items/s of the bare loop: decode, parse params, call the handler."""
+    handler = noop_handler()
+    log = structlog.get_logger("bench").bind(batch_id="ceiling")
+    done = 0
+    started = time.perf_counter()
+    for raw in chunks:
+        for custom_id, params_json in decode_chunk(raw):
+            params = json.loads(params_json)
+            ctx = ItemContext("ceiling", custom_id, 1, log.bind(custom_id=custom_id))
+            await handler.run(params, ctx)
+            done += 1
+    return done / (time.perf_counter() - started)
+
+
+async def arq_noop(ctx: dict[str, Any], index: int) -> None:
+    return None
+
+
+async def arq_jobs_per_second(jobs: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
+        settings = RedisSettings.from_dsn(redis.url)
+        pool = await create_pool(settings)
+        worker = Worker(
+            functions=[func(arq_noop, name="arq_noop")],
+            redis_settings=settings,
+            burst=True,
+            max_jobs=ARQ_CONCURRENCY,
+            handle_signals=False,
+        )
+        try:
+            started = time.perf_counter()
+            for first in range(0, jobs, 1000):
+                batch = range(first, min(first + 1000, jobs))
+                await asyncio.gather(*(pool.enqueue_job("arq_noop", i) for i in batch))
+            await worker.main()
+            elapsed = time.perf_counter() - started
+            if worker.jobs_complete != jobs:
+                raise RuntimeError(f"ARQ ran {worker.jobs_complete} of {jobs} jobs")
+        finally:
+            await worker.close()
+            await pool.aclose()
+    return jobs / elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--arq-jobs", type=int, default=20_000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    with running_service() as service:
+        figures = asyncio.run(
+            batchd_figures(
+                args.items, args.chunk_size, service.port, service.redis_url, service.worker_pids
+            )
+        )
+    chunks = stored_chunks(args.items, args.chunk_size)
+    figures["ceiling_items_per_second"] = asyncio.run(ceiling(chunks))
+    figures["arq_jobs"] = args.arq_jobs
+    figures["arq_jobs_per_second"] = asyncio.run(arq_jobs_per_second(args.arq_jobs))
+    rate = figures["items_per_second"]
+    figures["ratio_to_ceiling"] = rate / figures["ceiling_items_per_second"]
+    figures["ratio_to_arq"] = rate / figures["arq_jobs_per_second"]
+    report(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
