@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchd.client import AsyncClient
+from batchd.client import AsyncClient, BatchState
 from batchd.core.embedded_redis import EmbeddedRedis, free_port
 
 
@@ -105,3 +106,20 @@ def report(figures: dict[str, float], json_path: Path | None) -> None:
         print(f"{name:<{width}}  {value:,.3f}")
     if json_path:
         json_path.write_text(json.dumps(figures, indent=2))
+
+
+async def upload_and_watch(
+    client: AsyncClient, handler: str, items: Iterable[tuple[str, dict[str, object]]],
+    count: int, options: Mapping[str, object] | None = None,
+) -> float:  # fmt: skip
+    """Uploads a batch and watches it to its terminal snapshot: the seconds it took.
+    Raises unless all `count` items succeeded."""
+    started = time.perf_counter()
+    result = await client.upload(handler, items, options=dict(options or {}))
+    last = None
+    async for progress in client.watch(result.batch.batch_id, min_interval=0.1):
+        last = progress
+    elapsed = time.perf_counter() - started
+    if last is None or last.state != BatchState.COMPLETED or last.counts.succeeded != count:
+        raise RuntimeError(f"the batch did not complete cleanly: {last}")
+    return elapsed

@@ -47,3 +47,8 @@ def test_noop_small(tmp_path: Path) -> None:
         "redis_commands_per_item",
         "redis_bytes_per_pending_item",
     )
+
+
+def test_sleep_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "sleep", "--items", "2000")
+    assert_positive(result, "items_per_second", "ideal_items_per_second", "ratio_to_ideal")
