@@ -52,3 +52,8 @@ def test_noop_small(tmp_path: Path) -> None:
 def test_sleep_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "sleep", "--items", "2000")
     assert_positive(result, "items_per_second", "ideal_items_per_second", "ratio_to_ideal")
+
+
+def test_http_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "http", "--items", "1000")
+    assert_positive(result, "items_per_second", "bare_aiohttp_requests_per_second", "ratio_to_bare")
