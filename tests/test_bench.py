@@ -57,3 +57,17 @@ def test_sleep_small(tmp_path: Path) -> None:
 def test_http_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "http", "--items", "1000")
     assert_positive(result, "items_per_second", "bare_aiohttp_requests_per_second", "ratio_to_bare")
+
+
+def test_submit_small(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path, "submit", "--items", "4000", "--upload-items", "4000", "--per-message", "1000"
+    )
+    assert_positive(
+        result,
+        "upload_items_per_second",
+        "submit_json_items_per_second",
+        "submit_struct_items_per_second",
+        "server_peak_rss_mib",
+        "struct_ratio_to_json",
+    )
