@@ -71,3 +71,11 @@ def test_submit_small(tmp_path: Path) -> None:
         "server_peak_rss_mib",
         "struct_ratio_to_json",
     )
+
+
+def test_watchers_small(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path, "watchers", "--watchers", "50", "--channels", "2", "--items", "2000"
+    )
+    assert_positive(result, "watchers", "server_cpu_seconds", "cpu_ratio_to_one_watcher")
+    assert result["last_watcher_delay_seconds"] >= 0
