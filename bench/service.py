@@ -73,15 +73,16 @@ def paused(pids: tuple[int, ...]) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-async def wait_for_handler(client: AsyncClient, name: str) -> None:
-    """The worker publishes its catalog at start-up, in another process: poll for it."""
-    while not await _serves(client, name):  # noqa: ASYNC110
+async def wait_for_handler(client: AsyncClient, name: str, workers: int = 1) -> None:
+    """Workers publish their catalog at start-up, in other processes: poll until
+    `workers` of them serve `name`."""
+    while not await _serves(client, name, workers):  # noqa: ASYNC110
         await asyncio.sleep(0.05)
 
 
-async def _serves(client: AsyncClient, name: str) -> bool:
+async def _serves(client: AsyncClient, name: str, workers: int) -> bool:
     try:
-        return any(h.name == name and h.live_workers for h in await client.handlers())
+        return any(h.name == name and h.live_workers >= workers for h in await client.handlers())
     except Exception:  # the server may not listen yet
         return False
 

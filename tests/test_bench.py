@@ -79,3 +79,10 @@ def test_watchers_small(tmp_path: Path) -> None:
     )
     assert_positive(result, "watchers", "server_cpu_seconds", "cpu_ratio_to_one_watcher")
     assert result["last_watcher_delay_seconds"] >= 0
+
+
+def test_scaling_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "scaling", "--items", "2000", "--workers", "1", "2")
+    assert_positive(
+        result, "workers_1_items_per_second", "workers_2_items_per_second", "workers_2_ratio_to_1"
+    )
