@@ -1,9 +1,23 @@
-"""`python -m bench`: every benchmark scenario, in turn (pass --items to scale them)."""
+"""`python -m bench`: every benchmark scenario in turn, at modest sizes (a few minutes on
+two cores). Each module's docstring gives the sizes of a full run; run one alone with
+`python -m bench.<name> --help`."""
 
 from __future__ import annotations
 
-from bench import fairness, upload_noop
+from bench import fairness, http, noop, scaling, sleep, submit, upload_noop, watchers
+
+SCENARIOS = [
+    (upload_noop.main, ["--items", "100000"]),
+    (noop.main, ["--items", "100000", "--arq-jobs", "20000"]),
+    (sleep.main, ["--items", "20000"]),
+    (http.main, ["--items", "10000"]),
+    (submit.main, ["--items", "100000", "--upload-items", "100000"]),
+    (watchers.main, ["--watchers", "1000", "--items", "50000"]),
+    (scaling.main, ["--items", "50000"]),
+    (fairness.main, ["--items", "200000"]),
+]
 
 if __name__ == "__main__":
-    upload_noop.main()
-    fairness.main()
+    for scenario, flags in SCENARIOS:
+        print(f"== {scenario.__module__} {' '.join(flags)}", flush=True)
+        scenario(flags)

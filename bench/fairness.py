@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -69,12 +69,12 @@ async def run(count: int, chunk_size: int, port: int, redis_url: str) -> dict[st
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with running_service() as service:
         figures = asyncio.run(run(args.items, args.chunk_size, service.port, service.redis_url))
     report(figures, args.json)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from batchd.client import AsyncClient, BatchState
@@ -44,12 +44,12 @@ async def run(count: int, chunk_size: int, server_port: int) -> dict[str, float]
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with running_service() as service:
         figures = asyncio.run(run(args.items, args.chunk_size, service.port))
         figures["server_peak_rss_mib"] = peak_rss_mib(service.server_pid)
