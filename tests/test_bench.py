@@ -77,7 +77,10 @@ def test_watchers_small(tmp_path: Path) -> None:
     result = run_bench(
         tmp_path, "watchers", "--watchers", "50", "--channels", "2", "--items", "2000"
     )
-    assert_positive(result, "watchers", "server_cpu_seconds", "cpu_ratio_to_one_watcher")
+    assert_positive(result, "watchers")
+    # CPU time comes in 10 ms ticks: a tiny run may read 0 without anything being wrong.
+    assert result["server_cpu_seconds"] >= 0
+    assert "cpu_ratio_to_one_watcher" in result
     assert result["last_watcher_delay_seconds"] >= 0
 
 
