@@ -61,6 +61,31 @@ class Settings:
         "chunk jobs of each batch kept in the queue at once: a batch behind another "
         "waits for at most this many of its chunks",
     )
+    smtp_url: str = _setting(
+        "smtp://localhost:25",
+        "SMTP relay of email.send: smtp://[user:password@]host[:port][?starttls=auto|require|off]"
+        ", or smtps:// for TLS from the first byte",
+    )
+    smtp_connections: int = _setting(
+        8, "SMTP connections email.send keeps open per worker process and relay"
+    )
+    databases: str = _setting(
+        "",
+        "databases record.migrate may name, comma-separated name=SQLAlchemy-URL pairs; "
+        "items may also give URLs themselves",
+    )
+    image_processes: int = _setting(
+        2, "processes per worker that decode and resize images for image.resize"
+    )
+    image_max_pixels: int = _setting(
+        50_000_000, "image.resize refuses images of more pixels (decompression bombs)"
+    )
+    image_input_dir: str = _setting(
+        ".", "local image paths given to image.resize are read from inside this directory"
+    )
+    image_output_dir: str = _setting(
+        ".data/images", "image.resize writes its variants inside this directory"
+    )
     log_format: str = _setting("auto", "json, console, or auto (console on a terminal)")
     log_level: str = _setting("info", "debug, info, warning or error")
 

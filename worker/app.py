@@ -197,7 +197,9 @@ class _Lifecycle:
         self.store = BatchStore(
             ctx["redis"], Keys(settings.key_prefix), retention=settings.retention
         )
-        info = WorkerInfo(worker_id=self.worker_id, concurrency=settings.worker_concurrency)
+        info = WorkerInfo(
+            worker_id=self.worker_id, concurrency=settings.worker_concurrency, settings=settings
+        )
         try:
             for handler in self.handlers.values():
                 if handler.startup is not None:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from batchd.core.config import Settings
 from batchd.core.domain import BatchOptions
 
 __all__ = [
@@ -129,6 +130,8 @@ class WorkerInfo:
 
     worker_id: str
     concurrency: int  # items in flight at most in this process: size pools to it
+    # The worker's settings: handlers read their own (smtp_url, image_processes, ...).
+    settings: Settings = field(default_factory=Settings, compare=False)
 
 
 class RunItem(Protocol):
