@@ -1,0 +1,182 @@
+"""A real SMTP server for the `email.send` tests: aiosmtpd's `Controller` on 127.0.0.1
+(its own thread and event loop) with a handler that records every message it takes and
+answers as a test scripts it.
+
+    server = start_smtp_server()              # server.url: smtp://127.0.0.1:PORT
+    server.handler.reject.add("gone@x.test")  # RCPT TO answers 550 5.1.1 User unknown
+    server.handler.script_rcpt("busy@x.test", "451 4.3.0 Try again later", times=2)
+    server.handler.mail_replies.append("421 4.7.0 Too many connections")
+    server.handler.messages                   # [Received(message_id, recipients, ...)]
+    server.handler.connections                # connections that said EHLO/HELO
+    server.hang_up()                          # closes every open connection, server side
+    server.stop()
+
+The handler runs in the controller's thread: everything a test reads is guarded by a
+lock and copied out.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from support.net import find_free_port
+
+USER_UNKNOWN = "550 5.1.1 User unknown"
+
+
+@dataclass(frozen=True)
+class Received:
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    content: bytes
+
+
+class RecordingHandler:
+    """aiosmtpd handler hooks: records messages, counts connections, scripted replies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._messages: list[Received] = []
+        self._peers: set[Any] = set()
+        self._transports: list[Any] = []
+        self.reject: set[str] = set()  # RCPT TO of these answers USER_UNKNOWN
+        self._rcpt_replies: dict[str, deque[str]] = {}
+        self.mail_replies: deque[str] = deque()  # the next MAIL FROM commands answer these
+        self.data_replies: deque[str] = deque()  # the next DATA commands answer these
+
+    def script_rcpt(self, address: str, reply: str, *, times: int = 1) -> None:
+        """RCPT TO `address` answers `reply` the next `times` times, then as usual."""
+        with self._lock:
+            self._rcpt_replies.setdefault(address.lower(), deque()).extend([reply] * times)
+
+    @property
+    def messages(self) -> list[Received]:
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def connections(self) -> int:
+        """Connections that greeted the server (each counted once, STARTTLS or not)."""
+        with self._lock:
+            return len(self._peers)
+
+    def open_transports(self) -> list[Any]:
+        with self._lock:
+            self._transports = [t for t in self._transports if not t.is_closing()]
+            return list(self._transports)
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook names)
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        self._greeted(server, session)
+        return responses
+
+    async def handle_HELO(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        session.host_name = hostname
+        self._greeted(server, session)
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self._lock:
+            if self.mail_replies:
+                return self.mail_replies.popleft()
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        key = address.lower()
+        with self._lock:
+            scripted = self._rcpt_replies.get(key)
+            if scripted:
+                return scripted.popleft()
+            if key in self.reject:
+                return USER_UNKNOWN
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        with self._lock:
+            if self.data_replies:
+                return self.data_replies.popleft()
+        content = envelope.original_content or envelope.content or b""
+        assert isinstance(content, bytes)
+        headers = BytesHeaderParser().parsebytes(content)
+        received = Received(
+            message_id=str(headers.get("Message-ID", "")),
+            sender=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            content=content,
+        )
+        with self._lock:
+            self._messages.append(received)
+            queue_id = len(self._messages)
+        return f"250 2.0.0 Ok: queued as Q{queue_id}"
+
+    def _greeted(self, server: SMTP, session: Session) -> None:
+        with self._lock:
+            self._peers.add(session.peer)
+            if server.transport is not None and server.transport not in self._transports:
+                self._transports.append(server.transport)
+
+
+class SmtpServer:
+    """A started `Controller` and its recording handler."""
+
+    def __init__(self, **smtp_options: Any) -> None:
+        self.handler = RecordingHandler()
+        self.port = find_free_port()
+        # A fixed hostname spares a reverse DNS lookup per connection.
+        smtp_options.setdefault("server_hostname", "smtp.test")
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, **smtp_options
+        )
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def hang_up(self) -> None:
+        """Closes every open connection from the server's side, as an idle timeout does."""
+        done = threading.Event()
+
+        def close_all() -> None:
+            for transport in self.handler.open_transports():
+                transport.close()
+            done.set()
+
+        self.controller.loop.call_soon_threadsafe(close_all)
+        done.wait(5)
+
+
+def start_smtp_server(**smtp_options: Any) -> SmtpServer:
+    """A running server; `smtp_options` go to aiosmtpd's SMTP (auth_require_tls, ...)."""
+    return SmtpServer(**smtp_options).start()

@@ -1,0 +1,234 @@
+"""`email.send`: one email message per item, through the worker's SMTP relay.
+
+Each item renders its subject, text and HTML templates (Jinja2, sandboxed) with its
+`vars` and sends the message to its `to` addresses through the relay of
+`Settings.smtp_url`, over a small pool of reused connections (email_smtp.py). The
+Message-ID is derived from the item's idempotency key, the same on every attempt, so a
+message delivered twice (a connection lost after DATA was sent) is recognisable.
+
+How the relay's answers map to the item's fate:
+
+    DATA accepted                   SUCCEEDED: message_id, accepted, rejected, reply
+      (some recipients refused      SUCCEEDED all the same, the refused ones in `rejected`
+       for good, 5xx)               with the relay's reply
+    421 (any stage)                 retry, UNAVAILABLE, and slow down (SlowDown)
+    452 (any stage)                 retry, RESOURCE_EXHAUSTED, and slow down
+    other 4xx (connect, MAIL,       retry, UNAVAILABLE
+      RCPT of any recipient, DATA)
+    5xx, all recipients refused,    fail, FAILED_PRECONDITION with the reply ("550 5.1.1
+      MAIL or DATA refused          User unknown"); 501 and 553 (address syntax)
+                                    INVALID_ARGUMENT; 530, 535 UNAUTHENTICATED
+    refused, reset, timed out       retry, UNAVAILABLE
+      connection
+    bad template, missing variable, fail, INVALID_ARGUMENT naming the part and the cause
+      bad address or header
+    relay without STARTTLS under    fail, FAILED_PRECONDITION (fix the relay or the URL,
+      starttls=require, no AUTH,    then redrive)
+      no SMTPUTF8 for a non-ASCII
+      address, a bad certificate
+
+Items are rate-limit keyed by relay, `smtp:<host>:<port>` (`rate_key`), when their
+batch names no rate_limit_key: a 421 or 452 slows every batch sending through that
+relay down, on every worker.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import aiosmtplib
+
+from batchd.core.domain import BatchOptions, RetryPolicy
+from batchd.worker.handler import (
+    Code,
+    Handler,
+    HandlerError,
+    ItemContext,
+    PermanentError,
+    RetryableError,
+    SlowDown,
+    WorkerInfo,
+)
+from batchd.worker.handlers.email_message import (
+    MessageError,
+    Templates,
+    build_message,
+    message_id_for,
+)
+from batchd.worker.handlers.email_relay import Relay, parse_relay_url
+from batchd.worker.handlers.email_smtp import RecipientsRefused, SmtpPool, reply_text
+
+__all__ = ["MAX_RECIPIENTS", "PARAMS_SCHEMA", "email_send_handler"]
+
+MAX_RECIPIENTS = 50
+_TEMPLATE_LIMIT = 1024 * 1024  # characters of one template
+
+_ADDRESS: dict[str, Any] = {
+    "type": "string",
+    "minLength": 3,
+    "maxLength": 320,
+    "pattern": "@",
+    "description": "a@example.com or Name <a@example.com>",
+}
+_TEMPLATE: dict[str, Any] = {"type": "string", "maxLength": _TEMPLATE_LIMIT}
+
+PARAMS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "to": {
+            "oneOf": [
+                _ADDRESS,
+                {"type": "array", "items": _ADDRESS, "minItems": 1, "maxItems": MAX_RECIPIENTS},
+            ],
+            "description": f"One address or a list of up to {MAX_RECIPIENTS}.",
+        },
+        "from": _ADDRESS,
+        "reply_to": _ADDRESS,
+        "headers": {
+            "type": "object",
+            "description": "Extra headers (List-Unsubscribe, X-...); not From, To, Subject...",
+            "propertyNames": {"pattern": "^[!-9;-~]{1,76}$"},
+            "additionalProperties": {"type": "string", "maxLength": 998, "pattern": "^[^\r\n]*$"},
+            "maxProperties": 50,
+        },
+        "subject": {**_TEMPLATE, "maxLength": 4096, "description": "Jinja2 template, one line."},
+        "text": {**_TEMPLATE, "description": "Jinja2 template of the text/plain part."},
+        "html": {**_TEMPLATE, "description": "Jinja2 template of the text/html part, escaped."},
+        "vars": {"type": "object", "description": "The templates' variables for this item."},
+    },
+    "required": ["to", "from", "subject"],
+    "anyOf": [{"required": ["text"]}, {"required": ["html"]}],
+    "additionalProperties": False,
+}
+
+# Codes of refusals that retrying cannot fix, other than FAILED_PRECONDITION.
+_PERMANENT_CODES: dict[int, Code] = {
+    501: Code.INVALID_ARGUMENT,  # syntax error in parameters (an address)
+    553: Code.INVALID_ARGUMENT,  # mailbox name not allowed
+    530: Code.UNAUTHENTICATED,  # authentication required
+    535: Code.UNAUTHENTICATED,  # authentication credentials invalid
+}
+# Temporary refusals that say the relay is overloaded: slow every worker down.
+_SLOW_DOWN_CODES: dict[int, Code] = {421: Code.UNAVAILABLE, 452: Code.RESOURCE_EXHAUSTED}
+
+
+class _EmailSend:
+    """The handler's state: the worker's relay, its connection pool and the templates."""
+
+    def __init__(self) -> None:
+        self._relay: Relay | None = None
+        self._pool: SmtpPool | None = None
+        self._templates = Templates()
+
+    async def startup(self, worker: WorkerInfo) -> None:
+        # A bad URL stops the worker at start-up, not 50,000 items later.
+        self._relay = parse_relay_url(worker.settings.smtp_url)
+        self._pool = SmtpPool(self._relay, worker.settings.smtp_connections)
+
+    async def shutdown(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def rate_key(self, params: Mapping[str, Any]) -> str | None:
+        return self._relay.rate_key if self._relay is not None else None
+
+    async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        if self._pool is None:
+            raise RuntimeError("email.send used before its startup hook ran")
+        message_id = message_id_for(ctx.idempotency_key, ctx.custom_id)
+        try:
+            outgoing = build_message(params, message_id, self._templates)
+        except MessageError as exc:
+            raise PermanentError(str(exc), code=Code.INVALID_ARGUMENT) from exc
+        try:
+            delivery = await self._pool.send(outgoing.sender, outgoing.recipients, outgoing.message)
+        except Exception as exc:
+            raise _item_error(exc, self._pool.relay) from exc
+        if delivery.rejected:
+            ctx.logger.info("email_recipients_rejected", rejected=len(delivery.rejected))
+        return {
+            "message_id": message_id,
+            "accepted": delivery.accepted,
+            "rejected": delivery.rejected,
+            "reply": delivery.reply,
+        }
+
+
+def email_send_handler() -> Handler:
+    """A fresh `email.send` handler, with its own (not yet opened) connection pool."""
+    state = _EmailSend()
+    return Handler(
+        name="email.send",
+        description=(
+            "Sends one email message (Jinja2 templates, text and/or HTML) through the "
+            "worker's SMTP relay; returns {message_id, accepted, rejected, reply}. 4xx "
+            "replies and connection errors are retried; 5xx replies fail the item."
+        ),
+        params_schema=PARAMS_SCHEMA,
+        default_options=BatchOptions(
+            chunk_size=100,
+            # Greylisting relays answer 4xx for minutes: back off up to 5 minutes.
+            retry_policy=RetryPolicy(
+                max_attempts=6, min_backoff=1.0, max_backoff=300.0, max_doublings=8
+            ),
+        ),
+        run=state.run,
+        startup=state.startup,
+        shutdown=state.shutdown,
+        rate_key=state.rate_key,
+    )
+
+
+def _item_error(exc: Exception, relay: Relay) -> HandlerError:
+    """The item's fate for what sending raised (the table in the module docstring)."""
+    if isinstance(exc, RecipientsRefused):
+        # Any temporary refusal decides: retrying may get the whole message through.
+        replies = sorted(exc.refused.values(), key=lambda reply: reply.code >= 500)
+        return _reply_error(replies[0].code, f"RCPT TO refused: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return _reply_error(exc.code, f"MAIL FROM <{exc.sender}> refused: {_text(exc)}")
+    if isinstance(exc, aiosmtplib.SMTPDataError):
+        return _reply_error(exc.code, f"DATA refused: {_text(exc)}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):  # greeting, EHLO, AUTH, STARTTLS
+        return _reply_error(exc.code, f"SMTP relay {relay.address}: {_text(exc)}")
+    certificate = _certificate_error(exc)
+    if certificate is not None:
+        return PermanentError(
+            f"SMTP relay {relay.address}: TLS certificate: {certificate.verify_message}",
+            code=Code.FAILED_PRECONDITION,
+        )
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return RetryableError(f"SMTP relay {relay.address} timed out", code=Code.UNAVAILABLE)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPConnectError | OSError):
+        return RetryableError(f"SMTP relay {relay.address}: {exc}", code=Code.UNAVAILABLE)
+    if isinstance(exc, aiosmtplib.SMTPException):  # no STARTTLS, no AUTH, no SMTPUTF8
+        return PermanentError(f"SMTP relay {relay.address}: {exc}", code=Code.FAILED_PRECONDITION)
+    if isinstance(exc, ValueError):  # aiosmtplib refuses an address it cannot quote safely
+        return PermanentError(f"invalid address: {exc}", code=Code.INVALID_ARGUMENT)
+    raise exc
+
+
+def _reply_error(code: int, message: str) -> HandlerError:
+    if code in _SLOW_DOWN_CODES:
+        return SlowDown(message, code=_SLOW_DOWN_CODES[code])
+    if 400 <= code < 500:
+        return RetryableError(message, code=Code.UNAVAILABLE)
+    return PermanentError(message, code=_PERMANENT_CODES.get(code, Code.FAILED_PRECONDITION))
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate error behind a failure, if any (aiosmtplib wraps it in a connect
+    error): retrying cannot make the relay's certificate valid."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _text(exc: aiosmtplib.SMTPResponseException) -> str:
+    return reply_text(aiosmtplib.SMTPResponse(exc.code, exc.message))
