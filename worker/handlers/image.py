@@ -1,0 +1,286 @@
+"""`image.resize`: batch image resizing for user uploads.
+
+Each item names a source — a path inside `image_input_dir` or an http(s) URL — and the
+variants to make of it; each variant is written inside `image_output_dir` as
+`<output>.<name>.<ext>`, atomically. docs/handlers/image.md is the full reference.
+
+Decoding, resizing and encoding are CPU work that would stall the worker's event loop
+(and every other item it runs), so they go to a `ProcessPoolExecutor` of
+`image_processes` processes, opened by the startup hook and shut down by the shutdown
+hook. The pool processes read local sources and write the variant files themselves:
+only the params go in and the small output dict comes back (downloaded sources go in as
+bytes). The pool is started with "forkserver" (else "spawn"): the worker process runs an
+event loop and threads, which a fork would copy in an unknown state.
+
+How an item ends, besides SUCCEEDED:
+
+    corrupt, truncated, unknown format      fail, INVALID_ARGUMENT
+    more than image_max_pixels pixels       fail, INVALID_ARGUMENT (decompression bomb)
+    path outside its directory              fail, PERMISSION_DENIED
+    local source missing                    fail, NOT_FOUND
+    URL answered 4xx                        fail, as http.request (404 NOT_FOUND, ...)
+    URL 408, 429, 5xx, connection error     retry (429 and 503 also slow the host down)
+    disk error, a pool process crashed      retry, UNAVAILABLE (the pool is recreated)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from batchd.core.domain import BatchOptions, RetryPolicy
+from batchd.worker.handler import (
+    Code,
+    Handler,
+    ItemContext,
+    PermanentError,
+    RetryableError,
+    WorkerInfo,
+)
+from batchd.worker.handlers.http import host_key
+from batchd.worker.handlers.image_errors import ImageRefused
+from batchd.worker.handlers.image_fetch import fetch
+from batchd.worker.handlers.image_ops import (
+    EXTENSIONS,
+    FITS,
+    ResizeJob,
+    Variant,
+    init_process,
+    resize_job,
+)
+from batchd.worker.handlers.image_paths import check_relative
+
+__all__ = ["MAX_SIDE", "MAX_SOURCE_BYTES", "PARAMS_SCHEMA", "image_resize_handler"]
+
+# The largest source accepted, downloaded or local. Sources wait in memory for a pool
+# process; at most _QUEUED_PER_PROCESS x image_processes of them at once.
+MAX_SOURCE_BYTES = 32 * 1024 * 1024
+MAX_SIDE = 10_000  # the largest width or height a variant may ask for
+# Items per pool process that may be downloading, queued or resizing at once: enough to
+# keep the processes busy while the next sources arrive, few enough to bound memory.
+_QUEUED_PER_PROCESS = 4
+USER_AGENT = "batchd-image-resize/0.1"
+
+_VARIANT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_-]{1,64}$",
+            "description": "Names the file: <output>.<name>.<ext>; unique in the item.",
+        },
+        "width": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
+        "height": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
+        "fit": {
+            "enum": list(FITS),
+            "default": "inside",
+            "description": "inside: within the box, aspect kept, never enlarged; cover: "
+            "exactly the box, centre-cropped; fill: exactly the box, stretched.",
+        },
+        "format": {
+            "enum": list(EXTENSIONS),
+            "description": "Default: the source's format (PNG for GIF, BMP, TIFF).",
+        },
+        "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+    "anyOf": [{"required": ["width"]}, {"required": ["height"]}],
+    # cover and fill make exactly width x height: both are needed.
+    "if": {"required": ["fit"], "properties": {"fit": {"enum": ["cover", "fill"]}}},
+    "then": {"required": ["width", "height"]},
+}
+
+PARAMS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "source": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 8192,
+            "description": "An http(s) URL, or a path relative to the worker's image_input_dir.",
+        },
+        "variants": {"type": "array", "minItems": 1, "maxItems": 16, "items": _VARIANT_SCHEMA},
+        "output": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 1024,
+            "description": "Path prefix inside the worker's image_output_dir, e.g. "
+            '"user-42/avatar".',
+        },
+    },
+    "required": ["source", "variants", "output"],
+    "additionalProperties": False,
+}
+
+
+class _ImageResize:
+    """The handler's state in one worker process: the pool, the session, the roots."""
+
+    def __init__(self, max_source_bytes: int) -> None:
+        self._max_source_bytes = max_source_bytes
+        self._pool: ProcessPoolExecutor | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(1)
+        self._processes = 1
+        self._max_pixels = 0
+        self._input_root = Path()
+        self._output_root = Path()
+
+    async def startup(self, worker: WorkerInfo) -> None:
+        settings = worker.settings
+        self._processes = max(settings.image_processes, 1)
+        self._max_pixels = settings.image_max_pixels
+        self._input_root, self._output_root = await asyncio.to_thread(
+            _roots, settings.image_input_dir, settings.image_output_dir
+        )
+        self._slots = asyncio.Semaphore(self._processes * _QUEUED_PER_PROCESS)
+        self._pool = self._new_pool()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max(worker.concurrency, 1)),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def shutdown(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            # Joining the processes blocks: not on the event loop.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        if self._pool is None or self._session is None:
+            raise RuntimeError("image.resize used before its startup hook ran")
+        source = str(params["source"])
+        remote = _is_url(source)
+        variants = _variants(params["variants"], self._max_pixels)
+        try:  # refused before any work: the pool checks symlinks again on the disk
+            check_relative(str(params["output"]), "output", "image_output_dir")
+            if not remote:
+                check_relative(source, "source", "image_input_dir")
+        except ImageRefused as exc:
+            raise PermanentError(exc.message, code=exc.code) from None
+        async with self._slots:
+            data = await fetch(self._session, source, self._max_source_bytes) if remote else None
+            job = ResizeJob(
+                source=source if data is None else data,
+                input_root=str(self._input_root),
+                output_root=str(self._output_root),
+                output=str(params["output"]),
+                variants=variants,
+                max_pixels=self._max_pixels,
+                max_bytes=self._max_source_bytes,
+            )
+            return await self._in_pool(job)
+
+    async def _in_pool(self, job: ResizeJob) -> dict[str, Any]:
+        pool = self._pool
+        assert pool is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, resize_job, job)
+        except ImageRefused as exc:
+            raise PermanentError(exc.message, code=exc.code) from None
+        except BrokenProcessPool as exc:
+            # A pool process died (killed, out of memory, a crash in a decoder): every
+            # item it held fails this attempt; a fresh pool serves the retries.
+            self._replace_pool(pool)
+            raise RetryableError(
+                "an image process died; the pool was restarted", code=Code.UNAVAILABLE
+            ) from exc
+        except OSError as exc:  # reading the source or writing a variant
+            raise RetryableError(f"file I/O failed: {exc}", code=Code.UNAVAILABLE) from exc
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        return ProcessPoolExecutor(
+            max_workers=self._processes,
+            mp_context=context,
+            initializer=init_process,
+            initargs=(self._max_pixels,),
+        )
+
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
+        # Items that shared the broken pool all land here: replace it only once.
+        if self._pool is broken:
+            self._pool = self._new_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
+
+
+def image_resize_handler(*, max_source_bytes: int = MAX_SOURCE_BYTES) -> Handler:
+    """A fresh `image.resize` handler, with its own (not yet started) pool and session."""
+    state = _ImageResize(max_source_bytes)
+    return Handler(
+        name="image.resize",
+        description=(
+            "Resizes an image (a path in image_input_dir or an http(s) URL) into variants "
+            "written as <output>.<name>.<ext> in image_output_dir; returns the source's "
+            "and each variant's size. Corrupt images and decompression bombs fail the item."
+        ),
+        params_schema=PARAMS_SCHEMA,
+        default_options=BatchOptions(
+            chunk_size=20,
+            retry_policy=RetryPolicy(
+                max_attempts=3, min_backoff=1.0, max_backoff=30.0, max_doublings=3
+            ),
+        ),
+        run=state.run,
+        startup=state.startup,
+        shutdown=state.shutdown,
+        rate_key=_rate_key,
+    )
+
+
+def _roots(input_dir: str, output_dir: str) -> tuple[Path, Path]:
+    """Both directories resolved, once: the confinement checks compare resolved paths
+    with these. The output directory is created if missing."""
+    output_root = Path(output_dir).resolve()
+    output_root.mkdir(parents=True, exist_ok=True)
+    return Path(input_dir).resolve(), output_root
+
+
+def _is_url(source: str) -> bool:
+    return source[:8].lower().startswith(("http://", "https://"))
+
+
+def _rate_key(params: Mapping[str, Any]) -> str | None:
+    """Downloads share their host's back-off with http.request; local files have none."""
+    source = str(params.get("source", ""))
+    return host_key({"url": source}) if _is_url(source) else None
+
+
+def _variants(raw: Sequence[Mapping[str, Any]], max_pixels: int) -> tuple[Variant, ...]:
+    variants = tuple(
+        Variant(
+            name=str(v["name"]),
+            width=int(v.get("width", 0)),
+            height=int(v.get("height", 0)),
+            fit=str(v.get("fit", "inside")),
+            format=str(v.get("format", "")),
+            quality=int(v.get("quality", 0)),
+        )
+        for v in raw
+    )
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise PermanentError(f"variant names must be unique: {names}", code=Code.INVALID_ARGUMENT)
+    for v in variants:
+        # inside never enlarges, so only cover and fill can make an image bigger than its
+        # source: hold them to the same pixel limit as sources.
+        if v.fit != "inside" and v.width * v.height > max_pixels:
+            raise PermanentError(
+                f"variant {v.name!r}: {v.width}x{v.height} is more than image_max_pixels "
+                f"({max_pixels:,}) pixels",
+                code=Code.INVALID_ARGUMENT,
+            )
+    return variants

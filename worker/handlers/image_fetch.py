@@ -1,0 +1,63 @@
+"""Downloads of `image.resize` sources given as http(s) URLs, capped in size.
+
+Errors map as in `http.request`: a 4xx answer fails the item for good (404 NOT_FOUND,
+403 PERMISSION_DENIED, ...), 408, 429, 5xx, timeouts and connection errors are retried
+(429 and 503 also slow the source's host down), and a body larger than the cap fails
+the item (INVALID_ARGUMENT) as soon as the cap is passed, without reading the rest.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from batchd.worker.handler import Code, PermanentError, RetryableError
+
+# The status mapping is http.request's own, so that both handlers treat a peer alike.
+from batchd.worker.handlers.http import _raise_for_status
+
+__all__ = ["FETCH_TIMEOUT", "fetch"]
+
+FETCH_TIMEOUT = 60.0  # seconds for the whole download, body included
+_READ_SIZE = 256 * 1024
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, max_bytes: int) -> bytes:
+    """The body at `url`, at most `max_bytes` long (else PermanentError)."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT)) as response:
+            _raise_for_status(response)
+            if (response.content_length or 0) > max_bytes:
+                raise _too_large(max_bytes, response.content_length)
+            parts: list[bytes] = []
+            size = 0
+            async for data in response.content.iter_chunked(_READ_SIZE):
+                size += len(data)
+                if size > max_bytes:
+                    raise _too_large(max_bytes, None)
+                parts.append(data)
+            return b"".join(parts)
+    except TimeoutError as exc:  # aiohttp's timeouts subclass it
+        raise RetryableError(
+            f"download of the source timed out after {FETCH_TIMEOUT:g}s",
+            code=Code.DEADLINE_EXCEEDED,
+        ) from exc
+    except aiohttp.InvalidURL as exc:
+        raise PermanentError(f"invalid source URL: {exc}", code=Code.INVALID_ARGUMENT) from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise PermanentError(
+            f"TLS certificate error: {exc.certificate_error}", code=Code.FAILED_PRECONDITION
+        ) from exc
+    except aiohttp.TooManyRedirects as exc:
+        raise PermanentError("too many redirects", code=Code.FAILED_PRECONDITION) from exc
+    except aiohttp.ClientError as exc:
+        raise RetryableError(
+            f"download of the source failed: {type(exc).__name__}: {exc}", code=Code.UNAVAILABLE
+        ) from exc
+
+
+def _too_large(max_bytes: int, announced: int | None) -> PermanentError:
+    size = f"{announced:,} bytes" if announced is not None else "larger"
+    return PermanentError(
+        f"source is {size}, more than the limit of {max_bytes:,} bytes",
+        code=Code.INVALID_ARGUMENT,
+    )
