@@ -1,0 +1,57 @@
+"""The example handler package (examples/greeter) works as docs/handlers.md says: its own
+tests pass, and its entry point names handlers a worker can load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from batchd.worker.registry import ENTRY_POINT_GROUP, load_handlers
+
+GREETER = Path(__file__).resolve().parents[1] / "examples" / "greeter"
+
+
+@pytest.fixture
+def greeter_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """examples/greeter on sys.path, as installing it would put it; forgotten after."""
+    monkeypatch.syspath_prepend(str(GREETER))
+    yield
+    for name in [m for m in sys.modules if m == "greeter" or m.startswith("greeter.")]:
+        del sys.modules[name]
+
+
+def test_the_examples_own_tests_pass() -> None:
+    path = os.pathsep.join(filter(None, [str(GREETER), os.environ.get("PYTHONPATH")]))
+    process = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"],
+        cwd=GREETER,
+        env=dict(os.environ, PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert " passed" in process.stdout
+
+
+@pytest.mark.usefixtures("greeter_importable")
+def test_the_entry_point_loads_greet_send() -> None:
+    with (GREETER / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    declared = project["entry-points"][ENTRY_POINT_GROUP]
+    assert declared == {"greeter": "greeter.handlers:handlers"}
+    # What a worker does with an installed distribution's entry point ...
+    ((name, value),) = declared.items()
+    factory = EntryPoint(name, value, ENTRY_POINT_GROUP).load()
+    assert [h.name for h in factory()] == ["greet.send"]
+    # ... and with the same target given as --handlers: next to the built-ins.
+    served = load_handlers(value)
+    assert {"noop", "greet.send"} <= set(served)
+    assert served["greet.send"].default_options.max_per_second == 20.0
