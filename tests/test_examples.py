@@ -4,6 +4,7 @@ tests pass, and its entry point names handlers a worker can load."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -55,3 +56,12 @@ def test_the_entry_point_loads_greet_send() -> None:
     served = load_handlers(value)
     assert {"noop", "greet.send"} <= set(served)
     assert served["greet.send"].default_options.max_per_second == 20.0
+
+
+def test_the_guide_quotes_the_example_as_it_is() -> None:
+    """docs/handlers.md marks the code it copies from the example; it must not drift."""
+    guide = (GREETER.parents[1] / "docs" / "handlers.md").read_text()
+    quotes = re.findall(r"<!-- verbatim: examples/greeter/(\S+) -->\n```\w+\n(.*?)```", guide, re.S)
+    assert len(quotes) >= 5
+    for path, code in quotes:
+        assert code in (GREETER / path).read_text(), f"docs/handlers.md quotes {path}: {code}"
