@@ -4,7 +4,7 @@ Connects to the source database, walks the table's primary key by keyset paginat
 prints one JSON Lines item per range of `--rows-per-item` keys, ready for
 `batchd submit record.migrate -`:
 
-    {"custom_id": "orders:1-5000", "params": {"source": ..., "destination": ...,
+    {"custom_id": "orders.1-5000", "params": {"source": ..., "destination": ...,
      "table": "orders", "key": "id", "range": {"from": 1, "to": 5000}}}
 
 Each range's upper end is found with `WHERE key > :last ORDER BY key LIMIT 1 OFFSET n-1`
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -41,9 +42,11 @@ from batchd.core.config import Settings
 from batchd.worker.handlers.migrate_errors import database_message
 from batchd.worker.handlers.migrate_sql import async_url, key_kind, parse_databases, reflect
 
-__all__ = ["KeyRange", "PlanError", "key_column", "main", "plan_ranges", "write_plan"]
+__all__ = ["KeyRange", "PlanError", "custom_id", "key_column", "main", "plan_ranges", "write_plan"]
 
 DEFAULT_ROWS_PER_ITEM = 5000
+# What batchd allows in a custom_id, negated.
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class PlanError(Exception):
@@ -134,7 +137,7 @@ async def write_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             params["key"] = key
             async for part in plan_ranges(conn, table, key, args.rows_per_item):
                 item = {
-                    "custom_id": f"{args.table}:{part.lo}-{part.hi}",
+                    "custom_id": custom_id(args.table, part, items),
                     "params": {**params, "range": {"from": part.lo, "to": part.hi}},
                 }
                 out.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False) + "\n")
@@ -189,6 +192,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`)
         return 1
     return 0
+
+
+def custom_id(table: str, part: KeyRange, number: int) -> str:
+    """ "<table>.<lo>-<hi>" when that is a valid custom_id (at most 64 characters of
+    [A-Za-z0-9_.-]), else "<table>.<n>" with n the range's number from 0: string keys
+    may hold any character."""
+    name = _ID_UNSAFE.sub("_", table)[:40]
+    readable = f"{name}.{part.lo}-{part.hi}"
+    if len(readable) <= 64 and not _ID_UNSAFE.search(readable):
+        return readable
+    return f"{name}.{number:06d}"
 
 
 def _has_password(url: str) -> bool:

@@ -1,0 +1,418 @@
+"""record.migrate against real databases: the planner, the handler in this process, and
+the whole service moving MariaDB to PostgreSQL while a worker is killed, then a redrive.
+
+Each test makes its own databases (random names) on the local PostgreSQL and MariaDB,
+or SQLite files in its tmp_path, and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, text, update
+from support.redis_server import RedisServerFactory
+from workloads.migrate_fixtures import (
+    engine_for,
+    insert_rows,
+    mariadb_database,
+    migrate_service,
+    opened_handler,
+    people_rows,
+    people_table,
+    postgres_database,
+    run_item,
+    table_checksum,
+)
+
+from batchd.client import BatchState, ItemState
+from batchd.worker.handler import Code, PermanentError
+from batchd.worker.handlers.migrate_checksum import EMPTY_CHECKSUM, canonical, checksum, combine
+from batchd.worker.handlers.migrate_plan import KeyRange, PlanError, key_column, plan_ranges
+from batchd.worker.handlers.migrate_sql import async_url, reflect
+
+# -- the planner ------------------------------------------------------------------------
+
+
+async def _plan(url: str, name: str, rows_per_item: int) -> list[KeyRange]:
+    engine = engine_for(url)
+    try:
+        async with engine.connect() as conn:
+            table = await reflect(conn, name)
+            key = key_column(table)
+            return [r async for r in plan_ranges(conn, table, key, rows_per_item)]
+    finally:
+        await engine.dispose()
+
+
+def _assert_covers(ranges: list[KeyRange], keys: list[Any], rows_per_item: int) -> None:
+    """Every key in exactly one range; full ranges but the last."""
+    keys = sorted(keys)
+    found: list[Any] = []
+    for part in ranges:
+        inside = [k for k in keys if part.lo <= k <= part.hi]
+        assert inside[0] == part.lo and inside[-1] == part.hi
+        assert len(inside) == part.rows
+        found.extend(inside)
+    assert found == keys  # each once, in order
+    assert all(r.rows == rows_per_item for r in ranges[:-1])
+    assert 0 < ranges[-1].rows < rows_per_item
+
+
+async def test_planner_sqlite_covers_every_key_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    engine = engine_for(url)
+    table = people_table()
+    ids = [i * 3 + (i % 7) for i in range(1, 1004)]  # gaps of varying width
+    async with engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+    await insert_rows(engine, table, people_rows(ids))
+    await engine.dispose()
+    ranges = await _plan(url, "people", 100)
+    assert len(ranges) == 11
+    _assert_covers(ranges, ids, 100)
+
+
+async def test_planner_string_keys_and_refusals(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    engine = engine_for(url)
+    metadata = MetaData()
+    Table("codes", metadata, Column("code", String(16), primary_key=True), Column("v", Integer))
+    Table(
+        "pairs",
+        metadata,
+        Column("a", Integer, primary_key=True),
+        Column("b", Integer, primary_key=True),
+    )
+    Table("loose", metadata, Column("v", Integer))
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        codes = [f"c{i:05d}" for i in range(250)]
+        await conn.execute(metadata.tables["codes"].insert(), [{"code": c} for c in codes])
+    await engine.dispose()
+    ranges = await _plan(url, "codes", 60)
+    _assert_covers(ranges, codes, 60)
+    with pytest.raises(PlanError, match=r"composite primary key \(a, b\)"):
+        await _plan(url, "pairs", 10)
+    with pytest.raises(PlanError, match="no primary key"):
+        await _plan(url, "loose", 10)
+
+
+async def test_planner_postgres() -> None:
+    async with postgres_database() as url:
+        engine = engine_for(url)
+        table = people_table()
+        ids = list(range(10, 25_010, 5))
+        async with engine.begin() as conn:
+            await conn.run_sync(table.metadata.create_all)
+        await insert_rows(engine, table, people_rows(ids))
+        await engine.dispose()
+        ranges = await _plan(url, "people", 1500)
+        _assert_covers(ranges, ids, 1500)
+
+
+def test_planner_command_writes_items(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'src.db'}"
+
+    async def setup() -> None:
+        engine = engine_for(source)
+        await _people(engine, range(1, 26))
+        await engine.dispose()
+
+    asyncio.run(setup())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batchd.worker.handlers.migrate_plan",
+            source,
+            "people",
+            "--destination",
+            "warehouse",
+            "--rows-per-item",
+            "10",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    items = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [i["custom_id"] for i in items] == ["people.1-10", "people.11-20", "people.21-25"]
+    assert items[2]["params"] == {
+        "source": source,
+        "destination": "warehouse",
+        "table": "people",
+        "key": "id",
+        "range": {"from": 21, "to": 25},
+    }
+    assert "25 rows in 3 items" in done.stderr
+
+
+# -- the handler, SQLite to SQLite ------------------------------------------------------
+
+
+async def _people(engine: Any, ids: Any, *, check_amount: bool = False) -> Table:
+    table = people_table(check_amount=check_amount)
+    async with engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+    rows = people_rows(ids)
+    if rows:
+        await insert_rows(engine, table, rows)
+    return table
+
+
+@pytest.fixture
+async def sqlite_pair(tmp_path: Path) -> Any:
+    """Source and destination SQLite files: 100 people in the source, none in the
+    destination, whose table refuses negative amounts."""
+    source, destination = (f"sqlite:///{tmp_path / n}" for n in ("src.db", "dst.db"))
+    engines = [engine_for(source), engine_for(destination)]
+    await _people(engines[0], range(1, 101))
+    await _people(engines[1], [], check_amount=True)
+    yield source, destination, engines
+    for engine in engines:
+        await engine.dispose()
+
+
+def _params(source: str, destination: str, lo: Any, hi: Any, **more: Any) -> dict[str, Any]:
+    return {
+        "source": source,
+        "destination": destination,
+        "table": "people",
+        "key": "id",
+        "range": {"from": lo, "to": hi},
+        **more,
+    }
+
+
+async def test_copies_a_range_and_reruns_idempotently(sqlite_pair: Any) -> None:
+    source, destination, engines = sqlite_pair
+    databases = f"src={source},dst={destination}"
+    async with opened_handler(databases) as handler:
+        first = await run_item(handler, _params("src", "dst", 11, 40))
+        again = await run_item(handler, _params("src", "dst", 11, 40))
+    assert first["rows"] == first["written"] == 30
+    assert first["match"] is True
+    assert first["source_checksum"] == first["destination_checksum"] != EMPTY_CHECKSUM
+    assert again == first  # the upsert rewrote the same rows: nothing doubled
+    count, _ = await table_checksum(engines[1], "people")
+    assert count == 30
+    expected = checksum(people_rows(range(11, 41)), ["id", "name", "amount", "created", "note"])
+    assert first["source_checksum"] == expected
+
+
+async def test_upsert_overwrites_changed_rows(sqlite_pair: Any) -> None:
+    source, destination, engines = sqlite_pair
+    async with opened_handler() as handler:
+        await run_item(handler, _params(source, destination, 1, 20))
+        async with engines[0].begin() as conn:
+            await conn.execute(text("UPDATE people SET name = 'renamed' WHERE id = 7"))
+        output = await run_item(handler, _params(source, destination, 1, 20))
+    assert output["match"] is True
+    async with engines[1].connect() as conn:
+        assert await conn.scalar(text("SELECT name FROM people WHERE id = 7")) == "renamed"
+        assert await conn.scalar(text("SELECT count(*) FROM people")) == 20
+
+
+async def test_transform_hook(sqlite_pair: Any) -> None:
+    source, destination, engines = sqlite_pair
+    async with opened_handler() as handler:
+        output = await run_item(
+            handler,
+            _params(source, destination, 1, 10, transform="workloads.migrate_fixtures:shout"),
+        )
+    assert (output["rows"], output["written"], output["skipped"]) == (10, 5, 5)
+    assert output["match"] is True
+    assert output["destination_checksum"] == output["transformed_checksum"]
+    assert output["transformed_checksum"] != output["source_checksum"]
+    async with engines[1].connect() as conn:
+        names = (await conn.execute(text("SELECT id, name FROM people ORDER BY id"))).all()
+    assert names == [(i, f"NAME-{i}-É") for i in (2, 4, 6, 8, 10)]
+
+
+async def test_refuses_an_undeclared_transform(sqlite_pair: Any) -> None:
+    source, destination, _ = sqlite_pair
+    async with opened_handler() as handler:
+        for path in ("workloads.migrate_fixtures:not_a_transform", "subprocess:run"):
+            with pytest.raises(PermanentError, match="not declared a transform") as caught:
+                await run_item(handler, _params(source, destination, 1, 10, transform=path))
+            assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+async def test_constraint_violation_names_the_key(sqlite_pair: Any) -> None:
+    source, destination, engines = sqlite_pair
+    async with engines[0].begin() as conn:
+        await conn.execute(text("UPDATE people SET amount = -5 WHERE id IN (37, 52)"))
+    async with opened_handler() as handler:
+        with pytest.raises(PermanentError) as caught:
+            await run_item(handler, _params(source, destination, 21, 60))
+    error = caught.value
+    assert error.code == Code.FAILED_PRECONDITION
+    assert "key=37" in error.message  # the first failing row of the range
+    assert "CHECK constraint failed" in error.message
+    count, _ = await table_checksum(engines[1], "people")
+    assert count == 0  # nothing of the range was written
+
+
+async def test_unknown_table_and_column(sqlite_pair: Any) -> None:
+    source, destination, _ = sqlite_pair
+    async with opened_handler() as handler:
+        with pytest.raises(PermanentError) as caught:
+            await run_item(handler, {**_params(source, destination, 1, 5), "table": "nobody"})
+        assert caught.value.code == Code.NOT_FOUND
+        with pytest.raises(PermanentError) as caught:
+            await run_item(handler, _params(source, destination, 1, 5, columns=["id", "age"]))
+        assert caught.value.code == Code.INVALID_ARGUMENT
+        assert "age" in caught.value.message
+        with pytest.raises(PermanentError) as caught:
+            await run_item(handler, _params("nowhere", destination, 1, 5))
+        assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+def test_plain_urls_get_async_drivers() -> None:
+    assert async_url("postgresql://u@h/db").drivername == "postgresql+asyncpg"
+    mysql = async_url("mysql://u@h/db")
+    assert (mysql.drivername, mysql.query["charset"]) == ("mysql+aiomysql", "utf8mb4")
+    assert async_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
+    with pytest.raises(ValueError, match="in-memory"):
+        async_url("sqlite://")
+
+
+def test_canonical_values_agree_across_drivers() -> None:
+    assert canonical(True) == canonical(1) == canonical(Decimal("1.00"))
+    assert canonical(Decimal("3.10")) == canonical(Decimal("3.1000")) == canonical(3.1)
+    assert canonical(Decimal("-0.00")) == canonical(0)
+    naive = dt.datetime(2024, 5, 1, 12, 0)
+    assert canonical(naive.replace(tzinfo=dt.UTC)) == canonical(naive)
+    assert canonical(dt.timedelta(hours=1, seconds=5)) == canonical(dt.time(1, 0, 5))
+    assert canonical(uuid.UUID(int=5)) == canonical(str(uuid.UUID(int=5)))
+    assert canonical(None) != canonical("") != canonical("N")
+    rows = people_rows(range(1, 50))
+    columns = ["id", "name", "amount"]
+    whole = checksum(rows, columns)
+    assert whole == checksum(reversed(rows), columns)  # order does not matter
+    assert whole == combine([checksum(rows[:20], columns), checksum(rows[20:], columns)])
+
+
+# -- the whole service: MariaDB to PostgreSQL --------------------------------------------
+
+ROWS = 100_000
+ROWS_PER_ITEM = 2500
+
+
+async def _plan_items(
+    source_url: str, databases: str, rows_per_item: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """Items from the planning command, as `batchd submit` would read them."""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchd.worker.handlers.migrate_plan", "src", "people",
+        "--destination", "dst", "--rows-per-item", str(rows_per_item),
+        env={"BATCHD_DATABASES": databases, "PATH": ""},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    return [(item["custom_id"], item["params"]) for item in lines]
+
+
+async def test_service_migrates_mariadb_to_postgres_through_a_worker_crash(
+    redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    redis = redis_server_factory()
+    async with mariadb_database() as source_url, postgres_database() as destination_url:
+        source, destination = engine_for(source_url), engine_for(destination_url)
+        try:
+            await _people(source, range(1, ROWS + 1))
+            await _people(destination, [])
+            databases = f"src={source_url},dst={destination_url}"
+            items = await _plan_items(source_url, databases, ROWS_PER_ITEM)
+            assert len(items) == ROWS // ROWS_PER_ITEM
+            started = time.monotonic()
+            async with migrate_service(redis.url, tmp_path, databases, workers=2) as service:
+                client = service.client
+                submitted = await client.upload("record.migrate", items, options={"chunk_size": 2})
+                batch_id = submitted.batch.batch_id
+                victim = service.workers[0]
+                last = None
+                async for progress in client.watch(batch_id, min_interval=0.05):
+                    done = progress.counts.succeeded
+                    if (
+                        victim.process is not None
+                        and victim.process.poll() is None
+                        and (0 < done < len(items) // 2)
+                    ):
+                        victim.kill()  # mid-run: some items done, most not
+                        killed_at = done
+                        service.start_worker()
+                    last = progress
+                assert last is not None and last.state == BatchState.COMPLETED
+                assert victim.process is not None and victim.process.returncode == -9
+                outcomes = [o async for o in client.items(batch_id, page_size=1000)]
+            elapsed = time.monotonic() - started
+            assert Counter(o.state for o in outcomes) == {ItemState.SUCCEEDED: len(items)}
+            outputs = [o.output for o in outcomes if o.output is not None]
+            assert all(out["match"] for out in outputs)
+            assert sum(out["rows"] for out in outputs) == ROWS
+            source_count, source_sum = await table_checksum(source, "people")
+            destination_count, destination_sum = await table_checksum(destination, "people")
+            assert source_count == destination_count == ROWS
+            assert source_sum == destination_sum
+            assert combine(out["destination_checksum"] for out in outputs) == source_sum
+            print(
+                f"\nrecord.migrate: {ROWS} rows in {len(items)} items MariaDB -> PostgreSQL, "
+                f"a worker killed at {killed_at} items done, {elapsed:.1f}s"
+            )
+        finally:
+            await source.dispose()
+            await destination.dispose()
+
+
+async def test_redrive_after_fixing_a_rejected_row(
+    redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    redis = redis_server_factory()
+    async with mariadb_database() as source_url, postgres_database() as destination_url:
+        source, destination = engine_for(source_url), engine_for(destination_url)
+        try:
+            table = await _people(source, range(1, 5001))
+            async with source.begin() as conn:
+                await conn.execute(update(table).where(table.c.id == 3210).values(amount=-1))
+            await _people(destination, [], check_amount=True)  # refuses amount < 0
+            databases = f"src={source_url},dst={destination_url}"
+            items = await _plan_items(source_url, databases, 1000)
+            async with migrate_service(redis.url, tmp_path, databases, workers=1) as service:
+                client = service.client
+                batch_id = (await client.upload("record.migrate", items)).batch.batch_id
+                last = [p async for p in client.watch(batch_id, min_interval=0.05)][-1]
+                assert (last.counts.succeeded, last.counts.failed) == (4, 1)
+                failed = [o async for o in client.items(batch_id, states=[ItemState.FAILED])]
+                assert [o.custom_id for o in failed] == ["people.3001-4000"]
+                error = failed[0].error
+                assert error is not None and error.code.name == "FAILED_PRECONDITION"
+                assert "key=3210" in error.message and "amount_ok" in error.message
+                assert (await table_checksum(destination, "people"))[0] == 4000
+
+                async with source.begin() as conn:  # fix the row at its source
+                    await conn.execute(update(table).where(table.c.id == 3210).values(amount=1))
+                await client.retry(batch_id)
+                last = [p async for p in client.watch(batch_id, min_interval=0.05)][-1]
+            assert last.state == BatchState.COMPLETED
+            assert (last.counts.succeeded, last.counts.failed) == (5, 0)
+            assert await table_checksum(source, "people") == await table_checksum(
+                destination, "people"
+            )
+        finally:
+            await source.dispose()
+            await destination.dispose()
