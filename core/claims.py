@@ -14,6 +14,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgpack
+
 from batchd.core import codec
 from batchd.core.domain import BatchOptions, BatchState, ClaimedChunk, ItemOutcome, ItemState
 from batchd.core.errors import NotFound
@@ -109,18 +111,21 @@ async def record_outcomes(
     release: bool,
     now_ms: int,
 ) -> RecordResult:
-    args: list[Arg] = [chunk, token, int(release)]
+    entries: list[tuple[int, int, bytes, int]] = []
     for outcome in outcomes:
         if outcome.retry_at is not None and outcome.state is ItemState.PENDING:
             due = codec.to_ms(outcome.retry_at) or 0
-            args += [outcome.index, int(outcome.state), codec.encode_attempt(outcome), due]
+            entries.append((outcome.index, int(outcome.state), codec.encode_attempt(outcome), due))
         elif outcome.state.is_terminal and outcome.retry_at is None:
-            args += [outcome.index, int(outcome.state), codec.encode_outcome(outcome), 0]
+            entries.append((outcome.index, int(outcome.state), codec.encode_outcome(outcome), 0))
         else:
             raise ValueError(
                 f"outcome of item {outcome.index} is not terminal "
                 "(nor PENDING with retry_at, a retry)"
             )
+    # One msgpack argument (Lua's cmsgpack reads no bin type: bytes go as raw strings).
+    packed: bytes = msgpack.packb(entries, use_bin_type=False)
+    args: list[Arg] = [chunk, token, int(release), packed]
     result = await scope.run(scripts.record_outcomes, batch_id, now_ms, args=args)
     if result is None:
         raise NotFound(f"batch {batch_id!r} not found")

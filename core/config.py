@@ -48,7 +48,7 @@ class Settings:
         86400.0, "seconds a batch may take when it does not say; then unfinished items EXPIRE"
     )
     default_chunk_size: int = _setting(100, "items per chunk when neither batch nor handler say")
-    outcome_flush_items: int = _setting(200, "a worker records outcomes every N items ...")
+    outcome_flush_items: int = _setting(1000, "a worker records outcomes every N items ...")
     outcome_flush_interval: float = _setting(0.1, "... or every this many seconds")
     max_pending_items: int = _setting(
         50_000_000,

@@ -36,6 +36,9 @@ from batchd.worker.retry import retry_delay
 
 __all__ = ["Item", "OnSlowDown", "run_item"]
 
+# json.dumps builds an encoder per call when given options: one, made once.
+_OUTPUT_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
 Item = tuple[int, str, bytes]  # (global index, custom_id, params_json)
 # Told when a handler raised SlowDown, with the attempt's start (time.time()).
 OnSlowDown = Callable[[SlowDown, float], Awaitable[None]]
@@ -58,7 +61,7 @@ async def run_item(
         message = f"no worker serves handler {claimed.handler!r}"
         return _failed(index, before, None, Code.UNIMPLEMENTED, message)
     try:
-        params = json.loads(params_json)
+        params = {} if params_json == b"{}" else json.loads(params_json)
     except ValueError:
         return _failed(index, before, None, Code.INVALID_ARGUMENT, "params are not JSON")
     attempt = before + 1
@@ -136,9 +139,7 @@ def _succeeded(
         message = f"handler returned {type(output).__name__}, not a JSON object"
         return _failed(index, attempt, start, Code.INTERNAL, message)
     try:
-        encoded = json.dumps(
-            output, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
+        encoded = _OUTPUT_ENCODER.encode(output).encode() if output else b"{}"
     except (TypeError, ValueError) as exc:
         item_log.warning("item_output_invalid", error=str(exc))
         return _failed(index, attempt, start, Code.INTERNAL, f"handler output is not JSON: {exc}")

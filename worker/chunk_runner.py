@@ -63,6 +63,8 @@ CTX_KEY: Final = "batchd"
 # long (another worker may serve it: during a rolling deploy, say); on the job's last
 # try its items fail UNIMPLEMENTED instead, so that the batch ends.
 MISSING_HANDLER_DEFER = 5.0
+# A consumer whose items never wait lets the loop run others at least this often (s).
+YIELD_INTERVAL = 0.005
 # After a Redis error before the claim the job is run again this long later.
 STORE_ERROR_DEFER = 2.0
 
@@ -203,19 +205,29 @@ class _ChunkRun:
 
     # -- consumers -------------------------------------------------------------------
     async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        yielded = loop.time()
         while await self._may_start():
             item = self.queue.get_nowait()
             # Flow limits (batchd.worker.flow), then the worker-wide slot.
-            async with self.gate.admit(item, self._halted) as admission:
-                if admission is None or self._halted():
-                    self.queue.put_nowait(item)  # not started: back for the next look
-                    continue  # things changed while waiting for a slot: look again
+            admission = await self.gate.admit(item, self._halted)
+            if admission is None or self._halted():
+                if admission is not None:
+                    await self.gate.done(admission)
+                self.queue.put_nowait(item)  # not started: back for the next look
+                continue  # things changed while waiting for a slot: look again
+            try:
                 outcome = await run_item(
                     self.handler, self.claimed, item, self.log, on_slow_down=admission.slow_down
                 )
-            self.recorder.add([outcome])
-            # A handler that never awaits would otherwise starve flushes and renewals.
-            await asyncio.sleep(0)
+            finally:
+                await self.gate.done(admission)
+            self.recorder.add_one(outcome)
+            # A handler that never awaits would otherwise starve flushes and renewals;
+            # yielding after every item would cost such handlers half their speed.
+            if loop.time() - yielded >= YIELD_INTERVAL:
+                await asyncio.sleep(0)
+                yielded = loop.time()
 
     def _stops_starting(self, holding: bool = False) -> bool:
         """`holding`: asked by a consumer holding an item it took out of the queue."""

@@ -1,6 +1,6 @@
 """Flow control in a chunk run: when an item may start.
 
-Before an item starts, `FlowGate.admit` gets it, in order:
+Before an item starts, `FlowGate.admit` gets it, in order (`FlowGate.done` gives back):
 1. a slot of the batch's `max_concurrent`, held in Redis by this chunk run in blocks
    (`_Slots`: a run holding g slots runs at most g items at once, asks for more while
    consumers wait, gives back what it no longer needs once its queue is empty; the
@@ -22,11 +22,10 @@ chunk stops starting items (`halted`), and the item goes back to the queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -118,29 +117,40 @@ class FlowGate:
         self._permits: dict[str | None, _Permits] = {}
         self._turn = asyncio.Lock()
 
-    @contextlib.asynccontextmanager
-    async def admit(self, item: Item, halted: Halted) -> AsyncIterator[Admission | None]:
-        """Holds what `item` needs to run while the block runs; None if the chunk halted
-        first (the caller then puts the item back)."""
+    async def admit(self, item: Item, halted: Halted) -> Admission | None:
+        """What `item` needs to run, held until `done`; None if the chunk halted first
+        (then nothing is held, and the caller puts the item back)."""
         permits = self._permits_for(item)
         if self.slots is not None and not await self.slots.acquire(halted):
-            yield None
-            return
+            return None
         try:
             admitted = await self._worker_slot_and_permit(permits, halted)
-            admission = Admission(permits) if admitted else None
-            try:
-                yield admission
-            finally:
-                if admission is not None:
-                    self.worker_slots.release()
-                    if not admission.slowed:
-                        permits.ok += 1
-        finally:
+        except BaseException:
             if self.slots is not None:
                 await self.slots.release()
+            raise
+        if admitted:
+            return Admission(permits)
+        if self.slots is not None:
+            await self.slots.release()
+        return None
+
+    async def done(self, admission: Admission) -> None:
+        """The admitted item ended: gives back what `admit` took."""
+        self.worker_slots.release()
+        if not admission.slowed:
+            admission.permits.ok += 1
+        if self.slots is not None:
+            await self.slots.release()
 
     async def _worker_slot_and_permit(self, permits: _Permits, halted: Halted) -> bool:
+        if not self._turn.locked() and not self.worker_slots.locked():
+            # The common case, without the turn's lock: nobody waits, a slot is free
+            # (acquire does not wait) and a permit is at hand.
+            await self.worker_slots.acquire()
+            if permits.take_now():
+                return True
+            self.worker_slots.release()
         permits.waiting += 1  # what the next take asks for: every consumer ready to start
         try:
             async with self._turn:
@@ -203,12 +213,13 @@ class _Permits:
 
     async def take(self, halted: Halted) -> bool:
         """One permit, at once or after waiting for it; False if halted first."""
-        if self._available():
+        if self.take_now():
             return True
         async with self._lock:  # one take at a time, for every run waiting
             return await self._take(halted)
 
-    def _available(self) -> bool:
+    def take_now(self) -> bool:
+        """One permit if one is at hand (a free period, or granted and fresh)."""
         now = time.monotonic()
         if now < self.free_until:
             if self.prepaid > 0:
@@ -222,7 +233,7 @@ class _Permits:
         return False
 
     async def _take(self, halted: Halted) -> bool:
-        while not self._available():
+        while not self.take_now():
             self.left = 0
             if halted():
                 return False

@@ -79,6 +79,12 @@ class Recorder:
         if len(self.buffer) >= self.flush_items:
             self._flush_now.set()
 
+    def add_one(self, outcome: ItemOutcome) -> None:
+        self.buffer.append(outcome)
+        self.counts[outcome.state] += 1
+        if len(self.buffer) >= self.flush_items:
+            self._flush_now.set()
+
     async def stop(self, *, release: bool) -> None:
         """Stops the flusher (after its flush in progress, if any), then flushes the rest;
         with `release`, the chunk is released by that last flush."""

@@ -1,6 +1,8 @@
 -- Record item outcomes of a chunk (docs/design.md, "Reliability").
--- ARGV[A..]: n, token, release ('1' or '0'),
---            then per outcome: global index, item state, payload, due (ms; 0 unless a retry)
+-- ARGV[A..]: n, token, release ('1' or '0'), outcomes: a msgpack array of
+--            [global index, item state, payload, due (ms; 0 unless a retry)]
+--            (one argument, not four per outcome: packing thousands of arguments cost
+--            the worker more than the whole rest of recording)
 -- A terminal outcome (payload: the record) is kept if the item has none yet — first
 -- writer wins, whichever claim it comes from — and moves the counters: a running item
 -- leaves n_run, a waiting one was pending. A retry (state PENDING, payload: the attempts
@@ -13,6 +15,7 @@
 -- Returns {batch state, the chunk's first due retry (ms) or false, 1 if the chunk was
 -- held under token}, or nil when the batch is gone.
 local n, token, release = ARGV[A], ARGV[A + 1], ARGV[A + 2] == '1'
+local entries = cmsgpack.unpack(ARGV[A + 3])
 -- Outcomes per block call: well inside Lua's limit on unpack()ed arguments.
 local BLOCK = 1000
 
@@ -20,10 +23,10 @@ local m = redis.call('HMGET', META, 'state', 'chunk_size', 'total')
 if not m[1] then return nil end
 local state, size = tonumber(m[1]), tonumber(m[2])
 local first, len = span(n, size, tonumber(m[3]))
-for i = A + 3, #ARGV, 4 do
-  local offset = tonumber(ARGV[i]) - first
+for _, e in ipairs(entries) do
+  local offset = e[1] - first
   if offset < 0 or offset >= len then
-    return redis.error_reply('item ' .. ARGV[i] .. ' is not in chunk ' .. n)
+    return redis.error_reply('item ' .. e[1] .. ' is not in chunk ' .. n)
   end
 end
 
@@ -31,7 +34,7 @@ local claimed = redis.call('HGET', CHUNKS, n)
 local held = claimed == 'r:' .. token
 if is_claimed(claimed) or claimed == 'd' then
   local o, w = outcomes_key(n), waiting_key(n)
-  local counter = {['3'] = 'n_ok', ['4'] = 'n_fail', ['5'] = 'n_cancel', ['6'] = 'n_exp'}
+  local counter = {[3] = 'n_ok', [4] = 'n_fail', [5] = 'n_cancel', [6] = 'n_exp'}
   local moved = {n_ok = 0, n_fail = 0, n_cancel = 0, n_exp = 0}
   local left = 0 -- running items that stopped running
   local soonest = nil
@@ -39,12 +42,12 @@ if is_claimed(claimed) or claimed == 'd' then
   -- them.
   local any_waiting = redis.call('ZCARD', w) > 0
   local any_attempts = redis.call('HLEN', ATTEMPTS) > 0
-  local terminal = {} -- ARGV positions of terminal outcomes, recorded in blocks below
-  for i = A + 3, #ARGV, 4 do
-    local index, kind, payload = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+  local terminal = {} -- terminal outcomes, recorded in blocks below
+  for _, e in ipairs(entries) do
+    local index, kind, payload = e[1], e[2], e[3]
     local l = index - first
-    if tonumber(kind) ~= PENDING then
-      terminal[#terminal + 1] = i
+    if kind ~= PENDING then
+      terminal[#terminal + 1] = e
     elseif redis.call('HEXISTS', o, l) == 0 and not redis.call('ZSCORE', w, l) then
       left = left + 1
       if state == CANCELLING then
@@ -53,7 +56,7 @@ if is_claimed(claimed) or claimed == 'd' then
         redis.call('HDEL', ATTEMPTS, index)
         moved.n_cancel = moved.n_cancel + 1
       else
-        local due = tonumber(ARGV[i + 3])
+        local due = e[4]
         redis.call('ZADD', w, due, l)
         redis.call('HSET', ATTEMPTS, index, payload)
         any_waiting, any_attempts = true, true
@@ -68,17 +71,17 @@ if is_claimed(claimed) or claimed == 'd' then
   for start = 1, #terminal, BLOCK do
     local stop = math.min(start + BLOCK - 1, #terminal)
     local fields = {}
-    for j = start, stop do fields[#fields + 1] = tonumber(ARGV[terminal[j]]) - first end
+    for j = start, stop do fields[#fields + 1] = terminal[j][1] - first end
     local have = redis.call('HMGET', o, unpack(fields))
     local records, ended, failed, expired, cleared = {}, {}, {}, {}, {}
     for k = 1, #fields do
       local l = fields[k]
       if not have[k] and not written[l] then
         written[l] = true
-        local i = terminal[start + k - 1]
-        local index, name = ARGV[i], counter[ARGV[i + 1]]
+        local e = terminal[start + k - 1]
+        local index, name = e[1], counter[e[2]]
         records[#records + 1] = l
-        records[#records + 1] = ARGV[i + 2]
+        records[#records + 1] = e[3]
         ended[#ended + 1] = l
         cleared[#cleared + 1] = index
         moved[name] = moved[name] + 1
