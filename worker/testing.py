@@ -85,7 +85,7 @@ class StartedHandler:
 
     async def call(
         self,
-        params: Mapping[str, Any],
+        params: Mapping[str, Any] | bytes,
         *,
         custom_id: str = "item-1",
         batch_id: str = TEST_BATCH_ID,
@@ -154,7 +154,7 @@ async def open_handler(
 
 async def call_handler(
     handler: Handler,
-    params: Mapping[str, Any],
+    params: Mapping[str, Any] | bytes,
     *,
     custom_id: str = "item-1",
     batch_id: str = TEST_BATCH_ID,
