@@ -13,11 +13,14 @@ Two levels, both usable from pytest (pytest-asyncio) or plain `asyncio.run`:
                                         and a worker serving the handlers; `.client`,
                                         `.run_batch(...)` (batchd.worker.testing_service)
 
-    output = await call_handler(greet_handler(), {"name": "Ada"})
+    params = {"name": "Ada", "webhook": webhook_url}
+    output = await call_handler(greet_send(), params)
 
-    async with serve_handlers(greet_handler()) as service:
-        run = await service.run_batch("greet.send", [("a", {"name": "Ada"})])
-        assert run.outputs == {"a": {"greeting": "Hello, Ada!"}}
+    async with serve_handlers(greet_send()) as service:
+        run = await service.run_batch("greet.send", [("ada", params)])
+        assert run.outputs["ada"]["greeting"] == "Hello, Ada!"
+
+(`greet.send` is the handler of examples/greeter; docs/handlers.md, "Testing it".)
 
 What `call_handler` raises is what the worker would turn into the item's outcome:
 `PermanentError` fails the item, `RetryableError` (or `SlowDown`) asks for another
