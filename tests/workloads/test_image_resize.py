@@ -1,0 +1,445 @@
+"""`image.resize` for real: the handler with its process pool, real files, a real HTTP
+server; then 2,000 images through a real server and a worker subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from PIL import Image
+from support.faults import wait_for_handler
+from support.net import find_free_port
+from support.processes import ServiceProcess, worker
+from workloads.image_fixtures import encode, generate_images, halves, image_server
+
+from batchd.client import AsyncClient, BatchState, ItemState
+from batchd.core.config import Settings
+from batchd.server.app import BatchdServer, start_server
+from batchd.worker.handler import Code, PermanentError, RetryableError
+from batchd.worker.handlers.image import image_resize_handler
+from batchd.worker.testing import StartedHandler, open_handler, params_violations
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+MAX_PIXELS = 1_000_000
+MAX_SOURCE_BYTES = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("images")
+    (root / "in").mkdir()
+    return root / "in", root / "out"
+
+
+@pytest.fixture(scope="module")
+async def resizer(dirs: tuple[Path, Path]) -> AsyncIterator[StartedHandler]:
+    """The handler as a worker runs it: startup hook (a real pool of 2 processes),
+    params checked against its schema, shutdown hook at the end of the module."""
+    settings = Settings(
+        image_processes=2,
+        image_max_pixels=MAX_PIXELS,
+        image_input_dir=str(dirs[0]),
+        image_output_dir=str(dirs[1]),
+    )
+    handler = image_resize_handler(max_source_bytes=MAX_SOURCE_BYTES)
+    async with open_handler(handler, settings=settings, concurrency=20) as started:
+        yield started
+
+
+def put(dirs: tuple[Path, Path], name: str, data: bytes) -> str:
+    (dirs[0] / name).write_bytes(data)
+    return name
+
+
+def opened(dirs: tuple[Path, Path], path: str) -> Image.Image:
+    image = Image.open(dirs[1] / path)
+    image.load()
+    return image
+
+
+async def test_fit_modes(resizer: StartedHandler, dirs: tuple[Path, Path]) -> None:
+    source = put(dirs, "wide.png", encode(halves((400, 200), RED, BLUE), "PNG"))
+    variants = [
+        {"name": "box", "width": 100, "height": 100},  # inside is the default
+        {"name": "by-width", "width": 300, "fit": "inside"},
+        {"name": "by-height", "height": 50},
+        {"name": "no-enlarge", "width": 1000, "height": 1000},
+        {"name": "cover", "width": 100, "height": 100, "fit": "cover"},
+        {"name": "fill", "width": 50, "height": 120, "fit": "fill"},
+    ]
+    output = await resizer.call({"source": source, "output": "fit/wide", "variants": variants})
+    assert output["source"] == {"width": 400, "height": 200, "format": "png"}
+    sizes = {v["name"]: (v["width"], v["height"]) for v in output["variants"]}
+    assert sizes == {
+        "box": (100, 50),
+        "by-width": (300, 150),
+        "by-height": (100, 50),
+        "no-enlarge": (400, 200),
+        "cover": (100, 100),
+        "fill": (50, 120),
+    }
+    for variant in output["variants"]:
+        assert variant["path"] == f"fit/wide.{variant['name']}.png"
+        image = opened(dirs, variant["path"])
+        assert image.size == (variant["width"], variant["height"])
+        assert variant["bytes"] == (dirs[1] / variant["path"]).stat().st_size
+    # cover keeps the centre 200x200: still red on the left, blue on the right.
+    cover = opened(dirs, "fit/wide.cover.png").convert("RGB")
+    assert cover.getpixel((10, 50)) == RED
+    assert cover.getpixel((90, 50)) == BLUE
+
+
+async def test_formats_and_quality(resizer: StartedHandler, dirs: tuple[Path, Path]) -> None:
+    photo = Image.effect_noise((300, 300), 40).convert("RGB")  # noise: quality shows
+    source = put(dirs, "photo.jpg", encode(photo, "JPEG", quality=95))
+    variants = [
+        {"name": "same", "width": 200},
+        {"name": "png", "width": 200, "format": "png"},
+        {"name": "webp", "width": 200, "format": "webp", "quality": 50},
+        {"name": "low", "width": 200, "format": "jpeg", "quality": 10},
+        {"name": "high", "width": 200, "format": "jpeg", "quality": 95},
+    ]
+    output = await resizer.call({"source": source, "output": "fmt/photo", "variants": variants})
+    by_name = {v["name"]: v for v in output["variants"]}
+    expected = {"same": "jpeg", "png": "png", "webp": "webp", "low": "jpeg", "high": "jpeg"}
+    for name, image_format in expected.items():
+        assert by_name[name]["format"] == image_format
+        assert opened(dirs, by_name[name]["path"]).format == image_format.upper()
+    assert by_name["same"]["path"] == "fmt/photo.same.jpg"
+    assert by_name["low"]["bytes"] < by_name["high"]["bytes"] / 2
+
+
+async def test_gif_defaults_to_png_and_alpha_to_white_jpeg(
+    resizer: StartedHandler, dirs: tuple[Path, Path]
+) -> None:
+    gif = put(dirs, "anim.gif", encode(halves((80, 40), RED, BLUE), "GIF"))
+    output = await resizer.call(
+        {"source": gif, "output": "gif/anim", "variants": [{"name": "v", "width": 40}]}
+    )
+    assert output["source"]["format"] == "gif"
+    assert output["variants"][0]["format"] == "png"
+    assert opened(dirs, "gif/anim.v.png").size == (40, 20)
+
+    clear = halves((60, 60), (0, 0, 0, 0), (0, 0, 255, 255), mode="RGBA")
+    source = put(dirs, "alpha.png", encode(clear, "PNG"))
+    variants = [{"name": "j", "width": 60, "format": "jpeg"}, {"name": "p", "width": 60}]
+    await resizer.call({"source": source, "output": "alpha/a", "variants": variants})
+    flattened = opened(dirs, "alpha/a.j.jpg")
+    assert flattened.mode == "RGB"
+    assert all(
+        abs(a - b) <= 3 for a, b in zip(flattened.getpixel((5, 30)), (255, 255, 255), strict=True)
+    )
+    assert opened(dirs, "alpha/a.p.png").mode == "RGBA"  # PNG keeps the alpha
+
+
+async def test_exif_orientation_applied_and_metadata_stripped(
+    resizer: StartedHandler, dirs: tuple[Path, Path]
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; viewers rotate 90 degrees clockwise
+    exif[0x010F] = "Camera maker"  # Make: metadata that must not be copied
+    sideways = halves((200, 100), RED, BLUE)
+    source = put(dirs, "turned.jpg", encode(sideways, "JPEG", exif=exif, quality=95))
+    variants = [{"name": "v", "width": 50, "height": 50}]
+    output = await resizer.call({"source": source, "output": "exif/t", "variants": variants})
+    assert output["source"] == {"width": 100, "height": 200, "format": "jpeg"}
+    image = opened(dirs, "exif/t.v.jpg")
+    assert image.size == (25, 50)
+    # Turned clockwise, the red left half is now on top.
+    assert image.getpixel((12, 5))[0] > 200
+    assert image.getpixel((12, 45))[2] > 200
+    assert not image.getexif()
+
+
+async def test_paths_outside_their_directories_are_refused(
+    resizer: StartedHandler, dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(encode(halves((10, 10), RED, BLUE), "PNG"))
+    (dirs[0] / "link-out.png").symlink_to(outside)
+    (dirs[0] / "dir-out").symlink_to(tmp_path, target_is_directory=True)
+    (dirs[1] / "out-link").symlink_to(tmp_path, target_is_directory=True)
+    put(dirs, "fine.png", outside.read_bytes())
+    variants = [{"name": "v", "width": 5}]
+    refused = [
+        ("../secret.png", "o/a"),
+        ("sub/../../secret.png", "o/b"),
+        (str(outside), "o/c"),
+        ("link-out.png", "o/d"),
+        ("dir-out/secret.png", "o/e"),
+        ("fine.png", "../escaped"),
+        ("fine.png", "/tmp/escaped"),
+        ("fine.png", "out-link/escaped"),
+    ]
+    for source, output in refused:
+        with pytest.raises(PermanentError) as caught:
+            await resizer.call({"source": source, "output": output, "variants": variants})
+        assert caught.value.code == Code.PERMISSION_DENIED, (source, output)
+    assert sorted(os.listdir(tmp_path)) == ["secret.png"]
+    with pytest.raises(PermanentError) as missing:
+        await resizer.call({"source": "nope.png", "output": "o/f", "variants": variants})
+    assert missing.value.code == Code.NOT_FOUND
+
+
+async def test_http_sources(resizer: StartedHandler, dirs: tuple[Path, Path]) -> None:
+    files = {
+        "photo.webp": encode(halves((120, 60), RED, BLUE), "WEBP"),
+        "huge.bin": os.urandom(MAX_SOURCE_BYTES + 1),
+    }
+    variants = [{"name": "v", "width": 30}]
+    async with image_server(files) as base:
+
+        async def call(url: str) -> dict[str, Any]:
+            return await resizer.call({"source": url, "output": "web/x", "variants": variants})
+
+        output = await call(f"{base}/files/photo.webp")
+        assert output["source"] == {"width": 120, "height": 60, "format": "webp"}
+        assert opened(dirs, "web/x.v.webp").size == (30, 15)
+        with pytest.raises(PermanentError) as not_found:
+            await call(f"{base}/files/missing.png")
+        assert not_found.value.code == Code.NOT_FOUND
+        with pytest.raises(PermanentError) as too_large:
+            await call(f"{base}/files/huge.bin")
+        assert too_large.value.code == Code.INVALID_ARGUMENT
+        assert f"{MAX_SOURCE_BYTES:,}" in too_large.value.message
+        with pytest.raises(RetryableError) as server_error:
+            await call(f"{base}/status/500")
+        assert server_error.value.code == Code.UNAVAILABLE
+    with pytest.raises(RetryableError) as refused:
+        await call(f"http://127.0.0.1:{find_free_port()}/files/photo.webp")
+    assert refused.value.code == Code.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (os.urandom(5000), "cannot identify image file"),
+        (encode(Image.effect_noise((200, 200), 50), "JPEG")[:3000], "truncated image"),
+        (encode(halves((20, 20), RED, BLUE), "PPM"), "unsupported format PPM"),
+    ],
+    ids=["random-bytes", "truncated-jpeg", "ppm"],
+)
+async def test_bad_images_fail_permanently(
+    resizer: StartedHandler, dirs: tuple[Path, Path], data: bytes, message: str
+) -> None:
+    source = put(dirs, f"bad-{message.split()[-1]}", data)
+    with pytest.raises(PermanentError) as caught:
+        await resizer.call(
+            {"source": source, "output": "bad/x", "variants": [{"name": "v", "width": 10}]}
+        )
+    assert caught.value.code == Code.INVALID_ARGUMENT
+    assert caught.value.message.startswith(message)
+
+
+@pytest.mark.parametrize("side", [10_000, 1_100], ids=["100-megapixels", "just-over"])
+async def test_decompression_bombs_are_refused(
+    resizer: StartedHandler, dirs: tuple[Path, Path], side: int
+) -> None:
+    # A bilevel PNG of side x 1,000..10,000 compresses to a few KiB: cheap to make,
+    # expensive to decode. 1,100 x 1,000 is within Pillow's own error threshold (2x the
+    # limit), where it only warns.
+    bomb = encode(Image.new("1", (side, max(side, 1_000))), "PNG")
+    source = put(dirs, f"bomb-{side}.png", bomb)
+    with pytest.raises(PermanentError) as caught:
+        await resizer.call(
+            {"source": source, "output": "bomb/x", "variants": [{"name": "v", "width": 10}]}
+        )
+    assert caught.value.code == Code.INVALID_ARGUMENT
+    pixels = side * max(side, 1_000)
+    assert f"{pixels:,} pixels" in caught.value.message
+    assert f"{MAX_PIXELS:,}" in caught.value.message
+
+
+async def test_large_cover_variants_are_refused(
+    resizer: StartedHandler, dirs: tuple[Path, Path]
+) -> None:
+    source = put(dirs, "small.png", encode(halves((20, 20), RED, BLUE), "PNG"))
+    variants = [{"name": "v", "width": 2000, "height": 1000, "fit": "cover"}]
+    with pytest.raises(PermanentError) as caught:
+        await resizer.call({"source": source, "output": "big/x", "variants": variants})
+    assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+def test_params_schema() -> None:
+    handler = image_resize_handler()
+    good = {"source": "a.png", "output": "o/a", "variants": [{"name": "v", "width": 10}]}
+    assert params_violations(handler, good) == []
+    bad: list[dict[str, Any]] = [
+        {**good, "extra": 1},
+        {**good, "variants": []},
+        {**good, "variants": [{"name": "v"}]},  # neither width nor height
+        {**good, "variants": [{"name": "v", "width": 10, "fit": "cover"}]},  # cover needs both
+        {**good, "variants": [{"name": "v", "width": 10, "format": "gif"}]},
+        {**good, "variants": [{"name": "v", "width": 10, "quality": 0}]},
+        {**good, "variants": [{"name": "a.b", "width": 10}]},
+        {**good, "variants": [{"name": "v", "width": 10, "colour": "red"}]},
+        {"source": "a.png", "variants": good["variants"]},
+    ]
+    for params in bad:
+        assert params_violations(handler, params), params
+
+
+async def test_event_loop_stays_free_while_images_resize(
+    resizer: StartedHandler, dirs: tuple[Path, Path]
+) -> None:
+    # Noise resizes slowly: eight of them keep both pool processes busy for a while.
+    source = put(dirs, "noise.png", encode(Image.effect_noise((900, 900), 60), "PNG"))
+    variants = [{"name": f"v{i}", "width": 800 - 50 * i, "format": "png"} for i in range(4)]
+    resizes = [
+        asyncio.create_task(
+            resizer.call({"source": source, "output": f"busy/{i}", "variants": variants})
+        )
+        for i in range(8)
+    ]
+    async with image_server({"ping": b"pong"}) as base, aiohttp.ClientSession() as session:
+        # Had a resize run on the event loop, every one of them would have finished
+        # before this request got its answer.
+        async with session.get(f"{base}/files/ping") as response:
+            assert await response.read() == b"pong"
+        assert not all(task.done() for task in resizes)
+    outputs = await asyncio.gather(*resizes)
+    assert all(len(output["variants"]) == 4 for output in outputs)
+
+
+async def test_a_crashed_pool_process_is_replaced(
+    resizer: StartedHandler, dirs: tuple[Path, Path]
+) -> None:
+    source = put(dirs, "crash.png", encode(halves((40, 40), RED, BLUE), "PNG"))
+    params = {"source": source, "output": "crash/x", "variants": [{"name": "v", "width": 10}]}
+    await resizer.call(params)
+    pool_processes = multiprocessing.active_children()
+    assert pool_processes
+    for process in pool_processes:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+    with pytest.raises(RetryableError) as caught:
+        await resizer.call(params)
+    assert caught.value.code == Code.UNAVAILABLE
+    assert (await resizer.call(params))["variants"][0]["width"] == 10  # a fresh pool
+
+
+# --- end to end -------------------------------------------------------------------------
+
+E2E_IMAGES = 2_000
+E2E_CORRUPT = 20
+E2E_VARIANTS = [
+    {"name": "thumb", "width": 64, "height": 64, "fit": "cover", "format": "webp"},
+    {"name": "small", "width": 160},
+]
+DEFAULT_EXTENSION = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "png"}
+
+
+@pytest.fixture
+def e2e_prefix(tmp_path: Path) -> str:
+    # Its own key prefix keeps this test's queue apart from other tests on the shared
+    # private Redis.
+    return f"image-{tmp_path.name}:"
+
+
+@pytest.fixture
+async def e2e_server(redis_url: str, e2e_prefix: str) -> AsyncIterator[BatchdServer]:
+    settings = Settings(redis_url=redis_url, host="127.0.0.1", key_prefix=e2e_prefix)
+    running = await start_server(settings, port=0)
+    yield running
+    await running.stop(grace=0)
+
+
+@pytest.fixture
+def e2e_worker(
+    redis_url: str, e2e_prefix: str, tmp_path: Path
+) -> Iterator[tuple[ServiceProcess, Path, Path]]:
+    input_dir, output_dir = tmp_path / "in", tmp_path / "out"
+    input_dir.mkdir()
+    env = {
+        "BATCHD_REDIS_URL": redis_url,
+        "BATCHD_KEY_PREFIX": e2e_prefix,
+        "BATCHD_HANDLERS": "batchd.worker.handlers.image:image_resize_handler",
+        "BATCHD_IMAGE_PROCESSES": "2",
+        "BATCHD_IMAGE_INPUT_DIR": str(input_dir),
+        "BATCHD_IMAGE_OUTPUT_DIR": str(output_dir),
+        "BATCHD_WORKER_CONCURRENCY": "32",
+        "BATCHD_LOG_LEVEL": "warning",
+    }
+    process = worker(env, tmp_path / "worker.log").start()
+    try:
+        yield process, input_dir, output_dir
+    finally:
+        process.stop()
+
+
+def small_size(width: int, height: int) -> tuple[int, int]:
+    """The `small` variant: at most 160 wide, aspect kept, never enlarged."""
+    if width <= 160:
+        return width, height
+    return 160, max(1, round(height * 160 / width))
+
+
+@pytest.mark.timeout(240)
+async def test_2000_images_through_the_service(
+    e2e_server: BatchdServer, e2e_worker: tuple[ServiceProcess, Path, Path]
+) -> None:
+    process, input_dir, output_dir = e2e_worker
+    started = time.perf_counter()
+    images = await asyncio.to_thread(generate_images, input_dir, E2E_IMAGES, E2E_CORRUPT)
+    generated = time.perf_counter()
+    items = [
+        (
+            f"i{i}",
+            {"source": image.name, "output": f"u{i % 50}/{image.name}", "variants": E2E_VARIANTS},
+        )
+        for i, image in enumerate(images)
+    ]
+    async with AsyncClient(f"127.0.0.1:{e2e_server.port}") as client:
+        await wait_for_handler(client, "image.resize")
+        submitted = await client.upload("image.resize", items)
+        batch_id = submitted.batch.batch_id
+        last = None
+        async for progress in client.watch(batch_id, min_interval=0.25):
+            last = progress
+        ran = time.perf_counter()
+        assert last is not None, process.log_tail()
+        assert last.state == BatchState.COMPLETED
+        outcomes = {o.custom_id: o async for o in client.items(batch_id, page_size=1000)}
+
+    states = Counter(o.state for o in outcomes.values())
+    assert states == {ItemState.SUCCEEDED: E2E_IMAGES - E2E_CORRUPT, ItemState.FAILED: E2E_CORRUPT}
+    for i, image in enumerate(images):
+        outcome = outcomes[f"i{i}"]
+        if image.corrupt:
+            assert outcome.state == ItemState.FAILED, image
+            assert outcome.attempts == 1
+            assert outcome.error is not None
+            assert outcome.error.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert outcome.error.message.startswith(
+                ("cannot identify image file", "truncated image", "corrupt image")
+            ), outcome.error.message
+            continue
+        assert outcome.state == ItemState.SUCCEEDED, (image, outcome.error)
+        assert outcome.output is not None
+        source = outcome.output["source"]
+        assert (source["width"], source["height"]) == (image.width, image.height)
+        thumb, small = outcome.output["variants"]
+        prefix = f"u{i % 50}/{image.name}"
+        assert thumb["path"] == f"{prefix}.thumb.webp"
+        assert small["path"] == f"{prefix}.small.{DEFAULT_EXTENSION[image.format]}"
+        with Image.open(output_dir / thumb["path"]) as opened_thumb:
+            assert opened_thumb.size == (64, 64)
+        with Image.open(output_dir / small["path"]) as opened_small:
+            assert opened_small.size == small_size(image.width, image.height)
+            assert (small["width"], small["height"]) == opened_small.size
+    checked = time.perf_counter()
+    print(
+        f"\nimage.resize e2e: generated {E2E_IMAGES} in {generated - started:.1f}s, "
+        f"ran in {ran - generated:.1f}s ({E2E_IMAGES / (ran - generated):.0f} items/s), "
+        f"checked in {checked - ran:.1f}s"
+    )
