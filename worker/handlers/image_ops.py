@@ -90,7 +90,10 @@ def resize_job(job: ResizeJob) -> dict[str, Any]:
         data = read_confined(Path(job.input_root), job.source, job.max_bytes)
     image, source_format, (width, height) = _decode(data, job.max_pixels, _draft_side(job.variants))
     source = {"width": width, "height": height, "format": source_format.lower()}
-    outputs = [_write_variant(image, source_format, variant, job) for variant in job.variants]
+    outputs = [
+        _write_variant(image, (width, height), source_format, variant, job)
+        for variant in job.variants
+    ]
     return {"source": source, "variants": outputs}
 
 
@@ -105,13 +108,15 @@ def target_size(size: tuple[int, int], variant: Variant) -> tuple[int, int]:
     width, height = size
     if variant.fit in ("cover", "fill"):
         return variant.width, variant.height
-    scales = [1.0]
-    if variant.width:
-        scales.append(variant.width / width)
-    if variant.height:
-        scales.append(variant.height / height)
-    scale = min(scales)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    by_width = variant.width / width if variant.width else 1.0
+    by_height = variant.height / height if variant.height else 1.0
+    if min(by_width, by_height) >= 1.0:
+        return width, height
+    # The binding side is exact; the other is rounded from exact integer ratios, so
+    # that anyone can predict it: round(height * variant.width / width).
+    if by_width <= by_height:
+        return variant.width, max(1, round(height * variant.width / width))
+    return max(1, round(width * variant.height / height)), variant.height
 
 
 def _draft_side(variants: Sequence[Variant]) -> int:
@@ -193,8 +198,10 @@ def _working_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _resized(image: Image.Image, variant: Variant) -> Image.Image:
-    size = target_size(image.size, variant)
+def _resized(image: Image.Image, full_size: tuple[int, int], variant: Variant) -> Image.Image:
+    # From the full size, not the decoded one: a JPEG decoded at a reduced scale gives
+    # the same variant sizes as a full decode.
+    size = target_size(full_size, variant)
     if variant.fit == "cover":
         return ImageOps.fit(image, size, Image.Resampling.LANCZOS)
     if size == image.size:
@@ -213,10 +220,14 @@ def _encodable(image: Image.Image, output_format: str) -> Image.Image:
 
 
 def _write_variant(
-    image: Image.Image, source_format: str, variant: Variant, job: ResizeJob
+    image: Image.Image,
+    full_size: tuple[int, int],
+    source_format: str,
+    variant: Variant,
+    job: ResizeJob,
 ) -> dict[str, Any]:
     output_format = variant.format or _default_format(source_format)
-    resized = _encodable(_resized(image, variant), output_format)
+    resized = _encodable(_resized(image, full_size, variant), output_format)
     options: dict[str, Any] = {}
     if output_format in DEFAULT_QUALITY:
         options["quality"] = variant.quality or DEFAULT_QUALITY[output_format]
