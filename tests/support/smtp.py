@@ -25,6 +25,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
 from support.net import find_free_port
 
 USER_UNKNOWN = "550 5.1.1 User unknown"
@@ -72,7 +73,7 @@ class RecordingHandler:
             self._transports = [t for t in self._transports if not t.is_closing()]
             return list(self._transports)
 
-    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook names)
+    async def handle_EHLO(
         self,
         server: SMTP,
         session: Session,
@@ -84,14 +85,14 @@ class RecordingHandler:
         self._greeted(server, session)
         return responses
 
-    async def handle_HELO(  # noqa: N802
+    async def handle_HELO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str
     ) -> str:
         session.host_name = hostname
         self._greeted(server, session)
         return f"250 {server.hostname}"
 
-    async def handle_MAIL(  # noqa: N802
+    async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         with self._lock:
@@ -101,7 +102,7 @@ class RecordingHandler:
         envelope.mail_options.extend(options)
         return "250 OK"
 
-    async def handle_RCPT(  # noqa: N802
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         key = address.lower()
@@ -114,9 +115,7 @@ class RecordingHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(  # noqa: N802
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self._lock:
             if self.data_replies:
                 return self.data_replies.popleft()

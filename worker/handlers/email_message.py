@@ -1,5 +1,5 @@
 """Building one `email.send` message: templates rendered, addresses parsed, a
-multipart/alternative `EmailMessage` with a Message-ID derived from the item.
+multipart/alternative MIME message with a Message-ID derived from the item.
 
 Templates are written by whoever submits the batch, so they run in Jinja2's
 `SandboxedEnvironment` (no attribute access to Python internals, no file loader).
@@ -9,6 +9,13 @@ plain-text body or a subject is just `<`.
 
 A batch usually shares one template among all its items, so compiled templates are
 kept in an LRU keyed by their source: compiling costs far more than rendering.
+
+The message is built with the stdlib's compat32 MIME classes (`MIMEMultipart`,
+`MIMEText`), not `EmailMessage`: the modern header registry parses every header it is
+given and cost ten times as much per message (~11 ms against ~1 ms), which at 50,000
+messages is the difference between the SMTP relay and the worker's CPU setting the pace.
+Everything that reaches a header is checked here instead: one line, addresses parsed,
+non-ASCII words RFC 2047-encoded, bodies quoted-printable in UTF-8.
 """
 
 from __future__ import annotations
@@ -18,9 +25,12 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import formatdate, getaddresses
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, formatdate, getaddresses
 from typing import Any
 
 import jinja2
@@ -55,6 +65,11 @@ RESERVED_HEADERS = frozenset(
 
 MESSAGE_ID_DOMAIN = "batchd"
 _NOT_ATEXT = re.compile(r"[^A-Za-z0-9_-]")
+# An addr-spec as relays take it: no spaces, brackets or line breaks, one "@".
+_ADDR_SPEC = re.compile(r"^[^\s<>()\[\],;:\\\"@]+@[^\s<>()\[\],;:\\\"@]+$")
+# Bodies: UTF-8, quoted-printable (readable for mostly-ASCII text, safe for any line).
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
 
 
 class MessageError(ValueError):
@@ -68,7 +83,7 @@ class Outgoing:
 
     sender: str  # the bare address of `from`, for MAIL FROM
     recipients: list[str]  # the bare addresses of `to`, for RCPT TO
-    message: EmailMessage
+    message: Message
     message_id: str
 
 
@@ -114,50 +129,71 @@ def build_message(params: Mapping[str, Any], message_id: str, templates: Templat
     to_values = params["to"] if isinstance(params["to"], list) else [params["to"]]
     sender = parse_address(params["from"], "from")
     recipients = [parse_address(value, "to") for value in to_values]
-
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = recipients
-    if "reply_to" in params:
-        message["Reply-To"] = parse_address(params["reply_to"], "reply_to")
     subject = templates.render("subject", params["subject"], variables)
     if "\r" in subject or "\n" in subject:
         raise MessageError("subject template: the subject must be one line")
-    message["Subject"] = subject
+    text = templates.render("text", params["text"], variables) if "text" in params else None
+    html = templates.render("html", params["html"], variables) if "html" in params else None
+
+    message: Message
+    if text is not None and html is not None:
+        # The last part is the preferred one (RFC 2046): HTML where it can be shown.
+        # "=_" cannot occur in quoted-printable text, so this boundary cannot occur in
+        # the parts: the generator need not flatten them first to look for a safe one.
+        message = MIMEMultipart("alternative", boundary=f"=_{message_id.strip('<>')}")
+        message.attach(MIMEText(text, "plain", _UTF8_QP))
+        message.attach(MIMEText(html, "html", _UTF8_QP))
+    elif text is not None:
+        message = MIMEText(text, "plain", _UTF8_QP)
+    elif html is not None:
+        message = MIMEText(html, "html", _UTF8_QP)
+    else:
+        raise MessageError("a message needs a text or an html template")
+    message["From"] = _header_address(sender)
+    message["To"] = ", ".join(_header_address(r) for r in recipients)
+    if "reply_to" in params:
+        message["Reply-To"] = _header_address(parse_address(params["reply_to"], "reply_to"))
+    message["Subject"] = _header_text(subject)
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id
     for name, value in _extra_headers(params.get("headers", {})):
-        message[name] = value
-
-    text = templates.render("text", params["text"], variables) if "text" in params else None
-    html = templates.render("html", params["html"], variables) if "html" in params else None
-    if text is not None:
-        message.set_content(text)
-        if html is not None:
-            message.add_alternative(html, subtype="html")  # multipart/alternative
-    elif html is not None:
-        message.set_content(html, subtype="html")
-    else:
-        raise MessageError("a message needs a text or an html template")
+        message[name] = _header_text(value)
 
     return Outgoing(
-        sender=sender.addr_spec,
-        recipients=list(dict.fromkeys(r.addr_spec for r in recipients)),  # once each
+        sender=sender[1],
+        recipients=list(dict.fromkeys(addr for _, addr in recipients)),  # once each
         message=message,
         message_id=message_id,
     )
 
 
-def parse_address(value: str, field: str) -> Address:
-    """One address, bare (`a@example.com`) or with a name (`Ann <a@example.com>`)."""
+def parse_address(value: str, field: str) -> tuple[str, str]:
+    """One address, bare (`a@example.com`) or with a name (`Ann <a@example.com>`): its
+    display name and its addr-spec, the domain IDNA-encoded."""
+    if "\r" in value or "\n" in value:
+        raise MessageError(f"{field}: an address must be one line")
     parsed = getaddresses([value])
-    if len(parsed) != 1 or "@" not in parsed[0][1]:
+    if len(parsed) != 1 or not _ADDR_SPEC.match(parsed[0][1]):
         raise MessageError(f"{field}: not one email address: {value!r}")
     name, addr_spec = parsed[0]
+    local, domain = addr_spec.rsplit("@", 1)
+    if not local.isascii():
+        # That needs SMTPUTF8 end to end, which few relays offer: refuse it plainly.
+        raise MessageError(f"{field}: non-ASCII local parts are not supported: {value!r}")
     try:
-        return Address(display_name=name, addr_spec=addr_spec)
-    except (ValueError, IndexError) as exc:  # the header parser's errors
-        raise MessageError(f"{field}: invalid email address {value!r}: {exc}") from exc
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise MessageError(f"{field}: invalid domain in {value!r}") from exc
+    return name, f"{local}@{domain}"
+
+
+def _header_address(address: tuple[str, str]) -> str:
+    # formataddr quotes the name and RFC 2047-encodes it when it is not ASCII.
+    return formataddr(address, charset="utf-8")
+
+
+def _header_text(value: str) -> str | Header:
+    return value if value.isascii() else Header(value, "utf-8")
 
 
 def _extra_headers(headers: Mapping[str, str]) -> Iterable[tuple[str, str]]:

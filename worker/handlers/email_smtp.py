@@ -23,10 +23,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import Message
+from email.policy import compat32
 
 import aiosmtplib
-from aiosmtplib.email import flatten_message
 
 from batchd.worker.handlers.email_relay import Relay
 
@@ -38,6 +38,9 @@ COMMAND_TIMEOUT = 30.0
 QUIT_TIMEOUT = 2.0
 # "Service not available, closing transmission channel" (RFC 5321): the relay hangs up.
 CLOSING = 421
+# Messages go out as built (email_message.py): ASCII only, headers encoded, bodies
+# quoted-printable; so no 8BITMIME or SMTPUTF8 is needed of the relay.
+_WIRE = compat32.clone(linesep="\r\n")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class SmtpPool:
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(max(self.size, 1))
 
-    async def send(self, sender: str, recipients: list[str], message: EmailMessage) -> Delivery:
+    async def send(self, sender: str, recipients: list[str], message: Message) -> Delivery:
         """One transaction over a pooled connection. Raises aiosmtplib's errors (connect,
         sender refused, DATA refused, disconnects, timeouts) and `RecipientsRefused`."""
         try:
@@ -144,27 +147,14 @@ class SmtpPool:
 
 
 async def _transaction(
-    lease: _Lease, sender: str, recipients: list[str], message: EmailMessage
+    lease: _Lease, sender: str, recipients: list[str], message: Message
 ) -> Delivery:
     smtp = lease.smtp
-    utf8 = not (sender + "".join(recipients)).isascii()
-    mail_options: list[str] = []
-    if utf8:
-        if not smtp.supports_extension("smtputf8"):
-            raise aiosmtplib.SMTPNotSupported(
-                "an address is not ASCII and the relay has no SMTPUTF8"
-            )
-        mail_options.append("SMTPUTF8")
-    eight_bit = smtp.supports_extension("8bitmime")
-    if eight_bit:
-        mail_options.append("BODY=8BITMIME")
-    data = flatten_message(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
-    if smtp.supports_extension("size"):
-        mail_options.append(f"SIZE={len(data)}")
-    encoding = "utf-8" if utf8 else "ascii"
+    data = message.as_bytes(policy=_WIRE)
+    mail_options = [f"SIZE={len(data)}"] if smtp.supports_extension("size") else []
     try:
         try:
-            await smtp.mail(sender, options=mail_options, encoding=encoding)
+            await smtp.mail(sender, options=mail_options)
         except aiosmtplib.SMTPServerDisconnected:
             if lease.reused:
                 raise _StaleConnection from None
@@ -173,7 +163,7 @@ async def _transaction(
         refused: dict[str, aiosmtplib.SMTPResponse] = {}
         for recipient in recipients:
             try:
-                await smtp.rcpt(recipient, encoding=encoding)
+                await smtp.rcpt(recipient)
                 accepted.append(recipient)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 refused[recipient] = aiosmtplib.SMTPResponse(exc.code, exc.message)
