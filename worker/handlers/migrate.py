@@ -34,6 +34,7 @@ item holds one connection at a time: the source's, then the destination's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from batchd.worker.handler import (
     RetryableError,
     WorkerInfo,
 )
-from batchd.worker.handlers.migrate_checksum import canonical, checksum, combine, row_digest
+from batchd.worker.handlers.migrate_checksum import CHECKSUM_MODULUS, canonical, row_digest
 from batchd.worker.handlers.migrate_errors import Kind, classify, database_message
 from batchd.worker.handlers.migrate_sql import (
     Engines,
@@ -119,6 +120,8 @@ PARAMS_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# Rows digested between two pauses that let the event loop run other work.
+_ROWS_BETWEEN_PAUSES = 500
 # Both kinds of failure a single row can cause, and so the row-by-row search can find.
 _ROW_FAILURES = (Kind.CONSTRAINT, Kind.DATA)
 
@@ -186,24 +189,29 @@ class _RecordMigrate:
         with _database_errors("source", item.table, self._engines):
             async with source.connect() as conn:
                 rows = await read_range(conn, table, item.key, columns, lo, hi)
-        source_checksum = checksum(rows, columns)
+        source_digests = await _digests(rows, item.key, columns)
+        source_checksum = _sum(source_digests)
         written = self._transformed(rows, item)
         out_columns = list(written[0]) if written else list(columns)
+        # Without a transform the rows written are the rows read: their digests too.
+        expected = (
+            source_digests if written is rows else await _digests(written, item.key, out_columns)
+        )
         with _database_errors("destination", item.destination_table, self._engines):
             target = await self._engines.table(destination, item.destination_table)
         _check_destination(target, item, out_columns)
         with _database_errors("destination", item.destination_table, self._engines):
-            expected, stored = await _write(destination, target, item, out_columns, written)
+            stored = await _write(destination, target, item, out_columns, written, expected)
         output: dict[str, Any] = {
             "rows": len(rows),
             "written": len(written),
             "skipped": len(rows) - len(written),
             "source_checksum": source_checksum,
             "destination_checksum": stored,
-            "match": stored == expected,
+            "match": stored == _sum(expected),
         }
         if item.transform:
-            output["transformed_checksum"] = expected
+            output["transformed_checksum"] = _sum(expected)
         ctx.logger.debug("range_copied", rows=len(rows), written=len(written))
         return output
 
@@ -335,13 +343,14 @@ async def _write(
     item: _Item,
     columns: Sequence[str],
     rows: list[dict[str, Any]],
-) -> tuple[str, str]:
+    expected: Mapping[str, int],
+) -> str:
     """Upserts the rows in one transaction and reads them back before committing;
-    returns the checksums of the rows written and of the rows read back."""
-    expected = {canonical(r[item.key]): row_digest(r[c] for c in columns) for r in rows}
-    expected_sum = combine(f"{d:064x}" for d in expected.values())
+    returns the checksum of the rows read back (`expected`: the digests of the rows,
+    by canonical key)."""
+    expected_sum = _sum(expected)
     if not rows:
-        return expected_sum, expected_sum
+        return expected_sum
     statement = upsert(target, item.key, columns, engine.dialect.name)
     async with engine.connect() as conn:
         try:
@@ -349,8 +358,8 @@ async def _write(
                 await conn.execute(statement, rows)
                 keys = [r[item.key] for r in rows]
                 stored = await read_keys(conn, target, item.key, columns, keys)
-                found = {canonical(r[item.key]): row_digest(r[c] for c in columns) for r in stored}
-                stored_sum = combine(f"{d:064x}" for d in found.values())
+                found = await _digests(stored, item.key, columns)
+                stored_sum = _sum(found)
                 if stored_sum != expected_sum and item.on_mismatch == "fail":
                     raise _mismatch(rows, stored, item.key, columns, expected, found)
         except sa_exc.DBAPIError as exc:
@@ -358,7 +367,25 @@ async def _write(
                 raise
             culprit = await _first_failing_row(conn, statement, rows, item.key)
             raise _row_failure(exc, culprit, item) from exc
-    return expected_sum, stored_sum
+    return stored_sum
+
+
+async def _digests(
+    rows: Sequence[Mapping[str, Any]], key: str, columns: Sequence[str]
+) -> dict[str, int]:
+    """Each row's digest by its canonical key. Pauses every few hundred rows: the
+    worker's other items and its lease renewals share this event loop."""
+    digests: dict[str, int] = {}
+    for start in range(0, len(rows), _ROWS_BETWEEN_PAUSES):
+        if start:
+            await asyncio.sleep(0)
+        for row in rows[start : start + _ROWS_BETWEEN_PAUSES]:
+            digests[canonical(row[key])] = row_digest(row[c] for c in columns)
+    return digests
+
+
+def _sum(digests: Mapping[str, int]) -> str:
+    return f"{sum(digests.values()) % CHECKSUM_MODULUS:064x}"
 
 
 async def _first_failing_row(
