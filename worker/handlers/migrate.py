@@ -179,14 +179,22 @@ class _RecordMigrate:
     async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
         if self._engines is None:
             raise RuntimeError("record.migrate used before its startup hook ran")
-        item = _Item.from_params(params)
-        source = self._engines.get(self._url(item.source, "source"))
-        destination = self._engines.get(self._url(item.destination, "destination"))
-        with _database_errors("source", item.table, self._engines):
-            table = await self._engines.table(source, item.table)
+        try:
+            return await self._copy(_Item.from_params(params), self._engines, ctx)
+        except BaseException:
+            # The fix may be a schema change (a column added, a table created): the
+            # next attempt, or the redrive, reflects the tables again.
+            self._engines.forget_tables()
+            raise
+
+    async def _copy(self, item: _Item, engines: Engines, ctx: ItemContext) -> Mapping[str, Any]:
+        source = engines.get(self._url(item.source, "source"))
+        destination = engines.get(self._url(item.destination, "destination"))
+        with _database_errors("source", item.table, engines):
+            table = await engines.table(source, item.table)
         columns = _columns(table, item)
         lo, hi = _bound(item.lo, table, item.key), _bound(item.hi, table, item.key)
-        with _database_errors("source", item.table, self._engines):
+        with _database_errors("source", item.table, engines):
             async with source.connect() as conn:
                 rows = await read_range(conn, table, item.key, columns, lo, hi)
         source_digests = await _digests(rows, item.key, columns)
@@ -197,10 +205,10 @@ class _RecordMigrate:
         expected = (
             source_digests if written is rows else await _digests(written, item.key, out_columns)
         )
-        with _database_errors("destination", item.destination_table, self._engines):
-            target = await self._engines.table(destination, item.destination_table)
+        with _database_errors("destination", item.destination_table, engines):
+            target = await engines.table(destination, item.destination_table)
         _check_destination(target, item, out_columns)
-        with _database_errors("destination", item.destination_table, self._engines):
+        with _database_errors("destination", item.destination_table, engines):
             stored = await _write(destination, target, item, out_columns, written, expected)
         output: dict[str, Any] = {
             "rows": len(rows),

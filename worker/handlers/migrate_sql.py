@@ -113,7 +113,7 @@ class Engines:
         return table
 
     def forget_tables(self) -> None:
-        """Reflect again on next use: after a failure the schema may have changed."""
+        """Reflect again on next use: after a failure the schema may be changed to fix it."""
         self._tables.clear()
 
     async def dispose(self) -> None:
