@@ -88,7 +88,12 @@ async def plan(source: AsyncEngine, rows_per_item: int) -> list[Item]:
         table = await reflect(conn, "people")
         key = key_column(table)
         async for part in plan_ranges(conn, table, key, rows_per_item):
-            params = {"source": "src", "destination": "dst", "table": "people", "key": key}
+            params: dict[str, Any] = {
+                "source": "src",
+                "destination": "dst",
+                "table": "people",
+                "key": key,
+            }
             params["range"] = {"from": part.lo, "to": part.hi}
             items.append((custom_id("people", part, len(items)), params))
     return items

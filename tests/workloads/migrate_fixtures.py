@@ -194,7 +194,8 @@ async def run_item(
         logger=get_logger("tests").bind(batch_id="test-batch", custom_id=custom_id),
     )
     output = await handler.run(json.loads(json.dumps(params)), ctx)
-    return json.loads(json.dumps(dict(output)))
+    stored: dict[str, Any] = json.loads(json.dumps(dict(output)))
+    return stored
 
 
 @dataclass

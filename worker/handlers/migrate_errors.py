@@ -91,7 +91,7 @@ def database_message(error: BaseException) -> str:
     if isinstance(error, sa_exc.NoSuchTableError):
         return f"no such table {error}"
     orig = getattr(error, "orig", None) or error
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
     # PyMySQL: (number, message); others: (message,).
     text = str(args[1]) if len(args) >= 2 and isinstance(args[0], int) else str(orig)
     text = text.split("\n")[0].strip()
