@@ -54,6 +54,7 @@ from batchd.worker.handlers.image_ops import (
     Variant,
     init_process,
     resize_job,
+    warm_up,
 )
 from batchd.worker.handlers.image_paths import check_relative
 
@@ -143,6 +144,11 @@ class _ImageResize:
         )
         self._slots = asyncio.Semaphore(self._processes * _QUEUED_PER_PROCESS)
         self._pool = self._new_pool()
+        # Start every process now (each imports Pillow), not as the first items wait.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, warm_up) for _ in range(self._processes))
+        )
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max(worker.concurrency, 1)),
             cookie_jar=aiohttp.DummyCookieJar(),

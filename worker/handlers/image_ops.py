@@ -35,6 +35,7 @@ __all__ = [
     "init_process",
     "resize_job",
     "target_size",
+    "warm_up",
 ]
 
 # Formats a variant may be written in, by the name params use, with their file extension.
@@ -80,6 +81,11 @@ def init_process(max_pixels: int) -> None:
     its warning (between 1x and 2x the limit) turned into an error like the rest."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def warm_up() -> None:
+    """Nothing: submitted once per process at start-up, so that the processes exist (and
+    have imported Pillow) before the first item needs them."""
 
 
 def resize_job(job: ResizeJob) -> dict[str, Any]:
