@@ -142,6 +142,24 @@ async def insert_rows(
             await conn.execute(table.insert(), list(rows[start : start + per_statement]))
 
 
+# people_rows(range(1, n + 1)) made by MariaDB's sequence engine, without a round trip
+# per row: filling 100,000 rows takes a second, not ten.
+_MARIADB_FILL = (
+    "INSERT INTO {table} SELECT seq, CONCAT('name-', seq, '-é'), (seq * 7919 % 10000000) / 100, "
+    "'2024-01-01' + INTERVAL seq * 37 SECOND, IF(seq % 5 = 0, NULL, CONCAT('note ', seq)) "
+    "FROM seq_1_to_{count}"
+)
+
+
+async def fill_people(engine: AsyncEngine, table: Table, count: int) -> None:
+    """Rows people_rows(range(1, count + 1)) into the table."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        async with engine.begin() as conn:
+            await conn.execute(text(_MARIADB_FILL.format(table=table.name, count=count)))
+    else:
+        await insert_rows(engine, table, people_rows(range(1, count + 1)))
+
+
 async def table_checksum(
     engine: AsyncEngine, name: str, columns: Sequence[str] = PEOPLE_COLUMNS
 ) -> tuple[int, str]:

@@ -25,6 +25,7 @@ from support.redis_server import RedisServerFactory
 from workloads.migrate_fixtures import (
     PEOPLE_COLUMNS,
     engine_for,
+    fill_people,
     insert_rows,
     mariadb_database,
     migrate_service,
@@ -167,6 +168,9 @@ async def _people(engine: Any, ids: Any, *, check_amount: bool = False) -> Table
     table = people_table(check_amount=check_amount)
     async with engine.begin() as conn:
         await conn.run_sync(table.metadata.create_all)
+    if isinstance(ids, range) and ids.start == 1 and ids.step == 1 and len(ids):
+        await fill_people(engine, table, len(ids))
+        return table
     rows = people_rows(ids)
     if rows:
         await insert_rows(engine, table, rows)
@@ -432,6 +436,52 @@ async def test_redrive_after_fixing_a_rejected_row(
             assert await table_checksum(source, "people") == await table_checksum(
                 destination, "people"
             )
+        finally:
+            await source.dispose()
+            await destination.dispose()
+
+
+async def test_postgres_to_mariadb_upserts_and_names_a_clashing_key() -> None:
+    async with postgres_database() as source_url, mariadb_database() as destination_url:
+        source, destination = engine_for(source_url), engine_for(destination_url)
+        try:
+            table = await _people(source, range(1, 301))
+            async with source.begin() as conn:  # longer names than the destination takes
+                await conn.execute(text("ALTER TABLE people ALTER name TYPE varchar(200)"))
+            await _people(destination, [])
+            async with destination.begin() as conn:  # names must be unique there
+                await conn.execute(text("CREATE UNIQUE INDEX people_name ON people (name)"))
+            params = _params(source_url, destination_url, 101, 200)
+            async with opened_handler() as handler:
+                first = await run_item(handler, params)
+                again = await run_item(handler, params)
+                assert first == again
+                assert first["match"] is True
+                assert first["rows"] == 100
+                # Two rows of one range clash with each other: the later one is named.
+                async with source.begin() as conn:
+                    name_of_110 = update(table).where(table.c.id == 120).values(name="name-110-é")
+                    await conn.execute(name_of_110)
+                    await conn.execute(text("UPDATE people SET name = 'x' WHERE id = 150"))
+                with pytest.raises(PermanentError) as caught:
+                    await run_item(handler, _params(source_url, destination_url, 101, 200))
+                assert caught.value.code == Code.FAILED_PRECONDITION
+                assert "key=120" in caught.value.message
+                assert "Duplicate entry" in caught.value.message
+                # A value too long for the destination column: INVALID_ARGUMENT, by key.
+                async with source.begin() as conn:
+                    await conn.execute(text("UPDATE people SET name = 'n-110' WHERE id = 120"))
+                    await conn.execute(
+                        text("UPDATE people SET name = repeat('z', 100) WHERE id = 160")
+                    )
+                with pytest.raises(PermanentError) as caught:
+                    await run_item(handler, _params(source_url, destination_url, 101, 200))
+                assert caught.value.code == Code.INVALID_ARGUMENT
+                assert "key=160" in caught.value.message
+            async with destination.connect() as conn:  # the failed runs wrote nothing
+                assert await conn.scalar(text("SELECT name FROM people WHERE id = 150")) == (
+                    "name-150-é"
+                )
         finally:
             await source.dispose()
             await destination.dispose()
