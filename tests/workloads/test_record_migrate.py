@@ -485,3 +485,28 @@ async def test_postgres_to_mariadb_upserts_and_names_a_clashing_key() -> None:
         finally:
             await source.dispose()
             await destination.dispose()
+
+
+async def test_a_destination_that_rounds_fails_or_reports_the_mismatch() -> None:
+    async with postgres_database() as url:
+        engine = engine_for(url)
+        try:
+            await _people(engine, range(1, 51))
+            async with engine.begin() as conn:  # one decimal place: 0.79 is stored as 0.8
+                await conn.execute(text("CREATE TABLE rounded (LIKE people)"))
+                await conn.execute(text("ALTER TABLE rounded ADD PRIMARY KEY (id)"))
+                await conn.execute(text("ALTER TABLE rounded ALTER amount TYPE numeric(12, 1)"))
+            params = _params(url, url, 1, 50, destination_table="rounded")
+            async with opened_handler() as handler:
+                with pytest.raises(PermanentError) as caught:
+                    await run_item(handler, params)
+                assert caught.value.code == Code.DATA_LOSS
+                assert "key=1:" in caught.value.message
+                assert "column(s) amount" in caught.value.message
+                assert await _count(engine, "rounded") == 0  # rolled back
+                output = await run_item(handler, {**params, "on_mismatch": "report"})
+            assert output["match"] is False
+            assert output["destination_checksum"] != output["source_checksum"]
+            assert await _count(engine, "rounded") == 50
+        finally:
+            await engine.dispose()
