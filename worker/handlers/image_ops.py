@@ -172,8 +172,7 @@ def _decode_checked(
     if source_format == "JPEG":
         image.draft("RGB" if image.mode == "RGB" else None, (draft_side, draft_side))
     image.load()
-    image = ImageOps.exif_transpose(image)
-    return _working_mode(image), source_format, upright
+    return _working_mode(ImageOps.exif_transpose(image)), source_format, upright
 
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:
