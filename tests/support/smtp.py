@@ -13,15 +13,30 @@ answers as a test scripts it.
 
 The handler runs in the controller's thread: everything a test reads is guarded by a
 lock and copied out.
+
+`SmtpServerProcess` runs the same server in a process of its own (`python -m
+support.smtp`), for end-to-end tests: in the test's process its thread would compete for
+the GIL with the test's gRPC server and client and set the pace of the whole run. It
+writes each message and each new connection as a JSON line to a log the test reads.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -135,9 +150,43 @@ class RecordingHandler:
 
     def _greeted(self, server: SMTP, session: Session) -> None:
         with self._lock:
-            self._peers.add(session.peer)
+            if session.peer not in self._peers:
+                self._peers.add(session.peer)
+                self._log({"connection": list(session.peer)})
             if server.transport is not None and server.transport not in self._transports:
                 self._transports.append(server.transport)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """A hook for the logging subclass (called with the lock held)."""
+
+
+class LoggingHandler(RecordingHandler):
+    """Also writes each message and new connection as a JSON line (SmtpServerProcess)."""
+
+    def __init__(self, log: TextIO) -> None:
+        super().__init__()
+        self._file = log
+
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if reply.startswith("250"):
+            with self._lock:
+                received = self._messages[-1]
+                self._log(
+                    {
+                        "message_id": received.message_id,
+                        "sender": received.sender,
+                        "recipients": list(received.recipients),
+                    }
+                )
+        return reply
+
+    def _log(self, record: dict[str, Any]) -> None:
+        # Written before the 250 goes out: once the item succeeded, its line is there.
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
 
 
 class SmtpServer:
@@ -179,3 +228,83 @@ class SmtpServer:
 def start_smtp_server(**smtp_options: Any) -> SmtpServer:
     """A running server; `smtp_options` go to aiosmtpd's SMTP (auth_require_tls, ...)."""
     return SmtpServer(**smtp_options).start()
+
+
+class SmtpServerProcess:
+    """A recording server in a subprocess that rejects `reject` (550 5.1.1) and logs to
+    `log_path`; `messages()` and `connections()` read the log."""
+
+    def __init__(self, log_path: Path, reject: Iterable[str] = ()) -> None:
+        self.port = find_free_port()
+        self.log_path = log_path
+        self.reject = sorted(reject)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> SmtpServerProcess:
+        tests_dir = str(Path(__file__).resolve().parents[1])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]),
+        }
+        argv = [sys.executable, "-m", "support.smtp", "--port", str(self.port)]
+        argv += ["--log", str(self.log_path), "--reject", ",".join(self.reject)]
+        self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:  # another process: poll its port until it answers
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the SMTP server process did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+    def _records(self) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def messages(self) -> list[Received]:
+        return [
+            Received(r["message_id"], r["sender"], tuple(r["recipients"]), b"")
+            for r in self._records()
+            if "message_id" in r
+        ]
+
+    def connections(self) -> int:
+        """Connections that greeted the server (the probe at start-up did not)."""
+        return sum(1 for r in self._records() if "connection" in r)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A recording SMTP server (tests).")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--reject", default="", help="comma-separated addresses")
+    args = parser.parse_args(argv)
+    with args.log.open("a") as log:
+        handler = LoggingHandler(log)
+        handler.reject.update(a.lower() for a in args.reject.split(",") if a)
+        controller = Controller(
+            handler, hostname="127.0.0.1", port=args.port, server_hostname="smtp.test"
+        )
+        controller.start()
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        stopped.wait()
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -144,7 +144,7 @@ class _EmailSend:
         except MessageError as exc:
             raise PermanentError(str(exc), code=Code.INVALID_ARGUMENT) from exc
         try:
-            delivery = await self._pool.send(outgoing.sender, outgoing.recipients, outgoing.message)
+            delivery = await self._pool.send(outgoing.sender, outgoing.recipients, outgoing.data)
         except Exception as exc:
             raise _item_error(exc, self._pool.relay) from exc
         if delivery.rejected:

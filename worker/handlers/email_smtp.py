@@ -23,8 +23,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from email.message import Message
-from email.policy import compat32
 
 import aiosmtplib
 
@@ -38,9 +36,6 @@ COMMAND_TIMEOUT = 30.0
 QUIT_TIMEOUT = 2.0
 # "Service not available, closing transmission channel" (RFC 5321): the relay hangs up.
 CLOSING = 421
-# Messages go out as built (email_message.py): ASCII only, headers encoded, bodies
-# quoted-printable; so no 8BITMIME or SMTPUTF8 is needed of the relay.
-_WIRE = compat32.clone(linesep="\r\n")
 
 
 @dataclass(frozen=True)
@@ -87,16 +82,16 @@ class SmtpPool:
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(max(self.size, 1))
 
-    async def send(self, sender: str, recipients: list[str], message: Message) -> Delivery:
+    async def send(self, sender: str, recipients: list[str], data: bytes) -> Delivery:
         """One transaction over a pooled connection. Raises aiosmtplib's errors (connect,
         sender refused, DATA refused, disconnects, timeouts) and `RecipientsRefused`."""
         try:
             async with self._connection() as lease:
-                return await _transaction(lease, sender, recipients, message)
+                return await _transaction(lease, sender, recipients, data)
         except _StaleConnection:
             pass
         async with self._connection(fresh=True) as lease:
-            return await _transaction(lease, sender, recipients, message)
+            return await _transaction(lease, sender, recipients, data)
 
     async def close(self) -> None:
         """QUITs the idle connections (those in use are closed when given back)."""
@@ -146,11 +141,9 @@ class SmtpPool:
         return smtp
 
 
-async def _transaction(
-    lease: _Lease, sender: str, recipients: list[str], message: Message
-) -> Delivery:
+async def _transaction(lease: _Lease, sender: str, recipients: list[str], data: bytes) -> Delivery:
     smtp = lease.smtp
-    data = message.as_bytes(policy=_WIRE)
+    # The message is ASCII (email_mime.py): no 8BITMIME or SMTPUTF8 is asked of the relay.
     mail_options = [f"SIZE={len(data)}"] if smtp.supports_extension("size") else []
     try:
         try:
