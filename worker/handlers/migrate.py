@@ -34,7 +34,6 @@ item holds one connection at a time: the source's, then the destination's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,8 +42,6 @@ from typing import Any, Literal
 from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import Insert
 
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
@@ -56,18 +53,17 @@ from batchd.worker.handler import (
     RetryableError,
     WorkerInfo,
 )
-from batchd.worker.handlers.migrate_checksum import CHECKSUM_MODULUS, canonical, row_digest
+from batchd.worker.handlers.migrate_checksum import canonical
 from batchd.worker.handlers.migrate_errors import Kind, classify, database_message
 from batchd.worker.handlers.migrate_sql import (
     Engines,
     async_url,
     key_kind,
     parse_databases,
-    read_keys,
     read_range,
-    upsert,
 )
 from batchd.worker.handlers.migrate_transform import TransformCache, TransformError
+from batchd.worker.handlers.migrate_write import digests, sum_digests, write_range
 
 __all__ = ["NAME", "PARAMS_SCHEMA", "record_migrate_handler"]
 
@@ -119,11 +115,6 @@ PARAMS_SCHEMA: dict[str, Any] = {
     "required": ["source", "destination", "table", "key", "range"],
     "additionalProperties": False,
 }
-
-# Rows digested between two pauses that let the event loop run other work.
-_ROWS_BETWEEN_PAUSES = 500
-# Both kinds of failure a single row can cause, and so the row-by-row search can find.
-_ROW_FAILURES = (Kind.CONSTRAINT, Kind.DATA)
 
 
 @dataclass(frozen=True)
@@ -197,29 +188,37 @@ class _RecordMigrate:
         with _database_errors("source", item.table, engines):
             async with source.connect() as conn:
                 rows = await read_range(conn, table, item.key, columns, lo, hi)
-        source_digests = await _digests(rows, item.key, columns)
-        source_checksum = _sum(source_digests)
+        source_digests = await digests(rows, item.key, columns)
+        source_checksum = sum_digests(source_digests)
         written = self._transformed(rows, item)
         out_columns = list(written[0]) if written else list(columns)
         # Without a transform the rows written are the rows read: their digests too.
         expected = (
-            source_digests if written is rows else await _digests(written, item.key, out_columns)
+            source_digests if written is rows else await digests(written, item.key, out_columns)
         )
         with _database_errors("destination", item.destination_table, engines):
             target = await engines.table(destination, item.destination_table)
         _check_destination(target, item, out_columns)
         with _database_errors("destination", item.destination_table, engines):
-            stored = await _write(destination, target, item, out_columns, written, expected)
+            stored = await write_range(
+                destination,
+                target,
+                item.key,
+                out_columns,
+                written,
+                expected,
+                on_mismatch=item.on_mismatch,
+            )
         output: dict[str, Any] = {
             "rows": len(rows),
             "written": len(written),
             "skipped": len(rows) - len(written),
             "source_checksum": source_checksum,
             "destination_checksum": stored,
-            "match": stored == _sum(expected),
+            "match": stored == sum_digests(expected),
         }
         if item.transform:
-            output["transformed_checksum"] = _sum(expected)
+            output["transformed_checksum"] = sum_digests(expected)
         ctx.logger.debug("range_copied", rows=len(rows), written=len(written))
         return output
 
@@ -343,135 +342,6 @@ def _check_destination(target: Table, item: _Item, columns: Sequence[str]) -> No
             f"destination table {item.destination_table} has no column(s) {', '.join(missing)}",
             code=Code.INVALID_ARGUMENT,
         )
-
-
-async def _write(
-    engine: AsyncEngine,
-    target: Table,
-    item: _Item,
-    columns: Sequence[str],
-    rows: list[dict[str, Any]],
-    expected: Mapping[str, int],
-) -> str:
-    """Upserts the rows in one transaction and reads them back before committing;
-    returns the checksum of the rows read back (`expected`: the digests of the rows,
-    by canonical key)."""
-    expected_sum = _sum(expected)
-    if not rows:
-        return expected_sum
-    statement = upsert(target, item.key, columns, engine.dialect.name)
-    async with engine.connect() as conn:
-        try:
-            async with conn.begin():
-                await conn.execute(statement, rows)
-                keys = [r[item.key] for r in rows]
-                stored = await read_keys(conn, target, item.key, columns, keys)
-                found = await _digests(stored, item.key, columns)
-                stored_sum = _sum(found)
-                if stored_sum != expected_sum and item.on_mismatch == "fail":
-                    raise _mismatch(rows, stored, item.key, columns, expected, found)
-        except sa_exc.DBAPIError as exc:
-            if classify(exc) not in _ROW_FAILURES:
-                raise
-            culprit = await _first_failing_row(conn, statement, rows, item.key)
-            raise _row_failure(exc, culprit, item) from exc
-    return stored_sum
-
-
-async def _digests(
-    rows: Sequence[Mapping[str, Any]], key: str, columns: Sequence[str]
-) -> dict[str, int]:
-    """Each row's digest by its canonical key. Pauses every few hundred rows: the
-    worker's other items and its lease renewals share this event loop."""
-    digests: dict[str, int] = {}
-    for start in range(0, len(rows), _ROWS_BETWEEN_PAUSES):
-        if start:
-            await asyncio.sleep(0)
-        for row in rows[start : start + _ROWS_BETWEEN_PAUSES]:
-            digests[canonical(row[key])] = row_digest(row[c] for c in columns)
-    return digests
-
-
-def _sum(digests: Mapping[str, int]) -> str:
-    return f"{sum(digests.values()) % CHECKSUM_MODULUS:064x}"
-
-
-async def _first_failing_row(
-    conn: AsyncConnection, statement: Insert, rows: list[dict[str, Any]], key: str
-) -> tuple[Any, BaseException] | None:
-    """The key of the first row that fails when the rows are written in order, and its
-    error: a bisection under savepoints that keeps each passing prefix applied — so a
-    row that clashes with an earlier one of the range is found too — in one
-    transaction, rolled back at the end."""
-    transaction = await conn.begin()
-    try:
-        done, end = 0, len(rows)  # rows[:done] are applied; the culprit is in rows[done:end]
-        while end - done > 1:
-            middle = (done + end) // 2
-            if await _applies(conn, statement, rows[done:middle]) is None:
-                done = middle
-            else:
-                end = middle
-        error = await _applies(conn, statement, rows[done:end])
-        return None if error is None else (rows[done][key], error)
-    finally:
-        await transaction.rollback()
-
-
-async def _applies(
-    conn: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]
-) -> BaseException | None:
-    """None if the rows are written (kept, under a released savepoint), else the row
-    failure they raise (undone)."""
-    try:
-        async with conn.begin_nested():
-            await conn.execute(statement, rows)
-    except sa_exc.DBAPIError as exc:
-        if classify(exc) not in _ROW_FAILURES:
-            raise
-        return exc
-    return None
-
-
-def _row_failure(
-    batch_error: BaseException, culprit: tuple[Any, BaseException] | None, item: _Item
-) -> PermanentError:
-    error = batch_error if culprit is None else culprit[1]
-    code = Code.FAILED_PRECONDITION if classify(error) is Kind.CONSTRAINT else Code.INVALID_ARGUMENT
-    where = "" if culprit is None else f" at key={culprit[0]}"
-    return PermanentError(
-        f"destination {item.destination_table} rejected the row{where}: "
-        f"{database_message(error)}; nothing of the range was written",
-        code=code,
-    )
-
-
-def _mismatch(
-    rows: list[dict[str, Any]],
-    stored: list[dict[str, Any]],
-    key: str,
-    columns: Sequence[str],
-    expected: Mapping[str, int],
-    found: Mapping[str, int],
-) -> PermanentError:
-    """The failure for rows read back unlike they were written, naming the first."""
-    by_key = {canonical(r[key]): r for r in stored}
-    for row in rows:
-        k = canonical(row[key])
-        if found.get(k) == expected[k]:
-            continue
-        back = by_key.get(k)
-        if back is None:
-            detail = "the row is missing"
-        else:
-            changed = [c for c in columns if canonical(row[c]) != canonical(back[c])]
-            detail = f"column(s) {', '.join(changed)} read back changed"
-        return PermanentError(
-            f"destination does not hold the rows as written at key={row[key]}: {detail} "
-            "(a column type that rounds, truncates or converts?); the range was rolled back",
-            code=Code.DATA_LOSS,
-        )
-    return PermanentError("destination rows read back differ", code=Code.DATA_LOSS)
 
 
 @contextlib.contextmanager
