@@ -1,0 +1,176 @@
+"""`email.send` items to a local SMTP server, beside a bare aiosmtplib script sending the
+same messages over the same number of connections.
+
+The SMTP server runs in its own process (`--serve`): aiosmtpd, taking every message and
+keeping none. The baseline, in the benchmark's process, opens `--connections` aiosmtplib
+connections and sends N messages over them (each connection one message at a time, as
+the handler's pool does), the message bytes built with an f-string: the SMTP exchange
+alone. batchd runs N `email.send` items — a subject, a text and an HTML template with
+per-item variables — in one worker with BATCHD_SMTP_CONNECTIONS equal to `--connections`:
+the templates rendered, the MIME message built and the outcome recorded on top.
+
+    .venv/bin/python -m bench.email --items 50000   # a full run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from batchd.client import AsyncClient
+from batchd.core.embedded_redis import free_port
+from batchd.worker.handlers import builtin_handlers
+from bench.service import report, running_service, upload_and_watch, wait_for_handler
+
+SENDER = "news@shop.test"
+SUBJECT = "{{ first_name }}, our winter sale"
+TEXT = "Hello {{ first_name }},\n\nEverything is 20% off until Sunday.\n"
+HTML = "<p>Hello {{ first_name }},</p><p>Everything is 20% off until Sunday.</p>"
+
+
+class _Sink:
+    """Takes every message, keeps none."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 2.0.0 Ok"
+
+
+def serve(port: int) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(_Sink(), hostname="bench.test", loop=loop), "127.0.0.1", port
+        )
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def smtp_server() -> Iterator[str]:
+    """The sink in a subprocess: its smtp:// URL."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.email", "--serve", str(port)])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the SMTP server did not start") from None
+                time.sleep(0.05)
+        yield f"smtp://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def recipient(i: int) -> str:
+    return f"user-{i}@example.test"
+
+
+def bare_message(i: int) -> bytes:
+    """The message an item makes, written directly (same headers and parts, ASCII)."""
+    name = f"User {i}"
+    boundary = f"=_bench{i}"
+    text = TEXT.replace("{{ first_name }}", name).replace("\n", "\r\n")
+    html = HTML.replace("{{ first_name }}", name)
+    return (
+        f"From: News <{SENDER}>\r\nTo: {recipient(i)}\r\n"
+        f"Subject: {SUBJECT.replace('{{ first_name }}', name)}\r\n"
+        f"Message-ID: <{i}.bench@batchd>\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
+        f'--{boundary}\r\nContent-Type: text/plain; charset="utf-8"\r\n\r\n{text}\r\n'
+        f'--{boundary}\r\nContent-Type: text/html; charset="utf-8"\r\n\r\n{html}\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+async def bare_messages_per_second(port: int, count: int, connections: int) -> float:
+    """`connections` clients, each sending messages until `count` are sent."""
+    left = iter(range(count))
+
+    async def loop() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        for i in left:
+            await smtp.sendmail(SENDER, [recipient(i)], bare_message(i))
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(connections)))
+    return count / (time.perf_counter() - started)
+
+
+def items(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    for i in range(count):
+        yield (
+            f"user-{i}",
+            {
+                "to": recipient(i),
+                "from": f"News <{SENDER}>",
+                "subject": SUBJECT,
+                "text": TEXT,
+                "html": HTML,
+                "vars": {"first_name": f"User {i}"},
+            },
+        )
+
+
+async def batchd_items_per_second(port: int, count: int) -> float:
+    async with AsyncClient(f"127.0.0.1:{port}") as client:
+        await wait_for_handler(client, "email.send")
+        return count / await upload_and_watch(client, "email.send", items(count), count)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--connections", type=int, default=8, help="SMTP connections")
+    parser.add_argument("--concurrency", type=int, default=64, help="the worker's")
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return
+    with smtp_server() as url:
+        port = int(url.rsplit(":", 1)[1])
+        bare = asyncio.run(bare_messages_per_second(port, args.items, args.connections))
+        env = {
+            "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),
+            "BATCHD_SMTP_URL": url,
+            "BATCHD_SMTP_CONNECTIONS": str(args.connections),
+        }
+        if not any(handler.name == "email.send" for handler in builtin_handlers()):
+            env["BATCHD_HANDLERS"] = "batchd.worker.handlers.email:email_send_handler"
+        with running_service(env=env) as service:
+            rate = asyncio.run(batchd_items_per_second(service.port, args.items))
+    report(
+        {
+            "items": args.items,
+            "connections": args.connections,
+            "concurrency": args.concurrency,
+            "items_per_second": rate,
+            "bare_aiosmtplib_messages_per_second": bare,
+            "ratio_to_bare": rate / bare,
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
