@@ -143,12 +143,17 @@ class _ImageResize:
             _roots, settings.image_input_dir, settings.image_output_dir
         )
         self._slots = asyncio.Semaphore(self._processes * _QUEUED_PER_PROCESS)
-        self._pool = self._new_pool()
+        self._pool = pool = self._new_pool()
         # Start every process now (each imports Pillow), not as the first items wait.
         loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._pool, warm_up) for _ in range(self._processes))
-        )
+        try:
+            await asyncio.gather(
+                *(loop.run_in_executor(pool, warm_up) for _ in range(self._processes))
+            )
+        except BaseException:
+            self._pool = None  # a worker whose startup failed runs no shutdown hook
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max(worker.concurrency, 1)),
             cookie_jar=aiohttp.DummyCookieJar(),
