@@ -152,7 +152,7 @@ class RecordingHandler:
         with self._lock:
             if session.peer not in self._peers:
                 self._peers.add(session.peer)
-                self._log({"connection": list(session.peer)})
+                self._log({"connection": repr(session.peer)})
             if server.transport is not None and server.transport not in self._transports:
                 self._transports.append(server.transport)
 
@@ -167,9 +167,7 @@ class LoggingHandler(RecordingHandler):
         super().__init__()
         self._file = log
 
-    async def handle_DATA(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         reply = await super().handle_DATA(server, session, envelope)
         if reply.startswith("250"):
             with self._lock:
