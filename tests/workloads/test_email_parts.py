@@ -1,0 +1,140 @@
+"""The pieces of `email.send` that need no server: the relay URL, the Message-ID and the
+MIME writer (read back with the stdlib's parser, as a mail client would)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from batchd.worker.handlers.email_message import (
+    MessageError,
+    Templates,
+    build_message,
+    message_id_for,
+    parse_address,
+)
+from batchd.worker.handlers.email_mime import mime_message
+from batchd.worker.handlers.email_relay import StartTls, parse_relay_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://mail.example.test", ("mail.example.test", 25, False, StartTls.AUTO)),
+        (
+            "smtp://MAIL.example.test:2525?starttls=off",
+            ("mail.example.test", 2525, False, StartTls.OFF),
+        ),
+        (
+            "smtp://u:p@relay.test:587?starttls=require",
+            ("relay.test", 587, False, StartTls.REQUIRE),
+        ),
+        ("smtps://relay.test", ("relay.test", 465, True, StartTls.AUTO)),
+    ],
+)
+def test_relay_urls(url: str, expected: tuple[str, int, bool, StartTls]) -> None:
+    relay = parse_relay_url(url)
+    assert (relay.host, relay.port, relay.implicit_tls, relay.starttls) == expected
+    assert relay.rate_key == f"smtp:{expected[0]}:{expected[1]}"
+
+
+def test_relay_credentials_are_decoded_and_never_shown() -> None:
+    relay = parse_relay_url("smtp://mail%40shop:p%40ss%3Aw@relay.test")
+    assert (relay.username, relay.password) == ("mail@shop", "p@ss:w")
+    assert "p@ss" not in repr(relay)
+    options = relay.client_options()
+    assert (options["username"], options["password"], options["start_tls"]) == (
+        "mail@shop",
+        "p@ss:w",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://relay.test", "scheme must be smtp or smtps"),
+        ("smtp://", "no host"),
+        ("smtp://relay.test/path", "no path"),
+        ("smtp://relay.test:99999", "port"),
+        ("smtp://relay.test?starttls=maybe", "starttls must be auto, require or off"),
+        ("smtp://relay.test?tls=1", "unknown option 'tls'"),
+        ("smtps://relay.test?starttls=off", "starttls does not apply"),
+    ],
+)
+def test_bad_relay_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_relay_url(url)
+
+
+def test_message_ids_are_valid_and_distinct() -> None:
+    weird = message_id_for("b/..a.b..", "..a.b..")
+    assert weird.endswith(".--a-b--@batchd>")
+    parsed = email.message_from_bytes(
+        f"Message-ID: {weird}\r\n\r\n".encode(), policy=email.policy.default
+    )
+    assert parsed["Message-ID"] == weird
+    assert message_id_for("b/a", "a") != message_id_for("c/a", "a")
+
+
+def parse(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    assert not message.defects
+    return message
+
+
+def test_mime_keeps_any_text_intact() -> None:
+    text = "x" * 3000 + "\n.leading dot\r\nwindows line\rold mac\nend with =_ and = and spaces   "
+    html = "<p>" + "é" * 2000 + "</p>\n--=_not-a-boundary"
+    subject = "Ünïcode " + "word " * 300  # longer than a header line may be
+    data = mime_message([("Subject", subject), ("X-Long", "a " * 600)], text, html, "=_b")
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert data.isascii()
+    message = parse(data)
+    assert message["Subject"] == subject
+    plain, rich = message.iter_parts()
+    expected = text.replace("\r\n", "\n").replace("\r", "\n")
+    # The parser keeps the wire's CRLF line ends; a mail client shows them as line breaks.
+    assert plain.get_content().replace("\r\n", "\n") == expected  # type: ignore[attr-defined]
+    assert rich.get_content().replace("\r\n", "\n") == html  # type: ignore[attr-defined]
+
+
+def test_mime_single_parts() -> None:
+    assert parse(mime_message([], "hi", None, "=_b")).get_content_type() == "text/plain"
+    assert parse(mime_message([], None, "<b>", "=_b")).get_content_type() == "text/html"
+    with pytest.raises(ValueError, match="boundary"):
+        mime_message([], "a", "b", "plain")
+
+
+def _params(**overrides: Any) -> dict[str, Any]:
+    return {
+        "to": "a@example.test",
+        "from": "b@example.test",
+        "subject": "s",
+        "text": "t",
+    } | overrides
+
+
+def test_addresses_with_names_and_international_domains() -> None:
+    outgoing = build_message(
+        _params(to=["Zoë Ångström <zoe@bücher.example>", "plain@example.test"]),
+        message_id_for("b/x", "x"),
+        Templates(),
+    )
+    assert outgoing.recipients == ["zoe@xn--bcher-kva.example", "plain@example.test"]
+    message = parse(outgoing.data)
+    assert str(message["To"]) == "Zoë Ångström <zoe@xn--bcher-kva.example>, plain@example.test"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["jörg@example.test", "a@b@c", "two words", "a@example.test\r\nBcc: x@example.test", ""],
+)
+def test_unusable_addresses(value: str) -> None:
+    with pytest.raises(MessageError):
+        parse_address(value, "to")
