@@ -100,8 +100,8 @@ def test_mime_keeps_any_text_intact() -> None:
     plain, rich = message.iter_parts()
     expected = text.replace("\r\n", "\n").replace("\r", "\n")
     # The parser keeps the wire's CRLF line ends; a mail client shows them as line breaks.
-    assert plain.get_content().replace("\r\n", "\n") == expected  # type: ignore[attr-defined]
-    assert rich.get_content().replace("\r\n", "\n") == html  # type: ignore[attr-defined]
+    assert plain.get_content().replace("\r\n", "\n") == expected
+    assert rich.get_content().replace("\r\n", "\n") == html
 
 
 def test_mime_single_parts() -> None:
