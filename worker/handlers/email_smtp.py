@@ -75,8 +75,8 @@ class SmtpPool:
     relay: Relay
     size: int
     command_timeout: float = COMMAND_TIMEOUT
-    opened: int = 0  # connections opened so far
     _idle: list[aiosmtplib.SMTP] = field(default_factory=list)
+    _closed: bool = False
     _slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +95,7 @@ class SmtpPool:
 
     async def close(self) -> None:
         """QUITs the idle connections (those in use are closed when given back)."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for smtp in idle:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
@@ -129,7 +130,7 @@ class SmtpPool:
         return None
 
     def _give_back(self, smtp: aiosmtplib.SMTP) -> None:
-        if smtp.is_connected:
+        if smtp.is_connected and not self._closed:
             self._idle.append(smtp)
         else:
             smtp.close()
@@ -137,7 +138,6 @@ class SmtpPool:
     async def _open(self) -> aiosmtplib.SMTP:
         smtp = aiosmtplib.SMTP(timeout=self.command_timeout, **self.relay.client_options())
         await smtp.connect()  # greeting, EHLO, STARTTLS and AUTH as the relay URL says
-        self.opened += 1
         return smtp
 
 
