@@ -353,6 +353,7 @@ _validate = fastjsonschema.compile(PARAMS_SCHEMA)
         {**params(), "to": []},
         {**params(), "to": [f"u{i}@example.test" for i in range(51)]},
         {**params(), "to": "nobody"},
+        {**params(), "from": "a@example.test\r\nBcc: all@example.test"},
         {**params(), "headers": {"X-A": "1\r\nBcc: all@example.test"}},
         {**params(), "headers": {"Bad Name": "1"}},
         {**params(), "vars": []},

@@ -69,7 +69,7 @@ _ADDRESS: dict[str, Any] = {
     "type": "string",
     "minLength": 3,
     "maxLength": 320,
-    "pattern": "@",
+    "pattern": "^[^\r\n]*@[^\r\n]*$",  # one line: an address never adds a header
     "description": "a@example.com or Name <a@example.com>",
 }
 _TEMPLATE: dict[str, Any] = {"type": "string", "maxLength": _TEMPLATE_LIMIT}
