@@ -69,7 +69,7 @@ _ADDRESS: dict[str, Any] = {
     "type": "string",
     "minLength": 3,
     "maxLength": 320,
-    "pattern": "^[^\r\n]*@[^\r\n]*$",  # one line: an address never adds a header
+    "pattern": r"^[^\r\n]*@[^\r\n]*$",  # one line: an address never adds a header
     "description": "a@example.com or Name <a@example.com>",
 }
 _TEMPLATE: dict[str, Any] = {"type": "string", "maxLength": _TEMPLATE_LIMIT}
@@ -90,7 +90,7 @@ PARAMS_SCHEMA: dict[str, Any] = {
             "type": "object",
             "description": "Extra headers (List-Unsubscribe, X-...); not From, To, Subject...",
             "propertyNames": {"pattern": "^[!-9;-~]{1,76}$"},
-            "additionalProperties": {"type": "string", "maxLength": 998, "pattern": "^[^\r\n]*$"},
+            "additionalProperties": {"type": "string", "maxLength": 998, "pattern": r"^[^\r\n]*$"},
             "maxProperties": 50,
         },
         "subject": {**_TEMPLATE, "maxLength": 4096, "description": "Jinja2 template, one line."},
