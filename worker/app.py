@@ -49,6 +49,7 @@ from batchd.worker.leases import LeaseKeeper
 from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Outage, client_retry
 from batchd.worker.registry import load_handlers, specs
 from batchd.worker.resilient import ResilientWorker
+from batchd.worker.slots import SlotPool
 
 __all__ = [
     "JOB_MAX_TRIES",
@@ -214,7 +215,7 @@ class _Lifecycle:
             store=self.store,
             handlers=self.handlers,
             worker_id=self.worker_id,
-            slots=asyncio.Semaphore(max(settings.worker_concurrency, 1)),
+            slots=SlotPool(max(settings.worker_concurrency, 1)),
             max_tries=JOB_MAX_TRIES,
             draining=self.draining,
             leases=leases,

@@ -52,6 +52,7 @@ from batchd.worker.flow import FlowGate, PermitPool
 from batchd.worker.handler import Handler
 from batchd.worker.leases import Lease, LeaseKeeper
 from batchd.worker.recorder import FlushFailed, Recorder
+from batchd.worker.slots import SlotPool
 
 __all__ = ["CTX_KEY", "ChunkEnd", "WorkerRuntime", "run_chunk"]
 
@@ -78,7 +79,7 @@ class WorkerRuntime:
     handlers: Mapping[str, Handler]
     worker_id: str
     # Items in flight across every chunk job of the process.
-    slots: asyncio.Semaphore
+    slots: SlotPool
     max_tries: int  # the ARQ job's tries: the last one fails items rather than retrying
     # Set when the worker is asked to stop: chunks start no more items and are handed
     # back, for another worker, with what they have not started.

@@ -35,6 +35,7 @@ from batchd.core.flow import Bucket, buckets_for
 from batchd.core.store import BatchStore
 from batchd.worker.attempts import Item
 from batchd.worker.handler import Handler, SlowDown
+from batchd.worker.slots import SlotPool
 
 __all__ = ["Admission", "FlowGate", "PermitPool"]
 
@@ -44,6 +45,11 @@ PERMIT_TTL = 0.05
 # A batch with no rate limit, no key and no handler key starts this long unasked (its
 # bucket only matters after a SlowDown).
 OPTIMISTIC_FREE = 0.1
+# A free period (unlimited buckets, 0.1 s) is renewed this long before it ends: early
+# enough that a busy event loop still has the answer in time.
+RENEW_AHEAD = 0.08
+# ... and, while the renewal is on the way, lasts at most this much longer.
+RENEW_GRACE = 1.0
 # A consumer with no max_concurrent slot looks again this often (jittered).
 SLOT_POLL = 0.05
 # After a Redis error the gate tries again this much later.
@@ -100,7 +106,7 @@ class FlowGate:
         store: BatchStore,
         claimed: ClaimedChunk,
         handler: Handler | None,
-        worker_slots: asyncio.Semaphore,
+        worker_slots: SlotPool,
         pool: PermitPool,
         queued: Callable[[], int],
         log: structlog.typing.FilteringBoundLogger,
@@ -116,6 +122,7 @@ class FlowGate:
         self.slots = _Slots(store, claimed, limit, queued, log) if limit > 0 else None
         self._permits: dict[str | None, _Permits] = {}
         self._turn = asyncio.Lock()
+        self._turn_over = asyncio.Event()  # set (and replaced) when a turn ends
 
     async def admit(self, item: Item, halted: Halted) -> Admission | None:
         """What `item` needs to run, held until `done`; None if the chunk halted first
@@ -144,16 +151,32 @@ class FlowGate:
             await self.slots.release()
 
     async def _worker_slot_and_permit(self, permits: _Permits, halted: Halted) -> bool:
-        if not self._turn.locked() and not self.worker_slots.locked():
-            # The common case, without the turn's lock: nobody waits, a slot is free
-            # (acquire does not wait) and a permit is at hand.
-            await self.worker_slots.acquire()
-            if permits.take_now():
-                return True
-            self.worker_slots.release()
         permits.waiting += 1  # what the next take asks for: every consumer ready to start
         try:
-            async with self._turn:
+            while True:
+                if permits.at_hand():
+                    # Straight to the worker slot (a semaphore wakes as many waiters as
+                    # slots come free).
+                    await self.worker_slots.acquire()
+                    if permits.take_now():
+                        return True
+                    self.worker_slots.release()  # taken meanwhile: wait for permits
+                if halted():
+                    return False
+                if self._turn.locked():
+                    # Another consumer of this run waits for permits: wait for it to
+                    # finish, then look again, all together. (Queueing on the lock would
+                    # let one consumer through per event-loop pass.)
+                    await self._turn_over.wait()
+                    continue
+                return await self._take_turn(permits, halted)
+        finally:
+            permits.waiting -= 1
+
+    async def _take_turn(self, permits: _Permits, halted: Halted) -> bool:
+        """Waits for a permit holding a worker slot: one consumer of the run at a time."""
+        async with self._turn:
+            try:
                 await self.worker_slots.acquire()
                 try:
                     if await permits.take(halted):
@@ -163,8 +186,9 @@ class FlowGate:
                     raise
                 self.worker_slots.release()
                 return False
-        finally:
-            permits.waiting -= 1
+            finally:
+                self._turn_over.set()
+                self._turn_over = asyncio.Event()
 
     def _permits_for(self, item: Item) -> _Permits:
         key = self._item_key(item)
@@ -210,6 +234,7 @@ class _Permits:
         self.offset = 0.0  # the buckets' clock minus time.time()
         self.waiting = 0  # consumers (of any chunk run) waiting for a permit
         self._lock = asyncio.Lock()
+        self._renewal: asyncio.Task[None] | None = None
 
     async def take(self, halted: Halted) -> bool:
         """One permit, at once or after waiting for it; False if halted first."""
@@ -218,10 +243,17 @@ class _Permits:
         async with self._lock:  # one take at a time, for every run waiting
             return await self._take(halted)
 
+    def at_hand(self) -> bool:
+        """A permit could be taken now (`take_now` takes it)."""
+        now = time.monotonic()
+        return self._free(now) or (self.left > 0 and now - self.granted_at < PERMIT_TTL)
+
     def take_now(self) -> bool:
         """One permit if one is at hand (a free period, or granted and fresh)."""
         now = time.monotonic()
-        if now < self.free_until:
+        if self._free(now):
+            if self.free_until - now < RENEW_AHEAD:
+                self._renew_free_period()
             if self.prepaid > 0:
                 self.prepaid -= 1
             else:
@@ -231,6 +263,38 @@ class _Permits:
             self.left -= 1
             return True
         return False
+
+    def _free(self, now: float) -> bool:
+        """In a free period — or just past it while its renewal is on the way (a loop
+        too busy to hear Redis in time must not stop every start); a slow-down ends it
+        at once (free_until 0)."""
+        if now < self.free_until:
+            return True
+        renewing = self._renewal is not None and not self._renewal.done()
+        return renewing and now < self.free_until + RENEW_GRACE
+
+    def _renew_free_period(self) -> None:
+        """Asks for the next free period before this one ends, in the background: a
+        take when it has ended would stop every start until Redis answers."""
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.create_task(self._renew(), name="renew free period")
+
+    async def _renew(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            if not now < self.free_until or self.free_until - now >= RENEW_AHEAD:
+                return  # ended (starts take the usual way), or renewed meanwhile
+            used, ok = self.used, self.ok
+            try:
+                grant = await self.store.take_permits(self.buckets, 0, used=used, ok=ok)
+            except Exception:
+                self.log.warning("rate_permits_failed", exc_info=True)
+                return  # the period ends; the next start asks again
+            self.used -= used
+            self.ok -= ok
+            self.offset = grant.now - time.time()
+            if grant.free_for > 0 and self.free_until > 0:  # not cut by a slow-down meanwhile
+                self.free_until = now + grant.free_for
 
     async def _take(self, halted: Halted) -> bool:
         while not self.take_now():
