@@ -3,7 +3,9 @@
 One worker process with BATCHD_WORKER_CONCURRENCY=500 runs N items of `sleep`
 (`{"seconds": 0.01}`), uploaded and watched to the terminal snapshot. The ideal is
 concurrency ÷ latency (500 ÷ 0.01 s = 50,000 items/s): a worker that kept every slot busy
-with no overhead of its own.
+with no overhead of its own. Beside it, measured in the same run: a bare asyncio loop (no
+Redis, no gRPC) with as many coroutines each awaiting the same `sleep` handler for N
+items: what one Python process's event loop manages on this machine, the real ceiling.
 
     .venv/bin/python -m bench.sleep --items 500000   # a full run
 """
@@ -12,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from batchd.client import AsyncClient
+from batchd.core.logs import get_logger
+from batchd.worker.handler import ItemContext
+from batchd.worker.handlers import sleep_handler
 from bench.service import report, running_service, upload_and_watch, wait_for_handler
 
 
@@ -24,10 +30,29 @@ def items(count: int, seconds: float) -> Iterator[tuple[str, dict[str, object]]]
         yield f"item-{i}", {"seconds": seconds}
 
 
-async def run(count: int, seconds: float, port: int) -> float:
+async def run(count: int, seconds: float, port: int, chunk_size: int) -> float:
+    options = {"chunk_size": chunk_size} if chunk_size else {}
     async with AsyncClient(f"127.0.0.1:{port}") as client:
         await wait_for_handler(client, "sleep")
-        return count / await upload_and_watch(client, "sleep", items(count, seconds), count)
+        elapsed = await upload_and_watch(client, "sleep", items(count, seconds), count, options)
+        return count / elapsed
+
+
+async def bare_loop(count: int, seconds: float, concurrency: int) -> float:
+    """Items/s of `concurrency` coroutines awaiting the `sleep` handler, in process."""
+    run_sleep = sleep_handler().run
+    ctx = ItemContext(batch_id="bench", custom_id="item", attempt=1, logger=get_logger("bench"))
+    left = iter(range(count))
+
+    async def consume() -> None:
+        for _ in left:
+            await run_sleep({"seconds": seconds}, ctx)
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(consume())
+    return count / (time.perf_counter() - started)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -35,11 +60,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--seconds", type=float, default=0.01, help="each item's sleep")
     parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, help="the batch's chunk_size (0: the default)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
     with running_service(env=env) as service:
-        rate = asyncio.run(run(args.items, args.seconds, service.port))
+        rate = asyncio.run(run(args.items, args.seconds, service.port, args.chunk_size))
+    bare = asyncio.run(bare_loop(args.items, args.seconds, args.concurrency))
     ideal = args.concurrency / args.seconds
     report(
         {
@@ -48,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "items_per_second": rate,
             "ideal_items_per_second": ideal,
             "ratio_to_ideal": rate / ideal,
+            "bare_loop_items_per_second": bare,
+            "bare_loop_ratio_to_ideal": bare / ideal,
+            "ratio_to_bare_loop": rate / bare,
         },
         args.json,
     )
