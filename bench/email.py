@@ -30,7 +30,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from batchd.client import AsyncClient
 from batchd.core.embedded_redis import free_port
-from batchd.worker.handlers import builtin_handlers
 from bench.service import report, running_service, upload_and_watch, wait_for_handler
 
 SENDER = "news@shop.test"
@@ -155,8 +154,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             "BATCHD_SMTP_URL": url,
             "BATCHD_SMTP_CONNECTIONS": str(args.connections),
         }
-        if not any(handler.name == "email.send" for handler in builtin_handlers()):
-            env["BATCHD_HANDLERS"] = "batchd.worker.handlers.email:email_send_handler"
         with running_service(env=env) as service:
             rate = asyncio.run(batchd_items_per_second(service.port, args.items))
     report(

@@ -42,7 +42,6 @@ from batchd.worker.handlers.migrate_plan import custom_id, key_column, plan_rang
 from batchd.worker.handlers.migrate_sql import reflect
 from bench.service import report, running_service, upload_and_watch, wait_for_handler
 
-HANDLER_PATH = "batchd.worker.handlers.migrate:record_migrate_handler"
 COLUMNS = "id BIGINT PRIMARY KEY, name VARCHAR(64) NOT NULL, amount DECIMAL(12,2) NOT NULL, "
 MARIADB_TABLE = COLUMNS + "created DATETIME NOT NULL, note TEXT"
 POSTGRES_TABLE = COLUMNS.replace("DECIMAL", "NUMERIC") + "created TIMESTAMP NOT NULL, note TEXT"
@@ -150,7 +149,6 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             items = await plan(source, args.rows_per_item)
             bare_seconds, _ = await bare_copy(items, databases, args.concurrency)
             env = {
-                "BATCHD_HANDLERS": HANDLER_PATH,
                 "BATCHD_DATABASES": databases,
                 "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),
             }

@@ -52,7 +52,6 @@ from batchd.worker.handlers.migrate_transform import row_transform
 
 PG_HOST = "postgres@127.0.0.1:5432"
 MARIADB_HOST = "root@127.0.0.1:3306"
-HANDLER_PATH = "batchd.worker.handlers.migrate:record_migrate_handler"
 # Short leases and sweeps: a killed worker's chunk is picked up within seconds. Not as
 # short as the fault tests' 2 s: items here are CPU-heavy, on two shared cores.
 FAST_RECOVERY = {"BATCHD_LEASE_TTL": "4", "BATCHD_MAINTENANCE_INTERVAL": "0.5"}
@@ -233,7 +232,7 @@ async def migrate_service(
     redis_url: str, log_dir: Path, databases: str, *, workers: int, concurrency: int = 3
 ) -> AsyncIterator[MigrateService]:
     """A server in this process and `workers` worker subprocesses serving record.migrate
-    (by BATCHD_HANDLERS) with the given `databases` setting."""
+    with the given `databases` setting."""
     settings = Settings(
         redis_url=redis_url, host="127.0.0.1", lease_ttl=4, maintenance_interval=0.5
     )
@@ -241,7 +240,7 @@ async def migrate_service(
     pool = WorkerPool(
         redis_url,
         log_dir,
-        {"BATCHD_HANDLERS": HANDLER_PATH, "BATCHD_DATABASES": databases, **FAST_RECOVERY},
+        {"BATCHD_DATABASES": databases, **FAST_RECOVERY},
         concurrency=concurrency,
     )
     try:

@@ -18,7 +18,6 @@ from support.smtp import USER_UNKNOWN, SmtpServerProcess
 from batchd.client import AsyncClient, BatchProgress, BatchState, ItemState
 from batchd.core.config import Settings
 from batchd.server.app import BatchdServer, start_server
-from batchd.worker.handlers import builtin_handlers
 
 # These tests' own keys in the session's Redis: no other test's worker takes their jobs.
 KEY_PREFIX = "email-e2e:"
@@ -64,10 +63,6 @@ def workers(
         "BATCHD_SMTP_URL": smtp_process.url,
         "BATCHD_SMTP_CONNECTIONS": str(CONNECTIONS),
     }
-    if not any(handler.name == "email.send" for handler in builtin_handlers()):
-        # Not a built-in yet: load it by import path (once it is, that would be a
-        # second handler of the same name, which stops the worker).
-        env["BATCHD_HANDLERS"] = "batchd.worker.handlers.email:email_send_handler"
     pool = WorkerPool(redis_url, tmp_path, env, concurrency=64)
     yield pool.start
     pool.stop()
