@@ -99,6 +99,7 @@ def build_worker(
     burst: bool = False,
     handle_signals: bool = False,
     extra_handlers: Iterable[Handler] = (),
+    handlers: Mapping[str, Handler] | None = None,
     poll_delay: float | None = None,
 ) -> BatchdWorker:
     """An ARQ worker serving the built-in, installed and configured handlers (plus
@@ -106,11 +107,14 @@ def build_worker(
 
     Run it with `await worker.async_run()` and always `await worker.close()` after (that
     runs the shutdown hooks); `worker.started` is set once it has published its handlers.
-    `burst=True` stops once the queue is empty. `poll_delay` defaults to
+    `handlers`, if given, are served instead of any loaded (nothing installed joins them:
+    a test serves exactly what it names). `burst=True` stops once the queue is empty.
+    `poll_delay` defaults to
     settings.worker_poll_interval. Leave `handle_signals` off inside another
     application: it replaces SIGINT/SIGTERM handlers.
     """
-    handlers = load_handlers(settings.handlers, extra_handlers)
+    if handlers is None:
+        handlers = load_handlers(settings.handlers, extra_handlers)
     lifecycle = _Lifecycle(settings, handlers, new_worker_id())
     options = _arq_options(settings, lifecycle)
     return BatchdWorker(

@@ -27,7 +27,7 @@ from batchd.client import AsyncClient, Batch, BatchItem, BatchOptions, ItemLike,
 from batchd.core.config import Settings
 from batchd.core.embedded_redis import EmbeddedRedis
 from batchd.server.app import BatchdServer, start_server
-from batchd.worker.app import BatchdWorker, _arq_options, _Lifecycle, new_worker_id
+from batchd.worker.app import BatchdWorker, build_worker
 from batchd.worker.handler import Handler
 from batchd.worker.handlers import builtin_handlers
 from batchd.worker.registry import HandlerLoadError
@@ -172,15 +172,7 @@ async def _running_worker(
 ) -> AsyncIterator[BatchdWorker]:
     """An in-process worker serving exactly `handlers`, started (its catalog published,
     so submits are validated) before the block and closed (shutdown hooks run) after."""
-    # build_worker would add the installed entry points: build it from its parts.
-    lifecycle = _Lifecycle(settings, handlers, new_worker_id())
-    worker = BatchdWorker(
-        lifecycle,
-        burst=False,
-        handle_signals=False,
-        poll_delay=settings.worker_poll_interval,
-        **_arq_options(settings, lifecycle),
-    )
+    worker = build_worker(settings, handlers=handlers)
     running = asyncio.create_task(worker.async_run(), name="batchd test worker")
     started = asyncio.create_task(worker.started.wait())
     stopped_early = False
