@@ -4,7 +4,18 @@ two cores). Each module's docstring gives the sizes of a full run; run one alone
 
 from __future__ import annotations
 
-from bench import fairness, http, noop, scaling, sleep, submit, upload_noop, watchers
+from bench import (
+    email,
+    fairness,
+    http,
+    migrate,
+    noop,
+    scaling,
+    sleep,
+    submit,
+    upload_noop,
+    watchers,
+)
 
 SCENARIOS = [
     (upload_noop.main, ["--items", "100000"]),
@@ -15,6 +26,8 @@ SCENARIOS = [
     (watchers.main, ["--watchers", "1000", "--items", "50000"]),
     (scaling.main, ["--items", "50000"]),
     (fairness.main, ["--items", "200000"]),
+    (email.main, ["--items", "10000"]),
+    (migrate.main, ["--rows", "200000"]),
 ]
 
 if __name__ == "__main__":

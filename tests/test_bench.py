@@ -89,3 +89,17 @@ def test_scaling_small(tmp_path: Path) -> None:
     assert_positive(
         result, "workers_1_items_per_second", "workers_2_items_per_second", "workers_2_ratio_to_1"
     )
+
+
+def test_email_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "email", "--items", "300")
+    assert_positive(
+        result, "items_per_second", "bare_aiosmtplib_messages_per_second", "ratio_to_bare"
+    )
+
+
+def test_migrate_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "migrate", "--rows", "5000", "--rows-per-item", "1000")
+    assert_positive(
+        result, "rows_per_second", "items_per_second", "bare_rows_per_second", "ratio_to_bare"
+    )
