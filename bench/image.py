@@ -93,7 +93,8 @@ def items(names: list[str]) -> Iterator[tuple[str, dict[str, object]]]:
 
 async def batchd_items_per_second(port: int, names: list[str]) -> float:
     async with AsyncClient(f"127.0.0.1:{port}") as client:
-        await wait_for_handler(client, "image.resize")
+        async with asyncio.timeout(60):  # a worker that failed to start never publishes
+            await wait_for_handler(client, "image.resize")
         seconds = await upload_and_watch(client, "image.resize", items(names), len(names))
         return len(names) / seconds
 
