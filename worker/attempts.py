@@ -92,7 +92,9 @@ async def run_item(
 async def _attempt(
     handler: Handler, limit: float, params: Any, ctx: ItemContext
 ) -> Mapping[str, Any]:
-    deadline = asyncio.timeout(limit if limit > 0 else None)
+    if limit <= 0:
+        return await handler.run(params, ctx)
+    deadline = asyncio.timeout(limit)
     try:
         async with deadline:
             return await handler.run(params, ctx)
@@ -135,7 +137,7 @@ def _succeeded(
     output: Any,
     item_log: structlog.typing.FilteringBoundLogger,
 ) -> ItemOutcome:
-    if not isinstance(output, Mapping):
+    if type(output) is not dict and not isinstance(output, Mapping):
         message = f"handler returned {type(output).__name__}, not a JSON object"
         return _failed(index, attempt, start, Code.INTERNAL, message)
     try:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -64,8 +65,11 @@ CTX_KEY: Final = "batchd"
 # long (another worker may serve it: during a rolling deploy, say); on the job's last
 # try its items fail UNIMPLEMENTED instead, so that the batch ends.
 MISSING_HANDLER_DEFER = 5.0
-# A consumer whose items never wait lets the loop run others at least this often (s).
-YIELD_INTERVAL = 0.005
+# A consumer lets the loop run others after this many items, in case they never waited
+# (a no-op runs 64 in well under a millisecond).
+YIELD_EVERY = 64
+# Batches whose handler name a worker remembers at most (then it forgets them all).
+HANDLER_NAMES_KEPT = 10_000
 # After a Redis error before the claim the job is run again this long later.
 STORE_ERROR_DEFER = 2.0
 
@@ -87,6 +91,19 @@ class WorkerRuntime:
     leases: LeaseKeeper
     # Rate-limit permits, shared by the process's chunk runs (batchd.worker.flow).
     permits: PermitPool = field(default_factory=PermitPool)
+    # Handler names of recent batches: a batch's never changes, and reading it for every
+    # chunk cost a Redis round trip per chunk.
+    _handler_names: dict[str, str] = field(default_factory=dict)
+
+    async def handler_of(self, batch_id: str) -> str:
+        """The handler name of batch `batch_id` (NotFound if there is no such batch)."""
+        name = self._handler_names.get(batch_id)
+        if name is None:
+            name = (await self.store.get_batch(batch_id)).handler
+            if len(self._handler_names) >= HANDLER_NAMES_KEPT:
+                self._handler_names.clear()
+            self._handler_names[batch_id] = name
+        return name
 
 
 class ChunkEnd(enum.Enum):
@@ -104,11 +121,9 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
     try:
         # Look before claiming: a claim marks the batch RUNNING, and a batch whose handler
         # no worker serves stays QUEUED (unless this is the job's last try).
-        batch = await store.get_batch(batch_id)
-        if batch.handler not in runtime.handlers and not last_try:
-            log.warning(
-                "chunk_handler_missing", batch_id=batch_id, chunk=chunk, handler=batch.handler
-            )
+        handler = await runtime.handler_of(batch_id)
+        if handler not in runtime.handlers and not last_try:
+            log.warning("chunk_handler_missing", batch_id=batch_id, chunk=chunk, handler=handler)
             raise Retry(defer=MISSING_HANDLER_DEFER)
         claimed_at = time.monotonic()
         claimed = await store.claim_chunk(batch_id, chunk, lease_ttl=runtime.settings.lease_ttl)
@@ -144,7 +159,8 @@ class _ChunkRun:
         self.handler = handler
         self.lease = lease
         self.log = log.bind(batch_id=claimed.batch_id, chunk=claimed.chunk)
-        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        # Items not started yet (consumers never wait on it: a plain deque).
+        self.queue: deque[Item] = deque()
         self.recorder = Recorder(runtime.store, claimed, runtime.settings, self.log)
         self.gate = FlowGate(
             runtime.store,
@@ -152,14 +168,13 @@ class _ChunkRun:
             handler,
             runtime.slots,
             runtime.permits,
-            self.queue.qsize,
+            self.queue.__len__,
             self.log,
         )
 
     async def run(self) -> ChunkEnd:
         claimed, started = self.claimed, time.monotonic()
-        for item in claimed.items:
-            self.queue.put_nowait(item)
+        self.queue.extend(claimed.items)
         pool = min(len(claimed.items), max(self.runtime.settings.worker_concurrency, 1))
         if claimed.options.max_concurrent > 0:  # more consumers could only wait for slots
             pool = min(pool, claimed.options.max_concurrent)
@@ -206,16 +221,15 @@ class _ChunkRun:
 
     # -- consumers -------------------------------------------------------------------
     async def _consume(self) -> None:
-        loop = asyncio.get_running_loop()
-        yielded = loop.time()
+        since_yield = 0
         while await self._may_start():
-            item = self.queue.get_nowait()
+            item = self.queue.popleft()
             # Flow limits (batchd.worker.flow), then the worker-wide slot.
             admission = await self.gate.admit(item, self._halted)
             if admission is None or self._halted():
                 if admission is not None:
                     await self.gate.done(admission)
-                self.queue.put_nowait(item)  # not started: back for the next look
+                self.queue.appendleft(item)  # not started: back for the next look
                 continue  # things changed while waiting for a slot: look again
             try:
                 outcome = await run_item(
@@ -226,9 +240,10 @@ class _ChunkRun:
             self.recorder.add_one(outcome)
             # A handler that never awaits would otherwise starve flushes and renewals;
             # yielding after every item would cost such handlers half their speed.
-            if loop.time() - yielded >= YIELD_INTERVAL:
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
-                yielded = loop.time()
+                since_yield = 0
 
     def _stops_starting(self, holding: bool = False) -> bool:
         """`holding`: asked by a consumer holding an item it took out of the queue."""
@@ -237,7 +252,7 @@ class _ChunkRun:
             or self.recorder.paused
             or not self._ours()
             or self.runtime.draining.is_set()
-            or (self.queue.empty() and not holding)
+            or (not self.queue and not holding)
         )
 
     def _can_start_now(self) -> bool:
@@ -258,9 +273,8 @@ class _ChunkRun:
         return False
 
     def _not_started(self) -> list[Item]:
-        left: list[Item] = []
-        while not self.queue.empty():
-            left.append(self.queue.get_nowait())
+        left = list(self.queue)
+        self.queue.clear()
         return left
 
 
