@@ -8,6 +8,7 @@ from bench import (
     email,
     fairness,
     http,
+    image,
     migrate,
     noop,
     scaling,
@@ -28,6 +29,7 @@ SCENARIOS = [
     (fairness.main, ["--items", "200000"]),
     (email.main, ["--items", "10000"]),
     (migrate.main, ["--rows", "200000"]),
+    (image.main, ["--images", "2000"]),
 ]
 
 if __name__ == "__main__":

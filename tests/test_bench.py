@@ -103,3 +103,9 @@ def test_migrate_small(tmp_path: Path) -> None:
     assert_positive(
         result, "rows_per_second", "items_per_second", "bare_rows_per_second", "ratio_to_bare"
     )
+
+
+def test_image_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "image", "--images", "200")
+    assert result["images"] == 200
+    assert_positive(result, "items_per_second", "bare_pool_images_per_second", "ratio_to_bare")

@@ -130,6 +130,7 @@ class _ImageResize:
         self._pool: ProcessPoolExecutor | None = None
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(1)
+        self._starting = asyncio.Lock()
         self._processes = 1
         self._max_pixels = 0
         self._input_root = Path()
@@ -143,17 +144,6 @@ class _ImageResize:
             _roots, settings.image_input_dir, settings.image_output_dir
         )
         self._slots = asyncio.Semaphore(self._processes * _QUEUED_PER_PROCESS)
-        self._pool = pool = self._new_pool()
-        # Start every process now (each imports Pillow), not as the first items wait.
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.gather(
-                *(loop.run_in_executor(pool, warm_up) for _ in range(self._processes))
-            )
-        except BaseException:
-            self._pool = None  # a worker whose startup failed runs no shutdown hook
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max(worker.concurrency, 1)),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -169,8 +159,26 @@ class _ImageResize:
             # Joining the processes blocks: not on the event loop.
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
+    async def _started_pool(self) -> ProcessPoolExecutor:
+        """The pool, started by the first item: a worker that never resizes an image
+        starts no process. Every process starts at once (each imports Pillow), not one
+        per waiting item."""
+        async with self._starting:
+            if self._pool is None:
+                pool = self._new_pool()
+                loop = asyncio.get_running_loop()
+                try:
+                    await asyncio.gather(
+                        *(loop.run_in_executor(pool, warm_up) for _ in range(self._processes))
+                    )
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                self._pool = pool
+            return self._pool
+
     async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
-        if self._pool is None or self._session is None:
+        if self._session is None:
             raise RuntimeError("image.resize used before its startup hook ran")
         source = str(params["source"])
         remote = _is_url(source)
@@ -195,8 +203,7 @@ class _ImageResize:
             return await self._in_pool(job)
 
     async def _in_pool(self, job: ResizeJob) -> dict[str, Any]:
-        pool = self._pool
-        assert pool is not None
+        pool = await self._started_pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, resize_job, job)
         except ImageRefused as exc:
