@@ -3,7 +3,8 @@
 Figures:
 - batchd: UploadBatch of N `noop` items to the terminal WatchProgress snapshot (items/s),
   Redis commands per item (INFO commandstats delta over that run, the client's watch
-  and the worker's heartbeats included) and Redis memory per pending item (used_memory
+  and the worker's heartbeats included; and at steady state, from the end of the upload
+  to 90% done, with that window's items/s) and Redis memory per pending item (used_memory
   delta after an upload of N items while the worker is paused, divided by N);
 - ceiling: an in-process loop decoding the same msgpack chunk bytes batchd stores
   (`encode_chunk`/`decode_chunk`), parsing each item's params JSON and awaiting the same
@@ -40,15 +41,10 @@ from batchd.core.embedded_redis import EmbeddedRedis
 from batchd.worker.handler import ItemContext
 from batchd.worker.handlers import noop_handler
 from bench.service import paused, report, running_service
-from bench.upload_noop import items
+from bench.upload_noop import items, redis_commands
 from bench.upload_noop import run as run_upload
 
 ARQ_CONCURRENCY = 100  # batchd's default BATCHD_WORKER_CONCURRENCY
-
-
-async def redis_commands(redis: Redis) -> int:
-    stats = await redis.info("commandstats")
-    return sum(int(value["calls"]) for value in stats.values())
 
 
 async def batchd_figures(
@@ -57,7 +53,7 @@ async def batchd_figures(
     redis = Redis.from_url(redis_url)
     try:
         before = await redis_commands(redis)
-        figures = await run_upload(count, chunk_size, port)
+        figures = await run_upload(count, chunk_size, port, redis)
         figures["redis_commands_per_item"] = (await redis_commands(redis) - before) / count
         # Memory of pending items: a second upload that no worker takes.
         async with AsyncClient(f"127.0.0.1:{port}") as client:

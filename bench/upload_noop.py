@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from batchd.client import AsyncClient, BatchState
 from bench.service import peak_rss_mib, report, running_service, wait_for_handler
 
@@ -24,7 +26,17 @@ def items(count: int) -> Iterator[tuple[str, dict[str, object]]]:
         yield f"item-{i}", {}
 
 
-async def run(count: int, chunk_size: int, server_port: int) -> dict[str, float]:
+async def redis_commands(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(int(value["calls"]) for value in stats.values())
+
+
+async def run(
+    count: int, chunk_size: int, server_port: int, redis: Redis | None = None
+) -> dict[str, float]:
+    """With `redis`, also the steady state: items/s and Redis commands per item from the
+    end of the upload until 90% of the items are done (no upload, no start or tail)."""
+    steady: list[tuple[float, int, int]] = []  # (time, succeeded, commands)
     async with AsyncClient(f"127.0.0.1:{server_port}") as client:
         # The worker publishes its catalog at start-up, in another process: poll for it.
         await wait_for_handler(client, "noop")
@@ -33,15 +45,24 @@ async def run(count: int, chunk_size: int, server_port: int) -> dict[str, float]
         uploaded = time.perf_counter()
         async for progress in client.watch(result.batch.batch_id, min_interval=0.1):
             last = progress
+            if redis is not None and len(steady) < 2:
+                done = progress.counts.succeeded
+                if not steady or done >= 0.9 * count:
+                    steady.append((time.perf_counter(), done, await redis_commands(redis)))
         finished = time.perf_counter()
     if last.state != BatchState.COMPLETED or last.counts.succeeded != count:
         raise RuntimeError(f"the batch did not complete cleanly: {last}")
-    return {
+    figures = {
         "items": count,
         "upload_seconds": uploaded - started,
         "total_seconds": finished - started,
         "items_per_second": count / (finished - started),
     }
+    if len(steady) == 2 and steady[1][1] > steady[0][1]:
+        (t0, done0, commands0), (t1, done1, commands1) = steady
+        figures["steady_items_per_second"] = (done1 - done0) / (t1 - t0)
+        figures["steady_redis_commands_per_item"] = (commands1 - commands0) / (done1 - done0)
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> None:
