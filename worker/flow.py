@@ -45,9 +45,10 @@ PERMIT_TTL = 0.05
 # A batch with no rate limit, no key and no handler key starts this long unasked (its
 # bucket only matters after a SlowDown).
 OPTIMISTIC_FREE = 0.1
-# A free period (unlimited buckets, 0.1 s) is renewed this long before it ends: early
+# A free period (unlimited buckets, 0.1 s) is renewed this long before it ends (twenty
+# takes a second, a script call each, while items start): early
 # enough that a busy event loop still has the answer in time.
-RENEW_AHEAD = 0.08
+RENEW_AHEAD = 0.05
 # ... and, while the renewal is on the way, lasts at most this much longer.
 RENEW_GRACE = 1.0
 # A consumer with no max_concurrent slot looks again this often (jittered).
@@ -294,7 +295,9 @@ class _Permits:
             self.ok -= ok
             self.offset = grant.now - time.time()
             if grant.free_for > 0 and self.free_until > 0:  # not cut by a slow-down meanwhile
-                self.free_until = now + grant.free_for
+                # From the answer, not the ask: on a busy loop the answer can come later
+                # than the whole period would have lasted.
+                self.free_until = time.monotonic() + grant.free_for
 
     async def _take(self, halted: Halted) -> bool:
         while not self.take_now():
