@@ -26,7 +26,13 @@ from aiohttp import web
 
 from batchd.client import AsyncClient
 from batchd.core.embedded_redis import free_port
-from bench.service import report, running_service, upload_and_watch, wait_for_handler
+from bench.service import (
+    redis_commands,
+    report,
+    running_service,
+    upload_and_watch,
+    wait_for_handler,
+)
 
 DELAY = 0.005  # the server's answer time
 
@@ -105,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with http_server() as base_url:
         bare = asyncio.run(bare_requests_per_second(base_url, args.items, args.concurrency))
         with running_service(env=env) as service:
+            before = redis_commands(service.redis_url)
             rate = asyncio.run(batchd_items_per_second(service.port, base_url, args.items))
+            commands = redis_commands(service.redis_url) - before
     report(
         {
             "items": args.items,
@@ -113,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "items_per_second": rate,
             "bare_aiohttp_requests_per_second": bare,
             "ratio_to_bare": rate / bare,
+            "redis_commands_per_item": commands / args.items,
         },
         args.json,
     )

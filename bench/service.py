@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis import Redis as SyncRedis
+
 from batchd.client import AsyncClient, BatchState
 from batchd.core.embedded_redis import EmbeddedRedis, free_port
 
@@ -99,6 +101,16 @@ def cpu_seconds(pid: int) -> float:
     # The command name (field 2) may hold spaces: count fields after its closing ")".
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_commands(url: str) -> int:
+    """Commands the Redis at `url` has run so far (INFO commandstats), for per-item figures."""
+    client = SyncRedis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(value["calls"]) for value in stats.values())
 
 
 def report(figures: dict[str, float], json_path: Path | None) -> None:

@@ -22,7 +22,13 @@ from batchd.client import AsyncClient
 from batchd.core.logs import get_logger
 from batchd.worker.handler import ItemContext
 from batchd.worker.handlers import sleep_handler
-from bench.service import report, running_service, upload_and_watch, wait_for_handler
+from bench.service import (
+    redis_commands,
+    report,
+    running_service,
+    upload_and_watch,
+    wait_for_handler,
+)
 
 
 def items(count: int, seconds: float) -> Iterator[tuple[str, dict[str, object]]]:
@@ -67,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
     with running_service(env=env) as service:
+        before = redis_commands(service.redis_url)
         rate = asyncio.run(run(args.items, args.seconds, service.port, args.chunk_size))
+        commands = redis_commands(service.redis_url) - before
     bare = asyncio.run(bare_loop(args.items, args.seconds, args.concurrency))
     ideal = args.concurrency / args.seconds
     report(
@@ -80,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "bare_loop_items_per_second": bare,
             "bare_loop_ratio_to_ideal": bare / ideal,
             "ratio_to_bare_loop": rate / bare,
+            "redis_commands_per_item": commands / args.items,
         },
         args.json,
     )

@@ -51,12 +51,25 @@ def test_noop_small(tmp_path: Path) -> None:
 
 def test_sleep_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "sleep", "--items", "2000")
-    assert_positive(result, "items_per_second", "ideal_items_per_second", "ratio_to_ideal")
+    assert_positive(
+        result,
+        "items_per_second",
+        "ideal_items_per_second",
+        "ratio_to_ideal",
+        "bare_loop_items_per_second",
+        "redis_commands_per_item",
+    )
 
 
 def test_http_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "http", "--items", "1000")
-    assert_positive(result, "items_per_second", "bare_aiohttp_requests_per_second", "ratio_to_bare")
+    assert_positive(
+        result,
+        "items_per_second",
+        "bare_aiohttp_requests_per_second",
+        "ratio_to_bare",
+        "redis_commands_per_item",
+    )
 
 
 def test_submit_small(tmp_path: Path) -> None:

@@ -168,13 +168,16 @@ class BatchdWorker(ResilientWorker):
         super().handle_sig_wait_for_completion(signum)
 
     async def close(self) -> None:
-        """arq 0.28's `Worker.close`, step for step, but closing the pool with `aclose()`:
-        its `close(close_connection_pool=True)` is deprecated in redis-py 5."""
+        """arq 0.28's `Worker.close`, step for step, but closing the pool with `aclose()`
+        (its `close(close_connection_pool=True)` is deprecated in redis-py 5), and not
+        failing on a job task that ended cancelled."""
         if not self._handle_signals:
             self.handle_sig(signal.SIGUSR1)  # cancels what still runs, as arq does
         if self._pool is None:
             return
-        await asyncio.gather(*self.tasks.values())
+        # Those tasks were just cancelled: one cut short in arq's own bookkeeping ends
+        # with CancelledError, which must not stop the close (its job runs again).
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await self._delete_health_check()
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)

@@ -7,7 +7,9 @@ it bare, so one `ConnectionError` ends `async_run` and the process. Worse:
 
 - `start_jobs` counts a job as started (`job_counter`, `sem`) before its Redis calls; a
   failure there leaks the slot for good, and after `max_jobs` of them the worker polls
-  forever without starting anything. A connection lost while WATCHing surfaces as
+  forever without starting anything. And when the connection breaks after the EXEC that
+  sets the job's in-progress key went through, the job is not started, yet no worker
+  starts it until the key expires. A connection lost while WATCHing surfaces as
   `WatchError` from `pipe.exists`, which arq does not catch either.
 - `run_job` sets `arq:in-progress:<job>` (for the job timeout + 10 s, an hour here) before
   its first Redis call; if that call, or `finish_job` after the job, fails, the task dies
@@ -15,14 +17,16 @@ it bare, so one `ConnectionError` ends `async_run` and the process. Worse:
 
 `ResilientWorker` mends each of these without copying arq's code: a poll that fails for
 want of Redis is logged (once per outage) and tried again after a backoff; `start_jobs`
-gives back the slot of a job it could not start; `run_job` clears the in-progress key of a
-job whose bookkeeping failed (retrying until Redis is back) so that the job runs again.
+gives back the slot of a job it could not start, and clears its in-progress key; `run_job`
+clears the in-progress key of a job whose bookkeeping failed (retrying until Redis is
+back) so that the job runs again.
 The Redis client itself also retries each command (`outages.client_retry`), which hides
 short blips from all of this.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -49,6 +53,12 @@ class ResilientWorker(arq.Worker):
         super().__init__(**options)
         self._poll_outage = Outage(log, "queue_poll")
         self._poll_backoff = Backoff()
+        self._clearing: set[asyncio.Task[None]] = set()
+
+    def _clear_later(self, job_id: str) -> None:
+        task = asyncio.create_task(self._let_job_run_again(job_id), name=f"clear {job_id}")
+        self._clearing.add(task)
+        task.add_done_callback(self._clearing.discard)
 
     async def _poll_iteration(self) -> None:
         try:
@@ -70,6 +80,11 @@ class ResilientWorker(arq.Worker):
                 # arq took the slot before the Redis calls that failed: give it back.
                 self.job_counter -= 1
                 self.sem.release()
+                # The EXEC that set the job's in-progress key may have gone through with
+                # only its reply lost: the job, not started here, would then wait an hour
+                # for the key to expire. Clear it once Redis is back (a chunk job that
+                # another worker did start meanwhile tolerates a second start).
+                self._clear_later(job_id.decode())
                 raise
 
     async def run_job(self, job_id: str, score: int) -> None:
