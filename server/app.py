@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +20,9 @@ from batchd.server.servicer import BatchServicer
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
 log = get_logger(__name__)
+
+# Seconds a stop waits for background tasks, and for the watches to close.
+STOP_WAIT = 5.0
 
 SERVICE_NAME = batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 # SubmitBatch takes up to 4 MiB of items; the envelope gets a little room on top.
@@ -46,9 +48,17 @@ class BatchdServer:
             await self.health.set(name, NOT_SERVING)
         for task in self._background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.hub.close()
+        # Bounded: a task stuck in a Redis call that outlives its cancellation must not
+        # hold the shutdown (the process ends with it anyway).
+        if self._background:
+            _, stuck = await asyncio.wait(self._background, timeout=STOP_WAIT)
+            if stuck:
+                log.warning("server_tasks_not_stopped", tasks=len(stuck))
+        try:
+            async with asyncio.timeout(STOP_WAIT):
+                await self.hub.close()
+        except TimeoutError:
+            log.warning("server_watches_not_closed")
         await self.server.stop(grace)
         await self.redis.aclose()
         log.info("server_stopped")
