@@ -40,8 +40,8 @@ from batchd.core.domain import NewItem
 from batchd.core.embedded_redis import EmbeddedRedis
 from batchd.worker.handler import ItemContext
 from batchd.worker.handlers import noop_handler
-from bench.service import paused, report, running_service
-from bench.upload_noop import items, redis_commands
+from bench.service import paused, redis_commands, report, running_service
+from bench.upload_noop import items
 from bench.upload_noop import run as run_upload
 
 ARQ_CONCURRENCY = 100  # batchd's default BATCHD_WORKER_CONCURRENCY
@@ -52,9 +52,9 @@ async def batchd_figures(
 ) -> dict[str, float]:
     redis = Redis.from_url(redis_url)
     try:
-        before = await redis_commands(redis)
-        figures = await run_upload(count, chunk_size, port, redis)
-        figures["redis_commands_per_item"] = (await redis_commands(redis) - before) / count
+        before = redis_commands(redis_url)
+        figures = await run_upload(count, chunk_size, port, redis_url)
+        figures["redis_commands_per_item"] = (redis_commands(redis_url) - before) / count
         # Memory of pending items: a second upload that no worker takes.
         async with AsyncClient(f"127.0.0.1:{port}") as client:
             with paused(worker_pids):

@@ -15,10 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from batchd.client import AsyncClient, BatchState
-from bench.service import peak_rss_mib, report, running_service, wait_for_handler
+from bench.service import peak_rss_mib, redis_commands, report, running_service, wait_for_handler
 
 
 def items(count: int) -> Iterator[tuple[str, dict[str, object]]]:
@@ -26,15 +24,10 @@ def items(count: int) -> Iterator[tuple[str, dict[str, object]]]:
         yield f"item-{i}", {}
 
 
-async def redis_commands(redis: Redis) -> int:
-    stats = await redis.info("commandstats")
-    return sum(int(value["calls"]) for value in stats.values())
-
-
 async def run(
-    count: int, chunk_size: int, server_port: int, redis: Redis | None = None
+    count: int, chunk_size: int, server_port: int, redis_url: str | None = None
 ) -> dict[str, float]:
-    """With `redis`, also the steady state: items/s and Redis commands per item from the
+    """With `redis_url`, also the steady state: items/s and Redis commands per item from the
     end of the upload until 90% of the items are done (no upload, no start or tail)."""
     steady: list[tuple[float, int, int]] = []  # (time, succeeded, commands)
     async with AsyncClient(f"127.0.0.1:{server_port}") as client:
@@ -45,10 +38,10 @@ async def run(
         uploaded = time.perf_counter()
         async for progress in client.watch(result.batch.batch_id, min_interval=0.1):
             last = progress
-            if redis is not None and len(steady) < 2:
+            if redis_url is not None and len(steady) < 2:
                 done = progress.counts.succeeded
                 if not steady or done >= 0.9 * count:
-                    steady.append((time.perf_counter(), done, await redis_commands(redis)))
+                    steady.append((time.perf_counter(), done, redis_commands(redis_url)))
         finished = time.perf_counter()
     if last.state != BatchState.COMPLETED or last.counts.succeeded != count:
         raise RuntimeError(f"the batch did not complete cleanly: {last}")

@@ -40,6 +40,7 @@ from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
     Code,
     Handler,
+    HandlerError,
     ItemContext,
     PermanentError,
     RetryableError,
@@ -47,7 +48,14 @@ from batchd.worker.handler import (
     WorkerInfo,
 )
 
-__all__ = ["BODY_LIMIT", "PARAMS_SCHEMA", "host_key", "http_request_handler"]
+__all__ = [
+    "BODY_LIMIT",
+    "PARAMS_SCHEMA",
+    "client_error",
+    "host_key",
+    "http_request_handler",
+    "raise_for_status",
+]
 
 # Response bodies are cut to this many bytes (then `body_truncated` is true).
 BODY_LIMIT = 64 * 1024
@@ -124,7 +132,7 @@ class _HttpRequest:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 **body,
             ) as response:
-                _raise_for_status(response)
+                raise_for_status(response)
                 text, truncated = await _read_text(response)
                 return {
                     "status": response.status,
@@ -132,22 +140,8 @@ class _HttpRequest:
                     "body": text,
                     "body_truncated": truncated,
                 }
-        except TimeoutError as exc:  # aiohttp's timeouts subclass it
-            raise RetryableError(
-                f"HTTP request timed out after {timeout:g}s", code=Code.DEADLINE_EXCEEDED
-            ) from exc
-        except aiohttp.InvalidURL as exc:
-            raise PermanentError(f"invalid URL: {exc}", code=Code.INVALID_ARGUMENT) from exc
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise PermanentError(
-                f"TLS certificate error: {exc.certificate_error}", code=Code.FAILED_PRECONDITION
-            ) from exc
-        except aiohttp.TooManyRedirects as exc:
-            raise PermanentError("too many redirects", code=Code.FAILED_PRECONDITION) from exc
-        except aiohttp.ClientError as exc:
-            raise RetryableError(
-                f"HTTP request failed: {type(exc).__name__}: {exc}", code=Code.UNAVAILABLE
-            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise client_error(exc, "HTTP request", timeout) from exc
 
 
 def http_request_handler() -> Handler:
@@ -185,7 +179,26 @@ def host_key(params: Mapping[str, Any]) -> str | None:
     return f"host:{url.host.lower()}:{url.port}"
 
 
-def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+def client_error(
+    exc: TimeoutError | aiohttp.ClientError, what: str, timeout: float
+) -> HandlerError:
+    """The item's fate for an aiohttp failure of `what` ("HTTP request", ...): timeouts
+    and connection errors are retried; a bad URL, a bad certificate and redirect loops
+    are not."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it
+        return RetryableError(f"{what} timed out after {timeout:g}s", code=Code.DEADLINE_EXCEEDED)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return PermanentError(f"invalid URL: {exc}", code=Code.INVALID_ARGUMENT)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return PermanentError(
+            f"TLS certificate error: {exc.certificate_error}", code=Code.FAILED_PRECONDITION
+        )
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return PermanentError("too many redirects", code=Code.FAILED_PRECONDITION)
+    return RetryableError(f"{what} failed: {type(exc).__name__}: {exc}", code=Code.UNAVAILABLE)
+
+
+def raise_for_status(response: aiohttp.ClientResponse) -> None:
     status = response.status
     if status < 400:
         return

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import aiohttp
 
-from batchd.worker.handler import Code, PermanentError, RetryableError
+from batchd.worker.handler import Code, PermanentError
 
 # The status mapping is http.request's own, so that both handlers treat a peer alike.
-from batchd.worker.handlers.http import _raise_for_status
+from batchd.worker.handlers.http import client_error, raise_for_status
 
 __all__ = ["FETCH_TIMEOUT", "fetch"]
 
@@ -25,7 +25,7 @@ async def fetch(session: aiohttp.ClientSession, url: str, max_bytes: int) -> byt
     """The body at `url`, at most `max_bytes` long (else PermanentError)."""
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT)) as response:
-            _raise_for_status(response)
+            raise_for_status(response)
             if (response.content_length or 0) > max_bytes:
                 raise _too_large(max_bytes, response.content_length)
             parts: list[bytes] = []
@@ -36,23 +36,8 @@ async def fetch(session: aiohttp.ClientSession, url: str, max_bytes: int) -> byt
                     raise _too_large(max_bytes, None)
                 parts.append(data)
             return b"".join(parts)
-    except TimeoutError as exc:  # aiohttp's timeouts subclass it
-        raise RetryableError(
-            f"download of the source timed out after {FETCH_TIMEOUT:g}s",
-            code=Code.DEADLINE_EXCEEDED,
-        ) from exc
-    except aiohttp.InvalidURL as exc:
-        raise PermanentError(f"invalid source URL: {exc}", code=Code.INVALID_ARGUMENT) from exc
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise PermanentError(
-            f"TLS certificate error: {exc.certificate_error}", code=Code.FAILED_PRECONDITION
-        ) from exc
-    except aiohttp.TooManyRedirects as exc:
-        raise PermanentError("too many redirects", code=Code.FAILED_PRECONDITION) from exc
-    except aiohttp.ClientError as exc:
-        raise RetryableError(
-            f"download of the source failed: {type(exc).__name__}: {exc}", code=Code.UNAVAILABLE
-        ) from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise client_error(exc, "download of the source", FETCH_TIMEOUT) from exc
 
 
 def _too_large(max_bytes: int, announced: int | None) -> PermanentError:
