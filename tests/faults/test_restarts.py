@@ -97,26 +97,29 @@ async def test_server_restarted_under_a_watcher(
         "BATCHD_HOST": "127.0.0.1",
     }
     process = server(env, tmp_path / "server.log").start()
-    workers(concurrency=10)
-    async with AsyncClient(f"127.0.0.1:{port}") as client:
-        await wait_for_handler(client, "chaos.append")
-        items = ((f"s{i}", {"ms": 10}) for i in range(3000))
-        submitted = await client.upload("chaos.append", items, options={"chunk_size": 100})
-        batch_id = submitted.batch.batch_id
-        seen: list[BatchProgress] = []
-        restarted = False
-        async for progress in client.watch(batch_id, min_interval=0.05):
-            seen.append(progress)
-            if not restarted and progress.counts.finished >= 500:
-                if how == "SIGTERM":
-                    process.terminate()
-                else:
-                    process.kill()
-                process = server(env, tmp_path / "server.log").start()
-                restarted = True
-        assert restarted
-        assert seen[-1].state == BatchState.COMPLETED
-        assert seen[-1].counts.succeeded == 3000
-        finished = [p.counts.finished for p in seen]
-        assert finished == sorted(finished)  # the watcher carried on where it was
-    process.terminate()
+    try:
+        workers(concurrency=10)
+        async with AsyncClient(f"127.0.0.1:{port}") as client:
+            await wait_for_handler(client, "chaos.append")
+            items = ((f"s{i}", {"ms": 10}) for i in range(3000))
+            submitted = await client.upload("chaos.append", items, options={"chunk_size": 100})
+            batch_id = submitted.batch.batch_id
+            seen: list[BatchProgress] = []
+            restarted = False
+            async for progress in client.watch(batch_id, min_interval=0.05):
+                seen.append(progress)
+                if not restarted and progress.counts.finished >= 500:
+                    if how == "SIGTERM":
+                        process.terminate()
+                    else:
+                        process.kill()
+                    process = server(env, tmp_path / "server.log").start()
+                    restarted = True
+            assert restarted
+            assert seen[-1].state == BatchState.COMPLETED
+            assert seen[-1].counts.succeeded == 3000
+            finished = [p.counts.finished for p in seen]
+            assert finished == sorted(finished)  # the watcher carried on where it was
+        process.terminate()
+    finally:
+        process.stop()  # a failed test leaves no server running (nor a warning later)

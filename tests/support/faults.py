@@ -6,11 +6,14 @@ import asyncio
 import random
 from pathlib import Path
 
-from batchd.client import AsyncClient
+import grpc
+
+from batchd.client import AsyncClient, BatchdError
 
 
 async def wait_for_handler(client: AsyncClient, name: str) -> None:
-    """Workers publish their catalog from other processes: poll until one has."""
+    """Workers publish their catalog from other processes: poll until one has (and
+    until the server, if it was just started, listens)."""
     async with asyncio.timeout(30):
         # Another process's state: there is nothing to subscribe to.
         while not await _serves(client, name):  # noqa: ASYNC110
@@ -18,7 +21,13 @@ async def wait_for_handler(client: AsyncClient, name: str) -> None:
 
 
 async def _serves(client: AsyncClient, name: str) -> bool:
-    return any(h.name == name and h.live_workers for h in await client.handlers())
+    try:
+        handlers = await client.handlers()
+    except BatchdError as exc:
+        if exc.code is grpc.StatusCode.UNAVAILABLE:
+            return False  # a server process still starting
+        raise
+    return any(h.name == name and h.live_workers for h in handlers)
 
 
 def applied(chaos_log: Path) -> list[tuple[str, int]]:
