@@ -1,13 +1,18 @@
 """`email.send` items to a local SMTP server, beside a bare aiosmtplib script sending the
 same messages over the same number of connections.
 
-The SMTP server runs in its own process (`--serve`): aiosmtpd, taking every message and
-keeping none. The baseline, in the benchmark's process, opens `--connections` aiosmtplib
-connections and sends N messages over them (each connection one message at a time, as
-the handler's pool does), the message bytes built with an f-string: the SMTP exchange
-alone. batchd runs N `email.send` items — a subject, a text and an HTML template with
-per-item variables — in one worker with BATCHD_SMTP_CONNECTIONS equal to `--connections`:
-the templates rendered, the MIME message built and the outcome recorded on top.
+The SMTP server runs in its own process (`--serve`, `bench.local_server`): aiosmtpd,
+taking every message and keeping none. The baseline, in the benchmark's process, opens
+`--connections` aiosmtplib connections and sends N messages over them (each connection
+one message at a time, as the handler's pool does), the message bytes built with an
+f-string: the SMTP exchange alone. batchd runs N `email.send` items — a subject, a text
+and an HTML template with per-item variables — in one worker with
+BATCHD_SMTP_CONNECTIONS equal to `--connections`: the templates rendered, the MIME
+message built and the outcome recorded on top. Beside its items/s, Redis commands per
+item (INFO commandstats delta from the upload to the terminal snapshot) and memory per
+pending item (the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`,
+over a second upload of the same items while the worker is paused, divided by N; that
+batch is then cancelled, none of its messages sent).
 
     .venv/bin/python -m bench.email --items 50000   # a full run
 """
@@ -16,10 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,8 +30,15 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from batchd.client import AsyncClient
-from batchd.core.embedded_redis import free_port
-from bench.service import report, running_service, upload_and_watch, wait_for_handler
+from bench.local_server import local_server
+from bench.service import (
+    Measured,
+    Service,
+    report,
+    running_service,
+    upload_and_measure,
+    wait_for_handler,
+)
 
 SENDER = "news@shop.test"
 SUBJECT = "{{ first_name }}, our winter sale"
@@ -54,27 +62,6 @@ def serve(port: int) -> None:
         await server.serve_forever()
 
     asyncio.run(main())
-
-
-@contextlib.contextmanager
-def smtp_server() -> Iterator[str]:
-    """The sink in a subprocess: its smtp:// URL."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.email", "--serve", str(port)])
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the SMTP server did not start") from None
-                time.sleep(0.05)
-        yield f"smtp://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def recipient(i: int) -> str:
@@ -129,10 +116,10 @@ def items(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
         )
 
 
-async def batchd_items_per_second(port: int, count: int) -> float:
-    async with AsyncClient(f"127.0.0.1:{port}") as client:
+async def batchd_run(service: Service, count: int) -> Measured:
+    async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "email.send")
-        return count / await upload_and_watch(client, "email.send", items(count), count)
+        return await upload_and_measure(client, service, "email.send", lambda: items(count), count)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -146,24 +133,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.serve:
         serve(args.serve)
         return
-    with smtp_server() as url:
-        port = int(url.rsplit(":", 1)[1])
+    with local_server("bench.email") as port:
         bare = asyncio.run(bare_messages_per_second(port, args.items, args.connections))
         env = {
             "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),
-            "BATCHD_SMTP_URL": url,
+            "BATCHD_SMTP_URL": f"smtp://127.0.0.1:{port}",
             "BATCHD_SMTP_CONNECTIONS": str(args.connections),
         }
         with running_service(env=env) as service:
-            rate = asyncio.run(batchd_items_per_second(service.port, args.items))
+            measured = asyncio.run(batchd_run(service, args.items))
     report(
         {
             "items": args.items,
             "connections": args.connections,
             "concurrency": args.concurrency,
-            "items_per_second": rate,
+            "items_per_second": measured.items_per_second,
             "bare_aiosmtplib_messages_per_second": bare,
-            "ratio_to_bare": rate / bare,
+            "ratio_to_bare": measured.items_per_second / bare,
+            **measured.redis_figures(),
         },
         args.json,
     )

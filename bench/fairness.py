@@ -1,9 +1,11 @@
 """A small batch behind a big one: how long the small one takes, end to end.
 
 Starts a private Valkey, `batchd-server` and `batchd-worker` as subprocesses, uploads a
-big `noop` batch, waits until it runs at steady state, measures Redis commands per item
-there (INFO commandstats over a few seconds), then submits a 10-item batch and reports
-how long it takes to complete while the big one still runs.
+big `noop` batch while the worker is paused (Redis memory per pending item: the growth
+of Redis's stored bytes, `bench.service.redis_stored_bytes`, over that upload, divided
+by its items), resumes the worker, waits until the batch runs at steady state, measures
+Redis commands per item there (INFO commandstats over a few seconds), then submits a
+10-item batch and reports how long it takes to complete while the big one still runs.
 
     .venv/bin/python -m bench.fairness --items 1000000
 """
@@ -19,7 +21,14 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from batchd.client import AsyncClient, BatchState
-from bench.service import report, running_service, wait_for_handler
+from bench.service import (
+    Service,
+    paused,
+    redis_memory_growth,
+    report,
+    running_service,
+    wait_for_handler,
+)
 
 
 def items(count: int, prefix: str) -> Iterator[tuple[str, dict[str, object]]]:
@@ -32,11 +41,13 @@ async def _commands(redis: Redis) -> dict[str, int]:
     return {name: int(value["calls"]) for name, value in stats.items()}
 
 
-async def run(count: int, chunk_size: int, port: int, redis_url: str) -> dict[str, float]:
-    redis = Redis.from_url(redis_url)
-    async with AsyncClient(f"127.0.0.1:{port}") as client:
+async def run(count: int, chunk_size: int, service: Service) -> dict[str, float]:
+    redis = Redis.from_url(service.redis_url)
+    async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "noop")
-        big = await client.upload("noop", items(count, "big"), options={"chunk_size": chunk_size})
+        with paused(service.worker_pids):
+            upload = client.upload("noop", items(count, "big"), options={"chunk_size": chunk_size})
+            big, grown = await redis_memory_growth(service.redis_url, upload)
         big_id = big.batch.batch_id
         async for progress in client.watch(big_id, min_interval=0.1):
             if progress.counts.succeeded >= min(count // 20, 50_000):
@@ -66,6 +77,7 @@ async def run(count: int, chunk_size: int, port: int, redis_url: str) -> dict[st
         "big_done_when_small_finished": behind.counts.succeeded,
         "steady_items_per_second": (done_after - done_before) / 3.0,
         "redis_commands_per_item": per_item,
+        "redis_bytes_per_pending_item": grown / count,
     }
 
 
@@ -76,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     with running_service() as service:
-        figures = asyncio.run(run(args.items, args.chunk_size, service.port, service.redis_url))
+        figures = asyncio.run(run(args.items, args.chunk_size, service))
     report(figures, args.json)
 
 

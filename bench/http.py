@@ -1,10 +1,15 @@
 """`http.request` items against a local aiohttp server answering in ~5 ms, beside a bare
 asyncio + aiohttp script making the same requests at the same concurrency.
 
-The server runs in its own process (`--serve`); it sleeps 5 ms and answers a short text.
-The baseline, in the benchmark's process, keeps `--concurrency` GETs in flight through
-one aiohttp session (reading each body, as the handler does); batchd runs the same
-requests as `http.request` items in one worker at BATCHD_WORKER_CONCURRENCY equal to it.
+The server runs in its own process (`--serve`, `bench.local_server`); it sleeps 5 ms and
+answers a short text. The baseline, in the benchmark's process, keeps `--concurrency`
+GETs in flight through one aiohttp session (reading each body, as the handler does);
+batchd runs the same requests as `http.request` items in one worker at
+BATCHD_WORKER_CONCURRENCY equal to it. Beside its items/s, Redis commands per item (INFO
+commandstats delta from the upload to the terminal snapshot) and memory per pending item
+(the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
+upload of the same items while the worker is paused, divided by N; that batch is then
+cancelled, none of its requests made).
 
     .venv/bin/python -m bench.http --items 200000   # a full run
 """
@@ -13,10 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,12 +26,13 @@ import aiohttp
 from aiohttp import web
 
 from batchd.client import AsyncClient
-from batchd.core.embedded_redis import free_port
+from bench.local_server import local_server
 from bench.service import (
-    redis_commands,
+    Measured,
+    Service,
     report,
     running_service,
-    upload_and_watch,
+    upload_and_measure,
     wait_for_handler,
 )
 
@@ -46,27 +48,6 @@ def serve(port: int) -> None:
     app = web.Application()
     app.router.add_get("/{tail:.*}", _answer)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-@contextlib.contextmanager
-def http_server() -> Iterator[str]:
-    """The answering server in a subprocess: its base URL."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.http", "--serve", str(port)])
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the HTTP server did not start") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 async def bare_requests_per_second(base_url: str, count: int, concurrency: int) -> float:
@@ -91,10 +72,12 @@ def items(count: int, base_url: str) -> Iterator[tuple[str, dict[str, object]]]:
         yield f"item-{i}", {"url": f"{base_url}/item-{i}"}
 
 
-async def batchd_items_per_second(port: int, base_url: str, count: int) -> float:
-    async with AsyncClient(f"127.0.0.1:{port}") as client:
+async def batchd_run(service: Service, base_url: str, count: int) -> Measured:
+    async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "http.request")
-        return count / await upload_and_watch(client, "http.request", items(count, base_url), count)
+        return await upload_and_measure(
+            client, service, "http.request", lambda: items(count, base_url), count
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -108,20 +91,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve(args.serve)
         return
     env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
-    with http_server() as base_url:
+    with local_server("bench.http") as server_port:
+        base_url = f"http://127.0.0.1:{server_port}"
         bare = asyncio.run(bare_requests_per_second(base_url, args.items, args.concurrency))
         with running_service(env=env) as service:
-            before = redis_commands(service.redis_url)
-            rate = asyncio.run(batchd_items_per_second(service.port, base_url, args.items))
-            commands = redis_commands(service.redis_url) - before
+            measured = asyncio.run(batchd_run(service, base_url, args.items))
     report(
         {
             "items": args.items,
             "concurrency": args.concurrency,
-            "items_per_second": rate,
+            "items_per_second": measured.items_per_second,
             "bare_aiohttp_requests_per_second": bare,
-            "ratio_to_bare": rate / bare,
-            "redis_commands_per_item": commands / args.items,
+            "ratio_to_bare": measured.items_per_second / bare,
+            **measured.redis_figures(),
         },
         args.json,
     )

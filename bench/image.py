@@ -3,10 +3,15 @@
 N images (JPEG, PNG, WebP and GIF in turn, 50-800 px a side, generated once into a
 temporary directory) are each made into two variants — a 64x64 WebP `cover` thumbnail
 and a 320-px-wide `inside` copy in the source's format — first by the baseline, a bare
-`ProcessPoolExecutor` of `--processes` processes mapping a plain Pillow function over the
-files (read, decode, resize, encode, write), then by one batchd worker with
+`ProcessPoolExecutor` of `--processes` processes mapping a plain Pillow function over
+the files (read, decode, resize, encode, write), then by one batchd worker with
 BATCHD_IMAGE_PROCESSES equal to it, uploaded and watched to the terminal snapshot, then
-by the baseline again: the baseline figure is the mean of its two runs.
+by the baseline again: the baseline figure is the mean of its two runs. Beside batchd's
+items/s, Redis commands per item (INFO commandstats delta from the upload to the
+terminal snapshot) and memory per pending item (the growth of Redis's stored bytes,
+`bench.service.redis_stored_bytes`, over a second upload of the same items while the
+worker is paused, divided by N; that batch is then cancelled, none of its images
+resized).
 
     .venv/bin/python -m bench.image --images 5000   # a full run
 """
@@ -27,7 +32,14 @@ from PIL import Image, ImageDraw, ImageOps
 
 from batchd.client import AsyncClient
 from batchd.worker.handlers import builtin_handlers
-from bench.service import report, running_service, upload_and_watch, wait_for_handler
+from bench.service import (
+    Measured,
+    Service,
+    report,
+    running_service,
+    upload_and_measure,
+    wait_for_handler,
+)
 
 FORMATS = (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"))
 VARIANTS = [
@@ -91,12 +103,13 @@ def items(names: list[str]) -> Iterator[tuple[str, dict[str, object]]]:
         yield f"img-{i}", {"source": name, "output": f"batchd/{name}", "variants": VARIANTS}
 
 
-async def batchd_items_per_second(port: int, names: list[str]) -> float:
-    async with AsyncClient(f"127.0.0.1:{port}") as client:
+async def batchd_run(service: Service, names: list[str]) -> Measured:
+    async with AsyncClient(service.target) as client:
         async with asyncio.timeout(60):  # a worker that failed to start never publishes
             await wait_for_handler(client, "image.resize")
-        seconds = await upload_and_watch(client, "image.resize", items(names), len(names))
-        return len(names) / seconds
+        return await upload_and_measure(
+            client, service, "image.resize", lambda: items(names), len(names)
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -119,11 +132,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not any(handler.name == "image.resize" for handler in builtin_handlers()):
             env["BATCHD_HANDLERS"] = HANDLER  # until image.resize is a built-in
         with running_service(env=env) as service:
-            rate = asyncio.run(batchd_items_per_second(service.port, names))
+            measured = asyncio.run(batchd_run(service, names))
         # The baseline again after the service: on shared cores, the mean of a run on
         # each side of it is the fairer comparison.
         after = bare_images_per_second(input_dir, names, output_dir / "bare-2", args.processes)
     bare = (before + after) / 2
+    rate = measured.items_per_second
     report(
         {
             "images": args.images,
@@ -133,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "ratio_to_bare": rate / bare,
             "bare_before_images_per_second": before,
             "bare_after_images_per_second": after,
+            **measured.redis_figures(),
         },
         args.json,
     )

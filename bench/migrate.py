@@ -11,7 +11,13 @@ PostgreSQL tables:
 - service: the ranges are uploaded as a `record.migrate` batch and watched to the end,
   `--workers` worker processes of `--concurrency` each.
 
-Both tables end with N rows and the same checksum, or the run fails.
+Both tables end with N rows and the same checksum, or the run fails. Beside the
+service's rows/s and items/s, Redis commands per item (INFO commandstats delta from the
+upload to the terminal snapshot) and memory per pending item (the growth of Redis's
+stored bytes, `bench.service.redis_stored_bytes`, over a second upload of the same
+ranges while the workers are paused, divided by the items; that batch is then cancelled,
+none of its ranges copied). An item is a range of `--rows-per-item` rows: these figures
+are per range, not per row.
 
     .venv/bin/python -m bench.migrate --rows 1000000   # a full run
     .venv/bin/python -m bench.migrate --rows 20000 --rows-per-item 2000   # a small one
@@ -40,7 +46,14 @@ from batchd.worker.handlers.migrate import record_migrate_handler
 from batchd.worker.handlers.migrate_checksum import combine
 from batchd.worker.handlers.migrate_plan import custom_id, key_column, plan_ranges
 from batchd.worker.handlers.migrate_sql import reflect
-from bench.service import report, running_service, upload_and_watch, wait_for_handler
+from bench.service import (
+    Measured,
+    Service,
+    report,
+    running_service,
+    upload_and_measure,
+    wait_for_handler,
+)
 
 COLUMNS = "id BIGINT PRIMARY KEY, name VARCHAR(64) NOT NULL, amount DECIMAL(12,2) NOT NULL, "
 MARIADB_TABLE = COLUMNS + "created DATETIME NOT NULL, note TEXT"
@@ -123,10 +136,12 @@ async def bare_copy(items: Sequence[Item], databases: str, concurrency: int) -> 
     return time.perf_counter() - started, combine(checksums)
 
 
-async def service_copy(port: int, items: Sequence[Item], workers: int) -> float:
-    async with AsyncClient(f"127.0.0.1:{port}") as client:
+async def service_copy(service: Service, items: Sequence[Item], workers: int) -> Measured:
+    async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "record.migrate", workers)
-        return await upload_and_watch(client, "record.migrate", iter(items), len(items))
+        return await upload_and_measure(
+            client, service, "record.migrate", lambda: iter(items), len(items)
+        )
 
 
 async def table_state(destination: AsyncEngine, name: str) -> tuple[int, str]:
@@ -153,7 +168,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),
             }
             with running_service(workers=args.workers, env=env) as service:
-                seconds = await service_copy(service.port, items, args.workers)
+                measured = await service_copy(service, items, args.workers)
             bare_state = await table_state(destination, "people_bare")
             service_state = await table_state(destination, "people")
             if not (bare_state == service_state and bare_state[0] == args.rows):
@@ -161,6 +176,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         finally:
             await source.dispose()
             await destination.dispose()
+    seconds = measured.seconds
     return {
         "rows": args.rows,
         "items": len(items),
@@ -171,6 +187,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         "bare_rows_per_second": args.rows / bare_seconds,
         "bare_items_per_second": len(items) / bare_seconds,
         "ratio_to_bare": bare_seconds / seconds,
+        **measured.redis_figures(),
     }
 
 

@@ -4,8 +4,10 @@ Figures:
 - batchd: UploadBatch of N `noop` items to the terminal WatchProgress snapshot (items/s),
   Redis commands per item (INFO commandstats delta over that run, the client's watch
   and the worker's heartbeats included; and at steady state, from the end of the upload
-  to 90% done, with that window's items/s) and Redis memory per pending item (used_memory
-  delta after an upload of N items while the worker is paused, divided by N);
+  to 90% done, with that window's items/s) and Redis memory per pending item (the
+  growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
+  upload of N items while the worker is paused, divided by N; that batch is then
+  cancelled): `bench.upload_noop.measure`;
 - ceiling: an in-process loop decoding the same msgpack chunk bytes batchd stores
   (`encode_chunk`/`decode_chunk`), parsing each item's params JSON and awaiting the same
   `noop` handler function, as the worker does per item, without Redis or gRPC;
@@ -32,42 +34,16 @@ import structlog
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
-from redis.asyncio import Redis
 
-from batchd.client import AsyncClient
 from batchd.core.codec import decode_chunk, encode_chunk
 from batchd.core.domain import NewItem
 from batchd.core.embedded_redis import EmbeddedRedis
 from batchd.worker.handler import ItemContext
 from batchd.worker.handlers import noop_handler
-from bench.service import paused, redis_commands, report, running_service
-from bench.upload_noop import items
-from bench.upload_noop import run as run_upload
+from bench.service import report, running_service
+from bench.upload_noop import items, measure
 
 ARQ_CONCURRENCY = 100  # batchd's default BATCHD_WORKER_CONCURRENCY
-
-
-async def batchd_figures(
-    count: int, chunk_size: int, port: int, redis_url: str, worker_pids: tuple[int, ...]
-) -> dict[str, float]:
-    redis = Redis.from_url(redis_url)
-    try:
-        before = redis_commands(redis_url)
-        figures = await run_upload(count, chunk_size, port, redis_url)
-        figures["redis_commands_per_item"] = (redis_commands(redis_url) - before) / count
-        # Memory of pending items: a second upload that no worker takes.
-        async with AsyncClient(f"127.0.0.1:{port}") as client:
-            with paused(worker_pids):
-                used = int((await redis.info("memory"))["used_memory"])
-                pending = await client.upload(
-                    "noop", items(count), options={"chunk_size": chunk_size}
-                )
-                grown = int((await redis.info("memory"))["used_memory"]) - used
-                await client.cancel(pending.batch.batch_id)
-        figures["redis_bytes_per_pending_item"] = grown / count
-    finally:
-        await redis.aclose()
-    return figures
 
 
 def stored_chunks(count: int, chunk_size: int) -> list[bytes]:
@@ -135,11 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     with running_service() as service:
-        figures = asyncio.run(
-            batchd_figures(
-                args.items, args.chunk_size, service.port, service.redis_url, service.worker_pids
-            )
-        )
+        figures = asyncio.run(measure(service, args.items, args.chunk_size))
     chunks = stored_chunks(args.items, args.chunk_size)
     figures["ceiling_items_per_second"] = asyncio.run(ceiling(chunks))
     figures.update(asyncio.run(arq_figures(args.arq_jobs)))

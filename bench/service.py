@@ -1,5 +1,6 @@
 """What every benchmark scenario shares: the service in subprocesses on a private Redis,
-the wait for its workers, and the printed and JSON figures."""
+the wait for its workers, the Redis figures every scenario reports beside its own
+(commands per item, memory per pending item), and the printed and JSON figures."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import Redis as SyncRedis
 
-from batchd.client import AsyncClient, BatchState
+from batchd.client import AsyncClient, BatchState, ItemLike
 from batchd.core.embedded_redis import EmbeddedRedis, free_port
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,15 +107,54 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def redis_commands(url: str) -> int:
-    """Commands the Redis at `url` has run so far (INFO commandstats), for per-item figures."""
+def _redis_info(url: str, section: str) -> dict[str, Any]:
     client = SyncRedis.from_url(url)
     try:
         # redis-py types replies as "Awaitable or not"; the sync client's is a dict.
-        stats: dict[str, dict[str, Any]] = client.info("commandstats")  # type: ignore[assignment]
+        info: dict[str, Any] = client.info(section)  # type: ignore[assignment]
     finally:
         client.close()
+    return info
+
+
+def redis_commands(url: str) -> int:
+    """Commands the Redis at `url` has run so far (INFO commandstats), for per-item figures."""
+    stats: dict[str, dict[str, Any]] = _redis_info(url, "commandstats")
     return sum(int(value["calls"]) for value in stats.values())
+
+
+def redis_stored_bytes(url: str) -> int:
+    """Bytes the Redis at `url` holds for what it stores: INFO memory's `used_memory` less
+    the clients' and the AOF buffers, which come and go with the traffic (a connection's
+    query buffer grows and shrinks 16 KiB at a time), not with the data."""
+    info = _redis_info(url, "memory")
+    buffers = int(info.get("mem_clients_normal", 0)) + int(info.get("mem_aof_buffer", 0))
+    return int(info["used_memory"]) - buffers
+
+
+async def redis_memory_growth(url: str, upload: Awaitable[T]) -> tuple[T, int]:
+    """Awaits `upload` (the caller holds every worker `paused`, so that no item is taken):
+    its result and how many bytes `redis_stored_bytes` grew meanwhile. The one way the
+    scenarios measure Redis memory per pending item: this growth divided by the items.
+    Small runs read high (a fresh Redis's first batch, the keyspace's table doubling):
+    compare full runs."""
+    before = redis_stored_bytes(url)
+    result = await upload
+    return result, redis_stored_bytes(url) - before
+
+
+async def redis_bytes_per_pending_item(
+    client: AsyncClient, service: Service, handler: str, items: Iterable[ItemLike],
+    count: int, options: Mapping[str, object] | None = None,
+) -> float:  # fmt: skip
+    """Redis memory per pending item, for a scenario whose own run leaves none pending: an
+    upload of `count` items while every worker is paused (`redis_memory_growth`), then
+    cancelled, so that none of them ever runs (a cancelled chunk is never claimed)."""
+    with paused(service.worker_pids):
+        upload = client.upload(handler, items, options=dict(options or {}))
+        result, grown = await redis_memory_growth(service.redis_url, upload)
+        await client.cancel(result.batch.batch_id)
+    return grown / count
 
 
 def report(figures: dict[str, float], json_path: Path | None) -> None:
@@ -124,7 +166,7 @@ def report(figures: dict[str, float], json_path: Path | None) -> None:
 
 
 async def upload_and_watch(
-    client: AsyncClient, handler: str, items: Iterable[tuple[str, dict[str, object]]],
+    client: AsyncClient, handler: str, items: Iterable[ItemLike],
     count: int, options: Mapping[str, object] | None = None,
 ) -> float:  # fmt: skip
     """Uploads a batch and watches it to its terminal snapshot: the seconds it took.
@@ -138,3 +180,35 @@ async def upload_and_watch(
     if last is None or last.state != BatchState.COMPLETED or last.counts.succeeded != count:
         raise RuntimeError(f"the batch did not complete cleanly: {last}")
     return elapsed
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One scenario's batch through the service, and the Redis figures beside it."""
+
+    seconds: float  # upload to terminal snapshot
+    items_per_second: float
+    redis_commands_per_item: float
+    redis_bytes_per_pending_item: float
+
+    def redis_figures(self) -> dict[str, float]:
+        return {
+            "redis_commands_per_item": self.redis_commands_per_item,
+            "redis_bytes_per_pending_item": self.redis_bytes_per_pending_item,
+        }
+
+
+async def upload_and_measure(
+    client: AsyncClient, service: Service, handler: str,
+    items: Callable[[], Iterable[ItemLike]], count: int,
+    options: Mapping[str, object] | None = None,
+) -> Measured:  # fmt: skip
+    """`upload_and_watch` of `items()` with Redis commands per item over it (INFO
+    commandstats: the upload, the workers, the client's watch and the heartbeats), then
+    Redis memory per pending item on a second upload of `items()` that no worker takes
+    (`redis_bytes_per_pending_item`)."""
+    before = redis_commands(service.redis_url)
+    seconds = await upload_and_watch(client, handler, items(), count, options)
+    commands = redis_commands(service.redis_url) - before
+    pending = await redis_bytes_per_pending_item(client, service, handler, items(), count, options)
+    return Measured(seconds, count / seconds, commands / count, pending)

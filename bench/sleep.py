@@ -2,10 +2,14 @@
 
 One worker process with BATCHD_WORKER_CONCURRENCY=500 runs N items of `sleep`
 (`{"seconds": 0.01}`), uploaded and watched to the terminal snapshot. The ideal is
-concurrency ÷ latency (500 ÷ 0.01 s = 50,000 items/s): a worker that kept every slot busy
-with no overhead of its own. Beside it, measured in the same run: a bare asyncio loop (no
-Redis, no gRPC) with as many coroutines each awaiting the same `sleep` handler for N
-items: what one Python process's event loop manages on this machine, the real ceiling.
+concurrency ÷ latency (500 ÷ 0.01 s = 50,000 items/s): a worker that kept every slot
+busy with no overhead of its own. Beside it, measured in the same run: a bare asyncio
+loop (no Redis, no gRPC) with as many coroutines each awaiting the same `sleep` handler
+for N items: what one Python process's event loop manages on this machine, the real
+ceiling. Beside batchd's items/s, Redis commands per item (INFO commandstats delta from
+the upload to the terminal snapshot) and memory per pending item (the growth of Redis's
+stored bytes, `bench.service.redis_stored_bytes`, over a second upload of the same items
+while the worker is paused, divided by N; that batch is then cancelled).
 
     .venv/bin/python -m bench.sleep --items 500000   # a full run
 """
@@ -23,10 +27,11 @@ from batchd.core.logs import get_logger
 from batchd.worker.handler import ItemContext
 from batchd.worker.handlers import sleep_handler
 from bench.service import (
-    redis_commands,
+    Measured,
+    Service,
     report,
     running_service,
-    upload_and_watch,
+    upload_and_measure,
     wait_for_handler,
 )
 
@@ -36,12 +41,13 @@ def items(count: int, seconds: float) -> Iterator[tuple[str, dict[str, object]]]
         yield f"item-{i}", {"seconds": seconds}
 
 
-async def run(count: int, seconds: float, port: int, chunk_size: int) -> float:
+async def run(count: int, seconds: float, service: Service, chunk_size: int) -> Measured:
     options = {"chunk_size": chunk_size} if chunk_size else {}
-    async with AsyncClient(f"127.0.0.1:{port}") as client:
+    async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "sleep")
-        elapsed = await upload_and_watch(client, "sleep", items(count, seconds), count, options)
-        return count / elapsed
+        return await upload_and_measure(
+            client, service, "sleep", lambda: items(count, seconds), count, options
+        )
 
 
 async def bare_loop(count: int, seconds: float, concurrency: int) -> float:
@@ -73,9 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
     with running_service(env=env) as service:
-        before = redis_commands(service.redis_url)
-        rate = asyncio.run(run(args.items, args.seconds, service.port, args.chunk_size))
-        commands = redis_commands(service.redis_url) - before
+        measured = asyncio.run(run(args.items, args.seconds, service, args.chunk_size))
+    rate = measured.items_per_second
     bare = asyncio.run(bare_loop(args.items, args.seconds, args.concurrency))
     ideal = args.concurrency / args.seconds
     report(
@@ -88,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "bare_loop_items_per_second": bare,
             "bare_loop_ratio_to_ideal": bare / ideal,
             "ratio_to_bare_loop": rate / bare,
-            "redis_commands_per_item": commands / args.items,
+            **measured.redis_figures(),
         },
         args.json,
     )

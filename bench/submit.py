@@ -3,10 +3,14 @@ with params_json, and UploadBatch; the server's peak RSS for the uploads.
 
 Items are built as `batchd.v1.Item` messages before the clock starts, so the figures are
 the server's (and the wire's), not the client's conversion. Messages go one at a time;
-the worker is paused meanwhile, so that it takes no CPU from the server, and given a long
-BATCHD_WORKER_TTL so that the server still sees the `noop` handler as served. The
+the worker is paused meanwhile, so that it takes no CPU from the server, and given a
+long BATCHD_WORKER_TTL so that the server still sees the `noop` handler as served. The
 server's peak RSS (VmHWM) is read before anything is sent and after the uploads, which
-come first.
+come first. Redis: commands per item accepted (INFO commandstats delta over the uploads
+and the submits, divided by all their items: with the worker paused, the server's own
+work) and memory per pending item (the growth of Redis's stored bytes,
+`bench.service.redis_stored_bytes`, over the UploadBatch, whose items no worker takes,
+divided by its items).
 
     .venv/bin/python -m bench.submit --items 1000000 --upload-items 2000000   # a full run
 """
@@ -23,7 +27,16 @@ from google.protobuf import struct_pb2
 
 from batchd.client import AsyncClient
 from batchd.v1 import batch_pb2
-from bench.service import Service, paused, peak_rss_mib, report, running_service, wait_for_handler
+from bench.service import (
+    Service,
+    paused,
+    peak_rss_mib,
+    redis_commands,
+    redis_memory_growth,
+    report,
+    running_service,
+    wait_for_handler,
+)
 
 
 def build_items(count: int, struct: bool) -> list[batch_pb2.Item]:
@@ -58,12 +71,14 @@ async def run(args: argparse.Namespace, service: Service) -> dict[str, float]:
     uploads = build_items(args.upload_items, struct=False)
     as_json = build_items(args.items, struct=False)
     as_struct = build_items(args.items, struct=True)
-    pid = service.server_pid
+    pid, url = service.server_pid, service.redis_url
     async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "noop")
         with paused(service.worker_pids):  # only once it has published its handlers
             figures["server_idle_peak_rss_mib"] = peak_rss_mib(pid)
-            figures["upload_items_per_second"] = await upload_rate(client, uploads)
+            before = redis_commands(url)
+            rate, grown = await redis_memory_growth(url, upload_rate(client, uploads))
+            figures["upload_items_per_second"] = rate
             figures["server_peak_rss_mib"] = peak_rss_mib(pid)
             figures["submit_json_items_per_second"] = await submit_rate(
                 client, as_json, args.per_message
@@ -71,6 +86,10 @@ async def run(args: argparse.Namespace, service: Service) -> dict[str, float]:
             figures["submit_struct_items_per_second"] = await submit_rate(
                 client, as_struct, args.per_message
             )
+            commands = redis_commands(url) - before
+    accepted = len(uploads) + len(as_json) + len(as_struct)
+    figures["redis_commands_per_item"] = commands / accepted
+    figures["redis_bytes_per_pending_item"] = grown / len(uploads)
     return figures
 
 

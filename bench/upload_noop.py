@@ -2,7 +2,12 @@
 
 Starts a private Valkey (AOF on, as the embedded default), `batchd-server` and
 `batchd-worker` as subprocesses, streams the items through the Python client, watches to
-the terminal snapshot and reports the wall time, items/s and the server's peak RSS.
+the terminal snapshot and reports the wall time, items/s (also at steady state: from the
+end of the upload to 90% done), the server's and the worker's peak RSS, and Redis:
+commands per item (INFO commandstats delta over the run, the client's watch and the
+worker's heartbeats included; and at steady state) and memory per pending item (the
+growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second upload
+of N items while the worker is paused, divided by N; that batch is then cancelled).
 
     .venv/bin/python -m bench.upload_noop --items 1000000
 """
@@ -16,7 +21,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from batchd.client import AsyncClient, BatchState
-from bench.service import peak_rss_mib, redis_commands, report, running_service, wait_for_handler
+from bench.service import (
+    Service,
+    peak_rss_mib,
+    redis_bytes_per_pending_item,
+    redis_commands,
+    report,
+    running_service,
+    wait_for_handler,
+)
 
 
 def items(count: int) -> Iterator[tuple[str, dict[str, object]]]:
@@ -58,6 +71,24 @@ async def run(
     return figures
 
 
+async def pending_bytes(service: Service, count: int, chunk_size: int) -> float:
+    """Redis memory per pending `noop` item (`redis_bytes_per_pending_item`)."""
+    async with AsyncClient(service.target) as client:
+        options = {"chunk_size": chunk_size}
+        return await redis_bytes_per_pending_item(
+            client, service, "noop", items(count), count, options
+        )
+
+
+async def measure(service: Service, count: int, chunk_size: int) -> dict[str, float]:
+    """`run`, with Redis commands per item over it and memory per pending item."""
+    before = redis_commands(service.redis_url)
+    figures = await run(count, chunk_size, service.port, service.redis_url)
+    figures["redis_commands_per_item"] = (redis_commands(service.redis_url) - before) / count
+    figures["redis_bytes_per_pending_item"] = await pending_bytes(service, count, chunk_size)
+    return figures
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -65,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     with running_service() as service:
-        figures = asyncio.run(run(args.items, args.chunk_size, service.port))
+        figures = asyncio.run(measure(service, args.items, args.chunk_size))
         figures["server_peak_rss_mib"] = peak_rss_mib(service.server_pid)
         figures["worker_peak_rss_mib"] = peak_rss_mib(service.worker_pid)
     report(figures, args.json)

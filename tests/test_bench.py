@@ -1,5 +1,6 @@
 """A small run of each benchmark scenario, so that the suite keeps the benchmarks working:
-each writes its figures as JSON, and every figure must be there and positive."""
+each writes its figures as JSON, and every figure must be there and positive — Redis
+commands per item and Redis memory per pending item in every scenario."""
 
 from __future__ import annotations
 
@@ -24,15 +25,20 @@ def run_bench(tmp_path: Path, module: str, *flags: str) -> dict[str, float]:
     return result
 
 
+REDIS = ("redis_commands_per_item", "redis_bytes_per_pending_item")
+
+
 def assert_positive(figures: dict[str, float], *names: str) -> None:
     for name in names:
+        assert name in figures, name
+        assert isinstance(figures[name], int | float), name
         assert figures[name] > 0, name
 
 
 def test_upload_noop_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "upload_noop", "--items", "3000")
     assert result["items"] == 3000
-    assert_positive(result, "items_per_second", "server_peak_rss_mib")
+    assert_positive(result, "items_per_second", "server_peak_rss_mib", *REDIS)
 
 
 def test_noop_small(tmp_path: Path) -> None:
@@ -44,8 +50,7 @@ def test_noop_small(tmp_path: Path) -> None:
         "arq_jobs_per_second",
         "ratio_to_ceiling",
         "ratio_to_arq",
-        "redis_commands_per_item",
-        "redis_bytes_per_pending_item",
+        *REDIS,
     )
 
 
@@ -57,7 +62,7 @@ def test_sleep_small(tmp_path: Path) -> None:
         "ideal_items_per_second",
         "ratio_to_ideal",
         "bare_loop_items_per_second",
-        "redis_commands_per_item",
+        *REDIS,
     )
 
 
@@ -68,7 +73,7 @@ def test_http_small(tmp_path: Path) -> None:
         "items_per_second",
         "bare_aiohttp_requests_per_second",
         "ratio_to_bare",
-        "redis_commands_per_item",
+        *REDIS,
     )
 
 
@@ -83,6 +88,7 @@ def test_submit_small(tmp_path: Path) -> None:
         "submit_struct_items_per_second",
         "server_peak_rss_mib",
         "struct_ratio_to_json",
+        *REDIS,
     )
 
 
@@ -90,7 +96,7 @@ def test_watchers_small(tmp_path: Path) -> None:
     result = run_bench(
         tmp_path, "watchers", "--watchers", "50", "--channels", "2", "--items", "2000"
     )
-    assert_positive(result, "watchers")
+    assert_positive(result, "watchers", "redis_commands_per_item_one_watcher", *REDIS)
     # CPU time comes in 10 ms ticks: a tiny run may read 0 without anything being wrong.
     assert result["server_cpu_seconds"] >= 0
     assert "cpu_ratio_to_one_watcher" in result
@@ -100,25 +106,44 @@ def test_watchers_small(tmp_path: Path) -> None:
 def test_scaling_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "scaling", "--items", "2000", "--workers", "1", "2")
     assert_positive(
-        result, "workers_1_items_per_second", "workers_2_items_per_second", "workers_2_ratio_to_1"
+        result,
+        "workers_1_items_per_second",
+        "workers_2_items_per_second",
+        "workers_2_ratio_to_1",
+        "workers_1_redis_commands_per_item",
+        "workers_2_redis_commands_per_item",
+        "redis_bytes_per_pending_item",
     )
 
 
 def test_email_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "email", "--items", "300")
     assert_positive(
-        result, "items_per_second", "bare_aiosmtplib_messages_per_second", "ratio_to_bare"
+        result, "items_per_second", "bare_aiosmtplib_messages_per_second", "ratio_to_bare", *REDIS
     )
 
 
 def test_migrate_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "migrate", "--rows", "5000", "--rows-per-item", "1000")
     assert_positive(
-        result, "rows_per_second", "items_per_second", "bare_rows_per_second", "ratio_to_bare"
+        result,
+        "rows_per_second",
+        "items_per_second",
+        "bare_rows_per_second",
+        "ratio_to_bare",
+        *REDIS,
     )
 
 
 def test_image_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "image", "--images", "200")
     assert result["images"] == 200
-    assert_positive(result, "items_per_second", "bare_pool_images_per_second", "ratio_to_bare")
+    assert_positive(
+        result, "items_per_second", "bare_pool_images_per_second", "ratio_to_bare", *REDIS
+    )
+
+
+def test_fairness_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "fairness", "--items", "20000")
+    assert result["big_items"] == 20000
+    assert_positive(result, "small_latency_seconds", *REDIS)
