@@ -28,6 +28,10 @@ from batchd.core.domain import (
 )
 from batchd.core.errors import InvalidRequest
 
+# msgpack.packb builds a Packer per call; a worker packs an outcome per item: one,
+# reused (it resets itself after each pack, and after an error).
+_pack_bin = msgpack.Packer(use_bin_type=True).pack
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -63,8 +67,8 @@ def decode_chunk(raw: bytes) -> list[tuple[str, bytes]]:
 
 def encode_outcome(outcome: ItemOutcome) -> bytes:
     """msgpack `[state, attempts, start_ms, end_ms, output_json|nil, error_code, error_message]`."""
-    packed: bytes = msgpack.packb(
-        [
+    packed: bytes = _pack_bin(
+        (
             int(outcome.state),
             outcome.attempts,
             to_ms(outcome.start_time),
@@ -72,8 +76,7 @@ def encode_outcome(outcome: ItemOutcome) -> bytes:
             outcome.output_json,
             outcome.error_code,
             outcome.error_message,
-        ],
-        use_bin_type=True,
+        )
     )
     return packed
 
@@ -81,9 +84,8 @@ def encode_outcome(outcome: ItemOutcome) -> bytes:
 def encode_attempt(outcome: ItemOutcome) -> bytes:
     """An item's last failed attempt, while it waits for another (the `attempts` hash):
     msgpack `[attempts, error_code, error_message, due_ms]`."""
-    packed: bytes = msgpack.packb(
-        [outcome.attempts, outcome.error_code, outcome.error_message, to_ms(outcome.retry_at)],
-        use_bin_type=True,
+    packed: bytes = _pack_bin(
+        (outcome.attempts, outcome.error_code, outcome.error_message, to_ms(outcome.retry_at))
     )
     return packed
 

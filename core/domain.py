@@ -160,11 +160,14 @@ class BatchSpec:
     request_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ItemOutcome:
     """The outcome of one attempt of an item, as a worker records it: terminal, or — with
     `retry_at` set and state PENDING — a failed attempt to be retried at that time (the
-    error fields then carry the attempt's error)."""
+    error fields then carry the attempt's error).
+
+    Not frozen, unlike the other values here (treat it as if it were): a worker makes one
+    per item, and a frozen dataclass cost five times as much to build."""
 
     index: int  # position in the batch, from 0
     state: ItemState

@@ -162,6 +162,14 @@ class _ChunkRun:
         # Items not started yet (consumers never wait on it: a plain deque).
         self.queue: deque[Item] = deque()
         self.recorder = Recorder(runtime.store, claimed, runtime.settings, self.log)
+        # Consumers, started as needed up to _pool_size: a handler that never waits
+        # needs one or two, and a pool of 500 tasks per chunk cost a no-op chunk run
+        # more than its items did. `_idle` counts those not running an item.
+        self._consumers: asyncio.TaskGroup | None = None
+        self._pool_size = 0
+        self._started = 0
+        self._idle = 0
+        self._running = 0  # items started and not ended
         self.gate = FlowGate(
             runtime.store,
             claimed,
@@ -179,13 +187,14 @@ class _ChunkRun:
         if claimed.options.max_concurrent > 0:  # more consumers could only wait for slots
             pool = min(pool, claimed.options.max_concurrent)
         self.log.info(
-            "chunk_started", handler=claimed.handler, items=len(claimed.items), consumers=pool
+            "chunk_started", handler=claimed.handler, items=len(claimed.items), max_consumers=pool
         )
         self.recorder.start()
+        self._pool_size = pool
         try:
             async with asyncio.TaskGroup() as consumers:
-                for n in range(pool):
-                    consumers.create_task(self._consume(), name=f"consumer {n}")
+                self._consumers = consumers
+                self._spawn(1)  # grows as its items wait (`_grow`)
         except BaseException:
             # Cancelled (the worker is stopping) or broken: record what is done and hand
             # the rest back, items cut short in flight included (they run again).
@@ -220,43 +229,70 @@ class _ChunkRun:
         return not (self.lease.lost.is_set() or self.recorder.lost or self.recorder.gone)
 
     # -- consumers -------------------------------------------------------------------
+    def _spawn(self, count: int) -> None:
+        assert self._consumers is not None
+        for _ in range(min(count, self._pool_size - self._started)):
+            self._started += 1
+            self._idle += 1
+            self._consumers.create_task(self._consume(), name=f"consumer {self._started}")
+
+    def _grow(self) -> None:
+        """Called as a consumer starts an item: while every consumer runs one, items wait
+        and worker slots are free, doubles the consumers (up to the free slots: a
+        500-slot worker fills them in 9 steps)."""
+        if self._idle == 0 and self.queue:
+            self._spawn(min(self._started, self.runtime.slots.free))
+
     async def _consume(self) -> None:
         since_yield = 0
-        while await self._may_start():
+        while True:
+            # A handler that never awaits would otherwise starve flushes and renewals;
+            # yielding after every item would cost such handlers half their speed.
+            if since_yield >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                since_yield = 0
+            if not await self._may_start():
+                break
             item = self.queue.popleft()
-            # Flow limits (batchd.worker.flow), then the worker-wide slot.
-            admission = await self.gate.admit(item, self._halted)
-            if admission is None or self._halted():
-                if admission is not None:
-                    await self.gate.done(admission)
-                self.queue.appendleft(item)  # not started: back for the next look
-                continue  # things changed while waiting for a slot: look again
+            admission = self.gate.admit_now(item)
+            if admission is None:
+                if self.gate.flow_limited(item):
+                    # All of the pool waits: how many wait is what one Redis call for
+                    # permits or slots asks for.
+                    self._spawn(self._pool_size)
+                # Flow limits (batchd.worker.flow), then the worker-wide slot.
+                admission = await self.gate.admit(item, self._halted)
+                if admission is None or self._halted():
+                    if admission is not None:
+                        await self.gate.done(admission)
+                    self.queue.appendleft(item)  # not started: back for the next look
+                    continue  # things changed while waiting for a slot: look again
+            self._idle -= 1
+            self._running += 1
+            self._grow()
             try:
                 outcome = await run_item(
                     self.handler, self.claimed, item, self.log, on_slow_down=admission.slow_down
                 )
             finally:
-                await self.gate.done(admission)
-            self.recorder.add_one(outcome)
-            # A handler that never awaits would otherwise starve flushes and renewals;
-            # yielding after every item would cost such handlers half their speed.
+                self._idle += 1
+                self._running -= 1
+                if self.gate.slots is None:
+                    self.gate.done_now(admission)
+                else:
+                    await self.gate.done(admission)
+            self.recorder.add_one(outcome, last=not self._running and not self.queue)
             since_yield += 1
-            if since_yield >= YIELD_EVERY:
-                await asyncio.sleep(0)
-                since_yield = 0
+        self._idle -= 1
 
     def _stops_starting(self, holding: bool = False) -> bool:
         """`holding`: asked by a consumer holding an item it took out of the queue."""
         return (
-            self.recorder.cancelling
-            or self.recorder.paused
-            or not self._ours()
+            self.recorder.stops_starting
+            or self.lease.lost.is_set()
             or self.runtime.draining.is_set()
             or (not self.queue and not holding)
         )
-
-    def _can_start_now(self) -> bool:
-        return not self._stops_starting() and self.lease.live
 
     def _halted(self) -> bool:
         """A consumer's item, taken out of the queue, may not start now."""

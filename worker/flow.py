@@ -22,14 +22,13 @@ chunk stops starting items (`halted`), and the item goes back to the queue.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import structlog
 
+from batchd.core import fastjson
 from batchd.core.domain import ClaimedChunk
 from batchd.core.flow import Bucket, buckets_for
 from batchd.core.store import BatchStore
@@ -61,12 +60,14 @@ HALT_CHECK = 0.1
 Halted = Callable[[], bool]
 
 
-@dataclass
 class Admission:
     """An admitted item's start: tell `slow_down` of a SlowDown it met."""
 
-    permits: _Permits
-    slowed: bool = False
+    __slots__ = ("permits", "slowed")
+
+    def __init__(self, permits: _Permits) -> None:
+        self.permits = permits
+        self.slowed = False
 
     async def slow_down(self, exc: SlowDown, started: float) -> None:
         self.slowed = True
@@ -125,6 +126,22 @@ class FlowGate:
         self._turn = asyncio.Lock()
         self._turn_over = asyncio.Event()  # set (and replaced) when a turn ends
 
+    def admit_now(self, item: Item) -> Admission | None:
+        """`admit` without waiting, for the usual case: no max_concurrent, a permit at
+        hand and a worker slot free. None: nothing is held; call `admit`."""
+        if self.slots is not None or self.worker_slots.locked():
+            return None
+        permits = self._permits_for(item)
+        if not permits.take_now():
+            return None
+        self.worker_slots.try_acquire()  # free: checked above, and nothing ran since
+        return Admission(permits)
+
+    def flow_limited(self, item: Item) -> bool:
+        """A start of `item` waits for a max_concurrent slot or a rate permit (more than
+        for a worker slot)."""
+        return self.slots is not None or not self._permits_for(item).at_hand()
+
     async def admit(self, item: Item, halted: Halted) -> Admission | None:
         """What `item` needs to run, held until `done`; None if the chunk halted first
         (then nothing is held, and the caller puts the item back)."""
@@ -145,11 +162,15 @@ class FlowGate:
 
     async def done(self, admission: Admission) -> None:
         """The admitted item ended: gives back what `admit` took."""
+        self.done_now(admission)
+        if self.slots is not None:
+            await self.slots.release()
+
+    def done_now(self, admission: Admission) -> None:
+        """`done` without its wait: all of it unless the run holds max_concurrent slots."""
         self.worker_slots.release()
         if not admission.slowed:
             admission.permits.ok += 1
-        if self.slots is not None:
-            await self.slots.release()
 
     async def _worker_slot_and_permit(self, permits: _Permits, halted: Halted) -> bool:
         permits.waiting += 1  # what the next take asks for: every consumer ready to start
@@ -209,7 +230,7 @@ class FlowGate:
         if self.claimed.options.rate_limit_key:
             return None  # the batch's own key wins
         try:
-            return self.handler.rate_key(json.loads(item[2]))
+            return self.handler.rate_key(fastjson.loads(item[2]))
         except Exception:  # a bad key function or params: no key, the item still runs
             return None
 

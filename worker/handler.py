@@ -108,20 +108,72 @@ class SlowDown(RetryableError):
     default_code = Code.RESOURCE_EXHAUSTED
 
 
-@dataclass(frozen=True)
 class ItemContext:
-    """What a handler knows about the item it runs, besides its params."""
+    """What a handler knows about the item it runs, besides its params.
 
-    batch_id: str
-    custom_id: str
-    attempt: int  # 1 for the first attempt
-    # Bound with batch_id and custom_id. Never log params or outputs with it.
-    logger: structlog.typing.FilteringBoundLogger = field(repr=False, compare=False)
+    `batch_id`, `custom_id`, `attempt` (1 for the first) and `logger`, read-only. A plain
+    class with slots rather than a frozen dataclass, and a logger bound only when a
+    handler first uses it: a worker makes one per item, and both showed in its profile.
+    """
+
+    __slots__ = ("_attempt", "_batch_id", "_custom_id", "_logger", "_parent_logger")
+
+    def __init__(
+        self,
+        batch_id: str,
+        custom_id: str,
+        attempt: int,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        """`logger` is used as it is; see `for_item` for one bound on first use."""
+        self._batch_id = batch_id
+        self._custom_id = custom_id
+        self._attempt = attempt
+        self._logger: structlog.typing.FilteringBoundLogger | None = logger
+        self._parent_logger = logger
+
+    @classmethod
+    def for_item(
+        cls,
+        batch_id: str,
+        custom_id: str,
+        attempt: int,
+        parent_logger: structlog.typing.FilteringBoundLogger,
+    ) -> ItemContext:
+        """A context whose `logger` is `parent_logger` bound with custom_id when first read."""
+        ctx = cls(batch_id, custom_id, attempt, parent_logger)
+        ctx._logger = None
+        return ctx
+
+    @property
+    def batch_id(self) -> str:
+        return self._batch_id
+
+    @property
+    def custom_id(self) -> str:
+        return self._custom_id
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    @property
+    def logger(self) -> structlog.typing.FilteringBoundLogger:
+        """Bound with batch_id and custom_id. Never log params or outputs with it."""
+        if self._logger is None:
+            self._logger = self._parent_logger.bind(custom_id=self._custom_id)
+        return self._logger
 
     @property
     def idempotency_key(self) -> str:
         """Stable across attempts and workers: pass it on to APIs that deduplicate."""
-        return f"{self.batch_id}/{self.custom_id}"
+        return f"{self._batch_id}/{self._custom_id}"
+
+    def __repr__(self) -> str:
+        return (
+            f"ItemContext(batch_id={self._batch_id!r}, custom_id={self._custom_id!r}, "
+            f"attempt={self._attempt})"
+        )
 
 
 @dataclass(frozen=True)

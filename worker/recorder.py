@@ -54,6 +54,9 @@ class Recorder:
         self.batch_state: BatchState | None = None
         self.lost = False  # a flush found the claim lost: its records counted, not its release
         self.gone = False  # the batch was deleted: nothing more to record
+        # What a chunk run looks at before every start, as one flag: the last flush said
+        # cancelling, cancelled or paused, the claim is lost or the batch gone.
+        self.stops_starting = False
         self._flush_now = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -73,16 +76,15 @@ class Recorder:
         self._task = asyncio.create_task(self._flusher(), name=name)
 
     def add(self, outcomes: Iterable[ItemOutcome]) -> None:
-        for outcome in outcomes:
-            self.buffer.append(outcome)
-            self.counts[outcome.state] += 1
+        self.buffer.extend(outcomes)
         if len(self.buffer) >= self.flush_items:
             self._flush_now.set()
 
-    def add_one(self, outcome: ItemOutcome) -> None:
+    def add_one(self, outcome: ItemOutcome, *, last: bool = False) -> None:
+        """`last`: the chunk run's last outcome; the release that follows carries the
+        buffer, so a full buffer does not cost a flush of its own."""
         self.buffer.append(outcome)
-        self.counts[outcome.state] += 1
-        if len(self.buffer) >= self.flush_items:
+        if len(self.buffer) >= self.flush_items and not last:
             self._flush_now.set()
 
     async def stop(self, *, release: bool) -> None:
@@ -135,7 +137,7 @@ class Recorder:
             except NotFound:
                 self.log.info("batch_gone", dropped=len(self.buffer))
                 self.buffer.clear()
-                self.gone = True
+                self.gone = self.stops_starting = True
                 return
             except REDIS_UNAVAILABLE as exc:
                 self._outage.failed(exc, outcomes=len(outcomes))
@@ -144,9 +146,11 @@ class Recorder:
             except Exception as exc:
                 raise FlushFailed(str(exc)) from exc
             del self.buffer[: len(outcomes)]  # what came in meanwhile stays
+            self.counts.update(outcome.state for outcome in outcomes)  # for the logs
             self._outage.recovered(outcomes=len(outcomes))
             self.batch_state = result.state
             if not result.held and not self.lost:
                 self.log.warning("claim_lost_at_flush")
                 self.lost = True
+            self.stops_starting = self.lost or self.cancelling or self.paused
             return

@@ -30,6 +30,13 @@ class SlotPool:
     def free(self) -> int:
         return self._free
 
+    def try_acquire(self) -> bool:
+        """A slot if one is free now (none is while anyone waits: releases hand over)."""
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self._free > 0:
             self._free -= 1

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchd.client import BatchdError, to_item
+from batchd.core import fastjson
 from batchd.core.codec import decode_handler, encode_handler
 from batchd.core.config import Settings
 from batchd.core.errors import FieldViolation, InvalidRequest
@@ -226,7 +227,7 @@ def _stored_output(output: object) -> dict[str, Any]:
     if not isinstance(output, Mapping):
         raise InvalidOutput(f"handler returned {type(output).__name__}, not a JSON object")
     try:
-        encoded = json.dumps(output, ensure_ascii=False, allow_nan=False)
+        encoded = fastjson.dumps(output)  # exactly as the worker encodes it
     except (TypeError, ValueError) as exc:
         raise InvalidOutput(f"handler output is not JSON: {exc}") from exc
     decoded: dict[str, Any] = json.loads(encoded)
