@@ -556,3 +556,52 @@ async def test_on_the_last_try_items_of_a_missing_handler_fail(
     items = await all_items(store, batch_id)
     assert {(i.state, i.error_code) for i in items} == {(ItemState.FAILED, Code.UNIMPLEMENTED)}
     assert items[0].error_message == "no worker serves handler 'test.absent'"
+
+
+async def test_a_chunk_of_slow_items_fills_every_worker_slot(redis: Redis, redis_url: str) -> None:
+    # Consumers are started as items wait, not all up front: they must still reach the
+    # worker's whole concurrency.
+    settings = settings_for(redis_url, worker_concurrency=200, worker_max_chunks=1)
+    store = store_for(redis, settings)
+    in_flight = 0
+    most_in_flight = 0
+    full = asyncio.Event()
+
+    async def probe(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        if in_flight == 200:
+            full.set()
+        await full.wait()
+        in_flight -= 1
+        return {}
+
+    batch_id = await submit(store, "test.probe", [{}] * 500, options=BatchOptions(chunk_size=500))
+    async with asyncio.timeout(30):
+        await run_burst(settings, [Handler(name="test.probe", run=probe)])
+    assert most_in_flight == 200
+    assert (await store.get_batch(batch_id)).counts.succeeded == 500
+
+
+async def test_items_that_never_wait_need_no_pool_of_consumers(
+    redis: Redis, redis_url: str
+) -> None:
+    # A 500-slot worker running a chunk of 1,000 handlers that never await: a task per
+    # slot would be 500 tasks created for nothing.
+    settings = settings_for(redis_url, worker_concurrency=500, worker_max_chunks=1)
+    store = store_for(redis, settings)
+    most_tasks = 0
+
+    async def instant(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        nonlocal most_tasks
+        most_tasks = max(most_tasks, len(asyncio.all_tasks()))
+        return {}
+
+    options = BatchOptions(chunk_size=1000)
+    batch_id = await submit(store, "test.instant", [{}] * 1000, options=options)
+    tasks_before = len(asyncio.all_tasks())
+    await run_burst(settings, [Handler(name="test.instant", run=instant)])
+    assert (await store.get_batch(batch_id)).counts.succeeded == 1000
+    # ARQ's task, the job's, a flusher, the worker's three, and a few consumers.
+    assert most_tasks - tasks_before <= 2 + 1 + 3 + 4
