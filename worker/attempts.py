@@ -64,8 +64,12 @@ async def run_item(
     start = time.time()
     # The item's logger is bound only if something logs (most items log nothing).
     ctx = ItemContext.for_item(claimed.batch_id, custom_id, attempt, log)
+    limit = claimed.options.item_timeout
     try:
-        output = await _attempt(handler, claimed.options.item_timeout, params, ctx)
+        if limit > 0:
+            output = await _attempt(handler, limit, params, ctx)
+        else:  # no deadline: one coroutine less per item
+            output = await handler.run(params, ctx)
     except RetryableError as exc:
         if isinstance(exc, SlowDown) and on_slow_down is not None:
             await on_slow_down(exc, start)
@@ -87,8 +91,6 @@ async def run_item(
 async def _attempt(
     handler: Handler, limit: float, params: Any, ctx: ItemContext
 ) -> Mapping[str, Any]:
-    if limit <= 0:
-        return await handler.run(params, ctx)
     deadline = asyncio.timeout(limit)
     try:
         async with deadline:

@@ -251,7 +251,7 @@ class _ChunkRun:
             if since_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0
-            if not await self._may_start():
+            if (self._stops_starting() or not self.lease.live) and not await self._may_start():
                 break
             item = self.queue.popleft()
             admission = self.gate.admit_now(item)
