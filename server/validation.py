@@ -16,6 +16,7 @@ from typing import Any
 
 import fastjsonschema
 
+from batchd.core import fastjson
 from batchd.core.domain import BatchOptions, HandlerSpec, NewItem
 from batchd.core.errors import FieldViolation, InvalidRequest
 from batchd.server import convert
@@ -202,7 +203,7 @@ def _params(
     params: Any
     if payload == "params_json":
         try:
-            params = json.loads(item.params_json)
+            params = fastjson.loads(item.params_json)
         except (ValueError, UnicodeDecodeError) as exc:
             violations.add(f"{field}.params_json", f"not valid JSON: {exc}")
             return None
