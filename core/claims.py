@@ -46,21 +46,28 @@ async def claim_chunk(
     scripts: Scripts,
     scope: BatchScope,
     batch_id: str,
-    chunk: int,
+    chunk: int | None,
     *,
     token: str,
     now_ms: int,
     lease_ttl: float,
 ) -> ClaimedChunk | None:
+    """`chunk` None: the batch's next chunk not yet dispatched (claim_chunk.lua)."""
     claimed = await scope.run(
         scripts.claim_chunk,
         batch_id,
         now_ms,
-        args=[chunk, token, now_ms + int(lease_ttl * 1000)],
+        args=[
+            -1 if chunk is None else chunk,
+            token,
+            now_ms + int(lease_ttl * 1000),
+            int(chunk is None),
+        ],
     )
     if claimed is None:
         return None
-    raw_items, handler, options, size, runnable, attempts = claimed
+    raw_items, handler, options, size, runnable, attempts, taken = claimed
+    chunk = int(taken)
     first = chunk * int(size)
     items = codec.decode_chunk(raw_items)
     tried = {

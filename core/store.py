@@ -241,6 +241,22 @@ class BatchStore:
             lease_ttl=lease_ttl,
         )
 
+    async def claim_next_chunk(self, batch_id: str, *, lease_ttl: float) -> ClaimedChunk | None:
+        """Claims the batch's next chunk not yet dispatched, as `claim_chunk` would once
+        its job ran, without the job (for a worker that just finished a quick chunk of
+        the batch, sparing the job's trip through ARQ). None when another batch has
+        jobs in the queue (they go first, in the queue's order), every chunk is
+        dispatched, or the batch is not RUNNING."""
+        return await claims.claim_chunk(
+            self._scripts,
+            self._scope,
+            batch_id,
+            None,
+            token=secrets.token_hex(8),
+            now_ms=self._now_ms(),
+            lease_ttl=lease_ttl,
+        )
+
     async def renew_leases(
         self, claims_held: Sequence[tuple[str, int, str]], ttl: float
     ) -> list[bool]:

@@ -123,6 +123,11 @@ class FlowGate:
         limit = claimed.options.max_concurrent
         self.slots = _Slots(store, claimed, limit, queued, log) if limit > 0 else None
         self._permits: dict[str | None, _Permits] = {}
+        # No item has a key of its own: every item takes the same permits, found once.
+        self._no_item_keys = (
+            handler is None or handler.rate_key is None or bool(claimed.options.rate_limit_key)
+        )
+        self._keyless: _Permits | None = None
         self._turn = asyncio.Lock()
         self._turn_over = asyncio.Event()  # set (and replaced) when a turn ends
 
@@ -213,6 +218,8 @@ class FlowGate:
                 self._turn_over = asyncio.Event()
 
     def _permits_for(self, item: Item) -> _Permits:
+        if self._keyless is not None:
+            return self._keyless
         key = self._item_key(item)
         permits = self._permits.get(key)
         if permits is None:
@@ -222,6 +229,8 @@ class FlowGate:
             optimistic = key is None and not any(b.rate for b in buckets)
             permits = self.pool.get(self.store, buckets, self.log, optimistic=optimistic)
             self._permits[key] = permits
+            if self._no_item_keys:
+                self._keyless = permits
         return permits
 
     def _item_key(self, item: Item) -> str | None:

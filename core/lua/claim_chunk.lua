@@ -7,15 +7,36 @@
 -- scheduled for its first retry if it has one. A cancelling batch's chunk is cancelled
 -- here instead of handed out; a paused batch's chunk is parked (resume enqueues it again).
 -- The first claim of a fresh chunk enqueues the batch's next chunk (dispatch_next).
+-- With `next` ('1'), n is ignored: when the batch is the only one with jobs in the queue
+-- (its own running, waiting and retry jobs aside), its next chunk not yet dispatched is
+-- claimed, as if its job had been dispatched and run, without the job's trip through a
+-- worker's ARQ loop (for a worker that just finished a quick chunk of the batch). Any
+-- other batch's job in the queue (or more than NEXT_SCAN jobs) means nil: the queue's
+-- order — priority, then the dispatch windows' turns — decides, as without `next`.
 -- Returns nil (nothing to run) or
--- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}}
+-- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}, n}
 -- where each attempt is the `attempts` entry of a runnable item that has one.
 local n, token, lease_until = ARGV[A], ARGV[A + 1], ARGV[A + 2]
+local take_next = ARGV[A + 3] == '1'
 
 local m = redis.call('HMGET', META, 'state', 'handler', 'options', 'chunk_size', 'total')
 if not m[1] then return nil end
 local state = tonumber(m[1])
 if not is_open(state) then return nil end
+if take_next then
+  if state ~= RUNNING_BATCH then return nil end
+  local NEXT_SCAN = 64
+  local mine = BATCH .. ':'
+  local jobs = redis.call('ZRANGE', QUEUE, 0, NEXT_SCAN)
+  if #jobs > NEXT_SCAN then return nil end
+  for _, id in ipairs(jobs) do
+    if string.sub(id, 1, #mine) ~= mine then return nil end
+  end
+  local c = redis.call('HMGET', META, 'cursor', 'chunks')
+  if tonumber(c[1]) >= tonumber(c[2]) then return nil end
+  n = c[1]
+  redis.call('HSET', META, 'cursor', tonumber(n) + 1)
+end
 local items = redis.call('GET', items_key(n))
 if not items then return nil end
 
@@ -50,8 +71,9 @@ if state == CANCELLING then
   return nil
 end
 
--- A fresh chunk's first claim keeps the batch's window of queued jobs full.
-if not claimed then dispatch_next() end
+-- A fresh chunk's first claim keeps the batch's window of queued jobs full (a chunk
+-- taken with `next` was beyond it).
+if not claimed and not take_next then dispatch_next() end
 set_running(n, #runnable)
 if #runnable == 0 then
   redis.call('HSET', CHUNKS, n, 'd')
@@ -76,4 +98,4 @@ in_slices(indexes, 1000, function(slice)
     end
   end
 end)
-return {items, m[2], m[3], m[4], runnable, attempts}
+return {items, m[2], m[3], m[4], runnable, attempts, n}

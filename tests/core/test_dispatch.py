@@ -247,3 +247,72 @@ async def test_a_retry_due_while_paused_waits_and_the_window_keeps_running(
     _, requeued, _ = await store.retry_items(batch.batch_id, [], "")
     assert requeued == 3
     assert await store.pending_items() == before + 3
+
+
+async def test_the_next_chunk_is_taken_without_a_job_until_every_chunk_is_dispatched(
+    windowed: BatchStore, redis: Redis, keys: Keys, consistent: Consistent
+) -> None:
+    batch = await submit(windowed, 10, chunk_size=2)  # 5 chunks; jobs queued for 0 and 1
+    bid = batch.batch_id
+    assert await windowed.claim_next_chunk(bid, lease_ttl=30) is None  # QUEUED: not yet
+    assert await windowed.claim_chunk(bid, 0, lease_ttl=30) is not None  # dispatches 2
+    taken = await windowed.claim_next_chunk(bid, lease_ttl=30)
+    assert taken is not None
+    assert (taken.chunk, [i for i, _, _ in taken.items]) == (3, [6, 7])
+    assert chunks_of(await queued(redis, keys, bid)) == [0, 1, 2]  # no job for chunk 3
+    assert await windowed.claim_chunk(bid, 3, lease_ttl=30) is None  # held, as any claim
+    last = await windowed.claim_next_chunk(bid, lease_ttl=30)
+    assert last is not None
+    assert last.chunk == 4
+    assert await windowed.claim_next_chunk(bid, lease_ttl=30) is None  # all dispatched
+    counts = await consistent(bid)
+    assert (counts.running, counts.pending) == (6, 4)
+    # Its records count like any chunk's.
+    result = await windowed.record_outcomes(
+        bid, 3, [succeeded(6), succeeded(7)], token=taken.token, release=True
+    )
+    assert result.held
+    assert (await consistent(bid)).succeeded == 2
+
+
+async def test_no_chunk_is_taken_while_another_batch_has_jobs_queued(
+    windowed: BatchStore, redis: Redis, keys: Keys, advance: Callable[[float], float]
+) -> None:
+    first = await submit(windowed, 10, chunk_size=2)
+    assert await windowed.claim_chunk(first.batch_id, 0, lease_ttl=30) is not None
+    advance(1)
+    second = await submit(windowed, 10, chunk_size=2)  # lower priority would do the same
+    cursor = await redis.hget(keys.meta(first.batch_id), "cursor")  # type: ignore[misc]
+    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30) is None
+    assert await redis.hget(keys.meta(first.batch_id), "cursor") == cursor  # type: ignore[misc]
+    await redis.zrem(keys.queue, *(await queued(redis, keys, second.batch_id)))
+    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30) is not None
+
+
+async def test_a_taken_chunk_whose_holder_died_is_queued_again(
+    store: BatchStore, redis: Redis, keys: Keys, advance: Callable[[float], float]
+) -> None:
+    batch = await submit(store, 40, chunk_size=2)  # 20 chunks, a window of 16 queued
+    bid = batch.batch_id
+    assert await store.claim_chunk(bid, 0, lease_ttl=5) is not None
+    taken = await store.claim_next_chunk(bid, lease_ttl=5)
+    assert taken is not None
+    assert taken.chunk not in chunks_of(await queued(redis, keys, bid))
+    assert await store.reap_expired_leases(advance(5)) == 2
+    assert taken.chunk in chunks_of(await queued(redis, keys, bid))
+    again = await store.claim_chunk(bid, taken.chunk, lease_ttl=5)
+    assert again is not None
+    assert [i for i, _, _ in again.items] == [i for i, _, _ in taken.items]
+
+
+@pytest.mark.parametrize("stop", ["pause", "cancel"])
+async def test_no_job_is_taken_from_a_paused_or_cancelled_batch(
+    store: BatchStore, redis: Redis, keys: Keys, stop: str
+) -> None:
+    batch = await submit(store, 40, chunk_size=2)
+    bid = batch.batch_id
+    assert await store.claim_chunk(bid, 0, lease_ttl=30) is not None
+    await (store.pause_batch(bid) if stop == "pause" else store.cancel_batch(bid))
+    cursor = await redis.hget(keys.meta(bid), "cursor")  # type: ignore[misc]
+    assert await store.claim_next_chunk(bid, lease_ttl=30) is None
+    assert await redis.hget(keys.meta(bid), "cursor") == cursor  # type: ignore[misc]
