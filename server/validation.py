@@ -180,37 +180,41 @@ def check_items(
     """
     accepted: list[NewItem] = []
     seen: dict[str, int] = {}
-    for offset, item in enumerate(items):
-        index = first_index + offset
-        field = f"items[{index}]"
+    id_ok = ID_PATTERN.fullmatch
+    for index, item in enumerate(items, first_index):
         custom_id = item.custom_id
-        if not ID_PATTERN.fullmatch(custom_id):
-            violations.add(f"{field}.custom_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]")
+        if not id_ok(custom_id):
+            violations.add(
+                f"items[{index}].custom_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]"
+            )
         elif custom_id in seen:
-            violations.add(f"{field}.custom_id", f"duplicates items[{seen[custom_id]}]")
+            violations.add(f"items[{index}].custom_id", f"duplicates items[{seen[custom_id]}]")
         else:
             seen[custom_id] = index
-        params_json = _params(violations, item, field, validator)
+        params_json = _params(violations, item, index, validator)
         if params_json is not None:
             accepted.append(NewItem(custom_id, params_json))
     return accepted
 
 
 def _params(
-    violations: Violations, item: batch_pb2.Item, field: str, validator: Validator | None
+    violations: Violations, item: batch_pb2.Item, index: int, validator: Validator | None
 ) -> bytes | None:
     payload = item.WhichOneof("payload")
     params: Any
     if payload == "params_json":
-        try:
-            params = fastjson.loads(item.params_json)
-        except (ValueError, UnicodeDecodeError) as exc:
-            violations.add(f"{field}.params_json", f"not valid JSON: {exc}")
-            return None
-        if not isinstance(params, dict):
-            violations.add(f"{field}.params_json", "must be a JSON object")
-            return None
-        encoded = item.params_json.strip()
+        if item.params_json == b"{}":  # no params: nothing to read or check but the schema
+            params, encoded = {}, b"{}"
+        else:
+            try:
+                params = fastjson.loads(item.params_json)
+            except (ValueError, UnicodeDecodeError) as exc:
+                violations.add(f"items[{index}].params_json", f"not valid JSON: {exc}")
+                return None
+            if not isinstance(params, dict):
+                violations.add(f"items[{index}].params_json", "must be a JSON object")
+                return None
+            encoded = item.params_json.strip()
     else:
         params = convert.struct_to_dict(item.params) if payload == "params" else {}
         encoded = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
@@ -218,7 +222,7 @@ def _params(
         try:
             validator(params)
         except fastjsonschema.JsonSchemaException as exc:
-            violations.add(_schema_field(field, exc), _schema_message(exc))
+            violations.add(_schema_field(f"items[{index}]", exc), _schema_message(exc))
             return None
     return encoded
 
