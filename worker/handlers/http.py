@@ -240,7 +240,8 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
 def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
     """Response headers as a plain dict; repeated headers joined with ", "."""
     merged: dict[str, str] = {}
-    for name, value in response.headers.items():
+    for key, value in response.headers.items():
+        name = str(key)  # not multidict's istr: a str subclass the output encoder refuses
         merged[name] = f"{merged[name]}, {value}" if name in merged else value
     return merged
 
