@@ -231,15 +231,7 @@ class BatchStore:
         batch is gone or finished, or it is claimed under a live lease (its holder runs
         every runnable item). A lease that ran out is taken over, with a new token.
         """
-        return await claims.claim_chunk(
-            self._scripts,
-            self._scope,
-            batch_id,
-            chunk,
-            token=secrets.token_hex(8),
-            now_ms=self._now_ms(),
-            lease_ttl=lease_ttl,
-        )
+        return await self._claim(batch_id, chunk, lease_ttl)
 
     async def claim_next_chunk(self, batch_id: str, *, lease_ttl: float) -> ClaimedChunk | None:
         """Claims the batch's next chunk not yet dispatched, as `claim_chunk` would once
@@ -247,11 +239,16 @@ class BatchStore:
         the batch, sparing the job's trip through ARQ). None when another batch has
         jobs in the queue (they go first, in the queue's order), every chunk is
         dispatched, or the batch is not RUNNING."""
+        return await self._claim(batch_id, None, lease_ttl)
+
+    async def _claim(
+        self, batch_id: str, chunk: int | None, lease_ttl: float
+    ) -> ClaimedChunk | None:
         return await claims.claim_chunk(
             self._scripts,
             self._scope,
             batch_id,
-            None,
+            chunk,
             token=secrets.token_hex(8),
             now_ms=self._now_ms(),
             lease_ttl=lease_ttl,

@@ -251,7 +251,13 @@ class _ChunkRun:
         recorder = self.recorder
         # Lost: the items that finished in flight are recorded (first writer wins); the
         # rest belongs to whoever holds the chunk now.
-        await recorder.stop(release=self._ours())
+        release = self._ours()
+        if release:
+            # No renewal from here on: one that reached Redis after the release would
+            # answer "not held" before the release's own answer came, and the chunk
+            # would be taken for lost. The release's answer says whether it held.
+            self.runtime.leases.drop(self.lease)
+        await recorder.stop(release=release)
         if not self._ours():
             return ChunkEnd.LOST
         if not not_started:
