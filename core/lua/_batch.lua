@@ -199,3 +199,31 @@ end
 local function in_slices(list, size, fn)
   for from = 1, #list, size do fn({unpack(list, from, math.min(from + size - 1, #list))}) end
 end
+
+-- Walks the batch's chunks that are neither cancelled ('c') nor expired ('x'), for cancel
+-- and expiry: visit(n, first, len, chunk state) returns the chunk's new state ('c',
+-- 'x') or nil to leave it; new states are written a block at a time.
+local function each_open_chunk(count, size, total, visit)
+  local states = {}
+  local flat = redis.call('HGETALL', CHUNKS)
+  for i = 1, #flat, 2 do states[flat[i]] = flat[i + 1] end
+  local marked = {}
+  local function flush()
+    if #marked > 0 then redis.call('HSET', CHUNKS, unpack(marked)) end
+    marked = {}
+  end
+  for n = 0, count - 1 do
+    local key = tostring(n)
+    local s = states[key]
+    if s ~= 'c' and s ~= 'x' then
+      local first, len = span(n, size, total)
+      local mark = visit(n, first, len, s)
+      if mark then
+        marked[#marked + 1] = key
+        marked[#marked + 1] = mark
+        if #marked >= 1000 then flush() end
+      end
+    end
+  end
+  flush()
+end

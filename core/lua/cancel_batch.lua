@@ -11,31 +11,15 @@ local state = tonumber(m[1])
 if state ~= QUEUED and state ~= RUNNING_BATCH and state ~= PAUSED then return state end
 local total, count, size = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
 
-local states = {}
-local flat = redis.call('HGETALL', CHUNKS)
-for i = 1, #flat, 2 do states[flat[i]] = flat[i + 1] end
-
-local marked, cancelled = {}, 0
-local function flush()
-  if #marked > 0 then redis.call('HSET', CHUNKS, unpack(marked)) end
-  marked = {}
-end
-for n = 0, count - 1 do
-  local key = tostring(n)
-  local s = states[key]
-  if s ~= 'c' and s ~= 'x' then
-    local first, len = span(n, size, total)
-    if is_claimed(s) then
-      cancelled = cancelled + close_waiting(n, first, CANCELLED)
-    else
-      cancelled = cancelled + close_chunk(n, first, len, CANCELLED, false)
-      marked[#marked + 1] = key
-      marked[#marked + 1] = 'c'
-      if #marked >= 1000 then flush() end
-    end
+local cancelled = 0
+each_open_chunk(count, size, total, function(n, first, len, s)
+  if is_claimed(s) then
+    cancelled = cancelled + close_waiting(n, first, CANCELLED)
+    return nil
   end
-end
-flush()
+  cancelled = cancelled + close_chunk(n, first, len, CANCELLED, false)
+  return 'c'
+end)
 redis.call('DEL', PARKED)
 
 redis.call('HINCRBY', META, 'n_cancel', cancelled)

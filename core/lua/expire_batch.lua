@@ -17,29 +17,13 @@ if tonumber(m[5]) > NOW then
 end
 local total, count, size = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
 
-local states = {}
-local flat = redis.call('HGETALL', CHUNKS)
-for i = 1, #flat, 2 do states[flat[i]] = flat[i + 1] end
-
-local marked, expired = {}, 0
-local function flush()
-  if #marked > 0 then redis.call('HSET', CHUNKS, unpack(marked)) end
-  marked = {}
-end
-for n = 0, count - 1 do
-  local key = tostring(n)
-  local s = states[key]
-  if s ~= 'c' and s ~= 'x' then
-    local first, len = span(n, size, total)
-    local claimed = is_claimed(s)
-    expired = expired + close_chunk(n, first, len, EXPIRED_ITEM, claimed)
-    if claimed then redis.call('ZREM', LEASES, lease_member(n)) end
-    marked[#marked + 1] = key
-    marked[#marked + 1] = 'x'
-    if #marked >= 1000 then flush() end
-  end
-end
-flush()
+local expired = 0
+each_open_chunk(count, size, total, function(n, first, len, s)
+  local claimed = is_claimed(s)
+  expired = expired + close_chunk(n, first, len, EXPIRED_ITEM, claimed)
+  if claimed then redis.call('ZREM', LEASES, lease_member(n)) end
+  return 'x'
+end)
 
 redis.call('HINCRBY', META, 'n_exp', expired)
 if state == CANCELLING then finish(CANCELLED_BATCH) else finish(COMPLETED) end
