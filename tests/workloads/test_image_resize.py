@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -332,6 +333,68 @@ async def test_a_crashed_pool_process_is_replaced(
         await resizer.call(params)
     assert caught.value.code == Code.UNAVAILABLE
     assert (await resizer.call(params))["variants"][0]["width"] == 10  # a fresh pool
+
+
+_OWNER_SCRIPT = """
+import asyncio, multiprocessing, sys
+from batchd.core.config import Settings
+from batchd.worker.handlers.image import image_resize_handler
+from batchd.worker.testing import open_handler
+
+async def main(source_dir, output_dir):
+    settings = Settings(
+        image_processes=2, image_input_dir=source_dir, image_output_dir=output_dir
+    )
+    async with open_handler(image_resize_handler(), settings=settings) as started:
+        params = {"source": "owner.png", "output": "o", "variants": [{"name": "v", "width": 5}]}
+        await started.call(params)
+        print(*(p.pid for p in multiprocessing.active_children()), flush=True)
+        await asyncio.Event().wait()  # until killed
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_pool_processes_end_with_a_killed_worker(tmp_path: Path) -> None:
+    # A SIGKILLed worker shuts nothing down: its pool processes (children of the
+    # forkserver, not of the worker) must notice and exit on their own.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "owner.png").write_bytes(encode(halves((20, 20), RED, BLUE), "PNG"))
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _OWNER_SCRIPT,
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert owner.stdout is not None
+        line = await asyncio.wait_for(owner.stdout.readline(), 60)
+        pids = [int(pid) for pid in line.split()]
+        assert len(pids) >= 2  # the pool's two processes
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        owner.kill()
+        await owner.wait()
+    deadline = time.monotonic() + 15
+    # Other processes' exits: there is nothing to wait on but their pids.
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose; its parent (the forkserver) may not reap it yet.
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 # --- end to end -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -225,7 +226,7 @@ class _ImageResize:
             max_workers=self._processes,
             mp_context=context,
             initializer=init_process,
-            initargs=(self._max_pixels,),
+            initargs=(self._max_pixels, os.getpid()),
         )
 
     def _replace_pool(self, broken: ProcessPoolExecutor) -> None:

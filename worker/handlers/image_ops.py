@@ -14,6 +14,8 @@ import io
 import os
 import re
 import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,11 +78,34 @@ class ResizeJob:
     max_bytes: int  # the largest source accepted, in bytes
 
 
-def init_process(max_pixels: int) -> None:
+# How often a pool process checks that the worker that owns it is still alive.
+OWNER_CHECK = 1.0
+
+
+def init_process(max_pixels: int, owner_pid: int | None = None) -> None:
     """The pool's initializer: Pillow's own decompression-bomb guard at our limit, and
-    its warning (between 1x and 2x the limit) turned into an error like the rest."""
+    its warning (between 1x and 2x the limit) turned into an error like the rest; with
+    `owner_pid`, the process exits once that process (the worker) is gone."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    if owner_pid is not None:
+        threading.Thread(
+            target=_exit_without, args=(owner_pid,), name="owner watch", daemon=True
+        ).start()
+
+
+def _exit_without(owner_pid: int) -> None:
+    """Exits this process once `owner_pid` has ended. A SIGKILLed worker cannot shut its
+    pool down, and a pool process (a child of the forkserver, not of the worker) would
+    otherwise wait for work for ever, holding its memory."""
+    while True:
+        time.sleep(OWNER_CHECK)
+        try:
+            os.kill(owner_pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass  # exists, under another user: not ours to judge
 
 
 def warm_up() -> None:
