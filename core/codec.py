@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -47,7 +48,14 @@ def from_ms(ms: int | None) -> float | None:
 
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no spaces: equal values give equal bytes."""
+    if type(value) is str and _PLAIN_STRING.fullmatch(value):
+        # JSON writes it as it is, between quotes: the request digest takes one per item
+        # (its custom_id), and the encoder cost five times as much.
+        return b'"' + value.encode() + b'"'
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_PLAIN_STRING = re.compile(r"[A-Za-z0-9_.-]*")
 
 
 # -- chunks and outcomes -----------------------------------------------------------

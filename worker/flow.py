@@ -123,7 +123,8 @@ class FlowGate:
         limit = claimed.options.max_concurrent
         self.slots = _Slots(store, claimed, limit, queued, log) if limit > 0 else None
         self._permits: dict[str | None, _Permits] = {}
-        # No item has a key of its own: every item takes the same permits, found once.
+        # No item has a key of its own (no key function, or the batch's own key wins):
+        # every item takes the same permits, found once.
         self._no_item_keys = (
             handler is None or handler.rate_key is None or bool(claimed.options.rate_limit_key)
         )
@@ -234,10 +235,8 @@ class FlowGate:
         return permits
 
     def _item_key(self, item: Item) -> str | None:
-        if self.handler is None or self.handler.rate_key is None:
-            return None
-        if self.claimed.options.rate_limit_key:
-            return None  # the batch's own key wins
+        if self._no_item_keys or self.handler is None or self.handler.rate_key is None:
+            return None  # (the second test only tells the type checker what the first did)
         try:
             return self.handler.rate_key(fastjson.loads(item[2]))
         except Exception:  # a bad key function or params: no key, the item still runs
