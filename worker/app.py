@@ -178,6 +178,7 @@ class BatchdWorker(ResilientWorker):
         # Those tasks were just cancelled: one cut short in arq's own bookkeeping ends
         # with CancelledError, which must not stop the close (its job runs again).
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.stop_clearing()
         await self._delete_health_check()
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
@@ -248,6 +249,9 @@ class _Lifecycle:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        runtime: WorkerRuntime | None = ctx.get(CTX_KEY)
+        if runtime is not None:
+            await runtime.permits.close()
         if self.store is not None:
             try:
                 await self.store.remove_worker(self.worker_id)

@@ -75,10 +75,18 @@ class Admission:
 
 
 class PermitPool:
-    """The process's `_Permits`, by bucket list."""
+    """The process's `_Permits`, by bucket list, and their renewals in the background."""
 
     def __init__(self) -> None:
         self._by_buckets: dict[tuple[Bucket, ...], _Permits] = {}
+        self._renewals: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Ends the renewals on the way: before the Redis pool closes, since a call that
+        outlived the close would reconnect a connection nobody closes."""
+        for task in self._renewals:
+            task.cancel()
+        await asyncio.gather(*self._renewals, return_exceptions=True)
 
     def get(
         self,
@@ -94,7 +102,7 @@ class PermitPool:
         if permits is None:
             if len(self._by_buckets) > 1000:  # of batches long gone, mostly
                 self._by_buckets.clear()
-            permits = self._by_buckets[key] = _Permits(store, buckets, log)
+            permits = self._by_buckets[key] = _Permits(store, buckets, log, self._renewals)
             if optimistic:
                 permits.free_until = time.monotonic() + OPTIMISTIC_FREE
         return permits
@@ -251,10 +259,13 @@ class _Permits:
         store: BatchStore,
         buckets: Sequence[Bucket],
         log: structlog.typing.FilteringBoundLogger,
+        renewals: set[asyncio.Task[None]],
     ) -> None:
+        """`renewals`: where free-period renewals are kept while they run (the pool's)."""
         self.store = store
         self.buckets = list(buckets)
         self.log = log
+        self._renewals = renewals
         self.left = 0  # granted, unused
         self.granted_at = 0.0  # time.monotonic()
         self.free_until = 0.0  # time.monotonic(): unlimited until then
@@ -308,6 +319,8 @@ class _Permits:
         take when it has ended would stop every start until Redis answers."""
         if self._renewal is None or self._renewal.done():
             self._renewal = asyncio.create_task(self._renew(), name="renew free period")
+            self._renewals.add(self._renewal)
+            self._renewal.add_done_callback(self._renewals.discard)
 
     async def _renew(self) -> None:
         async with self._lock:

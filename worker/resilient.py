@@ -60,6 +60,14 @@ class ResilientWorker(arq.Worker):
         self._clearing.add(task)
         task.add_done_callback(self._clearing.discard)
 
+    async def stop_clearing(self) -> None:
+        """Ends the clears still waiting for Redis (before the pool closes: a call that
+        outlived it would reconnect a connection nobody closes); those jobs' in-progress
+        keys then expire as arq set them to."""
+        for task in self._clearing:
+            task.cancel()
+        await asyncio.gather(*self._clearing, return_exceptions=True)
+
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
