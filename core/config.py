@@ -86,6 +86,11 @@ class Settings:
     image_output_dir: str = _setting(
         ".data/images", "image.resize writes its variants inside this directory"
     )
+    gc_threshold: int = _setting(
+        10_000,
+        "allocations between collections of Python's youngest garbage-collector generation "
+        "in batchd's processes (the interpreter's default: 700); 0 leaves it as it is",
+    )
     log_format: str = _setting("auto", "json, console, or auto (console on a terminal)")
     log_level: str = _setting("info", "debug, info, warning or error")
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from batchd.core.config import Settings
+from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
 from batchd.server.app import start_server
 
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "batchd-server needs a Redis: set BATCHD_REDIS_URL or --redis-url "
             "(or run batchd-service, which starts an embedded one)"
         )
+    tune_gc(settings.gc_threshold)
     asyncio.run(serve(settings))
 
 

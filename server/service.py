@@ -17,6 +17,7 @@ from pathlib import Path
 
 from batchd.core.config import Settings
 from batchd.core.embedded_redis import EmbeddedRedis
+from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
 from batchd.server.main import serve
 
@@ -32,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         embedded.start()
         settings = dataclasses.replace(settings, redis_url=embedded.url)
     worker = _start_worker(settings)
+    tune_gc(settings.gc_threshold)
     try:
         asyncio.run(serve(settings))
     finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import secrets
@@ -239,6 +240,7 @@ class _Lifecycle:
             handlers=sorted(self.handlers),
             concurrency=settings.worker_concurrency,
             max_chunks=settings.worker_max_chunks,
+            gc_threshold=gc.get_threshold()[0],
         )
 
     async def shutdown(self, ctx: dict[Any, Any]) -> None:

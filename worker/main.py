@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Sequence
 
 from batchd.core.config import Settings
+from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging
 from batchd.worker.app import build_worker
 from batchd.worker.registry import HandlerLoadError
@@ -29,6 +30,7 @@ async def run(settings: Settings) -> None:
         worker = build_worker(settings, handle_signals=True)
     except (ValueError, HandlerLoadError) as exc:  # configuration: say so, no traceback
         raise SystemExit(f"batchd-worker: {exc}") from None
+    tune_gc(settings.gc_threshold)  # with the handlers loaded: they live as long
     try:
         # A signal cancels the worker's main task (after the grace period): that ends
         # async_run with CancelledError, which is how ARQ's own Worker.run stops too.
