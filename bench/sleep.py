@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "items_per_second": rate,
             "ideal_items_per_second": ideal,
             "ratio_to_ideal": rate / ideal,
+            # From the upload's answer on: the run alone, without the upload before it.
+            "run_items_per_second": measured.run_items_per_second,
+            "run_ratio_to_ideal": measured.run_items_per_second / ideal,
             "bare_loop_items_per_second": bare,
             "bare_loop_ratio_to_ideal": bare / ideal,
             "ratio_to_bare_loop": rate / bare,

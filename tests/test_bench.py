@@ -69,6 +69,8 @@ def test_sleep_small(tmp_path: Path) -> None:
         "items_per_second",
         "ideal_items_per_second",
         "ratio_to_ideal",
+        "run_items_per_second",
+        "run_ratio_to_ideal",
         "bare_loop_items_per_second",
         *REDIS,
     )
@@ -81,6 +83,8 @@ def test_http_small(tmp_path: Path) -> None:
         "items_per_second",
         "bare_aiohttp_requests_per_second",
         "ratio_to_bare",
+        "run_items_per_second",
+        "run_ratio_to_bare",
         *REDIS,
     )
 

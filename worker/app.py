@@ -138,7 +138,7 @@ def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
         "redis_settings": redis_settings(settings.redis_url),
         "job_serializer": jobs.serialize,
         "job_deserializer": jobs.deserialize,
-        "max_jobs": settings.worker_max_chunks,
+        "max_jobs": settings.chunk_jobs,
         "keep_result": 0,  # nobody reads ARQ results: outcomes live in the store
         "max_tries": JOB_MAX_TRIES,
         "job_completion_wait": SHUTDOWN_GRACE,
@@ -239,7 +239,7 @@ class _Lifecycle:
             worker_id=self.worker_id,
             handlers=sorted(self.handlers),
             concurrency=settings.worker_concurrency,
-            max_chunks=settings.worker_max_chunks,
+            max_chunks=settings.chunk_jobs,
             gc_threshold=gc.get_threshold()[0],
         )
 

@@ -35,3 +35,12 @@ def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_value_is_an_error() -> None:
     with pytest.raises(ValueError, match="invalid literal"):
         Settings.from_env({"BATCHD_PORT": "fifty"})
+
+
+def test_chunk_jobs_keep_a_large_concurrency_busy_unless_set() -> None:
+    # Three chunks of the default size per slot's worth of items, at least 8.
+    assert Settings().chunk_jobs == 8  # 100 slots, chunks of 100
+    assert Settings(worker_concurrency=500).chunk_jobs == 15
+    assert Settings(worker_concurrency=500, default_chunk_size=1000).chunk_jobs == 8
+    assert Settings(worker_concurrency=50, default_chunk_size=1).chunk_jobs == 150
+    assert Settings(worker_concurrency=500, worker_max_chunks=2).chunk_jobs == 2
