@@ -137,6 +137,7 @@ class FlowGate:
             handler is None or handler.rate_key is None or bool(claimed.options.rate_limit_key)
         )
         self._keyless: _Permits | None = None
+        self._last: tuple[Item, _Permits] | None = None  # an item, its permits: _permits_for
         self._turn = asyncio.Lock()
         self._turn_over = asyncio.Event()  # set (and replaced) when a turn ends
 
@@ -229,6 +230,11 @@ class FlowGate:
     def _permits_for(self, item: Item) -> _Permits:
         if self._keyless is not None:
             return self._keyless
+        # A consumer asks for one item's permits up to three times in a row (admit_now,
+        # flow_limited, admit), and the key function parses the item's params each time.
+        last = self._last
+        if last is not None and last[0] is item:
+            return last[1]
         key = self._item_key(item)
         permits = self._permits.get(key)
         if permits is None:
@@ -240,6 +246,7 @@ class FlowGate:
             self._permits[key] = permits
             if self._no_item_keys:
                 self._keyless = permits
+        self._last = (item, permits)
         return permits
 
     def _item_key(self, item: Item) -> str | None:

@@ -19,7 +19,7 @@ from batchd.worker.handler import (
     WorkerInfo,
 )
 from batchd.worker.handlers import http_request_handler
-from batchd.worker.handlers.http import BODY_LIMIT
+from batchd.worker.handlers.http import BODY_LIMIT, host_key
 
 
 @pytest.fixture
@@ -138,3 +138,27 @@ async def test_pool_is_sized_to_the_worker(http: Handler) -> None:
 async def test_run_before_startup_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="startup"):
         await _call(http_request_handler(), url="http://127.0.0.1/")
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("https://API.Example.com/v1/items?id=1", "host:api.example.com:443"),
+        ("http://api.example.com/v2", "host:api.example.com:80"),
+        ("http://user:secret@api.example.com:8080/x#top", "host:api.example.com:8080"),
+        ("http://api.example.com:8080?q=/other", "host:api.example.com:8080"),
+        ("http://[::1]:9000/", "host:::1:9000"),
+        ("https://bücher.example/a", "host:bücher.example:443"),
+        ("not a url", None),
+        ("http:///path-only", None),
+    ],
+)
+def test_items_are_rate_keyed_by_destination(url: str, key: str | None) -> None:
+    # Twice: the second answer comes from what the first remembered.
+    assert host_key({"url": url}) == key
+    assert host_key({"url": url}) == key
+
+
+def test_an_item_without_a_url_has_no_key() -> None:
+    assert host_key({}) is None
+    assert host_key({"url": 5}) is None

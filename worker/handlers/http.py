@@ -170,13 +170,34 @@ def http_request_handler() -> Handler:
 
 def host_key(params: Mapping[str, Any]) -> str | None:
     """`host:<host>:<port>` of the item's URL (None if it has none)."""
+    url = params.get("url")
+    if not isinstance(url, str):
+        return None
+    # Keyed by what comes before the path ("https://user@host:port"): the items of a
+    # batch mostly call a few hosts, and parsing every URL whole showed in profiles.
+    scheme, slashes, rest = url.partition("://")
+    origin = scheme + slashes + rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if origin in _ORIGIN_KEYS:
+        return _ORIGIN_KEYS[origin]
+    if len(_ORIGIN_KEYS) >= ORIGINS_KEPT:
+        _ORIGIN_KEYS.clear()
+    key = _ORIGIN_KEYS[origin] = _origin_key(origin)
+    return key
+
+
+def _origin_key(origin: str) -> str | None:
     try:
-        url = URL(str(params["url"]))
-    except (KeyError, ValueError, TypeError):
+        url = URL(origin)
+    except (ValueError, TypeError):
         return None
     if not url.host:
         return None
     return f"host:{url.host.lower()}:{url.port}"
+
+
+# Origins whose keys host_key remembers at most (then it forgets them all).
+ORIGINS_KEPT = 10_000
+_ORIGIN_KEYS: dict[str, str | None] = {}
 
 
 def client_error(
