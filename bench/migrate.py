@@ -31,16 +31,17 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from batchd.client import AsyncClient
 from batchd.core.config import Settings
-from batchd.core.logs import get_logger
 from batchd.worker.handler import ItemContext, WorkerInfo
 from batchd.worker.handlers.migrate import record_migrate_handler
 from batchd.worker.handlers.migrate_checksum import combine
@@ -118,7 +119,8 @@ async def bare_copy(items: Sequence[Item], databases: str, concurrency: int) -> 
     assert handler.startup is not None
     assert handler.shutdown is not None
     await handler.startup(WorkerInfo("bench", concurrency, Settings(databases=databases)))
-    log = get_logger("bench")
+    # At the service's level (info): its debug events would print one line per range.
+    log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(INFO))
     slots = asyncio.Semaphore(concurrency)
     checksums: list[str] = []
 

@@ -10,7 +10,8 @@ Figures:
   cancelled): `bench.upload_noop.measure`;
 - ceiling: an in-process loop decoding the same msgpack chunk bytes batchd stores
   (`encode_chunk`/`decode_chunk`), parsing each item's params JSON and awaiting the same
-  `noop` handler function, as the worker does per item, without Redis or gRPC;
+  `noop` handler function with the same item context, as the worker does per item (the
+  same JSON parser, the logger bound only if used), without Redis or gRPC;
 - arq: plain ARQ on its own private Valkey (AOF on, as batchd's), one job per item:
   enqueue `--arq-jobs` jobs (1,000 at a time), then one burst worker at the same
   concurrency as batchd's worker (100) runs them; jobs/s over both phases, and each
@@ -35,6 +36,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
+from batchd.core import fastjson
 from batchd.core.codec import decode_chunk, encode_chunk
 from batchd.core.domain import NewItem
 from batchd.core.embedded_redis import EmbeddedRedis
@@ -54,13 +56,13 @@ def stored_chunks(count: int, chunk_size: int) -> list[bytes]:
 async def ceiling(chunks: Sequence[bytes]) -> float:
     """Items/s of the bare loop: decode, parse params, call the handler."""
     handler = noop_handler()
-    log = structlog.get_logger("bench").bind(batch_id="ceiling")
+    log = structlog.get_logger("bench")
     done = 0
     started = time.perf_counter()
     for raw in chunks:
         for custom_id, params_json in decode_chunk(raw):
-            params = json.loads(params_json)
-            ctx = ItemContext("ceiling", custom_id, 1, log.bind(custom_id=custom_id))
+            params = fastjson.loads(params_json)
+            ctx = ItemContext.for_item("ceiling", custom_id, 1, log)
             await handler.run(params, ctx)
             done += 1
     return done / (time.perf_counter() - started)
