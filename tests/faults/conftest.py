@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.in_process_server import client_of, running_server
 from support.processes import ServiceProcess, WorkerPool
 
 from batchd.client import AsyncClient
-from batchd.core.config import Settings
-from batchd.server.app import BatchdServer, start_server
+from batchd.server.app import BatchdServer
 
 # Short leases and sweeps so that a killed worker's chunk is picked up within seconds.
 FAST_RECOVERY = {"BATCHD_LEASE_TTL": "2", "BATCHD_MAINTENANCE_INTERVAL": "0.5"}
@@ -46,18 +46,15 @@ def workers(
 
 @pytest.fixture
 async def server(private_redis: object) -> AsyncIterator[BatchdServer]:
-    settings = Settings(
-        redis_url=private_redis.url,  # type: ignore[attr-defined]
-        host="127.0.0.1",
+    async with running_server(
+        private_redis.url,  # type: ignore[attr-defined]
         lease_ttl=2,
         maintenance_interval=0.5,
-    )
-    running = await start_server(settings, port=0)
-    yield running
-    await running.stop(grace=0)
+    ) as running:
+        yield running
 
 
 @pytest.fixture
 async def client(server: BatchdServer) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+    async with client_of(server) as client:
         yield client

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.in_process_server import client_of, running_server
 from support.processes import ServiceProcess, WorkerPool
 
 from batchd.client import AsyncClient
-from batchd.core.config import Settings
-from batchd.server.app import BatchdServer, start_server
+from batchd.server.app import BatchdServer
 
 
 @pytest.fixture
@@ -45,13 +45,11 @@ def workers(
 
 @pytest.fixture
 async def server(private_redis: object) -> AsyncIterator[BatchdServer]:
-    settings = Settings(redis_url=private_redis.url, host="127.0.0.1")  # type: ignore[attr-defined]
-    running = await start_server(settings, port=0)
-    yield running
-    await running.stop(grace=0)
+    async with running_server(private_redis.url) as running:  # type: ignore[attr-defined]
+        yield running
 
 
 @pytest.fixture
 async def client(server: BatchdServer) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+    async with client_of(server) as client:
         yield client

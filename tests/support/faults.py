@@ -30,12 +30,13 @@ async def _serves(client: AsyncClient, name: str) -> bool:
     return any(h.name == name and h.live_workers for h in handlers)
 
 
-def applied(chaos_log: Path) -> list[tuple[str, int]]:
-    """Every application of an item's effect: (idempotency key, worker pid)."""
-    if not chaos_log.exists():
+def applied(effects_log: Path) -> list[tuple[str, int]]:
+    """Every application of an item's effect, in order: (idempotency key, worker pid), as
+    chaos_handlers and append_handler log them."""
+    if not effects_log.exists():
         return []
     pairs = []
-    for line in chaos_log.read_text().splitlines():
+    for line in effects_log.read_text().splitlines():
         key, pid = line.rsplit(" ", 1)
         pairs.append((key, int(pid)))
     return pairs

@@ -3,12 +3,14 @@ test can SIGKILL, SIGTERM and restart."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 SUPPORT_DIR = Path(__file__).resolve().parent
 
@@ -55,10 +57,24 @@ class ServiceProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far, parsed."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut short by a kill
+        return found
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():

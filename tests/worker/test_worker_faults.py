@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from support.faults import applied
+from support.polling import poll
+from support.processes import ServiceProcess, worker
 from support.redis_server import RedisServer, RedisServerFactory
 
 from batchd.core.domain import (
@@ -37,97 +36,9 @@ from batchd.core.domain import (
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
 
-T = TypeVar("T")
-
 HANDLER = "test.append"
-WORKER_TESTS_DIR = Path(__file__).resolve().parent
-POLL = 0.02
 LEASE_TTL = 2.0
 MAINTENANCE_INTERVAL = 0.5
-
-
-class WorkerProcess:
-    """`python -m batchd.worker.main` configured by BATCHD_* variables, logging JSON to a
-    file."""
-
-    def __init__(self, settings: Mapping[str, Any], log_path: Path) -> None:
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(WORKER_TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
-            ),
-            "BATCHD_LOG_FORMAT": "json",
-            "BATCHD_HANDLERS": "append_handler:handler",
-            **{f"BATCHD_{name.upper()}": str(value) for name, value in settings.items()},
-        }
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> WorkerProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "batchd.worker.main"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash; nothing flushed, nothing handed back."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-
-    async def terminate(self) -> int:
-        """SIGTERM; the exit status."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, 40)
-
-    def stop_quietly(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-
-    def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    found.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut short by a kill
-        return found
-
-
-def applications(log: Path) -> list[tuple[str, int]]:
-    """Every (idempotency key, pid) the handler appended, in order."""
-    if not log.exists():
-        return []
-    pairs = []
-    for line in log.read_text().splitlines():
-        key, pid = line.rsplit(" ", 1)
-        pairs.append((key, int(pid)))
-    return pairs
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], within: float) -> T:
-    """The first result of `probe` that is not None, looking every POLL seconds."""
-    async with asyncio.timeout(within):
-        # Another process's state in Redis or a file: there is nothing to subscribe to.
-        while (found := await probe()) is None:  # noqa: ASYNC110
-            await asyncio.sleep(POLL)
-        return found
 
 
 class Scene:
@@ -141,9 +52,9 @@ class Scene:
         self.redis = Redis.from_url(server.url)
         self.store = BatchStore(self.redis, Keys(self.prefix))
         self.effects = tmp_path / "effects.log"
-        self.workers: list[WorkerProcess] = []
+        self.workers: list[ServiceProcess] = []
 
-    def start_worker(self, **settings: Any) -> WorkerProcess:
+    def start_worker(self, **settings: Any) -> ServiceProcess:
         values = {
             "redis_url": self.url,
             "key_prefix": self.prefix,
@@ -153,10 +64,14 @@ class Scene:
             "heartbeat_interval": 0.5,
             **settings,
         }
+        env = {
+            "BATCHD_HANDLERS": "append_handler:handler",
+            **{f"BATCHD_{name.upper()}": str(value) for name, value in values.items()},
+        }
         log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
-        worker = WorkerProcess(values, log_path).start()
-        self.workers.append(worker)
-        return worker
+        process = worker(env, log_path).start()
+        self.workers.append(process)
+        return process
 
     async def serving(self, workers: int) -> None:
         async def enough() -> bool | None:
@@ -191,8 +106,8 @@ class Scene:
         return items
 
     async def close(self) -> None:
-        for worker in self.workers:
-            worker.stop_quietly()
+        for process in self.workers:
+            process.stop()
         await self.redis.aclose()
 
 
@@ -213,7 +128,7 @@ async def test_a_killed_workers_chunk_is_taken_over_and_finished(
     batch_id = await scene.submit(60, ms=40, chunk_size=60)  # one chunk: one worker runs it
     await poll(lambda: scene.succeeded_at_least(batch_id, 10), within=30)
 
-    holder_pid = applications(scene.effects)[0][1]
+    holder_pid = applied(scene.effects)[0][1]
     holder = next(w for w in workers if w.pid == holder_pid)
     survivor = next(w for w in workers if w.pid != holder_pid)
     holder.kill()
@@ -221,15 +136,15 @@ async def test_a_killed_workers_chunk_is_taken_over_and_finished(
     recorded = {i.custom_id for i in await scene.items(batch_id) if i.state.is_terminal}
 
     async def resumed() -> float | None:
-        if any(pid == survivor.pid for _, pid in applications(scene.effects)):
+        if any(pid == survivor.pid for _, pid in applied(scene.effects)):
             return time.monotonic() - killed_at
         return None
 
     resume_delay = await poll(resumed, within=LEASE_TTL + MAINTENANCE_INTERVAL + 10)
     batch = await poll(lambda: scene.finished(batch_id), within=60)
 
-    applied = Counter(key for key, _ in applications(scene.effects))
-    duplicates = sorted(key for key, n in applied.items() if n > 1)
+    times_applied = Counter(key for key, _ in applied(scene.effects))
+    duplicates = sorted(key for key, n in times_applied.items() if n > 1)
     with capsys.disabled():
         print(
             f"\n[kill] recorded before the kill: {len(recorded)}; chunk resumed "
@@ -241,7 +156,7 @@ async def test_a_killed_workers_chunk_is_taken_over_and_finished(
     assert batch.counts.total == batch.total_items
     items = await scene.items(batch_id)
     assert {i.state for i in items} == {ItemState.SUCCEEDED}  # each terminal, once
-    assert set(applied) == {f"{batch_id}/i{n}" for n in range(60)}
+    assert set(times_applied) == {f"{batch_id}/i{n}" for n in range(60)}
     # What was recorded before the kill never ran again; only items in flight, or done
     # but not yet flushed, at the kill may have (at least once, not exactly once).
     assert not {f"{batch_id}/{custom_id}" for custom_id in recorded} & set(duplicates)
@@ -268,16 +183,17 @@ async def test_a_worker_rides_out_a_redis_outage(
 
     batch = await poll(lambda: scene.finished(batch_id), within=60)
     assert worker.running()
-    assert await worker.terminate() == 0
+    # Waiting for the exit blocks: in a thread, so that this loop stays free.
+    assert await asyncio.to_thread(worker.terminate, 40) == 0
 
-    applied = Counter(key for key, _ in applications(scene.effects))
-    duplicates = sorted(key for key, n in applied.items() if n > 1)
+    times_applied = Counter(key for key, _ in applied(scene.effects))
+    duplicates = sorted(key for key, n in times_applied.items() if n > 1)
     with capsys.disabled():
         print(f"\n[outage] Redis down {outage:.2f}s; items applied twice: {len(duplicates)}")
     assert (batch.state, batch.counts.succeeded) == (BatchState.COMPLETED, 300)
     assert batch.counts.total == batch.total_items
     assert {i.state for i in await scene.items(batch_id)} == {ItemState.SUCCEEDED}
-    assert set(applied) == {f"{batch_id}/i{n}" for n in range(300)}
+    assert set(times_applied) == {f"{batch_id}/i{n}" for n in range(300)}
     assert not duplicates
     events = worker.events()
     # The outcome flushes met the outage and saw its end, and no loop died of it. (The

@@ -9,12 +9,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from support.polling import poll
 
 from batchd.core.config import Settings
 from batchd.core.domain import (
@@ -30,17 +31,6 @@ from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
 from batchd.worker.app import build_worker
 from batchd.worker.handler import Handler, ItemContext
-
-T = TypeVar("T")
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], within: float = 20) -> T:
-    """The first result of `probe` that is not None, looking every 10 ms."""
-    async with asyncio.timeout(within):
-        # State in Redis, and a worker's job list: there is nothing to subscribe to.
-        while (found := await probe()) is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        return found
 
 
 async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(

@@ -9,14 +9,14 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import TypeVar
 
 import pytest
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from support.polling import poll
 from support.redis_server import RedisServer, RedisServerFactory
 
 from batchd.core.config import Settings
@@ -24,17 +24,6 @@ from batchd.core.domain import BatchOptions, BatchRecord, BatchSpec, BatchState,
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
 from batchd.worker.app import BatchdWorker, build_worker
-
-T = TypeVar("T")
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], within: float = 20) -> T:
-    """The first result of `probe` that is not None, looking every 20 ms."""
-    async with asyncio.timeout(within):
-        # The worker's state in Redis: there is nothing to subscribe to.
-        while (found := await probe()) is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        return found
 
 
 class Rig:

@@ -8,10 +8,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
+from support.polling import poll
 
 from batchd.core.config import Settings
 from batchd.core.domain import (
@@ -29,11 +30,6 @@ from batchd.core.store import BatchStore
 from batchd.worker.app import build_worker
 from batchd.worker.handler import Code, Handler, ItemContext, PermanentError, RetryableError
 from batchd.worker.retry import JITTER
-
-T = TypeVar("T")
-
-# Another worker's state in Redis: there is nothing to subscribe to, so tests poll it.
-POLL = 0.02
 
 
 def settings_for(redis_url: str, **overrides: Any) -> Settings:
@@ -69,15 +65,6 @@ async def run_burst(settings: Settings, handlers: Sequence[Handler]) -> None:
 async def items_of(store: BatchStore, batch_id: str) -> list[ItemView]:
     items, _ = await store.list_items(batch_id, 1000, "", [])
     return items
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], within: float = 20) -> T:
-    """The first result of `probe` that is not None, looking every POLL seconds."""
-    async with asyncio.timeout(within):
-        # Another process's state in Redis or a file: there is nothing to subscribe to.
-        while (found := await probe()) is None:  # noqa: ASYNC110
-            await asyncio.sleep(POLL)
-        return found
 
 
 async def test_a_retry_is_a_deferred_job_that_honours_retry_after(

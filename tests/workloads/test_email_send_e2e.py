@@ -12,12 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 from support.faults import wait_for_handler
+from support.in_process_server import client_of, running_server
 from support.processes import ServiceProcess, WorkerPool
 from support.smtp import USER_UNKNOWN, SmtpServerProcess
 
 from batchd.client import AsyncClient, BatchProgress, BatchState, ItemState
-from batchd.core.config import Settings
-from batchd.server.app import BatchdServer, start_server
+from batchd.server.app import BatchdServer
 
 # These tests' own keys in the session's Redis: no other test's worker takes their jobs.
 KEY_PREFIX = "email-e2e:"
@@ -28,15 +28,13 @@ CONNECTIONS = 8  # per worker process
 
 @pytest.fixture
 async def server(redis_url: str) -> AsyncIterator[BatchdServer]:
-    settings = Settings(redis_url=redis_url, host="127.0.0.1", key_prefix=KEY_PREFIX)
-    running = await start_server(settings, port=0)
-    yield running
-    await running.stop(grace=0)
+    async with running_server(redis_url, key_prefix=KEY_PREFIX) as running:
+        yield running
 
 
 @pytest.fixture
 async def client(server: BatchdServer) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+    async with client_of(server) as client:
         yield client
 
 

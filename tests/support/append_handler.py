@@ -1,5 +1,5 @@
 """`test.append`, loaded by worker subprocesses by import path
-(`BATCHD_HANDLERS=append_handler:handler`, with tests/worker on PYTHONPATH).
+(`BATCHD_HANDLERS=append_handler:handler`, with tests/support on PYTHONPATH).
 
 Each item sleeps `ms` milliseconds, then appends "<idempotency key> <pid>" to the file
 `log`: the record of every time an item's effect was applied, and by which process.
