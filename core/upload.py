@@ -216,7 +216,13 @@ class UploadSession:
                     self._keys.ids(batch_id),
                     self._keys.chunk(batch_id, chunk),
                 ],
-                args=[self._token, self._ttl_ms, codec.encode_chunk(self._buffer), first, *ids],
+                args=[
+                    self._token,
+                    self._ttl_ms,
+                    codec.encode_chunk(self._buffer),
+                    first,
+                    codec.encode_ids(ids),
+                ],
             )
         except BaseException:
             with contextlib.suppress(RedisError):  # the first error is the one to report

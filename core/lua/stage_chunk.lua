@@ -1,7 +1,7 @@
 -- Stage one chunk of an upload (docs/design.md, "Writing a batch").
 -- KEYS: lock, ids, c:<n> (items)
 -- ARGV: lock token, ttl (ms), chunk bytes, global index of the chunk's first item,
---       then the chunk's custom_ids in order
+--       the chunk's custom_ids in order (msgpack array: codec.encode_ids)
 -- Returns 0 when staged, -1 when the upload no longer holds the lock, or
 -- {position in this chunk, global index of the first use} for the first duplicate
 -- custom_id; a rejected chunk writes nothing.
@@ -12,8 +12,7 @@ if redis.call('GET', lock) ~= token then return -1 end
 -- Our lock and no batch yet: anything left in ids is from an expired upload.
 if first == 0 then redis.call('DEL', ids_key) end
 
-local ids = {}
-for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+local ids = cmsgpack.unpack(ARGV[5])
 
 -- Check every id before writing any; slices because unpack() is bounded.
 local seen = {}
