@@ -64,48 +64,55 @@ def _parts(
     item: ItemLike, index: int, params_struct: bool
 ) -> tuple[str, bytes | struct_pb2.Struct]:
     """(custom_id, params as JSON bytes or a Struct) of an item that is not an Item."""
-    where = f"items[{index}]"
     value: object = item  # callers without a type checker pass anything
     custom_id: object
     params: object
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise BatchdError.invalid_argument(where, "a tuple item is (custom_id, params)")
+            raise BatchdError.invalid_argument(_where(index), "a tuple item is (custom_id, params)")
         custom_id, params = value
     elif isinstance(value, Mapping):
         unknown = set(value) - _ITEM_KEYS
         if unknown:
             raise BatchdError.invalid_argument(
-                where, f"unknown keys {sorted(map(str, unknown))}; expected custom_id, params"
+                _where(index),
+                f"unknown keys {sorted(map(str, unknown))}; expected custom_id, params",
             )
         if "custom_id" not in value:
-            raise BatchdError.invalid_argument(f"{where}.custom_id", "missing")
+            raise BatchdError.invalid_argument(_where(index, ".custom_id"), "missing")
         custom_id, params = value["custom_id"], value.get("params")
     else:
         expected = "a mapping, a (custom_id, params) tuple or an Item"
         raise BatchdError.invalid_argument(
-            where, f"expected {expected}, not {type(value).__name__}"
+            _where(index), f"expected {expected}, not {type(value).__name__}"
         )
     if not isinstance(custom_id, str):
-        raise BatchdError.invalid_argument(f"{where}.custom_id", "must be a string")
+        raise BatchdError.invalid_argument(_where(index, ".custom_id"), "must be a string")
     if params_struct:
-        return custom_id, _struct(params, where)
-    return custom_id, _json(params, where)
+        return custom_id, _struct(params, index)
+    return custom_id, _json(params, index)
 
 
-def _json(params: object, where: str) -> bytes:
-    if isinstance(params, bytes | bytearray | memoryview):
-        return bytes(params)
-    if params is None:
-        return b"{}"
-    if not isinstance(params, Mapping):
-        raise BatchdError.invalid_argument(f"{where}.params", "must be a JSON object")
+def _where(index: int, field: str = "") -> str:
+    """The field an error names: built only for errors (per item, it showed in uploads)."""
+    return f"items[{index}]{field}"
+
+
+def _json(params: object, index: int) -> bytes:
+    if type(params) is not dict:  # dicts first: the checks below cost more than the rest
+        if isinstance(params, bytes | bytearray | memoryview):
+            return bytes(params)
+        if params is None:
+            return b"{}"
+        if not isinstance(params, Mapping):
+            raise BatchdError.invalid_argument(_where(index, ".params"), "must be a JSON object")
+        params = dict(params)
     if not params:
         return b"{}"
     try:
-        text = _JSON_ENCODER.encode(params if isinstance(params, dict) else dict(params))
+        text = _JSON_ENCODER.encode(params)
     except (TypeError, ValueError) as exc:
-        raise BatchdError.invalid_argument(f"{where}.params", f"not JSON: {exc}") from None
+        raise BatchdError.invalid_argument(_where(index, ".params"), f"not JSON: {exc}") from None
     return text.encode()
 
 
@@ -113,21 +120,23 @@ def _json(params: object, where: str) -> bytes:
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _struct(params: object, where: str) -> struct_pb2.Struct:
+def _struct(params: object, index: int) -> struct_pb2.Struct:
     if isinstance(params, bytes | bytearray | memoryview):
         try:
             params = json.loads(bytes(params))
         except ValueError as exc:
-            raise BatchdError.invalid_argument(f"{where}.params", f"not JSON: {exc}") from None
+            raise BatchdError.invalid_argument(
+                _where(index, ".params"), f"not JSON: {exc}"
+            ) from None
     struct = struct_pb2.Struct()
     if params is None:
         return struct
     if not isinstance(params, Mapping):
-        raise BatchdError.invalid_argument(f"{where}.params", "must be a JSON object")
+        raise BatchdError.invalid_argument(_where(index, ".params"), "must be a JSON object")
     try:
         struct.update(params)
     except (TypeError, ValueError, AttributeError) as exc:
-        raise BatchdError.invalid_argument(f"{where}.params", f"not JSON: {exc}") from None
+        raise BatchdError.invalid_argument(_where(index, ".params"), f"not JSON: {exc}") from None
     return struct
 
 
