@@ -269,15 +269,20 @@ def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
 
 async def _read_text(response: aiohttp.ClientResponse) -> tuple[str, bool]:
     """At most BODY_LIMIT bytes of the body, decoded; and whether more was left unread."""
-    parts: list[bytes] = []
-    size = 0
-    async for data in response.content.iter_chunked(BODY_LIMIT):
-        parts.append(data)
-        size += len(data)
-        if size > BODY_LIMIT:
-            break
-    raw = b"".join(parts)
-    truncated = len(raw) > BODY_LIMIT
+    length = response.content_length
+    if length is not None and length <= BODY_LIMIT:
+        # Small, and said so: in one read (reading in chunks cost a tenth of the handler).
+        raw, truncated = await response.read(), False
+    else:
+        parts: list[bytes] = []
+        size = 0
+        async for data in response.content.iter_chunked(BODY_LIMIT):
+            parts.append(data)
+            size += len(data)
+            if size > BODY_LIMIT:
+                break
+        raw = b"".join(parts)
+        truncated = len(raw) > BODY_LIMIT
     try:
         decoder = codecs.getincrementaldecoder(response.charset or "utf-8")(errors="replace")
     except LookupError:
