@@ -24,14 +24,13 @@ and the maintenance sweep (expired leases and completion windows).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import random
 import secrets
 import signal
 import socket
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -44,6 +43,7 @@ from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.store import BatchStore
+from batchd.worker.background import BackgroundTasks
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.handler import Handler, WorkerInfo
 from batchd.worker.leases import LeaseKeeper
@@ -195,7 +195,7 @@ class _Lifecycle:
         self.handlers = handlers
         self.worker_id = worker_id
         self.opened: list[Handler] = []  # handlers whose startup hook ran
-        self.background: list[asyncio.Task[None]] = []  # heartbeat, renewer, maintenance
+        self.background = BackgroundTasks()  # heartbeat, lease renewer, maintenance
         self.store: BatchStore | None = None
         self.started = asyncio.Event()
         self.draining = asyncio.Event()
@@ -230,9 +230,9 @@ class _Lifecycle:
             leases=leases,
         )
         await self._publish()
-        self._spawn(self._beat(), "batchd heartbeat")
-        self._spawn(leases.run(), "batchd lease renewer")
-        self._spawn(self._maintain(), "batchd maintenance")
+        self.background.spawn(self._beat(), "batchd heartbeat")
+        self.background.spawn(leases.run(), "batchd lease renewer")
+        self.background.spawn(self._maintain(), "batchd maintenance")
         self.started.set()
         log.info(
             "worker_started",
@@ -246,11 +246,7 @@ class _Lifecycle:
     async def shutdown(self, ctx: dict[Any, Any]) -> None:
         self.started.clear()
         # After the jobs: a chunk in flight needs its lease renewed to the end.
-        while self.background:
-            task = self.background.pop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.background.cancel_all()
         runtime: WorkerRuntime | None = ctx.get(CTX_KEY)
         if runtime is not None:
             await runtime.permits.close()
@@ -261,9 +257,6 @@ class _Lifecycle:
                 log.warning("worker_remove_failed", worker_id=self.worker_id, exc_info=True)
         await self._shutdown_handlers()
         log.info("worker_stopped", worker_id=self.worker_id)
-
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        self.background.append(asyncio.create_task(work, name=name))
 
     async def _publish(self) -> None:
         assert self.store is not None

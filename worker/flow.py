@@ -33,6 +33,7 @@ from batchd.core.domain import ClaimedChunk
 from batchd.core.flow import Bucket, buckets_for
 from batchd.core.store import BatchStore
 from batchd.worker.attempts import Item
+from batchd.worker.background import BackgroundTasks
 from batchd.worker.handler import Handler, SlowDown
 from batchd.worker.slots import SlotPool
 
@@ -79,14 +80,11 @@ class PermitPool:
 
     def __init__(self) -> None:
         self._by_buckets: dict[tuple[Bucket, ...], _Permits] = {}
-        self._renewals: set[asyncio.Task[None]] = set()
+        self._renewals = BackgroundTasks()
 
     async def close(self) -> None:
-        """Ends the renewals on the way: before the Redis pool closes, since a call that
-        outlived the close would reconnect a connection nobody closes."""
-        for task in self._renewals:
-            task.cancel()
-        await asyncio.gather(*self._renewals, return_exceptions=True)
+        """Ends the renewals on the way (before the worker's Redis pool closes)."""
+        await self._renewals.cancel_all()
 
     def get(
         self,
@@ -266,7 +264,7 @@ class _Permits:
         store: BatchStore,
         buckets: Sequence[Bucket],
         log: structlog.typing.FilteringBoundLogger,
-        renewals: set[asyncio.Task[None]],
+        renewals: BackgroundTasks,
     ) -> None:
         """`renewals`: where free-period renewals are kept while they run (the pool's)."""
         self.store = store
@@ -325,9 +323,7 @@ class _Permits:
         """Asks for the next free period before this one ends, in the background: a
         take when it has ended would stop every start until Redis answers."""
         if self._renewal is None or self._renewal.done():
-            self._renewal = asyncio.create_task(self._renew(), name="renew free period")
-            self._renewals.add(self._renewal)
-            self._renewal.add_done_callback(self._renewals.discard)
+            self._renewal = self._renewals.spawn(self._renew(), "renew free period")
 
     async def _renew(self) -> None:
         async with self._lock:

@@ -26,7 +26,6 @@ short blips from all of this.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -35,6 +34,7 @@ from arq.constants import in_progress_key_prefix
 from redis.exceptions import WatchError
 
 from batchd.core.logs import get_logger
+from batchd.worker.background import BackgroundTasks
 from batchd.worker.outages import REDIS_UNAVAILABLE, Backoff, Outage
 
 __all__ = ["ARQ_OUTAGE", "ResilientWorker"]
@@ -53,20 +53,16 @@ class ResilientWorker(arq.Worker):
         super().__init__(**options)
         self._poll_outage = Outage(log, "queue_poll")
         self._poll_backoff = Backoff()
-        self._clearing: set[asyncio.Task[None]] = set()
+        self._clearing = BackgroundTasks()
 
     def _clear_later(self, job_id: str) -> None:
-        task = asyncio.create_task(self._let_job_run_again(job_id), name=f"clear {job_id}")
-        self._clearing.add(task)
-        task.add_done_callback(self._clearing.discard)
+        self._clearing.spawn(self._let_job_run_again(job_id), f"clear {job_id}")
 
     async def stop_clearing(self) -> None:
         """Ends the clears still waiting for Redis (before the pool closes: a call that
         outlived it would reconnect a connection nobody closes); those jobs' in-progress
         keys then expire as arq set them to."""
-        for task in self._clearing:
-            task.cancel()
-        await asyncio.gather(*self._clearing, return_exceptions=True)
+        await self._clearing.cancel_all()
 
     async def _poll_iteration(self) -> None:
         try:
