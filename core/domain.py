@@ -109,10 +109,13 @@ class ItemCounts:
     failed: int = 0
     cancelled: int = 0
     expired: int = 0
+    # Items of claimed chunks not started yet (waiting in their worker); the rest of the
+    # claimed items are `running`.
+    claimed: int = 0
 
     @property
     def total(self) -> int:
-        return self.pending + self.running + self.finished
+        return self.pending + self.claimed + self.running + self.finished
 
     @property
     def finished(self) -> int:

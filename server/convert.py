@@ -85,6 +85,7 @@ def counts_to_proto(counts: ItemCounts) -> batch_pb2.ItemCounts:
         failed=counts.failed,
         cancelled=counts.cancelled,
         expired=counts.expired,
+        claimed=counts.claimed,
     )
 
 
@@ -117,6 +118,7 @@ def item_to_proto(item: ItemView) -> batch_pb2.BatchItem:
     )
     if item.output_json is not None:
         message.output.update(json.loads(item.output_json))
+        message.output_json = item.output_json
     if item.error_code or item.error_message:
         message.error.CopyFrom(status_pb2.Status(code=item.error_code, message=item.error_message))
     return message

@@ -273,10 +273,11 @@ class ItemCounts(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
     pending: _builtins.int
     """Items waiting for a worker."""
     running: _builtins.int
-    """Items whose chunk is in a worker's hands."""
+    """Items a worker is running now (an attempt in flight)."""
     succeeded: _builtins.int
     """Items that succeeded."""
     failed: _builtins.int
@@ -285,6 +286,10 @@ class ItemCounts(_message.Message):
     """Items cancelled before they started."""
     expired: _builtins.int
     """Items the completion window ended before they finished."""
+    claimed: _builtins.int
+    """Items a worker has taken (their chunk is claimed) that have not started:
+    they wait for a worker slot, a rate-limit permit or `max_concurrent`.
+    """
     def __init__(
         self,
         *,
@@ -294,10 +299,11 @@ class ItemCounts(_message.Message):
         failed: _builtins.int = ...,
         cancelled: _builtins.int = ...,
         expired: _builtins.int = ...,
+        claimed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "expired", b"expired", "failed", b"failed", "pending", b"pending", "running", b"running", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "claimed", b"claimed", "expired", b"expired", "failed", b"failed", "pending", b"pending", "running", b"running", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,6 +347,7 @@ class Batch(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    WAITING_REASON_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch's id: caller-chosen at submit time or assigned by the service."""
     handler: _builtins.str
@@ -353,6 +360,10 @@ class Batch(_message.Message):
     """How many items the batch holds."""
     chunk_count: _builtins.int
     """How many chunks the items were split into."""
+    waiting_reason: _builtins.str
+    """Why an unfinished batch makes no progress, when the service knows: for
+    example `no live worker serves handler "acc.upper"`. Empty otherwise.
+    """
     @_builtins.property
     def options(self) -> Global___BatchOptions:
         """The options in force, defaults filled in."""
@@ -392,10 +403,11 @@ class Batch(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        waiting_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "options", b"options", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "chunk_count", b"chunk_count", "counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "handler", b"handler", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "chunk_count", b"chunk_count", "counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "handler", b"handler", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,6 +432,7 @@ class BatchProgress(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     OBSERVE_TIME_FIELD_NUMBER: _builtins.int
     EFFECTIVE_RATE_FIELD_NUMBER: _builtins.int
+    WAITING_REASON_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch."""
     state: Global___BatchState.ValueType
@@ -433,6 +446,8 @@ class BatchProgress(_message.Message):
     max_per_second, or less while the downstream asks to slow down (adaptive
     back-off). 0 when the batch has no rate limit.
     """
+    waiting_reason: _builtins.str
+    """Why an unfinished batch makes no progress, as `Batch.waiting_reason`."""
     @_builtins.property
     def counts(self) -> Global___ItemCounts:
         """Items per state."""
@@ -471,10 +486,11 @@ class BatchProgress(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         observe_time: _timestamp_pb2.Timestamp | None = ...,
         effective_rate: _builtins.float = ...,
+        waiting_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "eta", b"eta", "observe_time", b"observe_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "effective_rate", b"effective_rate", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "effective_rate", b"effective_rate", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -495,6 +511,7 @@ class BatchItem(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
     custom_id: _builtins.str
     """The caller's id of the item."""
     index: _builtins.int
@@ -503,9 +520,15 @@ class BatchItem(_message.Message):
     """Where the item stands. A PENDING item with attempts > 0 waits for a retry."""
     attempts: _builtins.int
     """How many attempts were made (since the last RetryBatchItems)."""
+    output_json: _builtins.bytes
+    """The same output as the handler returned it: a JSON object, UTF-8, whose
+    integers stay integers. Set whenever `output` is.
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
-        """The handler's output, for a SUCCEEDED item."""
+        """The handler's output, for a SUCCEEDED item, as a Struct (numbers are
+        doubles there: 200 reads back as 200.0 in most languages).
+        """
 
     @_builtins.property
     def error(self) -> _status_pb2.Status:
@@ -537,10 +560,11 @@ class BatchItem(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        output_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "next_attempt_time", b"next_attempt_time", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "custom_id", b"custom_id", "end_time", b"end_time", "error", b"error", "index", b"index", "next_attempt_time", b"next_attempt_time", "output", b"output", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "custom_id", b"custom_id", "end_time", b"end_time", "error", b"error", "index", b"index", "next_attempt_time", b"next_attempt_time", "output", b"output", "output_json", b"output_json", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
