@@ -66,3 +66,13 @@ def test_lines_are_read_only_as_items_are_taken() -> None:
     assert read == 1
     assert [next(items) for _ in range(9)][-1] == ("i9", {})
     assert read == 10
+
+
+def test_a_line_nested_too_deeply_is_invalid_argument_naming_the_line() -> None:
+    deep = b'{"custom_id": "d", "params": {"a": ' + b"[" * 1000 + b"]" * 1000 + b"}}"
+    items = read_items([b'{"custom_id": "ok"}', b"", deep])
+    assert next(items) == ("ok", {})
+    with pytest.raises(BatchdError) as caught:
+        next(items)
+    assert caught.value.field_violations[0].field == "line 3"
+    assert caught.value.field_violations[0].description == "nested too deeply to read"

@@ -110,6 +110,41 @@ async def test_submit_bad_line_is_an_error_and_nothing_is_kept(
     assert service.uploads[-1].outcome == "rejected"
 
 
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (
+            '{"custom_id": "big", "params": {"blob": "' + "x" * (5 << 20) + '"}}',
+            "  line 4: item 'big' is 5,242,901 bytes encoded, over the limit of 4,194,304 "
+            "bytes (4 MiB) per item\n",
+        ),
+        (
+            '{"custom_id": "deep", "params": {"a": ' + "[" * 1000 + "]" * 1000 + "}}",
+            "  line 4: nested too deeply to read\n",
+        ),
+        ('{"custom_id": "s", "params": {"a": "\\ud800"}}', "  line 4 params: not JSON: "),
+    ],
+    ids=["over the size limit", "nested 1000 deep", "a lone surrogate"],
+)
+async def test_submit_bad_input_names_the_line_without_a_traceback(
+    service: FakeBatchService,
+    server: FakeServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    line: str,
+    says: str,
+) -> None:
+    # Line 2 is blank: lines and items are counted apart.
+    path = jsonl(tmp_path, ['{"custom_id": "a"}', "", '{"custom_id": "b"}', line])
+    assert await run(server, "submit", "noop", path) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: INVALID_ARGUMENT: invalid line 4")
+    assert says in captured.err
+    assert "Traceback" not in captured.err
+    assert all(upload.outcome != "completed" for upload in service.uploads)
+
+
 async def test_submit_missing_file(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run(server, "submit", "noop", "/nonexistent/items.jsonl") == 2
     err = capsys.readouterr().err
@@ -274,7 +309,7 @@ async def test_watch_hints_at_failed_items(
     service.watch_scripts = [[progress(COMPLETED, succeeded=7, failed=2, expired=1)]]
     assert await run(server, "watch", "b1") == 1
     captured = capsys.readouterr()
-    assert "failed=2 running=0 pending=0 cancelled=0 expired=1 " in captured.out
+    assert "failed=2 running=0 claimed=0 pending=0 cancelled=0 expired=1 " in captured.out
     assert captured.err == (
         "2 items failed: batchd items b1 --state failed\n"
         "1 items expired: batchd items b1 --state expired\n"
@@ -333,7 +368,7 @@ def test_live_display_shows_counts_rate_and_eta() -> None:
     text = console.export_text()
     assert "b1  RUNNING" in text
     assert "40.0%  4/10" in text
-    assert "succeeded 3  failed 1  running 2  pending 4  cancelled 0" in text
+    assert "succeeded 3  failed 1  running 2  claimed 0  pending 4  cancelled 0" in text
     assert "2.5 items/s  ETA 0:07" in text
 
 

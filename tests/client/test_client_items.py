@@ -10,10 +10,13 @@ import grpc
 import pytest
 
 from batchd.client import (
+    MAX_ITEM_BYTES,
+    MAX_REQUEST_BYTES,
     Batch,
     BatchdError,
     BatchItem,
     BatchOptions,
+    BatchProgress,
     BatchState,
     FieldViolation,
     ItemState,
@@ -234,6 +237,43 @@ def test_batch_item_from_proto_with_error_and_output() -> None:
     assert BatchItem.from_proto(ok).error is None
 
 
+def test_output_keeps_its_integers_from_output_json() -> None:
+    ok = batch_pb2.BatchItem(custom_id="y", state=batch_pb2.ITEM_STATE_SUCCEEDED)
+    returned = {"status": 200, "rows": 5000, "big": 2**60 + 1, "x": 1.5, "whole": 2.0}
+    ok.output.update(returned)
+    ok.output_json = json.dumps(returned).encode()
+    output = BatchItem.from_proto(ok).output
+    assert output == returned
+    assert output is not None
+    assert [type(output[k]) for k in returned] == [int, int, int, float, float]
+
+
+def test_output_from_the_struct_of_an_older_service() -> None:
+    ok = batch_pb2.BatchItem(custom_id="y", state=batch_pb2.ITEM_STATE_SUCCEEDED)
+    ok.output.update({"status": 200})  # no output_json: numbers are what the Struct has
+    output = BatchItem.from_proto(ok).output
+    assert output == {"status": 200.0}
+    assert output is not None
+    assert type(output["status"]) is float
+
+
+def test_new_fields_claimed_and_waiting_reason() -> None:
+    reason = 'no live worker serves handler "acc.upper"'
+    counts = batch_pb2.ItemCounts(pending=2, claimed=3, running=1, succeeded=4)
+    batch = Batch.from_proto(
+        batch_pb2.Batch(batch_id="b", total_items=10, counts=counts, waiting_reason=reason)
+    )
+    assert (batch.counts.claimed, batch.counts.running) == (3, 1)
+    assert batch.waiting_reason == reason
+    progress = BatchProgress.from_proto(
+        batch_pb2.BatchProgress(batch_id="b", total_items=10, counts=counts, waiting_reason=reason)
+    )
+    assert progress.counts.claimed == 3
+    assert progress.waiting_reason == reason
+    assert progress.fraction == 0.4  # claimed items are not finished
+    assert Batch.from_proto(batch_pb2.Batch(batch_id="b")).waiting_reason == ""
+
+
 def test_error_str_lists_violations() -> None:
     error = BatchdError(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -244,3 +284,79 @@ def test_error_str_lists_violations() -> None:
     assert json.loads(json.dumps(error.field_violations[0].__dict__))["field"] == (
         "items[0].custom_id"
     )
+
+
+def test_an_item_over_the_size_limit_is_refused_naming_it() -> None:
+    big = b'{"blob":"' + b"x" * MAX_ITEM_BYTES + b'"}'
+    packer = UploadPacker()
+    assert packer.add(("small", {"n": 1})) is None
+    with pytest.raises(BatchdError) as caught:
+        packer.add(("big", big))
+    error = caught.value
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.field_violations[0].field == "items[1]"
+    description = error.field_violations[0].description
+    assert "'big'" in description
+    encoded = batch_pb2.Item(custom_id="big", params_json=big).ByteSize()
+    assert f"is {encoded:,} bytes encoded" in description
+    assert "4,194,304 bytes (4 MiB)" in description
+    with pytest.raises(BatchdError) as caught:
+        submit_request(
+            "noop",
+            [("a", {}), batch_pb2.Item(custom_id="huge", params_json=big)],
+            options=None,
+            metadata=None,
+            request_id=None,
+            batch_id=None,
+            params_struct=False,
+        )
+    assert caught.value.field_violations[0].field == "items[1]"
+    assert "'huge'" in caught.value.field_violations[0].description
+
+
+def test_an_item_at_the_size_limit_is_packed() -> None:
+    params = b'{"blob":"' + b"x" * (MAX_ITEM_BYTES - 22) + b'"}'
+    assert batch_pb2.Item(custom_id="edge", params_json=params).ByteSize() == MAX_ITEM_BYTES
+    packer = UploadPacker()
+    assert packer.add(("edge", params)) is None
+    message = packer.flush()
+    assert message is not None
+    assert message.items.items[0].params_json == params
+    with pytest.raises(BatchdError):
+        UploadPacker().add(("edge", params + b" "))
+
+
+def test_a_submit_request_over_what_the_service_reads_is_refused() -> None:
+    blob = "x" * (MAX_ITEM_BYTES // 2)
+    with pytest.raises(BatchdError) as caught:
+        submit_request(
+            "noop",
+            [(f"i{i}", {"blob": blob}) for i in range(3)],
+            options=None,
+            metadata=None,
+            request_id=None,
+            batch_id=None,
+            params_struct=False,
+        )
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"over the {MAX_REQUEST_BYTES:,} the service reads" in caught.value.message
+
+
+@pytest.mark.parametrize("params_struct", [False, True])
+def test_params_nested_too_deeply_are_invalid_argument(params_struct: bool) -> None:
+    params: dict[str, object] = {}
+    for _ in range(5000):
+        params = {"a": params}
+    with pytest.raises(BatchdError) as caught:
+        to_item(("deep", params), index=3, params_struct=params_struct)
+    assert caught.value.field_violations[0].field == "items[3].params"
+    assert "nested too deeply" in caught.value.field_violations[0].description
+
+
+def test_text_that_is_not_utf_8_is_invalid_argument() -> None:
+    with pytest.raises(BatchdError) as caught:
+        UploadPacker().add(("a", {"s": "\ud800"}))
+    assert caught.value.field_violations[0].field == "items[0].params"
+    with pytest.raises(BatchdError) as caught:
+        UploadPacker().add(("\ud800", {}))
+    assert caught.value.field_violations[0].field == "items[0].custom_id"

@@ -103,8 +103,10 @@ def print_batch(batch: Batch, out: TextIO) -> None:
         (
             "counts",
             f"succeeded={c.succeeded} failed={c.failed} running={c.running} "
-            f"pending={c.pending} cancelled={c.cancelled} expired={c.expired}",
+            f"claimed={c.claimed} pending={c.pending} cancelled={c.cancelled} "
+            f"expired={c.expired}",
         ),
+        *([("waiting", batch.waiting_reason)] if batch.waiting_reason else []),
         ("created", format_time(batch.create_time)),
         ("started", format_time(batch.start_time)),
         ("ended", format_time(batch.end_time)),

@@ -12,7 +12,7 @@ from typing import BinaryIO, TextIO, TypeVar
 
 from rich.console import Console
 
-from batchd.cli._jsonl import read_items
+from batchd.cli._jsonl import JsonlItems
 from batchd.cli._output import (
     print_batch,
     print_batches,
@@ -50,6 +50,13 @@ class _Io:
 
 
 Command = Callable[[Client, argparse.Namespace, _Io], int]
+
+# Someone is watching: find a restarted server within two seconds, not grpc's
+# default of up to two minutes between connection attempts.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
 
 
 def _options(args: argparse.Namespace) -> BatchOptions:
@@ -95,15 +102,21 @@ def _submit(client: Client, args: argparse.Namespace, io: _Io) -> int:
     # sent, no 10,000-item / 4 MiB SubmitBatch limits to trip over. The service
     # stages uploads exactly like submits, so small inputs lose nothing.
     with _open_input(args.file) as stream:
-        result = client.upload(
-            args.handler,
-            read_items(stream),
-            options=_options(args),
-            metadata=dict(args.metadata),
-            request_id=args.request_id,
-            batch_id=args.batch_id,
-            items_per_message=args.items_per_message,
-        )
+        items = JsonlItems(stream)
+        try:
+            result = client.upload(
+                args.handler,
+                items,
+                options=_options(args),
+                metadata=dict(args.metadata),
+                request_id=args.request_id,
+                batch_id=args.batch_id,
+                items_per_message=args.items_per_message,
+            )
+        except BatchdError as exc:
+            # The client checks each item as it pulls it: a fault it names is the last
+            # line read.
+            raise items.locate(exc) from None
     batch = result.batch
     if args.json:
         print_json({"batch": batch, "replayed": result.replayed}, io.out)
@@ -278,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
     command = _COMMANDS[args.verb]
     try:
-        with Client(target, timeout=timeout) as client:
+        with Client(target, timeout=timeout, channel_options=_CHANNEL_OPTIONS) as client:
             return command(client, args, io)
     except BatchdError as exc:
         print_error(exc, io.err)

@@ -13,11 +13,14 @@
     items(batch_id, *, states, page_size) -> (async) iterator of BatchItem, every page
     items_page(batch_id, *, states, page_size, page_token)             -> Page[BatchItem]
     handlers()                                                         -> list[HandlerInfo]
-    watch(batch_id, *, min_interval, retry) -> (async) iterator of BatchProgress
+    watch(batch_id, *, min_interval, retry, on_reconnect) -> (async) iterator of BatchProgress
 
 Results are frozen dataclasses (`Batch`, `BatchProgress`, ...) converted from the
 batchd.v1 messages, with `IntEnum` states, `datetime`s and `timedelta`s. Items
 are mappings, `(custom_id, params)` tuples or `batchd.v1.batch_pb2.Item`s.
+
+An item over `MAX_ITEM_BYTES` encoded (4 MiB) is refused before anything is sent,
+as is a SubmitBatch request over `MAX_REQUEST_BYTES`, the most the service reads.
 
 Errors: every failed call raises `BatchdError` (`.code`, a `grpc.StatusCode`;
 `.message`; `.field_violations`; `.retry_after`); nothing else escapes from an RPC.
@@ -25,7 +28,7 @@ Errors: every failed call raises `BatchdError` (`.code`, a `grpc.StatusCode`;
 
 from batchd.client._async import AsyncClient
 from batchd.client._errors import BatchdError, FieldViolation, QuotaViolation
-from batchd.client._items import ItemLike, Params, to_item
+from batchd.client._items import MAX_ITEM_BYTES, MAX_REQUEST_BYTES, ItemLike, Params, to_item
 from batchd.client._requests import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from batchd.client._sync import Client
 from batchd.client._types import (
@@ -43,11 +46,13 @@ from batchd.client._types import (
     RetryResult,
     SubmitResult,
 )
-from batchd.client._watch import WatchRetry
+from batchd.client._watch import WatchReconnect, WatchRetry
 
 __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "MAX_ITEM_BYTES",
+    "MAX_REQUEST_BYTES",
     "AsyncClient",
     "Batch",
     "BatchItem",
@@ -68,6 +73,7 @@ __all__ = [
     "RetryPolicy",
     "RetryResult",
     "SubmitResult",
+    "WatchReconnect",
     "WatchRetry",
     "to_item",
 ]

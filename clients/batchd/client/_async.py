@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -43,7 +43,7 @@ from batchd.client._types import (
     SubmitResult,
 )
 from batchd.client._upload import upload_async
-from batchd.client._watch import WatchRetry, WatchSession
+from batchd.client._watch import WatchReconnect, WatchRetry, WatchSession
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
 __all__ = ["AsyncClient"]
@@ -311,6 +311,7 @@ class AsyncClient:
         min_interval: float | timedelta | None = 0.25,
         heartbeat_interval: float | timedelta | None = None,
         retry: WatchRetry | None = None,
+        on_reconnect: Callable[[WatchReconnect], None] | None = None,
     ) -> AsyncIterator[BatchProgress]:
         """Yields progress snapshots of a batch until, and including, the terminal one.
 
@@ -318,9 +319,12 @@ class AsyncClient:
         `min_interval` seconds) and a heartbeat (`heartbeat=True`) when nothing
         changes. A lost stream (UNAVAILABLE, a connection gone, a server closing
         it early) is reopened with backoff per `retry`; the next snapshot simply
-        carries on. Other errors, and running out of retries, raise `BatchdError`.
+        carries on. `on_reconnect`, if given, is called at once each time the
+        stream is lost (with the error, the attempt and the delay before it), so a
+        display can say so. Other errors, and running out of retries, raise
+        `BatchdError`.
         """
-        session = WatchSession(batch_id, retry or WatchRetry())
+        session = WatchSession(batch_id, retry or WatchRetry(), on_reconnect)
         request = watch_request(batch_id, min_interval, heartbeat_interval)
         while True:
             call = self._stub.WatchProgress(request)

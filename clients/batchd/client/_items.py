@@ -9,6 +9,9 @@ Params are a JSON object given as a mapping, or as `bytes` already holding its
 UTF-8 JSON (passed through untouched). By default they travel as `params_json`,
 compact JSON bytes, which spares both ends a Struct conversion; `params_struct=True`
 sends a `google.protobuf.Struct` instead (ints then become doubles, as in any Struct).
+
+The service reads messages of at most `MAX_REQUEST_BYTES`; an item larger than
+`MAX_ITEM_BYTES` encoded is refused here, naming it, before anything is sent.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from batchd.v1 import batch_pb2, batch_service_pb2
 __all__ = [
     "DEFAULT_ITEMS_PER_MESSAGE",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_ITEM_BYTES",
+    "MAX_REQUEST_BYTES",
     "ItemLike",
     "Params",
     "UploadPacker",
     "aiter_upload_requests",
+    "check_item_size",
     "iter_upload_requests",
     "to_item",
 ]
@@ -42,6 +48,13 @@ ItemLike: TypeAlias = Mapping[str, Any] | tuple[str, Params | None] | batch_pb2.
 DEFAULT_ITEMS_PER_MESSAGE = 1000
 # Servers accept 4 MiB messages by default; stay well below, whatever the item count.
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024 + 64 * 1024
+"""The largest message the service reads (its gRPC max receive message length): 4 MiB
+of items and 64 KiB for the rest of a request."""
+MAX_ITEM_BYTES = 4 * 1024 * 1024
+"""The largest item, encoded (custom_id and params), that the client sends: one item
+alone always fits in a message of either SubmitBatch or UploadBatch."""
 
 _ITEM_KEYS = frozenset({"custom_id", "params"})
 
@@ -88,6 +101,11 @@ def _parts(
         )
     if not isinstance(custom_id, str):
         raise BatchdError.invalid_argument(_where(index, ".custom_id"), "must be a string")
+    if not custom_id.isascii():  # the service takes ASCII ids only; this keeps it to UTF-8
+        try:
+            custom_id.encode()
+        except UnicodeEncodeError as exc:
+            raise BatchdError.invalid_argument(_where(index, ".custom_id"), str(exc)) from None
     if params_struct:
         return custom_id, _struct(params, index)
     return custom_id, _json(params, index)
@@ -110,10 +128,14 @@ def _json(params: object, index: int) -> bytes:
     if not params:
         return b"{}"
     try:
-        text = _JSON_ENCODER.encode(params)
-    except (TypeError, ValueError) as exc:
+        return _JSON_ENCODER.encode(params).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is one
         raise BatchdError.invalid_argument(_where(index, ".params"), f"not JSON: {exc}") from None
-    return text.encode()
+    except RecursionError:
+        raise BatchdError.invalid_argument(_where(index, ".params"), _TOO_DEEP) from None
+
+
+_TOO_DEEP = "nested too deeply to encode"
 
 
 # json.dumps with options builds an encoder per call: one, made once.
@@ -128,6 +150,8 @@ def _struct(params: object, index: int) -> struct_pb2.Struct:
             raise BatchdError.invalid_argument(
                 _where(index, ".params"), f"not JSON: {exc}"
             ) from None
+        except RecursionError:
+            raise BatchdError.invalid_argument(_where(index, ".params"), _TOO_DEEP) from None
     struct = struct_pb2.Struct()
     if params is None:
         return struct
@@ -137,7 +161,31 @@ def _struct(params: object, index: int) -> struct_pb2.Struct:
         struct.update(params)
     except (TypeError, ValueError, AttributeError) as exc:
         raise BatchdError.invalid_argument(_where(index, ".params"), f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BatchdError.invalid_argument(_where(index, ".params"), _TOO_DEEP) from None
     return struct
+
+
+def check_item_size(size: int, index: int, custom_id: str) -> None:
+    """Raises `BatchdError` (INVALID_ARGUMENT) naming the item when `size`, its encoded
+    size, is over `MAX_ITEM_BYTES`: the service would refuse its message whole."""
+    if size > MAX_ITEM_BYTES:
+        raise BatchdError.invalid_argument(
+            _where(index),
+            f"item {custom_id!r} is {size:,} bytes encoded, over the limit of "
+            f"{MAX_ITEM_BYTES:,} bytes (4 MiB) per item",
+        )
+
+
+def _item_size(custom_id: str, params_size: int) -> int:
+    """The encoded size of an Item of this custom_id and params (bytes or Struct)."""
+    cid = len(custom_id) if custom_id.isascii() else len(custom_id.encode())
+    size = params_size + (1 + _varint_size(params_size) if params_size else 0)
+    return size + (1 + _varint_size(cid) + cid if cid else 0)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 class UploadPacker:
@@ -172,8 +220,14 @@ class UploadPacker:
         else:
             custom_id, params = _parts(item, index, self._struct)
             params_size = len(params) if isinstance(params, bytes) else params.ByteSize()
-            size = len(custom_id.encode()) + params_size
-        size += 8  # tags, length prefixes and the repeated field's own: a few bytes
+            # At least the encoded size: the two fields' tags and length prefixes
+            # take at most 8 bytes.
+            size = len(custom_id.encode()) + params_size + 8
+            if size > MAX_ITEM_BYTES:
+                size = _item_size(custom_id, params_size)
+        if size > MAX_ITEM_BYTES:
+            check_item_size(size, index, custom_id)
+        size += 5  # the repeated field's tag and length prefix
         full = None
         if self._count_pending and self._pending_bytes + size > self._max_bytes:
             full = self.flush()

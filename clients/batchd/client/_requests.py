@@ -11,7 +11,13 @@ import grpc
 from google.protobuf import duration_pb2
 
 from batchd.client._errors import BatchdError
-from batchd.client._items import ItemLike, to_item
+from batchd.client._items import (
+    MAX_ITEM_BYTES,
+    MAX_REQUEST_BYTES,
+    ItemLike,
+    check_item_size,
+    to_item,
+)
 from batchd.client._types import BatchOptions, BatchState, ItemState
 from batchd.v1 import batch_pb2, batch_service_pb2
 
@@ -87,7 +93,9 @@ def submit_request(
     batch_id: str | None,
     params_struct: bool,
 ) -> batch_service_pb2.SubmitBatchRequest:
-    return batch_service_pb2.SubmitBatchRequest(
+    """The request, or `BatchdError` (INVALID_ARGUMENT) when the service could not read
+    it: an item over `MAX_ITEM_BYTES`, or the whole over `MAX_REQUEST_BYTES`."""
+    request = batch_service_pb2.SubmitBatchRequest(
         handler=handler,
         items=[to_item(item, index=i, params_struct=params_struct) for i, item in enumerate(items)],
         options=_options(options),
@@ -95,6 +103,17 @@ def submit_request(
         request_id=request_id or "",
         batch_id=batch_id or "",
     )
+    size = request.ByteSize()
+    if size > MAX_ITEM_BYTES:  # else no item can be over it
+        for index, item in enumerate(request.items):
+            check_item_size(item.ByteSize(), index, item.custom_id)
+    if size > MAX_REQUEST_BYTES:
+        raise BatchdError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is {size:,} bytes, over the {MAX_REQUEST_BYTES:,} the service "
+            "reads in one message: submit fewer items per call, or upload() them",
+        )
+    return request
 
 
 def upload_header(

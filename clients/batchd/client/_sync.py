@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -44,7 +44,7 @@ from batchd.client._types import (
     SubmitResult,
 )
 from batchd.client._upload import GuardedRequests
-from batchd.client._watch import WatchRetry, WatchSession
+from batchd.client._watch import WatchReconnect, WatchRetry, WatchSession
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
 __all__ = ["Client"]
@@ -310,10 +310,11 @@ class Client:
         min_interval: float | timedelta | None = 0.25,
         heartbeat_interval: float | timedelta | None = None,
         retry: WatchRetry | None = None,
+        on_reconnect: Callable[[WatchReconnect], None] | None = None,
     ) -> Iterator[BatchProgress]:
         """Yields progress snapshots until, and including, the terminal one,
         reconnecting as `AsyncClient.watch` does."""
-        session = WatchSession(batch_id, retry or WatchRetry())
+        session = WatchSession(batch_id, retry or WatchRetry(), on_reconnect)
         request = watch_request(batch_id, min_interval, heartbeat_interval)
         while True:
             call = self._stub.WatchProgress(request)

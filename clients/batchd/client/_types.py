@@ -4,11 +4,14 @@ Proto types stop at the client's edge. Each class has an explicit `from_proto()`
 (and `to_proto()` where the client sends it): enums become `IntEnum`s with the
 proto numbers, Timestamps timezone-aware `datetime`s (UTC), Durations
 `timedelta`s, Structs plain dicts. Unset timestamps and durations are `None`.
+An item's output comes from `output_json` (integers stay integers), or from the
+`output` Struct when an older service sends only that.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -231,11 +234,16 @@ class ItemCounts:
     """Items per state; they add up to the batch's `total_items`."""
 
     pending: int = 0
+    """Items waiting for a worker."""
     running: int = 0
+    """Items a worker is running now (an attempt in flight)."""
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
     expired: int = 0
+    claimed: int = 0
+    """Items a worker has taken that have not started: they wait for a worker slot, a
+    rate-limit permit or `max_concurrent`."""
 
     @property
     def finished(self) -> int:
@@ -251,6 +259,7 @@ class ItemCounts:
             failed=pb.failed,
             cancelled=pb.cancelled,
             expired=pb.expired,
+            claimed=pb.claimed,
         )
 
 
@@ -270,6 +279,9 @@ class Batch:
     create_time: datetime | None
     start_time: datetime | None
     end_time: datetime | None
+    waiting_reason: str = ""
+    """Why an unfinished batch makes no progress, when the service knows (e.g.
+    `no live worker serves handler "acc.upper"`); empty otherwise."""
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.Batch) -> Batch:
@@ -286,6 +298,7 @@ class Batch:
             create_time=_time(pb, "create_time"),
             start_time=_time(pb, "start_time"),
             end_time=_time(pb, "end_time"),
+            waiting_reason=pb.waiting_reason,
         )
 
 
@@ -333,6 +346,8 @@ class BatchProgress:
     effective_rate: float = 0.0
     """The start rate in force now (items/s), lowered while the downstream asks to slow
     down; 0 when the batch has no rate limit."""
+    waiting_reason: str = ""
+    """Why an unfinished batch makes no progress, as `Batch.waiting_reason`."""
 
     @property
     def fraction(self) -> float:
@@ -356,6 +371,7 @@ class BatchProgress:
             observe_time=_time(pb, "observe_time"),
             heartbeat=heartbeat,
             effective_rate=pb.effective_rate,
+            waiting_reason=pb.waiting_reason,
         )
 
 
@@ -377,6 +393,17 @@ class ItemError:
         )
 
 
+def _output(pb: batch_pb2.BatchItem) -> dict[str, Any] | None:
+    if pb.output_json:
+        try:
+            output = json.loads(pb.output_json)
+        except ValueError:
+            output = None  # not JSON after all: the Struct still says what it can
+        if isinstance(output, dict):
+            return output
+    return _struct_dict(pb, "output")
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """The outcome of one item."""
@@ -387,7 +414,9 @@ class BatchItem:
     state: ItemState
     attempts: int
     output: dict[str, Any] | None
-    """The handler's output, for a SUCCEEDED item."""
+    """The handler's output, for a SUCCEEDED item, as it returned it: integers stay
+    integers (from `output_json`; from the `output` Struct, whose numbers are all
+    floats, only when the service sends no `output_json`)."""
     error: ItemError | None
     """Why the item failed, for a FAILED item (or, for a PENDING item waiting for a
     retry, why its last attempt failed)."""
@@ -403,7 +432,7 @@ class BatchItem:
             index=pb.index,
             state=ItemState(pb.state),
             attempts=pb.attempts,
-            output=_struct_dict(pb, "output"),
+            output=_output(pb),
             error=ItemError.from_proto(pb.error) if pb.HasField("error") else None,
             start_time=_time(pb, "start_time"),
             end_time=_time(pb, "end_time"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -17,7 +18,7 @@ from batchd.client._errors import BatchdError
 from batchd.client._types import BatchProgress
 from batchd.v1 import batch_service_pb2
 
-__all__ = ["WatchRetry", "WatchSession"]
+__all__ = ["WatchReconnect", "WatchRetry", "WatchSession"]
 
 _log = logging.getLogger("batchd.client")
 
@@ -48,12 +49,31 @@ class WatchRetry:
         return ceiling * random.uniform(0.5, 1.0)
 
 
+@dataclass(frozen=True)
+class WatchReconnect:
+    """What `watch(on_reconnect=...)` is told each time the stream is lost, before
+    the watch waits `delay` seconds and opens a new one."""
+
+    error: BatchdError
+    """What ended the stream (UNAVAILABLE, mostly)."""
+    attempt: int
+    """Reconnects in a row, from 1; a snapshot received starts the count again."""
+    delay: float
+    """Seconds until the next attempt."""
+
+
 class WatchSession:
     """The state of one `watch()` across its streams: sync and async share it."""
 
-    def __init__(self, batch_id: str, policy: WatchRetry) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        policy: WatchRetry,
+        on_reconnect: Callable[[WatchReconnect], None] | None = None,
+    ) -> None:
         self.batch_id = batch_id
         self.policy = policy
+        self.on_reconnect = on_reconnect
         self.failures = 0
         self.last: BatchProgress | None = None
         self._reconnected = False
@@ -107,4 +127,6 @@ class WatchSession:
             delay,
         )
         self._reconnected = True
+        if self.on_reconnect is not None:
+            self.on_reconnect(WatchReconnect(error, self.failures, delay))
         return delay
