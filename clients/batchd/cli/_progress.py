@@ -29,7 +29,7 @@ INTERRUPTED_EXIT = 130
 """The exit status of a watch stopped by Ctrl-C, as for any SIGINT."""
 
 WATCH_RETRY = WatchRetry(initial_backoff=0.2, max_backoff=2.0, max_retries=60)
-"""A person is watching: reconnect every two seconds at most, for about two minutes."""
+"""A person is watching: reconnect every two seconds at most, for a minute or two."""
 
 STALE_AFTER = 8.0
 """Seconds without a message (the service sends a heartbeat every 5 s) after which the
