@@ -51,12 +51,15 @@ async def claim_chunk(
     token: str,
     now_ms: int,
     lease_ttl: float,
+    queues: Sequence[str] = (),
 ) -> ClaimedChunk | None:
-    """`chunk` None: the batch's next chunk not yet dispatched (claim_chunk.lua)."""
+    """`chunk` None: the batch's next chunk not yet dispatched, if no other batch has a
+    job in `queues` (claim_chunk.lua)."""
     claimed = await scope.run(
         scripts.claim_chunk,
         batch_id,
         now_ms,
+        keys=queues,
         args=[
             -1 if chunk is None else chunk,
             token,
@@ -150,8 +153,8 @@ async def reap_expired_leases(scripts: Scripts, scope: BatchScope, *, now_ms: in
     while True:
         count = int(
             await scripts.reap_leases(
-                keys=[scope.keys.leases, scope.keys.queue],
-                args=[now_ms, _REAP_BATCH, *scope.job_args()],
+                keys=[scope.keys.leases, scope.keys.queue_prefix],
+                args=[now_ms, _REAP_BATCH, *scope.job_args(), scope.keys.meta("")],
             )
         )
         reaped += count

@@ -138,6 +138,8 @@ class BatchRecord:
     create_time: float
     start_time: float | None = None
     end_time: float | None = None
+    # Why an unfinished batch makes no progress (BatchStore.explain_waits); "" otherwise.
+    waiting_reason: str = ""
 
 
 class NewItem(NamedTuple):

@@ -1,10 +1,15 @@
-"""The ARQ job codec shared by the server (which enqueues) and the workers (which run).
+"""Chunk jobs: the one place that knows how ARQ stores a job, for the server and the
+workers alike (which enqueue: the store's commit and Lua scripts) without importing arq.
 
 A chunk job carries references only, `(batch_id, chunk)`, and every job and result goes
 through msgpack: nothing is ever pickled. The store enqueues jobs inside its own
 MULTI/EXEC (a commit) or Lua scripts (retries, hand-backs, reaped leases, redrives), so
-`chunk_job` and the scripts' `enqueue` (core/lua/_jobs.lua) write exactly the key, bytes,
-score and expiry that `arq.connections.ArqRedis.enqueue_job` would.
+`chunk_job` here and `make_enqueue` in core/lua/_jobs.lua write exactly the key, bytes,
+score and expiry that `arq.connections.ArqRedis.enqueue_job` would; tests/core/test_jobs.py
+holds all three to the same bytes, and fails naming the arq constant that moved.
+
+Each handler has its own queue (`Keys.queue`): a worker reads only the queues of the
+handlers it serves (batchd.worker.arq_worker).
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from arq.constants import expires_extra_ms, job_key_prefix
-from arq.jobs import serialize_job
 
 # The name the worker registers its chunk coroutine under.
 RUN_CHUNK = "run_chunk"
 
-# arq's default: a job not started within a day of its score expires unrun.
-DEFAULT_JOB_EXPIRY = expires_extra_ms / 1000
-# A job's key is this plus its id (arq's own constant, for the Lua scripts).
-JOB_KEY_PREFIX: str = job_key_prefix
+# How long a job may wait past its score before its key expires (a job whose key is gone
+# is dropped unrun). Past the longest completion window (30 days): a batch whose handler
+# no live worker serves keeps its jobs until a worker comes or its window closes. (arq's
+# own default, `expires_extra_ms`, is a day.)
+DEFAULT_JOB_EXPIRY = 31 * 86400.0
+# A job's key is this plus its id: arq.constants.job_key_prefix.
+JOB_KEY_PREFIX = "arq:job:"
 
 
 def _default(value: object) -> object:
@@ -42,6 +48,12 @@ def deserialize(raw: bytes) -> dict[str, Any]:
     """ARQ `job_deserializer`, the inverse of `serialize` (tuples come back as lists)."""
     data: dict[str, Any] = msgpack.unpackb(raw, raw=False)
     return data
+
+
+def job_payload(batch_id: str, chunk: int, enqueue_ms: int) -> bytes:
+    """What arq.jobs.serialize_job(RUN_CHUNK, (batch_id, chunk), {}, None, enqueue_ms)
+    returns with `serialize`: ARQ's job fields in ARQ's order."""
+    return serialize({"t": None, "f": RUN_CHUNK, "a": (batch_id, chunk), "k": {}, "et": enqueue_ms})
 
 
 @dataclass(frozen=True)
@@ -68,14 +80,13 @@ def chunk_job(
     """The job that runs `chunk` of `batch_id`, enqueued at `now_ms`.
 
     Like enqueue_job: the score is the enqueue time, or `defer_until_ms` (its
-    `_defer_until`), and the job key expires `expiry` seconds (arq's `expires_extra_ms`)
-    after the score.
+    `_defer_until`), and the job key expires `expiry` seconds after the score.
     """
-    payload = serialize_job(RUN_CHUNK, (batch_id, chunk), {}, None, now_ms, serializer=serialize)
+    payload = job_payload(batch_id, chunk, now_ms)
     score = now_ms if defer_until_ms is None else defer_until_ms
     return ChunkJob(
         job_id=job_id,
-        key=job_key_prefix + job_id,
+        key=JOB_KEY_PREFIX + job_id,
         payload=payload,
         score_ms=score,
         expires_ms=score - now_ms + int(expiry * 1000),

@@ -42,9 +42,18 @@ class Keys:
         return f"{self.prefix}worker:{worker_id}"
 
     @property
-    def queue(self) -> str:
-        """The ARQ queue (ZSET job_id -> score) that chunk jobs go through."""
-        return f"{self.prefix}queue"
+    def queue_prefix(self) -> str:
+        """The ARQ queues' common prefix: a handler's queue is it plus the handler name."""
+        return f"{self.prefix}queue:"
+
+    def queue(self, handler: str) -> str:
+        """The ARQ queue (ZSET job_id -> score) of the chunk jobs of `handler`'s batches:
+        only workers that serve the handler read it."""
+        return f"{self.queue_prefix}{handler}"
+
+    def handler_workers(self, handler: str) -> str:
+        """ZSET worker_id -> last heartbeat (ms) of the workers serving `handler`."""
+        return f"{self.prefix}handler_workers:{handler}"
 
     @property
     def leases(self) -> str:

@@ -91,7 +91,7 @@ class BatchScope:
                 k.ids(batch_id),
                 k.deadlines,
                 k.leases,
-                k.queue,
+                k.queue_prefix,
                 k.batches,
                 *keys,
             ],

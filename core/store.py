@@ -17,7 +17,8 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -49,6 +50,9 @@ DEFAULT_RETENTION = 7 * 86400.0
 
 # Worker entries silent for this many TTLs are dropped from the workers zset.
 _PRUNE_AFTER_TTLS = 10
+# States in which a batch waits for workers of its handler (to run, or to cancel what a
+# dead worker held).
+_RUNNABLE = frozenset({BatchState.QUEUED, BatchState.RUNNING, BatchState.CANCELLING})
 
 
 class BatchStore:
@@ -233,16 +237,19 @@ class BatchStore:
         """
         return await self._claim(batch_id, chunk, lease_ttl)
 
-    async def claim_next_chunk(self, batch_id: str, *, lease_ttl: float) -> ClaimedChunk | None:
+    async def claim_next_chunk(
+        self, batch_id: str, *, lease_ttl: float, handlers: Sequence[str]
+    ) -> ClaimedChunk | None:
         """Claims the batch's next chunk not yet dispatched, as `claim_chunk` would once
         its job ran, without the job (for a worker that just finished a quick chunk of
         the batch, sparing the job's trip through ARQ). None when another batch has
-        jobs in the queue (they go first, in the queue's order), every chunk is
-        dispatched, or the batch is not RUNNING."""
-        return await self._claim(batch_id, None, lease_ttl)
+        jobs in the queue of one of `handlers` (the worker's: they go first, in the
+        queues' order), every chunk is dispatched, or the batch is not RUNNING."""
+        queues = [self.keys.queue(name) for name in handlers]
+        return await self._claim(batch_id, None, lease_ttl, queues)
 
     async def _claim(
-        self, batch_id: str, chunk: int | None, lease_ttl: float
+        self, batch_id: str, chunk: int | None, lease_ttl: float, queues: Sequence[str] = ()
     ) -> ClaimedChunk | None:
         return await claims.claim_chunk(
             self._scripts,
@@ -252,6 +259,7 @@ class BatchStore:
             token=secrets.token_hex(8),
             now_ms=self._now_ms(),
             lease_ttl=lease_ttl,
+            queues=queues,
         )
 
     async def renew_leases(
@@ -368,20 +376,57 @@ class BatchStore:
         """Publish the catalog and refresh the worker's liveness (call every heartbeat)."""
         now, ttl_ms = codec.now_ms(), int(ttl * 1000)
         names = json.dumps(sorted(spec.name for spec in handlers))
+        gone = now - _PRUNE_AFTER_TTLS * ttl_ms
         async with self.redis.pipeline(transaction=True) as pipe:
             if handlers:
                 entries = {spec.name: codec.encode_handler(spec, now) for spec in handlers}
                 pipe.hset(self.keys.handlers, mapping=entries)
+            for spec in handlers:
+                serving = self.keys.handler_workers(spec.name)
+                pipe.zadd(serving, {worker_id: now})
+                pipe.zremrangebyscore(serving, "-inf", gone)
             pipe.zadd(self.keys.workers, {worker_id: now})
             pipe.set(self.keys.worker(worker_id), names, px=max(1, ttl_ms))
-            pipe.zremrangebyscore(self.keys.workers, "-inf", now - _PRUNE_AFTER_TTLS * ttl_ms)
+            pipe.zremrangebyscore(self.keys.workers, "-inf", gone)
             await pipe.execute()
 
     async def remove_worker(self, worker_id: str) -> None:
+        """Takes a stopping worker out at once, from the live counts of the handlers it
+        served too, rather than when its heartbeat goes stale."""
+        names = await self.redis.get(self.keys.worker(worker_id))
+        handlers: list[str] = json.loads(names) if names else []
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.workers, worker_id)
             pipe.delete(self.keys.worker(worker_id))
+            for name in handlers:
+                pipe.zrem(self.keys.handler_workers(name), worker_id)
             await pipe.execute()
+
+    async def live_handlers(self, names: Iterable[str], ttl: float) -> set[str]:
+        """Those of `names` that a worker seen within `ttl` seconds serves (a command per
+        name, in one round trip)."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return set()
+        since = codec.now_ms() - int(ttl * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in wanted:
+                pipe.zcount(self.keys.handler_workers(name), since, "+inf")
+            counts = await pipe.execute()
+        return {name for name, count in zip(wanted, counts, strict=True) if count}
+
+    async def explain_waits(self, batches: Sequence[BatchRecord], ttl: float) -> list[BatchRecord]:
+        """`batches`, each unfinished one that no live worker (seen within `ttl` seconds)
+        can run with its `waiting_reason` set. A paused batch waits for resume: no
+        reason is given beyond its state."""
+        open_batches = [b for b in batches if b.state in _RUNNABLE]
+        live = await self.live_handlers((b.handler for b in open_batches), ttl)
+        return [
+            replace(b, waiting_reason=f'no live worker serves handler "{b.handler}"')
+            if b.state in _RUNNABLE and b.handler not in live
+            else b
+            for b in batches
+        ]
 
     async def get_handler(self, name: str) -> HandlerSpec | None:
         raw = await self.redis.hget(self.keys.handlers, name)  # type: ignore[misc]
@@ -394,18 +439,12 @@ class BatchStore:
         or not.
         """
         since = codec.now_ms() - int(ttl * 1000)
+        catalog = await self.redis.hgetall(self.keys.handlers)  # type: ignore[misc]
+        names = sorted(bytes(name).decode() for name in catalog)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.handlers)
-            pipe.zrangebyscore(self.keys.workers, since, "+inf")
-            catalog, live = await pipe.execute()
-        served: dict[str, int] = {}
-        if live:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for worker_id in live:
-                    pipe.get(self.keys.worker(bytes(worker_id).decode()))
-                for names in await pipe.execute():
-                    for name in json.loads(names) if names else []:
-                        served[name] = served.get(name, 0) + 1
+            for name in names:
+                pipe.zcount(self.keys.handler_workers(name), since, "+inf")
+            served = dict(zip(names, await pipe.execute(), strict=True))
         statuses = []
         for raw in catalog.values():
             spec, seen_ms = codec.decode_handler(raw)

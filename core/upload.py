@@ -342,7 +342,7 @@ class UploadSession:
                 pipe.set(job.key, job.payload, px=job.expires_ms)
                 queued[job.job_id] = job.score_ms
             if queued:
-                pipe.zadd(keys.queue, queued)
+                pipe.zadd(keys.queue(spec.handler), queued)
             await pipe.execute()
         return None
 

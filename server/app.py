@@ -80,7 +80,7 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
             window=settings.dispatch_window,
         ),
     )
-    hub = ProgressHub(store)
+    hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

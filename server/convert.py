@@ -103,6 +103,7 @@ def batch_to_proto(batch: BatchRecord) -> batch_pb2.Batch:
         create_time=timestamp(batch.create_time),
         start_time=timestamp(batch.start_time),
         end_time=timestamp(batch.end_time),
+        waiting_reason=batch.waiting_reason,
     )
 
 

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from batchd.core.domain import BatchRecord
 from batchd.core.errors import Unavailable
@@ -27,6 +27,8 @@ EFFECTIVE_RATE_INTERVAL = 1.0
 # The rate is measured over this window: long enough to smooth flush bursts, short
 # enough to follow a change of pace.
 RATE_WINDOW = 10.0
+# Whether a live worker serves the batch's handler is read again at least this often.
+WAITING_REASON_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,15 @@ class Snapshot:
 
 
 class _Feed:
-    def __init__(self, store: BatchStore, batch_id: str, poll_interval: float) -> None:
+    def __init__(
+        self, store: BatchStore, batch_id: str, poll_interval: float, worker_ttl: float
+    ) -> None:
         self.store = store
         self.batch_id = batch_id
         self.poll_interval = poll_interval
+        self.worker_ttl = worker_ttl
+        self._reason = ""
+        self._reason_at = -WAITING_REASON_INTERVAL  # time.monotonic()
         self.latest: Snapshot | None = None
         self.changed = asyncio.Condition()
         self.watchers = 0
@@ -62,11 +69,25 @@ class _Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def _explained(self, batch: BatchRecord) -> BatchRecord:
+        """The batch with its waiting reason, read again at most every
+        WAITING_REASON_INTERVAL (and at every change of state)."""
+        now = time.monotonic()
+        latest = self.latest
+        if (
+            now - self._reason_at >= WAITING_REASON_INTERVAL
+            or latest is None
+            or latest.batch.state != batch.state
+        ):
+            [explained] = await self.store.explain_waits([batch], self.worker_ttl)
+            self._reason, self._reason_at = explained.waiting_reason, now
+        return replace(batch, waiting_reason=self._reason)
+
     async def _poll(self) -> None:
         version = 0
         while True:
             try:
-                batch = await self.store.get_batch(self.batch_id)
+                batch = await self._explained(await self.store.get_batch(self.batch_id))
                 self.error = None
             except Exception as exc:  # the watchers decide what an error means to them
                 self.error = exc
@@ -115,7 +136,12 @@ class _Feed:
 
 
 def _differs(a: BatchRecord, b: BatchRecord) -> bool:
-    return (a.state, a.counts, a.end_time) != (b.state, b.counts, b.end_time)
+    return (a.state, a.counts, a.end_time, a.waiting_reason) != (
+        b.state,
+        b.counts,
+        b.end_time,
+        b.waiting_reason,
+    )
 
 
 def _rate(batch: BatchRecord, samples: deque[tuple[float, int]], now: float) -> float:
@@ -133,8 +159,11 @@ def _rate(batch: BatchRecord, samples: deque[tuple[float, int]], now: float) -> 
 
 
 class ProgressHub:
-    def __init__(self, store: BatchStore, *, poll_interval: float = 0.05) -> None:
+    def __init__(
+        self, store: BatchStore, *, worker_ttl: float, poll_interval: float = 0.05
+    ) -> None:
         self.store = store
+        self.worker_ttl = worker_ttl
         self.poll_interval = poll_interval
         self._feeds: dict[str, _Feed] = {}
 
@@ -146,7 +175,8 @@ class ProgressHub:
         and stops after the terminal snapshot. Store errors propagate."""
         feed = self._feeds.get(batch_id)
         if feed is None:
-            feed = self._feeds[batch_id] = _Feed(self.store, batch_id, self.poll_interval)
+            feed = _Feed(self.store, batch_id, self.poll_interval, self.worker_ttl)
+            self._feeds[batch_id] = feed
             feed.start()
         feed.watchers += 1
         try:

@@ -125,6 +125,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         self, request: batch_service_pb2.GetBatchRequest, context: Context
     ) -> batch_service_pb2.GetBatchResponse:
         batch = await self.store.get_batch(_batch_id(request.batch_id))
+        [batch] = await self.store.explain_waits([batch], self.worker_ttl)
         return batch_service_pb2.GetBatchResponse(batch=convert.batch_to_proto(batch))
 
     @translate_errors
@@ -135,6 +136,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         batches, token = await self.store.list_batches(
             _page_size(request.page_size), request.page_token, states
         )
+        batches = await self.store.explain_waits(batches, self.worker_ttl)
         return batch_service_pb2.ListBatchesResponse(
             batches=[convert.batch_to_proto(b) for b in batches], next_page_token=token
         )
@@ -320,6 +322,7 @@ def _progress(snapshot: Any) -> batch_pb2.BatchProgress:
         end_time=convert.timestamp(batch.end_time),
         observe_time=convert.timestamp(snapshot.observed_at),
         effective_rate=snapshot.effective_rate,
+        waiting_reason=batch.waiting_reason,
     )
     if snapshot.eta is not None:
         progress.eta.CopyFrom(convert.duration(snapshot.eta))

@@ -3,18 +3,8 @@
 `build_worker` returns an `arq.Worker` for in-process use (tests, embedding);
 `batchd-worker` (`batchd.worker.main`) runs the same worker with signal handling.
 
-What ARQ does for us (arq 0.28, `arq/worker.py`):
-- `Worker.main` puts its Redis pool in `ctx["redis"]`, then awaits `on_startup(ctx)`;
-  every job gets a copy of ctx plus `job_id`, `job_try`, `enqueue_time`, `score`.
-- `on_shutdown` runs only in `Worker.close()`: after `async_run()` call `close()`.
-- A job running while its worker stops is cancelled, and a CancelledError job, like
-  `Retry`, is put back on the queue (`retry_jobs`). A job that raises anything else, or
-  times out, is finished and dropped: `run_chunk` turns Redis errors into `Retry`.
-- With `job_completion_wait`, SIGINT/SIGTERM stop picking jobs and wait that long for the
-  jobs in hand before cancelling them (`handle_sig_wait_for_completion`). We also tell
-  the chunks in hand to start no more items and to hand the rest back.
-- Nothing survives a Redis outage: `ResilientWorker` (batchd.worker.resilient) mends that,
-  and the pool's client retries a command whose connection breaks in flight.
+The ARQ side — the queues of the served handlers, outages, drain and close — is
+`batchd.worker.arq_worker`; this module builds the worker's runtime around it.
 
 Besides ARQ's poll loop, each worker process runs three background tasks: the catalog
 heartbeat, the lease renewer (`LeaseKeeper`: every chunk it holds, every lease_ttl / 3)
@@ -28,70 +18,36 @@ import gc
 import os
 import random
 import secrets
-import signal
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
-import arq
-from arq.connections import RedisSettings
-
-from batchd.core import jobs
 from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.store import BatchStore
+from batchd.worker.arq_worker import BatchdWorker
 from batchd.worker.background import BackgroundTasks
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.handler import Handler, WorkerInfo
 from batchd.worker.leases import LeaseKeeper
-from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Outage, client_retry
+from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
 from batchd.worker.registry import load_handlers, specs
-from batchd.worker.resilient import ResilientWorker
 from batchd.worker.slots import SlotPool
 
 __all__ = [
-    "JOB_MAX_TRIES",
-    "JOB_TIMEOUT",
-    "SHUTDOWN_GRACE",
     "BatchdWorker",
     "build_worker",
     "new_worker_id",
-    "worker_settings",
 ]
 
 log = get_logger(__name__)
-
-# A chunk job's time limit. Long, because a job that times out is dropped with its chunk
-# still claimed (its lease then expires and the chunk is taken over). A crashed worker's
-# chunk does not wait for it: its lease expires within lease_ttl.
-JOB_TIMEOUT = 3600
-# Runs of one chunk job: stops, Redis errors and missing handlers each use one.
-JOB_MAX_TRIES = 10
-# On SIGTERM/SIGINT, how long the jobs in hand may run before they are cancelled (and
-# requeued). Under batchd-service's 30 s wait before it kills the worker.
-SHUTDOWN_GRACE = 20
 
 
 def new_worker_id() -> str:
     """hostname-pid-random: unique per process, readable in ListHandlers and logs."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def worker_settings(
-    settings: Settings,
-    *,
-    handlers: Mapping[str, Handler] | None = None,
-    worker_id: str | None = None,
-) -> dict[str, Any]:
-    """ARQ worker settings (a `WorkerSettingsType` dict, for `arq.worker.create_worker`).
-
-    `handlers` default to `load_handlers(settings.handlers)`.
-    """
-    served = load_handlers(settings.handlers) if handlers is None else handlers
-    return _arq_options(settings, _Lifecycle(settings, served, worker_id or new_worker_id()))
 
 
 def build_worker(
@@ -116,75 +72,26 @@ def build_worker(
     """
     if handlers is None:
         handlers = load_handlers(settings.handlers, extra_handlers)
+    if not handlers:
+        raise ValueError("the worker serves no handler")
     lifecycle = _Lifecycle(settings, handlers, new_worker_id())
-    options = _arq_options(settings, lifecycle)
+    if not settings.redis_url:
+        raise ValueError("the worker needs a Redis URL (BATCHD_REDIS_URL)")
+    keys = Keys(settings.key_prefix)
     return BatchdWorker(
-        lifecycle,
+        run_chunk,
+        queues=[keys.queue(name) for name in sorted(handlers)],
+        redis_url=settings.redis_url,
+        max_jobs=settings.chunk_jobs,
+        on_startup=lifecycle.startup,
+        on_shutdown=lifecycle.shutdown,
+        worker_id=lifecycle.worker_id,
+        started=lifecycle.started,
+        draining=lifecycle.draining,
         burst=burst,
         handle_signals=handle_signals,
         poll_delay=settings.worker_poll_interval if poll_delay is None else poll_delay,
-        **options,
     )
-
-
-def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
-    if not settings.redis_url:
-        raise ValueError("the worker needs a Redis URL (BATCHD_REDIS_URL)")
-    return {
-        "functions": [
-            arq.func(run_chunk, name=jobs.RUN_CHUNK, timeout=JOB_TIMEOUT, max_tries=JOB_MAX_TRIES)
-        ],
-        "queue_name": Keys(settings.key_prefix).queue,
-        "redis_settings": redis_settings(settings.redis_url),
-        "job_serializer": jobs.serialize,
-        "job_deserializer": jobs.deserialize,
-        "max_jobs": settings.chunk_jobs,
-        "keep_result": 0,  # nobody reads ARQ results: outcomes live in the store
-        "max_tries": JOB_MAX_TRIES,
-        "job_completion_wait": SHUTDOWN_GRACE,
-        "on_startup": lifecycle.startup,
-        "on_shutdown": lifecycle.shutdown,
-    }
-
-
-def redis_settings(url: str) -> RedisSettings:
-    """ARQ's connection settings for `url`, retrying a command whose connection breaks."""
-    return replace(RedisSettings.from_dsn(url), retry=client_retry(), retry_on_error=RETRY_ON)
-
-
-class BatchdWorker(ResilientWorker):
-    """arq's Worker, plus `worker_id` and `started` (set once the catalog is published)."""
-
-    def __init__(self, lifecycle: _Lifecycle, **options: Any) -> None:
-        super().__init__(**options)
-        self.worker_id = lifecycle.worker_id
-        self.started = lifecycle.started
-        self._draining = lifecycle.draining
-
-    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
-        """SIGTERM/SIGINT: arq stops taking jobs and waits up to SHUTDOWN_GRACE for those
-        in hand; the chunks among them also start no more items and go back to the queue
-        with the rest (they would otherwise run whole chunks before stopping)."""
-        self._draining.set()
-        super().handle_sig_wait_for_completion(signum)
-
-    async def close(self) -> None:
-        """arq 0.28's `Worker.close`, step for step, but closing the pool with `aclose()`
-        (its `close(close_connection_pool=True)` is deprecated in redis-py 5), and not
-        failing on a job task that ended cancelled."""
-        if not self._handle_signals:
-            self.handle_sig(signal.SIGUSR1)  # cancels what still runs, as arq does
-        if self._pool is None:
-            return
-        # Those tasks were just cancelled: one cut short in arq's own bookkeeping ends
-        # with CancelledError, which must not stop the close (its job runs again).
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        await self.stop_clearing()
-        await self._delete_health_check()
-        if self.on_shutdown:
-            await self.on_shutdown(self.ctx)
-        await self.pool.aclose()
-        self._pool = None
 
 
 class _Lifecycle:
@@ -225,7 +132,6 @@ class _Lifecycle:
             handlers=self.handlers,
             worker_id=self.worker_id,
             slots=SlotPool(max(settings.worker_concurrency, 1)),
-            max_tries=JOB_MAX_TRIES,
             draining=self.draining,
             leases=leases,
         )

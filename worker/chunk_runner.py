@@ -44,13 +44,12 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from arq import Retry
-
 from batchd.core.config import Settings
 from batchd.core.domain import ClaimedChunk
 from batchd.core.errors import NotFound
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
+from batchd.worker.arq_worker import run_later
 from batchd.worker.attempts import Item, run_item
 from batchd.worker.flow import FlowGate, PermitPool
 from batchd.worker.handler import Handler
@@ -64,15 +63,9 @@ log = get_logger(__name__)
 
 # Where the worker's runtime sits in ARQ's per-worker ctx dict.
 CTX_KEY: Final = "batchd"
-# A chunk whose handler this worker lacks goes back to the queue, unclaimed, for this
-# long (another worker may serve it: during a rolling deploy, say); on the job's last
-# try its items fail UNIMPLEMENTED instead, so that the batch ends.
-MISSING_HANDLER_DEFER = 5.0
 # A consumer lets the loop run others after this many items, in case they never waited
 # (a no-op runs 64 in well under a millisecond).
 YIELD_EVERY = 64
-# Batches whose handler name a worker remembers at most (then it forgets them all).
-HANDLER_NAMES_KEPT = 10_000
 # After a Redis error before the claim the job is run again this long later.
 STORE_ERROR_DEFER = 2.0
 # A chunk job whose chunk ran in under CHAIN_WITHIN seconds goes on with the batch's next
@@ -94,26 +87,12 @@ class WorkerRuntime:
     worker_id: str
     # Items in flight across every chunk job of the process.
     slots: SlotPool
-    max_tries: int  # the ARQ job's tries: the last one fails items rather than retrying
     # Set when the worker is asked to stop: chunks start no more items and are handed
     # back, for another worker, with what they have not started.
     draining: asyncio.Event
     leases: LeaseKeeper
     # Rate-limit permits, shared by the process's chunk runs (batchd.worker.flow).
     permits: PermitPool = field(default_factory=PermitPool)
-    # Handler names of recent batches: a batch's never changes, and reading it for every
-    # chunk cost a Redis round trip per chunk.
-    _handler_names: dict[str, str] = field(default_factory=dict)
-
-    async def handler_of(self, batch_id: str) -> str:
-        """The handler name of batch `batch_id` (NotFound if there is no such batch)."""
-        name = self._handler_names.get(batch_id)
-        if name is None:
-            name = (await self.store.get_batch(batch_id)).handler
-            if len(self._handler_names) >= HANDLER_NAMES_KEPT:
-                self._handler_names.clear()
-            self._handler_names[batch_id] = name
-        return name
 
 
 class ChunkEnd(enum.Enum):
@@ -124,44 +103,37 @@ class ChunkEnd(enum.Enum):
 
 
 async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
-    """ARQ job: run what is left of chunk `chunk` of batch `batch_id`."""
+    """ARQ job: run what is left of chunk `chunk` of batch `batch_id`. It comes from the
+    queue of the batch's handler, which this worker serves."""
     runtime: WorkerRuntime = ctx[CTX_KEY]
-    last_try = int(ctx.get("job_try", 1)) >= runtime.max_tries
     store = runtime.store
     try:
-        # Look before claiming: a claim marks the batch RUNNING, and a batch whose handler
-        # no worker serves stays QUEUED (unless this is the job's last try).
-        handler = await runtime.handler_of(batch_id)
-        if handler not in runtime.handlers and not last_try:
-            log.warning("chunk_handler_missing", batch_id=batch_id, chunk=chunk, handler=handler)
-            raise Retry(defer=MISSING_HANDLER_DEFER)
         claimed_at = time.monotonic()
         claimed = await store.claim_chunk(batch_id, chunk, lease_ttl=runtime.settings.lease_ttl)
     except NotFound:
         claimed = None
-    except Retry:
-        raise
     except Exception as exc:
         log.warning("chunk_claim_failed", batch_id=batch_id, chunk=chunk, exc_info=True)
-        raise Retry(defer=STORE_ERROR_DEFER) from exc
+        raise run_later(STORE_ERROR_DEFER) from exc
     if claimed is None:  # done, cancelled, gone, or held by another live worker
         log.debug("chunk_skipped", batch_id=batch_id, chunk=chunk)
         return
+    # Only a job put by hand in another handler's queue finds no handler: its items fail
+    # UNIMPLEMENTED (batchd.worker.attempts).
+    handler = runtime.handlers.get(claimed.handler)
     for taken in range(1 + CHAIN_MAX):
         lease = runtime.leases.hold(claimed, claimed_at)
         try:
-            end = await _ChunkRun(
-                runtime, claimed, runtime.handlers.get(claimed.handler), lease
-            ).run()
+            end = await _ChunkRun(runtime, claimed, handler, lease).run()
         except FlushFailed as exc:
             # Not an outage (those are waited out): a script or codec error. The lease
             # expires and the chunk is taken over; this job, too, is run again.
-            raise Retry(defer=STORE_ERROR_DEFER) from exc
+            raise run_later(STORE_ERROR_DEFER) from exc
         finally:
             runtime.leases.drop(lease)
         if (
             end is not ChunkEnd.DONE
-            or handler not in runtime.handlers  # a last try's failures: not for the next
+            or handler is None
             or taken == CHAIN_MAX
             or time.monotonic() - claimed_at > CHAIN_WITHIN
             or runtime.draining.is_set()
@@ -171,7 +143,7 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
         claimed_at = time.monotonic()
         try:
             next_claim = await store.claim_next_chunk(
-                batch_id, lease_ttl=runtime.settings.lease_ttl
+                batch_id, lease_ttl=runtime.settings.lease_ttl, handlers=list(runtime.handlers)
             )
         except Exception:
             # Had the claim gone through, its lease lapses and the chunk is taken over.

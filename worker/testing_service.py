@@ -27,7 +27,8 @@ from batchd.client import AsyncClient, Batch, BatchItem, BatchOptions, ItemLike,
 from batchd.core.config import Settings
 from batchd.core.embedded_redis import EmbeddedRedis
 from batchd.server.app import BatchdServer, start_server
-from batchd.worker.app import BatchdWorker, build_worker
+from batchd.worker.app import build_worker
+from batchd.worker.arq_worker import BatchdWorker
 from batchd.worker.handler import Handler
 from batchd.worker.handlers import builtin_handlers
 from batchd.worker.registry import HandlerLoadError

@@ -3,19 +3,26 @@
 -- "Reliability", describes the states these helpers move items between.
 --
 -- KEYS: meta, chunks (states), running, failed, expired, attempts, ids, deadlines,
---       leases, queue, batches; a script's own keys follow (KEYS[12] ...)
+--       leases, queue prefix (the batch's queue is it plus its handler's name: only the
+--       workers serving the handler read it), batches; a script's own keys follow
+--       (KEYS[12] ...)
 -- ARGV: batch_id, batch key prefix, now (ms), retention (ms, 0: keep), ARQ job key
 --       prefix, job function, job expiry (ms), request key prefix, the global pending
 --       counter's key; a script's own arguments follow (ARGV[A] ...)
-local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUE, BATCHES =
+local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUES, BATCHES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11]
 local BATCH, PREFIX, NOW, RETENTION = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local REQUEST_PREFIX = ARGV[8]
 local PENDING_TOTAL = ARGV[9]
 local A = 10
-local enqueue = make_enqueue(QUEUE, ARGV[5], ARGV[6], tonumber(ARGV[7]), NOW)
-local enqueue_due = make_enqueue_due(QUEUE, ARGV[5], ARGV[6], tonumber(ARGV[7]), NOW)
+-- The batch's queue: its handler's, read when a script first needs it.
+local queue_key = nil
+local function QUEUE()
+  if not queue_key then queue_key = QUEUES .. (redis.call('HGET', META, 'handler') or '') end
+  return queue_key
+end
+local enqueue, enqueue_due = make_enqueue(QUEUE, ARGV[5], ARGV[6], tonumber(ARGV[7]), NOW)
 
 local PENDING, CANCELLED, EXPIRED_ITEM = 1, 5, 6
 local QUEUED, RUNNING_BATCH, CANCELLING, COMPLETED, CANCELLED_BATCH = 1, 2, 3, 4, 6

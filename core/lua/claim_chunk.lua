@@ -7,12 +7,13 @@
 -- scheduled for its first retry if it has one. A cancelling batch's chunk is cancelled
 -- here instead of handed out; a paused batch's chunk is parked (resume enqueues it again).
 -- The first claim of a fresh chunk enqueues the batch's next chunk (dispatch_next).
--- With `next` ('1'), n is ignored: when the batch is the only one with jobs in the queue
--- (its own running, waiting and retry jobs aside), its next chunk not yet dispatched is
--- claimed, as if its job had been dispatched and run, without the job's trip through a
+-- With `next` ('1'), n is ignored: when the batch is the only one with jobs in the queues
+-- the worker reads (KEYS[12...]: every queue of a handler it serves, the batch's among
+-- them; its own running, waiting and retry jobs aside), its next chunk not yet dispatched
+-- is claimed, as if its job had been dispatched and run, without the job's trip through a
 -- worker's ARQ loop (for a worker that just finished a quick chunk of the batch). Any
--- other batch's job in the queue (or more than NEXT_SCAN jobs) means nil: the queue's
--- order — priority, then the dispatch windows' turns — decides, as without `next`.
+-- other batch's job in those queues (or more than NEXT_SCAN jobs in one) means nil: the
+-- queues' order — priority, then the dispatch windows' turns — decides, as without `next`.
 -- Returns nil (nothing to run) or
 -- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}, n}
 -- where each attempt is the `attempts` entry of a runnable item that has one.
@@ -27,10 +28,12 @@ if take_next then
   if state ~= RUNNING_BATCH then return nil end
   local NEXT_SCAN = 64
   local mine = BATCH .. ':'
-  local jobs = redis.call('ZRANGE', QUEUE, 0, NEXT_SCAN)
-  if #jobs > NEXT_SCAN then return nil end
-  for _, id in ipairs(jobs) do
-    if string.sub(id, 1, #mine) ~= mine then return nil end
+  for k = 12, #KEYS do
+    local jobs = redis.call('ZRANGE', KEYS[k], 0, NEXT_SCAN)
+    if #jobs > NEXT_SCAN then return nil end
+    for _, id in ipairs(jobs) do
+      if string.sub(id, 1, #mine) ~= mine then return nil end
+    end
   end
   local c = redis.call('HMGET', META, 'cursor', 'chunks')
   if tonumber(c[1]) >= tonumber(c[2]) then return nil end

@@ -14,14 +14,14 @@ redis.call('HSET', META, 'options', ARGV[A + 1], 'prio', new)
 if old ~= new then
   local shift = (old - new) * 10000000
   local head = BATCH .. ':'
-  local queued = redis.call('ZRANGE', QUEUE, 0, -1, 'WITHSCORES')
+  local queued = redis.call('ZRANGE', QUEUE(), 0, -1, 'WITHSCORES')
   for i = 1, #queued, 2 do
     local id = queued[i]
     if string.sub(id, 1, #head) == head then
       local rest = string.sub(id, #head + 1)
       if string.match(rest, '^%d+$') or string.match(rest, '^%d+:q$')
           or string.match(rest, '^%d+:p%d+$') then
-        redis.call('ZADD', QUEUE, 'XX', string.format('%d', tonumber(queued[i + 1]) + shift), id)
+        redis.call('ZADD', QUEUE(), 'XX', string.format('%d', tonumber(queued[i + 1]) + shift), id)
       end
     end
   end

@@ -26,6 +26,9 @@ from batchd.core.store import BatchStore, Limits
 
 from .conftest import Consistent
 
+# The queues a worker serving the tests' handler reads.
+ECHO = ["test.echo"]
+
 
 async def submit(
     store: BatchStore, total: int, *, chunk_size: int = 2, priority: int = 0
@@ -43,7 +46,7 @@ async def submit(
 
 
 async def queued(redis: Redis, keys: Keys, batch_id: str) -> dict[str, int]:
-    entries = await redis.zrange(keys.queue, 0, -1, withscores=True)
+    entries = await redis.zrange(keys.queue("test.echo"), 0, -1, withscores=True)
     return {
         bytes(member).decode(): int(score)
         for member, score in entries
@@ -126,7 +129,7 @@ async def test_pause_parks_claims_and_resume_queues_them_again(
     counts = await consistent(batch.batch_id)
     assert (counts.succeeded, counts.pending, counts.running) == (1, 3, 0)
 
-    await redis.delete(keys.queue)  # resume alone must bring the chunks back
+    await redis.delete(keys.queue("test.echo"))  # resume alone must bring the chunks back
     resumed = await store.resume_batch(batch.batch_id)
     assert resumed.state is BatchState.RUNNING
     assert chunks_of(await queued(redis, keys, batch.batch_id)) == [0, 1]
@@ -254,17 +257,21 @@ async def test_the_next_chunk_is_taken_without_a_job_until_every_chunk_is_dispat
 ) -> None:
     batch = await submit(windowed, 10, chunk_size=2)  # 5 chunks; jobs queued for 0 and 1
     bid = batch.batch_id
-    assert await windowed.claim_next_chunk(bid, lease_ttl=30) is None  # QUEUED: not yet
+    assert (
+        await windowed.claim_next_chunk(bid, lease_ttl=30, handlers=ECHO) is None
+    )  # QUEUED: not yet
     assert await windowed.claim_chunk(bid, 0, lease_ttl=30) is not None  # dispatches 2
-    taken = await windowed.claim_next_chunk(bid, lease_ttl=30)
+    taken = await windowed.claim_next_chunk(bid, lease_ttl=30, handlers=ECHO)
     assert taken is not None
     assert (taken.chunk, [i for i, _, _ in taken.items]) == (3, [6, 7])
     assert chunks_of(await queued(redis, keys, bid)) == [0, 1, 2]  # no job for chunk 3
     assert await windowed.claim_chunk(bid, 3, lease_ttl=30) is None  # held, as any claim
-    last = await windowed.claim_next_chunk(bid, lease_ttl=30)
+    last = await windowed.claim_next_chunk(bid, lease_ttl=30, handlers=ECHO)
     assert last is not None
     assert last.chunk == 4
-    assert await windowed.claim_next_chunk(bid, lease_ttl=30) is None  # all dispatched
+    assert (
+        await windowed.claim_next_chunk(bid, lease_ttl=30, handlers=ECHO) is None
+    )  # all dispatched
     counts = await consistent(bid)
     assert (counts.running, counts.pending) == (6, 4)
     # Its records count like any chunk's.
@@ -283,10 +290,10 @@ async def test_no_chunk_is_taken_while_another_batch_has_jobs_queued(
     advance(1)
     second = await submit(windowed, 10, chunk_size=2)  # lower priority would do the same
     cursor = await redis.hget(keys.meta(first.batch_id), "cursor")  # type: ignore[misc]
-    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30) is None
+    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30, handlers=ECHO) is None
     assert await redis.hget(keys.meta(first.batch_id), "cursor") == cursor  # type: ignore[misc]
-    await redis.zrem(keys.queue, *(await queued(redis, keys, second.batch_id)))
-    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30) is not None
+    await redis.zrem(keys.queue("test.echo"), *(await queued(redis, keys, second.batch_id)))
+    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30, handlers=ECHO) is not None
 
 
 async def test_a_taken_chunk_whose_holder_died_is_queued_again(
@@ -295,7 +302,7 @@ async def test_a_taken_chunk_whose_holder_died_is_queued_again(
     batch = await submit(store, 40, chunk_size=2)  # 20 chunks, a window of 16 queued
     bid = batch.batch_id
     assert await store.claim_chunk(bid, 0, lease_ttl=5) is not None
-    taken = await store.claim_next_chunk(bid, lease_ttl=5)
+    taken = await store.claim_next_chunk(bid, lease_ttl=5, handlers=ECHO)
     assert taken is not None
     assert taken.chunk not in chunks_of(await queued(redis, keys, bid))
     assert await store.reap_expired_leases(advance(5)) == 2
@@ -314,5 +321,5 @@ async def test_no_job_is_taken_from_a_paused_or_cancelled_batch(
     assert await store.claim_chunk(bid, 0, lease_ttl=30) is not None
     await (store.pause_batch(bid) if stop == "pause" else store.cancel_batch(bid))
     cursor = await redis.hget(keys.meta(bid), "cursor")  # type: ignore[misc]
-    assert await store.claim_next_chunk(bid, lease_ttl=30) is None
+    assert await store.claim_next_chunk(bid, lease_ttl=30, handlers=ECHO) is None
     assert await redis.hget(keys.meta(bid), "cursor") == cursor  # type: ignore[misc]

@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.constants import expires_extra_ms, job_key_prefix
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
 from batchd.core import jobs
 from batchd.core.domain import BatchRecord, BatchState, ItemCounts, ItemOutcome, ItemState
 from batchd.core.store import BatchStore
+
+# arq's default job expiry (batchd's is longer: DEFAULT_JOB_EXPIRY).
+ARQ_EXPIRY = expires_extra_ms / 1000
 
 # The conftest fixture: new_batch(total=7, chunk_size=3) -> the committed batch.
 NewBatch = Callable[..., Awaitable[BatchRecord]]
@@ -27,6 +31,16 @@ def test_serialize_round_trips_without_pickle() -> None:
     assert jobs.deserialize(jobs.serialize({"r": KeyError("x")})) == {"r": "KeyError: 'x'"}
     with pytest.raises(TypeError):
         jobs.serialize({"r": object()})
+
+
+def test_the_job_key_prefix_is_arqs() -> None:
+    # batchd.core.jobs writes job keys without importing arq (the server does not).
+    assert job_key_prefix == jobs.JOB_KEY_PREFIX, "arq.constants.job_key_prefix changed"
+
+
+def test_a_job_outlives_the_longest_completion_window() -> None:
+    # A batch whose handler no live worker serves keeps its jobs until its window closes.
+    assert jobs.DEFAULT_JOB_EXPIRY > 30 * 86400
 
 
 async def test_a_chunk_job_is_what_enqueue_job_stores(redis: Redis) -> None:
@@ -43,7 +57,7 @@ async def test_a_chunk_job_is_what_enqueue_job_stores(redis: Redis) -> None:
     assert theirs is not None
     assert their_score is not None
 
-    ours = jobs.chunk_job(job_id, "b-1", 4, now_ms=int(their_score))
+    ours = jobs.chunk_job(job_id, "b-1", 4, now_ms=int(their_score), expiry=ARQ_EXPIRY)
     assert ours.key == f"arq:job:{job_id}"
     assert ours.payload == theirs  # same bytes: same enqueue time, same fields
     assert ours.score_ms == their_score
@@ -67,7 +81,9 @@ async def test_a_deferred_chunk_job_is_what_enqueue_job_stores(redis: Redis) -> 
     their_ttl = await redis.pttl(f"arq:job:{job_id}")
     assert their_score is not None
 
-    ours = jobs.chunk_job(job_id, "b-1", 4, now_ms=theirs["et"], defer_until_ms=int(their_score))
+    ours = jobs.chunk_job(
+        job_id, "b-1", 4, now_ms=theirs["et"], defer_until_ms=int(their_score), expiry=ARQ_EXPIRY
+    )
     assert ours.payload == await redis.get(f"arq:job:{job_id}")
     assert ours.score_ms == their_score
     assert ours.expires_ms - 1000 < their_ttl <= ours.expires_ms
@@ -98,7 +114,7 @@ async def test_an_arq_worker_runs_the_committed_chunks(
     worker = Worker(
         functions=[func(run_chunk, name=jobs.RUN_CHUNK)],
         redis_pool=pool,
-        queue_name=store.keys.queue,
+        queue_name=store.keys.queue("test.echo"),
         burst=True,
         handle_signals=False,
         poll_delay=0.01,

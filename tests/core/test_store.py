@@ -79,7 +79,7 @@ async def test_commit_makes_the_batch_visible_and_runnable(
 
     # One ARQ job per chunk (the dispatch window is larger), due now at the batch's
     # priority, carrying only (batch_id, chunk).
-    queued = await redis.zrange(keys.queue, 0, -1, withscores=True)
+    queued = await redis.zrange(keys.queue("test.echo"), 0, -1, withscores=True)
     job_ids = sorted(member.decode() for member, _ in queued)
     assert job_ids == [f"{spec.batch_id}:{n}" for n in range(3)]
     created_ms = round(batch.create_time * 1000)

@@ -120,7 +120,7 @@ async def test_reaping_enqueues_the_job_a_worker_needs(
     bid = batch.batch_id
     # A worker took the commit's job, claimed the chunk, recorded one item and died.
     commit_job = store.keys.chunk_job_id(bid, 0)
-    await redis.zrem(store.keys.queue, commit_job)
+    await redis.zrem(store.keys.queue("test.echo"), commit_job)
     await redis.delete(jobs.JOB_KEY_PREFIX + commit_job)
     dead = await store.claim_chunk(bid, 0, lease_ttl=LEASE)
     assert dead is not None
@@ -133,7 +133,7 @@ async def test_reaping_enqueues_the_job_a_worker_needs(
     assert await redis.zscore(store.keys.leases, f"{bid}/0") is None
 
     job_id = f"{bid}:0:l{ms(now)}"
-    assert await redis.zrange(store.keys.queue, 0, -1, withscores=True) == [
+    assert await redis.zrange(store.keys.queue("test.echo"), 0, -1, withscores=True) == [
         (job_id.encode(), ms(now))
     ]
     payload = await redis.get(jobs.JOB_KEY_PREFIX + job_id)
@@ -173,7 +173,7 @@ async def test_a_release_hands_back_what_was_not_started(
     items, _ = await store.list_items(bid, 3, "", [])
     assert [(i.state, i.next_attempt_time) for i in items[1:]] == [(ItemState.PENDING, None)] * 2
     # A job to run them again, now; its claim hands out just those two.
-    assert await redis.zscore(store.keys.queue, f"{bid}:0:t{now}") == now
+    assert await redis.zscore(store.keys.queue("test.echo"), f"{bid}:0:t{now}") == now
     again = await store.claim_chunk(bid, 0, lease_ttl=LEASE)
     assert again is not None
     assert [index for index, _, _ in again.items] == [1, 2]
@@ -189,7 +189,7 @@ async def _burst(redis: Redis, store: BatchStore, run_chunk: Callable[..., Any])
     worker = Worker(
         functions=[func(run_chunk, name=jobs.RUN_CHUNK)],
         redis_pool=pool,
-        queue_name=store.keys.queue,
+        queue_name=store.keys.queue("test.echo"),
         burst=True,
         handle_signals=False,
         poll_delay=0.01,

@@ -100,7 +100,9 @@ async def test_a_redrive_of_everything_runs_the_batch_again_to_completion(
     assert all([await redis.pttl(key) == -1 for key in await batch_keys(redis, store, bid)])
     deadline = ms(store.clock() + WINDOW)
     assert await redis.zscore(store.keys.deadlines, bid) == deadline
-    queued = {bytes(job).decode() for job in await redis.zrange(store.keys.queue, 0, -1)}
+    queued = {
+        bytes(job).decode() for job in await redis.zrange(store.keys.queue("test.echo"), 0, -1)
+    }
     now = ms(store.clock())
     assert {f"{bid}:{n}:r{now}" for n in range(3)} <= queued
     items, _ = await store.list_items(bid, 9, "", [ItemState.PENDING])

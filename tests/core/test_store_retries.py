@@ -67,7 +67,7 @@ async def test_a_retry_waits_for_its_deferred_job(
 
     # The deferred job is in the queue at the due time, as enqueue_job would write it.
     job_id = f"{bid}:0:t{ms(due)}"
-    assert await redis.zscore(store.keys.queue, job_id) == ms(due)
+    assert await redis.zscore(store.keys.queue("test.echo"), job_id) == ms(due)
     expected = jobs.chunk_job(job_id, bid, 0, now_ms=ms(store.clock()), defer_until_ms=ms(due))
     assert await redis.get(expected.key) == expected.payload
     ttl = await redis.pttl(expected.key)
@@ -84,7 +84,7 @@ async def test_a_retry_waits_for_its_deferred_job(
     assert result.next_retry_at == due
     assert await consistent(bid) == ItemCounts(pending=1, succeeded=2)
     assert await store.claim_chunk(bid, 0, lease_ttl=LEASE) is None  # not due yet
-    assert await redis.zscore(store.keys.queue, job_id) == ms(due)  # still scheduled
+    assert await redis.zscore(store.keys.queue("test.echo"), job_id) == ms(due)  # still scheduled
     assert await consistent(bid) == ItemCounts(pending=1, succeeded=2)
 
     advance(30)
@@ -125,7 +125,9 @@ async def test_a_claim_that_leaves_retries_schedules_the_next_one(
     # Its release schedules the job of the one still waiting.
     result = await store.record_outcomes(bid, 0, [done(0)], token=first.token, release=True)
     assert result.next_retry_at == now + 20
-    assert await redis.zscore(store.keys.queue, f"{bid}:0:t{ms(now + 20)}") == ms(now + 20)
+    assert await redis.zscore(store.keys.queue("test.echo"), f"{bid}:0:t{ms(now + 20)}") == ms(
+        now + 20
+    )
 
     advance(10)
     second = await store.claim_chunk(bid, 0, lease_ttl=LEASE)

@@ -95,7 +95,7 @@ async def _idle(worker: Any, redis: Redis, keys: Keys) -> None:
     def busy() -> bool:
         return any(not task.done() for task in worker.tasks.values())
 
-    while await redis.zcard(keys.queue) or busy():  # noqa: ASYNC110
+    while await redis.zcard(keys.queue("test.starts")) or busy():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
 
 
@@ -116,7 +116,7 @@ async def final(client: AsyncClient, batch_id: str) -> BatchProgress:
 
 
 async def batch_jobs(svc: Service, batch_id: str) -> list[bytes]:
-    members = await svc.redis.zrange(svc.keys.queue, 0, -1)
+    members = await svc.redis.zrange(svc.keys.queue("test.starts"), 0, -1)
     return [m for m in members if bytes(m).startswith(f"{batch_id}:".encode())]
 
 

@@ -27,7 +27,7 @@ from batchd.core.domain import (
 )
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore, RecordResult
-from batchd.worker import app, chunk_runner
+from batchd.worker import app
 from batchd.worker.app import build_worker
 from batchd.worker.handler import (
     Code,
@@ -522,40 +522,21 @@ async def test_catalog_is_published_and_withdrawn(
     assert statuses["test.hooked"].live_workers == 0
 
 
-async def test_a_chunk_of_a_handler_this_worker_lacks_stays_queued(
-    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+async def test_a_worker_never_takes_a_chunk_of_a_handler_it_does_not_serve(
+    redis: Redis, redis_url: str
 ) -> None:
-    # The job goes back to the queue, unclaimed, for a worker that serves the handler.
-    monkeypatch.setattr(chunk_runner, "MISSING_HANDLER_DEFER", 3600.0)
+    # The job stays in its handler's queue, untouched, for a worker that serves it.
     settings = settings_for(redis_url)
     store = store_for(redis, settings)
-    batch_id = await submit(store, "test.absent", [{}] * 3)
-    worker = build_worker(settings, burst=True, poll_delay=0.01)
-    worker.max_burst_jobs = 1  # one run of the job, then stop
-    try:
-        await worker.async_run()
-    finally:
-        await worker.close()
-    batch = await store.get_batch(batch_id)
-    assert batch.state == BatchState.QUEUED
-    assert batch.counts.pending == 3
-    assert await redis.zcard(Keys(settings.key_prefix).queue) == 1
-
-
-async def test_on_the_last_try_items_of_a_missing_handler_fail(
-    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(app, "JOB_MAX_TRIES", 2)
-    monkeypatch.setattr(chunk_runner, "MISSING_HANDLER_DEFER", 0.01)
-    settings = settings_for(redis_url)
-    store = store_for(redis, settings)
+    keys = Keys(settings.key_prefix)
     batch_id = await submit(store, "test.absent", [{}] * 3)
     await run_burst(settings)
     batch = await store.get_batch(batch_id)
-    assert batch.state == BatchState.COMPLETED
-    items = await all_items(store, batch_id)
-    assert {(i.state, i.error_code) for i in items} == {(ItemState.FAILED, Code.UNIMPLEMENTED)}
-    assert items[0].error_message == "no worker serves handler 'test.absent'"
+    assert batch.state == BatchState.QUEUED
+    assert batch.counts.pending == 3
+    queued = await redis.zrange(keys.queue("test.absent"), 0, -1)
+    assert [bytes(job).decode() for job in queued] == [f"{batch_id}:0"]
+    assert await redis.exists(f"arq:in-progress:{batch_id}:0", f"arq:retry:{batch_id}:0") == 0
 
 
 async def test_a_chunk_of_slow_items_fills_every_worker_slot(redis: Redis, redis_url: str) -> None:

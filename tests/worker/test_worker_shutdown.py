@@ -94,7 +94,9 @@ async def test_a_draining_worker_finishes_items_in_flight_and_hands_back_the_res
         8,
     )
     assert batch.counts.running == 0
-    assert await redis.zcard(Keys(settings.key_prefix).queue) == 1  # a job for the rest
+    assert (
+        await redis.zcard(Keys(settings.key_prefix).queue("test.gate")) == 1
+    )  # a job for the rest
 
     await _burst(settings, [gate.handler()])
     batch = await store.get_batch(batch_id)

@@ -1,0 +1,269 @@
+"""batchd's ARQ worker: the one module that subclasses `arq.Worker` (arq 0.28).
+
+It adds three things to ARQ's poll loop, each described in docs/design.md ("Workers" and
+"ARQ, and what batchd relies on"), where every ARQ internal used here is listed;
+tests/worker/test_arq_internals.py pins each one and fails naming it when ARQ changes:
+
+- **Routing.** Each handler has its own queue (`Keys.queue`); the worker reads the queues
+  of the handlers it serves, merged by score, so a chunk only ever reaches a worker that
+  serves its handler, in the same priority order as one queue would give. ARQ's own code
+  (`start_jobs`, `run_job`, `finish_job`) reads `self.queue_name`; here that is the queue
+  of the job being handled, carried by a context variable into the job's task.
+- **Outages.** ARQ catches no Redis error in its main loop: a poll that fails for want of
+  Redis is logged once per outage and tried again after a backoff; `start_jobs` gives
+  back the slot of a job it could not start and clears its in-progress key; `run_job`
+  clears the in-progress key of a job whose bookkeeping failed, so that the job runs
+  again. The Redis client also retries each command (`outages.client_retry`).
+- **Drain and close.** SIGTERM/SIGINT also tell the chunks in hand to start no more items
+  (they hand the rest back); `close` tolerates job tasks that ended cancelled and closes
+  the pool with redis-py 5's `aclose()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import replace
+from typing import Any
+
+import arq
+from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix
+from arq.typing import StartupShutdown, WorkerCoroutine
+from arq.utils import timestamp_ms
+from redis.exceptions import WatchError
+
+from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
+from batchd.core.logs import get_logger
+from batchd.worker.background import BackgroundTasks
+from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Backoff, Outage, client_retry
+
+__all__ = [
+    "ARQ_OUTAGE",
+    "JOB_MAX_TRIES",
+    "JOB_TIMEOUT",
+    "SHUTDOWN_GRACE",
+    "BatchdWorker",
+    "redis_settings",
+    "run_later",
+]
+
+log = get_logger(__name__)
+
+# A chunk job's time limit. Long, because a job that times out is dropped with its chunk
+# still claimed (its lease then expires and the chunk is taken over). A crashed worker's
+# chunk does not wait for it: its lease expires within lease_ttl.
+JOB_TIMEOUT = 3600
+# Runs of one chunk job: stops and Redis errors each use one.
+JOB_MAX_TRIES = 10
+# On SIGTERM/SIGINT, how long the jobs in hand may run before they are cancelled (and
+# requeued). Under batchd-service's 30 s wait before it kills the worker.
+SHUTDOWN_GRACE = 20
+
+# What arq raises when Redis goes away: connection errors, and WatchError for a connection
+# lost inside a WATCH (redis-py turns it into one).
+ARQ_OUTAGE: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, WatchError)
+
+# The queue of the job whose start or run this context belongs to (see `queue_name`).
+_job_queue: ContextVar[str | None] = ContextVar("batchd_job_queue", default=None)
+
+
+def run_later(seconds: float) -> BaseException:
+    """What a job raises to be run again `seconds` from now, its chunk untouched."""
+    return arq.Retry(defer=seconds)
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """ARQ's connection settings for `url`, retrying a command whose connection breaks."""
+    return replace(RedisSettings.from_dsn(url), retry=client_retry(), retry_on_error=RETRY_ON)
+
+
+Hook = StartupShutdown
+
+
+class BatchdWorker(arq.Worker):
+    """arq.Worker running `run_chunk` jobs from the queues of the handlers it serves,
+    through Redis outages.
+
+    `queues`: the served handlers' queues (at least one). `max_jobs`: chunk jobs at once.
+    `on_startup(ctx)` gets ARQ's ctx with the Redis pool in `ctx["redis"]`, and every job
+    a copy of it (plus `job_id`, `job_try`, `score`); `on_shutdown(ctx)` runs in `close`,
+    which always follows `async_run`. `draining` is set on SIGTERM/SIGINT; `worker_id`
+    and `started` are for the worker's owner. `options` go to arq.Worker as they are.
+    """
+
+    def __init__(
+        self,
+        run_chunk: WorkerCoroutine,
+        *,
+        queues: Sequence[str],
+        redis_url: str,
+        max_jobs: int,
+        on_startup: Hook,
+        on_shutdown: Hook,
+        worker_id: str,
+        started: asyncio.Event,
+        draining: asyncio.Event,
+        **options: Any,
+    ) -> None:
+        if not queues:
+            raise ValueError("a worker needs at least one queue (a handler to serve)")
+        self.queues = list(queues)
+        self._idle_queue = self.queues[0]
+        self._job_queues: dict[bytes, str] = {}
+        super().__init__(
+            functions=[arq.func(run_chunk, name=RUN_CHUNK, timeout=JOB_TIMEOUT)],
+            queue_name=self.queues[0],
+            redis_settings=redis_settings(redis_url),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            max_jobs=max_jobs,
+            keep_result=0,  # nobody reads ARQ results: outcomes live in the store
+            max_tries=JOB_MAX_TRIES,
+            job_completion_wait=SHUTDOWN_GRACE,
+            on_startup=on_startup,
+            on_shutdown=on_shutdown,
+            **options,
+        )
+        self.worker_id = worker_id
+        self.started = started
+        self._draining = draining
+        self._poll_outage = Outage(log, "queue_poll")
+        self._poll_backoff = Backoff()
+        self._clearing = BackgroundTasks()
+
+    # -- routing ----------------------------------------------------------------------
+    @property
+    def queue_name(self) -> str:
+        """The queue of the job being started, run or finished in this context; outside
+        one, a served queue that had jobs at the last poll (ARQ's burst mode stops when
+        it is empty, and its health check counts it)."""
+        return _job_queue.get() or self._idle_queue
+
+    @queue_name.setter
+    def queue_name(self, value: str) -> None:  # arq.Worker.__init__ sets it
+        self._idle_queue = value
+
+    async def _poll_iteration(self) -> None:
+        """arq's `_poll_iteration`, reading every served queue; Redis outages waited out."""
+        try:
+            if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+                await self.start_jobs(await self._read_queues())
+            for job_id, task in list(self.tasks.items()):
+                if task.done():
+                    del self.tasks[job_id]
+                    task.result()  # as arq: errors in run_job propagate
+            await self.heart_beat()
+        except ARQ_OUTAGE as exc:
+            self._poll_outage.failed(exc)
+            await self._poll_backoff.wait()
+        else:
+            self._poll_outage.recovered()
+            self._poll_backoff.reset()
+
+    async def _read_queues(self) -> list[bytes]:
+        """The due jobs at the head of the served queues, in score order across them (as
+        one queue holding them all would give): at most `queue_read_limit`."""
+        now = timestamp_ms()
+        count = self.queue_read_limit
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for queue in self.queues:
+                pipe.zrangebyscore(queue, "-inf", now, start=0, num=count, withscores=True)
+            if self.burst:
+                for queue in self.queues:
+                    pipe.zcard(queue)
+            replies = await pipe.execute()
+        heads: list[tuple[float, bytes, str]] = []
+        for queue, jobs in zip(self.queues, replies, strict=False):
+            heads.extend((score, job_id, queue) for job_id, score in jobs)
+        if self.burst:
+            sizes = replies[len(self.queues) :]
+            self._idle_queue = next(
+                (q for q, size in zip(self.queues, sizes, strict=True) if size), self.queues[0]
+            )
+        heads.sort()
+        self._job_queues = {job_id: queue for _, job_id, queue in heads[:count]}
+        return list(self._job_queues)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's `start_jobs`, a job at a time, each in its queue's context (the task it
+        creates for the job copies the context: `run_job` and `finish_job` see the queue);
+        a job that could not be started gives its slot back."""
+        for job_id in job_ids:
+            if self.job_counter >= self.max_jobs:
+                return
+            queue = _job_queue.set(self._job_queues.get(job_id, self.queues[0]))
+            try:
+                await super().start_jobs([job_id])
+            except Exception:
+                # arq took the slot before the Redis calls that failed: give it back.
+                self.job_counter -= 1
+                self.sem.release()
+                # The EXEC that set the job's in-progress key may have gone through with
+                # only its reply lost: the job, not started here, would then wait an hour
+                # for the key to expire. Clear it once Redis is back (a chunk job that
+                # another worker did start meanwhile tolerates a second start).
+                self._clear_later(job_id.decode())
+                raise
+            finally:
+                _job_queue.reset(queue)
+
+    # -- outages ----------------------------------------------------------------------
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except ARQ_OUTAGE as exc:
+            # Only arq's own bookkeeping gets here: a job's errors are caught inside.
+            log.warning("job_bookkeeping_failed", job_id=job_id, error=type(exc).__name__)
+            await self._let_job_run_again(job_id)
+
+    def _clear_later(self, job_id: str) -> None:
+        self._clearing.spawn(self._let_job_run_again(job_id), f"clear {job_id}")
+
+    async def _let_job_run_again(self, job_id: str) -> None:
+        """Deletes the job's in-progress key, once Redis is back: the job, still queued,
+        is then started again by some worker (a chunk job tolerates that)."""
+        backoff = Backoff()
+        while True:
+            try:
+                await self.pool.delete(in_progress_key_prefix + job_id)
+            except REDIS_UNAVAILABLE:
+                await backoff.wait()
+                continue
+            log.info("job_requeued_after_outage", job_id=job_id)
+            return
+
+    async def _delete_health_check(self) -> None:
+        with contextlib.suppress(*ARQ_OUTAGE):
+            await self.pool.delete(self.health_check_key)
+
+    # -- drain and close --------------------------------------------------------------
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        """SIGTERM/SIGINT: arq stops taking jobs and waits up to `job_completion_wait` for
+        those in hand; the chunks among them also start no more items and go back to the
+        queue with the rest (they would otherwise run whole chunks before stopping)."""
+        self._draining.set()
+        super().handle_sig_wait_for_completion(signum)
+
+    async def close(self) -> None:
+        """arq 0.28's `Worker.close`, step for step, but closing the pool with `aclose()`
+        (its `close(close_connection_pool=True)` is deprecated in redis-py 5), not failing
+        on a job task that ended cancelled, and ending the in-progress clears still
+        waiting for Redis before the pool closes (one that outlived it would reconnect a
+        connection nobody closes; those keys then expire as arq set them to)."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)  # cancels what still runs, as arq does
+        if self._pool is None:
+            return
+        # Those tasks were just cancelled: one cut short in arq's own bookkeeping ends
+        # with CancelledError, which must not stop the close (its job runs again).
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._clearing.cancel_all()
+        await self._delete_health_check()
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose()
+        self._pool = None
