@@ -11,7 +11,15 @@ from client.client_fakes import HANG, Abort, FakeBatchService, FakeServer, Watch
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
-from batchd.client import AsyncClient, BatchdError, BatchProgress, BatchState, Client, WatchRetry
+from batchd.client import (
+    AsyncClient,
+    BatchdError,
+    BatchProgress,
+    BatchState,
+    Client,
+    WatchReconnect,
+    WatchRetry,
+)
 from batchd.client._watch import WatchSession
 
 QUEUED = BatchState.QUEUED
@@ -77,6 +85,36 @@ async def test_sync_watch_reconnects_and_carries_on(
     snapshots = await asyncio.to_thread(lambda: list(client.watch("b1", retry=FAST)))
     assert summary(snapshots) == EXPECTED
     assert len(service.watch_requests) == 2
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_on_reconnect_is_told_of_each_lost_stream_before_the_wait(
+    service: FakeBatchService, aclient: AsyncClient, client: Client, flavour: str
+) -> None:
+    service.watch_scripts = [
+        [progress(RUNNING, pending=5, succeeded=5), UNAVAILABLE],
+        [UNAVAILABLE],
+        *dropped_then_resumed()[1:],
+    ]
+    told: list[tuple[int, grpc.StatusCode, str]] = []
+    seen: list[int] = []
+    snapshots: list[BatchProgress] = []
+
+    def lost(reconnect: WatchReconnect) -> None:
+        assert 0 < reconnect.delay <= FAST.max_backoff
+        told.append((reconnect.attempt, reconnect.error.code, reconnect.error.message))
+        seen.append(len(snapshots))
+
+    if flavour == "async":
+        snapshots.extend([p async for p in aclient.watch("b1", retry=FAST, on_reconnect=lost)])
+    else:
+        watch = client.watch("b1", retry=FAST, on_reconnect=lost)
+        await asyncio.to_thread(lambda: snapshots.extend(watch))
+    unavailable = (grpc.StatusCode.UNAVAILABLE, "server going away")
+    assert told == [(1, *unavailable), (2, *unavailable)]
+    assert snapshots[-1].state == COMPLETED
+    if flavour == "sync":  # list.extend appends as the iterator yields
+        assert seen == [1, 1]  # told while the watch waited, before any new snapshot
 
 
 async def test_watch_survives_a_server_restart(
