@@ -118,7 +118,7 @@ async def bare_copy(items: Sequence[Item], databases: str, concurrency: int) -> 
     handler = record_migrate_handler()
     assert handler.startup is not None
     assert handler.shutdown is not None
-    await handler.startup(WorkerInfo("bench", concurrency, Settings(databases=databases)))
+    await handler.startup(WorkerInfo("bench", concurrency, Settings.of(databases=databases)))
     # At the service's level (info): its debug events would print one line per range.
     log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(INFO))
     slots = asyncio.Semaphore(concurrency)

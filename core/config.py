@@ -2,132 +2,260 @@
 
 Precedence: command-line flag, then environment variable, then default. Nothing else
 in batchd reads the environment; the settings are passed down explicitly.
+
+`Settings` is flat: every process gets the same object type, and each field's metadata
+says which parts read it (`read_by`: the server, the worker, the embedded Redis). A
+command offers the flags of the parts it runs (`COMMANDS`): `batchd-server` the server's,
+`batchd-worker` the worker's, `batchd-service` the union. A handler declares its own
+settings next to its code, as a frozen dataclass of `setting(...)` fields named on the
+`Handler`; the worker collects those of the handlers it loads, offers them as flags and
+BATCHD_* variables like its own, and keeps their values in `Settings.handler_settings`,
+from which `Settings.section(cls)` builds the handler's typed object. See docs/design.md,
+"Settings".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+__all__ = [
+    "COMMANDS",
+    "EMBEDDED",
+    "MIN_CHUNK_JOBS",
+    "SERVER",
+    "WORKER",
+    "SettingError",
+    "Settings",
+    "setting",
+]
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+T = TypeVar("T")
 
+# The parts of batchd that read settings.
+SERVER = "server"
+WORKER = "worker"
+EMBEDDED = "embedded"  # the Redis batchd-service starts when given no URL
+SHARED = frozenset({SERVER, WORKER})
+
+# What each command runs, hence the settings it takes.
+COMMANDS: Mapping[str, frozenset[str]] = {
+    "batchd-server": frozenset({SERVER}),
+    "batchd-worker": frozenset({WORKER}),
+    "batchd-service": frozenset({SERVER, WORKER, EMBEDDED}),
+}
+
+# BATCHD_* variables read by other programs: the CLI's server address.
+OTHER_VARIABLES = frozenset({"BATCHD_TARGET"})
 
 # Chunk jobs a worker runs at once at least, when worker_max_chunks leaves it to batchd.
 MIN_CHUNK_JOBS = 8
 
 
+class SettingError(ValueError):
+    """A setting's value or declaration is wrong; the message names it."""
+
+
+def setting(default: Any, help: str, *, read_by: str | Collection[str] = WORKER) -> Any:
+    """A settings field: its default, its help line, and which parts read it (for a
+    handler's settings, always the worker)."""
+    parts = frozenset({read_by} if isinstance(read_by, str) else read_by)
+    return field(default=default, metadata={"help": help, "read_by": parts})
+
+
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = _setting(
-        "", "Redis URL (also REDIS_URL); empty: batchd-service starts an embedded server"
+    redis_url: str = setting(
+        "",
+        "Redis URL (also REDIS_URL); empty: batchd-service starts an embedded server",
+        read_by=SHARED,
     )
-    key_prefix: str = _setting("batchd:", "prefix of every Redis key batchd writes")
-    host: str = _setting("0.0.0.0", "address the gRPC server listens on")
-    port: int = _setting(50051, "port the gRPC server listens on")
-    data_dir: str = _setting(".data", "where the embedded Redis keeps its append-only file")
-    worker_concurrency: int = _setting(100, "items in flight per worker process")
-    worker_max_chunks: int = _setting(
+    key_prefix: str = setting("batchd:", "prefix of every Redis key batchd writes", read_by=SHARED)
+    host: str = setting("0.0.0.0", "address the gRPC server listens on", read_by=SERVER)
+    port: int = setting(50051, "port the gRPC server listens on", read_by=SERVER)
+    data_dir: str = setting(
+        ".data",
+        "where the embedded Redis keeps its append-only file and its socket, redis/valkey.sock",
+        read_by=EMBEDDED,
+    )
+    worker_concurrency: int = setting(100, "items in flight per worker process", read_by=WORKER)
+    worker_max_chunks: int = setting(
         0,
         "chunk jobs in flight per worker process; 0: three chunks of the default size per "
         "worker_concurrency's worth of items, and at least 8",
+        read_by=WORKER,
     )
-    worker_poll_interval: float = _setting(
-        0.05, "seconds a worker waits between looks at the queue when it has room"
+    worker_poll_interval: float = setting(
+        0.05, "seconds a worker waits between looks at the queue when it has room", read_by=WORKER
     )
-    handlers: str = _setting("", "extra handlers to serve: comma-separated module:attribute")
-    heartbeat_interval: float = _setting(2.0, "seconds between a worker's liveness reports")
-    worker_ttl: float = _setting(10.0, "a worker silent this many seconds counts as gone")
-    lease_ttl: float = _setting(
+    handlers: str = setting(
+        "", "extra handlers to serve: comma-separated module:attribute", read_by=WORKER
+    )
+    heartbeat_interval: float = setting(
+        2.0, "seconds between a worker's liveness reports", read_by=WORKER
+    )
+    worker_ttl: float = setting(
+        10.0, "a worker silent this many seconds counts as gone", read_by=SHARED
+    )
+    lease_ttl: float = setting(
         5.0,
         "seconds a worker's claim on a chunk lasts unrenewed: a dead worker's chunk is "
         "picked up again after this",
+        read_by=WORKER,
     )
-    maintenance_interval: float = _setting(
-        1.0, "seconds between sweeps for expired leases and completion windows"
+    maintenance_interval: float = setting(
+        1.0, "seconds between sweeps for expired leases and completion windows", read_by=SHARED
     )
-    retention: float = _setting(7 * 86400.0, "seconds a finished batch and its outcomes are kept")
-    default_completion_window: float = _setting(
-        86400.0, "seconds a batch may take when it does not say; then unfinished items EXPIRE"
+    retention: float = setting(
+        7 * 86400.0, "seconds a finished batch and its outcomes are kept", read_by=SHARED
     )
-    default_chunk_size: int = _setting(100, "items per chunk when neither batch nor handler say")
-    outcome_flush_items: int = _setting(1000, "a worker records outcomes every N items ...")
-    outcome_flush_interval: float = _setting(0.1, "... or every this many seconds")
-    max_pending_items: int = _setting(
+    default_completion_window: float = setting(
+        86400.0,
+        "seconds a batch may take when it does not say; then unfinished items EXPIRE",
+        read_by=SERVER,
+    )
+    default_chunk_size: int = setting(
+        100, "items per chunk when neither batch nor handler say", read_by=SHARED
+    )
+    outcome_flush_items: int = setting(
+        1000, "a worker records outcomes every N items ...", read_by=WORKER
+    )
+    outcome_flush_interval: float = setting(0.1, "... or every this many seconds", read_by=WORKER)
+    max_pending_items: int = setting(
         50_000_000,
         "items not yet finished, across all batches, beyond which submits are refused "
         "(RESOURCE_EXHAUSTED)",
+        read_by=SERVER,
     )
-    max_batch_items: int = _setting(10_000_000, "items one batch may hold")
-    dispatch_window: int = _setting(
+    max_batch_items: int = setting(10_000_000, "items one batch may hold", read_by=SERVER)
+    dispatch_window: int = setting(
         16,
         "chunk jobs of each batch kept in the queue at once: a batch behind another "
         "waits for at most this many of its chunks",
+        read_by=SERVER,
     )
-    smtp_url: str = _setting(
-        "smtp://localhost:25",
-        "SMTP relay of email.send: smtp://[user:password@]host[:port][?starttls=auto|require|off]"
-        ", or smtps:// for TLS from the first byte",
-    )
-    smtp_connections: int = _setting(
-        8, "SMTP connections email.send keeps open per worker process and relay"
-    )
-    databases: str = _setting(
-        "",
-        "databases record.migrate may name, comma-separated name=SQLAlchemy-URL pairs; "
-        "items may also give URLs themselves",
-    )
-    image_processes: int = _setting(
-        2, "processes per worker that decode and resize images for image.resize"
-    )
-    image_max_pixels: int = _setting(
-        50_000_000, "image.resize refuses images of more pixels (decompression bombs)"
-    )
-    image_input_dir: str = _setting(
-        ".", "local image paths given to image.resize are read from inside this directory"
-    )
-    image_output_dir: str = _setting(
-        ".data/images", "image.resize writes its variants inside this directory"
-    )
-    gc_threshold: int = _setting(
+    gc_threshold: int = setting(
         10_000,
         "allocations between collections of Python's youngest garbage-collector generation "
         "in batchd's processes (the interpreter's default: 700); 0 leaves it as it is",
+        read_by=SHARED,
     )
-    log_format: str = _setting("auto", "json, console, or auto (console on a terminal)")
-    log_level: str = _setting("info", "debug, info, warning or error")
+    log_format: str = setting(
+        "auto", "json, console, or auto (console on a terminal)", read_by=SHARED
+    )
+    log_level: str = setting("info", "debug, info, warning or error", read_by=SHARED)
+
+    # Values of the loaded handlers' own settings, by name (see `section`). Not a flag.
+    handler_settings: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from BATCHD_* variables (BATCHD_REDIS_URL, BATCHD_PORT, ...)."""
+    def of(cls, **values: Any) -> Settings:
+        """Settings from keyword values: the fields of Settings, and any other name as a
+        handler setting (`Settings.of(worker_concurrency=4, smtp_url=...)`)."""
+        own = {f.name for f in _declared(cls)}
+        handler = {k: v for k, v in values.items() if k not in own}
+        return cls(
+            **{k: v for k, v in values.items() if k in own},
+            handler_settings={**values.get("handler_settings", {}), **handler},
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        sections: Iterable[type[Any]] = (),
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from BATCHD_* variables (BATCHD_REDIS_URL, BATCHD_PORT, ...), those of
+        the handler settings `sections` included; `overrides` (not None) win."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"BATCHD_{f.name.upper()}")
+        handler: dict[str, Any] = {}
+        for f in _declared(cls):
+            raw = env.get(_variable(f.name))
             if raw is not None:
-                values[f.name] = _convert(f.type, raw)
+                values[f.name] = _convert(f, raw)
+        for f in _section_fields(sections):
+            raw = env.get(_variable(f.name))
+            if raw is not None:
+                handler[f.name] = _convert(f, raw)
         if "redis_url" not in values and env.get("REDIS_URL"):
             values["redis_url"] = env["REDIS_URL"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        own = {f.name for f in _declared(cls)}
+        for name, value in overrides.items():
+            if value is not None:
+                (values if name in own else handler)[name] = value
+        return cls(**values, handler_settings=handler)
 
     @classmethod
-    def from_args(cls, argv: Sequence[str] | None = None, *, description: str = "") -> Settings:
-        """Settings from command-line flags over the environment."""
-        parser = argparse.ArgumentParser(description=description)
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} [BATCHD_{f.name.upper()}, default {f.default!r}]"
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
-        parsed = vars(parser.parse_args(argv))
-        overrides = {k: v for k, v in parsed.items() if v is not None}
-        return cls.from_env(**overrides)
+    def from_args(
+        cls,
+        argv: Sequence[str] | None = None,
+        *,
+        command: str = "batchd-service",
+        description: str = "",
+        sections: Iterable[type[Any]] = (),
+    ) -> Settings:
+        """Settings from command-line flags over the environment (see `parse_args`)."""
+        return cls.parse_args(argv, command=command, description=description, sections=sections)[0]
+
+    @classmethod
+    def parse_args(
+        cls,
+        argv: Sequence[str] | None = None,
+        *,
+        command: str = "batchd-service",
+        description: str = "",
+        sections: Iterable[type[Any]] = (),
+        epilog: str | None = None,
+        pass_unknown: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> tuple[Settings, list[str]]:
+        """Settings from command-line flags over the environment, for `command` (the
+        settings of the parts it runs, plus those of `sections`). Returns the settings and
+        the arguments left over (none unless `pass_unknown`: else an unknown flag is an
+        error). A bad value exits with a usage message naming it, as argparse does."""
+        parser = argparse.ArgumentParser(prog=command, description=description, epilog=epilog)
+        own = cls.fields_for(command)
+        extra = _section_fields(sections)
+        for f in own:
+            _add_flag(parser, f)
+        if extra:
+            group = parser.add_argument_group("settings of the handlers")
+            for f in extra:
+                _add_flag(group, f)
+        if pass_unknown:
+            parsed, rest = parser.parse_known_args(argv)
+        else:
+            parsed, rest = parser.parse_args(argv), []
+        overrides = {k: v for k, v in vars(parsed).items() if v is not None}
+        try:
+            return cls.from_env(env, sections=sections, **overrides), rest
+        except ValueError as exc:
+            parser.error(str(exc))
+
+    @classmethod
+    def fields_for(cls, command: str) -> list[dataclasses.Field[Any]]:
+        """The settings `command` takes: those read by a part it runs."""
+        parts = COMMANDS[command]
+        return [f for f in _declared(cls) if f.metadata["read_by"] & parts]
+
+    def section(self, cls: type[T]) -> T:
+        """A handler's settings object (a dataclass of `setting` fields) from the values
+        given, defaults for the rest."""
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in self.handler_settings:
+                value = self.handler_settings[f.name]
+                values[f.name] = _convert(f, value) if isinstance(value, str) else value
+        return cls(**values)
 
     @property
     def chunk_jobs(self) -> int:
@@ -145,10 +273,82 @@ class Settings:
         return Path(self.data_dir)
 
 
-def _convert(type_name: object, raw: str) -> Any:
-    kind = str(type_name)
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    return raw
+def unknown_variables(
+    env: Mapping[str, str],
+    sections: Iterable[type[Any]] = (),
+    *,
+    all_known: bool = True,
+) -> list[str]:
+    """The BATCHD_* variables in `env` that no setting reads, sorted: neither a field of
+    Settings (whichever part reads it: one environment usually serves every process), nor
+    a setting of `sections`, nor a variable of another batchd program.
+
+    With `all_known=False` — a process that loads no handlers, and so cannot know the
+    names of the workers' handler settings — only those that look like a misspelt name
+    of Settings are returned."""
+    known = {_variable(f.name) for f in _declared(Settings)}
+    known |= {_variable(f.name) for f in _section_fields(sections)}
+    known |= OTHER_VARIABLES
+    found = sorted(k for k in env if k.startswith("BATCHD_") and k not in known)
+    if all_known:
+        return found
+    return [k for k in found if difflib.get_close_matches(k, known, n=1, cutoff=0.85)]
+
+
+def suggestion(variable: str, sections: Iterable[type[Any]] = ()) -> str | None:
+    """The known variable `variable` was most likely meant to be, if any."""
+    known = [_variable(f.name) for f in _declared(Settings)]
+    known += [_variable(f.name) for f in _section_fields(sections)]
+    close = difflib.get_close_matches(variable, known, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def _declared(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The settings of a settings dataclass: its fields made by `setting`."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def _section_fields(sections: Iterable[type[Any]]) -> list[dataclasses.Field[Any]]:
+    """The fields of handler settings `sections`, each name once. A name declared twice
+    by different sections, or one that Settings has, is a SettingError."""
+    own = {f.name for f in _declared(Settings)}
+    found: dict[str, tuple[dataclasses.Field[Any], type[Any]]] = {}
+    for section in dict.fromkeys(sections):  # a section shared by handlers counts once
+        if not dataclasses.is_dataclass(section):
+            raise SettingError(f"handler settings {section!r}: not a dataclass")
+        for f in _declared(section):
+            if f.name in own:
+                raise SettingError(
+                    f"handler settings {section.__qualname__}.{f.name}: batchd's own setting"
+                )
+            if f.name in found:
+                raise SettingError(
+                    f"setting {f.name!r} is declared by {found[f.name][1].__qualname__} "
+                    f"and by {section.__qualname__}"
+                )
+            found[f.name] = (f, section)
+    return [f for f, _ in found.values()]
+
+
+def _variable(name: str) -> str:
+    return f"BATCHD_{name.upper()}"
+
+
+def _kind(f: dataclasses.Field[Any]) -> type:
+    return {"int": int, "float": float}.get(str(f.type), str)
+
+
+def _add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Any) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    help_text = f"{f.metadata['help']} [{_variable(f.name)}, default {f.default!r}]"
+    parser.add_argument(flag, dest=f.name, type=_kind(f), default=None, help=help_text)
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = _kind(f)
+    if kind is str:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise SettingError(f"{_variable(f.name)}={raw!r}: {exc}") from None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from batchd.core.config import Settings
+from batchd.core.config import Settings, suggestion, unknown_variables
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
 from batchd.server.app import start_server
@@ -28,8 +29,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.from_args(argv, description="The batchd gRPC server.")
+    settings = Settings.from_args(
+        argv, command="batchd-server", description="The batchd gRPC server."
+    )
     configure_logging(settings)
+    warn_misspelt_variables(os.environ)
     if not settings.redis_url:
         sys.exit(
             "batchd-server needs a Redis: set BATCHD_REDIS_URL or --redis-url "
@@ -37,6 +41,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     tune_gc(settings.gc_threshold)
     asyncio.run(serve(settings))
+
+
+def warn_misspelt_variables(env: Mapping[str, str]) -> None:
+    """Warns once about each BATCHD_* variable that looks like a misspelt setting. The
+    server loads no handlers, so it cannot tell the workers' handler settings
+    (BATCHD_SMTP_URL, a third-party handler's) from other names: those it leaves to the
+    workers, which check every name."""
+    for variable in unknown_variables(env, all_known=False):
+        log.warning("unknown_variable", variable=variable, did_you_mean=suggestion(variable))
 
 
 if __name__ == "__main__":

@@ -2,57 +2,157 @@
 Redis URL) an embedded Redis whose data stays under the data directory.
 
 The worker runs as a child process (`batchd-worker`), as it would in production, so the
-server never imports worker code.
+server never imports worker code; flags this command does not know (a handler's, such as
+`--smtp-url`) are passed on to it, and it checks them.
+
+Stopping (SIGTERM to this process, or Ctrl-C, which a terminal sends to the whole
+foreground process group): the server stops taking calls and the worker drains its
+items in flight, both against a Redis still running — the embedded one runs in a session
+of its own, out of reach of the terminal's SIGINT — and the embedded Redis stops last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
-import subprocess
+import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from batchd.core.config import Settings
-from batchd.core.embedded_redis import EmbeddedRedis
+from batchd.core.embedded_redis import SOCKET_NAME, EmbeddedRedis
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
-from batchd.server.main import serve
+from batchd.server.app import start_server
 
 log = get_logger(__name__)
 
+COMMAND = "batchd-service"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long the worker may take to drain after SIGTERM before it is killed: more than its
+# own shutdown grace (the jobs in hand), so that it is never cut short while recording.
+WORKER_STOP_TIMEOUT = 30.0
+
+_EPILOG = (
+    "Other flags (the settings of the worker's handlers, such as --smtp-url, --databases, "
+    "--image-processes: see batchd-worker --help) are passed on to the worker."
+)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.from_args(argv, description="batchd: server, worker and Redis.")
+    settings, worker_args = Settings.parse_args(
+        argv,
+        command=COMMAND,
+        description="batchd: server, worker and Redis.",
+        epilog=_EPILOG,
+        pass_unknown=True,
+    )
     configure_logging(settings)
-    embedded: EmbeddedRedis | None = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis")
-        embedded.start()
-        settings = dataclasses.replace(settings, redis_url=embedded.url)
-    worker = _start_worker(settings)
-    tune_gc(settings.gc_threshold)
     try:
-        asyncio.run(serve(settings))
+        sys.exit(_run(settings, worker_args))
+    except KeyboardInterrupt:  # Ctrl-C while starting, before the signal handlers
+        sys.exit(128 + signal.SIGINT)
+
+
+def _run(settings: Settings, worker_args: list[str]) -> int:
+    embedded: EmbeddedRedis | None = None
+    try:
+        if not settings.redis_url:
+            redis_dir = settings.data_path / "redis"
+            # Started from the main thread: on Linux it is stopped if this thread dies.
+            embedded = EmbeddedRedis(
+                redis_dir, unix_socket=redis_dir / SOCKET_NAME, own_session=True
+            )
+            try:
+                embedded.start()
+            except RuntimeError as exc:
+                raise SystemExit(f"{COMMAND}: {exc}") from None
+            settings = dataclasses.replace(settings, redis_url=embedded.url)
+            _announce(embedded.url)
+        tune_gc(settings.gc_threshold)
+        return asyncio.run(_serve(settings, worker_args))
     finally:
-        worker.terminate()  # SIGTERM: the worker finishes the items in hand
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        if embedded is not None:
+        if embedded is not None:  # last: the server and the worker needed it to the end
             embedded.stop()
+            log.info("embedded_redis_stopped", url=embedded.url)
 
 
-def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def _announce(url: str) -> None:
+    """The embedded Redis's address, for a human (one plain line on stderr) and the log:
+    more workers can join this service with it."""
+    print(
+        f"batchd: embedded Redis at {url} (add a worker: BATCHD_REDIS_URL={url} batchd-worker)",
+        file=sys.stderr,
+        flush=True,
+    )
+    log.info("embedded_redis_address", url=url)
+
+
+async def _serve(settings: Settings, worker_args: list[str]) -> int:
+    """Runs the server and the worker until a signal, or until the worker exits on its
+    own (1: the service is no use without it); then stops both. Returns the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if received:
+            log.info("service_signal_ignored", signal=signum.name, stopping_on=received[0].name)
+            return
+        received.append(signum)
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    worker = await _start_worker(settings, worker_args)
+    try:
+        server = await start_server(settings)
+    except BaseException:
+        await _stop_worker(worker)
+        raise
+    exited = asyncio.create_task(worker.wait(), name="worker exit")
+    stopped = asyncio.create_task(stop.wait(), name="stop signal")
+    await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if not stop.is_set():
+        log.error("worker_exited", returncode=worker.returncode)
+        code = 1
+    stopped.cancel()
+    log.info("service_stopping", signal=received[0].name if received else None)
+    await asyncio.gather(server.stop(), _stop_worker(worker))
+    log.info("service_stopped")
+    return code
+
+
+async def _start_worker(settings: Settings, worker_args: list[str]) -> asyncio.subprocess.Process:
+    """`batchd-worker` with the worker's settings as BATCHD_* variables (over the inherited
+    environment, which carries the handlers' own) and the flags left over for it."""
     env = dict(os.environ)
-    for field in dataclasses.fields(settings):
+    for field in Settings.fields_for("batchd-worker"):
         env[f"BATCHD_{field.name.upper()}"] = str(getattr(settings, field.name))
-    command = [sys.executable, "-m", "batchd.worker.main"]
+    command = [sys.executable, "-m", "batchd.worker.main", *worker_args]
     log.info("worker_starting", command=" ".join(command))
-    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    return await asyncio.create_subprocess_exec(*command, env=env, stdin=asyncio.subprocess.DEVNULL)
+
+
+async def _stop_worker(worker: asyncio.subprocess.Process) -> None:
+    """SIGTERM (the worker ignores it if a terminal's SIGINT came first: both mean stop),
+    then up to WORKER_STOP_TIMEOUT for the drain, then SIGKILL."""
+    if worker.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        worker.send_signal(signal.SIGTERM)
+    try:
+        returncode = await asyncio.wait_for(worker.wait(), WORKER_STOP_TIMEOUT)
+    except TimeoutError:
+        log.warning("worker_killed", after_seconds=WORKER_STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            worker.kill()
+        returncode = await worker.wait()
+    if returncode != 0:
+        log.warning("worker_stopped", returncode=returncode)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ class WorkerInfo:
 
     worker_id: str
     concurrency: int  # items in flight at most in this process: size pools to it
-    # The worker's settings: handlers read their own (smtp_url, image_processes, ...).
+    # The worker's settings: a handler reads its own with `settings.section(cls)`, cls
+    # the dataclass it names as `Handler.settings` (batchd.core.config).
     settings: Settings = field(default_factory=Settings, compare=False)
 
 
@@ -227,6 +228,10 @@ class Handler:
     startup: StartupHook | None = field(default=None, compare=False)
     shutdown: ShutdownHook | None = field(default=None, compare=False)
     rate_key: RateKey | None = field(default=None, compare=False)
+    # The handler's own settings: a frozen dataclass of `batchd.core.config.setting`
+    # fields. A worker serving the handler takes each as a flag and a BATCHD_* variable;
+    # the startup hook reads them with `worker.settings.section(<that dataclass>)`.
+    settings: type[Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -1,36 +1,96 @@
 """`batchd-worker`: one ARQ worker process.
 
 SIGTERM/SIGINT stop it gracefully: it takes no new chunk, starts no new item, lets the
-items in flight finish (for up to SHUTDOWN_GRACE seconds, then cancels them), records
-their outcomes, puts its chunks back on the queue with the items not done, removes
-itself from the catalog and exits.
+items in flight finish (for up to the shutdown grace, then cancels them), records their
+outcomes, puts its chunks back on the queue with the items not done, removes itself from
+the catalog and exits. Only the first signal counts: under a terminal the worker gets
+Ctrl-C's SIGINT directly and batchd-service's SIGTERM after it, and both mean "stop".
+
+The settings it takes are the worker's own and those the handlers it loads declare
+(`Handler.settings`), so the handlers are loaded first, from `--handlers` or
+BATCHD_HANDLERS, and then the command line is read.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from batchd.core.config import Settings
+from batchd.core.config import SettingError, Settings, suggestion, unknown_variables
 from batchd.core.gc_tuning import tune_gc
-from batchd.core.logs import configure_logging
+from batchd.core.logs import configure_logging, get_logger
 from batchd.worker.app import build_worker
-from batchd.worker.registry import HandlerLoadError
+from batchd.worker.handler import Handler
+from batchd.worker.registry import HandlerLoadError, load_handlers
+
+log = get_logger(__name__)
+
+COMMAND = "batchd-worker"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings.from_args(argv, description="batchd worker: runs the chunks of batches.")
-    configure_logging(settings)
-    asyncio.run(run(settings))
-
-
-async def run(settings: Settings) -> None:
     try:
-        worker = build_worker(settings, handle_signals=True)
+        handlers, settings = configure(argv)
+        configure_logging(settings)
+        warn_unknown_variables(os.environ, handlers)
+        asyncio.run(run(settings, handlers))
+    except KeyboardInterrupt:  # Ctrl-C before the worker's own handlers were in place
+        sys.exit(128 + signal.SIGINT)
+
+
+def configure(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, Handler], Settings]:
+    """The handlers to serve and the settings, theirs included; a configuration error
+    exits with a message (argparse's usage errors exit 2)."""
+    env = os.environ if env is None else env
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--handlers", default=None)
+    known, _ = first.parse_known_args(argv)
+    import_paths = known.handlers if known.handlers is not None else env.get("BATCHD_HANDLERS", "")
+    try:
+        handlers = load_handlers(import_paths)
+        sections = _sections(handlers)
+        settings = Settings.from_args(
+            argv,
+            command=COMMAND,
+            description="batchd worker: runs the chunks of batches.",
+            sections=sections,
+        )
+    except (HandlerLoadError, SettingError) as exc:
+        raise SystemExit(f"{COMMAND}: {exc}") from None
+    return handlers, settings
+
+
+def warn_unknown_variables(env: Mapping[str, str], handlers: Mapping[str, Handler]) -> None:
+    """Warns once about each BATCHD_* variable that nothing reads: a misspelt name would
+    otherwise be ignored without a word. The worker knows every name (its own, the
+    server's, its handlers'), so it names them all."""
+    sections = _sections(handlers)
+    for variable in unknown_variables(env, sections):
+        log.warning(
+            "unknown_variable", variable=variable, did_you_mean=suggestion(variable, sections)
+        )
+
+
+def _sections(handlers: Mapping[str, Handler]) -> list[type[Any]]:
+    return [h.settings for h in handlers.values() if h.settings is not None]
+
+
+async def run(settings: Settings, handlers: Mapping[str, Handler] | None = None) -> None:
+    try:
+        worker = build_worker(settings, handlers=handlers, handle_signals=True)
     except (ValueError, HandlerLoadError) as exc:  # configuration: say so, no traceback
-        raise SystemExit(f"batchd-worker: {exc}") from None
+        raise SystemExit(f"{COMMAND}: {exc}") from None
     tune_gc(settings.gc_threshold)  # with the handlers loaded: they live as long
+    _handle_first_signal_only(worker)
     try:
         # A signal cancels the worker's main task (after the grace period): that ends
         # async_run with CancelledError, which is how ARQ's own Worker.run stops too.
@@ -38,6 +98,37 @@ async def run(settings: Settings) -> None:
             await worker.async_run()
     finally:
         await worker.close()
+        _ignore_late_signals()
+
+
+def _handle_first_signal_only(worker: Any) -> None:
+    """Replaces arq's SIGINT/SIGTERM handlers with one that drains on the first signal
+    and ignores the rest. arq's `handle_sig_wait_for_completion` starts a new drain task
+    at every signal and keeps no reference to it; one started by a second signal while
+    `asyncio.run` cancels what is left ends the loop pending ("Task was destroyed but it
+    is pending!", "coroutine '_sleep_until_tasks_complete' was never awaited")."""
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if received:
+            log.info("worker_signal_ignored", signal=signum.name, stopping_on=received[0].name)
+            return
+        received.append(signum)
+        worker.handle_sig_wait_for_completion(signum)
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def _ignore_late_signals() -> None:
+    """Once closed, the worker has nothing left to stop: a signal arriving while the
+    process exits (batchd-service's SIGTERM after a terminal's SIGINT) is ignored rather
+    than left to the default action, which would kill it with a signal status."""
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

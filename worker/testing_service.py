@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -143,7 +142,7 @@ async def serve_handlers(
             await asyncio.to_thread(redis.start)
             stack.push_async_callback(asyncio.to_thread, redis.stop)
             overrides["redis_url"] = redis.url
-        settings = dataclasses.replace(Settings(**_TEST_SETTINGS), **overrides)
+        settings = Settings.of(**{**_TEST_SETTINGS, **overrides})
         server = await start_server(settings, port=0)
         stack.push_async_callback(_stop_server, server)
         await stack.enter_async_context(_running_worker(settings, served))

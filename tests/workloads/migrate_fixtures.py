@@ -191,7 +191,7 @@ async def opened_handler(databases: str = "", concurrency: int = 4) -> AsyncIter
     handler = record_migrate_handler()
     assert handler.startup is not None
     assert handler.shutdown is not None
-    await handler.startup(WorkerInfo("test-worker", concurrency, Settings(databases=databases)))
+    await handler.startup(WorkerInfo("test-worker", concurrency, Settings.of(databases=databases)))
     try:
         yield handler
     finally:

@@ -38,7 +38,7 @@ async def started() -> AsyncIterator[Started]:
     async def start(url: str, connections: int = 4) -> Handler:
         handler = email_send_handler()
         assert handler.startup is not None
-        settings = Settings(smtp_url=url, smtp_connections=connections)
+        settings = Settings.of(smtp_url=url, smtp_connections=connections)
         await handler.startup(WorkerInfo(worker_id="test", concurrency=50, settings=settings))
         handlers.append(handler)
         return handler
@@ -332,7 +332,7 @@ async def test_rate_key_is_the_relay(started: Started, smtp_server: SmtpServer) 
 async def test_bad_relay_url_stops_the_worker_at_startup() -> None:
     handler = email_send_handler()
     assert handler.startup is not None
-    settings = Settings(smtp_url="http://mail.example.test")
+    settings = Settings.of(smtp_url="http://mail.example.test")
     with pytest.raises(ValueError, match="smtp or smtps"):
         await handler.startup(WorkerInfo(worker_id="t", concurrency=1, settings=settings))
 

@@ -47,7 +47,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 async def resizer(dirs: tuple[Path, Path]) -> AsyncIterator[StartedHandler]:
     """The handler as a worker runs it: startup hook (a real pool of 2 processes),
     params checked against its schema, shutdown hook at the end of the module."""
-    settings = Settings(
+    settings = Settings.of(
         image_processes=2,
         image_max_pixels=MAX_PIXELS,
         image_input_dir=str(dirs[0]),
@@ -342,7 +342,7 @@ from batchd.worker.handlers.image import image_resize_handler
 from batchd.worker.testing import open_handler
 
 async def main(source_dir, output_dir):
-    settings = Settings(
+    settings = Settings.of(
         image_processes=2, image_input_dir=source_dir, image_output_dir=output_dir
     )
     async with open_handler(image_resize_handler(), settings=settings) as started:

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
 
+from batchd.core.config import setting
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
     Code,
@@ -60,7 +62,7 @@ from batchd.worker.handlers.email_message import (
 from batchd.worker.handlers.email_relay import Relay, parse_relay_url
 from batchd.worker.handlers.email_smtp import RecipientsRefused, SmtpPool, reply_text
 
-__all__ = ["MAX_RECIPIENTS", "PARAMS_SCHEMA", "email_send_handler"]
+__all__ = ["MAX_RECIPIENTS", "PARAMS_SCHEMA", "EmailSettings", "email_send_handler"]
 
 MAX_RECIPIENTS = 50
 _TEMPLATE_LIMIT = 1024 * 1024  # characters of one template
@@ -114,6 +116,20 @@ _PERMANENT_CODES: dict[int, Code] = {
 _SLOW_DOWN_CODES: dict[int, Code] = {421: Code.UNAVAILABLE, 452: Code.RESOURCE_EXHAUSTED}
 
 
+@dataclass(frozen=True)
+class EmailSettings:
+    """email.send's settings: BATCHD_SMTP_URL / --smtp-url, BATCHD_SMTP_CONNECTIONS."""
+
+    smtp_url: str = setting(
+        "smtp://localhost:25",
+        "SMTP relay of email.send: smtp://[user:password@]host[:port][?starttls=auto|require|off]"
+        ", or smtps:// for TLS from the first byte",
+    )
+    smtp_connections: int = setting(
+        8, "SMTP connections email.send keeps open per worker process and relay"
+    )
+
+
 class _EmailSend:
     """The handler's state: the worker's relay, its connection pool and the templates."""
 
@@ -124,8 +140,9 @@ class _EmailSend:
 
     async def startup(self, worker: WorkerInfo) -> None:
         # A bad URL stops the worker at start-up, not 50,000 items later.
-        self._relay = parse_relay_url(worker.settings.smtp_url)
-        self._pool = SmtpPool(self._relay, worker.settings.smtp_connections)
+        settings = worker.settings.section(EmailSettings)
+        self._relay = parse_relay_url(settings.smtp_url)
+        self._pool = SmtpPool(self._relay, settings.smtp_connections)
 
     async def shutdown(self) -> None:
         if self._pool is not None:
@@ -175,6 +192,7 @@ def email_send_handler() -> Handler:
                 max_attempts=6, min_backoff=1.0, max_backoff=300.0, max_doublings=8
             ),
         ),
+        settings=EmailSettings,
         run=state.run,
         startup=state.startup,
         shutdown=state.shutdown,

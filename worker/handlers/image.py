@@ -31,11 +31,13 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from batchd.core.config import setting
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
     Code,
@@ -59,7 +61,7 @@ from batchd.worker.handlers.image_ops import (
 )
 from batchd.worker.handlers.image_paths import check_relative
 
-__all__ = ["MAX_SIDE", "MAX_SOURCE_BYTES", "PARAMS_SCHEMA", "image_resize_handler"]
+__all__ = ["MAX_SIDE", "MAX_SOURCE_BYTES", "PARAMS_SCHEMA", "ImageSettings", "image_resize_handler"]
 
 # The largest source accepted, downloaded or local. Sources wait in memory for a pool
 # process; at most _QUEUED_PER_PROCESS x image_processes of them at once.
@@ -123,6 +125,24 @@ PARAMS_SCHEMA: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class ImageSettings:
+    """image.resize's settings: BATCHD_IMAGE_* / --image-*."""
+
+    image_processes: int = setting(
+        2, "processes per worker that decode and resize images for image.resize"
+    )
+    image_max_pixels: int = setting(
+        50_000_000, "image.resize refuses images of more pixels (decompression bombs)"
+    )
+    image_input_dir: str = setting(
+        ".", "local image paths given to image.resize are read from inside this directory"
+    )
+    image_output_dir: str = setting(
+        ".data/images", "image.resize writes its variants inside this directory"
+    )
+
+
 class _ImageResize:
     """The handler's state in one worker process: the pool, the session, the roots."""
 
@@ -138,7 +158,7 @@ class _ImageResize:
         self._output_root = Path()
 
     async def startup(self, worker: WorkerInfo) -> None:
-        settings = worker.settings
+        settings = worker.settings.section(ImageSettings)
         self._processes = max(settings.image_processes, 1)
         self._max_pixels = settings.image_max_pixels
         self._input_root, self._output_root = await asyncio.to_thread(
@@ -253,6 +273,7 @@ def image_resize_handler(*, max_source_bytes: int = MAX_SOURCE_BYTES) -> Handler
                 max_attempts=3, min_backoff=1.0, max_backoff=30.0, max_doublings=3
             ),
         ),
+        settings=ImageSettings,
         run=state.run,
         startup=state.startup,
         shutdown=state.shutdown,

@@ -43,6 +43,7 @@ from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
+from batchd.core.config import setting
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
     Code,
@@ -65,7 +66,7 @@ from batchd.worker.handlers.migrate_sql import (
 from batchd.worker.handlers.migrate_transform import TransformCache, TransformError
 from batchd.worker.handlers.migrate_write import digests, sum_digests, write_range
 
-__all__ = ["NAME", "PARAMS_SCHEMA", "record_migrate_handler"]
+__all__ = ["NAME", "PARAMS_SCHEMA", "MigrateSettings", "record_migrate_handler"]
 
 NAME = "record.migrate"
 
@@ -150,6 +151,17 @@ class _Item:
         )
 
 
+@dataclass(frozen=True)
+class MigrateSettings:
+    """record.migrate's settings: BATCHD_DATABASES / --databases."""
+
+    databases: str = setting(
+        "",
+        "databases record.migrate may name, comma-separated name=SQLAlchemy-URL pairs; "
+        "items may also give URLs themselves",
+    )
+
+
 class _RecordMigrate:
     """The handler's state: the worker process's engines and transforms."""
 
@@ -159,7 +171,7 @@ class _RecordMigrate:
         self._transforms = TransformCache()
 
     async def startup(self, worker: WorkerInfo) -> None:
-        self._databases = parse_databases(worker.settings.databases)
+        self._databases = parse_databases(worker.settings.section(MigrateSettings).databases)
         self._engines = Engines(worker.concurrency)
 
     async def shutdown(self) -> None:
@@ -297,6 +309,7 @@ def record_migrate_handler() -> Handler:
             ),
             item_timeout=900.0,
         ),
+        settings=MigrateSettings,
         run=state.run,
         startup=state.startup,
         shutdown=state.shutdown,

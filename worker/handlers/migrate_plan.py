@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from batchd.core.config import Settings
+from batchd.worker.handlers.migrate import MigrateSettings
 from batchd.worker.handlers.migrate_errors import database_message
 from batchd.worker.handlers.migrate_sql import async_url, key_kind, parse_databases, reflect
 
@@ -113,7 +114,8 @@ async def plan_ranges(
 
 async def write_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Prints the items of args' table; returns the number of rows they cover."""
-    databases = parse_databases(Settings.from_env().databases)
+    settings = Settings.from_env(sections=[MigrateSettings]).section(MigrateSettings)
+    databases = parse_databases(settings.databases)
     url = async_url(databases.get(args.source, args.source))
     engine = create_async_engine(url, pool_size=1, max_overflow=0)
     params: dict[str, Any] = {
