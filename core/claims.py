@@ -92,7 +92,7 @@ async def claim_chunk(
 async def renew_leases(
     scripts: Scripts,
     scope: BatchScope,
-    claims: Sequence[tuple[str, int, str]],
+    claims: Sequence[tuple[str, int, str, int]],
     *,
     now_ms: int,
     ttl: float,
@@ -101,12 +101,11 @@ async def renew_leases(
         return []
     keys = scope.keys
     args: list[Arg] = [now_ms + int(ttl * 1000)]
-    for batch_id, chunk, token in claims:
-        args += [keys.lease_member(batch_id, chunk), chunk, token]
-    held = await scripts.renew_leases(
-        keys=[keys.leases, *(keys.chunk_states(batch_id) for batch_id, _, _ in claims)],
-        args=args,
-    )
+    claim_keys: list[str] = []
+    for batch_id, chunk, token, in_flight in claims:
+        args += [keys.lease_member(batch_id, chunk), chunk, token, in_flight]
+        claim_keys += [keys.chunk_states(batch_id), keys.started(batch_id)]
+    held = await scripts.renew_leases(keys=[keys.leases, *claim_keys], args=args)
     return [bool(int(flag)) for flag in held]
 
 
@@ -120,6 +119,7 @@ async def record_outcomes(
     token: str,
     release: bool,
     now_ms: int,
+    in_flight: int = -1,
 ) -> RecordResult:
     entries: list[tuple[int, int, bytes, int]] = []
     for outcome in outcomes:
@@ -135,7 +135,7 @@ async def record_outcomes(
             )
     # One msgpack argument (Lua's cmsgpack reads no bin type: bytes go as raw strings).
     packed: bytes = msgpack.packb(entries, use_bin_type=False)
-    args: list[Arg] = [chunk, token, int(release), packed]
+    args: list[Arg] = [chunk, token, int(release), packed, in_flight]
     result = await scope.run(scripts.record_outcomes, batch_id, now_ms, args=args)
     if result is None:
         raise NotFound(f"batch {batch_id!r} not found")

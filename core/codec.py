@@ -192,15 +192,25 @@ def _time(meta: Mapping[bytes, bytes], name: bytes) -> float | None:
     return int(raw) / 1000 if raw else None
 
 
-def decode_meta(batch_id: str, meta: Mapping[bytes, bytes]) -> BatchRecord:
-    """A BatchRecord from HGETALL of `…:meta`; pending is derived, so counts add up."""
+def in_flight(running: Mapping[bytes, bytes], started: Mapping[bytes, bytes]) -> int:
+    """Items in flight from HGETALL of `…:running` and `…:started`: per chunk, what its
+    holder reported, never more than the chunk's items counted in n_run."""
+    return sum(min(int(count), int(running.get(chunk, 0))) for chunk, count in started.items())
+
+
+def decode_meta(batch_id: str, meta: Mapping[bytes, bytes], in_flight: int = 0) -> BatchRecord:
+    """A BatchRecord from HGETALL of `…:meta` and the items in flight (`in_flight`):
+    pending is derived, so counts add up; n_run splits into running (in flight) and
+    claimed (the rest)."""
     total = _int(meta, b"total")
-    running, ok, failed, cancelled, expired = (
+    taken, ok, failed, cancelled, expired = (
         _int(meta, name) for name in (b"n_run", b"n_ok", b"n_fail", b"n_cancel", b"n_exp")
     )
+    running = min(in_flight, taken)
     counts = ItemCounts(
-        pending=total - running - ok - failed - cancelled - expired,
+        pending=total - taken - ok - failed - cancelled - expired,
         running=running,
+        claimed=taken - running,
         succeeded=ok,
         failed=failed,
         cancelled=cancelled,

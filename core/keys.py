@@ -131,6 +131,11 @@ class Keys:
         """HASH chunk number -> items of the chunk counted in `n_run`."""
         return f"{self._batch(batch_id)}:running"
 
+    def started(self, batch_id: str) -> str:
+        """HASH chunk number -> items of the chunk its holder has in flight, as it last
+        reported them (with an outcome flush or a lease renewal)."""
+        return f"{self._batch(batch_id)}:started"
+
     def attempts(self, batch_id: str) -> str:
         """HASH global index -> msgpack [attempts, error_code, error_message, due_ms]: the
         last failed attempt of an item waiting for another."""

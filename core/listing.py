@@ -58,14 +58,22 @@ async def list_batches(
         async with redis.pipeline(transaction=False) as pipe:
             for batch_id, _ in index:
                 pipe.hgetall(keys.meta(batch_id))
-            metas = await pipe.execute()
-        for position, ((batch_id, ms), meta) in enumerate(zip(index, metas, strict=True)):
+                pipe.hgetall(keys.running(batch_id))
+                pipe.hgetall(keys.started(batch_id))
+            replies = await pipe.execute()
+        metas = [
+            (meta, codec.in_flight(running, started))
+            for meta, running, started in zip(
+                replies[::3], replies[1::3], replies[2::3], strict=True
+            )
+        ]
+        for position, ((batch_id, ms), (meta, flying)) in enumerate(zip(index, metas, strict=True)):
             scanned += 1
             last = (ms, batch_id)
             if not meta:
                 gone.append(batch_id)
                 continue
-            record = codec.decode_meta(batch_id, meta)
+            record = codec.decode_meta(batch_id, meta, flying)
             if wanted and record.state not in wanted:
                 continue
             found.append(record)

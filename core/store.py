@@ -140,10 +140,14 @@ class BatchStore:
     # -- reading --------------------------------------------------------------------
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """NotFound if there is no such batch."""
-        meta = await self.redis.hgetall(self.keys.meta(batch_id))  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.meta(batch_id))
+            pipe.hgetall(self.keys.running(batch_id))
+            pipe.hgetall(self.keys.started(batch_id))
+            meta, running, started = await pipe.execute()
         if not meta:
             raise NotFound(f"batch {batch_id!r} not found")
-        return codec.decode_meta(batch_id, meta)
+        return codec.decode_meta(batch_id, meta, codec.in_flight(running, started))
 
     async def list_batches(
         self, page_size: int, cursor: str, states: Sequence[BatchState]
@@ -263,11 +267,12 @@ class BatchStore:
         )
 
     async def renew_leases(
-        self, claims_held: Sequence[tuple[str, int, str]], ttl: float
+        self, claims_held: Sequence[tuple[str, int, str, int]], ttl: float
     ) -> list[bool]:
-        """Extends each (batch_id, chunk, token) claim's lease to `ttl` seconds from now, in
-        one round trip. False for a claim that was lost (taken over, expired, cancelled,
-        deleted): its holder must start no more items."""
+        """Extends each (batch_id, chunk, token, items in flight) claim's lease to `ttl`
+        seconds from now, and records its items in flight, in one round trip. False for a
+        claim that was lost (taken over, expired, cancelled, deleted): its holder must
+        start no more items."""
         return await claims.renew_leases(
             self._scripts, self._scope, claims_held, now_ms=self._now_ms(), ttl=ttl
         )
@@ -280,6 +285,7 @@ class BatchStore:
         *,
         token: str,
         release: bool,
+        in_flight: int = -1,
     ) -> RecordResult:
         """Records outcomes of the chunk's items: terminal ones (first writer wins, whatever
         the token), or failed attempts to retry (state PENDING with `retry_at`: the item
@@ -288,6 +294,7 @@ class BatchStore:
 
         ValueError for an outcome neither terminal nor a retry; NotFound if the batch is
         gone; a ResponseError for an item outside the chunk (nothing is recorded).
+        `in_flight` (unless negative): the holder's items of the chunk in flight now.
         """
         return await claims.record_outcomes(
             self._scripts,
@@ -297,6 +304,7 @@ class BatchStore:
             outcomes,
             token=token,
             release=release,
+            in_flight=in_flight,
             now_ms=self._now_ms(),
         )
 

@@ -167,7 +167,9 @@ class _ChunkRun:
         self.log = log.bind(batch_id=claimed.batch_id, chunk=claimed.chunk)
         # Items not started yet (consumers never wait on it: a plain deque).
         self.queue: deque[Item] = deque()
-        self.recorder = Recorder(runtime.store, claimed, runtime.settings, self.log)
+        self.recorder = Recorder(
+            runtime.store, claimed, runtime.settings, self.log, lambda: lease.in_flight
+        )
         # Consumers, started as needed up to _pool_size: a handler that never waits
         # needs one or two, and a pool of 500 tasks per chunk cost a no-op chunk run
         # more than its items did. `_idle` counts those not running an item.
@@ -175,7 +177,6 @@ class _ChunkRun:
         self._pool_size = 0
         self._started = 0
         self._idle = 0
-        self._running = 0  # items started and not ended
         self.gate = FlowGate(
             runtime.store,
             claimed,
@@ -282,7 +283,7 @@ class _ChunkRun:
                     queue.appendleft(item)  # not started: back for the next look
                     continue  # things changed while waiting for a slot: look again
             self._idle -= 1
-            self._running += 1
+            lease.in_flight += 1  # items started and not ended
             if self._idle == 0 and queue:
                 self._grow()
             try:
@@ -291,12 +292,12 @@ class _ChunkRun:
                 )
             finally:
                 self._idle += 1
-                self._running -= 1
+                lease.in_flight -= 1
                 if gate.slots is None:
                     gate.done_now(admission)
                 else:
                     await gate.done(admission)
-            recorder.add_one(outcome, last=not self._running and not queue)
+            recorder.add_one(outcome, last=not lease.in_flight and not queue)
             since_yield += 1
         self._idle -= 1
 

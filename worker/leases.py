@@ -38,6 +38,8 @@ class Lease:
         self.chunk = chunk
         self.token = token
         self.lost = asyncio.Event()
+        # Items of the chunk this process has in flight: reported with each renewal.
+        self.in_flight = 0
         self._valid_until = valid_until  # time.monotonic()
         self._changed = asyncio.Event()
 
@@ -114,7 +116,8 @@ class LeaseKeeper:
         try:
             # A renewal stuck longer than a lease is useless: try afresh next round.
             async with asyncio.timeout(self.ttl):
-                results = await self.store.renew_leases([lease.key for lease in leases], self.ttl)
+                claims = [(*lease.key, lease.in_flight) for lease in leases]
+                results = await self.store.renew_leases(claims, self.ttl)
         except REDIS_UNAVAILABLE as exc:  # asyncio.timeout raises TimeoutError, one of them
             self._outage.failed(exc, leases=len(leases))
             for lease in leases:

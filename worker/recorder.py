@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -43,9 +43,11 @@ class Recorder:
         claimed: ClaimedChunk,
         settings: Settings,
         log: structlog.typing.FilteringBoundLogger,
+        in_flight: Callable[[], int] = lambda: -1,
     ) -> None:
         self.store = store
         self.claimed = claimed
+        self.in_flight = in_flight  # reported with each flush (the store's "running")
         self.flush_items = max(settings.outcome_flush_items, 1)
         self.flush_interval = max(settings.outcome_flush_interval, 0.001)
         self.log = log
@@ -133,6 +135,7 @@ class Recorder:
                     outcomes,
                     token=self.claimed.token,
                     release=release,
+                    in_flight=self.in_flight(),
                 )
             except NotFound:
                 self.log.info("batch_gone", dropped=len(self.buffer))

@@ -57,12 +57,21 @@ local function outcome(state, attempts, end_ms, code, message)
     .. cmsgpack.pack(code, message)
 end
 
--- Items of chunk n counted in n_run; setting it moves n_run by the difference.
+-- HASH chunk n -> items its holder has in flight, as last reported (the rest of its
+-- running[n] are claimed, not started).
+local STARTED = PREFIX .. 'started'
+local function set_started(n, value)
+  if value > 0 then redis.call('HSET', STARTED, n, value) else redis.call('HDEL', STARTED, n) end
+end
+
+-- Items of chunk n counted in n_run; setting it moves n_run by the difference. A new
+-- count (a claim, or none left) starts with nothing reported in flight.
 local function running_of(n) return tonumber(redis.call('HGET', RUNNING, n) or '0') end
-local function set_running(n, value)
+local function set_running(n, value, keep_started)
   local old = running_of(n)
   if value ~= old then redis.call('HINCRBY', META, 'n_run', value - old) end
   if value == 0 then redis.call('HDEL', RUNNING, n) else redis.call('HSET', RUNNING, n, value) end
+  if not keep_started then redis.call('HDEL', STARTED, n) end
 end
 
 -- Removes chunk n's due retries from its waiting set (they are runnable again).
@@ -129,6 +138,7 @@ end
 local function each_batch_key(chunks, fn)
   for _, key in ipairs({META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS}) do fn(key) end
   fn(PARKED)
+  fn(STARTED)
   for n = 0, chunks - 1 do
     fn(items_key(n))
     fn(outcomes_key(n))

@@ -12,10 +12,13 @@
 -- `release` counts only from the claim's holder (state 'r:<token>'): items it left
 -- unrecorded wait again, due now (cancelled, if the batch is cancelling), the chunk is
 -- done, its lease dropped, and a job scheduled for its first waiting item.
+-- `in_flight` (unless negative): the holder's items of the chunk in flight now, recorded
+-- (`started`) while the claim holds.
 -- Returns {batch state, the chunk's first due retry (ms) or false, 1 if the chunk was
 -- held under token}, or nil when the batch is gone.
 local n, token, release = ARGV[A], ARGV[A + 1], ARGV[A + 2] == '1'
 local entries = cmsgpack.unpack(ARGV[A + 3])
+local in_flight = tonumber(ARGV[A + 4] or '-1')
 -- Outcomes per block call: well inside Lua's limit on unpack()ed arguments.
 local BLOCK = 1000
 
@@ -100,7 +103,7 @@ if is_claimed(claimed) or claimed == 'd' then
       if #expired > 0 then redis.call('ZADD', EXPIRED, unpack(expired)) end
     end
   end
-  if left > 0 then set_running(n, math.max(running_of(n) - left, 0)) end
+  if left > 0 then set_running(n, math.max(running_of(n) - left, 0), true) end
   for name, count in pairs(moved) do
     if count > 0 then redis.call('HINCRBY', META, name, count) end
   end
@@ -118,8 +121,11 @@ if is_claimed(claimed) or claimed == 'd' then
     end
     redis.call('HSET', CHUNKS, n, 'd')
     redis.call('ZREM', LEASES, lease_member(n))
+    redis.call('HDEL', STARTED, n)
     local due = next_due(n)
     if due then chunk_job(n, 't', due) end
+  elseif held and in_flight >= 0 then
+    set_started(n, in_flight)
   end
 end
 

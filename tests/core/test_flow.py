@@ -219,7 +219,7 @@ async def test_slots_are_shared_by_holders_and_die_with_their_lease(
     assert await store.hold_slots(bid, 0, "stale", 3, limit=5) == 0  # not the holder
     # Chunk 1's holder dies: its slots go with its lease.
     advance(5)
-    await store.renew_leases([(bid, 0, a.token)], 5)
+    await store.renew_leases([(bid, 0, a.token, 0)], 5)
     assert await store.hold_slots(bid, 0, a.token, 5, limit=5) == 5
     # A release ends the holding too.
     done = ItemOutcome(

@@ -72,7 +72,7 @@ async def test_random_interleavings_keep_the_counts_true(
         elif roll < 0.75:
             advance(rng.choice([0.5, 2.0, 6.0]))
         elif roll < 0.82:
-            claims = [(bid, c, tokens[c][-1]) for c in range(CHUNKS)]
+            claims = [(bid, c, tokens[c][-1], 0) for c in range(CHUNKS)]
             await store.renew_leases(claims, LEASE)
         elif roll < 0.9:
             await store.reap_expired_leases()

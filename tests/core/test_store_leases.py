@@ -64,7 +64,7 @@ async def test_an_expired_lease_is_taken_over_and_the_stale_holder_counts_nothin
     result = await store.record_outcomes(bid, 0, [], token=stale.token, release=True)
     assert (result.state, result.held) == (BatchState.RUNNING, False)
     assert await store.claim_chunk(bid, 0, lease_ttl=LEASE) is None
-    assert await store.renew_leases([(bid, 0, fresh.token)], LEASE) == [True]
+    assert await store.renew_leases([(bid, 0, fresh.token, 0)], LEASE) == [True]
 
     # Its records still count, item by item, first writer wins: never twice.
     result = await store.record_outcomes(bid, 0, [done(1)], token=stale.token, release=False)
@@ -88,7 +88,11 @@ async def test_renew_reports_lost_claims_and_keeps_live_ones(
     assert a is not None
     assert b is not None
     assert c is not None
-    held = [(one.batch_id, 0, a.token), (one.batch_id, 1, b.token), (two.batch_id, 0, c.token)]
+    held = [
+        (one.batch_id, 0, a.token, 0),
+        (one.batch_id, 1, b.token, 0),
+        (two.batch_id, 0, c.token, 0),
+    ]
     assert await store.renew_leases(held, LEASE) == [True, True, True]
     assert await store.renew_leases([], LEASE) == []
 
@@ -109,7 +113,7 @@ async def test_renew_reports_lost_claims_and_keeps_live_ones(
     )
     await store.delete_batch(two.batch_id)
     assert await store.renew_leases(
-        [(one.batch_id, 0, a.token), (one.batch_id, 0, "other"), *held[1:]], LEASE
+        [(one.batch_id, 0, a.token, 0), (one.batch_id, 0, "other", 0), *held[1:]], LEASE
     ) == [True, False, False, False]
 
 

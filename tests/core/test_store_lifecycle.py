@@ -79,12 +79,12 @@ async def test_claim_hands_out_the_chunk_and_starts_the_batch(
     running = await store.get_batch(batch.batch_id)
     assert running.state is BatchState.RUNNING
     assert running.start_time is not None
-    assert running.counts == ItemCounts(pending=4, running=3)
+    assert running.counts == ItemCounts(pending=4, claimed=3)  # none started yet
 
     last = await claim(store, batch.batch_id, 2)
     assert last.token != claimed.token
     assert last.items == [(6, "item-6", b'{"n":6}')]
-    assert await counts(store, batch.batch_id) == ItemCounts(pending=3, running=4)
+    assert await counts(store, batch.batch_id) == ItemCounts(pending=3, claimed=4)
 
 
 async def test_records_move_the_counts(store: BatchStore, new_batch: NewBatch) -> None:
@@ -93,7 +93,7 @@ async def test_records_move_the_counts(store: BatchStore, new_batch: NewBatch) -
     state = await record(store, claimed, [outcome(0), outcome(1, FAILED)])
     assert state is BatchState.RUNNING
     assert await counts(store, batch.batch_id) == ItemCounts(
-        pending=4, running=1, succeeded=1, failed=1
+        pending=4, claimed=1, succeeded=1, failed=1
     )
 
 
@@ -156,7 +156,38 @@ async def test_an_outcome_outside_its_chunk_is_refused(
     claimed = await claim(store, batch.batch_id, 0)
     with pytest.raises(ResponseError, match="not in chunk"):
         await record(store, claimed, [outcome(0), outcome(3)])
-    assert await counts(store, batch.batch_id) == ItemCounts(pending=4, running=3)
+    assert await counts(store, batch.batch_id) == ItemCounts(pending=4, claimed=3)
+
+
+async def test_items_in_flight_are_running_and_the_rest_of_a_claim_claimed(
+    store: BatchStore, new_batch: NewBatch
+) -> None:
+    batch = await new_batch()  # 7 items, chunks of 3
+    bid = batch.batch_id
+    claimed = await claim(store, bid, 0)
+    # The holder reports its items in flight with its records and its renewals.
+    await store.record_outcomes(
+        bid, 0, [outcome(0)], token=claimed.token, release=False, in_flight=2
+    )
+    assert await counts(store, bid) == ItemCounts(pending=4, running=2, succeeded=1)
+    await store.renew_leases([(bid, 0, claimed.token, 1)], LEASE)
+    assert await counts(store, bid) == ItemCounts(pending=4, running=1, claimed=1, succeeded=1)
+    # Never more than the chunk's items not recorded; another token reports nothing.
+    await store.record_outcomes(
+        bid, 0, [outcome(1)], token=claimed.token, release=False, in_flight=5
+    )
+    assert await counts(store, bid) == ItemCounts(pending=4, running=1, succeeded=2)
+    await store.renew_leases([(bid, 0, "stale", 0)], LEASE)
+    assert (await counts(store, bid)).running == 1
+    # A release, or a new claim, starts again from nothing in flight.
+    await store.record_outcomes(bid, 0, [], token=claimed.token, release=True, in_flight=1)
+    assert await counts(store, bid) == ItemCounts(pending=5, succeeded=2)
+    again = await claim(store, bid, 0)
+    assert await counts(store, bid) == ItemCounts(pending=4, claimed=1, succeeded=2)
+    await store.renew_leases([(bid, 0, again.token, 1)], LEASE)
+    assert (await counts(store, bid)).running == 1
+    await store.claim_chunk(bid, 0, lease_ttl=LEASE)  # a live lease: nothing handed out
+    assert (await counts(store, bid)).running == 1
 
 
 async def test_only_terminal_outcomes_are_recorded(store: BatchStore, new_batch: NewBatch) -> None:
@@ -175,7 +206,7 @@ async def test_cancel_waits_for_the_claimed_chunk(store: BatchStore, new_batch: 
 
     cancelling = await store.cancel_batch(batch.batch_id)
     assert cancelling.state is BatchState.CANCELLING
-    assert cancelling.counts == ItemCounts(running=2, succeeded=1, cancelled=4)
+    assert cancelling.counts == ItemCounts(claimed=2, succeeded=1, cancelled=4)
     assert cancelling.end_time is None
     # cancelled chunks stay unrun
     assert await store.claim_chunk(batch.batch_id, 1, lease_ttl=LEASE) is None
@@ -224,7 +255,7 @@ async def test_unknown_batches_are_not_found(store: BatchStore) -> None:
     with pytest.raises(NotFound):
         await store.record_outcomes("nope", 0, [outcome(0)], token="t", release=True)
     assert await store.claim_chunk("nope", 0, lease_ttl=LEASE) is None
-    assert await store.renew_leases([("nope", 0, "t")], LEASE) == [False]
+    assert await store.renew_leases([("nope", 0, "t", 0)], LEASE) == [False]
     with pytest.raises(NotFound):
         await store.retry_items("nope", [], "")
     with pytest.raises(NotFound):

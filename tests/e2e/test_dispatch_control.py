@@ -132,7 +132,7 @@ async def test_pause_stops_new_starts_and_resume_completes(redis_url: str) -> No
         assert (await client.pause(batch_id)).state == BatchState.PAUSED  # idempotent
         # In effect once no item runs: holders finished what they had started and handed
         # the rest back.
-        quiet = await until(client, batch_id, lambda p: p.counts.running == 0)
+        quiet = await until(client, batch_id, lambda p: p.counts.running + p.counts.claimed == 0)
         took_effect = time.monotonic()
         assert quiet.state == BatchState.PAUSED
         # While it is paused the workers run another batch to its end, and take (and park)
@@ -314,6 +314,21 @@ async def test_a_higher_priority_batch_starts_before_the_queued_chunks_of_a_lowe
         # most the one the worker had in hand or already read from the queue.
         low_between = [t for t in svc.starts.times[low_id] if submitted_at <= t < first_high]
         assert len(low_between) <= 2 * 2, low_between
-        assert low_now.counts.succeeded + low_now.counts.running < 40
+        assert low_now.counts.succeeded + low_now.counts.running + low_now.counts.claimed < 40
         await client.cancel(low_id)
         await final(client, low_id)
+
+
+async def test_running_counts_the_items_in_flight_and_claimed_the_rest(redis_url: str) -> None:
+    # A worker of 4 slots holds a chunk of 10 slow items: 4 run, 6 wait in the worker.
+    # The holder reports what it has in flight with each renewal (every lease_ttl / 3).
+    async with service(redis_url, Starts(delay=3.0), worker_concurrency=4, lease_ttl=1.5) as svc:
+        client = svc.client
+        submitted = await client.submit("test.starts", items(10), options={"chunk_size": 10})
+        batch_id = submitted.batch.batch_id
+        seen = await until(client, batch_id, lambda p: p.counts.running > 0)
+        assert (seen.counts.running, seen.counts.claimed, seen.counts.pending) == (4, 6, 0)
+        await client.cancel(batch_id)  # the holder learns of it at its next record
+        done = await final(client, batch_id)
+        assert done.counts.succeeded + done.counts.cancelled == 10
+        assert done.counts.running == done.counts.claimed == 0

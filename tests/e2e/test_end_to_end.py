@@ -15,7 +15,7 @@ async def watch_to_end(client: AsyncClient, batch_id: str) -> list[BatchProgress
     async for progress in client.watch(batch_id, min_interval=0.05):
         c = progress.counts
         # The invariant a progress bar relies on, at every snapshot.
-        assert c.pending + c.running + c.succeeded + c.failed + c.cancelled == progress.total_items
+        assert c.pending + c.claimed + c.running + c.finished == progress.total_items
         snapshots.append(progress)
     return snapshots
 
@@ -82,7 +82,7 @@ async def test_cancel_mid_run(client: AsyncClient) -> None:
     final = (await watch_to_end(client, batch_id))[-1]
     assert final.state == BatchState.CANCELLED
     assert final.counts.cancelled > 0
-    assert final.counts.pending == final.counts.running == 0
+    assert final.counts.pending == final.counts.running == final.counts.claimed == 0
     states = {item.state async for item in client.items(batch_id, page_size=1000)}
     assert states <= {ItemState.SUCCEEDED, ItemState.CANCELLED}
 

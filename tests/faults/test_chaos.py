@@ -47,7 +47,7 @@ async def test_workers_killed_every_second(
     last = None
     async for progress in client.watch(batch_id, min_interval=0.2):
         c = progress.counts
-        assert c.pending + c.running + c.finished == ITEMS
+        assert c.pending + c.claimed + c.running + c.finished == ITEMS
         last = progress
     assert last is not None
     assert last.state == BatchState.COMPLETED

@@ -30,7 +30,7 @@ async def watch_to_end(client: AsyncClient, batch_id: str) -> BatchProgress:
     last = None
     async for progress in client.watch(batch_id, min_interval=0.1):
         c = progress.counts
-        assert c.pending + c.running + c.finished == progress.total_items
+        assert c.pending + c.claimed + c.running + c.finished == progress.total_items
         last = progress
     assert last is not None
     return last

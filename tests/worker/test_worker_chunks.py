@@ -335,7 +335,7 @@ async def test_cancel_mid_chunk_cancels_the_items_not_started(
     batch = await store.get_batch(batch_id)
     assert batch.state == BatchState.CANCELLED
     assert (batch.counts.succeeded, batch.counts.cancelled) == (2, 8)
-    assert batch.counts.pending == batch.counts.running == 0
+    assert batch.counts.pending == batch.counts.running == batch.counts.claimed == 0
     assert_counts_add_up(batch)
     assert started == ["i0", "i1"]
     items = await all_items(store, batch_id)

@@ -93,7 +93,7 @@ async def test_a_draining_worker_finishes_items_in_flight_and_hands_back_the_res
         2,
         8,
     )
-    assert batch.counts.running == 0
+    assert batch.counts.running == batch.counts.claimed == 0
     assert (
         await redis.zcard(Keys(settings.key_prefix).queue("test.gate")) == 1
     )  # a job for the rest
@@ -172,7 +172,7 @@ async def test_batchd_worker_stops_gracefully_on_sigterm(redis: Redis, redis_url
     # The two items in flight finished (more only if the signal came very late).
     assert 2 <= batch.counts.succeeded < 10
     assert batch.counts.pending == 10 - batch.counts.succeeded  # handed back
-    assert batch.counts.running == 0
+    assert batch.counts.running == batch.counts.claimed == 0
     statuses = {s.spec.name: s for s in await store.list_handlers(settings.worker_ttl)}
     assert statuses["sleep"].live_workers == 0  # it withdrew from the catalog
 

@@ -112,7 +112,7 @@ async def test_a_newsletter_to_5000_recipients(
     assert final.state == BatchState.COMPLETED, worker.log_tail()
     counts = final.counts
     assert (counts.succeeded, counts.failed) == (RECIPIENTS - len(rejected), len(rejected))
-    assert counts.pending == counts.running == counts.cancelled == 0
+    assert counts.pending == counts.running == counts.claimed == counts.cancelled == 0
 
     outcomes = [outcome async for outcome in client.items(batch_id, page_size=1000)]
     assert len(outcomes) == RECIPIENTS
