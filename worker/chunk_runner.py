@@ -193,7 +193,7 @@ class _ChunkRun:
         pool = min(len(claimed.items), max(self.runtime.settings.worker_concurrency, 1))
         if claimed.options.max_concurrent > 0:  # more consumers could only wait for slots
             pool = min(pool, claimed.options.max_concurrent)
-        self.log.info(
+        self.log.debug(
             "chunk_started", handler=claimed.handler, items=len(claimed.items), max_consumers=pool
         )
         self.recorder.start()
@@ -209,10 +209,10 @@ class _ChunkRun:
                 await asyncio.shield(self.recorder.stop(release=self._ours()))
             except FlushFailed:
                 self.log.warning("outcome_flush_failed", exc_info=True)
-            self.log.info("chunk_interrupted", **self.recorder.count_fields())
+            self.log.debug("chunk_interrupted", **self.recorder.count_fields())
             raise
         end = await self._finish(self._not_started())
-        self.log.info(
+        self.log.debug(
             f"chunk_{end.value}",
             state=self.recorder.batch_state.name if self.recorder.batch_state else None,
             duration=round(time.monotonic() - started, 3),

@@ -151,6 +151,9 @@ class Recorder:
             del self.buffer[: len(outcomes)]  # what came in meanwhile stays
             self.counts.update(outcome.state for outcome in outcomes)  # for the logs
             self._outage.recovered(outcomes=len(outcomes))
+            if result.state.is_terminal and not (self.batch_state and self.batch_state.is_terminal):
+                # Batch lifecycle at info (chunks are at debug): this record ended it.
+                self.log.info("batch_finished", state=result.state.name)
             self.batch_state = result.state
             if not result.held and not self.lost:
                 self.log.warning("claim_lost_at_flush")

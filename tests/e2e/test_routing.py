@@ -29,8 +29,12 @@ def private_redis(redis_server_factory: Callable[..., Any]) -> Any:
 @pytest.fixture
 def pool(private_redis: Any, tmp_path: Path) -> Iterator[WorkerPool]:
     # Fast heartbeats: a stopped worker's absence and a new one's presence show within
-    # about a second.
-    env = {"BATCHD_HEARTBEAT_INTERVAL": "0.2", "BATCHD_WORKER_TTL": "1"}
+    # about a second. Chunk events are logged at debug.
+    env = {
+        "BATCHD_HEARTBEAT_INTERVAL": "0.2",
+        "BATCHD_WORKER_TTL": "1",
+        "BATCHD_LOG_LEVEL": "debug",
+    }
     workers = WorkerPool(private_redis.url, tmp_path, env, concurrency=20)
     yield workers
     workers.stop()
@@ -100,6 +104,7 @@ async def test_a_mixed_pool_runs_each_chunk_on_a_worker_that_serves_it(
     effects = appended(log)
     assert len(effects) == len({key for key, _ in effects}) == 1000
     assert {pid for _, pid in effects} == {serving.pid}
+    assert "chunk_done" in chunk_events(serving, batch.batch_id)
     assert chunk_events(other, batch.batch_id) == []
     async for progress in client.watch(noop.batch_id):
         if progress.state.is_terminal:

@@ -141,6 +141,7 @@ async def test_batchd_worker_stops_gracefully_on_sigterm(redis: Redis, redis_url
         "BATCHD_KEY_PREFIX": settings.key_prefix,
         "BATCHD_WORKER_CONCURRENCY": "2",
         "BATCHD_LOG_FORMAT": "json",
+        "BATCHD_LOG_LEVEL": "debug",  # chunk events are at debug
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
