@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +44,14 @@ class Service:
 
 
 @contextmanager
-def running_service(workers: int = 1, env: Mapping[str, str] | None = None) -> Iterator[Service]:
+def running_service(
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    worker_envs: Sequence[Mapping[str, str]] = (),
+) -> Iterator[Service]:
     """A private Valkey (AOF on, as the embedded default), `batchd-server` and `workers`
-    `batchd-worker` processes (with `env` added to their BATCHD_* settings), stopped
-    (SIGTERM) at the end."""
+    `batchd-worker` processes (with `env` added to their BATCHD_* settings, and
+    `worker_envs[i]` to worker i's), stopped (SIGTERM) at the end."""
     if workers < 1:
         raise ValueError("a service needs at least one worker to publish its handlers")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
@@ -57,7 +61,11 @@ def running_service(workers: int = 1, env: Mapping[str, str] | None = None) -> I
         full_env.update(env or {})
         bin_dir = Path(sys.executable).parent
         server = subprocess.Popen([bin_dir / "batchd-server"], env=full_env)
-        pool = [subprocess.Popen([bin_dir / "batchd-worker"], env=full_env) for _ in range(workers)]
+        extra = [*worker_envs, *([{}] * workers)][:workers]
+        pool = [
+            subprocess.Popen([bin_dir / "batchd-worker"], env={**full_env, **more})
+            for more in extra
+        ]
         try:
             yield Service(port, redis.url, server.pid, tuple(w.pid for w in pool))
         finally:

@@ -159,3 +159,15 @@ def test_fairness_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "fairness", "--items", "20000")
     assert result["big_items"] == 20000
     assert_positive(result, "small_latency_seconds", *REDIS)
+
+
+def test_mixed_pool_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "mixed_pool", "--items", "200", "--runs", "1")
+    assert result["items"] == 200
+    assert_positive(
+        result,
+        "homogeneous_seconds",
+        "mixed_seconds",
+        "mixed_ratio_to_homogeneous",
+        "waiting_batch_start_after_spawn_seconds",
+    )
