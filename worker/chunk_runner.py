@@ -167,9 +167,7 @@ class _ChunkRun:
         self.log = log.bind(batch_id=claimed.batch_id, chunk=claimed.chunk)
         # Items not started yet (consumers never wait on it: a plain deque).
         self.queue: deque[Item] = deque()
-        self.recorder = Recorder(
-            runtime.store, claimed, runtime.settings, self.log, lambda: lease.in_flight
-        )
+        self.recorder = Recorder(runtime.store, claimed, runtime.settings, self.log, lease)
         # Consumers, started as needed up to _pool_size: a handler that never waits
         # needs one or two, and a pool of 500 tasks per chunk cost a no-op chunk run
         # more than its items did. `_idle` counts those not running an item.

@@ -38,8 +38,10 @@ class Lease:
         self.chunk = chunk
         self.token = token
         self.lost = asyncio.Event()
-        # Items of the chunk this process has in flight: reported with each renewal.
+        # Items of the chunk this process has in flight, and what the store last took of
+        # it (with a renewal or an outcome flush; a claim starts from 0).
         self.in_flight = 0
+        self.reported = 0
         self._valid_until = valid_until  # time.monotonic()
         self._changed = asyncio.Event()
 
@@ -56,6 +58,11 @@ class Lease:
         """Returns at the next renewal, failed renewal or loss."""
         self._changed.clear()
         await self._changed.wait()
+
+    def in_flight_report(self) -> int:
+        """What to report of the items in flight: the count, or -1 when unchanged since
+        the store last took it."""
+        return -1 if self.in_flight == self.reported else self.in_flight
 
     def renewed(self, sent_at: float, ttl: float) -> None:
         self._valid_until = max(self._valid_until, sent_at + ttl)
@@ -116,7 +123,10 @@ class LeaseKeeper:
         try:
             # A renewal stuck longer than a lease is useless: try afresh next round.
             async with asyncio.timeout(self.ttl):
-                claims = [(*lease.key, lease.in_flight) for lease in leases]
+                reports = [lease.in_flight_report() for lease in leases]
+                claims = [
+                    (*lease.key, report) for lease, report in zip(leases, reports, strict=True)
+                ]
                 results = await self.store.renew_leases(claims, self.ttl)
         except REDIS_UNAVAILABLE as exc:  # asyncio.timeout raises TimeoutError, one of them
             self._outage.failed(exc, leases=len(leases))
@@ -129,9 +139,11 @@ class LeaseKeeper:
                 lease.touch()
             return
         self._outage.recovered(leases=len(leases))
-        for lease, ok in zip(leases, results, strict=True):
+        for lease, ok, report in zip(leases, results, reports, strict=True):
             if ok:
                 lease.renewed(sent_at, self.ttl)
+                if report >= 0:
+                    lease.reported = report
                 continue
             if lease.key not in self._held:
                 continue  # released while the renewal was under way: not lost, just done

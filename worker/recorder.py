@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import structlog
 
@@ -25,6 +25,7 @@ from batchd.core.config import Settings
 from batchd.core.domain import BatchState, ClaimedChunk, ItemOutcome, ItemState
 from batchd.core.errors import NotFound
 from batchd.core.store import BatchStore
+from batchd.worker.leases import Lease
 from batchd.worker.outages import REDIS_UNAVAILABLE, Backoff, Outage
 
 __all__ = ["FlushFailed", "Recorder"]
@@ -43,11 +44,11 @@ class Recorder:
         claimed: ClaimedChunk,
         settings: Settings,
         log: structlog.typing.FilteringBoundLogger,
-        in_flight: Callable[[], int] = lambda: -1,
+        lease: Lease | None = None,
     ) -> None:
         self.store = store
         self.claimed = claimed
-        self.in_flight = in_flight  # reported with each flush (the store's "running")
+        self.lease = lease  # its items in flight go with each flush (the store's "running")
         self.flush_items = max(settings.outcome_flush_items, 1)
         self.flush_interval = max(settings.outcome_flush_interval, 0.001)
         self.log = log
@@ -128,6 +129,7 @@ class Recorder:
         outcomes = list(self.buffer)
         backoff = Backoff()
         while True:
+            report = -1 if self.lease is None or release else self.lease.in_flight_report()
             try:
                 result = await self.store.record_outcomes(
                     self.claimed.batch_id,
@@ -135,7 +137,7 @@ class Recorder:
                     outcomes,
                     token=self.claimed.token,
                     release=release,
-                    in_flight=self.in_flight(),
+                    in_flight=report,
                 )
             except NotFound:
                 self.log.info("batch_gone", dropped=len(self.buffer))
@@ -149,6 +151,8 @@ class Recorder:
             except Exception as exc:
                 raise FlushFailed(str(exc)) from exc
             del self.buffer[: len(outcomes)]  # what came in meanwhile stays
+            if report >= 0 and self.lease is not None:
+                self.lease.reported = report
             self.counts.update(outcome.state for outcome in outcomes)  # for the logs
             self._outage.recovered(outcomes=len(outcomes))
             if result.state.is_terminal and not (self.batch_state and self.batch_state.is_terminal):

@@ -65,13 +65,14 @@ local function set_started(n, value)
 end
 
 -- Items of chunk n counted in n_run; setting it moves n_run by the difference. A new
--- count (a claim, or none left) starts with nothing reported in flight.
+-- count (a claim), or none left, starts with nothing reported in flight (a chunk with
+-- none counted never has a STARTED entry, so there is nothing to drop then).
 local function running_of(n) return tonumber(redis.call('HGET', RUNNING, n) or '0') end
 local function set_running(n, value, keep_started)
   local old = running_of(n)
   if value ~= old then redis.call('HINCRBY', META, 'n_run', value - old) end
   if value == 0 then redis.call('HDEL', RUNNING, n) else redis.call('HSET', RUNNING, n, value) end
-  if not keep_started then redis.call('HDEL', STARTED, n) end
+  if old > 0 and (value == 0 or not keep_started) then redis.call('HDEL', STARTED, n) end
 end
 
 -- Removes chunk n's due retries from its waiting set (they are runnable again).

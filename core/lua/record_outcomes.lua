@@ -121,10 +121,9 @@ if is_claimed(claimed) or claimed == 'd' then
     end
     redis.call('HSET', CHUNKS, n, 'd')
     redis.call('ZREM', LEASES, lease_member(n))
-    redis.call('HDEL', STARTED, n)
     local due = next_due(n)
     if due then chunk_job(n, 't', due) end
-  elseif held and in_flight >= 0 then
+  elseif held and in_flight >= 0 and running_of(n) > 0 then
     set_started(n, in_flight)
   end
 end

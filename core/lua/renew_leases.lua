@@ -1,6 +1,7 @@
 -- Renew the leases of claimed chunks, of any batches, and record their items in flight.
 -- KEYS: leases, then per claim: the chunk-states hash and the `started` hash of its batch
--- ARGV: new expiry (ms), then per claim: lease member, chunk, token, items in flight
+-- ARGV: new expiry (ms), then per claim: lease member, chunk, token, items in flight (-1:
+--       unchanged since the holder last reported them)
 -- A claim holds while its chunk's state is still 'r:<token>' (not taken over, done,
 -- expired, cancelled or deleted); its lease is then set to the new expiry, even if the
 -- reaper had already dropped it (the reaped chunk's job then finds it held again), and
@@ -15,7 +16,7 @@ for c = 0, (#KEYS - 1) / 2 - 1 do
     redis.call('ZADD', KEYS[1], ARGV[1], ARGV[j])
     if in_flight > 0 then
       redis.call('HSET', started, n, in_flight)
-    else
+    elseif in_flight == 0 then
       redis.call('HDEL', started, n)
     end
     held[#held + 1] = 1
