@@ -8,8 +8,8 @@
 -- here instead of handed out; a paused batch's chunk is parked (resume enqueues it again).
 -- The first claim of a fresh chunk enqueues the batch's next chunk (dispatch_next).
 -- With `next` ('1'), n is ignored: when the batch is the only one with jobs in the queues
--- the worker reads (KEYS[12...]: every queue of a handler it serves, the batch's among
--- them; its own running, waiting and retry jobs aside), its next chunk not yet dispatched
+-- the worker reads (KEYS[12...]: the queue of every handler it serves; its own running,
+-- waiting and retry jobs aside), its next chunk not yet dispatched
 -- is claimed, as if its job had been dispatched and run, without the job's trip through a
 -- worker's ARQ loop (for a worker that just finished a quick chunk of the batch). Any
 -- other batch's job in those queues (or more than NEXT_SCAN jobs in one) means nil: the
@@ -28,12 +28,16 @@ if take_next then
   if state ~= RUNNING_BATCH then return nil end
   local NEXT_SCAN = 64
   local mine = BATCH .. ':'
+  -- Any job in another handler's queue is another batch's (an empty queue does not exist).
+  local others = {}
   for k = 12, #KEYS do
-    local jobs = redis.call('ZRANGE', KEYS[k], 0, NEXT_SCAN)
-    if #jobs > NEXT_SCAN then return nil end
-    for _, id in ipairs(jobs) do
-      if string.sub(id, 1, #mine) ~= mine then return nil end
-    end
+    if KEYS[k] ~= QUEUE() then others[#others + 1] = KEYS[k] end
+  end
+  if #others > 0 and redis.call('EXISTS', unpack(others)) > 0 then return nil end
+  local jobs = redis.call('ZRANGE', QUEUE(), 0, NEXT_SCAN)
+  if #jobs > NEXT_SCAN then return nil end
+  for _, id in ipairs(jobs) do
+    if string.sub(id, 1, #mine) ~= mine then return nil end
   end
   local c = redis.call('HMGET', META, 'cursor', 'chunks')
   if tonumber(c[1]) >= tonumber(c[2]) then return nil end

@@ -296,6 +296,20 @@ async def test_no_chunk_is_taken_while_another_batch_has_jobs_queued(
     assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30, handlers=ECHO) is not None
 
 
+async def test_a_job_of_another_handler_the_worker_serves_stops_it_too(
+    windowed: BatchStore, redis: Redis, keys: Keys
+) -> None:
+    first = await submit(windowed, 10, chunk_size=2)
+    assert await windowed.claim_chunk(first.batch_id, 0, lease_ttl=30) is not None
+    await redis.zadd(keys.queue("test.other"), {"other-batch:0": 1})
+    # A worker serving both handlers lets the queues' order decide; one serving only the
+    # batch's handler never sees that job, so nothing waits for this one.
+    both = [*ECHO, "test.other"]
+    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30, handlers=both) is None
+    assert await windowed.claim_next_chunk(first.batch_id, lease_ttl=30, handlers=ECHO) is not None
+    await redis.delete(keys.queue("test.other"))
+
+
 async def test_a_taken_chunk_whose_holder_died_is_queued_again(
     store: BatchStore, redis: Redis, keys: Keys, advance: Callable[[float], float]
 ) -> None:
