@@ -96,7 +96,7 @@ async def renew_leases(
     *,
     now_ms: int,
     ttl: float,
-) -> list[bool]:
+) -> list[BatchState | None]:
     if not claims:
         return []
     keys = scope.keys
@@ -104,9 +104,9 @@ async def renew_leases(
     claim_keys: list[str] = []
     for batch_id, chunk, token, in_flight in claims:
         args += [keys.lease_member(batch_id, chunk), chunk, token, in_flight]
-        claim_keys += [keys.chunk_states(batch_id), keys.started(batch_id)]
+        claim_keys += [keys.chunk_states(batch_id), keys.started(batch_id), keys.meta(batch_id)]
     held = await scripts.renew_leases(keys=[keys.leases, *claim_keys], args=args)
-    return [bool(int(flag)) for flag in held]
+    return [BatchState(int(state)) if int(state) else None for state in held]
 
 
 async def record_outcomes(

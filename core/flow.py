@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from batchd.core.domain import BatchOptions
+from batchd.core.domain import BatchOptions, BatchState
 from batchd.core.keys import Keys
 from batchd.core.scripts import Arg, BatchScope, Scripts
 
@@ -134,12 +134,12 @@ async def hold_slots(
     limit: int,
     *,
     now_ms: int,
-) -> int:
-    held = await scope.run(
+) -> tuple[int, BatchState | None]:
+    held, state = await scope.run(
         scripts.hold_slots,
         batch_id,
         now_ms,
         keys=[scope.keys.slots(batch_id)],
         args=[chunk, token, max(0, count), max(0, limit)],
     )
-    return int(held)
+    return int(held), BatchState(int(state)) if int(state) else None

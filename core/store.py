@@ -268,11 +268,11 @@ class BatchStore:
 
     async def renew_leases(
         self, claims_held: Sequence[tuple[str, int, str, int]], ttl: float
-    ) -> list[bool]:
+    ) -> list[BatchState | None]:
         """Extends each (batch_id, chunk, token, items in flight) claim's lease to `ttl`
-        seconds from now, and records its items in flight, in one round trip. False for a
-        claim that was lost (taken over, expired, cancelled, deleted): its holder must
-        start no more items."""
+        seconds from now, and records its items in flight (-1: unchanged), in one round
+        trip. Per claim: its batch's state, or None for a claim that was lost (taken over,
+        expired, cancelled, deleted): its holder must start no more items."""
         return await claims.renew_leases(
             self._scripts, self._scope, claims_held, now_ms=self._now_ms(), ttl=ttl
         )
@@ -348,10 +348,10 @@ class BatchStore:
 
     async def hold_slots(
         self, batch_id: str, chunk: int, token: str, count: int, *, limit: int
-    ) -> int:
+    ) -> tuple[int, BatchState | None]:
         """The holder of claimed chunk (`chunk`, `token`) asks to hold `count` of the
-        batch's `limit` (max_concurrent) slots; returns how many it holds now. Holdings
-        live only with their chunk's lease."""
+        batch's `limit` (max_concurrent) slots; returns how many it holds now, and the
+        batch's state (None: gone). Holdings live only with their chunk's lease."""
         return await flow.hold_slots(
             self._scripts,
             self._scope,

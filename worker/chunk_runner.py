@@ -183,6 +183,7 @@ class _ChunkRun:
             runtime.permits,
             self.queue.__len__,
             self.log,
+            lease.learn,
         )
 
     async def run(self) -> ChunkEnd:
@@ -303,6 +304,7 @@ class _ChunkRun:
         """`holding`: asked by a consumer holding an item it took out of the queue."""
         return (
             self.recorder.stops_starting
+            or self.lease.halted
             or self.lease.lost.is_set()
             or self.runtime.draining.is_set()
             or (not self.queue and not holding)

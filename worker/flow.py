@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from batchd.core import fastjson
-from batchd.core.domain import ClaimedChunk
+from batchd.core.domain import BatchState, ClaimedChunk
 from batchd.core.flow import Bucket, buckets_for
 from batchd.core.store import BatchStore
 from batchd.worker.attempts import Item
@@ -118,8 +118,10 @@ class FlowGate:
         pool: PermitPool,
         queued: Callable[[], int],
         log: structlog.typing.FilteringBoundLogger,
+        on_batch_state: Callable[[BatchState | None], None] = lambda state: None,
     ) -> None:
-        """`queued()`: how many of the run's items wait in its queue."""
+        """`queued()`: how many of the run's items wait in its queue. `on_batch_state` is
+        told the batch's state (None: gone) whenever a max_concurrent call learns it."""
         self.pool = pool
         self.store = store
         self.claimed = claimed
@@ -127,7 +129,9 @@ class FlowGate:
         self.worker_slots = worker_slots
         self.log = log
         limit = claimed.options.max_concurrent
-        self.slots = _Slots(store, claimed, limit, queued, log) if limit > 0 else None
+        self.slots = (
+            _Slots(store, claimed, limit, queued, log, on_batch_state) if limit > 0 else None
+        )
         self._permits: dict[str | None, _Permits] = {}
         # No item has a key of its own (no key function, or the batch's own key wins):
         # every item takes the same permits, found once.
@@ -398,9 +402,11 @@ class _Slots:
         limit: int,
         queued: Callable[[], int],
         log: structlog.typing.FilteringBoundLogger,
+        on_batch_state: Callable[[BatchState | None], None] = lambda state: None,
     ) -> None:
         self.store = store
         self.claimed = claimed
+        self.on_batch_state = on_batch_state
         self.limit = limit
         self.queued = queued
         self.log = log
@@ -444,12 +450,13 @@ class _Slots:
             # Giving back: stop using those slots before Redis hands them to others.
             self.held = count
         try:
-            held = await self.store.hold_slots(
+            held, state = await self.store.hold_slots(
                 c.batch_id, c.chunk, c.token, count, limit=self.limit
             )
         except Exception:
             self.log.warning("concurrency_slots_failed", exc_info=True)
             return
+        self.on_batch_state(state)
         # What Redis says we hold, whatever runs: below in_use (a lost claim says 0) no
         # more starts until enough have ended.
         self.held = held

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from batchd.core.domain import ClaimedChunk
+from batchd.core.domain import BatchState, ClaimedChunk
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
@@ -28,6 +28,8 @@ __all__ = ["Lease", "LeaseKeeper"]
 log = get_logger(__name__)
 
 LeaseKey = tuple[str, int, str]  # (batch_id, chunk, token)
+# Batch states in which a holder starts items.
+_RUNS = frozenset({BatchState.QUEUED, BatchState.RUNNING})
 
 
 class Lease:
@@ -42,6 +44,9 @@ class Lease:
         # it (with a renewal or an outcome flush; a claim starts from 0).
         self.in_flight = 0
         self.reported = 0
+        # The batch's state as a renewal or a max_concurrent call last saw it: a holder
+        # learns of a pause or a cancel even with no outcome to record (`halted`).
+        self.batch_state: BatchState | None = BatchState.RUNNING
         self._valid_until = valid_until  # time.monotonic()
         self._changed = asyncio.Event()
 
@@ -58,6 +63,15 @@ class Lease:
         """Returns at the next renewal, failed renewal or loss."""
         self._changed.clear()
         await self._changed.wait()
+
+    @property
+    def halted(self) -> bool:
+        """The batch no longer runs (paused, cancelling, finished or gone): start nothing
+        more; the release hands the rest back (or cancels it)."""
+        return self.batch_state not in _RUNS
+
+    def learn(self, state: BatchState | None) -> None:
+        self.batch_state = state
 
     def in_flight_report(self) -> int:
         """What to report of the items in flight: the count, or -1 when unchanged since
@@ -139,8 +153,9 @@ class LeaseKeeper:
                 lease.touch()
             return
         self._outage.recovered(leases=len(leases))
-        for lease, ok, report in zip(leases, results, reports, strict=True):
-            if ok:
+        for lease, state, report in zip(leases, results, reports, strict=True):
+            if state is not None:
+                lease.learn(state)
                 lease.renewed(sent_at, self.ttl)
                 if report >= 0:
                     lease.reported = report

@@ -117,7 +117,10 @@ class Recorder:
             except TimeoutError:
                 pass
             self._flush_now.clear()
-            if self.buffer and not self._stopping:
+            # Nothing to record, but items started since the last report: say so (the
+            # store's "running"), at most once per interval.
+            report = self.lease is not None and self.lease.in_flight_report() >= 0
+            if (self.buffer or report) and not self._stopping:
                 try:
                     await self._flush(release=False)
                 except FlushFailed:

@@ -5,8 +5,9 @@
 -- A holding counts only while its chunk is still claimed under its token with a live
 -- lease (the lease the chunk's holder renews anyway): a crashed worker's slots come
 -- free with its lease, and a taken-over chunk's old holding is dropped.
--- Returns the count now held: min(count, what the other live holdings leave), and never
--- less than already held when asking for more (a holder keeps what it has).
+-- Returns {the count now held, the batch's state (0: gone)}: min(count, what the other
+-- live holdings leave), and never less than already held when asking for more (a holder
+-- keeps what it has); the state tells a holder waiting for slots of a pause or a cancel.
 local SLOTS = KEYS[12]
 local chunk, token = ARGV[A], ARGV[A + 1]
 local count, limit = tonumber(ARGV[A + 2]), tonumber(ARGV[A + 3])
@@ -34,4 +35,4 @@ if granted > 0 then
 else
   redis.call('HDEL', SLOTS, chunk)
 end
-return granted
+return {granted, tonumber(redis.call('HGET', META, 'state') or '0')}

@@ -211,16 +211,16 @@ async def test_slots_are_shared_by_holders_and_die_with_their_lease(
     b = await store.claim_chunk(bid, 1, lease_ttl=5)
     assert a is not None
     assert b is not None
-    assert await store.hold_slots(bid, 0, a.token, 3, limit=5) == 3
-    assert await store.hold_slots(bid, 1, b.token, 3, limit=5) == 2
-    assert await store.hold_slots(bid, 1, b.token, 3, limit=5) == 2
-    assert await store.hold_slots(bid, 0, a.token, 1, limit=5) == 1  # gives two back
-    assert await store.hold_slots(bid, 1, b.token, 3, limit=5) == 3
-    assert await store.hold_slots(bid, 0, "stale", 3, limit=5) == 0  # not the holder
+    assert (await store.hold_slots(bid, 0, a.token, 3, limit=5))[0] == 3
+    assert (await store.hold_slots(bid, 1, b.token, 3, limit=5))[0] == 2
+    assert (await store.hold_slots(bid, 1, b.token, 3, limit=5))[0] == 2
+    assert (await store.hold_slots(bid, 0, a.token, 1, limit=5))[0] == 1  # gives two back
+    assert (await store.hold_slots(bid, 1, b.token, 3, limit=5))[0] == 3
+    assert (await store.hold_slots(bid, 0, "stale", 3, limit=5))[0] == 0  # not the holder
     # Chunk 1's holder dies: its slots go with its lease.
     advance(5)
     await store.renew_leases([(bid, 0, a.token, 0)], 5)
-    assert await store.hold_slots(bid, 0, a.token, 5, limit=5) == 5
+    assert (await store.hold_slots(bid, 0, a.token, 5, limit=5))[0] == 5
     # A release ends the holding too.
     done = ItemOutcome(
         index=0, state=ItemState.SUCCEEDED, attempts=1, start_time=None, end_time=None
@@ -228,4 +228,4 @@ async def test_slots_are_shared_by_holders_and_die_with_their_lease(
     await store.record_outcomes(bid, 0, [done], token=a.token, release=True)
     c = await store.claim_chunk(bid, 1, lease_ttl=5)
     assert c is not None
-    assert await store.hold_slots(bid, 1, c.token, 5, limit=5) == 5
+    assert (await store.hold_slots(bid, 1, c.token, 5, limit=5))[0] == 5

@@ -91,7 +91,7 @@ async def test_a_closed_window_expires_every_unfinished_item(
     assert (items[0].attempts, items[0].error_message, items[0].end_time) == (2, "too slow", now)
 
     # The late worker: its claim is lost, its records and release change nothing.
-    assert await store.renew_leases([(bid, 0, running.token, 0)], LEASE) == [False]
+    assert await store.renew_leases([(bid, 0, running.token, 0)], LEASE) == [None]
     result = await store.record_outcomes(bid, 0, [done(2)], token=running.token, release=True)
     assert (result.state, result.held) == (BatchState.COMPLETED, False)
     assert await consistent(bid) == ItemCounts(succeeded=1, failed=1, expired=7)

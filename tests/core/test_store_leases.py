@@ -30,6 +30,11 @@ def ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+async def held(store: BatchStore, claims: list[tuple[str, int, str, int]]) -> list[bool]:
+    """Which of `claims` a renewal finds still held (it says their batch's state)."""
+    return [state is not None for state in await store.renew_leases(claims, LEASE)]
+
+
 async def test_a_live_claim_is_not_handed_out_twice(
     store: BatchStore, new_batch: NewBatch, consistent: Consistent
 ) -> None:
@@ -64,7 +69,7 @@ async def test_an_expired_lease_is_taken_over_and_the_stale_holder_counts_nothin
     result = await store.record_outcomes(bid, 0, [], token=stale.token, release=True)
     assert (result.state, result.held) == (BatchState.RUNNING, False)
     assert await store.claim_chunk(bid, 0, lease_ttl=LEASE) is None
-    assert await store.renew_leases([(bid, 0, fresh.token, 0)], LEASE) == [True]
+    assert await held(store, [(bid, 0, fresh.token, 0)]) == [True]
 
     # Its records still count, item by item, first writer wins: never twice.
     result = await store.record_outcomes(bid, 0, [done(1)], token=stale.token, release=False)
@@ -88,23 +93,23 @@ async def test_renew_reports_lost_claims_and_keeps_live_ones(
     assert a is not None
     assert b is not None
     assert c is not None
-    held = [
+    claims = [
         (one.batch_id, 0, a.token, 0),
         (one.batch_id, 1, b.token, 0),
         (two.batch_id, 0, c.token, 0),
     ]
-    assert await store.renew_leases(held, LEASE) == [True, True, True]
-    assert await store.renew_leases([], LEASE) == []
+    assert await held(store, claims) == [True, True, True]
+    assert await held(store, []) == []
 
     # Renewed leases outlive the first term; an unrenewed one runs out and is taken over.
     advance(LEASE - 1)
-    assert await store.renew_leases(held[:2], LEASE) == [True, True]
+    assert await held(store, claims[:2]) == [True, True]
     advance(2)
     assert await store.claim_chunk(one.batch_id, 0, lease_ttl=LEASE) is None
     assert await store.claim_chunk(one.batch_id, 1, lease_ttl=LEASE) is None
     taken = await store.claim_chunk(two.batch_id, 0, lease_ttl=LEASE)
     assert taken is not None
-    assert await store.renew_leases(held, LEASE) == [True, True, False]
+    assert await held(store, claims) == [True, True, False]
 
     # A released chunk, a wrong token, a deleted batch: all lost.
     await store.record_outcomes(one.batch_id, 1, [], token=b.token, release=True)
@@ -112,8 +117,8 @@ async def test_renew_reports_lost_claims_and_keeps_live_ones(
         two.batch_id, 0, [done(0), done(1), done(2)], token=taken.token, release=True
     )
     await store.delete_batch(two.batch_id)
-    assert await store.renew_leases(
-        [(one.batch_id, 0, a.token, 0), (one.batch_id, 0, "other", 0), *held[1:]], LEASE
+    assert await held(
+        store, [(one.batch_id, 0, a.token, 0), (one.batch_id, 0, "other", 0), *claims[1:]]
     ) == [True, False, False, False]
 
 

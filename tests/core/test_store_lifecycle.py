@@ -255,7 +255,7 @@ async def test_unknown_batches_are_not_found(store: BatchStore) -> None:
     with pytest.raises(NotFound):
         await store.record_outcomes("nope", 0, [outcome(0)], token="t", release=True)
     assert await store.claim_chunk("nope", 0, lease_ttl=LEASE) is None
-    assert await store.renew_leases([("nope", 0, "t", 0)], LEASE) == [False]
+    assert await store.renew_leases([("nope", 0, "t", 0)], LEASE) == [None]
     with pytest.raises(NotFound):
         await store.retry_items("nope", [], "")
     with pytest.raises(NotFound):

@@ -332,3 +332,20 @@ async def test_running_counts_the_items_in_flight_and_claimed_the_rest(redis_url
         done = await final(client, batch_id)
         assert done.counts.succeeded + done.counts.cancelled == 10
         assert done.counts.running == done.counts.claimed == 0
+
+
+async def test_a_pause_reaches_chunks_waiting_for_max_concurrent(redis_url: str) -> None:
+    # Chunks claimed but held back by max_concurrent record nothing: they learn of the
+    # pause from their slot calls (and renewals), and hand their items back at once.
+    async with service(redis_url, Starts(delay=0.5), worker_concurrency=8) as svc:
+        client = svc.client
+        options = {"chunk_size": 20, "max_concurrent": 2}
+        submitted = await client.submit("test.starts", items(200), options=options)
+        batch_id = submitted.batch.batch_id
+        busy = await until(client, batch_id, lambda p: p.counts.running == 2)
+        assert busy.counts.claimed > 0  # other chunks wait for the batch's two slots
+        await client.pause(batch_id)
+        quiet = await until(client, batch_id, lambda p: p.counts.running + p.counts.claimed == 0)
+        assert quiet.state == BatchState.PAUSED
+        assert quiet.counts.succeeded <= 4  # what was in flight at the pause, at most twice
+        await client.cancel(batch_id)

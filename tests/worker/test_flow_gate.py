@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from batchd.core.domain import BatchOptions, ClaimedChunk
+from batchd.core.domain import BatchOptions, BatchState, ClaimedChunk
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 from batchd.worker.flow import _Slots
@@ -23,11 +23,11 @@ class HeldUpStore:
 
     async def hold_slots(
         self, batch_id: str, chunk: int, token: str, count: int, *, limit: int
-    ) -> int:
+    ) -> tuple[int, BatchState]:
         self.calls.append(count)
         await self.go.wait()
         self.holding = min(count, limit)
-        return self.holding
+        return self.holding, BatchState.RUNNING
 
 
 async def test_slots_given_back_are_not_used_while_the_call_is_in_flight() -> None:

@@ -61,7 +61,7 @@ async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(
     cut_off = False
     renew = BatchStore.renew_leases
 
-    async def renewals(self: BatchStore, claims: Sequence[Any], ttl: float) -> list[bool]:
+    async def renewals(self: BatchStore, claims: Sequence[Any], ttl: float) -> list[Any]:
         if cut_off:
             raise RedisConnectionError("this worker cannot reach Redis")
         return await renew(self, claims, ttl)
