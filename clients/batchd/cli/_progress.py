@@ -268,7 +268,8 @@ def _follow_bar(
 def _hint(batch_id: str, last: BatchProgress, err: TextIO) -> None:
     c = last.counts
     if c.failed:
-        print(f"{c.failed} items failed: batchd items {batch_id} --state failed", file=err)
+        items = "item" if c.failed == 1 else "items"
+        print(f"{c.failed} {items} failed: batchd items {batch_id} --state failed", file=err)
     if c.expired:
         print(f"{c.expired} items expired: batchd items {batch_id} --state expired", file=err)
     if c.failed or c.expired:

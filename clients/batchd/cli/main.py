@@ -232,7 +232,8 @@ def _retry(client: Client, args: argparse.Namespace, io: _Io) -> int:
         print_json(result, io.out)
     else:
         print(
-            f"{result.batch.batch_id} {result.batch.state.name}: {result.requeued} items requeued",
+            f"{result.batch.batch_id} {result.batch.state.name}: {result.requeued} "
+            f"{'item' if result.requeued == 1 else 'items'} requeued",
             file=io.out,
             flush=True,
         )
