@@ -244,7 +244,15 @@ class BatchdWorker(arq.Worker):
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """SIGTERM/SIGINT: arq stops taking jobs and waits up to `job_completion_wait` for
         those in hand; the chunks among them also start no more items and go back to the
-        queue with the rest (they would otherwise run whole chunks before stopping)."""
+        queue with the rest (they would otherwise run whole chunks before stopping).
+
+        Only the first signal counts: under a terminal a worker gets Ctrl-C's SIGINT and
+        then batchd-service's SIGTERM. arq starts a drain task per signal and keeps no
+        reference to it; a second one, started while `asyncio.run` cancels what is left,
+        ends the loop pending ("Task was destroyed but it is pending!")."""
+        if self._draining.is_set():
+            log.info("worker_signal_ignored", signal=signal.Signals(signum).name)
+            return
         self._draining.set()
         super().handle_sig_wait_for_completion(signum)
 

@@ -90,7 +90,6 @@ async def run(settings: Settings, handlers: Mapping[str, Handler] | None = None)
     except (ValueError, HandlerLoadError) as exc:  # configuration: say so, no traceback
         raise SystemExit(f"{COMMAND}: {exc}") from None
     tune_gc(settings.gc_threshold)  # with the handlers loaded: they live as long
-    _handle_first_signal_only(worker)
     try:
         # A signal cancels the worker's main task (after the grace period): that ends
         # async_run with CancelledError, which is how ARQ's own Worker.run stops too.
@@ -99,26 +98,6 @@ async def run(settings: Settings, handlers: Mapping[str, Handler] | None = None)
     finally:
         await worker.close()
         _ignore_late_signals()
-
-
-def _handle_first_signal_only(worker: Any) -> None:
-    """Replaces arq's SIGINT/SIGTERM handlers with one that drains on the first signal
-    and ignores the rest. arq's `handle_sig_wait_for_completion` starts a new drain task
-    at every signal and keeps no reference to it; one started by a second signal while
-    `asyncio.run` cancels what is left ends the loop pending ("Task was destroyed but it
-    is pending!", "coroutine '_sleep_until_tasks_complete' was never awaited")."""
-    loop = asyncio.get_running_loop()
-    received: list[signal.Signals] = []
-
-    def on_signal(signum: signal.Signals) -> None:
-        if received:
-            log.info("worker_signal_ignored", signal=signum.name, stopping_on=received[0].name)
-            return
-        received.append(signum)
-        worker.handle_sig_wait_for_completion(signum)
-
-    for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, on_signal, signum)
 
 
 def _ignore_late_signals() -> None:

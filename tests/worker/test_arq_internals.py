@@ -58,7 +58,8 @@ PINNED = {
     "handle_sig": ("985ff7ba01aa8f04", "cancels the job tasks and the main task (close)"),
     "handle_sig_wait_for_completion": (
         "8f161d86834cc74e",
-        "SIGTERM/SIGINT drain: BatchdWorker sets `draining` before it",
+        "SIGTERM/SIGINT drain: BatchdWorker sets `draining` before it, and calls it for "
+        "the first signal only (it starts an unreferenced task per call)",
     ),
     "close": (
         "5bcc9cb356680829",
