@@ -46,6 +46,12 @@ class Keys:
         """The ARQ queues' common prefix: a handler's queue is it plus the handler name."""
         return f"{self.prefix}queue:"
 
+    @property
+    def legacy_queue(self) -> str:
+        """The single ARQ queue of earlier versions: maintenance moves what it still holds
+        to the handlers' queues."""
+        return f"{self.prefix}queue"
+
     def queue(self, handler: str) -> str:
         """The ARQ queue (ZSET job_id -> score) of the chunk jobs of `handler`'s batches:
         only workers that serve the handler read it."""

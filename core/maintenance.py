@@ -1,7 +1,8 @@
 """Maintenance: the sweeps every server and worker runs every `maintenance_interval`.
 
-Each sweep reaps expired leases (their chunks get a job that takes them over) and
-expires batches whose completion window closed. Both are safe to run in any number of
+Each sweep reaps expired leases (their chunks get a job that takes them over), expires
+batches whose completion window closed, and moves the jobs an earlier version left in its
+single queue to their handlers' queues. Both are safe to run in any number of
 processes at once: every lease and every batch is handled by one Lua call, atomically,
 and what one process did the next one finds done.
 """
@@ -25,14 +26,16 @@ log = get_logger(__name__)
 class SweepResult:
     leases_reaped: int
     batches_expired: int
+    legacy_jobs_moved: int = 0
 
 
 async def sweep(store: BatchStore, now: float | None = None) -> SweepResult:
     """One sweep at `now` (default: the store's clock)."""
     now = store.clock() if now is None else now
+    moved = await store.move_legacy_jobs()
     reaped = await store.reap_expired_leases(now)
     expired = await store.expire_batches(now)
-    return SweepResult(leases_reaped=reaped, batches_expired=expired)
+    return SweepResult(leases_reaped=reaped, batches_expired=expired, legacy_jobs_moved=moved)
 
 
 async def maintenance_loop(store: BatchStore, interval: float) -> None:
@@ -46,10 +49,11 @@ async def maintenance_loop(store: BatchStore, interval: float) -> None:
         except Exception:
             log.exception("maintenance_failed")
         else:
-            if result.leases_reaped or result.batches_expired:
+            if result.leases_reaped or result.batches_expired or result.legacy_jobs_moved:
                 log.info(
                     "maintenance_swept",
                     leases_reaped=result.leases_reaped,
                     batches_expired=result.batches_expired,
+                    legacy_jobs_moved=result.legacy_jobs_moved,
                 )
         await asyncio.sleep(max(interval, 0.01))

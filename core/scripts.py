@@ -50,6 +50,7 @@ class Scripts:
         self.reap_leases: AsyncScript = redis.register_script(jobs + _source("reap_leases.lua"))
         self.renew_leases: AsyncScript = redis.register_script(_source("renew_leases.lua"))
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
+        self.move_legacy_jobs: AsyncScript = redis.register_script(_source("move_legacy_jobs.lua"))
         self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
         # Flow control (batchd.core.flow): token buckets, and max_concurrent slots.
         flow = _source("_flow.lua")

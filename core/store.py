@@ -50,6 +50,8 @@ DEFAULT_RETENTION = 7 * 86400.0
 
 # Worker entries silent for this many TTLs are dropped from the workers zset.
 _PRUNE_AFTER_TTLS = 10
+# Jobs move_legacy_jobs takes per script call.
+_LEGACY_SLICE = 500
 # States in which a batch waits for workers of its handler (to run, or to cancel what a
 # dead worker held).
 _RUNNABLE = frozenset({BatchState.QUEUED, BatchState.RUNNING, BatchState.CANCELLING})
@@ -364,6 +366,21 @@ class BatchStore:
         )
 
     # -- maintenance ----------------------------------------------------------------
+    async def move_legacy_jobs(self) -> int:
+        """Moves the chunk jobs an earlier version left in its single queue to their
+        handlers' queues; returns how many it took off (a command when there are none)."""
+        moved = 0
+        while True:
+            count = int(
+                await self._scripts.move_legacy_jobs(
+                    keys=[self.keys.legacy_queue, self.keys.queue_prefix],
+                    args=[self.keys.meta(""), _LEGACY_SLICE],
+                )
+            )
+            moved += count
+            if count < _LEGACY_SLICE:
+                return moved
+
     async def reap_expired_leases(self, now: float | None = None) -> int:
         """Drops every lease expired at `now` and enqueues a job to take its chunk over;
         returns how many. Safe to run in any number of processes at once."""

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from redis.asyncio import Redis
 
 from batchd.core import maintenance
 from batchd.core.domain import BatchRecord, BatchState
@@ -49,3 +50,23 @@ async def test_the_loop_keeps_sweeping_after_a_failure(
     with pytest.raises(asyncio.CancelledError):
         await loop
     assert calls >= 2
+
+
+async def test_a_sweep_moves_the_jobs_an_earlier_version_queued(
+    store: BatchStore, new_batch: NewBatch, redis: Redis
+) -> None:
+    # An upgrade leaves jobs in the single queue of earlier versions: they go to their
+    # handler's queue, with their scores, and a gone batch's job is dropped.
+    batch = await new_batch(6, chunk_size=3)
+    keys = store.keys
+    queue = keys.queue("test.echo")
+    await redis.delete(queue)
+    await redis.zadd(keys.legacy_queue, {f"{batch.batch_id}:0": 5, f"{batch.batch_id}:1:t9": 9})
+    await redis.zadd(keys.legacy_queue, {"gone-batch:0": 7})
+    assert (await sweep(store)).legacy_jobs_moved == 3
+    assert await redis.zrange(queue, 0, -1, withscores=True) == [
+        (f"{batch.batch_id}:0".encode(), 5.0),
+        (f"{batch.batch_id}:1:t9".encode(), 9.0),
+    ]
+    assert not await redis.exists(keys.legacy_queue)
+    assert (await sweep(store)).legacy_jobs_moved == 0
