@@ -4,13 +4,16 @@ can run waits QUEUED, saying why, until one comes."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.in_process_server import client_of, running_server
+from support.in_process_server import HOST, client_of, running_server
 from support.polling import poll
 from support.processes import ServiceProcess, WorkerPool
 
@@ -114,7 +117,7 @@ async def test_a_mixed_pool_runs_each_chunk_on_a_worker_that_serves_it(
 
 
 async def test_a_batch_no_live_worker_serves_waits_and_starts_when_one_comes(
-    client: AsyncClient, pool: WorkerPool, tmp_path: Path
+    client: AsyncClient, server: BatchdServer, pool: WorkerPool, tmp_path: Path
 ) -> None:
     first = start(pool, append=True)  # publishes the handler's schema, then goes
     await live(client, APPEND, 1)
@@ -132,6 +135,14 @@ async def test_a_batch_no_live_worker_serves_waits_and_starts_when_one_comes(
     watch = client.watch(batch.batch_id)
     snapshot = await anext(watch)
     assert (snapshot.state, snapshot.waiting_reason) == (BatchState.QUEUED, NOT_SERVED)
+    shown = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchd.cli.main", "get", batch.batch_id,
+        env={**os.environ, "BATCHD_TARGET": f"{HOST}:{server.port}"},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await shown.communicate()
+    assert shown.returncode == 0
+    assert f"waiting     {NOT_SERVED}" in out.decode()
 
     # A batch of a served handler, submitted after it, runs to the end meanwhile: the
     # waiting batch is not failed, not started, and nothing of it is lost.
