@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
-import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +15,20 @@ import pytest
 from google.protobuf import json_format
 from support.net import find_free_port
 from support.polling import poll
-from support.processes import ServiceProcess
-from support.readme_session import BATCH_ID, read_session, sh_blocks_after
+from support.readme_session import (
+    README,
+    Ran,
+    Service,
+    Shell,
+    all_handlers_served,
+    listening,
+    read_session,
+    readme_service,
+    sh_blocks_after,
+)
 
-from batchd.client import AsyncClient, BatchdError
 from batchd.server.app import BatchdServer
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def python_example() -> str:
@@ -121,101 +124,45 @@ TIMES = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+Z)?")
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[str]:
-    """`./scripts/run` as a user starts it: batchd-service with its embedded Valkey (in a
-    short private directory: a unix socket path has a length limit), on a free port."""
-    data_dir = Path(tempfile.mkdtemp(prefix="batchd-readme-"))
-    port = find_free_port()
-    env = {
-        "BATCHD_DATA_DIR": str(data_dir),
-        "BATCHD_HOST": "127.0.0.1",
-        "BATCHD_PORT": str(port),
-        "BATCHD_IMAGE_OUTPUT_DIR": str(tmp_path / "images"),
-    }
-    process = ServiceProcess("batchd.server.service", env, tmp_path / "service.log").start()
-    try:
-        yield f"127.0.0.1:{port}"
-        assert process.terminate() == 0, process.log_tail()
-    finally:
-        process.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def service() -> Iterator[Service]:
+    with readme_service() as running:
+        yield running
 
 
-async def _all_handlers_served(target: str) -> list[str] | None:
-    try:
-        async with AsyncClient(target) as client:
-            served = [h.name for h in await client.handlers() if h.live_workers]
-    except BatchdError:
-        return None
-    return served if len(served) == 6 else None
-
-
-async def _listening(port: int) -> bool | None:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return None
-    writer.close()
-    await writer.wait_closed()
-    return True
-
-
-async def test_readme_cli_session_runs_as_shown(service: str, tmp_path: Path) -> None:
+async def test_readme_cli_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
     (block,) = sh_blocks_after(README.read_text(), "## Using it")
     steps = read_session(block)
     commands = [step.command for step in steps]
     assert len(commands) == len(SESSION), commands
     for command, (start, _, _) in zip(commands, SESSION, strict=True):
         assert command.startswith(start), f"README: {command!r}, SESSION: {start!r}"
-    await poll(lambda: _all_handlers_served(service), within=60)
+    await poll(lambda: all_handlers_served(service.target), within=60)
 
     scratch = tmp_path / "scratch"  # what `cd "$(mktemp -d)"` gives the user
     scratch.mkdir()
     peer_port = find_free_port()
-    env = dict(
-        os.environ,
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-        BATCHD_TARGET=service,
-    )
-    ids: dict[str, str] = {}  # the README's batch ids -> this run's
-    background: list[asyncio.subprocess.Process] = []
-    try:
+    async with Shell(scratch, {"BATCHD_TARGET": service.target}) as shell:
+        shell.replacements["8000"] = str(peer_port)
         for step, (_, status, expected) in zip(steps, SESSION, strict=True):
             if step.command.startswith("cd "):
                 continue
-            command = step.command.replace("8000", str(peer_port))
-            for shown, real in ids.items():
-                command = command.replace(shown, real)
             if step.background:
-                peer = await asyncio.create_subprocess_exec(
-                    "bash", "-c", command, cwd=scratch, env=env, start_new_session=True
-                )
-                background.append(peer)
-                await poll(lambda: _listening(peer_port))
+                await shell.start(step.command)
+                await poll(lambda: listening(peer_port))
                 continue
-            process = await asyncio.create_subprocess_exec(
-                "bash", "-c", command, cwd=scratch, env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 60)
-            out, err = out_bytes.decode(), err_bytes.decode()
-            context = f"$ {command}\n{out}{err}"
-            assert process.returncode == status, context
-            shown = "\n".join(step.output)
-            if step.output and BATCH_ID.fullmatch(step.output[0]):  # submit prints the id
-                ids[step.output[0]] = out.splitlines()[0]
-            for readme_id, real in ids.items():
-                shown = shown.replace(readme_id, real)
-            if expected == "exact":
-                assert (
-                    TIMES.sub("<time>", out + err).splitlines()
-                    == TIMES.sub("<time>", shown).splitlines()
-                ), context
-                continue
-            for key in expected:
-                assert key in out + err, f"{key!r} not in:\n{context}"
-                assert not step.output or key in shown, f"{key!r} not shown after {command}"
-    finally:
-        for peer in background:
-            os.killpg(peer.pid, signal.SIGTERM)
-            await peer.wait()
+            ran = await shell.run(step.command)
+            assert ran.status == status, ran.context
+            shell.learn_ids(step.output, ran.out)
+            check_output(ran, shell.real("\n".join(step.output)), expected)
+
+
+def check_output(ran: Ran, shown: str, expected: list[str] | str) -> None:
+    """What a command printed holds each of `expected`, and so does what the README shows
+    (if it shows anything); "exact": it printed what the README shows, times aside."""
+    if expected == "exact":
+        printed = TIMES.sub("<time>", ran.out + ran.err).splitlines()
+        assert printed == TIMES.sub("<time>", shown).splitlines(), ran.context
+        return
+    for key in expected:
+        assert key in ran.out + ran.err, f"{key!r} not in:\n{ran.context}"
+        assert not shown or key in shown, f"{key!r} not shown after {ran.command}"
