@@ -1,14 +1,16 @@
-"""The README documents every setting there is."""
+"""The README documents every setting there is, and every relative link in the docs resolves."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
 
 from batchd.core.config import Settings
 from batchd.worker.handlers import builtin_handlers
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme() -> None:
@@ -25,3 +27,46 @@ def test_readme_opens_with_the_two_commands() -> None:
     first_block = README.split("```", 2)[1]
     commands = [line.split("#")[0].strip() for line in first_block.splitlines()[1:] if line]
     assert commands == ["./scripts/run", "./scripts/test"]
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
+LINK = re.compile(r"!?\[[^\]]*\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")
+
+
+def prose(text: str) -> str:
+    """The text without fenced code blocks or inline code, where links are not links."""
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def anchors(path: Path) -> set[str]:
+    """The #anchors GitHub gives the file's headings (duplicates numbered -1, -2, ...)."""
+    seen: dict[str, int] = {}
+    found = set()
+    for line in FENCE.sub("", path.read_text()).splitlines():
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not heading:
+            continue
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1)).replace("`", "")
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        found.add(slug if count == 0 else f"{slug}-{count}")
+    return found
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for doc in DOCS:
+        for target in LINK.findall(prose(doc.read_text())):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue  # http:, https:, mailto:
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            missing = not file.exists() or (
+                bool(anchor) and file.suffix == ".md" and anchor not in anchors(file)
+            )
+            if missing:
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert broken == []
+    assert "docs/performance.md" in prose(README)  # the README's Performance points there
