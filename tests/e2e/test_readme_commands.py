@@ -1,5 +1,6 @@
 """The README's other shell blocks run as written, in a scratch directory, against a real
-service and real local peers: running server and workers separately.
+service and real local peers: running server and workers separately, adding workers to
+`./scripts/run`, sending email through the sink the README starts.
 
 Not run, on purpose (each named where its section is read below):
 - `./scripts/run` (the README's first block, and the workloads' "With ./scripts/run
@@ -21,6 +22,7 @@ Not run, on purpose (each named where its section is read below):
 from __future__ import annotations
 
 import asyncio
+import shlex
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,11 @@ from support.polling import poll
 from support.readme_session import (
     README,
     Shell,
+    all_handlers_served,
+    listening,
     live_workers,
     read_session,
+    readme_service,
     sh_blocks_after,
     with_venv,
 )
@@ -98,3 +103,66 @@ async def test_server_and_workers_run_separately(
         await runs_a_batch(target)
         assert await shell.stop_job(2) == 0, (tmp_path / "worker.log").read_text()
         assert await shell.stop_job(1) == 0, (tmp_path / "server.log").read_text()
+
+
+@pytest.mark.timeout(60)
+async def test_workers_join_a_running_scripts_run(tmp_path: Path) -> None:
+    block = sh_blocks_after(TEXT, "## Running server and workers separately")[1]
+    steps = read_session(block, prompt="")
+    assert len(steps) == 2
+    package = own_handlers_package(tmp_path / "site")
+    with readme_service() as service:
+        await poll(lambda: all_handlers_served(service.target), within=60)
+        home = with_venv(service.home)  # `run from the same directory`: the checkout
+        async with Shell(home, {"PYTHONPATH": str(package)}) as shell:
+            jobs = [
+                await shell.start(s.command, tmp_path / f"worker-{i}.log")
+                for i, s in enumerate(steps)
+            ]
+            served = {**dict.fromkeys(BUILTINS, 3), "geo.lookup": 1}
+            await poll(lambda: served_by(service.target, served, *jobs), within=30)
+            await runs_a_batch(service.target)
+            for number in (1, 2):
+                log = tmp_path / f"worker-{number - 1}.log"
+                assert await shell.stop_job(number) == 0, log.read_text()
+
+
+async def sink_received(path: Path, count: int) -> str | None:
+    """A probe for `poll`: the README's SMTP sink printed `count` messages."""
+    text = await asyncio.to_thread(path.read_text, errors="replace")
+    return text if text.count("---------- END MESSAGE ----------") >= count else None
+
+
+@pytest.mark.timeout(90)
+async def test_email_send_workload(tmp_path: Path) -> None:
+    sink_block, client_block = sh_blocks_after(TEXT, "### Sending email: `email.send`")
+    sink, run = read_session(sink_block, prompt="")
+    assert sink.background
+    steps = read_session(client_block, prompt="")
+    assert [s.command.split()[:2] for s in steps] == [
+        ["cd", '"$(mktemp'], ["python3", "-c"], ["batchd", "submit"], ["batchd", "items"]
+    ]  # fmt: skip
+    smtp_port = find_free_port()
+    scratch = with_venv(tmp_path / "scratch")
+    # The sink prints each message as it takes it (unbuffered: the test reads as it goes).
+    async with Shell(scratch, {"PYTHONUNBUFFERED": "1"}) as shell:
+        shell.replacements["8025"] = str(smtp_port)
+        await shell.start(sink.command, tmp_path / "sink.log")
+        await poll(lambda: listening(smtp_port))
+        *assignments, script = shlex.split(shell.real(run.command))
+        assert script == "./scripts/run"
+        with readme_service(dict(a.split("=", 1) for a in assignments)) as service:
+            await poll(lambda: all_handlers_served(service.target), within=60)
+            shell.env["BATCHD_TARGET"] = service.target
+            assert (await shell.run(steps[1].command)).status == 0
+            submitted = await shell.run(steps[2].command)
+            assert submitted.status == 0, submitted.context
+            assert "COMPLETED 1000/1000 (100.0%) succeeded=1000 failed=0" in submitted.out
+            shell.replacements["BATCH_ID"] = submitted.out.splitlines()[0]
+            failed = await shell.run(steps[3].command)
+            assert (failed.status, failed.out + failed.err) == (0, "no items\n"), failed.context
+            printed = await poll(lambda: sink_received(tmp_path / "sink.log", 1000))
+    assert printed.count("---------- END MESSAGE ----------") == 1000
+    assert "Subject: User 7, our winter sale" in printed
+    assert "To: user-7@example.com" in printed
+    assert "From: Shop <news@shop.example>" in printed

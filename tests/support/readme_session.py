@@ -243,5 +243,6 @@ def readme_service(env: Mapping[str, str] | None = None) -> Iterator[Service]:
 
 def with_venv(directory: Path) -> Path:
     """`directory` as a checkout looks to commands run in it: `.venv/` is there."""
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / ".venv").symlink_to(Path(sys.executable).parents[1])
     return directory
