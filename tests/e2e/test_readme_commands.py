@@ -1,6 +1,6 @@
 """The README's other shell blocks run as written, in a scratch directory, against a real
 service and real local peers: running server and workers separately, adding workers to
-`./scripts/run`, sending email through the sink the README starts.
+`./scripts/run`, sending email through the sink the README starts, migrating a SQLite table.
 
 Not run, on purpose (each named where its section is read below):
 - `./scripts/run` (the README's first block, and the workloads' "With ./scripts/run
@@ -30,12 +30,14 @@ from support.net import find_free_port
 from support.polling import poll
 from support.readme_session import (
     README,
+    Expected,
     Shell,
     all_handlers_served,
     listening,
     live_workers,
     read_session,
     readme_service,
+    run_session,
     sh_blocks_after,
     with_venv,
 )
@@ -166,3 +168,32 @@ async def test_email_send_workload(tmp_path: Path) -> None:
     assert "Subject: User 7, our winter sale" in printed
     assert "To: user-7@example.com" in printed
     assert "From: Shop <news@shop.example>" in printed
+
+
+MIGRATE: Expected = [
+    ('cd "$(mktemp -d)"', 0, []),
+    ("python3 - <<'PY'", 0, []),
+    (
+        "batchd-migrate-plan sqlite:///$PWD/src.db people",
+        0,
+        ["people: 20000 rows in 4 items of up to 5000", "COMPLETED 4/4 (100.0%) succeeded=4"],
+    ),
+    (
+        "batchd items",
+        0,
+        [
+            '0 people.1-5000            SUCCEEDED      1 {"rows":5000,"written":5000,"skipped":0,',
+            '"match":true}',
+        ],
+    ),
+    ("sqlite3 dst.db", 0, "exact"),
+]
+
+
+@pytest.mark.timeout(60)
+async def test_record_migrate_workload(tmp_path: Path) -> None:
+    (block,) = sh_blocks_after(TEXT, "### Migrating a table: `record.migrate`")
+    with readme_service() as service:
+        await poll(lambda: all_handlers_served(service.target), within=60)
+        async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
+            await run_session(shell, read_session(block), MIGRATE)

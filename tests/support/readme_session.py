@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from types import TracebackType
 
 from batchd.client import AsyncClient, BatchdError
 from support.net import find_free_port
+from support.polling import poll
 from support.processes import ServiceProcess
 
 BATCH_ID = re.compile(r"\b[0-9a-f]{32}\b")
@@ -27,6 +28,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 README = CHECKOUT / "README.md"
 HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1")
 JOB = re.compile(r"kill %(\d+)")
+TIMES = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+Z)?")
 
 
 @dataclass
@@ -107,6 +109,18 @@ class Ran:
         return f"$ {self.command}\n{self.out}{self.err}"
 
 
+def check_output(ran: Ran, shown: str, expected: list[str] | str) -> None:
+    """What a command printed holds each of `expected`, and so does what the README shows
+    (if it shows anything); "exact": it printed what the README shows, times aside."""
+    if expected == "exact":
+        printed = TIMES.sub("<time>", ran.out + ran.err).splitlines()
+        assert printed == TIMES.sub("<time>", shown).splitlines(), ran.context
+        return
+    for key in expected:
+        assert key in ran.out + ran.err, f"{key!r} not in:\n{ran.context}"
+        assert not shown or key in shown, f"{key!r} not shown after {ran.command}"
+
+
 class Shell:
     """Runs README commands one by one in `cwd` with the venv's commands on PATH. Each
     command runs in a bash of its own, so the shell's own state is kept here: `export`
@@ -119,6 +133,7 @@ class Shell:
         venv_bin = str(Path(sys.executable).parent)
         self.env = {**os.environ, "PATH": os.pathsep.join([venv_bin, os.environ["PATH"]]), **env}
         self.replacements: dict[str, str] = {}
+        self.placeholder: str | None = None  # the README's name for an id it does not show
         self.jobs: list[asyncio.subprocess.Process] = []
 
     def real(self, text: str) -> str:
@@ -127,11 +142,13 @@ class Shell:
         return text
 
     def learn_ids(self, shown: list[str], out: str) -> None:
-        """The batch id a README output shows stands for the one this run printed."""
+        """The batch id a README output shows (else its placeholder) stands for the one
+        this run printed."""
         shown_ids = [line for line in shown if BATCH_ID.fullmatch(line)]
         printed = [line for line in out.splitlines() if BATCH_ID.fullmatch(line)]
-        if shown_ids and printed:
-            self.replacements[shown_ids[0]] = printed[0]
+        readme_id = shown_ids[0] if shown_ids else self.placeholder
+        if readme_id and printed:
+            self.replacements[readme_id] = printed[0]
 
     async def run(self, command: str, within: float = 60) -> Ran:
         command = self.real(command)
@@ -141,7 +158,8 @@ class Shell:
             return Ran(command, 0, "", "")
         job = JOB.fullmatch(" ".join(words))
         if job:
-            return Ran(command, await self.stop_job(int(job.group(1))), "", "")
+            await self.stop_job(int(job.group(1)))
+            return Ran(command, 0, "", "")
         process = await asyncio.create_subprocess_exec(
             "bash", "-c", command, cwd=self.cwd, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -246,3 +264,33 @@ def with_venv(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ".venv").symlink_to(Path(sys.executable).parents[1])
     return directory
+
+
+Expected = list[tuple[str, int, list[str] | str]]
+
+
+async def run_session(
+    shell: Shell,
+    steps: list[Step],
+    expected: Expected,
+    ready: Callable[[], Awaitable[bool | None]] | None = None,
+) -> None:
+    """Runs a README session's steps and checks each against `expected`: how the command
+    starts, its exit status, what its output holds (check_output). `cd` steps are
+    skipped (the shell is in its scratch directory already); a background step is
+    started, then awaited until `ready`."""
+    assert len(steps) == len(expected), [step.command for step in steps]
+    for step, (start, _, _) in zip(steps, expected, strict=True):
+        assert step.command.startswith(start), f"README: {step.command!r}, expected: {start!r}"
+    for step, (_, status, keys) in zip(steps, expected, strict=True):
+        if step.command.startswith("cd "):
+            continue
+        if step.background:
+            await shell.start(step.command)
+            if ready is not None:
+                await poll(ready)
+            continue
+        ran = await shell.run(step.command)
+        assert ran.status == status, ran.context
+        shell.learn_ids(step.output, ran.out)
+        check_output(ran, shell.real("\n".join(step.output)), keys)
