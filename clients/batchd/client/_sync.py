@@ -326,6 +326,11 @@ class Client:
                         return
                 error = session.ended_early()
             except grpc.RpcError as exc:
+                # A failed stream raises itself, and its traceback holds a frame that holds
+                # it: a cycle that only the collector frees — at interpreter exit, where the
+                # call's __del__ waits for a lock that gRPC's stopped threads hold, and the
+                # process hangs. Without the traceback it goes once dropped.
+                exc.__traceback__ = None
                 error = session.failed(exc)
             finally:
                 call.cancel()
