@@ -13,12 +13,15 @@ import enum
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "ANONYMOUS",
     "DEFAULT_TENANT",
     "METHOD_ROLES",
     "TENANT_PATTERN",
+    "Authenticator",
+    "Credentials",
     "Principal",
     "Role",
     "current",
@@ -93,3 +96,20 @@ def current() -> Principal:
 def use(principal: Principal) -> None:
     """Sets the principal for the rest of the current call (the interceptor's job)."""
     _current.set(principal)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a call presents: the bearer token of its `authorization` metadata (after
+    "Bearer "), and the identity of its verified client certificate (mTLS), if any."""
+
+    bearer: str | None
+    peer_identity: str | None
+
+
+class Authenticator(Protocol):
+    """One way of authenticating (API keys, JWT, mTLS): the caller's principal, or None
+    when these credentials do not authenticate by this way (the interceptor then tries
+    the next way, and answers UNAUTHENTICATED when none does)."""
+
+    async def authenticate(self, credentials: Credentials) -> Principal | None: ...
