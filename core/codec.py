@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 
 from batchd.core.domain import (
+    DEFAULT_TENANT,
     BatchOptions,
     BatchRecord,
     BatchState,
@@ -158,6 +159,7 @@ def encode_meta(
     chunk_size: int,
     created_ms: int,
     deadline_ms: int | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> dict[str, str | int]:
     """The fields of a new batch's meta hash (docs/design.md, "Keys")."""
     meta: dict[str, str | int] = {
@@ -166,6 +168,7 @@ def encode_meta(
         "options": canonical_json(options.to_dict()).decode(),
         "metadata": canonical_json(dict(metadata)).decode(),
         "request_id": request_id,
+        "tenant": tenant,
         "digest": digest,
         "total": total,
         "chunks": chunks,
@@ -229,6 +232,7 @@ def decode_meta(batch_id: str, meta: Mapping[bytes, bytes], in_flight: int = 0) 
         create_time=_int(meta, b"created") / 1000,
         start_time=_time(meta, b"started"),
         end_time=_time(meta, b"ended"),
+        tenant=meta.get(b"tenant", DEFAULT_TENANT.encode()).decode(),
     )
 
 

@@ -48,6 +48,12 @@ TERMINAL_ITEM_STATES = frozenset(
 )
 
 
+# The tenant of every batch submitted without authentication (and of every batch stored
+# before tenants existed). Its batches keep their ids as given; another tenant's are
+# stored as `<tenant>~<id>` (batchd.server.tenancy).
+DEFAULT_TENANT = "default"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Cloud Tasks retry semantics. Zero fields mean "take the default"."""
@@ -140,6 +146,7 @@ class BatchRecord:
     end_time: float | None = None
     # Why an unfinished batch makes no progress (BatchStore.explain_waits); "" otherwise.
     waiting_reason: str = ""
+    tenant: str = DEFAULT_TENANT
 
 
 class NewItem(NamedTuple):
@@ -164,6 +171,7 @@ class BatchSpec:
     options: BatchOptions
     metadata: Mapping[str, str]
     request_id: str = ""
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(slots=True)

@@ -23,6 +23,11 @@ class Keys:
         """ZSET batch_id -> create time (ms) of every committed batch."""
         return f"{self.prefix}batches"
 
+    def tenant_batches(self, tenant: str) -> str:
+        """ZSET batch_id -> create time (ms) of the batches of one tenant (a subset of
+        `batches`, which an admin lists)."""
+        return f"{self.prefix}batches:{tenant}"
+
     def request(self, request_id: str) -> str:
         """STRING batch_id: the batch a request_id created."""
         return f"{self.prefix}request:{request_id}"

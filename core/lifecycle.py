@@ -120,14 +120,17 @@ async def delete_batch(scripts: Scripts, scope: BatchScope, batch_id: str, *, no
         raise FailedPrecondition(f"batch {batch_id!r} is not finished: cancel it first")
 
 
-async def prune_batches(scripts: Scripts, scope: BatchScope, batch_ids: Sequence[str]) -> int:
-    """Drops the given batches from the index if their meta is gone."""
+async def prune_batches(
+    scripts: Scripts, scope: BatchScope, batch_ids: Sequence[str], index: str | None = None
+) -> int:
+    """Drops the given batches from `index` (default: every batch's) if their meta is
+    gone."""
     if not batch_ids:
         return 0
     keys = scope.keys
     return int(
         await scripts.prune_batches(
-            keys=[keys.batches, *(keys.meta(batch_id) for batch_id in batch_ids)],
+            keys=[index or keys.batches, *(keys.meta(batch_id) for batch_id in batch_ids)],
             args=list(batch_ids),
         )
     )

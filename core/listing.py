@@ -27,9 +27,15 @@ _MAX_SCAN_BATCHES = 1000
 
 
 async def list_batches(
-    redis: Redis, keys: Keys, page_size: int, cursor: str, states: Sequence[BatchState]
+    redis: Redis,
+    keys: Keys,
+    page_size: int,
+    cursor: str,
+    states: Sequence[BatchState],
+    index_key: str | None = None,
 ) -> tuple[list[BatchRecord], str, list[str]]:
-    """Newest first; returns (batches, next cursor or "", ids seen whose meta is gone).
+    """Newest first, from the index `index_key` (default: every batch's); returns
+    (batches, next cursor or "", ids seen whose meta is gone).
 
     The cursor is the (create ms, batch id) of the last entry looked at; a page may
     be short when a state filter skips many batches. The caller prunes the gone ids.
@@ -47,7 +53,7 @@ async def list_batches(
     last = (0, "")  # the last entry looked at
     while scanned < _MAX_SCAN_BATCHES:
         entries = await redis.zrevrangebyscore(
-            keys.batches, top, "-inf", start=offset, num=window, withscores=True
+            index_key or keys.batches, top, "-inf", start=offset, num=window, withscores=True
         )
         if not entries:
             return found, "", gone

@@ -152,14 +152,19 @@ class BatchStore:
         return codec.decode_meta(batch_id, meta, codec.in_flight(running, started))
 
     async def list_batches(
-        self, page_size: int, cursor: str, states: Sequence[BatchState]
+        self,
+        page_size: int,
+        cursor: str,
+        states: Sequence[BatchState],
+        tenant: str | None = None,
     ) -> tuple[list[BatchRecord], str]:
-        """Newest first; returns (batches, next cursor or ""). A page may be short when a
-        state filter skips many batches."""
+        """Newest first, of `tenant` (None: of every tenant); returns (batches, next
+        cursor or ""). A page may be short when a state filter skips many batches."""
+        index = None if tenant is None else self.keys.tenant_batches(tenant)
         batches, cursor, gone = await listing.list_batches(
-            self.redis, self.keys, page_size, cursor, states
+            self.redis, self.keys, page_size, cursor, states, index
         )
-        await lifecycle.prune_batches(self._scripts, self._scope, gone)
+        await lifecycle.prune_batches(self._scripts, self._scope, gone, index)
         return batches, cursor
 
     async def list_items(

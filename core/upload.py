@@ -313,12 +313,14 @@ class UploadSession:
                 chunk_size=self.chunk_size,
                 created_ms=created,
                 deadline_ms=deadline,
+                tenant=spec.tenant,
             )
             window = min(max(self._limits.window, 1), self._staged)
             meta.update(cursor=window, prio=options.priority, acct=0)
             pipe.multi()
             pipe.hset(keys.meta(spec.batch_id), mapping=meta)
             pipe.zadd(keys.batches, {spec.batch_id: created})
+            pipe.zadd(keys.tenant_batches(spec.tenant), {spec.batch_id: created})
             if deadline is not None:
                 pipe.zadd(keys.deadlines, {spec.batch_id: deadline})
             if request:

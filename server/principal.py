@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
+from batchd.core.domain import DEFAULT_TENANT
+
 __all__ = [
     "ANONYMOUS",
     "DEFAULT_TENANT",
@@ -28,8 +30,6 @@ __all__ = [
     "use",
 ]
 
-# The tenant of every batch when authentication is off.
-DEFAULT_TENANT = "default"
 # Tenant names: lower case, digits and dashes, starting with a letter or digit.
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 

@@ -15,9 +15,10 @@ from batchd.core.domain import BatchOptions, BatchSpec, BatchState, ItemState
 from batchd.core.errors import InvalidRequest
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
-from batchd.server import convert, validation
+from batchd.server import convert, principal, validation
 from batchd.server.errors import translate_errors
 from batchd.server.progress import ProgressHub
+from batchd.server.tenancy import TenantView
 from batchd.server.validation import SchemaCache, Violations
 from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 
@@ -53,10 +54,11 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             violations.add("items", "at least one item is required")
         elif len(request.items) > validation.MAX_ITEMS_PER_MESSAGE:
             violations.add("items", f"at most {validation.MAX_ITEMS_PER_MESSAGE} per message")
-        upload = await self._begin(violations, request, request.items)
+        view = _view()
+        upload = await self._begin(view, violations, request, request.items)
         batch, replayed = await _finish(upload.session)
         return batch_service_pb2.SubmitBatchResponse(
-            batch=convert.batch_to_proto(batch), replayed=replayed
+            batch=convert.batch_to_proto(view.show(batch)), replayed=replayed
         )
 
     @translate_errors
@@ -68,7 +70,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidRequest.for_field("header", "the first message must be the header")
-        upload = await self._begin(Violations(), first.header, ())
+        view = _view()
+        upload = await self._begin(view, Violations(), first.header, ())
         try:
             await _receive_items(upload, request_iterator)
         except BaseException:
@@ -77,11 +80,12 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             raise
         batch, replayed = await _finish(upload.session)
         return batch_service_pb2.UploadBatchResponse(
-            batch=convert.batch_to_proto(batch), replayed=replayed
+            batch=convert.batch_to_proto(view.show(batch)), replayed=replayed
         )
 
     async def _begin(
         self,
+        view: TenantView,
         violations: Violations,
         header: batch_service_pb2.SubmitBatchRequest | batch_service_pb2.UploadBatchHeader,
         items: Any,
@@ -98,14 +102,16 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         )
         violations.raise_if_any()
         assert spec is not None  # check_header reported a missing handler
-        batch_id = header.batch_id or uuid.uuid4().hex
+        batch_id = view.batch_id(header.batch_id or uuid.uuid4().hex)
         structlog.contextvars.bind_contextvars(batch_id=batch_id)
+        options = validation.effective_options(header.options, spec, self.service_defaults)
         batch_spec = BatchSpec(
             batch_id=batch_id,
             handler=header.handler,
-            options=validation.effective_options(header.options, spec, self.service_defaults),
+            options=view.options(options),
             metadata=dict(header.metadata),
-            request_id=header.request_id,
+            request_id=view.request_id(header.request_id),
+            tenant=view.tenant,
         )
         validator = self.schemas.validator(spec)
         new_items = validation.check_items(violations, items, first_index=0, validator=validator)
@@ -124,21 +130,24 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
     async def GetBatch(
         self, request: batch_service_pb2.GetBatchRequest, context: Context
     ) -> batch_service_pb2.GetBatchResponse:
-        batch = await self.store.get_batch(_batch_id(request.batch_id))
+        view = _view()
+        batch = await self.store.get_batch(view.batch_id(request.batch_id))
         [batch] = await self.store.explain_waits([batch], self.worker_ttl)
-        return batch_service_pb2.GetBatchResponse(batch=convert.batch_to_proto(batch))
+        return batch_service_pb2.GetBatchResponse(batch=convert.batch_to_proto(view.show(batch)))
 
     @translate_errors
     async def ListBatches(
         self, request: batch_service_pb2.ListBatchesRequest, context: Context
     ) -> batch_service_pb2.ListBatchesResponse:
+        view = _view()
         states = [BatchState(s) for s in _known(request.states, BatchState, "states")]
         batches, token = await self.store.list_batches(
-            _page_size(request.page_size), request.page_token, states
+            _page_size(request.page_size), request.page_token, states, view.list_scope()
         )
         batches = await self.store.explain_waits(batches, self.worker_ttl)
         return batch_service_pb2.ListBatchesResponse(
-            batches=[convert.batch_to_proto(b) for b in batches], next_page_token=token
+            batches=[convert.batch_to_proto(view.show(b)) for b in batches],
+            next_page_token=token,
         )
 
     @translate_errors
@@ -147,7 +156,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
     ) -> batch_service_pb2.ListBatchItemsResponse:
         states = [ItemState(s) for s in _known(request.states, ItemState, "states")]
         items, token = await self.store.list_items(
-            _batch_id(request.batch_id), _page_size(request.page_size), request.page_token, states
+            _view().batch_id(request.batch_id),
+            _page_size(request.page_size),
+            request.page_token,
+            states,
         )
         return batch_service_pb2.ListBatchItemsResponse(
             items=[convert.item_to_proto(i) for i in items], next_page_token=token
@@ -167,65 +179,72 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
     async def CancelBatch(
         self, request: batch_service_pb2.CancelBatchRequest, context: Context
     ) -> batch_service_pb2.CancelBatchResponse:
-        batch = await self.store.cancel_batch(_batch_id(request.batch_id))
+        view = _view()
+        batch = await self.store.cancel_batch(view.batch_id(request.batch_id))
         log.info("batch_cancel_requested", batch_id=batch.batch_id, state=batch.state.name)
-        return batch_service_pb2.CancelBatchResponse(batch=convert.batch_to_proto(batch))
+        return batch_service_pb2.CancelBatchResponse(batch=convert.batch_to_proto(view.show(batch)))
 
     @translate_errors
     async def PauseBatch(
         self, request: batch_service_pb2.PauseBatchRequest, context: Context
     ) -> batch_service_pb2.PauseBatchResponse:
-        batch = await self.store.pause_batch(_batch_id(request.batch_id))
+        view = _view()
+        batch = await self.store.pause_batch(view.batch_id(request.batch_id))
         log.info("batch_paused", batch_id=batch.batch_id, state=batch.state.name)
-        return batch_service_pb2.PauseBatchResponse(batch=convert.batch_to_proto(batch))
+        return batch_service_pb2.PauseBatchResponse(batch=convert.batch_to_proto(view.show(batch)))
 
     @translate_errors
     async def ResumeBatch(
         self, request: batch_service_pb2.ResumeBatchRequest, context: Context
     ) -> batch_service_pb2.ResumeBatchResponse:
-        batch = await self.store.resume_batch(_batch_id(request.batch_id))
+        view = _view()
+        batch = await self.store.resume_batch(view.batch_id(request.batch_id))
         log.info("batch_resumed", batch_id=batch.batch_id, state=batch.state.name)
-        return batch_service_pb2.ResumeBatchResponse(batch=convert.batch_to_proto(batch))
+        return batch_service_pb2.ResumeBatchResponse(batch=convert.batch_to_proto(view.show(batch)))
 
     @translate_errors
     async def UpdateBatch(
         self, request: batch_service_pb2.UpdateBatchRequest, context: Context
     ) -> batch_service_pb2.UpdateBatchResponse:
-        batch_id = _batch_id(request.batch_id)
+        view = _view()
+        batch_id = view.batch_id(request.batch_id)
         violations = Violations()
         changes = validation.check_update(violations, request.options, request.update_mask.paths)
         violations.raise_if_any()
         batch = await self.store.update_options(batch_id, changes)
         log.info("batch_updated", batch_id=batch_id, **changes)
-        return batch_service_pb2.UpdateBatchResponse(batch=convert.batch_to_proto(batch))
+        return batch_service_pb2.UpdateBatchResponse(batch=convert.batch_to_proto(view.show(batch)))
 
     @translate_errors
     async def RetryBatchItems(
         self, request: batch_service_pb2.RetryBatchItemsRequest, context: Context
     ) -> batch_service_pb2.RetryBatchItemsResponse:
-        batch_id = _batch_id(request.batch_id)
+        view = _view()
+        batch_id = view.batch_id(request.batch_id)
         for position, custom_id in enumerate(request.custom_ids):
             if not validation.ID_PATTERN.fullmatch(custom_id):
-                raise InvalidRequest.for_field(
-                    f"custom_ids[{position}]", "must be 1 to 64 characters of [A-Za-z0-9_.-]"
-                )
+                raise InvalidRequest.for_field(f"custom_ids[{position}]", validation.ID_MESSAGE)
         if len(request.request_id) > validation.MAX_REQUEST_ID:
             raise InvalidRequest.for_field(
                 "request_id", f"at most {validation.MAX_REQUEST_ID} characters"
             )
+        if validation.TENANT_SEPARATOR in request.request_id:
+            raise InvalidRequest.for_field(
+                "request_id", f"must not contain {validation.TENANT_SEPARATOR!r}"
+            )
         batch, requeued, replayed = await self.store.retry_items(
-            batch_id, list(request.custom_ids), request.request_id
+            batch_id, list(request.custom_ids), view.request_id(request.request_id)
         )
         log.info("batch_items_requeued", batch_id=batch_id, items=requeued, replayed=replayed)
         return batch_service_pb2.RetryBatchItemsResponse(
-            batch=convert.batch_to_proto(batch), requeued=requeued, replayed=replayed
+            batch=convert.batch_to_proto(view.show(batch)), requeued=requeued, replayed=replayed
         )
 
     @translate_errors
     async def DeleteBatch(
         self, request: batch_service_pb2.DeleteBatchRequest, context: Context
     ) -> batch_service_pb2.DeleteBatchResponse:
-        batch_id = _batch_id(request.batch_id)
+        batch_id = _view().batch_id(request.batch_id)
         await self.store.delete_batch(batch_id)
         log.info("batch_deleted", batch_id=batch_id)
         return batch_service_pb2.DeleteBatchResponse()
@@ -235,7 +254,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
     async def WatchProgress(
         self, request: batch_service_pb2.WatchProgressRequest, context: Context
     ) -> AsyncIterator[batch_service_pb2.WatchProgressResponse]:
-        batch_id = _batch_id(request.batch_id)
+        view = _view()
+        batch_id = view.batch_id(request.batch_id)
         structlog.contextvars.bind_contextvars(batch_id=batch_id)
         min_interval = DEFAULT_MIN_INTERVAL
         if request.HasField("min_interval"):
@@ -248,7 +268,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             batch_id, min_interval=min_interval, heartbeat_interval=heartbeat
         ):
             yield batch_service_pb2.WatchProgressResponse(
-                progress=_progress(snapshot), heartbeat=is_heartbeat
+                progress=_progress(snapshot, view), heartbeat=is_heartbeat
             )
 
 
@@ -309,10 +329,10 @@ async def _finish(session: UploadSession) -> tuple[Any, bool]:
     return batch, replayed
 
 
-def _progress(snapshot: Any) -> batch_pb2.BatchProgress:
+def _progress(snapshot: Any, view: TenantView) -> batch_pb2.BatchProgress:
     batch = snapshot.batch
     progress = batch_pb2.BatchProgress(
-        batch_id=batch.batch_id,
+        batch_id=view.shown_id(batch.batch_id),
         state=int(batch.state),  # type: ignore[arg-type]
         total_items=batch.total_items,
         counts=convert.counts_to_proto(batch.counts),
@@ -329,12 +349,9 @@ def _progress(snapshot: Any) -> batch_pb2.BatchProgress:
     return progress
 
 
-def _batch_id(batch_id: str) -> str:
-    if not batch_id:
-        raise InvalidRequest.for_field("batch_id", "required")
-    if not validation.ID_PATTERN.fullmatch(batch_id):
-        raise InvalidRequest.for_field("batch_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]")
-    return batch_id
+def _view() -> TenantView:
+    """The calling principal's view of batches (batchd.server.tenancy)."""
+    return TenantView(principal.current())
 
 
 def _page_size(requested: int) -> int:

@@ -23,6 +23,9 @@ from batchd.server import convert
 from batchd.v1 import batch_pb2
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ID_MESSAGE = "must be 1 to 64 characters of [A-Za-z0-9_.-]"
+# What joins a tenant to a name it owns (batchd.server.tenancy); in no id a caller gives.
+TENANT_SEPARATOR = "~"
 MAX_ITEMS_PER_MESSAGE = 10_000
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -88,8 +91,13 @@ def check_header(
     _check_metadata(violations, metadata)
     if len(request_id) > MAX_REQUEST_ID:
         violations.add("request_id", f"at most {MAX_REQUEST_ID} characters")
+    # `~` joins a tenant to the names it owns (batchd.server.tenancy): no caller's may hold it.
+    if TENANT_SEPARATOR in request_id:
+        violations.add("request_id", f"must not contain {TENANT_SEPARATOR!r}")
+    if TENANT_SEPARATOR in options.rate_limit_key:
+        violations.add("options.rate_limit_key", f"must not contain {TENANT_SEPARATOR!r}")
     if batch_id and not ID_PATTERN.fullmatch(batch_id):
-        violations.add("batch_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]")
+        violations.add("batch_id", ID_MESSAGE)
     _check_options(violations, options)
 
 
@@ -184,9 +192,7 @@ def check_items(
     for index, item in enumerate(items, first_index):
         custom_id = item.custom_id
         if not id_ok(custom_id):
-            violations.add(
-                f"items[{index}].custom_id", "must be 1 to 64 characters of [A-Za-z0-9_.-]"
-            )
+            violations.add(f"items[{index}].custom_id", ID_MESSAGE)
         elif custom_id in seen:
             violations.add(f"items[{index}].custom_id", f"duplicates items[{seen[custom_id]}]")
         else:
