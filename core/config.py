@@ -154,6 +154,43 @@ class Settings:
     # Values of the loaded handlers' own settings, by name (see `section`). Not a flag.
     handler_settings: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
+    # JWT authentication (--auth jwt): tokens from an identity provider, see server/auth_jwt.py.
+    jwt_jwks: str = setting(
+        "",
+        "the identity provider's signing keys (JWKS): an https URL, or a file path; "
+        "http only to a loopback address, for tests",
+        read_by=SERVER,
+    )
+    jwt_jwks_refresh: float = setting(
+        300.0,
+        "seconds between fetches of the JWKS (a token naming a key it lacks fetches it "
+        "sooner, rate-limited)",
+        read_by=SERVER,
+    )
+    jwt_issuer: str = setting("", "the `iss` every token must carry", read_by=SERVER)
+    jwt_audience: str = setting(
+        "", "the audience every token's `aud` must contain: this service", read_by=SERVER
+    )
+    jwt_algorithms: str = setting(
+        "RS256,ES256",
+        "signature algorithms accepted, comma-separated (asymmetric ones only)",
+        read_by=SERVER,
+    )
+    jwt_leeway: float = setting(
+        30.0, "seconds of clock skew allowed when checking exp, nbf and iat", read_by=SERVER
+    )
+    jwt_tenant_claim: str = setting(
+        "tenant",
+        "the claim holding the caller's tenant (a dotted path for a nested one)",
+        read_by=SERVER,
+    )
+    jwt_role_claim: str = setting(
+        "role",
+        "the claim holding the caller's role, a name or a list of names (a dotted path "
+        "for a nested one, e.g. realm_access.batchd_role)",
+        read_by=SERVER,
+    )
+
     @classmethod
     def of(cls, **values: Any) -> Settings:
         """Settings from keyword values: the fields of Settings, and any other name as a
