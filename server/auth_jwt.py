@@ -4,7 +4,8 @@
 or an https URL fetched with aiohttp), its `alg` against `jwt_algorithms`, its `iss`,
 `aud`, `exp`, `nbf` and `iat`, and reads the caller's tenant and role from the claims
 `jwt_tenant_claim` and `jwt_role_claim`. PyJWT does the cryptography. Any failure is
-None, logged at debug with its reason and never the token. See README.md, "Security".
+None, logged at debug with its reason and never the token. `--auth jwt` makes one with
+`authenticator(settings)`. See README.md, "Security".
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from batchd.core.config import SettingError, Settings
 from batchd.core.logs import get_logger
 from batchd.server.principal import TENANT_PATTERN, Credentials, Principal, Role
 
-__all__ = ["JwksError", "JwtAuthenticator", "JwtConfig"]
+__all__ = ["JwksError", "JwtAuthenticator", "JwtConfig", "authenticator"]
 
 log = get_logger(__name__)
 
@@ -40,7 +41,8 @@ ASYMMETRIC = frozenset(
 )
 # A token naming a key the JWKS lacks fetches the JWKS again, at most this often.
 MIN_REFETCH_INTERVAL = 30.0
-FETCH_TIMEOUT = 10.0
+# A check waits this long at most for a JWKS fetch, then goes on with the keys it knows.
+FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 1 << 20
 # Longer bearer values are not parsed at all.
 MAX_TOKEN_CHARS = 16 * 1024
@@ -140,14 +142,21 @@ class _Rejected(Exception):
     """A token does not authenticate; the argument is the reason logged (no token)."""
 
 
+def authenticator(settings: Settings) -> JwtAuthenticator:
+    """The JWT authenticator `settings` describe; SettingError names a setting that is
+    missing or wrong. Its JWKS is fetched by `await start()`, or for the first token."""
+    return JwtAuthenticator(settings)
+
+
 class JwtAuthenticator:
     """Authenticates a bearer JWT against the configured identity provider.
 
-    `start()` loads the JWKS (raising JwksError when it cannot) and refreshes it every
-    `jwt_jwks_refresh` seconds in the background until `close()`; a fetch that fails
-    keeps the keys already known. A token naming a key not in the JWKS fetches it again,
+    `start()` loads the JWKS, raising JwksError when it cannot (without it, the first
+    token loads it). Keys fetched `jwt_jwks_refresh` seconds ago or more are fetched
+    again before the next token is checked; a fetch that fails keeps the keys known and
+    is tried again after as long. A token naming a key the JWKS lacks fetches it again,
     at most every MIN_REFETCH_INTERVAL seconds, so such tokens cannot make the server
-    hammer the provider. Fetches never block the event loop."""
+    hammer the provider. Fetches never block the event loop, and need no closing."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = JwtConfig.from_settings(settings)
@@ -155,23 +164,10 @@ class JwtAuthenticator:
         self._keys: Mapping[str, jwt.PyJWK] = {}
         self._last_attempt = -math.inf
         self._lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
-        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         async with self._lock:
             await self._fetch()
-        self._refresher = asyncio.create_task(self._refresh_forever(), name="jwks-refresh")
-
-    async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def authenticate(self, credentials: Credentials) -> Principal | None:
         token = credentials.bearer
@@ -195,7 +191,7 @@ class JwtAuthenticator:
             raise _Rejected("alg_not_allowed")
         if not isinstance(kid, str) or not kid:
             raise _Rejected("no_kid")
-        key = self._keys.get(kid) or await self._refetch_for(kid)
+        key = await self._key(kid)
         if key is None:
             raise _Rejected("unknown_kid")
         # A key verifies with its own algorithm only (the JWKS's `alg`, or its type's).
@@ -227,6 +223,13 @@ class JwtAuthenticator:
             raise _Rejected("no_known_role")
         return Principal(subject=subject, tenant=tenant, role=role)
 
+    async def _key(self, kid: str) -> jwt.PyJWK | None:
+        if self._clock() - self._last_attempt >= self.config.refresh:
+            async with self._lock:
+                if self._clock() - self._last_attempt >= self.config.refresh:
+                    await self._fetch_or_log()
+        return self._keys.get(kid) or await self._refetch_for(kid)
+
     async def _refetch_for(self, kid: str) -> jwt.PyJWK | None:
         """The key `kid` after fetching the JWKS again, unless it was fetched (or tried)
         less than MIN_REFETCH_INTERVAL seconds ago."""
@@ -237,12 +240,6 @@ class JwtAuthenticator:
                 return None
             await self._fetch_or_log()
             return self._keys.get(kid)
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.refresh)
-            async with self._lock:
-                await self._fetch_or_log()
 
     async def _fetch_or_log(self) -> None:
         try:
@@ -269,21 +266,23 @@ class JwtAuthenticator:
         return raw
 
     async def _download(self) -> bytes:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
         url = self.config.jwks
+        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
         try:
-            # No redirects: one could lead from https to plain http.
-            async with self._session.get(url, allow_redirects=False) as response:
+            # A session per fetch (minutes apart), so there is nothing to close.
+            async with (
+                aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as s,
+                # No redirects: one could lead from https to plain http.
+                s.get(url, allow_redirects=False) as response,
+            ):
                 if response.status != 200:
                     raise JwksError(f"{url}: HTTP {response.status}")
-                raw = await response.content.read(MAX_JWKS_BYTES + 1)
-                if len(raw) > MAX_JWKS_BYTES or not response.content.at_eof():
-                    raise JwksError(f"{url}: larger than {MAX_JWKS_BYTES} bytes")
-                return raw
+                raw = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    raw += chunk
+                    if len(raw) > MAX_JWKS_BYTES:
+                        raise JwksError(f"{url}: larger than {MAX_JWKS_BYTES} bytes")
+                return bytes(raw)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise JwksError(f"{url}: {type(exc).__name__}: {exc}") from None
 

@@ -26,7 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from batchd.core.config import SettingError, Settings
-from batchd.server.auth_jwt import MIN_REFETCH_INTERVAL, JwksError, JwtAuthenticator
+from batchd.server.auth_jwt import (
+    MAX_JWKS_BYTES,
+    MIN_REFETCH_INTERVAL,
+    JwksError,
+    JwtAuthenticator,
+    authenticator,
+)
 from batchd.server.principal import Credentials, Principal, Role
 
 ISSUER = "https://idp.example.test/realms/batchd"
@@ -163,11 +169,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def auth(idp: JwksServer, clock: FakeClock) -> AsyncIterator[JwtAuthenticator]:
-    authenticator = JwtAuthenticator(settings(idp.url), clock=clock)
-    await authenticator.start()
-    yield authenticator
-    await authenticator.close()
+async def auth(idp: JwksServer, clock: FakeClock) -> JwtAuthenticator:
+    started = JwtAuthenticator(settings(idp.url), clock=clock)
+    await started.start()
+    return started
 
 
 async def test_valid_token_gives_its_principal(auth: JwtAuthenticator) -> None:
@@ -224,27 +229,23 @@ async def test_role_list_gives_the_highest_known_role(auth: JwtAuthenticator) ->
 
 
 async def test_nested_claims_by_dotted_path(idp: JwksServer) -> None:
-    authenticator = JwtAuthenticator(
+    nested_claims = JwtAuthenticator(
         settings(
             idp.url,
             jwt_tenant_claim="https://batchd.example.test/tenant",
             jwt_role_claim="realm_access.batchd_role",
         )
     )
-    await authenticator.start()
-    try:
-        extra: dict[str, Any] = {
-            "https://batchd.example.test/tenant": "globex",
-            "realm_access": {"batchd_role": ["admin"], "roles": ["x"]},
-        }
-        nested = token(tenant=None, role=None, **extra)
-        assert await authenticator.authenticate(bearer(nested)) == Principal(
-            subject="svc-billing", tenant="globex", role=Role.ADMIN
-        )
-        # The top-level claims the defaults would read are not looked at.
-        assert await authenticator.authenticate(bearer(token())) is None
-    finally:
-        await authenticator.close()
+    extra: dict[str, Any] = {
+        "https://batchd.example.test/tenant": "globex",
+        "realm_access": {"batchd_role": ["admin"], "roles": ["x"]},
+    }
+    nested = token(tenant=None, role=None, **extra)
+    assert await nested_claims.authenticate(bearer(nested)) == Principal(
+        subject="svc-billing", tenant="globex", role=Role.ADMIN
+    )
+    # The top-level claims the defaults would read are not looked at.
+    assert await nested_claims.authenticate(bearer(token())) is None
 
 
 async def test_wrong_signature_does_not_authenticate(auth: JwtAuthenticator) -> None:
@@ -338,43 +339,55 @@ async def test_unknown_kid_fetches_the_jwks_again_rate_limited(
     assert idp.fetches == 3
 
 
-async def test_jwks_is_refreshed_periodically(idp: JwksServer) -> None:
-    authenticator = JwtAuthenticator(settings(idp.url, jwt_jwks_refresh=0.05))
-    await authenticator.start()
-    try:
-        # The provider retires k1 and publishes k2: the refresh alone picks that up.
-        idp.document = jwks(jwk(ROTATED_KEY, "k2"))
-        # The start's fetch and two refreshes: the first refresh has been applied.
-        await idp.wait_for_fetches(3)
-        assert await authenticator.authenticate(bearer(token(ROTATED_KEY, kid="k2")))
-        assert await authenticator.authenticate(bearer(token())) is None
-    finally:
-        await authenticator.close()
+async def test_first_token_loads_the_jwks_without_start(idp: JwksServer) -> None:
+    unstarted = authenticator(settings(idp.url))
+    assert idp.fetches == 0
+    assert await unstarted.authenticate(bearer(token())) is not None
+    assert idp.fetches == 1
 
 
-async def test_failed_refresh_keeps_the_keys(idp: JwksServer, clock: FakeClock) -> None:
-    authenticator = JwtAuthenticator(settings(idp.url), clock=clock)
-    await authenticator.start()
-    try:
-        await idp.stop()
-        clock.now += MIN_REFETCH_INTERVAL
-        # An unknown kid makes it fetch; the fetch fails; the known keys still work.
-        assert await authenticator.authenticate(bearer(token(kid="k-unknown"))) is None
-        assert await authenticator.authenticate(bearer(token())) is not None
-    finally:
-        await authenticator.close()
+async def test_jwks_is_fetched_again_when_older_than_the_refresh(
+    auth: JwtAuthenticator, idp: JwksServer, clock: FakeClock
+) -> None:
+    # The provider retires k1 and publishes k2.
+    idp.document = jwks(jwk(ROTATED_KEY, "k2"))
+    assert await auth.authenticate(bearer(token())) is not None
+    clock.now += 299
+    assert await auth.authenticate(bearer(token())) is not None
+    assert idp.fetches == 1
+    clock.now += 1  # 300 s, the default refresh: fetched before the next check
+    assert await auth.authenticate(bearer(token())) is None
+    assert await auth.authenticate(bearer(token(ROTATED_KEY, kid="k2"))) is not None
+    assert idp.fetches == 2
+
+
+async def test_failed_refresh_keeps_the_keys(
+    auth: JwtAuthenticator, idp: JwksServer, clock: FakeClock
+) -> None:
+    await idp.stop()
+    clock.now += 300
+    with structlog.testing.capture_logs() as logs:
+        assert await auth.authenticate(bearer(token())) is not None
+    assert [entry["event"] for entry in logs] == ["jwks_fetch_failed"]
+    # Not tried again on every call: after another refresh period.
+    with structlog.testing.capture_logs() as logs:
+        assert await auth.authenticate(bearer(token(kid="k-unknown"))) is None
+    assert [entry["event"] for entry in logs] == ["jwt_rejected"]
+
+
+async def test_oversized_jwks_is_refused(idp: JwksServer) -> None:
+    idp.document = jwks(jwk(RSA_KEY, "k1"), {"kty": "RSA", "pad": "x" * MAX_JWKS_BYTES})
+    with pytest.raises(JwksError, match="larger than"):
+        await JwtAuthenticator(settings(idp.url)).start()
 
 
 async def test_jwks_file(tmp_path: Path) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(jwks(jwk(RSA_KEY, "k1"))))
-    authenticator = JwtAuthenticator(settings(str(path)))
-    await authenticator.start()
-    try:
-        assert await authenticator.authenticate(bearer(token())) is not None
-        assert await authenticator.authenticate(bearer(token(OTHER_RSA_KEY))) is None
-    finally:
-        await authenticator.close()
+    from_file = JwtAuthenticator(settings(str(path)))
+    await from_file.start()
+    assert await from_file.authenticate(bearer(token())) is not None
+    assert await from_file.authenticate(bearer(token(OTHER_RSA_KEY))) is None
 
 
 async def test_jwks_that_cannot_be_loaded_fails_the_start(tmp_path: Path) -> None:
