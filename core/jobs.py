@@ -113,14 +113,15 @@ def dispatched_job(
     now_ms: int,
     priority: int,
     expiry: float = DEFAULT_JOB_EXPIRY,
+    at_ms: int | None = None,
 ) -> ChunkJob:
-    """A chunk job scored by priority (`dispatch_score`); its key expires `expiry`
-    seconds from now."""
+    """A chunk job scored by priority (`dispatch_score`) at `at_ms` (its tenant's
+    dispatch time; default now); its key expires `expiry` seconds from now."""
     job = chunk_job(job_id, batch_id, chunk, now_ms=now_ms, expiry=expiry)
     return ChunkJob(
         job_id=job.job_id,
         key=job.key,
         payload=job.payload,
-        score_ms=dispatch_score(now_ms, priority),
+        score_ms=dispatch_score(now_ms if at_ms is None else at_ms, priority),
         expires_ms=int(expiry * 1000),
     )

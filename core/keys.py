@@ -28,6 +28,12 @@ class Keys:
         `batches`, which an admin lists)."""
         return f"{self.prefix}batches:{tenant}"
 
+    @property
+    def tenant_clock(self) -> str:
+        """HASH tenant -> its dispatch clock (ms): the time its next chunk job is stamped
+        with, for fair shares across tenants (_batch.lua `tenant_time`)."""
+        return f"{self.prefix}tenant_clock"
+
     def request(self, request_id: str) -> str:
         """STRING batch_id: the batch a request_id created."""
         return f"{self.prefix}request:{request_id}"

@@ -52,6 +52,7 @@ class Scripts:
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
         self.move_legacy_jobs: AsyncScript = redis.register_script(_source("move_legacy_jobs.lua"))
         self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
+        self.tenant_time: AsyncScript = redis.register_script(_source("tenant_time.lua"))
         # Flow control (batchd.core.flow): token buckets, and max_concurrent slots.
         flow = _source("_flow.lua")
         self.take_permits: AsyncScript = redis.register_script(flow + _source("take_permits.lua"))
@@ -106,6 +107,7 @@ class BatchScope:
                 self.job_expiry_ms,
                 k.request(""),
                 k.pending,
+                k.tenant_clock,
                 *args,
             ],
         )

@@ -299,6 +299,14 @@ class UploadSession:
                 raise FailedPrecondition(f"the upload of batch {spec.batch_id!r} expired")
 
             created = self._now_ms()
+            window = min(max(self._limits.window, 1), self._staged)
+            # The window's jobs take their times from the tenant's dispatch clock (fair
+            # shares across tenants: docs/design.md, "Priority and fairness").
+            first_at = int(
+                await self._scripts.tenant_time(
+                    keys=[keys.tenant_clock], args=[spec.tenant, window, created]
+                )
+            )
             options = replace(spec.options, chunk_size=self.chunk_size)
             window_ms = round(spec.options.completion_window * 1000)
             deadline = created + window_ms if window_ms > 0 else None
@@ -315,7 +323,6 @@ class UploadSession:
                 deadline_ms=deadline,
                 tenant=spec.tenant,
             )
-            window = min(max(self._limits.window, 1), self._staged)
             meta.update(cursor=window, prio=options.priority, acct=0)
             pipe.multi()
             pipe.hset(keys.meta(spec.batch_id), mapping=meta)
@@ -338,6 +345,7 @@ class UploadSession:
                     spec.batch_id,
                     n,
                     now_ms=created,
+                    at_ms=first_at + n,
                     priority=options.priority,
                     expiry=self._job_expiry,
                 )

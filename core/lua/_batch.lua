@@ -8,14 +8,16 @@
 --       (KEYS[12] ...)
 -- ARGV: batch_id, batch key prefix, now (ms), retention (ms, 0: keep), ARQ job key
 --       prefix, job function, job expiry (ms), request key prefix, the global pending
---       counter's key; a script's own arguments follow (ARGV[A] ...)
+--       counter's key, the tenants' dispatch clocks (hash); a script's own arguments
+--       follow (ARGV[A] ...)
 local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUES, BATCHES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11]
 local BATCH, PREFIX, NOW, RETENTION = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local REQUEST_PREFIX = ARGV[8]
 local PENDING_TOTAL = ARGV[9]
-local A = 10
+local TENANT_CLOCK = ARGV[10]
+local A = 11
 -- The batch's queue: its handler's, read when a script first needs it.
 local queue_key = nil
 local function QUEUE()
@@ -169,10 +171,22 @@ local function account()
 end
 
 -- Priority dispatch (docs/design.md, "Flow control: dispatch"): a chunk job's score is
--- now minus (priority + 1000) * 10^7 ms, so every such job is due at once and a higher
--- priority always comes first; equal priorities interleave by the time they were enqueued.
-local function dispatch_score(priority)
-  return NOW - (tonumber(priority or '0') + 1000) * 10000000
+-- its tenant's dispatch time minus (priority + 1000) * 10^7 ms, so every such job is due
+-- at once and a higher priority always comes first; equal priorities interleave by
+-- their tenants' dispatch times.
+local function dispatch_score(priority, at)
+  return at - (tonumber(priority or '0') + 1000) * 10000000
+end
+
+-- Fair shares across tenants: each tenant's dispatches take successive milliseconds of
+-- its own clock, which never lags the real one (`count` of them; returns the first). A
+-- tenant with a hundred batches' windows queued has its clock that far ahead; another
+-- tenant's next job is stamped now, so it goes in ahead of that backlog.
+local function tenant_time(count)
+  local tenant = redis.call('HGET', META, 'tenant') or 'default'
+  local at = math.max(tonumber(redis.call('HGET', TENANT_CLOCK, tenant) or '0'), NOW)
+  redis.call('HSET', TENANT_CLOCK, tenant, at + count)
+  return at + 1
 end
 
 -- Enqueues the batch's next chunk not yet in the queue (meta `cursor`), if any: a claim of
@@ -183,7 +197,7 @@ local function dispatch_next()
   local cursor = tonumber(c[1])
   if cursor >= tonumber(c[2]) then return end
   redis.call('HSET', META, 'cursor', cursor + 1)
-  enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3]))
+  enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3], tenant_time(1)))
 end
 
 -- The batch is over: state, end time, no deadline; every key kept for RETENTION.

@@ -10,9 +10,10 @@ if state ~= PAUSED then return {state, state} end
 local resumed = QUEUED
 if m[2] then resumed = RUNNING_BATCH end
 redis.call('HSET', META, 'state', resumed)
-local score = dispatch_score(m[3])
-for _, n in ipairs(redis.call('SMEMBERS', PARKED)) do
-  enqueue_due(BATCH, n, 'p' .. NOW, score)
+local parked = redis.call('SMEMBERS', PARKED)
+local at = tenant_time(#parked)
+for i, n in ipairs(parked) do
+  enqueue_due(BATCH, n, 'p' .. NOW, dispatch_score(m[3], at + i - 1))
 end
 redis.call('DEL', PARKED)
 return {state, settle()}

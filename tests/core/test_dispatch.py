@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from batchd.core import jobs
 from batchd.core.domain import (
+    DEFAULT_TENANT,
     BatchOptions,
     BatchRecord,
     BatchSpec,
@@ -31,13 +32,19 @@ ECHO = ["test.echo"]
 
 
 async def submit(
-    store: BatchStore, total: int, *, chunk_size: int = 2, priority: int = 0
+    store: BatchStore,
+    total: int,
+    *,
+    chunk_size: int = 2,
+    priority: int = 0,
+    tenant: str = DEFAULT_TENANT,
 ) -> BatchRecord:
     spec = BatchSpec(
         batch_id=f"b-{uuid.uuid4().hex[:12]}",
         handler="test.echo",
         options=BatchOptions(chunk_size=chunk_size, priority=priority),
         metadata={},
+        tenant=tenant,
     )
     session = await store.begin_upload(spec)
     await session.add_items(NewItem(f"item-{i}", b"{}") for i in range(total))
@@ -81,6 +88,28 @@ async def test_a_window_of_jobs_is_queued_and_each_claim_adds_the_next(
         await windowed.claim_chunk(batch.batch_id, n, lease_ttl=30)
     await windowed.claim_chunk(batch.batch_id, 4, lease_ttl=30)
     assert chunks_of(await queued(redis, keys, batch.batch_id)) == [0, 1, 2, 3, 4]
+
+
+async def test_a_tenant_with_one_batch_goes_ahead_of_another_tenants_backlog(
+    windowed: BatchStore, redis: Redis, keys: Keys
+) -> None:
+    # Tenant "big" queues ten batches' windows (20 jobs), then "small" one batch: small's
+    # jobs are stamped by its own dispatch clock, now, and go in ahead of big's backlog,
+    # not behind it; big's own batches keep their order.
+    big = [await submit(windowed, 8, tenant="big") for _ in range(10)]
+    small = await submit(windowed, 8, tenant="small")
+    order = [bytes(m).decode() for m in await redis.zrange(keys.queue("test.echo"), 0, -1)]
+    assert len(order) == 22
+    ranks = [order.index(f"{small.batch_id}:{n}") for n in range(2)]
+    assert max(ranks) <= 3
+    firsts = [order.index(f"{b.batch_id}:0") for b in big]
+    assert firsts == sorted(firsts)
+    # Its next chunk, dispatched by a claim, is stamped by its clock too: near the front.
+    await windowed.claim_chunk(small.batch_id, 0, lease_ttl=30)
+    await windowed.claim_chunk(big[0].batch_id, 0, lease_ttl=30)
+    order = [bytes(m).decode() for m in await redis.zrange(keys.queue("test.echo"), 0, -1)]
+    assert order.index(f"{small.batch_id}:2:q") < order.index(f"{big[0].batch_id}:2:q")
+    assert order.index(f"{small.batch_id}:2:q") <= 5
 
 
 async def test_a_higher_priority_is_always_earlier_and_every_job_is_due(

@@ -83,7 +83,9 @@ async def test_commit_makes_the_batch_visible_and_runnable(
     job_ids = sorted(member.decode() for member, _ in queued)
     assert job_ids == [f"{spec.batch_id}:{n}" for n in range(3)]
     created_ms = round(batch.create_time * 1000)
-    assert {int(score) for _, score in queued} == {jobs.dispatch_score(created_ms, 0)}
+    # Successive milliseconds of the tenant's dispatch clock, from its creation.
+    scores = {int(score) for _, score in queued}
+    assert scores == {jobs.dispatch_score(created_ms + 1 + n, 0) for n in range(3)}
     for n in range(3):
         raw = await redis.get(f"arq:job:{spec.batch_id}:{n}")
         assert raw is not None
