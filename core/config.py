@@ -51,8 +51,10 @@ COMMANDS: Mapping[str, frozenset[str]] = {
     "batchd-service": frozenset({SERVER, WORKER, EMBEDDED}),
 }
 
-# BATCHD_* variables read by other programs: the CLI's server address.
-OTHER_VARIABLES = frozenset({"BATCHD_TARGET"})
+# BATCHD_* variables read by other programs: the CLI's server address and TLS files.
+OTHER_VARIABLES = frozenset(
+    {"BATCHD_TARGET", "BATCHD_TLS", "BATCHD_TLS_CA", "BATCHD_TLS_CERT", "BATCHD_TLS_KEY"}
+)
 
 # Chunk jobs a worker runs at once at least, when worker_max_chunks leaves it to batchd.
 MIN_CHUNK_JOBS = 8
@@ -79,6 +81,47 @@ class Settings:
     key_prefix: str = setting("batchd:", "prefix of every Redis key batchd writes", read_by=SHARED)
     host: str = setting("0.0.0.0", "address the gRPC server listens on", read_by=SERVER)
     port: int = setting(50051, "port the gRPC server listens on", read_by=SERVER)
+    tls_cert_file: str = setting(
+        "",
+        "PEM certificate (chain) the gRPC server presents; with tls_key_file, the port "
+        "speaks TLS only. Empty: plaintext",
+        read_by=SERVER,
+    )
+    tls_key_file: str = setting(
+        "", "PEM private key of tls_cert_file (unencrypted)", read_by=SERVER
+    )
+    tls_client_ca_file: str = setting(
+        "",
+        "PEM CA certificates: every client must present a certificate signed by one (mTLS); "
+        "needs tls_cert_file",
+        read_by=SERVER,
+    )
+    grpc_keepalive_time: float = setting(
+        60.0,
+        "seconds of silence on a connection before the server pings the client, to find "
+        "dead peers and keep middleboxes from dropping quiet watches",
+        read_by=SERVER,
+    )
+    grpc_keepalive_timeout: float = setting(
+        20.0, "seconds the server waits for a ping's answer before closing", read_by=SERVER
+    )
+    grpc_max_connection_age: float = setting(
+        1800.0,
+        "seconds after which the server asks a client to reconnect, so that clients spread "
+        "over replicas added since (each age is jittered by 10%); 0: never",
+        read_by=SERVER,
+    )
+    grpc_max_connection_age_grace: float = setting(
+        300.0,
+        "seconds calls in flight on such a connection get to finish; a watch cut then "
+        "reconnects on its own; 0: as long as they take",
+        read_by=SERVER,
+    )
+    grpc_max_connection_idle: float = setting(
+        900.0,
+        "seconds without calls after which a connection is closed; 0: never",
+        read_by=SERVER,
+    )
     data_dir: str = setting(
         ".data",
         "where the embedded Redis keeps its append-only file and its socket, redis/valkey.sock",

@@ -179,3 +179,20 @@ class Keys:
     def chunk_job_id(self, batch_id: str, chunk: int) -> str:
         """The ARQ job id of a chunk: unique, so a chunk is never queued twice."""
         return f"{batch_id}:{chunk}"
+
+    # -- credentials (batchd.core.credentials) ---------------------------------------
+    @property
+    def api_keys(self) -> str:
+        """HASH key id -> SHA-256 hex digest of the key: every API key there is."""
+        return f"{self.prefix}apikeys"
+
+    def api_key(self, digest: str) -> str:
+        """HASH id, tenant, role, name, created (Unix s) of the API key whose SHA-256 hex
+        digest is `digest`: a call's key is looked up by its digest, never stored."""
+        return f"{self.prefix}apikey:{digest}"
+
+    @property
+    def api_keys_used(self) -> str:
+        """HASH key id -> when a server last looked the key up (Unix s; as often as its
+        cache lets it, so within Settings.auth_cache_seconds of the last use)."""
+        return f"{self.prefix}apikeys:used"

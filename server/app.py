@@ -17,6 +17,7 @@ from batchd.core.maintenance import maintenance_loop
 from batchd.core.store import BatchStore, Limits
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
+from batchd.server.tls import load_server_tls
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
 log = get_logger(__name__)
@@ -28,6 +29,10 @@ SERVICE_NAME = batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].ful
 # SubmitBatch takes up to 4 MiB of items; the envelope gets a little room on top.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 64 * 1024
 HEALTH_CHECK_INTERVAL = 1.0
+# Least milliseconds between two pings a client may send on a connection without calls:
+# 10 s, the shortest keepalive gRPC's clients allow themselves. Faster pingers are told
+# to go away (too_many_pings).
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -68,7 +73,9 @@ class BatchdServer:
 
 
 async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
-    """Starts serving on settings.host:port (or `port`, 0 for any free one)."""
+    """Starts serving on settings.host:port (or `port`, 0 for any free one), over TLS
+    when the settings name a certificate (TLSConfigError for a bad one)."""
+    tls = load_server_tls(settings)  # TLSConfigError, a SettingError, for a bad file
     redis = Redis.from_url(settings.redis_url, health_check_interval=10)
     store = BatchStore(
         redis,
@@ -81,12 +88,7 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         ),
     )
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc.aio.server(options=server_options(settings))
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(
         BatchServicer(store, hub, settings), server
     )
@@ -95,7 +97,11 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{settings.host}:{settings.port if port is None else port}")
+    address = f"{settings.host}:{settings.port if port is None else port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, tls.credentials())
     await server.start()
     redis_health = _RedisHealth(store, health_servicer)
     await redis_health.check()  # callers see a real status from the first moment
@@ -104,8 +110,32 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
     sweeper = asyncio.create_task(
         maintenance_loop(store, settings.maintenance_interval), name="maintenance"
     )
-    log.info("server_started", port=bound)
+    transport = "plaintext" if tls is None else "mtls" if tls.mutual else "tls"
+    log.info("server_started", port=bound, transport=transport)
     return BatchdServer(server, bound, redis, hub, health_servicer, [monitor, sweeper])
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: message size, and the keepalive and
+    connection-age policy of the settings (seconds there, milliseconds here)."""
+
+    def ms(seconds: float) -> int:
+        # 0 in the settings: no limit, which gRPC spells as INT_MAX.
+        return round(seconds * 1000) if seconds > 0 else 2**31 - 1
+
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", ms(settings.grpc_keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(settings.grpc_keepalive_timeout)),
+        # Keepalive goes on while no call is open, and its pings need no data between.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.max_connection_age_ms", ms(settings.grpc_max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", ms(settings.grpc_max_connection_age_grace)),
+        ("grpc.max_connection_idle_ms", ms(settings.grpc_max_connection_idle)),
+    ]
 
 
 class _RedisHealth:

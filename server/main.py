@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
-from batchd.core.config import Settings, suggestion, unknown_variables
+from batchd.core.config import SettingError, Settings, suggestion, unknown_variables
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
 from batchd.server.app import start_server
@@ -40,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "(or run batchd-service, which starts an embedded one)"
         )
     tune_gc(settings.gc_threshold)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except SettingError as exc:  # refused to start: say why in one line
+        sys.exit(f"batchd-server: {exc}")
 
 
 def warn_misspelt_variables(env: Mapping[str, str]) -> None:

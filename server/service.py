@@ -21,11 +21,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from batchd.core.config import Settings
+from batchd.core.config import SettingError, Settings
 from batchd.core.embedded_redis import SOCKET_NAME, EmbeddedRedis
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
 from batchd.server.app import start_server
+from batchd.server.auth import exposure_problem
 
 log = get_logger(__name__)
 
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _run(settings: Settings, worker_args: list[str]) -> int:
     embedded: EmbeddedRedis | None = None
     try:
+        problem = exposure_problem(settings)  # before anything starts
+        if problem:
+            raise SettingError(problem)
         if not settings.redis_url:
             redis_dir = settings.data_path / "redis"
             # Started from the main thread: on Linux it is stopped if this thread dies.
@@ -73,6 +77,8 @@ def _run(settings: Settings, worker_args: list[str]) -> int:
             _announce(embedded.url)
         tune_gc(settings.gc_threshold)
         return asyncio.run(_serve(settings, worker_args))
+    except SettingError as exc:  # refused to start: say why in one line
+        raise SystemExit(f"{COMMAND}: {exc}") from None
     finally:
         if embedded is not None:  # last: the server and the worker needed it to the end
             embedded.stop()

@@ -31,6 +31,7 @@ from batchd.client._requests import (
     watch_request,
 )
 from batchd.client._requests import channel_options as _channel_options
+from batchd.client._tls import TLSLike, channel_credentials
 from batchd.client._types import (
     Batch,
     BatchItem,
@@ -52,8 +53,10 @@ __all__ = ["AsyncClient"]
 class AsyncClient:
     """An asyncio client of batchd.v1.BatchService.
 
-    Opens a channel to `target` (insecure, or TLS with `credentials`), or uses
-    `channel`, which it then leaves open on `close()`. Unary calls have a deadline
+    Opens a channel to `target`, or uses `channel`, which it then leaves open on
+    `close()`. The channel it opens is plaintext unless given `tls` (True: the
+    system's root CAs; a `TLS` for a CA file and, for mTLS, a client certificate)
+    or ready-made `credentials`. Unary calls have a deadline
     of `timeout` seconds (None: none). Every failed call raises `BatchdError`.
 
         async with AsyncClient("localhost:50051") as client:
@@ -68,12 +71,16 @@ class AsyncClient:
         *,
         channel: grpc.aio.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TLSLike = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        if channel is not None and tls:
+            raise ValueError("tls= configures the channel the client opens: not with channel=")
         self._owns_channel = channel is None
         if channel is None:
-            options = _channel_options(channel_options)
+            credentials, tls_options = channel_credentials(tls, credentials)
+            options = _channel_options([*tls_options, *channel_options])
             if credentials is None:
                 channel = grpc.aio.insecure_channel(target, options=options)
             else:

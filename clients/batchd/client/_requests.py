@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
     "OptionsLike",
+    "bearer_metadata",
     "channel_options",
     "list_batches_request",
     "list_items_request",
@@ -58,6 +59,18 @@ _SERVICE_CONFIG = {
         }
     ]
 }
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata that presents `token` (an API key or JWT) on a call, none without
+    one. Sent with each call rather than as call credentials, which grpc refuses on a
+    plaintext channel: the same header reaches the service over TLS and over loopback."""
+    token = (token or "").strip()
+    if not token:
+        return ()
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError("token: a single word without spaces or control characters")
+    return (("authorization", f"Bearer {token}"),)
 
 
 def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:

@@ -32,6 +32,7 @@ from batchd.client._requests import (
     watch_request,
 )
 from batchd.client._requests import channel_options as _channel_options
+from batchd.client._tls import TLSLike, channel_credentials
 from batchd.client._types import (
     Batch,
     BatchItem,
@@ -65,12 +66,16 @@ class Client:
         *,
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TLSLike = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        if channel is not None and tls:
+            raise ValueError("tls= configures the channel the client opens: not with channel=")
         self._owns_channel = channel is None
         if channel is None:
-            options = _channel_options(channel_options)
+            credentials, tls_options = channel_credentials(tls, credentials)
+            options = _channel_options([*tls_options, *channel_options])
             if credentials is None:
                 channel = grpc.insecure_channel(target, options=options)
             else:
