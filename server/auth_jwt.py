@@ -221,7 +221,9 @@ class JwtAuthenticator:
         role = _highest_role(_claim(claims, self.config.role_claim))
         if role is None:
             raise _Rejected("no_known_role")
-        return Principal(subject=subject, tenant=tenant, role=role)
+        # Prefixed as API keys' (`key:`) and certificates' (`cert:`) are: no JWT can pass
+        # for one of those in the audit log.
+        return Principal(subject=f"jwt:{subject}", tenant=tenant, role=role)
 
     async def _key(self, kid: str) -> jwt.PyJWK | None:
         if self._clock() - self._last_attempt >= self.config.refresh:

@@ -177,11 +177,11 @@ async def auth(idp: JwksServer, clock: FakeClock) -> JwtAuthenticator:
 
 async def test_valid_token_gives_its_principal(auth: JwtAuthenticator) -> None:
     assert await auth.authenticate(bearer(token())) == Principal(
-        subject="svc-billing", tenant="acme", role=Role.SUBMITTER
+        subject="jwt:svc-billing", tenant="acme", role=Role.SUBMITTER
     )
     es256 = token(EC_KEY, kid="k-ec", sub="svc-report", role="reader")
     assert await auth.authenticate(bearer(es256)) == Principal(
-        subject="svc-report", tenant="acme", role=Role.READER
+        subject="jwt:svc-report", tenant="acme", role=Role.READER
     )
 
 
@@ -242,7 +242,7 @@ async def test_nested_claims_by_dotted_path(idp: JwksServer) -> None:
     }
     nested = token(tenant=None, role=None, **extra)
     assert await nested_claims.authenticate(bearer(nested)) == Principal(
-        subject="svc-billing", tenant="globex", role=Role.ADMIN
+        subject="jwt:svc-billing", tenant="globex", role=Role.ADMIN
     )
     # The top-level claims the defaults would read are not looked at.
     assert await nested_claims.authenticate(bearer(token())) is None
