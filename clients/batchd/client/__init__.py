@@ -22,6 +22,11 @@ are mappings, `(custom_id, params)` tuples or `batchd.v1.batch_pb2.Item`s.
 An item over `MAX_ITEM_BYTES` encoded (4 MiB) is refused before anything is sent,
 as is a SubmitBatch request over `MAX_REQUEST_BYTES`, the most the service reads.
 
+TLS: `Client(target, tls=True)` trusts the system's root CAs;
+`tls=TLS(ca_file="ca.pem")` a private CA, and with `cert_file` and `key_file` the
+client presents its certificate (mTLS). A file that cannot be read or holds no PEM
+raises `TLSFileError` (a ValueError) when the client is created.
+
 Errors: every failed call raises `BatchdError` (`.code`, a `grpc.StatusCode`;
 `.message`; `.field_violations`; `.retry_after`); nothing else escapes from an RPC.
 """
@@ -31,6 +36,7 @@ from batchd.client._errors import BatchdError, FieldViolation, QuotaViolation
 from batchd.client._items import MAX_ITEM_BYTES, MAX_REQUEST_BYTES, ItemLike, Params, to_item
 from batchd.client._requests import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from batchd.client._sync import Client
+from batchd.client._tls import TLS, TLSFileError, TLSLike
 from batchd.client._types import (
     Batch,
     BatchItem,
@@ -53,6 +59,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_ITEM_BYTES",
     "MAX_REQUEST_BYTES",
+    "TLS",
     "AsyncClient",
     "Batch",
     "BatchItem",
@@ -73,6 +80,8 @@ __all__ = [
     "RetryPolicy",
     "RetryResult",
     "SubmitResult",
+    "TLSFileError",
+    "TLSLike",
     "WatchReconnect",
     "WatchRetry",
     "to_item",
