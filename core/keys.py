@@ -88,6 +88,18 @@ class Keys:
         that move items to or from a terminal state keep it in step."""
         return f"{self.prefix}pending"
 
+    def tenant_pending(self, tenant: str) -> str:
+        """STRING: the tenant's items not yet terminal (its share of `pending`)."""
+        return f"{self.pending}:{tenant}"
+
+    def tenant_open(self, tenant: str) -> str:
+        """STRING: the tenant's unfinished batches."""
+        return f"{self.pending}:{tenant}:open"
+
+    def tenant_submits(self, tenant: str) -> str:
+        """HASH: the token bucket of the tenant's submitted items per second."""
+        return f"{self.pending}:{tenant}:submits"
+
     def redrive(self, request_id: str) -> str:
         """STRING `<requeued>:<batch_id>`: what a RetryBatchItems request_id did."""
         return f"{self.prefix}redrive:{request_id}"

@@ -45,11 +45,17 @@ ADMISSION_RETRY_AFTER = 30.0
 @dataclass(frozen=True)
 class Limits:
     """Admission limits: items not yet terminal across all batches, items per batch;
+    per tenant (0: none), its items not yet terminal, its unfinished batches and the
+    items it submits per second (a bucket of `tenant_submit_burst` seconds' worth);
     `window`: chunk jobs of a batch enqueued at commit (the rest follow its claims)."""
 
     max_pending_items: int = 50_000_000
     max_batch_items: int = 10_000_000
     window: int = 16
+    tenant_max_pending_items: int = 0
+    tenant_max_open_batches: int = 0
+    tenant_max_items_per_second: float = 0.0
+    tenant_submit_burst: float = 10.0
 
 
 _SLICE = 1000  # keys per DEL / PEXPIRE command
@@ -160,7 +166,7 @@ class UploadSession:
         if self._buffer:
             await self._stage()
         if self._replay_of is None and self._count > 0:
-            await self._admit()
+            await self._admit(0)
         if self._count == 0:
             await self.abort()
             raise InvalidRequest.for_field("items", "a batch needs at least one item")
@@ -238,24 +244,67 @@ class UploadSession:
                 f"items[{first + position}].custom_id",
                 f"custom_id {ids[position]!r} is already used by items[{previous}]",
             )
+        staged = len(self._buffer)
         self._buffer.clear()
-        await self._admit()
+        await self._admit(staged)
         await self._refresh_ttls()
 
-    async def _admit(self) -> None:
-        """Exhausted (after aborting) when this batch would take the items not yet
-        terminal across all batches beyond max_pending_items."""
-        pending = int(await self._redis.get(self._keys.pending) or 0)
-        limit = self._limits.max_pending_items
+    async def _admit(self, staged: int) -> None:
+        """Exhausted (after aborting: nothing stays) when this batch would take the items
+        not yet terminal across all batches beyond max_pending_items, or its tenant past
+        a quota: its items not yet terminal, its unfinished batches, or (for the `staged`
+        items just staged) its submitted items per second."""
+        keys, limits, tenant = self._keys, self._limits, self.spec.tenant
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.pending)
+            pipe.get(keys.tenant_pending(tenant))
+            pipe.get(keys.tenant_open(tenant))
+            pending, tenant_pending, tenant_open = (int(v or 0) for v in await pipe.execute())
+        refusal: Exhausted | None = None
+        limit = limits.max_pending_items
         if pending + self._count > limit:
-            await self.abort()
-            raise Exhausted(
+            refusal = Exhausted(
                 f"too many items pending: {pending} across all batches, and this batch "
                 f"would add {self._count} (limit {limit})",
                 ADMISSION_RETRY_AFTER,
                 quota_subject="max_pending_items",
                 quota_description=f"items not yet finished across all batches: at most {limit}",
             )
+        elif 0 < limits.tenant_max_pending_items < tenant_pending + self._count:
+            limit = limits.tenant_max_pending_items
+            refusal = Exhausted(
+                f"tenant {tenant!r} has {tenant_pending} items pending, and this batch "
+                f"would add {self._count} (limit {limit})",
+                ADMISSION_RETRY_AFTER,
+                quota_subject=f"tenant:{tenant}:max_pending_items",
+                quota_description=f"the tenant's items not yet finished: at most {limit}",
+            )
+        elif 0 < limits.tenant_max_open_batches <= tenant_open:
+            limit = limits.tenant_max_open_batches
+            refusal = Exhausted(
+                f"tenant {tenant!r} has {tenant_open} unfinished batches (limit {limit})",
+                ADMISSION_RETRY_AFTER,
+                quota_subject=f"tenant:{tenant}:max_open_batches",
+                quota_description=f"the tenant's unfinished batches: at most {limit}",
+            )
+        elif limits.tenant_max_items_per_second > 0 and staged:
+            rate = limits.tenant_max_items_per_second
+            wait_ms = int(
+                await self._scripts.take_submits(
+                    keys=[keys.tenant_submits(tenant)],
+                    args=[rate, rate * limits.tenant_submit_burst, staged, self._now_ms()],
+                )
+            )
+            if wait_ms:
+                refusal = Exhausted(
+                    f"tenant {tenant!r} submits more than {rate:g} items per second",
+                    wait_ms / 1000,
+                    quota_subject=f"tenant:{tenant}:max_items_per_second",
+                    quota_description=f"the tenant's submitted items: at most {rate:g} a second",
+                )
+        if refusal is not None:
+            await self.abort()
+            raise refusal
 
     def _over_batch_limit(self) -> Exhausted:
         limit = self._limits.max_batch_items
@@ -336,6 +385,8 @@ class UploadSession:
                 pipe.persist(key)
             pipe.delete(lock)
             pipe.incrby(keys.pending, self._count)
+            pipe.incrby(keys.tenant_pending(spec.tenant), self._count)
+            pipe.incr(keys.tenant_open(spec.tenant))
             # The first `window` chunks get an ARQ job (as ArqRedis.enqueue_job would write
             # it), scored by priority; each claim of a fresh chunk enqueues the next.
             queued: dict[str, int] = {}

@@ -159,6 +159,12 @@ end
 -- Keeps the global pending counter (items of every batch not yet terminal) in step with
 -- this batch: moves it by the change in the batch's terminal counts since last time
 -- (`acct` in meta; a batch without it is not counted).
+-- A tenant's own counters, beside the global ones (per-tenant quotas): its items not
+-- yet terminal (`<pending>:<tenant>`) and its unfinished batches (`<pending>:<tenant>:open`).
+local function tenant_counter(suffix)
+  return PENDING_TOTAL .. ':' .. (redis.call('HGET', META, 'tenant') or 'default') .. suffix
+end
+
 local function account()
   local c = redis.call('HMGET', META, 'acct', 'n_ok', 'n_fail', 'n_cancel', 'n_exp')
   if not c[1] then return end
@@ -167,6 +173,7 @@ local function account()
   if delta ~= 0 then
     redis.call('HSET', META, 'acct', done)
     redis.call('DECRBY', PENDING_TOTAL, delta)
+    redis.call('DECRBY', tenant_counter(''), delta)
   end
 end
 
@@ -204,6 +211,7 @@ end
 local function finish(state)
   redis.call('HSET', META, 'state', state, 'ended', NOW)
   redis.call('ZREM', DEADLINES, BATCH)
+  redis.call('DECR', tenant_counter(':open'))
   account()
   if RETENTION > 0 then
     local function expire(key) redis.call('PEXPIRE', key, RETENTION) end

@@ -121,6 +121,7 @@ if requeued > 0 then
   redis.call('HINCRBY', META, 'n_fail', -n_fail)
   redis.call('HINCRBY', META, 'n_exp', -n_exp)
   if not is_open(state) then
+    redis.call('INCR', tenant_counter(':open'))
     redis.call('HDEL', META, 'ended')
     each_batch_key(count, function(key) redis.call('PERSIST', key) end)
     local request = request_key()

@@ -238,6 +238,52 @@ async def test_admission_refuses_beyond_the_limits_and_keeps_nothing(
     assert all(batches[0].batch_id.encode() in key for key in leftovers)
 
 
+async def test_tenant_quotas_refuse_beyond_them_and_keep_nothing(
+    redis: Redis, keys: Keys, clock: Callable[[], float], advance: Callable[[float], float]
+) -> None:
+    limits = Limits(tenant_max_pending_items=10, tenant_max_open_batches=2)
+    store = BatchStore(redis, keys, clock=clock, limits=limits)
+    first = await submit(store, 6, tenant="acme")
+    with pytest.raises(Exhausted) as pending:
+        await submit(store, 5, tenant="acme")
+    assert pending.value.quota_subject == "tenant:acme:max_pending_items"
+    await submit(store, 5, tenant="other")  # another tenant's share is its own
+    await submit(store, 2, tenant="acme")
+    with pytest.raises(Exhausted) as open_batches:
+        await submit(store, 1, tenant="acme")
+    assert open_batches.value.quota_subject == "tenant:acme:max_open_batches"
+    assert open_batches.value.retry_after > 0
+    listed, _ = await store.list_batches(10, "", [], "acme")
+    assert len(listed) == 2  # nothing of the refused ones stayed
+    # A finished batch frees its share; a redrive of it takes the share again.
+    claimed = await store.claim_chunk(first.batch_id, 0, lease_ttl=30)
+    assert claimed is not None
+    await store.cancel_batch(first.batch_id)
+    await store.record_outcomes(first.batch_id, 0, [], token=claimed.token, release=True)
+    assert (await store.get_batch(first.batch_id)).state is BatchState.CANCELLED
+    assert await redis.get(keys.tenant_open("acme")) == b"1"
+    assert await redis.get(keys.tenant_pending("acme")) == b"2"
+    await submit(store, 1, tenant="acme")
+    assert await redis.get(keys.tenant_open("acme")) == b"2"
+
+
+async def test_a_tenant_submitting_faster_than_its_rate_is_told_when_to_come_back(
+    redis: Redis, keys: Keys, clock: Callable[[], float], advance: Callable[[float], float]
+) -> None:
+    limits = Limits(tenant_max_items_per_second=10, tenant_submit_burst=2)  # 20 at once
+    store = BatchStore(redis, keys, clock=clock, limits=limits)
+    await submit(store, 24, chunk_size=8, tenant="acme")  # within the burst: into debt
+    with pytest.raises(Exhausted) as fast:
+        await submit(store, 2, tenant="acme")
+    assert fast.value.quota_subject == "tenant:acme:max_items_per_second"
+    assert fast.value.retry_after == pytest.approx(0.4)  # 4 items of debt at 10/s
+    await submit(store, 2, tenant="other")
+    advance(0.4)
+    await submit(store, 2, tenant="acme")
+    listed, _ = await store.list_batches(10, "", [], "acme")
+    assert len(listed) == 2
+
+
 async def test_a_retry_due_while_paused_waits_and_the_window_keeps_running(
     store: BatchStore,
     redis: Redis,
