@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from batchd.cli._tls import add_tls_flags
 from batchd.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, BatchState, ItemState
 
 __all__ = ["TARGET_ENV", "build_parser"]
@@ -32,6 +33,8 @@ examples:
   batchd list --state running --json | jq .batch_id
 
 The server is --target, else ${TARGET_ENV}, else {DEFAULT_TARGET}.
+Over TLS: --tls (the system's root CAs) or --tls-ca ca.pem; for mTLS add
+--tls-cert and --tls-key.
 """
 
 
@@ -63,7 +66,7 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # --target and --timeout work before or after the verb.
+    # --target, --timeout and the TLS flags work before or after the verb.
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument(
         "--target",
@@ -77,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"deadline of each call but uploads and watches (default: {DEFAULT_TIMEOUT:g})",
     )
+    add_tls_flags(shared)
     parser = argparse.ArgumentParser(
         prog="batchd",
         description=_DESCRIPTION,

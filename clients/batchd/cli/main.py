@@ -23,6 +23,7 @@ from batchd.cli._output import (
 )
 from batchd.cli._parser import TARGET_ENV, build_parser
 from batchd.cli._progress import follow
+from batchd.cli._tls import TLSSetupError, explain, tls_from
 from batchd.client import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
@@ -291,13 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
     command = _COMMANDS[args.verb]
+    tls = None
     try:
-        with Client(target, timeout=timeout, channel_options=_CHANNEL_OPTIONS) as client:
+        tls = tls_from(args, os.environ)
+        with Client(target, timeout=timeout, channel_options=_CHANNEL_OPTIONS, tls=tls) as client:
             return command(client, args, io)
     except BatchdError as exc:
-        print_error(exc, io.err)
+        print_error(explain(exc, target, tls), io.err)
         return 2
-    except _UsageError as exc:
+    except (_UsageError, TLSSetupError) as exc:
         print(f"error: {exc}", file=io.err)
         return 2
     except KeyboardInterrupt:
