@@ -53,7 +53,14 @@ COMMANDS: Mapping[str, frozenset[str]] = {
 
 # BATCHD_* variables read by other programs: the CLI's server address and TLS files.
 OTHER_VARIABLES = frozenset(
-    {"BATCHD_TARGET", "BATCHD_TLS", "BATCHD_TLS_CA", "BATCHD_TLS_CERT", "BATCHD_TLS_KEY"}
+    {
+        "BATCHD_TARGET",
+        "BATCHD_TOKEN",
+        "BATCHD_TLS",
+        "BATCHD_TLS_CA",
+        "BATCHD_TLS_CERT",
+        "BATCHD_TLS_KEY",
+    }
 )
 
 # Chunk jobs a worker runs at once at least, when worker_max_chunks leaves it to batchd.
@@ -79,7 +86,11 @@ class Settings:
         read_by=SHARED,
     )
     key_prefix: str = setting("batchd:", "prefix of every Redis key batchd writes", read_by=SHARED)
-    host: str = setting("0.0.0.0", "address the gRPC server listens on", read_by=SERVER)
+    host: str = setting(
+        "127.0.0.1",
+        "address the gRPC server listens on; a non-loopback one needs --auth (or --insecure)",
+        read_by=SERVER,
+    )
     port: int = setting(50051, "port the gRPC server listens on", read_by=SERVER)
     tls_cert_file: str = setting(
         "",
@@ -188,6 +199,36 @@ class Settings:
         "allocations between collections of Python's youngest garbage-collector generation "
         "in batchd's processes (the interpreter's default: 700); 0 leaves it as it is",
         read_by=SHARED,
+    )
+    auth: str = setting(
+        "none",
+        "how callers authenticate: none, or a comma-separated list of tokens (API keys), "
+        "jwt, mtls, tried in that order",
+        read_by=SERVER,
+    )
+    insecure: bool = setting(
+        False,
+        "serve a non-loopback address with --auth none anyway (refused without it)",
+        read_by=SERVER,
+    )
+    auth_cache_seconds: float = setting(
+        5.0,
+        "seconds a server trusts an API key it has looked up: a revoked key stops working "
+        "on every server within this",
+        read_by=SERVER,
+    )
+    mtls_principals: str = setting(
+        "",
+        "JSON file mapping client-certificate identities (URI or DNS name, else common "
+        'name) to tenant and role: {"billing.acme.internal": {"tenant": "acme", '
+        '"role": "submitter"}} (--auth mtls)',
+        read_by=SERVER,
+    )
+    reflection: str = setting(
+        "on",
+        "gRPC server reflection: on (behind authentication when --auth is on), open "
+        "(without credentials), or off",
+        read_by=SERVER,
     )
     log_format: str = setting(
         "auto", "json, console, or auto (console on a terminal)", read_by=SHARED
@@ -415,12 +456,22 @@ def _variable(name: str) -> str:
 
 
 def _kind(f: dataclasses.Field[Any]) -> type:
-    return {"int": int, "float": float}.get(str(f.type), str)
+    return {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
+
+
+# How a BATCHD_* variable spells a bool setting.
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 def _add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Any) -> None:
     flag = "--" + f.name.replace("_", "-")
     help_text = f"{f.metadata['help']} [{_variable(f.name)}, default {f.default!r}]"
+    if _kind(f) is bool:  # --insecure / --no-insecure
+        parser.add_argument(
+            flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+        return
     parser.add_argument(flag, dest=f.name, type=_kind(f), default=None, help=help_text)
 
 
@@ -428,6 +479,11 @@ def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = _kind(f)
     if kind is str:
         return raw
+    if kind is bool:
+        word = raw.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise SettingError(f"{_variable(f.name)}={raw!r}: expected 1 or 0 (true or false)")
     try:
         return kind(raw)
     except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -10,11 +11,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from batchd.core.config import Settings
+from batchd.core.config import SettingError, Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.store import BatchStore, Limits
+from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
+from batchd.server.authenticators import build_authenticators
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
 from batchd.server.tls import load_server_tls
@@ -74,7 +77,11 @@ class BatchdServer:
 
 async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
     """Starts serving on settings.host:port (or `port`, 0 for any free one), over TLS
-    when the settings name a certificate (TLSConfigError for a bad one)."""
+    when the settings name a certificate (TLSConfigError for a bad one). SettingError if
+    the settings cannot work or would serve the network unauthenticated."""
+    problem = exposure_problem(settings)
+    if problem:
+        raise SettingError(problem)
     tls = load_server_tls(settings)  # TLSConfigError, a SettingError, for a bad file
     redis = Redis.from_url(settings.redis_url, health_check_interval=10)
     store = BatchStore(
@@ -88,15 +95,25 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         ),
     )
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
-    server = grpc.aio.server(options=server_options(settings))
+    authenticators = build_authenticators(settings, redis)
+    interceptors = []
+    if authenticators:  # --auth none: every call is principal.ANONYMOUS
+        interceptors.append(
+            AuthInterceptor(authenticators, guard_reflection=settings.reflection != "open")
+        )
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=server_options(settings),
+    )
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(
         BatchServicer(store, hub, settings), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    if settings.reflection != "off":
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
     address = f"{settings.host}:{settings.port if port is None else port}"
     if tls is None:
         bound = server.add_insecure_port(address)
@@ -111,7 +128,11 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         maintenance_loop(store, settings.maintenance_interval), name="maintenance"
     )
     transport = "plaintext" if tls is None else "mtls" if tls.mutual else "tls"
-    log.info("server_started", port=bound, transport=transport)
+    log.info("server_started", port=bound, auth=settings.auth, transport=transport)
+    notice = startup_notice(settings, bound)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+        (log.warning if settings.insecure else log.info)("authentication_off", notice=notice)
     return BatchdServer(server, bound, redis, hub, health_servicer, [monitor, sweeper])
 
 

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import grpc
 
+from batchd.cli._auth import auth_hint
 from batchd.client import Batch, BatchdError, BatchItem, BatchOptions, HandlerInfo
 
 __all__ = [
@@ -53,7 +54,8 @@ def print_json(value: Any, out: TextIO) -> None:
 
 
 def print_error(error: BatchdError, out: TextIO) -> None:
-    print(f"error: {error.code.name}: {error.message}", file=out)
+    hint = auth_hint(error.code)
+    print(f"error: {error.code.name}: {error.message}{f' — {hint}' if hint else ''}", file=out)
     for violation in error.field_violations:
         line = f"{violation.field}: {violation.description}"
         if line != error.message:  # a message that is the one violation already says it

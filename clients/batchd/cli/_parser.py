@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from batchd.cli._auth import add_token_flag
 from batchd.cli._tls import add_tls_flags
 from batchd.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, BatchState, ItemState
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"deadline of each call but uploads and watches (default: {DEFAULT_TIMEOUT:g})",
     )
+    add_token_flag(shared)
     add_tls_flags(shared)
     parser = argparse.ArgumentParser(
         prog="batchd",

@@ -12,6 +12,7 @@ from typing import BinaryIO, TextIO, TypeVar
 
 from rich.console import Console
 
+from batchd.cli._auth import token_from
 from batchd.cli._jsonl import JsonlItems
 from batchd.cli._output import (
     print_batch,
@@ -292,10 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
     command = _COMMANDS[args.verb]
+    token = token_from(args, os.environ)
     tls = None
     try:
         tls = tls_from(args, os.environ)
-        with Client(target, timeout=timeout, channel_options=_CHANNEL_OPTIONS, tls=tls) as client:
+        with Client(
+            target, timeout=timeout, channel_options=_CHANNEL_OPTIONS, token=token, tls=tls
+        ) as client:
             return command(client, args, io)
     except BatchdError as exc:
         print_error(explain(exc, target, tls), io.err)

@@ -23,6 +23,7 @@ from batchd.client._requests import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
     OptionsLike,
+    bearer_metadata,
     list_batches_request,
     list_items_request,
     submit_request,
@@ -57,7 +58,8 @@ class AsyncClient:
     `close()`. The channel it opens is plaintext unless given `tls` (True: the
     system's root CAs; a `TLS` for a CA file and, for mTLS, a client certificate)
     or ready-made `credentials`. Unary calls have a deadline
-    of `timeout` seconds (None: none). Every failed call raises `BatchdError`.
+    of `timeout` seconds (None: none). Every failed call raises `BatchdError`. With
+    `token` (an API key or a JWT), every call carries `authorization: Bearer <token>`.
 
         async with AsyncClient("localhost:50051") as client:
             result = await client.upload("http.request", items)
@@ -74,7 +76,9 @@ class AsyncClient:
         tls: TLSLike = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         channel_options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
     ) -> None:
+        self._metadata = bearer_metadata(token)
         if channel is not None and tls:
             raise ValueError("tls= configures the channel the client opens: not with channel=")
         self._owns_channel = channel is None
@@ -128,7 +132,9 @@ class AsyncClient:
             params_struct=params_struct,
         )
         with rpc_errors():
-            response = await self._stub.SubmitBatch(request, timeout=self._timeout)
+            response = await self._stub.SubmitBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return SubmitResult(Batch.from_proto(response.batch), response.replayed)
 
     async def upload(
@@ -162,7 +168,7 @@ class AsyncClient:
             max_message_bytes=max_message_bytes,
             params_struct=params_struct,
         )
-        call = self._stub.UploadBatch(timeout=timeout)
+        call = self._stub.UploadBatch(timeout=timeout, metadata=self._metadata)
         response = await upload_async(call, aiter_upload_requests(header, items, packer))
         return SubmitResult(Batch.from_proto(response.batch), response.replayed)
 
@@ -170,7 +176,9 @@ class AsyncClient:
         """Returns one batch."""
         request = batch_service_pb2.GetBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = await self._stub.GetBatch(request, timeout=self._timeout)
+            response = await self._stub.GetBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     async def list_page(
@@ -183,7 +191,9 @@ class AsyncClient:
         """Returns one page of batches, newest first (`page_size` 0: the service's 100)."""
         request = list_batches_request(states, page_size, page_token)
         with rpc_errors():
-            response = await self._stub.ListBatches(request, timeout=self._timeout)
+            response = await self._stub.ListBatches(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Page(tuple(map(Batch.from_proto, response.batches)), response.next_page_token)
 
     async def list(
@@ -204,7 +214,9 @@ class AsyncClient:
         """Cancels a batch; returns it as it stands after the request. Idempotent."""
         request = batch_service_pb2.CancelBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = await self._stub.CancelBatch(request, timeout=self._timeout)
+            response = await self._stub.CancelBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     async def pause(self, batch_id: str) -> Batch:
@@ -212,7 +224,9 @@ class AsyncClient:
         Idempotent. FAILED_PRECONDITION when the batch is finished or cancelling."""
         request = batch_service_pb2.PauseBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = await self._stub.PauseBatch(request, timeout=self._timeout)
+            response = await self._stub.PauseBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     async def resume(self, batch_id: str) -> Batch:
@@ -220,7 +234,9 @@ class AsyncClient:
         finished or cancelling."""
         request = batch_service_pb2.ResumeBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = await self._stub.ResumeBatch(request, timeout=self._timeout)
+            response = await self._stub.ResumeBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     async def update(
@@ -242,7 +258,9 @@ class AsyncClient:
             max_concurrent=max_concurrent,
         )
         with rpc_errors():
-            response = await self._stub.UpdateBatch(request, timeout=self._timeout)
+            response = await self._stub.UpdateBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     async def retry(
@@ -259,7 +277,9 @@ class AsyncClient:
             batch_id=batch_id, custom_ids=custom_ids or (), request_id=request_id or ""
         )
         with rpc_errors():
-            response = await self._stub.RetryBatchItems(request, timeout=self._timeout)
+            response = await self._stub.RetryBatchItems(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return RetryResult(Batch.from_proto(response.batch), response.requeued, response.replayed)
 
     async def delete(self, batch_id: str) -> None:
@@ -267,7 +287,7 @@ class AsyncClient:
         while the batch is queued or running: cancel it first."""
         request = batch_service_pb2.DeleteBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            await self._stub.DeleteBatch(request, timeout=self._timeout)
+            await self._stub.DeleteBatch(request, timeout=self._timeout, metadata=self._metadata)
 
     async def items_page(
         self,
@@ -280,7 +300,9 @@ class AsyncClient:
         """Returns one page of a batch's item outcomes, in submission order."""
         request = list_items_request(batch_id, states, page_size, page_token)
         with rpc_errors():
-            response = await self._stub.ListBatchItems(request, timeout=self._timeout)
+            response = await self._stub.ListBatchItems(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Page(tuple(map(BatchItem.from_proto, response.items)), response.next_page_token)
 
     async def items(
@@ -307,7 +329,9 @@ class AsyncClient:
         """Returns the handlers that workers have published."""
         with rpc_errors():
             response = await self._stub.ListHandlers(
-                batch_service_pb2.ListHandlersRequest(), timeout=self._timeout
+                batch_service_pb2.ListHandlersRequest(),
+                timeout=self._timeout,
+                metadata=self._metadata,
             )
         return [HandlerInfo.from_proto(h) for h in response.handlers]
 
@@ -334,7 +358,7 @@ class AsyncClient:
         session = WatchSession(batch_id, retry or WatchRetry(), on_reconnect)
         request = watch_request(batch_id, min_interval, heartbeat_interval)
         while True:
-            call = self._stub.WatchProgress(request)
+            call = self._stub.WatchProgress(request, metadata=self._metadata)
             try:
                 async for response in call:
                     progress = session.snapshot(response)

@@ -24,6 +24,7 @@ from batchd.client._requests import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
     OptionsLike,
+    bearer_metadata,
     list_batches_request,
     list_items_request,
     submit_request,
@@ -69,7 +70,9 @@ class Client:
         tls: TLSLike = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         channel_options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
     ) -> None:
+        self._metadata = bearer_metadata(token)
         if channel is not None and tls:
             raise ValueError("tls= configures the channel the client opens: not with channel=")
         self._owns_channel = channel is None
@@ -122,7 +125,9 @@ class Client:
             params_struct=params_struct,
         )
         with rpc_errors():
-            response = self._stub.SubmitBatch(request, timeout=self._timeout)
+            response = self._stub.SubmitBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return SubmitResult(Batch.from_proto(response.batch), response.replayed)
 
     def upload(
@@ -152,7 +157,9 @@ class Client:
             params_struct=params_struct,
         )
         requests = GuardedRequests(iter_upload_requests(header, items, packer))
-        future = self._stub.UploadBatch.future(iter(requests), timeout=timeout)
+        future = self._stub.UploadBatch.future(
+            iter(requests), timeout=timeout, metadata=self._metadata
+        )
         requests.attach(future)
         try:
             response = future.result()
@@ -171,7 +178,7 @@ class Client:
         """Returns one batch."""
         request = batch_service_pb2.GetBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = self._stub.GetBatch(request, timeout=self._timeout)
+            response = self._stub.GetBatch(request, timeout=self._timeout, metadata=self._metadata)
         return Batch.from_proto(response.batch)
 
     def list_page(
@@ -184,7 +191,9 @@ class Client:
         """Returns one page of batches, newest first (`page_size` 0: the service's 100)."""
         request = list_batches_request(states, page_size, page_token)
         with rpc_errors():
-            response = self._stub.ListBatches(request, timeout=self._timeout)
+            response = self._stub.ListBatches(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Page(tuple(map(Batch.from_proto, response.batches)), response.next_page_token)
 
     def list(
@@ -204,7 +213,9 @@ class Client:
         """Cancels a batch; returns it as it stands after the request. Idempotent."""
         request = batch_service_pb2.CancelBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = self._stub.CancelBatch(request, timeout=self._timeout)
+            response = self._stub.CancelBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     def pause(self, batch_id: str) -> Batch:
@@ -212,7 +223,9 @@ class Client:
         Idempotent. FAILED_PRECONDITION when the batch is finished or cancelling."""
         request = batch_service_pb2.PauseBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = self._stub.PauseBatch(request, timeout=self._timeout)
+            response = self._stub.PauseBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     def resume(self, batch_id: str) -> Batch:
@@ -220,7 +233,9 @@ class Client:
         finished or cancelling."""
         request = batch_service_pb2.ResumeBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            response = self._stub.ResumeBatch(request, timeout=self._timeout)
+            response = self._stub.ResumeBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     def update(
@@ -242,7 +257,9 @@ class Client:
             max_concurrent=max_concurrent,
         )
         with rpc_errors():
-            response = self._stub.UpdateBatch(request, timeout=self._timeout)
+            response = self._stub.UpdateBatch(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Batch.from_proto(response.batch)
 
     def retry(
@@ -259,7 +276,9 @@ class Client:
             batch_id=batch_id, custom_ids=custom_ids or (), request_id=request_id or ""
         )
         with rpc_errors():
-            response = self._stub.RetryBatchItems(request, timeout=self._timeout)
+            response = self._stub.RetryBatchItems(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return RetryResult(Batch.from_proto(response.batch), response.requeued, response.replayed)
 
     def delete(self, batch_id: str) -> None:
@@ -267,7 +286,7 @@ class Client:
         while the batch is queued or running: cancel it first."""
         request = batch_service_pb2.DeleteBatchRequest(batch_id=batch_id)
         with rpc_errors():
-            self._stub.DeleteBatch(request, timeout=self._timeout)
+            self._stub.DeleteBatch(request, timeout=self._timeout, metadata=self._metadata)
 
     def items_page(
         self,
@@ -280,7 +299,9 @@ class Client:
         """Returns one page of a batch's item outcomes, in submission order."""
         request = list_items_request(batch_id, states, page_size, page_token)
         with rpc_errors():
-            response = self._stub.ListBatchItems(request, timeout=self._timeout)
+            response = self._stub.ListBatchItems(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return Page(tuple(map(BatchItem.from_proto, response.items)), response.next_page_token)
 
     def items(
@@ -304,7 +325,9 @@ class Client:
         """Returns the handlers that workers have published."""
         with rpc_errors():
             response = self._stub.ListHandlers(
-                batch_service_pb2.ListHandlersRequest(), timeout=self._timeout
+                batch_service_pb2.ListHandlersRequest(),
+                timeout=self._timeout,
+                metadata=self._metadata,
             )
         return [HandlerInfo.from_proto(h) for h in response.handlers]
 
@@ -322,7 +345,7 @@ class Client:
         session = WatchSession(batch_id, retry or WatchRetry(), on_reconnect)
         request = watch_request(batch_id, min_interval, heartbeat_interval)
         while True:
-            call = self._stub.WatchProgress(request)
+            call = self._stub.WatchProgress(request, metadata=self._metadata)
             try:
                 for response in call:
                     progress = session.snapshot(response)
