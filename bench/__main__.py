@@ -5,6 +5,7 @@ two cores). Each module's docstring gives the sizes of a full run; run one alone
 from __future__ import annotations
 
 from bench import (
+    auth,
     email,
     fairness,
     http,
@@ -15,6 +16,7 @@ from bench import (
     scaling,
     sleep,
     submit,
+    tenants,
     upload_noop,
     watchers,
 )
@@ -25,10 +27,12 @@ SCENARIOS = [
     (sleep.main, ["--items", "20000"]),
     (http.main, ["--items", "10000"]),
     (submit.main, ["--items", "100000", "--upload-items", "100000"]),
+    (auth.main, ["--items", "50000", "--per-message", "100", "--rounds", "5"]),
     (watchers.main, ["--watchers", "1000", "--items", "50000"]),
     (scaling.main, ["--items", "50000"]),
     (fairness.main, ["--items", "200000"]),
     (mixed_pool.main, ["--items", "1000", "--runs", "5"]),
+    (tenants.main, ["--batches", "100"]),
     (email.main, ["--items", "10000"]),
     (migrate.main, ["--rows", "200000"]),
     (image.main, ["--images", "2000"]),

@@ -353,7 +353,8 @@ class UploadSession:
             # shares across tenants: docs/design.md, "Priority and fairness").
             first_at = int(
                 await self._scripts.tenant_time(
-                    keys=[keys.tenant_clock], args=[spec.tenant, window, created]
+                    keys=[keys.tenant_clock, keys.queue(spec.handler)],
+                    args=[spec.tenant, window, created, spec.options.priority],
                 )
             )
             options = replace(spec.options, chunk_size=self.chunk_size)

@@ -104,6 +104,19 @@ def test_submit_small(tmp_path: Path) -> None:
     )
 
 
+def test_auth_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "auth", "--items", "2000", "--per-message", "200", "--rounds", "1")
+    assert_positive(
+        result,
+        "submit_off_items_per_second",
+        "submit_on_items_per_second",
+        "upload_off_items_per_second",
+        "upload_on_items_per_second",
+        "submit_ratio_on_to_off",
+        "upload_ratio_on_to_off",
+    )
+
+
 def test_watchers_small(tmp_path: Path) -> None:
     result = run_bench(
         tmp_path, "watchers", "--watchers", "50", "--channels", "2", "--items", "2000"
@@ -171,3 +184,9 @@ def test_mixed_pool_small(tmp_path: Path) -> None:
         "mixed_ratio_to_homogeneous",
         "waiting_batch_start_after_spawn_seconds",
     )
+
+
+def test_tenants_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "tenants", "--batches", "10", "--items", "5000")
+    assert result["big_batches"] == 10
+    assert_positive(result, "small_alone_seconds", "small_beside_big_seconds", "ratio_to_alone")

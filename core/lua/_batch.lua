@@ -185,13 +185,20 @@ local function dispatch_score(priority, at)
   return at - (tonumber(priority or '0') + 1000) * 10000000
 end
 
--- Fair shares across tenants: each tenant's dispatches take successive milliseconds of
--- its own clock, which never lags the real one (`count` of them; returns the first). A
--- tenant with a hundred batches' windows queued has its clock that far ahead; another
--- tenant's next job is stamped now, so it goes in ahead of that backlog.
-local function tenant_time(count)
+-- Fair shares across tenants (start-time fair queuing): each tenant's dispatches take
+-- successive milliseconds of its own clock (`count` of them; returns the first), which
+-- never lags the stamp of the job at the head of the queue (or now, if that is later or
+-- the queue is empty). A tenant with a hundred batches' windows queued has its clock
+-- that far ahead of the head; another tenant's next job is stamped at the head, so it
+-- goes in ahead of that backlog, and tenants with backlogs alternate.
+local function tenant_time(count, priority)
   local tenant = redis.call('HGET', META, 'tenant') or 'default'
-  local at = math.max(tonumber(redis.call('HGET', TENANT_CLOCK, tenant) or '0'), NOW)
+  local floor = NOW
+  local head = redis.call('ZRANGE', QUEUE(), 0, 0, 'WITHSCORES')
+  if head[2] then
+    floor = math.min(NOW, tonumber(head[2]) + (tonumber(priority or '0') + 1000) * 10000000)
+  end
+  local at = math.max(tonumber(redis.call('HGET', TENANT_CLOCK, tenant) or '0'), floor)
   redis.call('HSET', TENANT_CLOCK, tenant, at + count)
   return at + 1
 end
@@ -204,7 +211,7 @@ local function dispatch_next()
   local cursor = tonumber(c[1])
   if cursor >= tonumber(c[2]) then return end
   redis.call('HSET', META, 'cursor', cursor + 1)
-  enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3], tenant_time(1)))
+  enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3], tenant_time(1, c[3])))
 end
 
 -- The batch is over: state, end time, no deadline; every key kept for RETENTION.

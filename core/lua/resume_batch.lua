@@ -11,7 +11,7 @@ local resumed = QUEUED
 if m[2] then resumed = RUNNING_BATCH end
 redis.call('HSET', META, 'state', resumed)
 local parked = redis.call('SMEMBERS', PARKED)
-local at = tenant_time(#parked)
+local at = tenant_time(#parked, m[3])
 for i, n in ipairs(parked) do
   enqueue_due(BATCH, n, 'p' .. NOW, dispatch_score(m[3], at + i - 1))
 end
