@@ -188,6 +188,21 @@ class Settings:
         read_by=SERVER,
     )
     max_batch_items: int = setting(10_000_000, "items one batch may hold", read_by=SERVER)
+    tenant_max_pending_items: int = setting(
+        0,
+        "items not yet finished one tenant may have across its batches (0: only the "
+        "service-wide limit)",
+        read_by=SERVER,
+    )
+    tenant_max_open_batches: int = setting(
+        0, "unfinished batches one tenant may have (0: no limit)", read_by=SERVER
+    )
+    tenant_max_items_per_second: float = setting(
+        0.0,
+        "items one tenant may submit per second, with bursts of ten seconds' worth (0: no "
+        "limit)",
+        read_by=SERVER,
+    )
     dispatch_window: int = setting(
         16,
         "chunk jobs of each batch kept in the queue at once: a batch behind another "

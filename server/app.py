@@ -92,6 +92,9 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
             max_pending_items=settings.max_pending_items,
             max_batch_items=settings.max_batch_items,
             window=settings.dispatch_window,
+            tenant_max_pending_items=settings.tenant_max_pending_items,
+            tenant_max_open_batches=settings.tenant_max_open_batches,
+            tenant_max_items_per_second=settings.tenant_max_items_per_second,
         ),
     )
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
