@@ -6,13 +6,10 @@ their order, and refuses a setting that cannot work, naming it.
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
 
-import grpc
 from cachetools import TTLCache
 from redis.asyncio import Redis
 
@@ -22,6 +19,7 @@ from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.server.auth_jwt import authenticator as jwt_authenticator
 from batchd.server.principal import TENANT_PATTERN, Authenticator, Credentials, Principal, Role
+from batchd.server.tls import peer_identity
 
 __all__ = [
     "MODES",
@@ -142,32 +140,3 @@ def build_authenticators(settings: Settings, redis: Redis) -> list[Authenticator
         else:
             found.append(jwt_authenticator(settings))  # its JWKS loads with the first token
     return found
-
-
-def _auth_context_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The identity of the call's verified client certificate: its first URI subject
-    alternative name (a SPIFFE ID), else its first DNS name, else its common name; None
-    without one."""
-    auth = context.auth_context()
-    if auth.get("transport_security_type") != [b"ssl"]:
-        return None
-    for prop in ("peer_uri", "peer_dns", "x509_common_name"):
-        values = list(auth.get(prop) or ())
-        if values:
-            return values[0].decode("utf-8", "replace")
-    return None
-
-
-def _find_peer_identity() -> Callable[[grpc.aio.ServicerContext[Any, Any]], str | None]:
-    # The transport's own reading, batchd.server.tls.peer_identity, where it exists.
-    try:
-        tls = importlib.import_module("batchd.server.tls")
-    except ImportError:
-        return _auth_context_identity
-    return cast(
-        Callable[[grpc.aio.ServicerContext[Any, Any]], str | None],
-        getattr(tls, "peer_identity", _auth_context_identity),
-    )
-
-
-peer_identity = _find_peer_identity()
