@@ -30,6 +30,8 @@ from batchd.core.errors import (
     Unavailable,
 )
 from batchd.core.logs import get_logger
+from batchd.server import principal
+from batchd.server.validation import TENANT_SEPARATOR
 
 log = get_logger(__name__)
 
@@ -85,6 +87,9 @@ def to_status(error: BatchdError) -> grpc.Status:
 async def abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Ends the call with the status that `exc` stands for. Always raises."""
     if isinstance(exc, BatchdError):
+        # The store names a tenant's batch by its stored id: say the caller's own.
+        own = f"{principal.current().tenant}{TENANT_SEPARATOR}"
+        exc.message = exc.message.replace(f"'{own}", "'")
         await context.abort_with_status(to_status(exc))
     if isinstance(exc, _REDIS_OUTAGES):
         log.warning("redis_unavailable", error=str(exc))
