@@ -199,8 +199,7 @@ class Settings:
     )
     tenant_max_items_per_second: float = setting(
         0.0,
-        "items one tenant may submit per second, with bursts of ten seconds' worth (0: no "
-        "limit)",
+        "items one tenant may submit per second, with bursts of ten seconds' worth (0: no limit)",
         read_by=SERVER,
     )
     dispatch_window: int = setting(
