@@ -480,7 +480,9 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 def _add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Any) -> None:
     flag = "--" + f.name.replace("_", "-")
+    # argparse formats help with %: a literal one (a "10%") must be doubled.
     help_text = f"{f.metadata['help']} [{_variable(f.name)}, default {f.default!r}]"
+    help_text = help_text.replace("%", "%%")
     if _kind(f) is bool:  # --insecure / --no-insecure
         parser.add_argument(
             flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
