@@ -312,3 +312,40 @@ async def test_peer_identity_of_a_verified_client_certificate(certs: Certificate
         None,
         None,  # plaintext
     ]
+
+
+async def test_mtls_auth_makes_the_certificate_the_principal(
+    redis_url: str, store: BatchStore, certs: Certificates, tmp_path: Path
+) -> None:
+    # --auth mtls: the verified client certificate is the caller; its tenant and role
+    # come from the principals file. A certificate the file does not name, however well
+    # signed, is UNAUTHENTICATED; a role too low is PERMISSION_DENIED.
+    principals = tmp_path / "principals.json"
+    principals.write_text(
+        '{"spiffe://batchd.test/team-a": {"tenant": "team-a", "role": "submitter"}}'
+    )
+    async with running_server(
+        redis_url,
+        auth="mtls",
+        mtls_principals=str(principals),
+        tls_cert_file=str(certs.server.cert),
+        tls_key_file=str(certs.server.key),
+        tls_client_ca_file=str(certs.ca.cert),
+    ) as server:
+        team_a = TLS(ca_file=certs.ca.cert, cert_file=certs.client.cert, key_file=certs.client.key)
+        async with AsyncClient(target(server), tls=team_a) as client:
+            submitted = await client.submit("test.echo", [{"custom_id": "a", "params": {"n": 1}}])
+            page = await client.list_page()
+            assert [b.batch_id for b in page.items] == [submitted.batch.batch_id]
+            with pytest.raises(BatchdError) as denied:
+                await client.cancel(submitted.batch.batch_id)
+            assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+        unnamed = TLS(
+            ca_file=certs.ca.cert,
+            cert_file=certs.client_cn_only.cert,
+            key_file=certs.client_cn_only.key,
+        )
+        async with AsyncClient(target(server), tls=unnamed) as client:
+            with pytest.raises(BatchdError) as refused_call:
+                await client.list_page()
+            assert refused_call.value.code == grpc.StatusCode.UNAUTHENTICATED
