@@ -1,4 +1,5 @@
-"""JwtAuthenticator against a real JWKS: served by aiohttp on a loopback port, or a file.
+"""JwtAuthenticator against a real JWKS: served by aiohttp on a loopback port, or a file;
+and `--auth jwt` through a real server and the real client.
 
 Keys are made here with `cryptography`; tokens are signed with PyJWT, or built by hand
 where PyJWT refuses to make them (`alg: none`, HS256 keyed with a public key).
@@ -13,10 +14,12 @@ import hmac
 import json
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jwt
 import pytest
 import structlog
@@ -24,8 +27,12 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from support.in_process_server import HOST, running_server
 
+from batchd.client import AsyncClient, BatchdError
 from batchd.core.config import SettingError, Settings
+from batchd.core.store import BatchStore
+from batchd.server.auth import UNAUTHENTICATED_MESSAGE
 from batchd.server.auth_jwt import (
     MAX_JWKS_BYTES,
     MIN_REFETCH_INTERVAL,
@@ -461,3 +468,45 @@ def test_settings_from_environment() -> None:
     assert config.algorithms == {"ES256"}
     assert (config.leeway, config.refresh) == (5.0, 60.0)
     assert (config.tenant_claim, config.role_claim) == ("org", "realm_access.roles")
+
+
+async def test_jwt_through_a_real_server_and_client(
+    redis_url: str, store: BatchStore, idp: JwksServer
+) -> None:
+    jwt_settings = {"jwt_jwks": idp.url, "jwt_issuer": ISSUER, "jwt_audience": AUDIENCE}
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    async with running_server(redis_url, auth="jwt", **jwt_settings) as server:
+        target = f"{HOST}:{server.port}"
+        async with AsyncClient(target, token=token(tenant=tenant), timeout=10) as submitter:
+            batch_id = (
+                await submitter.submit("test.echo", [{"custom_id": "a", "params": {"n": 1}}])
+            ).batch.batch_id
+
+        async with AsyncClient(target, token=token(tenant=tenant, role="reader"), timeout=10) as c:
+            assert (await c.get(batch_id)).batch_id == batch_id
+            with pytest.raises(BatchdError) as denied:
+                await c.cancel(batch_id)
+            assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+        # Another tenant's token does not see the batch.
+        async with AsyncClient(target, token=token(tenant=f"o-{tenant}"), timeout=10) as c:
+            with pytest.raises(BatchdError) as hidden:
+                await c.get(batch_id)
+            assert hidden.value.code == grpc.StatusCode.NOT_FOUND
+
+        # Bad tokens: one answer, whatever was wrong.
+        bad = [
+            None,
+            "garbage",
+            token(tenant=tenant, exp=int(time.time()) - 120),
+            token(tenant=tenant, aud="someone-else"),
+            token(OTHER_RSA_KEY, tenant=tenant),
+            hand_made({"alg": "none", "kid": "k1"}, claims(tenant=tenant, role="admin")),
+        ]
+        answers = set()
+        for value in bad:
+            async with AsyncClient(target, token=value, timeout=10) as c:
+                with pytest.raises(BatchdError) as refused:
+                    await c.get(batch_id)
+            answers.add((refused.value.code, refused.value.message))
+        assert answers == {(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)}
