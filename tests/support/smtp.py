@@ -270,8 +270,10 @@ class SmtpServerProcess:
     def _records(self) -> list[dict[str, Any]]:
         if not self.log_path.exists():
             return []
-        lines = self.log_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        # The server process may be writing a line right now: the text after the last
+        # newline is not a record yet.
+        complete = self.log_path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
 
     def messages(self) -> list[Received]:
         return [
