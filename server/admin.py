@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from batchd.core.credentials import ApiKey, CredentialStore
 from batchd.core.keys import Keys
+from batchd.core.redis_access import redact
 from batchd.server.principal import TENANT_PATTERN, Role
 
 __all__ = ["main"]
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         sys.exit(asyncio.run(_run(args)))
     except (RedisError, OSError) as exc:
-        sys.exit(f"batchd-admin: cannot reach Redis at {args.redis_url}: {exc}")
+        sys.exit(f"batchd-admin: cannot reach Redis at {redact(args.redis_url)}: {exc}")
 
 
 async def _run(args: argparse.Namespace) -> int:

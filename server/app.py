@@ -15,6 +15,7 @@ from batchd.core.config import SettingError, Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
+from batchd.core.redis_access import redis_access_problem
 from batchd.core.store import BatchStore, Limits
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
@@ -78,11 +79,15 @@ class BatchdServer:
 async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
     """Starts serving on settings.host:port (or `port`, 0 for any free one), over TLS
     when the settings name a certificate (TLSConfigError for a bad one). SettingError if
-    the settings cannot work or would serve the network unauthenticated."""
+    the settings cannot work (Redis refuses the URL's credentials, too) or would serve
+    the network unauthenticated."""
     problem = exposure_problem(settings)
     if problem:
         raise SettingError(problem)
     tls = load_server_tls(settings)  # TLSConfigError, a SettingError, for a bad file
+    problem = await redis_access_problem(settings.redis_url)  # an outage is waited out
+    if problem:
+        raise SettingError(problem)
     redis = Redis.from_url(settings.redis_url, health_check_interval=10)
     store = BatchStore(
         redis,

@@ -7,7 +7,8 @@
   between tests.
 - ``redis_url``: its ``redis://127.0.0.1:PORT/0`` URL.
 - ``redis_server_factory``: starts extra private servers for one test (e.g. with
-  ``appendonly=True`` for crash tests) and stops them when the test ends.
+  ``appendonly=True`` for crash tests, ``auth`` and ACL ``extra_args``, ``tls``) and
+  stops them when the test ends.
 - ``free_port``: a free loopback TCP port.
 
 The process code lives in tests/support/ (``import support.redis_server``).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,9 +55,13 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_server_factory(tmp_path: Path) -> Iterator[RedisServerFactory]:
     servers: list[RedisServer] = []
 
-    def factory(*, appendonly: bool = False, extra_args: Sequence[str] = ()) -> RedisServer:
+    def factory(
+        *, appendonly: bool = False, extra_args: Sequence[str] = (), **options: Any
+    ) -> RedisServer:
         directory = tmp_path / f"redis-{len(servers)}"
-        server = start_redis_server(directory, appendonly=appendonly, extra_args=extra_args)
+        server = start_redis_server(
+            directory, appendonly=appendonly, extra_args=extra_args, **options
+        )
         servers.append(server)
         return server
 

