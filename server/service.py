@@ -5,6 +5,10 @@ The worker runs as a child process (`batchd-worker`), as it would in production,
 server never imports worker code; flags this command does not know (a handler's, such as
 `--smtp-url`) are passed on to it, and it checks them.
 
+The embedded Redis asks for a password, kept in its directory; its URL, password in it,
+is written to `redis/url` there (owner-only), which is how a worker added beside the
+service finds it: `BATCHD_REDIS_URL="$(cat .data/redis/url)" batchd-worker`.
+
 Stopping (SIGTERM to this process, or Ctrl-C, which a terminal sends to the whole
 foreground process group): the server stops taking calls and the worker drains its
 items in flight, both against a Redis still running — the embedded one runs in a session
@@ -17,12 +21,14 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from batchd.core.config import SettingError, Settings
-from batchd.core.embedded_redis import SOCKET_NAME, EmbeddedRedis
+from batchd.core.embedded_redis import PASSWORD_NAME, SOCKET_NAME, EmbeddedRedis
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
 from batchd.server.app import start_server
@@ -31,6 +37,8 @@ from batchd.server.auth import exposure_problem
 log = get_logger(__name__)
 
 COMMAND = "batchd-service"
+# The file under the embedded Redis's directory that holds its URL, password included.
+URL_NAME = "url"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # How long the worker may take to drain after SIGTERM before it is killed: more than its
 # own shutdown grace (the jobs in hand), so that it is never cut short while recording.
@@ -67,14 +75,18 @@ def _run(settings: Settings, worker_args: list[str]) -> int:
             redis_dir = settings.data_path / "redis"
             # Started from the main thread: on Linux it is stopped if this thread dies.
             embedded = EmbeddedRedis(
-                redis_dir, unix_socket=redis_dir / SOCKET_NAME, own_session=True
+                redis_dir,
+                unix_socket=redis_dir / SOCKET_NAME,
+                own_session=True,
+                password_file=redis_dir / PASSWORD_NAME,
             )
             try:
                 embedded.start()
-            except RuntimeError as exc:
+                url_file = _write_url_file(redis_dir / URL_NAME, embedded.url)
+            except (RuntimeError, OSError) as exc:
                 raise SystemExit(f"{COMMAND}: {exc}") from None
             settings = dataclasses.replace(settings, redis_url=embedded.url)
-            _announce(embedded.url)
+            _announce(embedded.address, url_file)
         tune_gc(settings.gc_threshold)
         return asyncio.run(_serve(settings, worker_args))
     except SettingError as exc:  # refused to start: say why in one line
@@ -82,18 +94,29 @@ def _run(settings: Settings, worker_args: list[str]) -> int:
     finally:
         if embedded is not None:  # last: the server and the worker needed it to the end
             embedded.stop()
-            log.info("embedded_redis_stopped", url=embedded.url)
+            log.info("embedded_redis_stopped", url=embedded.address)
 
 
-def _announce(url: str) -> None:
-    """The embedded Redis's address, for a human (one plain line on stderr) and the log:
-    more workers can join this service with it."""
+def _write_url_file(path: Path, url: str) -> Path:
+    """Writes the embedded Redis's URL, its password in it, to `path`, readable by the
+    owner alone: what a worker added beside the service reads (the password is never
+    printed)."""
+    path.unlink(missing_ok=True)  # a new file, made 0600 before anything is written
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(url + "\n")
+    return path.resolve()
+
+
+def _announce(address: str, url_file: Path) -> None:
+    """The embedded Redis's address, for a human (one plain line on stderr) and the log,
+    and how more workers join this service: with the URL in `url_file`, which holds the
+    password."""
+    worker = f'BATCHD_REDIS_URL="$(cat {shlex.quote(str(url_file))})" batchd-worker'
     print(
-        f"batchd: embedded Redis at {url} (add a worker: BATCHD_REDIS_URL={url} batchd-worker)",
-        file=sys.stderr,
-        flush=True,
+        f"batchd: embedded Redis at {address} (add a worker: {worker})", file=sys.stderr, flush=True
     )
-    log.info("embedded_redis_address", url=url)
+    log.info("embedded_redis_address", url=address, url_file=str(url_file))
 
 
 async def _serve(settings: Settings, worker_args: list[str]) -> int:

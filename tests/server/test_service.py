@@ -1,7 +1,8 @@
 """`batchd-service` as `./scripts/run` runs it, in a session of its own like a terminal's
 foreground job: Ctrl-C (SIGINT to the whole process group) mid-batch and a restart lose
 and repeat no email; SIGTERM stops it as cleanly; a worker started with the address the
-service prints serves batches beside it, with a handler and settings of its own."""
+service prints serves batches beside it, with a handler and settings of its own; the
+embedded Valkey refuses a client without the password kept in its data directory."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from support.faults import wait_for_handler
 from support.net import find_free_port
 from support.polling import poll
@@ -95,6 +98,12 @@ class Service:
 
     def printed_url(self) -> str | None:
         found = re.search(r"^batchd: embedded Redis at (\S+) ", self.output(), re.MULTILINE)
+        return found.group(1) if found else None
+
+    def printed_worker_command(self) -> str | None:
+        found = re.search(
+            r"^batchd: embedded Redis at .* \(add a worker: (.*)\)$", self.output(), re.MULTILINE
+        )
         return found.group(1) if found else None
 
     def kill(self) -> None:
@@ -193,13 +202,22 @@ async def test_a_worker_added_by_the_printed_address_serves_batches(tmp_path: Pa
             await wait_for_handler(client, "noop")
             url = service.printed_url()
             assert url is not None
-            assert url == f"unix://{(tmp_path / 'data' / 'redis' / 'valkey.sock').resolve()}"
+            redis_dir = (tmp_path / "data" / "redis").resolve()
+            assert url == f"unix://{redis_dir / 'valkey.sock'}"
+            url_file = redis_dir / "url"
+            command = f'BATCHD_REDIS_URL="$(cat {url_file})" batchd-worker'
+            assert service.printed_worker_command() == command
+            # The printed command as it is, run by a shell; this checkout's worker for
+            # batchd-worker (exec: the signals below reach it).
+            worker_command = command.replace(
+                "batchd-worker", f"exec {sys.executable} -m batchd.worker.main"
+            )
             # Only this worker serves test.greet; its settings come as a flag and a variable.
             with (tmp_path / "worker.log").open("ab") as log:
                 worker = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "batchd.worker.main",
-                    "--handlers", "settings_handler:handler", "--greeting", "hi",
-                    env=_environment(BATCHD_REDIS_URL=url, BATCHD_GREET_TIMES="2"),
+                    "sh", "-c",
+                    f"{worker_command} --handlers settings_handler:handler --greeting hi",
+                    env=_environment(BATCHD_GREET_TIMES="2"),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 )  # fmt: skip
             await wait_for_handler(client, "test.greet")
@@ -218,4 +236,41 @@ async def test_a_worker_added_by_the_printed_address_serves_batches(tmp_path: Pa
         if worker is not None and worker.returncode is None:
             worker.kill()
             await worker.wait()
+        service.kill()
+
+
+async def test_the_embedded_redis_refuses_a_client_without_its_password(tmp_path: Path) -> None:
+    service = Service(tmp_path / "data", tmp_path / "service.log").start()
+    redis_dir = (tmp_path / "data" / "redis").resolve()
+    try:
+        async with AsyncClient(service.target) as client:
+            await wait_for_handler(client, "noop")
+            password = (redis_dir / "password").read_text().strip()
+            assert len(password) >= 32
+            assert redis_dir.stat().st_mode & 0o777 == 0o700
+            for name in ("password", "url"):
+                assert (redis_dir / name).stat().st_mode & 0o777 == 0o600
+            assert (redis_dir / "valkey.sock").stat().st_mode & 0o777 == 0o700
+            socket_path = str(redis_dir / "valkey.sock")
+            for wrong in (None, "guessed"):
+                stranger = Redis(unix_socket_path=socket_path, password=wrong)
+                # On a unix socket, redis-py wraps the AuthenticationError.
+                with pytest.raises(RedisConnectionError, match=r"Authentication required|invalid"):
+                    await stranger.set("batchd:intruder", "job")
+                await stranger.aclose()
+            # The service's own server and worker have it: its batches run.
+            submitted = await client.submit("noop", [(f"n-{i}", {}) for i in range(20)])
+            async for progress in client.watch(submitted.batch.batch_id, min_interval=0.05):
+                last = progress
+            assert last.state == BatchState.COMPLETED
+        assert service.stop_with("SIGTERM")[0] == 0
+        assert_clean(service)
+        service.start()  # the same password after a restart
+        async with AsyncClient(service.target) as client:
+            await wait_for_handler(client, "noop")
+        assert (redis_dir / "password").read_text().strip() == password
+        assert service.stop_with("SIGTERM")[0] == 0
+        assert_clean(service)
+        assert password not in (tmp_path / "service.log").read_text()
+    finally:
         service.kill()
