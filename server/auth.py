@@ -81,6 +81,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self.authenticators = tuple(authenticators)
         self.guard_reflection = guard_reflection
+        # method -> (the handler grpc gave, its guarded wrapper): grpc hands out the same
+        # handler object for a method at every call; it is wrapped once, not per call.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -93,10 +96,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler  # type: ignore[return-value]
         if service == BATCH_SERVICE:
             # A method without a role of its own is for admins: new calls start closed.
-            return self._wrap(handler, method, METHOD_ROLES.get(method, Role.ADMIN))
-        if service in REFLECTION_SERVICES and self.guard_reflection:
-            return self._wrap(handler, method, Role.READER)
-        return handler
+            needed = METHOD_ROLES.get(method, Role.ADMIN)
+        elif service in REFLECTION_SERVICES and self.guard_reflection:
+            needed = Role.READER
+        else:
+            return handler
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method, needed)
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
 
     async def admit(self, context: grpc.aio.ServicerContext[Any, Any], needed: Role) -> Principal:
         """The caller's principal if it may make a call that needs `needed`; else ends
