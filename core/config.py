@@ -135,7 +135,8 @@ class Settings:
     )
     data_dir: str = setting(
         ".data",
-        "where the embedded Redis keeps its append-only file and its socket, redis/valkey.sock",
+        "where the embedded Redis keeps its append-only file, its socket (redis/valkey.sock) "
+        "and its password (redis/password; its URL with it: redis/url)",
         read_by=EMBEDDED,
     )
     worker_concurrency: int = setting(100, "items in flight per worker process", read_by=WORKER)
