@@ -165,6 +165,13 @@ local function tenant_counter(suffix)
   return PENDING_TOTAL .. ':' .. (redis.call('HGET', META, 'tenant') or 'default') .. suffix
 end
 
+-- Takes `by` off a tenant counter, never below 0: a batch stored before tenants counted
+-- in none of them.
+local function tenant_decrease(suffix, by)
+  local key = tenant_counter(suffix)
+  if redis.call('DECRBY', key, by) < 0 then redis.call('SET', key, 0) end
+end
+
 local function account()
   local c = redis.call('HMGET', META, 'acct', 'n_ok', 'n_fail', 'n_cancel', 'n_exp')
   if not c[1] then return end
@@ -173,7 +180,7 @@ local function account()
   if delta ~= 0 then
     redis.call('HSET', META, 'acct', done)
     redis.call('DECRBY', PENDING_TOTAL, delta)
-    redis.call('DECRBY', tenant_counter(''), delta)
+    tenant_decrease('', delta)
   end
 end
 
@@ -218,7 +225,7 @@ end
 local function finish(state)
   redis.call('HSET', META, 'state', state, 'ended', NOW)
   redis.call('ZREM', DEADLINES, BATCH)
-  redis.call('DECR', tenant_counter(':open'))
+  tenant_decrease(':open', 1)
   account()
   if RETENTION > 0 then
     local function expire(key) redis.call('PEXPIRE', key, RETENTION) end
