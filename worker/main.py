@@ -99,6 +99,8 @@ async def run(settings: Settings, handlers: Mapping[str, Handler] | None = None)
         # async_run with CancelledError, which is how ARQ's own Worker.run stops too.
         with contextlib.suppress(asyncio.CancelledError):
             await worker.async_run()
+    except SettingError as exc:  # a handler's start-up found its settings wrong
+        raise SystemExit(f"{COMMAND}: {exc}") from None
     finally:
         await worker.close()
         _ignore_late_signals()

@@ -24,7 +24,7 @@ from support.processes import ServiceProcess, worker
 from workloads.image_fixtures import encode, generate_images, halves, image_server
 
 from batchd.client import AsyncClient, BatchState, ItemState
-from batchd.core.config import Settings
+from batchd.core.config import SettingError, Settings
 from batchd.server.app import BatchdServer, start_server
 from batchd.worker.handler import Code, PermanentError, RetryableError
 from batchd.worker.handlers import builtin_handlers
@@ -515,3 +515,54 @@ async def test_2000_images_through_the_service(
         f"ran in {ran - generated:.1f}s ({E2E_IMAGES / (ran - generated):.0f} items/s), "
         f"checked in {checked - ran:.1f}s"
     )
+
+
+async def test_an_image_over_the_memory_limit_fails_its_item_and_the_pool_goes_on(
+    tmp_path: Path,
+) -> None:
+    # 6,000 x 6,000 decodes to 108 MB of RGB: over a process capped at 400 MiB of address
+    # space once its variants are made, though its PNG is a few hundred KB.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.png").write_bytes(encode(Image.new("RGB", (6000, 6000), RED), "PNG"))
+    (tmp_path / "in" / "small.png").write_bytes(encode(halves((200, 100), RED, BLUE), "PNG"))
+    settings = Settings.of(
+        image_processes=1,
+        image_max_pixels=50_000_000,
+        image_memory_limit=400 * 1024 * 1024,
+        image_input_dir=str(tmp_path / "in"),
+        image_output_dir=str(tmp_path / "out"),
+    )
+    variants = [{"name": f"v{n}", "width": 5000 - n, "height": 5000 - n} for n in range(4)]
+    async with open_handler(image_resize_handler(), settings=settings) as started:
+        with pytest.raises(PermanentError) as caught:
+            await started.call({"source": "big.png", "output": "big", "variants": variants})
+        assert caught.value.code == Code.RESOURCE_EXHAUSTED
+        assert "BATCHD_IMAGE_MEMORY_LIMIT" in caught.value.message
+        small = [{"name": "thumb", "width": 50}]
+        done = await started.call({"source": "small.png", "output": "small", "variants": small})
+        assert done["variants"][0]["width"] == 50  # the same pool process, still serving
+
+
+async def test_local_paths_are_refused_without_an_input_directory(tmp_path: Path) -> None:
+    settings = Settings.of(image_output_dir=str(tmp_path / "out"))
+    async with open_handler(image_resize_handler(), settings=settings) as started:
+        with pytest.raises(PermanentError) as caught:
+            await started.call(
+                {"source": ".env", "output": "x", "variants": [{"name": "a", "width": 10}]}
+            )
+    assert caught.value.code == Code.PERMISSION_DENIED
+    assert "BATCHD_IMAGE_INPUT_DIR" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs"), [(".", ".data/images"), ("shared", "shared"), ("a/out", "a")]
+)
+async def test_overlapping_input_and_output_directories_are_refused(
+    tmp_path: Path, inputs: str, outputs: str
+) -> None:
+    settings = Settings.of(
+        image_input_dir=str(tmp_path / inputs), image_output_dir=str(tmp_path / outputs)
+    )
+    with pytest.raises(SettingError, match="overlap"):
+        async with open_handler(image_resize_handler(), settings=settings):
+            pass

@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from batchd.core.config import setting
+from batchd.core.config import SettingError, setting
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
     Code,
@@ -136,10 +136,18 @@ class ImageSettings:
         50_000_000, "image.resize refuses images of more pixels (decompression bombs)"
     )
     image_input_dir: str = setting(
-        ".", "local image paths given to image.resize are read from inside this directory"
+        "",
+        "local image paths given to image.resize are read from inside this directory (empty: "
+        "local paths are refused, only URLs are fetched); it may not contain, nor lie within, "
+        "image_output_dir",
     )
     image_output_dir: str = setting(
         ".data/images", "image.resize writes its variants inside this directory"
+    )
+    image_memory_limit: int = setting(
+        1024 * 1024 * 1024,
+        "bytes of address space each image.resize process may take (RLIMIT_AS); an image "
+        "that needs more fails its item, and the process goes on (0: no limit)",
     )
 
 
@@ -154,13 +162,15 @@ class _ImageResize:
         self._starting = asyncio.Lock()
         self._processes = 1
         self._max_pixels = 0
-        self._input_root = Path()
+        self._input_root: Path | None = None
         self._output_root = Path()
+        self._memory_limit = 0
 
     async def startup(self, worker: WorkerInfo) -> None:
         settings = worker.settings.section(ImageSettings)
         self._processes = max(settings.image_processes, 1)
         self._max_pixels = settings.image_max_pixels
+        self._memory_limit = settings.image_memory_limit
         self._input_root, self._output_root = await asyncio.to_thread(
             _roots, settings.image_input_dir, settings.image_output_dir
         )
@@ -207,6 +217,12 @@ class _ImageResize:
         try:  # refused before any work: the pool checks symlinks again on the disk
             check_relative(str(params["output"]), "output", "image_output_dir")
             if not remote:
+                if self._input_root is None:
+                    raise ImageRefused(
+                        "local image paths are not served here (only http(s) URLs): set "
+                        "BATCHD_IMAGE_INPUT_DIR to allow them",
+                        Code.PERMISSION_DENIED,
+                    )
                 check_relative(source, "source", "image_input_dir")
         except ImageRefused as exc:
             raise PermanentError(exc.message, code=exc.code) from None
@@ -214,7 +230,7 @@ class _ImageResize:
             data = await fetch(self._session, source, self._max_source_bytes) if remote else None
             job = ResizeJob(
                 source=source if data is None else data,
-                input_root=str(self._input_root),
+                input_root=str(self._input_root or ""),
                 output_root=str(self._output_root),
                 output=str(params["output"]),
                 variants=variants,
@@ -229,6 +245,13 @@ class _ImageResize:
             return await asyncio.get_running_loop().run_in_executor(pool, resize_job, job)
         except ImageRefused as exc:
             raise PermanentError(exc.message, code=exc.code) from None
+        except MemoryError:
+            # The process's RLIMIT_AS stopped it; the process itself goes on.
+            raise PermanentError(
+                "the image needs more memory than an image process may take "
+                "(BATCHD_IMAGE_MEMORY_LIMIT)",
+                code=Code.RESOURCE_EXHAUSTED,
+            ) from None
         except BrokenProcessPool as exc:
             # A pool process died (killed, out of memory, a crash in a decoder): every
             # item it held fails this attempt; a fresh pool serves the retries.
@@ -246,7 +269,7 @@ class _ImageResize:
             max_workers=self._processes,
             mp_context=context,
             initializer=init_process,
-            initargs=(self._max_pixels, os.getpid()),
+            initargs=(self._max_pixels, os.getpid(), self._memory_limit),
         )
 
     def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
@@ -281,12 +304,26 @@ def image_resize_handler(*, max_source_bytes: int = MAX_SOURCE_BYTES) -> Handler
     )
 
 
-def _roots(input_dir: str, output_dir: str) -> tuple[Path, Path]:
+def _roots(input_dir: str, output_dir: str) -> tuple[Path | None, Path]:
     """Both directories resolved, once: the confinement checks compare resolved paths
-    with these. The output directory is created if missing."""
+    with these. The output directory is created if missing. No input directory: local
+    sources are refused. Overlapping ones are a configuration error: one caller's
+    variants would be another's sources."""
     output_root = Path(output_dir).resolve()
     output_root.mkdir(parents=True, exist_ok=True)
-    return Path(input_dir).resolve(), output_root
+    if not input_dir:
+        return None, output_root
+    input_root = Path(input_dir).resolve()
+    if (
+        input_root == output_root
+        or input_root in output_root.parents
+        or (output_root in input_root.parents)
+    ):
+        raise SettingError(
+            f"image_input_dir ({input_root}) and image_output_dir ({output_root}) overlap: "
+            "variants would be readable as sources; give them separate directories"
+        )
+    return input_root, output_root
 
 
 def _is_url(source: str) -> bool:

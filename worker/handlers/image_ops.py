@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import resource
 import tempfile
 import threading
 import time
@@ -82,10 +83,14 @@ class ResizeJob:
 OWNER_CHECK = 1.0
 
 
-def init_process(max_pixels: int, owner_pid: int | None = None) -> None:
+def init_process(max_pixels: int, owner_pid: int | None = None, memory_limit: int = 0) -> None:
     """The pool's initializer: Pillow's own decompression-bomb guard at our limit, and
     its warning (between 1x and 2x the limit) turned into an error like the rest; with
-    `owner_pid`, the process exits once that process (the worker) is gone."""
+    `owner_pid`, the process exits once that process (the worker) is gone; with
+    `memory_limit`, its address space is capped (RLIMIT_AS): an image that needs more
+    raises MemoryError in its job, and the process goes on."""
+    if memory_limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     if owner_pid is not None:
