@@ -11,6 +11,11 @@ answers as a test scripts it.
     server.hang_up()                          # closes every open connection, server side
     server.stop()
 
+    # AUTH: the handler is the authenticator; every attempt is recorded, TLS or not
+    server = start_smtp_server(authenticator=..., auth_require_tls=False)  (see
+    `start_smtp_server`'s `credentials`)
+    server.handler.auth_attempts              # [AuthAttempt(login, encrypted)]
+
 The handler runs in the controller's thread: everything a test reads is guarded by a
 lock and copied out.
 
@@ -39,7 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from support.net import find_free_port
 
@@ -54,6 +59,12 @@ class Received:
     content: bytes
 
 
+@dataclass(frozen=True)
+class AuthAttempt:
+    login: str
+    encrypted: bool  # the connection was TLS when the client sent AUTH
+
+
 class RecordingHandler:
     """aiosmtpd handler hooks: records messages, counts connections, scripted replies."""
 
@@ -66,6 +77,27 @@ class RecordingHandler:
         self._rcpt_replies: dict[str, deque[str]] = {}
         self.mail_replies: deque[str] = deque()  # the next MAIL FROM commands answer these
         self.data_replies: deque[str] = deque()  # the next DATA commands answer these
+        self.credentials: tuple[str, str] | None = None  # what `authenticate` accepts
+        self._auth_attempts: list[AuthAttempt] = []
+
+    @property
+    def auth_attempts(self) -> list[AuthAttempt]:
+        with self._lock:
+            return list(self._auth_attempts)
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        """aiosmtpd's authenticator: records the attempt, accepts `credentials`."""
+        login, password = (
+            (data.login.decode(), data.password.decode())
+            if isinstance(data, LoginPassword)
+            else ("", "")
+        )
+        with self._lock:
+            self._auth_attempts.append(AuthAttempt(login, session.ssl is not None))
+        # handled=False: aiosmtpd answers a failure with 535 itself.
+        return AuthResult(success=(login, password) == self.credentials, handled=False)
 
     def script_rcpt(self, address: str, reply: str, *, times: int = 1) -> None:
         """RCPT TO `address` answers `reply` the next `times` times, then as usual."""
@@ -223,9 +255,19 @@ class SmtpServer:
         done.wait(5)
 
 
-def start_smtp_server(**smtp_options: Any) -> SmtpServer:
-    """A running server; `smtp_options` go to aiosmtpd's SMTP (auth_require_tls, ...)."""
-    return SmtpServer(**smtp_options).start()
+def start_smtp_server(
+    credentials: tuple[str, str] | None = None, **smtp_options: Any
+) -> SmtpServer:
+    """A running server; `smtp_options` go to aiosmtpd's SMTP (auth_require_tls,
+    tls_context, ...). With `credentials`, it offers AUTH and requires it, records every
+    attempt and accepts those."""
+    server = SmtpServer(**smtp_options)
+    if credentials is not None:
+        server.handler.credentials = credentials
+        server.controller.SMTP_kwargs.update(
+            authenticator=server.handler.authenticate, auth_required=True
+        )
+    return server.start()
 
 
 class SmtpServerProcess:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import fastjsonschema
 import pytest
 import structlog
-from support.smtp import USER_UNKNOWN, SmtpServer, start_smtp_server
+from support.certs import Certificates, make_certificates
+from support.smtp import USER_UNKNOWN, AuthAttempt, SmtpServer, start_smtp_server
 
-from batchd.core.config import Settings
+from batchd.core.config import SettingError, Settings
 from batchd.core.logs import get_logger
 from batchd.worker.handler import (
     Code,
@@ -285,29 +288,28 @@ async def test_starttls_required_but_not_offered_fails(
     assert smtp_server.handler.messages == []
 
 
-# Plain-text AUTH is what this test wants: no certificate to make for a loopback server.
-@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
-async def test_credentials_from_the_url(started: Started) -> None:
-    from aiosmtpd.smtp import AuthResult, LoginPassword
+@pytest.fixture
+def trusted_certificates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Certificates:
+    """A CA the client trusts (OpenSSL's SSL_CERT_FILE) and a certificate for 127.0.0.1."""
+    certificates = make_certificates(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca.cert))
+    return certificates
 
-    def authenticate(*args: Any) -> AuthResult:
-        data = args[-1]
-        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
-            b"mailer",
-            b"p@ss:word",
-        )
-        # handled=False: aiosmtpd answers a failure with 535 itself.
-        return AuthResult(success=ok, handled=False)
 
-    server = start_smtp_server(
-        auth_require_tls=False, auth_required=True, authenticator=authenticate
-    )
+async def test_credentials_go_over_starttls(
+    started: Started, trusted_certificates: Certificates
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert = trusted_certificates.server
+    context.load_cert_chain(server_cert.cert, server_cert.key)
+    server = start_smtp_server(credentials=("mailer", "p@ss:word"), tls_context=context)
     try:
         port = server.port
-        good = await started(f"smtp://mailer:p%40ss%3Aword@127.0.0.1:{port}?starttls=off")
+        good = await started(f"smtp://mailer:p%40ss%3Aword@127.0.0.1:{port}")
         await send(good)
         assert len(server.handler.messages) == 1
-        bad = await started(f"smtp://mailer:wrong@127.0.0.1:{port}")
+        assert server.handler.auth_attempts == [AuthAttempt("mailer", encrypted=True)]
+        bad = await started(f"smtp://mailer:wrong@127.0.0.1:{port}?starttls=require")
         with pytest.raises(PermanentError) as caught:
             await send(bad)
         assert caught.value.code == Code.UNAUTHENTICATED
@@ -319,6 +321,37 @@ async def test_credentials_from_the_url(started: Started) -> None:
         assert "530" in caught.value.message
     finally:
         server.stop()
+
+
+# A relay that takes AUTH in the clear is what this test needs: the client must not use it.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+async def test_no_auth_in_the_clear_when_the_relay_offers_no_starttls(started: Started) -> None:
+    server = start_smtp_server(credentials=("mailer", "secret"), auth_require_tls=False)
+    try:
+        handler = await started(f"smtp://mailer:secret@127.0.0.1:{server.port}")
+        with pytest.raises(PermanentError) as caught:
+            await send(handler)
+        assert caught.value.code == Code.FAILED_PRECONDITION
+        assert caught.value.message == (
+            f"SMTP relay 127.0.0.1:{server.port} offers no STARTTLS: the user and password "
+            "of BATCHD_SMTP_URL are never sent in the clear"
+        )
+        assert server.handler.connections == 1  # it did connect and greet
+        assert server.handler.auth_attempts == []
+        assert server.handler.messages == []
+    finally:
+        server.stop()
+
+
+async def test_credentials_without_tls_stop_the_worker_at_startup() -> None:
+    handler = email_send_handler()
+    assert handler.startup is not None
+    settings = Settings.of(smtp_url="smtp://mailer:secret@relay.test:25?starttls=off")
+    with pytest.raises(SettingError) as caught:
+        await handler.startup(WorkerInfo(worker_id="t", concurrency=1, settings=settings))
+    assert str(caught.value).startswith("BATCHD_SMTP_URL: ")
+    assert "starttls=off" in str(caught.value)
+    assert "secret" not in str(caught.value)
 
 
 async def test_rate_key_is_the_relay(started: Started, smtp_server: SmtpServer) -> None:

@@ -23,7 +23,8 @@ How the relay's answers map to the item's fate:
     bad template, missing variable, fail, INVALID_ARGUMENT naming the part and the cause
       bad address or header
     relay without STARTTLS under    fail, FAILED_PRECONDITION (fix the relay or the URL,
-      starttls=require, no AUTH,    then redrive)
+      starttls=require or with      then redrive); no AUTH is sent in the clear
+      credentials, no AUTH,
       no SMTPUTF8 for a non-ASCII
       address, a bad certificate
 
@@ -60,7 +61,12 @@ from batchd.worker.handlers.email_message import (
     message_id_for,
 )
 from batchd.worker.handlers.email_relay import Relay, parse_relay_url
-from batchd.worker.handlers.email_smtp import RecipientsRefused, SmtpPool, reply_text
+from batchd.worker.handlers.email_smtp import (
+    RecipientsRefused,
+    SmtpPool,
+    TlsUnavailable,
+    reply_text,
+)
 
 __all__ = ["MAX_RECIPIENTS", "PARAMS_SCHEMA", "EmailSettings", "email_send_handler"]
 
@@ -123,7 +129,8 @@ class EmailSettings:
     smtp_url: str = setting(
         "smtp://localhost:25",
         "SMTP relay of email.send: smtp://[user:password@]host[:port][?starttls=auto|require|off]"
-        ", or smtps:// for TLS from the first byte",
+        ", or smtps:// for TLS from the first byte; a user and password are only ever sent "
+        "over TLS",
     )
     smtp_connections: int = setting(
         8, "SMTP connections email.send keeps open per worker process and relay"
@@ -202,6 +209,8 @@ def email_send_handler() -> Handler:
 
 def _item_error(exc: Exception, relay: Relay) -> HandlerError:
     """The item's fate for what sending raised (the table in the module docstring)."""
+    if isinstance(exc, TlsUnavailable):
+        return PermanentError(str(exc), code=Code.FAILED_PRECONDITION)
     if isinstance(exc, RecipientsRefused):
         # Any temporary refusal decides: retrying may get the whole message through.
         replies = sorted(exc.refused.values(), key=lambda reply: reply.code >= 500)

@@ -6,8 +6,11 @@
 
 `starttls=auto` (the default) upgrades the connection when the relay offers STARTTLS,
 `require` refuses to send over a relay that does not offer it, `off` never upgrades.
-User and password are percent-decoded and used for AUTH after the upgrade. Certificates
-are always verified: a relay worth sending through has a valid one.
+User and password are percent-decoded and used for AUTH after the upgrade, never
+without TLS: credentials with `starttls=off` are a `SettingError` here (the worker stops
+at start-up), and under `auto` a relay that offers no STARTTLS gets no AUTH
+(email_smtp.py). Certificates are always verified: a relay worth sending through has a
+valid one.
 
 The relay comes from the worker's settings, never from an item's params: items are
 written by submitters, and credentials or a destination of their choosing must not
@@ -20,6 +23,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from batchd.core.config import SettingError
 
 __all__ = ["Relay", "StartTls", "parse_relay_url"]
 
@@ -52,8 +57,13 @@ class Relay:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def authenticates(self) -> bool:
+        return self.username is not None
+
     def client_options(self) -> dict[str, Any]:
-        """Keyword arguments of `aiosmtplib.SMTP` for this relay."""
+        """Keyword arguments of `aiosmtplib.SMTP` for this relay, without the credentials:
+        the pool logs in itself, once it has seen the connection encrypted."""
         # aiosmtplib's start_tls: None upgrades when offered, True insists, False never.
         start_tls = {StartTls.AUTO: None, StartTls.REQUIRE: True, StartTls.OFF: False}
         return {
@@ -61,13 +71,22 @@ class Relay:
             "port": self.port,
             "use_tls": self.implicit_tls,
             "start_tls": False if self.implicit_tls else start_tls[self.starttls],
-            "username": self.username,
-            "password": self.password,
         }
 
 
+_SETTING = "BATCHD_SMTP_URL"
+
+
 def parse_relay_url(url: str) -> Relay:
-    """The relay of an smtp:// or smtps:// URL; ValueError (without the password) if bad."""
+    """The relay of an smtp:// or smtps:// URL; SettingError (a ValueError, without the
+    password) if bad."""
+    try:
+        return _parse(url)
+    except ValueError as exc:
+        raise SettingError(f"{_SETTING}: {exc}") from None
+
+
+def _parse(url: str) -> Relay:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
@@ -92,6 +111,11 @@ def parse_relay_url(url: str) -> Relay:
             ) from None
     if scheme == "smtps" and "starttls" in parts.query:
         raise ValueError("SMTP relay URL: smtps:// is TLS already; starttls does not apply")
+    if parts.username is not None and scheme == "smtp" and starttls is StartTls.OFF:
+        raise ValueError(
+            "SMTP relay URL: a user and password with starttls=off would be sent in the "
+            "clear; use starttls=require (or auto) or smtps://"
+        )
     return Relay(
         host=parts.hostname,
         port=port,

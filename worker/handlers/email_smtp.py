@@ -15,6 +15,9 @@ is delivered, so that is where every decision to give up or retry is taken:
   the whole message may be retried without anyone receiving it twice;
 - some recipients refused for good (5xx), others accepted: the message goes to the
   accepted ones and the delivery lists the refused with the relay's reply.
+
+Credentials go out only over TLS: a connection that is not encrypted after EHLO (and
+STARTTLS, when offered) is closed before AUTH, raising `TlsUnavailable`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import aiosmtplib
 
 from batchd.worker.handlers.email_relay import Relay
 
-__all__ = ["Delivery", "RecipientsRefused", "SmtpPool", "reply_text"]
+__all__ = ["Delivery", "RecipientsRefused", "SmtpPool", "TlsUnavailable", "reply_text"]
 
 # Seconds one SMTP command (the DATA transfer included) may take.
 COMMAND_TIMEOUT = 30.0
@@ -55,6 +58,11 @@ class RecipientsRefused(Exception):
             "; ".join(f"<{addr}>: {reply_text(reply)}" for addr, reply in refused.items())
         )
         self.refused = refused
+
+
+class TlsUnavailable(Exception):
+    """The relay offered no STARTTLS and the URL has credentials: nothing was sent, AUTH
+    included."""
 
 
 class _StaleConnection(Exception):
@@ -136,8 +144,21 @@ class SmtpPool:
             smtp.close()
 
     async def _open(self) -> aiosmtplib.SMTP:
-        smtp = aiosmtplib.SMTP(timeout=self.command_timeout, **self.relay.client_options())
-        await smtp.connect()  # greeting, EHLO, STARTTLS and AUTH as the relay URL says
+        relay = self.relay
+        smtp = aiosmtplib.SMTP(timeout=self.command_timeout, **relay.client_options())
+        await smtp.connect()  # greeting, EHLO and STARTTLS as the relay URL says
+        if relay.username is None:
+            return smtp
+        try:
+            if smtp.get_transport_info("sslcontext") is None:
+                raise TlsUnavailable(
+                    f"SMTP relay {relay.address} offers no STARTTLS: the user and password "
+                    "of BATCHD_SMTP_URL are never sent in the clear"
+                )
+            await smtp.login(relay.username, relay.password or "")
+        except BaseException:
+            smtp.close()
+            raise
         return smtp
 
 
