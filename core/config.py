@@ -203,6 +203,19 @@ class Settings:
         "items one tenant may submit per second, with bursts of ten seconds' worth (0: no limit)",
         read_by=SERVER,
     )
+    max_params_depth: int = setting(
+        32,
+        "levels of objects and arrays an item's params may nest (INVALID_ARGUMENT beyond)",
+        read_by=SERVER,
+    )
+    max_params_bytes: int = setting(
+        256 * 1024,
+        "bytes of one item's params, as JSON or as a Struct (INVALID_ARGUMENT beyond)",
+        read_by=SERVER,
+    )
+    max_upload_message_items: int = setting(
+        10_000, "items one UploadBatch message may carry (INVALID_ARGUMENT beyond)", read_by=SERVER
+    )
     dispatch_window: int = setting(
         16,
         "chunk jobs of each batch kept in the queue at once: a batch behind another "

@@ -19,10 +19,11 @@ from batchd.core.redis_access import redis_access_problem
 from batchd.core.store import BatchStore, Limits
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
+from batchd.server.decoding import add_servicer
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
 from batchd.server.tls import load_server_tls
-from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
+from batchd.v1 import batch_service_pb2
 
 log = get_logger(__name__)
 
@@ -113,9 +114,7 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         interceptors=interceptors,
         options=server_options(settings),
     )
-    batch_service_pb2_grpc.add_BatchServiceServicer_to_server(
-        BatchServicer(store, hub, settings), server
-    )
+    add_servicer(BatchServicer(store, hub, settings), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection != "off":

@@ -31,6 +31,7 @@ from batchd.core.errors import (
 )
 from batchd.core.logs import get_logger
 from batchd.server import principal
+from batchd.server.decoding import Malformed
 from batchd.server.validation import TENANT_SEPARATOR
 
 log = get_logger(__name__)
@@ -111,6 +112,8 @@ def translate_errors(method: Method) -> Method:
         async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             structlog.contextvars.bind_contextvars(rpc=rpc)
             try:
+                if isinstance(request, Malformed):
+                    raise request.error()
                 async for response in method(self, request, context):
                     yield response
             except grpc.aio.AbortError:
@@ -124,6 +127,8 @@ def translate_errors(method: Method) -> Method:
     async def unary(self: Any, request: Any, context: Any) -> Any:
         structlog.contextvars.bind_contextvars(rpc=rpc)
         try:
+            if isinstance(request, Malformed):
+                raise request.error()
             return await cast(Callable[..., Awaitable[Any]], method)(self, request, context)
         except grpc.aio.AbortError:
             raise

@@ -16,6 +16,7 @@ from batchd.core.errors import InvalidRequest
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
 from batchd.server import convert, principal, validation
+from batchd.server.decoding import Malformed
 from batchd.server.errors import translate_errors
 from batchd.server.progress import ProgressHub
 from batchd.server.tenancy import TenantView
@@ -39,6 +40,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         self.hub = hub
         self.schemas = SchemaCache()
         self.worker_ttl = settings.worker_ttl
+        self.params_limits = validation.ParamsLimits(
+            max_depth=settings.max_params_depth, max_bytes=settings.max_params_bytes
+        )
+        self.max_upload_message_items = settings.max_upload_message_items
         self.service_defaults = BatchOptions(
             chunk_size=settings.default_chunk_size,
             completion_window=settings.default_completion_window,
@@ -68,12 +73,14 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         context: Context,
     ) -> batch_service_pb2.UploadBatchResponse:
         first = await anext(aiter(request_iterator), None)
+        if isinstance(first, Malformed):
+            raise first.error()
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidRequest.for_field("header", "the first message must be the header")
         view = _view()
         upload = await self._begin(view, Violations(), first.header, ())
         try:
-            await _receive_items(upload, request_iterator)
+            await _receive_items(upload, request_iterator, self.max_upload_message_items)
         except BaseException:
             # A broken stream, a bad item or a cancelled call: nothing may stay behind.
             await upload.session.abort()
@@ -114,9 +121,11 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             tenant=view.tenant,
         )
         validator = self.schemas.validator(spec)
-        new_items = validation.check_items(violations, items, first_index=0, validator=validator)
+        new_items = validation.check_items(
+            violations, items, first_index=0, validator=validator, limits=self.params_limits
+        )
         violations.raise_if_any()
-        upload = _Upload(await self.store.begin_upload(batch_spec), validator)
+        upload = _Upload(await self.store.begin_upload(batch_spec), validator, self.params_limits)
         if new_items:
             try:
                 await upload.session.add_items(new_items)
@@ -278,24 +287,38 @@ class _Upload:
 
     session: UploadSession
     validator: validation.Validator
+    limits: validation.ParamsLimits
 
     async def add(self, items: Any) -> None:
         violations = Violations()
         new_items = validation.check_items(
-            violations, items, first_index=self.session.item_count, validator=self.validator
+            violations,
+            items,
+            first_index=self.session.item_count,
+            validator=self.validator,
+            limits=self.limits,
         )
         violations.raise_if_any()
         await self.session.add_items(new_items)
 
 
 async def _receive_items(
-    upload: _Upload, request_iterator: AsyncIterator[batch_service_pb2.UploadBatchRequest]
+    upload: _Upload,
+    request_iterator: AsyncIterator[batch_service_pb2.UploadBatchRequest],
+    max_message_items: int,
 ) -> None:
     """Stages item messages until the end message. A stream that stops without one was
     broken off — a cancelled call can look like a clean end — so it commits nothing."""
     async for message in request_iterator:
+        received: object = message  # what protobuf could not decode comes as a Malformed
+        if isinstance(received, Malformed):
+            raise received.error(first_index=upload.session.item_count)
         part = message.WhichOneof("part")
         if part == "items":
+            if len(message.items.items) > max_message_items:
+                raise InvalidRequest.for_field(
+                    "items.items", f"at most {max_message_items} items per message"
+                )
             await upload.add(message.items.items)
         elif part == "end":
             if message.end.item_count != upload.session.item_count:

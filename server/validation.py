@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import fastjsonschema
@@ -40,6 +41,15 @@ MAX_COMPLETION_WINDOW = 30 * 24 * 3600.0
 MAX_VIOLATIONS = 100
 
 Validator = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ParamsLimits:
+    """How deep an item's params may nest (objects and arrays), and how many bytes they
+    may take (as JSON, or as an encoded Struct)."""
+
+    max_depth: int = 32
+    max_bytes: int = 256 * 1024
 
 
 class Violations:
@@ -180,6 +190,7 @@ def check_items(
     *,
     first_index: int,
     validator: Validator | None,
+    limits: ParamsLimits = ParamsLimits(),
 ) -> list[NewItem]:
     """Checks one message's items; returns them ready to store (params as compact JSON).
 
@@ -197,33 +208,61 @@ def check_items(
             violations.add(f"items[{index}].custom_id", f"duplicates items[{seen[custom_id]}]")
         else:
             seen[custom_id] = index
-        params_json = _params(violations, item, index, validator)
+        params_json = _params(violations, item, index, validator, limits)
         if params_json is not None:
             accepted.append(NewItem(custom_id, params_json))
     return accepted
 
 
 def _params(
-    violations: Violations, item: batch_pb2.Item, index: int, validator: Validator | None
+    violations: Violations,
+    item: batch_pb2.Item,
+    index: int,
+    validator: Validator | None,
+    limits: ParamsLimits,
 ) -> bytes | None:
     payload = item.WhichOneof("payload")
     params: Any
     if payload == "params_json":
+        field = f"items[{index}].params_json"
+        if len(item.params_json) > limits.max_bytes:
+            violations.add(field, f"at most {limits.max_bytes} bytes")
+            return None
         if item.params_json == b"{}":  # no params: nothing to read or check but the schema
             params, encoded = {}, b"{}"
         else:
             try:
                 params = fastjson.loads(item.params_json)
-            except (ValueError, UnicodeDecodeError) as exc:
-                violations.add(f"items[{index}].params_json", f"not valid JSON: {exc}")
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                # orjson stops at 1,024 levels ("depth limit exceeded"): too deep anyway.
+                if isinstance(exc, RecursionError) or "depth limit" in str(exc):
+                    violations.add(field, _too_deep(limits))
+                else:
+                    violations.add(field, f"not valid JSON: {exc}")
                 return None
             if not isinstance(params, dict):
-                violations.add(f"items[{index}].params_json", "must be a JSON object")
+                violations.add(field, "must be a JSON object")
+                return None
+            if nesting_depth(params, limits.max_depth) > limits.max_depth:
+                violations.add(field, _too_deep(limits))
                 return None
             encoded = item.params_json.strip()
     else:
-        params = convert.struct_to_dict(item.params) if payload == "params" else {}
+        field = f"items[{index}].params"
+        if payload == "params":
+            if item.params.ByteSize() > limits.max_bytes:
+                violations.add(field, f"at most {limits.max_bytes} bytes")
+                return None
+            params = convert.struct_to_dict(item.params)
+            if nesting_depth(params, limits.max_depth) > limits.max_depth:
+                violations.add(field, _too_deep(limits))
+                return None
+        else:
+            params = {}
         encoded = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(encoded) > limits.max_bytes:
+            violations.add(field, f"at most {limits.max_bytes} bytes")
+            return None
     if validator is not None:
         try:
             validator(params)
@@ -231,6 +270,30 @@ def _params(
             violations.add(_schema_field(f"items[{index}]", exc), _schema_message(exc))
             return None
     return encoded
+
+
+def _too_deep(limits: ParamsLimits) -> str:
+    return f"nested deeper than {limits.max_depth} levels of objects and arrays"
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of dicts and lists in `value` ({} is 1), counted without recursion; stops
+    once past `limit` (returning limit + 1)."""
+    depth = 0
+    level = [value]
+    while level:
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        if depth > limit:
+            return depth
+        level = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, dict) else container)
+        ]
+    return depth
 
 
 def _schema_field(field: str, exc: fastjsonschema.JsonSchemaException) -> str:

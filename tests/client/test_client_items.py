@@ -350,7 +350,7 @@ def test_params_nested_too_deeply_are_invalid_argument(params_struct: bool) -> N
     with pytest.raises(BatchdError) as caught:
         to_item(("deep", params), index=3, params_struct=params_struct)
     assert caught.value.field_violations[0].field == "items[3].params"
-    assert "nested too deeply" in caught.value.field_violations[0].description
+    assert "nested deeper than 32 levels" in caught.value.field_violations[0].description
 
 
 def test_text_that_is_not_utf_8_is_invalid_argument() -> None:

@@ -33,7 +33,14 @@ Errors: every failed call raises `BatchdError` (`.code`, a `grpc.StatusCode`;
 
 from batchd.client._async import AsyncClient
 from batchd.client._errors import BatchdError, FieldViolation, QuotaViolation
-from batchd.client._items import MAX_ITEM_BYTES, MAX_REQUEST_BYTES, ItemLike, Params, to_item
+from batchd.client._items import (
+    MAX_ITEM_BYTES,
+    MAX_PARAMS_DEPTH,
+    MAX_REQUEST_BYTES,
+    ItemLike,
+    Params,
+    to_item,
+)
 from batchd.client._requests import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from batchd.client._sync import Client
 from batchd.client._tls import TLS, TLSFileError, TLSLike
@@ -58,6 +65,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
     "MAX_ITEM_BYTES",
+    "MAX_PARAMS_DEPTH",
     "MAX_REQUEST_BYTES",
     "TLS",
     "AsyncClient",

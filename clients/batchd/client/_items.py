@@ -11,7 +11,8 @@ compact JSON bytes, which spares both ends a Struct conversion; `params_struct=T
 sends a `google.protobuf.Struct` instead (ints then become doubles, as in any Struct).
 
 The service reads messages of at most `MAX_REQUEST_BYTES`; an item larger than
-`MAX_ITEM_BYTES` encoded is refused here, naming it, before anything is sent.
+`MAX_ITEM_BYTES` encoded, or params (given as a mapping) nested deeper than
+`MAX_PARAMS_DEPTH`, is refused here, naming it, before anything is sent.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_ITEMS_PER_MESSAGE",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_ITEM_BYTES",
+    "MAX_PARAMS_DEPTH",
     "MAX_REQUEST_BYTES",
     "ItemLike",
     "Params",
@@ -55,6 +57,10 @@ of items and 64 KiB for the rest of a request."""
 MAX_ITEM_BYTES = 4 * 1024 * 1024
 """The largest item, encoded (custom_id and params), that the client sends: one item
 alone always fits in a message of either SubmitBatch or UploadBatch."""
+
+MAX_PARAMS_DEPTH = 32
+"""Levels of objects and arrays an item's params may nest: the service's default
+(`max_params_depth`)."""
 
 _ITEM_KEYS = frozenset({"custom_id", "params"})
 
@@ -127,6 +133,7 @@ def _json(params: object, index: int) -> bytes:
         params = dict(params)
     if not params:
         return b"{}"
+    _check_depth(params, index)
     try:
         return _JSON_ENCODER.encode(params).encode()
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is one
@@ -136,6 +143,27 @@ def _json(params: object, index: int) -> bytes:
 
 
 _TOO_DEEP = "nested too deeply to encode"
+
+
+def _check_depth(params: Mapping[str, Any], index: int) -> None:
+    """Refuses params nested deeper than MAX_PARAMS_DEPTH (without recursion)."""
+    depth = 0
+    level: list[Any] = [params]
+    while level:
+        containers = [v for v in level if isinstance(v, Mapping | list | tuple)]
+        if not containers:
+            return
+        depth += 1
+        if depth > MAX_PARAMS_DEPTH:
+            raise BatchdError.invalid_argument(
+                _where(index, ".params"),
+                f"nested deeper than {MAX_PARAMS_DEPTH} levels of objects and arrays",
+            )
+        level = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, Mapping) else container)
+        ]
 
 
 # json.dumps with options builds an encoder per call: one, made once.
@@ -157,6 +185,7 @@ def _struct(params: object, index: int) -> struct_pb2.Struct:
         return struct
     if not isinstance(params, Mapping):
         raise BatchdError.invalid_argument(_where(index, ".params"), "must be a JSON object")
+    _check_depth(params, index)
     try:
         struct.update(params)
     except (TypeError, ValueError, AttributeError) as exc:
