@@ -216,6 +216,18 @@ class Settings:
     max_upload_message_items: int = setting(
         10_000, "items one UploadBatch message may carry (INVALID_ARGUMENT beyond)", read_by=SERVER
     )
+    upload_idle_timeout: float = setting(
+        60.0,
+        "seconds an UploadBatch stream may send nothing before it is ended "
+        "(DEADLINE_EXCEEDED) and its staged items dropped",
+        read_by=SERVER,
+    )
+    max_upload_duration: float = setting(
+        3600.0,
+        "seconds an UploadBatch stream may last before it is ended (DEADLINE_EXCEEDED) "
+        "and its staged items dropped",
+        read_by=SERVER,
+    )
     dispatch_window: int = setting(
         16,
         "chunk jobs of each batch kept in the queue at once: a batch behind another "

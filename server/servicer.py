@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             max_depth=settings.max_params_depth, max_bytes=settings.max_params_bytes
         )
         self.max_upload_message_items = settings.max_upload_message_items
+        self.upload_idle_timeout = settings.upload_idle_timeout
+        self.max_upload_duration = settings.max_upload_duration
         self.service_defaults = BatchOptions(
             chunk_size=settings.default_chunk_size,
             completion_window=settings.default_completion_window,
@@ -72,7 +75,14 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         request_iterator: AsyncIterator[batch_service_pb2.UploadBatchRequest],
         context: Context,
     ) -> batch_service_pb2.UploadBatchResponse:
-        first = await anext(aiter(request_iterator), None)
+        started = asyncio.get_running_loop().time()
+        messages = _paced(
+            request_iterator, self.upload_idle_timeout, started + self.max_upload_duration
+        )
+        try:
+            first = await anext(messages, None)
+        except _TooSlow as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         if isinstance(first, Malformed):
             raise first.error()
         if first is None or first.WhichOneof("part") != "header":
@@ -80,7 +90,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         view = _view()
         upload = await self._begin(view, Violations(), first.header, ())
         try:
-            await _receive_items(upload, request_iterator, self.max_upload_message_items)
+            await _receive_items(upload, messages, self.max_upload_message_items)
+        except _TooSlow as exc:
+            await upload.session.abort()  # dropped before the caller hears of it
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except BaseException:
             # A broken stream, a bad item or a cancelled call: nothing may stay behind.
             await upload.session.abort()
@@ -300,6 +313,32 @@ class _Upload:
         )
         violations.raise_if_any()
         await self.session.add_items(new_items)
+
+
+class _TooSlow(Exception):
+    """An upload stream idle too long, or open too long."""
+
+
+async def _paced(messages: AsyncIterator[Any], idle: float, deadline: float) -> AsyncIterator[Any]:
+    """The stream's messages; _TooSlow once one takes longer than `idle` seconds to come,
+    or the loop's clock passes `deadline`."""
+    loop = asyncio.get_running_loop()
+    iterator = aiter(messages)
+    while True:
+        remaining = deadline - loop.time()
+        wait = min(idle, remaining)
+        try:
+            async with asyncio.timeout(max(wait, 0)):
+                message = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if wait < idle:
+                raise _TooSlow("the upload took longer than max_upload_duration") from None
+            raise _TooSlow(
+                f"the upload stream sent nothing for {idle:g} s (upload_idle_timeout)"
+            ) from None
+        yield message
 
 
 async def _receive_items(
