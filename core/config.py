@@ -228,6 +228,11 @@ class Settings:
         "and its staged items dropped",
         read_by=SERVER,
     )
+    max_upload_bytes: int = setting(
+        512 * 1024 * 1024,
+        "bytes of params one upload may stage before it commits (RESOURCE_EXHAUSTED beyond)",
+        read_by=SERVER,
+    )
     dispatch_window: int = setting(
         16,
         "chunk jobs of each batch kept in the queue at once: a batch behind another "

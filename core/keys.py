@@ -88,6 +88,17 @@ class Keys:
         that move items to or from a terminal state keep it in step."""
         return f"{self.prefix}pending"
 
+    @property
+    def staging(self) -> str:
+        """ZSET `<tenant> <batch_id>` -> when its staging expires (ms): uploads not yet
+        committed, whose items count toward the admission limits."""
+        return f"{self.prefix}staging"
+
+    @property
+    def staging_items(self) -> str:
+        """HASH `<tenant> <batch_id>` -> items that upload has staged so far."""
+        return f"{self.prefix}staging:items"
+
     def tenant_pending(self, tenant: str) -> str:
         """STRING: the tenant's items not yet terminal (its share of `pending`)."""
         return f"{self.pending}:{tenant}"

@@ -56,6 +56,7 @@ class Limits:
     tenant_max_open_batches: int = 0
     tenant_max_items_per_second: float = 0.0
     tenant_submit_burst: float = 10.0
+    max_upload_bytes: int = 512 * 1024 * 1024
 
 
 _SLICE = 1000  # keys per DEL / PEXPIRE command
@@ -131,7 +132,10 @@ class UploadSession:
         self._digest = _spec_digest(spec)
         self._buffer: list[NewItem] = []
         self._count = 0
+        self._bytes = 0  # params bytes taken so far
         self._staged = 0  # chunks staged so far
+        # This upload in the staging index (its items count toward admission).
+        self._member = f"{spec.tenant} {spec.batch_id}"
         self._refreshed = time.monotonic()
         self._closed = False
 
@@ -151,6 +155,10 @@ class UploadSession:
             if self._count > self._limits.max_batch_items:
                 await self.abort()
                 raise self._over_batch_limit()
+            self._bytes += len(item.params_json)
+            if self._bytes > self._limits.max_upload_bytes > 0:
+                await self.abort()
+                raise self._over_upload_bytes()
             self._buffer.append(item)
             if len(self._buffer) >= self.chunk_size:
                 await self._stage()
@@ -202,6 +210,14 @@ class UploadSession:
         staged.append(self._keys.ids(self.spec.batch_id))
         lock = self._keys.upload_lock(self.spec.batch_id)
         await asyncio.shield(drop_if_owner(self._redis, lock, self._token, staged))
+        await asyncio.shield(self._unlist())
+
+    async def _unlist(self) -> None:
+        """Takes this upload out of the staging index (its items no longer count)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self._keys.staging, self._member)
+            pipe.hdel(self._keys.staging_items, self._member)
+            await pipe.execute()
 
     # -- internals ------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -246,8 +262,43 @@ class UploadSession:
             )
         staged = len(self._buffer)
         self._buffer.clear()
+        await self._list_staged()
         await self._admit(staged)
         await self._refresh_ttls()
+
+    async def _list_staged(self) -> None:
+        """Files this upload's staged items in the staging index, until its staging TTL:
+        an upload never committed (a server gone mid-stream) stops counting then."""
+        keys = self._keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.staging_items, self._member, self._count - len(self._buffer))
+            pipe.zadd(keys.staging, {self._member: self._now_ms() + self._ttl_ms})
+            await pipe.execute()
+
+    async def _others_staged(self) -> tuple[int, int]:
+        """Items staged by other uploads not yet committed: (all, this tenant's)."""
+        keys, now = self._keys, self._now_ms()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(keys.staging, "-inf", now)
+            pipe.zrangebyscore(keys.staging, now, "+inf")
+            expired, live = await pipe.execute()
+        if expired:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(keys.staging, *expired)
+                pipe.hdel(keys.staging_items, *expired)
+                await pipe.execute()
+        others = [m for m in live if bytes(m).decode() != self._member]
+        if not others:
+            return 0, 0
+        counts = await self._redis.hmget(keys.staging_items, others)  # type: ignore[misc]
+        tenant = f"{self.spec.tenant} ".encode()
+        every = mine = 0
+        for member, count in zip(others, counts, strict=True):
+            items = int(count or 0)
+            every += items
+            if bytes(member).startswith(tenant):
+                mine += items
+        return every, mine
 
     async def _admit(self, staged: int) -> None:
         """Exhausted (after aborting: nothing stays) when this batch would take the items
@@ -260,6 +311,11 @@ class UploadSession:
             pipe.get(keys.tenant_pending(tenant))
             pipe.get(keys.tenant_open(tenant))
             pending, tenant_pending, tenant_open = (int(v or 0) for v in await pipe.execute())
+        # Items other uploads have staged but not committed count too: uploads that never
+        # end may not take Redis past the limits either.
+        staged_every, staged_tenant = await self._others_staged()
+        pending += staged_every
+        tenant_pending += staged_tenant
         refusal: Exhausted | None = None
         limit = limits.max_pending_items
         if pending + self._count > limit:
@@ -305,6 +361,15 @@ class UploadSession:
         if refusal is not None:
             await self.abort()
             raise refusal
+
+    def _over_upload_bytes(self) -> Exhausted:
+        limit = self._limits.max_upload_bytes
+        return Exhausted(
+            f"an upload stages at most {limit} bytes of params before it commits",
+            ADMISSION_RETRY_AFTER,
+            quota_subject="max_upload_bytes",
+            quota_description=f"params bytes one upload may stage: at most {limit}",
+        )
 
     def _over_batch_limit(self) -> Exhausted:
         limit = self._limits.max_batch_items
@@ -385,6 +450,8 @@ class UploadSession:
             for key in [*staged, keys.ids(spec.batch_id)]:
                 pipe.persist(key)
             pipe.delete(lock)
+            pipe.zrem(keys.staging, self._member)  # its items now count as pending
+            pipe.hdel(keys.staging_items, self._member)
             pipe.incrby(keys.pending, self._count)
             pipe.incrby(keys.tenant_pending(spec.tenant), self._count)
             pipe.incr(keys.tenant_open(spec.tenant))

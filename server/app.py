@@ -101,6 +101,7 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
             tenant_max_pending_items=settings.tenant_max_pending_items,
             tenant_max_open_batches=settings.tenant_max_open_batches,
             tenant_max_items_per_second=settings.tenant_max_items_per_second,
+            max_upload_bytes=settings.max_upload_bytes,
         ),
     )
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)

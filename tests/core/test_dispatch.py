@@ -23,7 +23,7 @@ from batchd.core.domain import (
 )
 from batchd.core.errors import Exhausted, FailedPrecondition
 from batchd.core.keys import Keys
-from batchd.core.store import BatchStore, Limits
+from batchd.core.store import BatchStore, Limits, UploadSession
 
 from .conftest import Consistent
 
@@ -239,6 +239,59 @@ async def test_admission_refuses_beyond_the_limits_and_keeps_nothing(
     assert len(batches) == 1
     leftovers = [key async for key in redis.scan_iter(match=f"{keys.prefix}b:*", count=1000)]
     assert all(batches[0].batch_id.encode() in key for key in leftovers)
+
+
+async def test_uploads_not_yet_committed_count_toward_admission(
+    redis: Redis, keys: Keys, clock: Callable[[], float]
+) -> None:
+    # Uploads that never end may not take Redis past the limits either: what they have
+    # staged counts, and stops counting once they end (committed or aborted).
+    limits = Limits(max_pending_items=100, tenant_max_pending_items=60)
+    store = BatchStore(redis, keys, clock=clock, limits=limits)
+
+    async def staging(tenant: str, count: int) -> UploadSession:
+        spec = BatchSpec(
+            batch_id=f"b-{uuid.uuid4().hex[:12]}",
+            handler="test.echo",
+            options=BatchOptions(chunk_size=10),
+            metadata={},
+            tenant=tenant,
+        )
+        session = await store.begin_upload(spec)
+        await session.add_items(NewItem(f"i{n}", b"{}") for n in range(count))
+        return session
+
+    never_ending = [await staging("a", 40), await staging("b", 40)]
+    with pytest.raises(Exhausted) as overall:
+        await staging("c", 30)  # 80 staged elsewhere: 110 > 100
+    assert overall.value.quota_subject == "max_pending_items"
+    await never_ending[1].abort()
+    with pytest.raises(Exhausted) as per_tenant:
+        await staging("a", 30)  # tenant a's 40 staged: 70 > 60 (and 70 <= 100)
+    assert per_tenant.value.quota_subject == "tenant:a:max_pending_items"
+    await never_ending[0].abort()
+    committed = await staging("c", 30)
+    await committed.commit()
+    assert await redis.zcard(keys.staging) == 0  # nothing of any of them is staged now
+    leftovers = [k async for k in redis.scan_iter(match=f"{keys.prefix}b:*", count=1000)]
+    assert all(committed.spec.batch_id.encode() in key for key in leftovers)
+
+
+async def test_an_upload_stages_at_most_max_upload_bytes(
+    redis: Redis, keys: Keys, clock: Callable[[], float]
+) -> None:
+    store = BatchStore(redis, keys, clock=clock, limits=Limits(max_upload_bytes=1000))
+    spec = BatchSpec(
+        batch_id=f"b-{uuid.uuid4().hex[:12]}",
+        handler="test.echo",
+        options=BatchOptions(chunk_size=10),
+        metadata={},
+    )
+    session = await store.begin_upload(spec)
+    with pytest.raises(Exhausted) as caught:
+        await session.add_items(NewItem(f"i{n}", b'{"s":"' + b"x" * 90 + b'"}') for n in range(20))
+    assert caught.value.quota_subject == "max_upload_bytes"
+    assert [k async for k in redis.scan_iter(match=f"{keys.prefix}b:{{{spec.batch_id}}}*")] == []
 
 
 async def test_tenant_quotas_refuse_beyond_them_and_keep_nothing(
