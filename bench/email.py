@@ -139,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),
             "BATCHD_SMTP_URL": f"smtp://127.0.0.1:{port}",
             "BATCHD_SMTP_CONNECTIONS": str(args.connections),
+            "BATCHD_EMAIL_SENDER_DOMAINS": SENDER.split("@")[1],
         }
         with running_service(env=env) as service:
             measured = asyncio.run(batchd_run(service, args.items))

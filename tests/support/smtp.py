@@ -240,6 +240,8 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
+        # Connections a client still holds are closed first: aiosmtpd's stop leaves them.
+        self.hang_up()
         self.controller.stop()
 
     def hang_up(self) -> None:

@@ -12,6 +12,8 @@ import pytest
 
 from batchd.worker.handlers.email_message import (
     MessageError,
+    NotAllowed,
+    Policy,
     Templates,
     build_message,
     message_id_for,
@@ -124,6 +126,7 @@ def test_addresses_with_names_and_international_domains() -> None:
         _params(to=["Zoë Ångström <zoe@bücher.example>", "plain@example.test"]),
         message_id_for("b/x", "x"),
         Templates(),
+        Policy.of("example.test", ""),
     )
     assert outgoing.recipients == ["zoe@xn--bcher-kva.example", "plain@example.test"]
     message = parse(outgoing.data)
@@ -137,3 +140,33 @@ def test_addresses_with_names_and_international_domains() -> None:
 def test_unusable_addresses(value: str) -> None:
     with pytest.raises(MessageError):
         parse_address(value, "to")
+
+
+def test_policy_from_settings() -> None:
+    policy = Policy.of(" Shop.example , bücher.example,", "X-Campaign, x-entity-ref-id")
+    assert policy.sender_domains == {"shop.example", "xn--bcher-kva.example"}
+    assert policy.custom_headers == {"x-campaign", "x-entity-ref-id"}
+    policy.check_sender("news@SHOP.example")
+    with pytest.raises(NotAllowed, match="BATCHD_EMAIL_SENDER_DOMAINS"):
+        policy.check_sender("news@mail.shop.example")  # exactly the domains listed
+    with pytest.raises(NotAllowed, match="BATCHD_EMAIL_SENDER_DOMAINS"):
+        Policy.of("", "").check_sender("news@shop.example")  # none listed: none allowed
+    policy.check_header("list-unsubscribe")
+    policy.check_header("X-CAMPAIGN")
+    with pytest.raises(NotAllowed, match="BATCHD_EMAIL_CUSTOM_HEADERS"):
+        policy.check_header("X-Spam-Status")
+    for name in ("Return-Path", "DKIM-Signature", "Authentication-Results", "Resent-To"):
+        with pytest.raises(MessageError, match=f"headers: {name} is not allowed"):
+            policy.check_header(name)
+
+
+@pytest.mark.parametrize(
+    ("domains", "headers", "message"),
+    [
+        ("a..b", "", "BATCHD_EMAIL_SENDER_DOMAINS: invalid domain 'a..b'"),
+        ("", "Return-Path", "BATCHD_EMAIL_CUSTOM_HEADERS: 'Return-Path' is not an X- header"),
+    ],
+)
+def test_bad_policy_settings(domains: str, headers: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Policy.of(domains, headers)

@@ -38,10 +38,14 @@ async def started() -> AsyncIterator[Started]:
     """Starts `email.send` handlers against a relay URL; shuts them down at the end."""
     handlers: list[Handler] = []
 
-    async def start(url: str, connections: int = 4) -> Handler:
+    async def start(url: str, connections: int = 4, **more: Any) -> Handler:
         handler = email_send_handler()
         assert handler.startup is not None
-        settings = Settings.of(smtp_url=url, smtp_connections=connections)
+        settings = Settings.of(
+            smtp_url=url,
+            smtp_connections=connections,
+            **{"email_sender_domains": "example.test", "email_custom_headers": "X-Campaign"} | more,
+        )
         await handler.startup(WorkerInfo(worker_id="test", concurrency=50, settings=settings))
         handlers.append(handler)
         return handler
@@ -92,7 +96,7 @@ async def test_text_and_html_become_multipart_alternative(
         handler,
         to=["Ann <ann@example.test>", "bob@example.test"],
         reply_to="help@example.test",
-        headers={"List-Unsubscribe": "<https://example.test/u/1>"},
+        headers={"List-Unsubscribe": "<https://example.test/u/1>", "x-campaign": "winter"},
         html="<p>Hi {{ name }}</p>",
         vars={"name": "<Ann & co>"},
     )
@@ -109,6 +113,7 @@ async def test_text_and_html_become_multipart_alternative(
     assert message["To"] == "Ann <ann@example.test>, bob@example.test"
     assert message["Reply-To"] == "help@example.test"
     assert message["List-Unsubscribe"] == "<https://example.test/u/1>"
+    assert message["X-Campaign"] == "winter"
     text, html = message.iter_parts()
     assert text.get_content_type() == "text/plain"
     assert text.get_content().strip() == "Hi <Ann & co>, 5 < 6"
@@ -231,6 +236,8 @@ async def test_replies_map_to_the_item_fate(
         ({"to": "not an address"}, "to: not one email address"),
         ({"to": "a@b.test, c@d.test"}, "to: not one email address"),
         ({"headers": {"Subject": "x"}}, "headers: Subject is set from the params"),
+        ({"headers": {"Return-Path": "<a@evil.test>"}}, "headers: Return-Path is not allowed"),
+        ({"headers": {"DKIM-Signature": "v=1"}}, "headers: DKIM-Signature is not allowed"),
     ],
 )
 async def test_bad_params_fail_with_invalid_argument(
@@ -241,6 +248,40 @@ async def test_bad_params_fail_with_invalid_argument(
     assert caught.value.code == Code.INVALID_ARGUMENT
     assert caught.value.message.startswith(expected)
     assert smtp_server.handler.messages == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"from": "a@example.org"}, "from: the domain example.org is not in the worker's "),
+        ({"from": "a@mail.example.test"}, "from: the domain mail.example.test is not in "),
+        ({"headers": {"X-Spam-Status": "No"}}, "headers: X-Spam-Status is not in the worker's "),
+    ],
+)
+async def test_what_the_worker_does_not_allow_is_permission_denied(
+    handler: Handler, smtp_server: SmtpServer, overrides: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(PermanentError) as caught:
+        await send(handler, **overrides)
+    assert caught.value.code == Code.PERMISSION_DENIED
+    assert caught.value.message.startswith(expected)
+    assert smtp_server.handler.connections == 0  # refused before the relay hears of it
+
+
+async def test_no_sender_domains_no_email(started: Started, smtp_server: SmtpServer) -> None:
+    handler = await started(smtp_server.url, email_sender_domains="")
+    with pytest.raises(PermanentError) as caught:
+        await send(handler)
+    assert caught.value.code == Code.PERMISSION_DENIED
+    assert "BATCHD_EMAIL_SENDER_DOMAINS" in caught.value.message
+
+
+async def test_bad_policy_settings_stop_the_worker_at_startup() -> None:
+    handler = email_send_handler()
+    assert handler.startup is not None
+    settings = Settings.of(email_custom_headers="Received")
+    with pytest.raises(SettingError, match="BATCHD_EMAIL_CUSTOM_HEADERS"):
+        await handler.startup(WorkerInfo(worker_id="t", concurrency=1, settings=settings))
 
 
 async def test_templates_are_compiled_once(handler: Handler) -> None:
@@ -389,6 +430,12 @@ _validate = fastjsonschema.compile(PARAMS_SCHEMA)
         {**params(), "from": "a@example.test\r\nBcc: all@example.test"},
         {**params(), "headers": {"X-A": "1\r\nBcc: all@example.test"}},
         {**params(), "headers": {"Bad Name": "1"}},
+        {**params(), "headers": {"Return-Path": "<bounce@evil.test>"}},
+        {**params(), "headers": {"DKIM-Signature": "v=1; d=bank.test"}},
+        {**params(), "headers": {"Authentication-Results": "mx; dkim=pass"}},
+        {**params(), "headers": {"Resent-To": "x@example.test"}},
+        {**params(), "headers": {"Received": "from trusted"}},
+        {**params(), "headers": {"X-": "1"}},
         {**params(), "vars": []},
     ],
 )
@@ -400,3 +447,5 @@ def test_schema_refuses_bad_params_at_submit(bad: dict[str, Any]) -> None:
 def test_schema_accepts_good_params() -> None:
     _validate(params())
     _validate({**params(), "to": ["a@example.test", "B <b@example.test>"], "html": "<p/>"})
+    headers = {"list-unsubscribe": "<u>", "List-Unsubscribe-Post": "x", "X-Campaign": "w"}
+    _validate({**params(), "headers": headers})

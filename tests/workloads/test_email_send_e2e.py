@@ -60,6 +60,7 @@ def workers(
         "BATCHD_KEY_PREFIX": KEY_PREFIX,
         "BATCHD_SMTP_URL": smtp_process.url,
         "BATCHD_SMTP_CONNECTIONS": str(CONNECTIONS),
+        "BATCHD_EMAIL_SENDER_DOMAINS": "shop.test",
     }
     pool = WorkerPool(redis_url, tmp_path, env, concurrency=64)
     yield pool.start

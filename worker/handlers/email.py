@@ -42,7 +42,7 @@ from typing import Any
 
 import aiosmtplib
 
-from batchd.core.config import setting
+from batchd.core.config import SettingError, setting
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
     Code,
@@ -56,8 +56,11 @@ from batchd.worker.handler import (
 )
 from batchd.worker.handlers.email_message import (
     MessageError,
+    NotAllowed,
+    Policy,
     Templates,
     build_message,
+    header_name_pattern,
     message_id_for,
 )
 from batchd.worker.handlers.email_relay import Relay, parse_relay_url
@@ -96,8 +99,12 @@ PARAMS_SCHEMA: dict[str, Any] = {
         "reply_to": _ADDRESS,
         "headers": {
             "type": "object",
-            "description": "Extra headers (List-Unsubscribe, X-...); not From, To, Subject...",
-            "propertyNames": {"pattern": "^[!-9;-~]{1,76}$"},
+            "description": (
+                "Extra headers: List-Unsubscribe, List-Unsubscribe-Post, List-Id and the "
+                "other List-*, In-Reply-To, References, Auto-Submitted, Precedence, "
+                "Feedback-ID, Keywords, Comments, and X- headers the worker allows"
+            ),
+            "propertyNames": {"pattern": header_name_pattern()},
             "additionalProperties": {"type": "string", "maxLength": 998, "pattern": r"^[^\r\n]*$"},
             "maxProperties": 50,
         },
@@ -124,7 +131,7 @@ _SLOW_DOWN_CODES: dict[int, Code] = {421: Code.UNAVAILABLE, 452: Code.RESOURCE_E
 
 @dataclass(frozen=True)
 class EmailSettings:
-    """email.send's settings: BATCHD_SMTP_URL / --smtp-url, BATCHD_SMTP_CONNECTIONS."""
+    """email.send's settings: the relay, its connections, what items may send."""
 
     smtp_url: str = setting(
         "smtp://localhost:25",
@@ -135,6 +142,16 @@ class EmailSettings:
     smtp_connections: int = setting(
         8, "SMTP connections email.send keeps open per worker process and relay"
     )
+    email_sender_domains: str = setting(
+        "",
+        "domains email.send items may send from (the from address's domain, exactly), "
+        "comma-separated; empty: every item is refused",
+    )
+    email_custom_headers: str = setting(
+        "",
+        "X- headers email.send items may set, comma-separated (X-Campaign,X-Entity-Ref-ID); "
+        "List-*, In-Reply-To, References and a few more are always allowed",
+    )
 
 
 class _EmailSend:
@@ -144,11 +161,16 @@ class _EmailSend:
         self._relay: Relay | None = None
         self._pool: SmtpPool | None = None
         self._templates = Templates()
+        self._policy = Policy()
 
     async def startup(self, worker: WorkerInfo) -> None:
         # A bad URL stops the worker at start-up, not 50,000 items later.
         settings = worker.settings.section(EmailSettings)
         self._relay = parse_relay_url(settings.smtp_url)
+        try:
+            self._policy = Policy.of(settings.email_sender_domains, settings.email_custom_headers)
+        except ValueError as exc:
+            raise SettingError(str(exc)) from None
         self._pool = SmtpPool(self._relay, settings.smtp_connections)
 
     async def shutdown(self) -> None:
@@ -164,7 +186,9 @@ class _EmailSend:
             raise RuntimeError("email.send used before its startup hook ran")
         message_id = message_id_for(ctx.idempotency_key, ctx.custom_id)
         try:
-            outgoing = build_message(params, message_id, self._templates)
+            outgoing = build_message(params, message_id, self._templates, self._policy)
+        except NotAllowed as exc:
+            raise PermanentError(str(exc), code=Code.PERMISSION_DENIED) from exc
         except MessageError as exc:
             raise PermanentError(str(exc), code=Code.INVALID_ARGUMENT) from exc
         try:
