@@ -90,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.serve:
         serve(args.serve)
         return
-    env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
+    env = {
+        "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),
+        "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # the local server this bench calls
+    }
     with local_server("bench.http") as server_port:
         base_url = f"http://127.0.0.1:{server_port}"
         bare = asyncio.run(bare_requests_per_second(base_url, args.items, args.concurrency))

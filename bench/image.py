@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "BATCHD_IMAGE_PROCESSES": str(args.processes),
             "BATCHD_IMAGE_INPUT_DIR": str(input_dir),
             "BATCHD_IMAGE_OUTPUT_DIR": str(output_dir),
+            "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # the local server of the sources
         }
         if not any(handler.name == "image.resize" for handler in builtin_handlers()):
             env["BATCHD_HANDLERS"] = HANDLER  # until image.resize is a built-in

@@ -152,6 +152,25 @@ class Settings:
     handlers: str = setting(
         "", "extra handlers to serve: comma-separated module:attribute", read_by=WORKER
     )
+    egress_allow: str = setting(
+        "",
+        "destinations handlers may reach on an item's behalf although the egress guard "
+        "refuses them (loopback, private, link-local, CGNAT, multicast, reserved...): "
+        "comma-separated CIDRs (10.1.0.0/16) and host[:port] (localhost:8080)",
+        read_by=WORKER,
+    )
+    egress_proxy: str = setting(
+        "",
+        "http:// proxy that handlers' outbound HTTP(S) goes through; the guard still checks "
+        "each target's address, the proxy's own policy applies to what it dials",
+        read_by=WORKER,
+    )
+    egress_nameservers: str = setting(
+        "",
+        "DNS servers (ip[:port], comma-separated) the egress guard resolves names with; "
+        "empty: the system's resolver",
+        read_by=WORKER,
+    )
     heartbeat_interval: float = setting(
         2.0, "seconds between a worker's liveness reports", read_by=WORKER
     )

@@ -20,7 +20,11 @@ from batchd.worker.app import build_worker
 def settings(redis_url: str) -> Settings:
     # A key prefix of their own keeps these batches apart from other tests' queues.
     return Settings(
-        redis_url=redis_url, host="127.0.0.1", worker_concurrency=200, key_prefix="e2e:"
+        redis_url=redis_url,
+        host="127.0.0.1",
+        worker_concurrency=200,
+        key_prefix="e2e:",
+        egress_allow="127.0.0.1",  # the local HTTP peers
     )
 
 

@@ -36,6 +36,7 @@ def workers(
             "BATCHD_HANDLERS": "flow_handlers:handlers",
             "BATCHD_FLOW_LOG": str(flow_log),
             "BATCHD_LOG_LEVEL": "info",
+            "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # http.request items call a local peer
         },
         concurrency=20,
     )

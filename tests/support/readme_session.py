@@ -248,6 +248,8 @@ def readme_service(env: Mapping[str, str] | None = None) -> Iterator[Service]:
         "BATCHD_IMAGE_OUTPUT_DIR": str(home / ".data" / "images"),
         "BATCHD_HOST": "127.0.0.1",
         "BATCHD_PORT": str(port),
+        # The README's local peers (its sessions move port 8000 to a free one).
+        "BATCHD_EGRESS_ALLOW": "127.0.0.1",
         **(env or {}),
     }
     process = ServiceProcess("batchd.server.service", settings, home / "service.log").start()

@@ -242,7 +242,7 @@ async def test_sleep_builtin(redis: Redis, redis_url: str) -> None:
 async def test_http_request_through_the_worker(
     redis: Redis, redis_url: str, http_base: str
 ) -> None:
-    settings = settings_for(redis_url, worker_concurrency=8)
+    settings = settings_for(redis_url, worker_concurrency=8, egress_allow="127.0.0.1")
     store = store_for(redis, settings)
 
     def url(path: str) -> str:

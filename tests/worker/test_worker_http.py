@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import structlog
 
+from batchd.core.config import Settings
 from batchd.core.logs import get_logger
 from batchd.worker.handler import (
     Code,
@@ -27,7 +28,8 @@ async def http() -> AsyncIterator[Handler]:
     handler = http_request_handler()
     assert handler.startup is not None
     assert handler.shutdown is not None
-    await handler.startup(WorkerInfo(worker_id="test", concurrency=3))
+    settings = Settings(egress_allow="127.0.0.1")  # http_base, a local peer
+    await handler.startup(WorkerInfo(worker_id="test", concurrency=3, settings=settings))
     yield handler
     await handler.shutdown()
 

@@ -52,6 +52,7 @@ async def resizer(dirs: tuple[Path, Path]) -> AsyncIterator[StartedHandler]:
         image_max_pixels=MAX_PIXELS,
         image_input_dir=str(dirs[0]),
         image_output_dir=str(dirs[1]),
+        egress_allow="127.0.0.1",  # image_server, a local peer
     )
     handler = image_resize_handler(max_source_bytes=MAX_SOURCE_BYTES)
     async with open_handler(handler, settings=settings, concurrency=20) as started:
@@ -437,6 +438,7 @@ def e2e_worker(
         "BATCHD_IMAGE_OUTPUT_DIR": str(output_dir),
         "BATCHD_WORKER_CONCURRENCY": "32",
         "BATCHD_LOG_LEVEL": "warning",
+        "BATCHD_EGRESS_ALLOW": "127.0.0.1",
     }
     if not any(handler.name == "image.resize" for handler in builtin_handlers()):
         env["BATCHD_HANDLERS"] = "batchd.worker.handlers.image:image_resize_handler"

@@ -18,6 +18,9 @@ How a response or an error maps to the item's fate:
     timeout                         retry, DEADLINE_EXCEEDED
     connection error                retry, UNAVAILABLE
     invalid URL, TLS certificate    fail, INVALID_ARGUMENT / FAILED_PRECONDITION
+    more than 5 redirects           fail, FAILED_PRECONDITION
+    a destination the egress guard  fail, PERMISSION_DENIED naming BATCHD_EGRESS_ALLOW
+      refuses (worker/egress.py)      (nothing was sent to it)
 
 Items are rate-limit keyed by destination, `host:<host>:<port>` (`rate_key`), when their
 batch names no rate_limit_key: a 429 or 503 then slows every batch calling that host
@@ -37,6 +40,7 @@ import aiohttp
 from yarl import URL
 
 from batchd.core.domain import BatchOptions, RetryPolicy
+from batchd.worker.egress import MAX_REDIRECTS, EgressRefused, egress_session
 from batchd.worker.handler import (
     Code,
     Handler,
@@ -103,11 +107,8 @@ class _HttpRequest:
         self._session: aiohttp.ClientSession | None = None
 
     async def startup(self, worker: WorkerInfo) -> None:
-        connector = aiohttp.TCPConnector(limit=max(worker.concurrency, 1))
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": USER_AGENT},
+        self._session = egress_session(
+            worker.settings, limit=max(worker.concurrency, 1), headers={"User-Agent": USER_AGENT}
         )
 
     async def shutdown(self) -> None:
@@ -130,6 +131,7 @@ class _HttpRequest:
                 str(params["url"]),
                 headers=params.get("headers"),
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                max_redirects=MAX_REDIRECTS,
                 **body,
             ) as response:
                 raise_for_status(response)
@@ -205,7 +207,9 @@ def client_error(
 ) -> HandlerError:
     """The item's fate for an aiohttp failure of `what` ("HTTP request", ...): timeouts
     and connection errors are retried; a bad URL, a bad certificate and redirect loops
-    are not."""
+    are not, nor a destination the egress guard refuses."""
+    if isinstance(exc, EgressRefused):
+        return PermanentError(str(exc), code=Code.PERMISSION_DENIED)
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it
         return RetryableError(f"{what} timed out after {timeout:g}s", code=Code.DEADLINE_EXCEEDED)
     if isinstance(exc, aiohttp.InvalidURL):

@@ -39,6 +39,7 @@ import aiohttp
 
 from batchd.core.config import SettingError, setting
 from batchd.core.domain import BatchOptions, RetryPolicy
+from batchd.worker.egress import egress_session
 from batchd.worker.handler import (
     Code,
     Handler,
@@ -175,10 +176,8 @@ class _ImageResize:
             _roots, settings.image_input_dir, settings.image_output_dir
         )
         self._slots = asyncio.Semaphore(self._processes * _QUEUED_PER_PROCESS)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(worker.concurrency, 1)),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": USER_AGENT},
+        self._session = egress_session(
+            worker.settings, limit=max(worker.concurrency, 1), headers={"User-Agent": USER_AGENT}
         )
 
     async def shutdown(self) -> None:

@@ -4,12 +4,17 @@ Errors map as in `http.request`: a 4xx answer fails the item for good (404 NOT_F
 403 PERMISSION_DENIED, ...), 408, 429, 5xx, timeouts and connection errors are retried
 (429 and 503 also slow the source's host down), and a body larger than the cap fails
 the item (INVALID_ARGUMENT) as soon as the cap is passed, without reading the rest.
+
+Downloads go through the egress guard (worker/egress.py): a source in a refused range
+fails PERMISSION_DENIED before any packet is sent to it, with the same message whatever
+listens there, so the handler is no port scanner. Redirects: at most five.
 """
 
 from __future__ import annotations
 
 import aiohttp
 
+from batchd.worker.egress import MAX_REDIRECTS
 from batchd.worker.handler import Code, PermanentError
 
 # The status mapping is http.request's own, so that both handlers treat a peer alike.
@@ -24,7 +29,9 @@ _READ_SIZE = 256 * 1024
 async def fetch(session: aiohttp.ClientSession, url: str, max_bytes: int) -> bytes:
     """The body at `url`, at most `max_bytes` long (else PermanentError)."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT)) as response:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT), max_redirects=MAX_REDIRECTS
+        ) as response:
             raise_for_status(response)
             if (response.content_length or 0) > max_bytes:
                 raise _too_large(max_bytes, response.content_length)
