@@ -181,10 +181,9 @@ async def test_email_send_workload(tmp_path: Path) -> None:
 
 
 MIGRATE: Expected = [
-    ('cd "$(mktemp -d)"', 0, []),
     ("python3 - <<'PY'", 0, []),
     (
-        "batchd-migrate-plan sqlite:///$PWD/src.db people",
+        'BATCHD_DATABASES="src=sqlite:///$PWD/src.db,dst=sqlite:///$PWD/dst.db"',
         0,
         ["people: 20000 rows in 4 items of up to 5000", "COMPLETED 4/4 (100.0%) succeeded=4"],
     ),
@@ -203,7 +202,9 @@ MIGRATE: Expected = [
 @pytest.mark.timeout(60)
 async def test_record_migrate_workload(tmp_path: Path) -> None:
     (block,) = sh_blocks_after(TEXT, "### Migrating a table: `record.migrate`")
-    with readme_service() as service:
+    # The service started from the session's directory with the session's databases.
+    databases = f"src=sqlite:///{tmp_path}/src.db,dst=sqlite:///{tmp_path}/dst.db"
+    with readme_service({"BATCHD_DATABASES": databases}) as service:
         await poll(lambda: all_handlers_served(service.target), within=60)
         async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
             await run_session(shell, read_session(block), MIGRATE)

@@ -185,13 +185,16 @@ def not_a_transform(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def opened_handler(databases: str = "", concurrency: int = 4) -> AsyncIterator[Handler]:
+async def opened_handler(
+    databases: str = "", concurrency: int = 4, **settings: Any
+) -> AsyncIterator[Handler]:
     """record.migrate with its startup hook run, as a worker would, and its shutdown
-    hook run at the end."""
+    hook run at the end; `settings`: its other settings (migrate_allow_urls...)."""
     handler = record_migrate_handler()
     assert handler.startup is not None
     assert handler.shutdown is not None
-    await handler.startup(WorkerInfo("test-worker", concurrency, Settings.of(databases=databases)))
+    worker_settings = Settings.of(databases=databases, **settings)
+    await handler.startup(WorkerInfo("test-worker", concurrency, worker_settings))
     try:
         yield handler
     finally:
@@ -229,10 +232,16 @@ class MigrateService:
 
 @contextlib.asynccontextmanager
 async def migrate_service(
-    redis_url: str, log_dir: Path, databases: str, *, workers: int, concurrency: int = 3
+    redis_url: str,
+    log_dir: Path,
+    databases: str,
+    *,
+    workers: int,
+    concurrency: int = 3,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[MigrateService]:
     """A server in this process and `workers` worker subprocesses serving record.migrate
-    with the given `databases` setting."""
+    with the given `databases` setting (and the variables of `env`)."""
     settings = Settings(
         redis_url=redis_url, host="127.0.0.1", lease_ttl=4, maintenance_interval=0.5
     )
@@ -240,7 +249,7 @@ async def migrate_service(
     pool = WorkerPool(
         redis_url,
         log_dir,
-        {"BATCHD_DATABASES": databases, **FAST_RECOVERY},
+        {"BATCHD_DATABASES": databases, **FAST_RECOVERY, **(env or {})},
         concurrency=concurrency,
     )
     try:

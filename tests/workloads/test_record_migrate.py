@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +21,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
+import grpc
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, text, update
+from sqlalchemy import exc as sa_exc
 from support.redis_server import RedisServerFactory
 from workloads.migrate_fixtures import (
     PEOPLE_COLUMNS,
@@ -37,11 +42,15 @@ from workloads.migrate_fixtures import (
     table_checksum,
 )
 
-from batchd.client import BatchState, ItemState
-from batchd.worker.handler import Code, PermanentError
+from batchd.client import BatchdError, BatchState, ItemState
+from batchd.core.logs import get_logger
+from batchd.worker.handler import Code, ItemContext, PermanentError, RetryableError
 from batchd.worker.handlers.migrate_checksum import EMPTY_CHECKSUM, canonical, checksum, combine
 from batchd.worker.handlers.migrate_plan import KeyRange, PlanError, key_column, plan_ranges
-from batchd.worker.handlers.migrate_sql import async_url, reflect
+from batchd.worker.handlers.migrate_sql import Engines, async_url, item_url, reflect
+from batchd.worker.handlers.migrate_transform import TransformError
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
 
 # -- the planner ------------------------------------------------------------------------
 
@@ -219,11 +228,11 @@ async def test_copies_a_range_and_reruns_idempotently(sqlite_pair: Any) -> None:
 
 async def test_upsert_overwrites_changed_rows(sqlite_pair: Any) -> None:
     source, destination, engines = sqlite_pair
-    async with opened_handler() as handler:
-        await run_item(handler, _params(source, destination, 1, 20))
+    async with opened_handler(f"src={source},dst={destination}") as handler:
+        await run_item(handler, _params("src", "dst", 1, 20))
         async with engines[0].begin() as conn:
             await conn.execute(text("UPDATE people SET name = 'renamed' WHERE id = 7"))
-        output = await run_item(handler, _params(source, destination, 1, 20))
+        output = await run_item(handler, _params("src", "dst", 1, 20))
     assert output["match"] is True
     async with engines[1].connect() as conn:
         assert await conn.scalar(text("SELECT name FROM people WHERE id = 7")) == "renamed"
@@ -232,11 +241,11 @@ async def test_upsert_overwrites_changed_rows(sqlite_pair: Any) -> None:
 
 async def test_transform_hook(sqlite_pair: Any) -> None:
     source, destination, engines = sqlite_pair
-    async with opened_handler() as handler:
-        output = await run_item(
-            handler,
-            _params(source, destination, 1, 10, transform="workloads.migrate_fixtures:shout"),
-        )
+    shout = "workloads.migrate_fixtures:shout"
+    databases = f"src={source},dst={destination}"
+    async with opened_handler(databases, migrate_transforms=shout) as handler:
+        assert handler.params_schema["properties"]["transform"]["enum"] == [shout]
+        output = await run_item(handler, _params("src", "dst", 1, 10, transform=shout))
     assert (output["rows"], output["written"], output["skipped"]) == (10, 5, 5)
     assert output["match"] is True
     assert output["destination_checksum"] == output["transformed_checksum"]
@@ -246,22 +255,55 @@ async def test_transform_hook(sqlite_pair: Any) -> None:
     assert names == [(i, f"NAME-{i}-É") for i in (2, 4, 6, 8, 10)]
 
 
-async def test_refuses_an_undeclared_transform(sqlite_pair: Any) -> None:
+PROBE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+
+def run(row):
+    return row
+"""
+
+
+async def test_an_unregistered_transform_is_refused_and_never_imported(
+    sqlite_pair: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source, destination, _ = sqlite_pair
-    async with opened_handler() as handler:
-        for path in ("workloads.migrate_fixtures:not_a_transform", "subprocess:run"):
-            with pytest.raises(PermanentError, match="not declared a transform") as caught:
-                await run_item(handler, _params(source, destination, 1, 10, transform=path))
+    marker = tmp_path / "imported"
+    module = f"migrate_probe_{uuid.uuid4().hex}"
+    (tmp_path / f"{module}.py").write_text(PROBE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shout = "workloads.migrate_fixtures:shout"
+    databases = f"src={source},dst={destination}"
+    async with opened_handler(databases, migrate_transforms=shout) as handler:
+        for path in (f"{module}:run", "workloads.migrate_fixtures:not_a_transform"):
+            params = _params("src", "dst", 1, 10, transform=path)
+            with pytest.raises(fastjsonschema.JsonSchemaException, match="must be one of"):
+                await run_item(handler, params)
+            # The worker's own check, for a schema another worker published:
+            with pytest.raises(PermanentError, match="not registered") as caught:
+                await handler.run(params, _context())
             assert caught.value.code == Code.INVALID_ARGUMENT
+    assert not marker.exists()
+    assert module not in sys.modules
+
+
+async def test_a_registered_transform_must_be_declared() -> None:
+    with pytest.raises(TransformError, match="not declared a transform"):
+        async with opened_handler(migrate_transforms="workloads.migrate_fixtures:not_a_transform"):
+            pass
+
+
+def _context() -> ItemContext:
+    return ItemContext("test-batch", "item", 1, get_logger("tests"))
 
 
 async def test_constraint_violation_names_the_key(sqlite_pair: Any) -> None:
     source, destination, engines = sqlite_pair
     async with engines[0].begin() as conn:
         await conn.execute(text("UPDATE people SET amount = -5 WHERE id IN (37, 52)"))
-    async with opened_handler() as handler:
+    async with opened_handler(f"src={source},dst={destination}") as handler:
         with pytest.raises(PermanentError) as caught:
-            await run_item(handler, _params(source, destination, 21, 60))
+            await run_item(handler, _params("src", "dst", 21, 60))
     error = caught.value
     assert error.code == Code.FAILED_PRECONDITION
     assert "key=37" in error.message  # the first failing row of the range
@@ -272,16 +314,16 @@ async def test_constraint_violation_names_the_key(sqlite_pair: Any) -> None:
 
 async def test_unknown_table_and_column(sqlite_pair: Any) -> None:
     source, destination, _ = sqlite_pair
-    async with opened_handler() as handler:
+    async with opened_handler(f"src={source},dst={destination}") as handler:
         with pytest.raises(PermanentError) as caught:
-            await run_item(handler, {**_params(source, destination, 1, 5), "table": "nobody"})
+            await run_item(handler, {**_params("src", "dst", 1, 5), "table": "nobody"})
         assert caught.value.code == Code.NOT_FOUND
         with pytest.raises(PermanentError) as caught:
-            await run_item(handler, _params(source, destination, 1, 5, columns=["id", "age"]))
+            await run_item(handler, _params("src", "dst", 1, 5, columns=["id", "age"]))
         assert caught.value.code == Code.INVALID_ARGUMENT
         assert "age" in caught.value.message
         with pytest.raises(PermanentError) as caught:
-            await run_item(handler, _params("nowhere", destination, 1, 5))
+            await run_item(handler, _params("nowhere", "dst", 1, 5))
         assert caught.value.code == Code.INVALID_ARGUMENT
 
 
@@ -292,6 +334,96 @@ def test_plain_urls_get_async_drivers() -> None:
     assert async_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
     with pytest.raises(ValueError, match="in-memory"):
         async_url("sqlite://")
+    configured = async_url("mysql://u@h/db?local_infile=1&client_flag=130")
+    assert "local_infile" not in configured.query
+    assert configured.query["client_flag"] == "2"  # LOCAL_FILES (128) cleared
+
+
+def test_urls_from_items_lose_their_driver_and_options() -> None:
+    url = item_url("mysql+pymysql://u:p@h:3307/db?local_infile=1&charset=latin1")
+    assert url.drivername == "mysql+aiomysql"
+    assert dict(url.query) == {"charset": "utf8mb4"}
+    assert (url.host, url.port, url.database, url.password) == ("h", 3307, "db", "p")
+    assert dict(item_url("postgres://u@h/db?sslmode=disable").query) == {}
+    for text_ in ("sqlite:////tmp/x.db", "sqlite+aiosqlite:///x.db", "oracle://u@h/db"):
+        with pytest.raises(ValueError, match="postgresql:// or mysql://"):
+            item_url(text_)
+
+
+async def test_urls_in_items_only_when_allowed(sqlite_pair: Any) -> None:
+    source, destination, _ = sqlite_pair
+    async with opened_handler(f"src={source},dst={destination}") as handler:
+        for ref in ("postgresql://postgres@127.0.0.1:5432/postgres", source, "a:b", "x/y"):
+            params = _params(ref, "dst", 1, 5)
+            with pytest.raises(fastjsonschema.JsonSchemaException, match="must match pattern"):
+                await run_item(handler, params)
+            with pytest.raises(PermanentError, match="URLs are not accepted") as caught:
+                await handler.run(params, _context())
+            assert caught.value.code == Code.INVALID_ARGUMENT
+    async with opened_handler(f"dst={destination}", migrate_allow_urls=True) as handler:
+        with pytest.raises(fastjsonschema.JsonSchemaException, match="must match pattern"):
+            await run_item(handler, _params(source, "dst", 1, 5))
+        with pytest.raises(PermanentError, match="postgresql:// or mysql://") as caught:
+            await handler.run(_params(source, "dst", 1, 5), _context())
+        assert caught.value.code == Code.INVALID_ARGUMENT
+
+
+async def test_a_refused_connection_does_not_say_why(sqlite_pair: Any) -> None:
+    _, destination, _ = sqlite_pair
+    with socket.socket() as closed:  # a port bound and not listening: refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        async with opened_handler(f"dst={destination}", migrate_allow_urls=True) as handler:
+            for url in (f"postgresql://u@127.0.0.1:{port}/x", f"mysql://u@127.0.0.1:{port}/x"):
+                with pytest.raises(RetryableError) as caught:
+                    await run_item(handler, _params(url, "dst", 1, 5))
+                assert caught.value.message == "source: cannot connect to the database"
+                assert caught.value.code == Code.UNAVAILABLE
+
+
+async def test_urls_allowed_lose_their_options_and_never_load_local_files() -> None:
+    async with mariadb_database() as source_url, postgres_database() as destination_url:
+        source, destination = engine_for(source_url), engine_for(destination_url)
+        try:
+            await _people(source, range(1, 21))
+            await _people(destination, [])
+            asked = f"{source_url}?local_infile=1&client_flag=128&charset=latin1"
+            params = _params(asked, "dst", 1, 20)
+            databases = f"dst={destination_url}"
+            async with opened_handler(databases, migrate_allow_urls=True) as handler:
+                output = await run_item(handler, params)
+            assert (output["rows"], output["match"]) == (20, True)
+            # The engine the handler makes for that URL: no option of the item's, and a
+            # server asking for a local file is refused.
+            engines = Engines(1)
+            try:
+                engine = engines.get(item_url(asked))
+                assert dict(engine.url.query) == {"charset": "utf8mb4"}
+                async with engine.connect() as conn:
+                    with pytest.raises(sa_exc.DBAPIError) as refused:
+                        await conn.execute(
+                            text("LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE people")
+                        )
+                assert refused.value.orig is not None
+                assert refused.value.orig.args[0] in (1148, 4166)  # not allowed
+            finally:
+                await engines.dispose()
+            # A configured URL asking for local_infile does not get it either.
+            engines = Engines(1)
+            try:
+                engine = engines.get(async_url(f"{source_url}?local_infile=1"))
+                async with engine.connect() as conn:
+                    with pytest.raises(sa_exc.DBAPIError) as refused:
+                        await conn.execute(
+                            text("LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE people")
+                        )
+                assert refused.value.orig is not None
+                assert refused.value.orig.args[0] in (1148, 4166)
+            finally:
+                await engines.dispose()
+        finally:
+            await source.dispose()
+            await destination.dispose()
 
 
 def test_canonical_values_agree_across_drivers() -> None:
@@ -308,6 +440,43 @@ def test_canonical_values_agree_across_drivers() -> None:
     whole = checksum(rows, columns)
     assert whole == checksum(reversed(rows), columns)  # order does not matter
     assert whole == combine([checksum(rows[:20], columns), checksum(rows[20:], columns)])
+
+
+async def test_the_server_refuses_urls_and_unregistered_transforms_at_submit(
+    sqlite_pair: Any, redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    source, destination, engines = sqlite_pair
+    redis = redis_server_factory()
+    tests_dir = TESTS_DIR
+    env = {
+        "BATCHD_MIGRATE_TRANSFORMS": "workloads.migrate_fixtures:shout",
+        "PYTHONPATH": os.pathsep.join([str(tests_dir / "support"), str(tests_dir)]),
+    }
+    databases = f"src={source},dst={destination}"
+    async with migrate_service(redis.url, tmp_path, databases, workers=1, env=env) as service:
+        client = service.client
+        refused = [
+            ({"source": "postgresql://postgres@127.0.0.1:5432/postgres"}, "source"),
+            ({"destination": source}, "destination"),
+            ({"transform": "subprocess:run"}, "transform"),
+            ({"transform": "workloads.migrate_fixtures:not_a_transform"}, "transform"),
+        ]
+        for change, field_name in refused:
+            with pytest.raises(BatchdError) as caught:
+                await client.submit(
+                    "record.migrate", [("a", {**_params("src", "dst", 1, 10), **change})]
+                )
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            fields = [v.field for v in caught.value.field_violations]
+            assert fields == [f"items[0].params.{field_name}"]
+        item = _params("src", "dst", 1, 10, transform="workloads.migrate_fixtures:shout")
+        batch_id = (await client.submit("record.migrate", [("a", item)])).batch.batch_id
+        last = [p async for p in client.watch(batch_id, min_interval=0.05)][-1]
+        assert last.state == BatchState.COMPLETED
+        (outcome,) = [o async for o in client.items(batch_id)]
+    assert outcome.output is not None
+    assert (outcome.output["rows"], outcome.output["written"]) == (10, 5)
+    assert await _count(engines[1], "people") == 5
 
 
 # -- the whole service: MariaDB to PostgreSQL --------------------------------------------
@@ -451,8 +620,8 @@ async def test_postgres_to_mariadb_upserts_and_names_a_clashing_key() -> None:
             await _people(destination, [])
             async with destination.begin() as conn:  # names must be unique there
                 await conn.execute(text("CREATE UNIQUE INDEX people_name ON people (name)"))
-            params = _params(source_url, destination_url, 101, 200)
-            async with opened_handler() as handler:
+            params = _params("src", "dst", 101, 200)
+            async with opened_handler(f"src={source_url},dst={destination_url}") as handler:
                 first = await run_item(handler, params)
                 again = await run_item(handler, params)
                 assert first == again
@@ -464,7 +633,7 @@ async def test_postgres_to_mariadb_upserts_and_names_a_clashing_key() -> None:
                     await conn.execute(name_of_110)
                     await conn.execute(text("UPDATE people SET name = 'x' WHERE id = 150"))
                 with pytest.raises(PermanentError) as caught:
-                    await run_item(handler, _params(source_url, destination_url, 101, 200))
+                    await run_item(handler, _params("src", "dst", 101, 200))
                 assert caught.value.code == Code.FAILED_PRECONDITION
                 assert "key=120" in caught.value.message
                 assert "Duplicate entry" in caught.value.message
@@ -475,7 +644,7 @@ async def test_postgres_to_mariadb_upserts_and_names_a_clashing_key() -> None:
                         text("UPDATE people SET name = repeat('z', 100) WHERE id = 160")
                     )
                 with pytest.raises(PermanentError) as caught:
-                    await run_item(handler, _params(source_url, destination_url, 101, 200))
+                    await run_item(handler, _params("src", "dst", 101, 200))
                 assert caught.value.code == Code.INVALID_ARGUMENT
                 assert "key=160" in caught.value.message
             async with destination.connect() as conn:  # the failed runs wrote nothing
@@ -496,8 +665,8 @@ async def test_a_destination_that_rounds_fails_or_reports_the_mismatch() -> None
                 await conn.execute(text("CREATE TABLE rounded (LIKE people)"))
                 await conn.execute(text("ALTER TABLE rounded ADD PRIMARY KEY (id)"))
                 await conn.execute(text("ALTER TABLE rounded ALTER amount TYPE numeric(12, 1)"))
-            params = _params(url, url, 1, 50, destination_table="rounded")
-            async with opened_handler() as handler:
+            params = _params("db", "db", 1, 50, destination_table="rounded")
+            async with opened_handler(f"db={url}") as handler:
                 with pytest.raises(PermanentError) as caught:
                     await run_item(handler, params)
                 assert caught.value.code == Code.DATA_LOSS

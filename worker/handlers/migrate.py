@@ -1,12 +1,14 @@
 """`record.migrate`: copies one primary-key range of a table to another database.
 
-An item names a source and a destination database (a name from the worker's `databases`
-setting, or a URL), a table, its key column and a range of keys, both ends included —
-ranges the planning tool (`batchd-migrate-plan`, batchd.worker.handlers.migrate_plan)
-cuts from the source by keyset pagination. The item:
+An item names a source and a destination database by a name from the worker's
+`databases` setting (URLs only where the operator allows them), a table, its key column
+and a range of keys, both ends included — ranges the planning tool
+(`batchd-migrate-plan`, batchd.worker.handlers.migrate_plan) cuts from the source by
+keyset pagination. The item:
 
 1. reads the range's rows from the source, in key order;
-2. passes each through the transform hook, if the item names one (it may skip a row);
+2. passes each through the transform hook, if the item names one the worker registered
+   (batchd.worker.handlers.migrate_transform; it may skip a row);
 3. upserts them into the destination in one transaction — ON CONFLICT (key) DO UPDATE
    on PostgreSQL and SQLite, ON DUPLICATE KEY UPDATE on MySQL/MariaDB — so a re-run,
    after a crash or a redrive, rewrites the same rows and duplicates nothing;
@@ -22,10 +24,13 @@ How failures end the item:
                                       database's message; nothing of the range is written
     written values read back changed  fail, DATA_LOSS, naming the key and the columns
     connection lost, deadlock, lock   retry, UNAVAILABLE (ABORTED for deadlocks and
-    wait, pool exhausted              serialization failures)
+    wait, pool exhausted              serialization failures); a connection failure
+                                      reads "cannot connect to the database", without
+                                      the OS's words
     no such table                     fail, NOT_FOUND
     no such column, bad URL, unknown  fail, INVALID_ARGUMENT
-    database name, bad transform
+    database name, a URL not allowed,
+    a transform not registered
 
 Every worker process keeps one AsyncEngine per database URL, made on first use with a
 pool of min(concurrency, 16) connections, and disposes them in the shutdown hook. An
@@ -35,6 +40,7 @@ item holds one connection at a time: the source's, then the destination's.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,26 +61,50 @@ from batchd.worker.handler import (
     WorkerInfo,
 )
 from batchd.worker.handlers.migrate_checksum import canonical
-from batchd.worker.handlers.migrate_errors import Kind, classify, database_message
+from batchd.worker.handlers.migrate_errors import (
+    CONNECT_FAILED,
+    Kind,
+    classify,
+    database_message,
+    is_connect_failure,
+)
 from batchd.worker.handlers.migrate_sql import (
     Engines,
     async_url,
+    item_url,
     key_kind,
     parse_databases,
     read_range,
 )
-from batchd.worker.handlers.migrate_transform import TransformCache, TransformError
+from batchd.worker.handlers.migrate_transform import RowTransform, load_transforms
 from batchd.worker.handlers.migrate_write import digests, sum_digests, write_range
 
-__all__ = ["NAME", "PARAMS_SCHEMA", "MigrateSettings", "record_migrate_handler"]
+__all__ = [
+    "NAME",
+    "PARAMS_SCHEMA",
+    "MigrateSettings",
+    "params_schema",
+    "record_migrate_handler",
+]
 
 NAME = "record.migrate"
 
+# A database name as `databases` gives it: no ":" or "/", so never a URL.
+_NAME = {
+    "type": "string",
+    "pattern": r"^[^:/]+$",
+    "minLength": 1,
+    "maxLength": 256,
+    "description": "A name from the worker's `databases` setting.",
+}
+# With migrate_allow_urls: a name, or a postgresql:// or mysql:// URL (never sqlite).
 _NAME_OR_URL = {
     "type": "string",
+    "pattern": r"^([^:/]+|(postgresql|postgres|mysql|mariadb)(\+[a-z0-9_]+)?://.+)$",
     "minLength": 1,
     "maxLength": 2048,
-    "description": "A name from the worker's `databases` setting, or a SQLAlchemy URL.",
+    "description": "A name from the worker's `databases` setting, or a postgresql:// or "
+    "mysql:// URL (its query options are dropped).",
 }
 _TABLE = {"type": "string", "minLength": 1, "maxLength": 256}
 _BOUND = {"type": ["integer", "string"]}
@@ -82,8 +112,8 @@ _BOUND = {"type": ["integer", "string"]}
 PARAMS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "source": _NAME_OR_URL,
-        "destination": _NAME_OR_URL,
+        "source": _NAME,
+        "destination": _NAME,
         "table": {**_TABLE, "description": 'The source table, "table" or "schema.table".'},
         "destination_table": {**_TABLE, "description": "Default: the same as `table`."},
         "key": {"type": "string", "minLength": 1, "description": "The primary-key column."},
@@ -102,9 +132,8 @@ PARAMS_SCHEMA: dict[str, Any] = {
             "description": "The columns to copy (the key is always copied); default: all.",
         },
         "transform": {
-            "type": "string",
-            "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$",
-            "description": "module:function of a row transform declared with @row_transform.",
+            "enum": [],
+            "description": "A row transform the worker registered (none registered).",
         },
         "on_mismatch": {
             "enum": ["fail", "report"],
@@ -116,6 +145,22 @@ PARAMS_SCHEMA: dict[str, Any] = {
     "required": ["source", "destination", "table", "key", "range"],
     "additionalProperties": False,
 }
+
+
+def params_schema(*, allow_urls: bool, transforms: Sequence[str]) -> dict[str, Any]:
+    """The params schema a worker publishes: database names only unless `allow_urls`,
+    and the names of its registered transforms."""
+    schema = copy.deepcopy(PARAMS_SCHEMA)
+    properties = schema["properties"]
+    if allow_urls:
+        properties["source"] = properties["destination"] = dict(_NAME_OR_URL)
+    properties["transform"] = {
+        "enum": sorted(transforms),
+        "description": "A row transform the worker registered: "
+        + (", ".join(sorted(transforms)) or "none registered")
+        + ".",
+    }
+    return schema
 
 
 @dataclass(frozen=True)
@@ -153,12 +198,23 @@ class _Item:
 
 @dataclass(frozen=True)
 class MigrateSettings:
-    """record.migrate's settings: BATCHD_DATABASES / --databases."""
+    """record.migrate's settings: BATCHD_DATABASES, BATCHD_MIGRATE_ALLOW_URLS,
+    BATCHD_MIGRATE_TRANSFORMS (or their flags)."""
 
     databases: str = setting(
         "",
-        "databases record.migrate may name, comma-separated name=SQLAlchemy-URL pairs; "
-        "items may also give URLs themselves",
+        "databases record.migrate items may name, comma-separated name=SQLAlchemy-URL "
+        "pairs; MySQL/MariaDB connections never allow LOAD DATA LOCAL (local_infile off)",
+    )
+    migrate_allow_urls: bool = setting(
+        False,
+        "record.migrate items may give postgresql:// and mysql:// URLs besides names "
+        "(query options dropped; never sqlite:); off: names only",
+    )
+    migrate_transforms: str = setting(
+        "",
+        "row transforms record.migrate items may name, comma-separated module:function "
+        "paths imported at start (besides the batchd.migrate.transforms entry points)",
     )
 
 
@@ -168,10 +224,20 @@ class _RecordMigrate:
     def __init__(self) -> None:
         self._engines: Engines | None = None
         self._databases: dict[str, str] = {}
-        self._transforms = TransformCache()
+        self._allow_urls = False
+        self._transforms: dict[str, RowTransform] = {}
+        # The schema the worker publishes, filled in by the startup hook (which runs
+        # before the worker publishes its handlers) from the settings.
+        self.schema: dict[str, Any] = copy.deepcopy(PARAMS_SCHEMA)
 
     async def startup(self, worker: WorkerInfo) -> None:
-        self._databases = parse_databases(worker.settings.section(MigrateSettings).databases)
+        settings = worker.settings.section(MigrateSettings)
+        self._databases = parse_databases(settings.databases)
+        self._allow_urls = settings.migrate_allow_urls
+        self._transforms = load_transforms(settings.migrate_transforms)
+        schema = params_schema(allow_urls=self._allow_urls, transforms=list(self._transforms))
+        self.schema.clear()
+        self.schema.update(schema)
         self._engines = Engines(worker.concurrency)
 
     async def shutdown(self) -> None:
@@ -235,29 +301,40 @@ class _RecordMigrate:
         return output
 
     def _url(self, ref: str, side: str) -> URL:
-        text = ref
-        if "://" not in ref:
-            if ref not in self._databases:
-                known = ", ".join(sorted(self._databases)) or "none"
-                raise PermanentError(
-                    f"{side}: no database named {ref!r} in the worker's databases setting "
-                    f"(names: {known})",
-                    code=Code.INVALID_ARGUMENT,
-                )
-            text = self._databases[ref]
+        """The URL of the database an item names. A worker checks again what the schema
+        checked at submit: another worker, otherwise configured, may have published it."""
         try:
-            return async_url(text)
+            if ref in self._databases:
+                return async_url(self._databases[ref])
+            if ":" in ref or "/" in ref:
+                if not self._allow_urls:
+                    raise PermanentError(
+                        f"{side}: items name databases from the worker's databases setting; "
+                        "URLs are not accepted (BATCHD_MIGRATE_ALLOW_URLS is off)",
+                        code=Code.INVALID_ARGUMENT,
+                    )
+                return item_url(ref)
         except ValueError as exc:
             raise PermanentError(f"{side}: {exc}", code=Code.INVALID_ARGUMENT) from None
+        known = ", ".join(sorted(self._databases)) or "none"
+        raise PermanentError(
+            f"{side}: no database named {ref!r} in the worker's databases setting (names: {known})",
+            code=Code.INVALID_ARGUMENT,
+        )
 
     def _transformed(self, rows: list[dict[str, Any]], item: _Item) -> list[dict[str, Any]]:
         """The rows to write: the source rows, or what the transform makes of them."""
         if not item.transform:
             return rows
-        try:
-            transform = self._transforms.get(item.transform)
-        except TransformError as exc:
-            raise PermanentError(str(exc), code=Code.INVALID_ARGUMENT) from None
+        transform = self._transforms.get(item.transform)
+        if transform is None:
+            known = ", ".join(sorted(self._transforms)) or "none"
+            raise PermanentError(
+                f"transform {item.transform!r} is not registered on this worker "
+                f"(registered: {known}; BATCHD_MIGRATE_TRANSFORMS or the "
+                "batchd.migrate.transforms entry points)",
+                code=Code.INVALID_ARGUMENT,
+            )
         written: list[dict[str, Any]] = []
         for row in rows:
             key = row[item.key]
@@ -301,7 +378,7 @@ def record_migrate_handler() -> Handler:
             "transaction, optionally through a transform; returns rows, checksums of both "
             "sides and match. Plan the ranges with batchd-migrate-plan."
         ),
-        params_schema=PARAMS_SCHEMA,
+        params_schema=state.schema,
         default_options=BatchOptions(
             chunk_size=4,
             retry_policy=RetryPolicy(
@@ -366,6 +443,8 @@ def _database_errors(side: str, table: str, engines: Engines) -> Iterator[None]:
         raise
     except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
         kind = classify(exc)
+        if is_connect_failure(exc):
+            raise RetryableError(f"{side}: {CONNECT_FAILED}", code=Code.UNAVAILABLE) from exc
         if kind in (Kind.NOT_FOUND, Kind.INVALID):
             engines.forget_tables()  # it may be created or altered before the next try
         raise _failure(kind, f"{side} {table}: {database_message(exc)}") from exc

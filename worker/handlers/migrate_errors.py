@@ -23,7 +23,11 @@ import enum
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["Kind", "classify", "database_message"]
+__all__ = ["CONNECT_FAILED", "Kind", "classify", "database_message", "is_connect_failure"]
+
+# What an item learns when a database cannot be reached. The OS's words (refused, timed
+# out, no route, unknown host) would tell a closed port from a filtered one.
+CONNECT_FAILED = "cannot connect to the database"
 
 
 class Kind(enum.Enum):
@@ -40,6 +44,7 @@ class Kind(enum.Enum):
 _MYSQL_CONSTRAINT = {1048, 1062, 1169, 1216, 1217, 1451, 1452, 1557, 3819, 4025}
 _MYSQL_DATA = {1264, 1265, 1292, 1366, 1367, 1406, 1411, 1416, 3140}
 _MYSQL_TRANSIENT = {1040, 1053, 1205, 1213, 1614, 2002, 2003, 2006, 2013, 2014, 2055}
+_MYSQL_CONNECT = {2002, 2003, 2005, 2006, 2013}
 _MYSQL_NOT_FOUND = {1051, 1146}
 _MYSQL_INVALID = {1054, 1064, 1110, 1166}
 _MYSQL_DENIED = {1044, 1045, 1142, 1143}
@@ -84,6 +89,21 @@ def classify(error: BaseException) -> Kind:
     if isinstance(error, sa_exc.ProgrammingError):
         return Kind.INVALID
     return Kind.UNKNOWN
+
+
+def is_connect_failure(error: BaseException) -> bool:
+    """Whether the error is the network's, not the database's: refused, unreachable,
+    timed out, unknown host, connection lost."""
+    orig = getattr(error, "orig", None) or error
+    if isinstance(orig, OSError | TimeoutError) and not isinstance(orig, sa_exc.TimeoutError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and isinstance(error.__cause__, OSError):
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_CONNECT:
+        return True
+    sqlstate = getattr(orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("08")
 
 
 def database_message(error: BaseException) -> str:

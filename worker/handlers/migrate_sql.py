@@ -19,6 +19,7 @@ __all__ = [
     "POOL_CAP",
     "Engines",
     "async_url",
+    "item_url",
     "key_kind",
     "parse_databases",
     "read_keys",
@@ -58,11 +59,45 @@ def async_url(text: str) -> URL:
         if driver is None:
             raise ValueError(f"unsupported database {url.drivername!r}: postgresql, mysql, sqlite")
         url = url.set(drivername=driver)
-    if url.get_backend_name() == "mysql" and "charset" not in url.query:
-        url = url.update_query_dict({"charset": "utf8mb4"})
+    if url.get_backend_name() == "mysql":
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+        url = _without_local_files(url)
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         raise ValueError("an in-memory SQLite database is private to one connection")
     return url
+
+
+# The backends an item's URL may name, when an operator lets items carry URLs at all: not
+# SQLite, whose URLs open (and create) files at paths of the submitter's choosing.
+_ITEM_BACKENDS = ("postgresql", "postgres", "mysql", "mariadb")
+
+
+def item_url(text: str) -> URL:
+    """A URL given by an item (BATCHD_MIGRATE_ALLOW_URLS): PostgreSQL or MySQL/MariaDB
+    only, with its backend's asyncio driver whatever driver it names, and no query
+    options — drivers' options (`local_infile`, `client_flag`, `ssl`…) are the
+    operator's to set, in `databases`. Raises ValueError."""
+    try:
+        url = make_url(text)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {_hide_password(text)}") from exc
+    backend = url.drivername.partition("+")[0]
+    if backend not in _ITEM_BACKENDS:
+        raise ValueError(
+            f"items may give postgresql:// or mysql:// URLs only, not {backend}:// "
+            "(name the database in the worker's databases setting)"
+        )
+    return async_url(url.set(drivername=backend, query={}).render_as_string(hide_password=False))
+
+
+def mysql_connect_args(url: URL) -> dict[str, Any]:
+    """Driver arguments every connection gets: for MySQL/MariaDB, `local_infile` off,
+    whatever the URL says (with it on, a server may ask for any file the worker can
+    read)."""
+    if url.get_backend_name() != "mysql":
+        return {}
+    return {"local_infile": False}
 
 
 def parse_databases(setting: str) -> dict[str, str]:
@@ -93,6 +128,7 @@ class Engines:
         if engine is None:
             engine = create_async_engine(
                 url,
+                connect_args=mysql_connect_args(url),
                 pool_size=self.pool_size,
                 max_overflow=0,
                 pool_timeout=60,  # items beyond the pool wait for a connection this long
@@ -200,6 +236,19 @@ def upsert(table: Table, key: str, columns: Sequence[str], dialect: str) -> Inse
         updates: Mapping[str, Any] = {c: my.inserted[c] for c in (others or [key])}
         return my.on_duplicate_key_update(updates)
     raise ValueError(f"no upsert for the {dialect} dialect")
+
+
+# PyMySQL's CLIENT.LOCAL_FILES: a client_flag with it lets the server ask for files.
+_LOCAL_FILES = 128
+
+
+def _without_local_files(url: URL) -> URL:
+    """The URL without `local_infile`, and without LOCAL_FILES in a `client_flag`."""
+    query = {k: v for k, v in url.query.items() if k != "local_infile"}
+    flag = query.get("client_flag")
+    if isinstance(flag, str) and flag.strip().isdigit():
+        query["client_flag"] = str(int(flag) & ~_LOCAL_FILES)
+    return url.set(query=query)
 
 
 def _hide_password(text: str) -> str:

@@ -1,12 +1,16 @@
 """Per-row transform hooks of `record.migrate`.
 
 A transform is a function of a row dict (column → value) that returns the row to write
-(a dict, new or the same) or None to skip the row. Items name it by import path,
-"module:function", resolved on the worker and cached there.
+(a dict, new or the same) or None to skip the row. The worker's operator registers
+transforms; items name one of them, never an arbitrary import path:
 
-Items come from whoever may submit batches, so the named object must have been declared
-a transform with the `row_transform` decorator: a path to any other callable (say
-`subprocess:run`) is refused before it is called.
+- the `batchd.migrate.transforms` entry point group: an entry point's name is what
+  items give (`to_cents = mypkg.transforms:to_cents`);
+- the `migrate_transforms` setting (BATCHD_MIGRATE_TRANSFORMS): comma-separated
+  `module:function` paths, which items give as they are.
+
+The worker imports them at start; an item naming anything else is refused, and nothing
+is imported because an item named it. Each must be declared with `row_transform`:
 
     from batchd.worker.handlers.migrate_transform import row_transform
 
@@ -19,10 +23,19 @@ a transform with the `row_transform` decorator: a path to any other callable (sa
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-__all__ = ["RowTransform", "TransformCache", "TransformError", "row_transform"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RowTransform",
+    "TransformError",
+    "load_transforms",
+    "row_transform",
+]
+
+ENTRY_POINT_GROUP = "batchd.migrate.transforms"
 
 RowTransform = Callable[[dict[str, Any]], dict[str, Any] | None]
 F = TypeVar("F", bound=RowTransform)
@@ -31,44 +44,55 @@ _MARK = "__batchd_row_transform__"
 
 
 def row_transform(function: F) -> F:
-    """Declares `function` a transform that items may name."""
+    """Declares `function` a transform that may be registered."""
     setattr(function, _MARK, True)
     return function
 
 
 class TransformError(Exception):
-    """The path names no importable transform."""
+    """A registered transform cannot be loaded: a start-up error of the worker."""
 
 
-class TransformCache:
-    """Transforms by import path, imported once per worker process."""
+def load_transforms(paths: str) -> dict[str, RowTransform]:
+    """The registered transforms by the name items give: the entry point group's, then
+    the `module:function` paths of `paths` (comma-separated). Raises TransformError."""
+    found: dict[str, RowTransform] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise TransformError(f"transform entry point {ep.name} ({ep.value}): {exc}") from exc
+        found[ep.name] = _checked(obj, f"entry point {ep.name} ({ep.value})")
+    for path in _split(paths):
+        found[path] = _checked(_import(path), path)
+    return found
 
-    def __init__(self) -> None:
-        self._found: dict[str, RowTransform] = {}
 
-    def get(self, path: str) -> RowTransform:
-        found = self._found.get(path)
-        if found is None:
-            found = self._found[path] = _resolve(path)
-        return found
+def _split(paths: str) -> Iterable[str]:
+    for part in paths.split(","):
+        if part.strip():
+            yield part.strip()
 
 
-def _resolve(path: str) -> RowTransform:
+def _import(path: str) -> Any:
     module_name, sep, attribute = path.partition(":")
     if not (module_name and sep and attribute):
-        raise TransformError(f"transform {path!r}: expected 'module:function'")
+        raise TransformError(f"migrate_transforms: {path!r}: expected 'module:function'")
     try:
-        module = importlib.import_module(module_name)
+        obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise TransformError(f"transform {path!r}: cannot import {module_name}: {exc}") from exc
-    obj: Any = module
     for part in attribute.split("."):
         obj = getattr(obj, part, None)
+    return obj
+
+
+def _checked(obj: Any, source: str) -> RowTransform:
     if not callable(obj):
-        raise TransformError(f"transform {path!r}: no such function")
+        raise TransformError(f"transform {source}: no such function")
     if not getattr(obj, _MARK, False):
         raise TransformError(
-            f"transform {path!r} is not declared a transform: decorate it with "
+            f"transform {source} is not declared a transform: decorate it with "
             "batchd.worker.handlers.migrate_transform.row_transform"
         )
     function: RowTransform = obj
