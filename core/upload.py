@@ -271,7 +271,7 @@ class UploadSession:
         an upload never committed (a server gone mid-stream) stops counting then."""
         keys = self._keys
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.staging_items, self._member, self._count - len(self._buffer))
+            pipe.hset(keys.staging_items, self._member, str(self._count - len(self._buffer)))
             pipe.zadd(keys.staging, {self._member: self._now_ms() + self._ttl_ms})
             await pipe.execute()
 

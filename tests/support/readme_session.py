@@ -244,7 +244,6 @@ def readme_service(env: Mapping[str, str] | None = None) -> Iterator[Service]:
     port = find_free_port()
     settings = {
         "BATCHD_DATA_DIR": str(home / ".data"),
-        "BATCHD_IMAGE_INPUT_DIR": str(home),
         "BATCHD_IMAGE_OUTPUT_DIR": str(home / ".data" / "images"),
         "BATCHD_HOST": "127.0.0.1",
         "BATCHD_PORT": str(port),
