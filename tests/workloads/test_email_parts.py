@@ -21,6 +21,7 @@ from batchd.worker.handlers.email_message import (
 )
 from batchd.worker.handlers.email_mime import mime_message
 from batchd.worker.handlers.email_relay import StartTls, parse_relay_url
+from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits
 
 
 @pytest.mark.parametrize(
@@ -170,3 +171,64 @@ def test_policy_from_settings() -> None:
 def test_bad_policy_settings(domains: str, headers: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Policy.of(domains, headers)
+
+
+BOMBS = [
+    (
+        "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        "more than 10000 loop iterations (BATCHD_EMAIL_RENDER_MAX_LOOP)",
+    ),
+    (
+        "{% for a in 'x' * 5000 %}{% for b in 'y' * 5000 %}{% endfor %}{% endfor %}",
+        "more than 10000 loop iterations (BATCHD_EMAIL_RENDER_MAX_LOOP)",
+    ),
+    (
+        "{{ 'x' * 100000000 }}",
+        "a string or list longer than 1048576 (BATCHD_EMAIL_RENDER_MAX_OUTPUT)",
+    ),
+    (
+        "{% for a in range(9000) %}{{ 'x' * 1000 }}{% endfor %}",
+        "output longer than 1048576 characters (BATCHD_EMAIL_RENDER_MAX_OUTPUT)",
+    ),
+    ("{{ 9 ** 2000000 }}", "an integer beyond 10^18"),
+    ("{{ 99999999999 * 99999999999 }}", "an integer beyond 10^18"),
+    ("{{ (2 ** 60) * (2 ** 60) }}", "an integer beyond 10^18"),
+]
+
+
+@pytest.mark.parametrize(("source", "expected"), BOMBS)
+def test_template_bombs_end_at_a_limit(source: str, expected: str) -> None:
+    expected = expected.replace("10^18", f"{10**18} (BATCHD_EMAIL_RENDER_MAX_INT)")
+    with pytest.raises(RenderLimitExceeded) as caught:
+        Templates().render("text", source, {})
+    assert str(caught.value) == f"text template: {expected}"
+
+
+def test_a_slow_render_ends_at_its_time_limit() -> None:
+    slow = "{% for a in range(10000000) %}{{ ('x ' * 100000) | wordcount }}{% endfor %}"
+    limits = RenderLimits(seconds=0.05, loop_iterations=10**9)
+    with pytest.raises(RenderLimitExceeded) as caught:
+        Templates(limits).render("subject", slow, {})
+    assert str(caught.value) == (
+        "subject template: took longer than 0.05 s (BATCHD_EMAIL_RENDER_TIMEOUT)"
+    )
+
+
+def test_templates_within_the_limits_render_as_usual() -> None:
+    source = (
+        "{% for x in items %}{{ loop.index }}:{{ x }} {% endfor %}"
+        "{{ 2 ** 10 }} {{ 'ab' * 3 }} {{ 7 // 2 }} {{ 7 % 3 }} {{ '%s-%s' % (1, 2) }} "
+        "{{ [1] + [2] }} {{ 1.5 * 2 }} {{ 'a' + 'b' }} {{ range(3) | list }}"
+    )
+    out = Templates().render("text", source, {"items": ["a", "b"]})
+    assert out == "1:a 2:b 1024 ababab 3 1 1-2 [1, 2] 3.0 ab [0, 1, 2]"
+    # A variable named like the guard is data, not a way around it.
+    assert Templates().render("text", "{{ range }}", {"range": 3}) == "3"
+
+
+def test_templates_are_compiled_once() -> None:
+    templates = Templates()
+    for i in range(20):
+        assert templates.render("text", "Hi {{ n }}", {"n": i}) == f"Hi {i}"
+    info = templates._compile["text"].cache_info()  # type: ignore[attr-defined]
+    assert (info.misses, info.hits) == (1, 19)

@@ -22,6 +22,9 @@ How the relay's answers map to the item's fate:
       connection
     bad template, missing variable, fail, INVALID_ARGUMENT naming the part and the cause
       bad address or header
+    a template past a render limit  fail, RESOURCE_EXHAUSTED naming the limit's setting
+    a from domain or X- header the  fail, PERMISSION_DENIED naming the setting
+      worker does not allow
     relay without STARTTLS under    fail, FAILED_PRECONDITION (fix the relay or the URL,
       starttls=require or with      then redrive); no AUTH is sent in the clear
       credentials, no AUTH,
@@ -31,6 +34,10 @@ How the relay's answers map to the item's fate:
 Items are rate-limit keyed by relay, `smtp:<host>:<port>` (`rate_key`), when their
 batch names no rate_limit_key: a 421 or 452 slows every batch sending through that
 relay down, on every worker.
+
+Messages are built (templates rendered, MIME written) in a small pool of processes
+(email_build.py), never in the worker's process: a template that runs to its limits
+(email_render.py) delays no other item of the worker.
 """
 
 from __future__ import annotations
@@ -54,16 +61,16 @@ from batchd.worker.handler import (
     SlowDown,
     WorkerInfo,
 )
+from batchd.worker.handlers.email_build import BuilderDied, MessageBuilders
 from batchd.worker.handlers.email_message import (
     MessageError,
     NotAllowed,
     Policy,
-    Templates,
-    build_message,
     header_name_pattern,
     message_id_for,
 )
 from batchd.worker.handlers.email_relay import Relay, parse_relay_url
+from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits, TemplateError
 from batchd.worker.handlers.email_smtp import (
     RecipientsRefused,
     SmtpPool,
@@ -152,6 +159,22 @@ class EmailSettings:
         "X- headers email.send items may set, comma-separated (X-Campaign,X-Entity-Ref-ID); "
         "List-*, In-Reply-To, References and a few more are always allowed",
     )
+    email_render_timeout: float = setting(
+        1.0, "seconds one email.send template may take to render; past them, the item fails"
+    )
+    email_render_max_output: int = setting(
+        1024 * 1024,
+        "characters one email.send template may render, and the longest string or list it may make",
+    )
+    email_render_max_loop: int = setting(
+        10_000, "loop iterations one email.send template may run, all its loops together"
+    )
+    email_render_max_int: int = setting(
+        10**18, "the largest integer (absolute value) an email.send template may compute"
+    )
+    email_render_processes: int = setting(
+        2, "processes per worker that render email.send messages, off the worker's event loop"
+    )
 
 
 class _EmailSend:
@@ -160,36 +183,49 @@ class _EmailSend:
     def __init__(self) -> None:
         self._relay: Relay | None = None
         self._pool: SmtpPool | None = None
-        self._templates = Templates()
-        self._policy = Policy()
+        self._builders: MessageBuilders | None = None
 
     async def startup(self, worker: WorkerInfo) -> None:
         # A bad URL stops the worker at start-up, not 50,000 items later.
         settings = worker.settings.section(EmailSettings)
         self._relay = parse_relay_url(settings.smtp_url)
         try:
-            self._policy = Policy.of(settings.email_sender_domains, settings.email_custom_headers)
+            policy = Policy.of(settings.email_sender_domains, settings.email_custom_headers)
         except ValueError as exc:
             raise SettingError(str(exc)) from None
+        limits = RenderLimits(
+            seconds=settings.email_render_timeout,
+            output_chars=settings.email_render_max_output,
+            loop_iterations=settings.email_render_max_loop,
+            max_int=settings.email_render_max_int,
+        )
+        self._builders = MessageBuilders(settings.email_render_processes, limits, policy)
         self._pool = SmtpPool(self._relay, settings.smtp_connections)
 
     async def shutdown(self) -> None:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._builders is not None:
+            await self._builders.close()
+            self._builders = None
 
     def rate_key(self, params: Mapping[str, Any]) -> str | None:
         return self._relay.rate_key if self._relay is not None else None
 
     async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
-        if self._pool is None:
+        if self._pool is None or self._builders is None:
             raise RuntimeError("email.send used before its startup hook ran")
         message_id = message_id_for(ctx.idempotency_key, ctx.custom_id)
         try:
-            outgoing = build_message(params, message_id, self._templates, self._policy)
+            outgoing = await self._builders.build(params, message_id)
+        except BuilderDied as exc:
+            raise RetryableError(str(exc), code=Code.UNAVAILABLE) from exc
         except NotAllowed as exc:
             raise PermanentError(str(exc), code=Code.PERMISSION_DENIED) from exc
-        except MessageError as exc:
+        except RenderLimitExceeded as exc:
+            raise PermanentError(str(exc), code=Code.RESOURCE_EXHAUSTED) from exc
+        except (MessageError, TemplateError) as exc:
             raise PermanentError(str(exc), code=Code.INVALID_ARGUMENT) from exc
         try:
             delivery = await self._pool.send(outgoing.sender, outgoing.recipients, outgoing.data)

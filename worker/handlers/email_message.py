@@ -1,14 +1,8 @@
 """Building one `email.send` message: templates rendered, addresses parsed, a
 multipart/alternative MIME message with a Message-ID derived from the item.
 
-Templates are written by whoever submits the batch, so they run in Jinja2's
-`SandboxedEnvironment` (no attribute access to Python internals, no file loader).
-`StrictUndefined` turns a variable missing from `vars` into an error naming it instead
-of an empty string in 50,000 mailboxes. Only the HTML part is autoescaped: `<` in a
-plain-text body or a subject is just `<`.
-
-A batch usually shares one template among all its items, so compiled templates are
-kept in an LRU keyed by their source: compiling costs far more than rendering.
+Templates render in a sandbox within limits (email_render.py). Only the HTML part is
+autoescaped: `<` in a plain-text body or a subject is just `<`.
 
 Everything that reaches a header is checked here (one line, addresses parsed, domains
 IDNA-encoded, non-ASCII names RFC 2047-encoded); email_mime.py writes the bytes. What the
@@ -20,18 +14,15 @@ Authentication-Results, Resent-*) never.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formataddr, formatdate, getaddresses
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
-
 from batchd.worker.handlers.email_mime import mime_message
+from batchd.worker.handlers.email_render import Templates
 
 __all__ = [
     "ALLOWED_HEADERS",
@@ -159,32 +150,6 @@ class Outgoing:
     recipients: list[str]  # the bare addresses of `to`, for RCPT TO
     data: bytes  # the message as DATA sends it
     message_id: str
-
-
-class Templates:
-    """Compiles and renders the subject, text and HTML templates of items."""
-
-    def __init__(self, cache_size: int = 256) -> None:
-        plain = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-        html = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
-        self._compile: dict[str, Callable[[str], jinja2.Template]] = {
-            "subject": functools.lru_cache(maxsize=cache_size)(plain.from_string),
-            "text": functools.lru_cache(maxsize=cache_size)(plain.from_string),
-            "html": functools.lru_cache(maxsize=cache_size)(html.from_string),
-        }
-
-    def render(self, part: str, source: str, variables: Mapping[str, Any]) -> str:
-        """`part` is subject, text or html; MessageError names the part and the cause."""
-        try:
-            return self._compile[part](source).render(variables)
-        except jinja2.TemplateSyntaxError as exc:
-            raise MessageError(f"{part} template, line {exc.lineno}: {exc.message}") from exc
-        except jinja2.UndefinedError as exc:
-            raise MessageError(f"{part} template: {exc.message}") from exc
-        except jinja2.TemplateError as exc:  # SecurityError and the like
-            raise MessageError(f"{part} template: {exc}") from exc
-        except Exception as exc:  # a template may divide by zero or call a filter badly
-            raise MessageError(f"{part} template: {type(exc).__name__}: {exc}") from exc
 
 
 def message_id_for(idempotency_key: str, custom_id: str) -> str:

@@ -1,0 +1,34 @@
+"""email.send's message-building processes: a render that its limits could not stop
+(one long computation, here a power the integer limit was raised to allow) gets its
+process killed, and the next message gets a fresh pool."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchd.worker.handlers.email_build import MessageBuilders
+from batchd.worker.handlers.email_message import Policy
+from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits
+
+
+def params(text: str) -> dict[str, str]:
+    return {"to": "a@example.test", "from": "b@example.test", "subject": "s", "text": text}
+
+
+async def test_a_render_past_twice_its_time_is_killed() -> None:
+    limits = RenderLimits(seconds=0.05, max_int=1 << (1 << 26))
+    builders = MessageBuilders(1, limits, Policy.of("example.test", ""))
+    try:
+        assert b"ok" in (await builders.build(params("ok"), "<1@batchd>")).data
+        pool = builders._pool
+        assert pool is not None
+        processes = list(pool._processes.values())  # the private attribute the kill uses
+        assert len(processes) == 1
+        with pytest.raises(RenderLimitExceeded, match=r"took longer than 0\.05 s"):
+            await builders.build(params("{{ (9 ** 5000000) % 7 }}"), "<2@batchd>")
+        processes[0].join(10)
+        assert processes[0].exitcode is not None  # killed, not left computing
+        assert b"again" in (await builders.build(params("again"), "<3@batchd>")).data
+        assert builders._pool is not pool
+    finally:
+        await builders.close()

@@ -1,0 +1,123 @@
+"""Where `email.send` messages are built: a small pool of processes of its own.
+
+Rendering a submitter's template is CPU work that the limits of email_render.py end
+within a second — but in a thread of the worker's process, even that second would be
+taken from the event loop: a filter working on a large string holds the GIL for
+milliseconds at a time, and every other item, heartbeat and lease renewal of the worker
+waits behind it (measured: a one-item noop batch took up to 3 s instead of 60 ms beside
+renders that ran to their time limit in two threads). In processes of their own, renders
+only cost the worker a pipe round trip per message.
+
+Each process keeps its compiled templates (an LRU per part). A render the limits did
+not end within twice the time limit (one uninterruptible filter call, say) gets its
+process killed and the pool replaced; the item fails like any other render past its
+time limit. A process that died fails the items it held with a retryable error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from batchd.worker.handlers.email_message import Outgoing, Policy, build_message
+from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits, Templates
+
+__all__ = ["BuilderDied", "MessageBuilders"]
+
+# The pool process's own state, set by its initializer.
+_process_state: dict[str, Any] = {}
+
+
+class BuilderDied(Exception):
+    """The process building a message died: nothing was sent, a retry may succeed."""
+
+
+def _init_process(limits: RenderLimits, policy: Policy) -> None:
+    _process_state["templates"] = Templates(limits)
+    _process_state["policy"] = policy
+
+
+def _build(params: Mapping[str, Any], message_id: str) -> Outgoing:
+    return build_message(params, message_id, _process_state["templates"], _process_state["policy"])
+
+
+def _warm_up() -> None:
+    """Nothing: the first task makes a process start (and import jinja2) at once."""
+
+
+class MessageBuilders:
+    """`processes` processes building messages within `limits`, by `policy`; started by
+    the first message."""
+
+    def __init__(self, processes: int, limits: RenderLimits, policy: Policy) -> None:
+        self.limits = limits
+        self.policy = policy
+        self._processes = max(processes, 1)
+        self._pool: ProcessPoolExecutor | None = None
+        self._starting = asyncio.Lock()
+
+    async def build(self, params: Mapping[str, Any], message_id: str) -> Outgoing:
+        """The message; raises build_message's errors, `RenderLimitExceeded` and
+        `BuilderDied`."""
+        pool = await self._started()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(pool, _build, params, message_id)
+        try:
+            return await asyncio.wait_for(future, timeout=2 * self.limits.seconds + 1)
+        except TimeoutError:
+            self._replace(pool, kill=True)
+            raise RenderLimitExceeded(
+                f"took longer than {self.limits.seconds:g} s (BATCHD_EMAIL_RENDER_TIMEOUT)"
+            ) from None
+        except BrokenProcessPool as exc:
+            self._replace(pool, kill=False)
+            raise BuilderDied("a process building messages died; the pool was restarted") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            # Renders end within their time limit: waiting for them is bounded.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def _started(self) -> ProcessPoolExecutor:
+        async with self._starting:
+            if self._pool is None:
+                pool = self._new_pool()
+                loop = asyncio.get_running_loop()
+                try:
+                    await asyncio.gather(
+                        *(loop.run_in_executor(pool, _warm_up) for _ in range(self._processes))
+                    )
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                self._pool = pool
+            return self._pool
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        return ProcessPoolExecutor(
+            max_workers=self._processes,
+            mp_context=context,
+            initializer=_init_process,
+            initargs=(self.limits, self.policy),
+        )
+
+    def _replace(self, broken: ProcessPoolExecutor, *, kill: bool) -> None:
+        # Items that shared the broken pool all land here: replace it only once.
+        if self._pool is not broken:
+            return
+        self._pool = None  # the next message starts a fresh pool
+        if kill:
+            # ProcessPoolExecutor has no way to stop a running task (kill_workers is
+            # Python 3.14's): its processes are killed directly. Pinned by a test.
+            for process in list(broken._processes.values()):
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        broken.shutdown(wait=False, cancel_futures=True)
