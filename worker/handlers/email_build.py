@@ -4,9 +4,8 @@ Rendering a submitter's template is CPU work that the limits of email_render.py 
 within a second — but in a thread of the worker's process, even that second would be
 taken from the event loop: a filter working on a large string holds the GIL for
 milliseconds at a time, and every other item, heartbeat and lease renewal of the worker
-waits behind it (measured: a one-item noop batch took up to 3 s instead of 60 ms beside
-renders that ran to their time limit in two threads). In processes of their own, renders
-only cost the worker a pipe round trip per message.
+waits behind it (figures in docs/handlers/email.md, "Templates"). In processes of their
+own, renders only cost the worker a pipe round trip per message.
 
 Each process keeps its compiled templates (an LRU per part). A render the limits did
 not end within twice the time limit (one uninterruptible filter call, say) gets its
@@ -101,7 +100,16 @@ class MessageBuilders:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" not in methods:
+            return self._pool_of(multiprocessing.get_context("spawn"))
+        context = multiprocessing.get_context("forkserver")
+        # Processes forked from a server that imported this module start in milliseconds,
+        # not after importing batchd and jinja2 again. The list only counts before the
+        # server's first start; no other part of batchd sets one.
+        context.set_forkserver_preload([__name__])
+        return self._pool_of(context)
+
+    def _pool_of(self, context: Any) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self._processes,
             mp_context=context,
