@@ -63,7 +63,11 @@ async def service(redis_url: str) -> AsyncIterator[Service]:
     # A key prefix of its own: this worker takes no other test's jobs.
     prefix = f"client-{uuid.uuid4().hex[:8]}:"
     settings = Settings(redis_url=redis_url, host="127.0.0.1", key_prefix=prefix)
-    async with running_server(redis_url, key_prefix=prefix) as server:
+    # Items as large as the client sends: the service's own params limit (256 KiB by
+    # default) raised to the transport's, whose edge these tests probe.
+    async with running_server(
+        redis_url, key_prefix=prefix, max_params_bytes=MAX_ITEM_BYTES
+    ) as server:
         worker = build_worker(settings, handlers={TYPED.name: TYPED}, poll_delay=0.02)
         task = asyncio.create_task(worker.async_run())
         await worker.started.wait()
