@@ -144,6 +144,7 @@ async def test_ctrl_c_mid_batch_then_restart_delivers_each_email_once(
         tmp_path / "data",
         tmp_path / "service.log",
         BATCHD_SMTP_URL=sink.url,
+        BATCHD_EMAIL_SENDER_DOMAINS="example.test",
         BATCHD_SMTP_CONNECTIONS="4",
         BATCHD_WORKER_CONCURRENCY=str(CONCURRENCY),
         BATCHD_WORKER_CONCURENCY="10",  # a typo: warned about, once

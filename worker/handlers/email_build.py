@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import signal
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -37,6 +38,9 @@ class BuilderDied(Exception):
 
 
 def _init_process(limits: RenderLimits, policy: Policy) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the worker drains and then
+    # shuts this pool down; the process itself must not die of it mid-task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _process_state["templates"] = Templates(limits)
     _process_state["policy"] = policy
 

@@ -14,6 +14,7 @@ import io
 import os
 import re
 import resource
+import signal
 import tempfile
 import threading
 import time
@@ -89,6 +90,9 @@ def init_process(max_pixels: int, owner_pid: int | None = None, memory_limit: in
     `owner_pid`, the process exits once that process (the worker) is gone; with
     `memory_limit`, its address space is capped (RLIMIT_AS): an image that needs more
     raises MemoryError in its job, and the process goes on."""
+    # A terminal's Ctrl-C reaches the whole process group: the worker drains and then
+    # shuts this pool down; the process itself must not die of it mid-task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     Image.MAX_IMAGE_PIXELS = max_pixels
