@@ -247,6 +247,18 @@ class Settings:
         "and its staged items dropped",
         read_by=SERVER,
     )
+    watch_min_interval: float = setting(
+        1.0,
+        "seconds at least between two WatchProgress snapshots, whatever a watcher asks "
+        "(min_interval)",
+        read_by=SERVER,
+    )
+    watch_min_heartbeat: float = setting(
+        1.0,
+        "seconds at least between two WatchProgress heartbeats, whatever a watcher asks "
+        "(heartbeat_interval)",
+        read_by=SERVER,
+    )
     max_upload_bytes: int = setting(
         512 * 1024 * 1024,
         "bytes of params one upload may stage before it commits (RESOURCE_EXHAUSTED beyond)",

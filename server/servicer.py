@@ -47,6 +47,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         self.max_upload_message_items = settings.max_upload_message_items
         self.upload_idle_timeout = settings.upload_idle_timeout
         self.max_upload_duration = settings.max_upload_duration
+        # Floors of what a watcher may ask: thousands of watchers at 10 ms each took
+        # the server's CPU.
+        self.watch_min_interval = settings.watch_min_interval
+        self.watch_min_heartbeat = settings.watch_min_heartbeat
         self.service_defaults = BatchOptions(
             chunk_size=settings.default_chunk_size,
             completion_window=settings.default_completion_window,
@@ -281,10 +285,12 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         structlog.contextvars.bind_contextvars(batch_id=batch_id)
         min_interval = DEFAULT_MIN_INTERVAL
         if request.HasField("min_interval"):
-            min_interval = max(convert.seconds(request.min_interval), MIN_MIN_INTERVAL)
+            min_interval = convert.seconds(request.min_interval)
+        min_interval = max(min_interval, self.watch_min_interval, MIN_MIN_INTERVAL)
         heartbeat = DEFAULT_HEARTBEAT
         if request.HasField("heartbeat_interval"):
-            heartbeat = max(convert.seconds(request.heartbeat_interval), min_interval)
+            heartbeat = convert.seconds(request.heartbeat_interval)
+        heartbeat = max(heartbeat, min_interval, self.watch_min_heartbeat)
         await self.store.get_batch(batch_id)  # NOT_FOUND before the stream starts
         async for snapshot, is_heartbeat in self.hub.watch(
             batch_id, min_interval=min_interval, heartbeat_interval=heartbeat

@@ -46,6 +46,9 @@ _TEST_SETTINGS: Mapping[str, Any] = {
     "heartbeat_interval": 0.5,
     "maintenance_interval": 0.5,
     "outcome_flush_interval": 0.02,
+    # A test follows its batches closely: WatchProgress floors far below the service's.
+    "watch_min_interval": 0.01,
+    "watch_min_heartbeat": 0.01,
 }
 
 

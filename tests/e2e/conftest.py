@@ -25,6 +25,8 @@ def settings(redis_url: str) -> Settings:
         worker_concurrency=200,
         key_prefix="e2e:",
         egress_allow="127.0.0.1",  # the local HTTP peers
+        watch_min_interval=0.01,  # tests follow batches closely
+        watch_min_heartbeat=0.01,
     )
 
 

@@ -61,6 +61,8 @@ async def service(redis_url: str, starts: Starts, **overrides: Any) -> AsyncIter
         redis_url=redis_url,
         host="127.0.0.1",
         key_prefix=f"dc{uuid.uuid4().hex[:8]}:",
+        watch_min_interval=0.01,  # tests follow batches closely
+        watch_min_heartbeat=0.01,
         **overrides,
     )
     server = await start_server(settings, port=0)

@@ -45,7 +45,10 @@ async def store(redis_url: str) -> AsyncIterator[BatchStore]:
 
 @pytest.fixture(scope="session")
 async def server(redis_url: str, store: BatchStore) -> AsyncIterator[BatchdServer]:
-    running = await start_server(Settings(redis_url=redis_url, host="127.0.0.1"), port=0)
+    settings = Settings(
+        redis_url=redis_url, host="127.0.0.1", watch_min_interval=0.01, watch_min_heartbeat=0.01
+    )
+    running = await start_server(settings, port=0)
     yield running
     await running.stop(grace=0)
 

@@ -12,13 +12,16 @@ from batchd.core.config import Settings
 from batchd.server.app import BatchdServer, start_server
 
 HOST = "127.0.0.1"
+# Tests follow batches closely: WatchProgress floors far below the service's 1 s.
+TEST_WATCH_FLOORS = {"watch_min_interval": 0.01, "watch_min_heartbeat": 0.01}
 
 
 @asynccontextmanager
 async def running_server(redis_url: str, **settings: Any) -> AsyncIterator[BatchdServer]:
     """A server over `redis_url`, configured by `settings` (Settings fields), on a free
     loopback port; stopped without grace, as no call of a finished test matters."""
-    running = await start_server(Settings(redis_url=redis_url, host=HOST, **settings), port=0)
+    values = {**TEST_WATCH_FLOORS, **settings}
+    running = await start_server(Settings(redis_url=redis_url, host=HOST, **values), port=0)
     try:
         yield running
     finally:

@@ -24,6 +24,9 @@ class ServiceProcess:
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(SUPPORT_DIR), os.environ.get("PYTHONPATH", "")]),
             "BATCHD_LOG_FORMAT": "json",
+            # Tests follow batches closely: WatchProgress floors far below the service's.
+            "BATCHD_WATCH_MIN_INTERVAL": "0.01",
+            "BATCHD_WATCH_MIN_HEARTBEAT": "0.01",
             **env,
         }
         self.log_path = log_path
