@@ -133,6 +133,12 @@ class Settings:
         "seconds without calls after which a connection is closed; 0: never",
         read_by=SERVER,
     )
+    grpc_max_concurrent_streams: int = setting(
+        1000,
+        "calls one client connection may have open at once (HTTP/2 streams; a client opens "
+        "more connections or waits beyond it)",
+        read_by=SERVER,
+    )
     data_dir: str = setting(
         ".data",
         "where the embedded Redis keeps its append-only file, its socket (redis/valkey.sock) "

@@ -164,6 +164,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_connection_age_ms", ms(settings.grpc_max_connection_age)),
         ("grpc.max_connection_age_grace_ms", ms(settings.grpc_max_connection_age_grace)),
         ("grpc.max_connection_idle_ms", ms(settings.grpc_max_connection_idle)),
+        ("grpc.max_concurrent_streams", max(settings.grpc_max_concurrent_streams, 1)),
     ]
 
 

@@ -244,6 +244,7 @@ def test_server_options_carry_the_keepalive_settings() -> None:
     assert options["grpc.max_connection_age_grace_ms"] == 300_000
     assert options["grpc.max_connection_idle_ms"] == 900_000
     assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.max_concurrent_streams"] == 1000
 
 
 # --- peer_identity -----------------------------------------------------------
