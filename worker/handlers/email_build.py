@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import signal
+import os
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +26,7 @@ from typing import Any
 
 from batchd.worker.handlers.email_message import Outgoing, Policy, build_message
 from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits, Templates
+from batchd.worker.pool_owner import serve_owner
 
 __all__ = ["BuilderDied", "MessageBuilders"]
 
@@ -37,10 +38,8 @@ class BuilderDied(Exception):
     """The process building a message died: nothing was sent, a retry may succeed."""
 
 
-def _init_process(limits: RenderLimits, policy: Policy) -> None:
-    # A terminal's Ctrl-C reaches the whole process group: the worker drains and then
-    # shuts this pool down; the process itself must not die of it mid-task.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _init_process(limits: RenderLimits, policy: Policy, owner_pid: int | None = None) -> None:
+    serve_owner(owner_pid)
     _process_state["templates"] = Templates(limits)
     _process_state["policy"] = policy
 
@@ -118,7 +117,7 @@ class MessageBuilders:
             max_workers=self._processes,
             mp_context=context,
             initializer=_init_process,
-            initargs=(self.limits, self.policy),
+            initargs=(self.limits, self.policy, os.getpid()),
         )
 
     def _replace(self, broken: ProcessPoolExecutor, *, kill: bool) -> None:

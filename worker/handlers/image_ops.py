@@ -14,10 +14,7 @@ import io
 import os
 import re
 import resource
-import signal
 import tempfile
-import threading
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from batchd.worker.handlers.image_errors import ImageRefused
 from batchd.worker.handlers.image_paths import confined_output, read_confined
+from batchd.worker.pool_owner import serve_owner
 
 __all__ = [
     "DEFAULT_QUALITY",
@@ -80,41 +78,17 @@ class ResizeJob:
     max_bytes: int  # the largest source accepted, in bytes
 
 
-# How often a pool process checks that the worker that owns it is still alive.
-OWNER_CHECK = 1.0
-
-
 def init_process(max_pixels: int, owner_pid: int | None = None, memory_limit: int = 0) -> None:
     """The pool's initializer: Pillow's own decompression-bomb guard at our limit, and
     its warning (between 1x and 2x the limit) turned into an error like the rest; with
     `owner_pid`, the process exits once that process (the worker) is gone; with
     `memory_limit`, its address space is capped (RLIMIT_AS): an image that needs more
     raises MemoryError in its job, and the process goes on."""
-    # A terminal's Ctrl-C reaches the whole process group: the worker drains and then
-    # shuts this pool down; the process itself must not die of it mid-task.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve_owner(owner_pid)
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
-    if owner_pid is not None:
-        threading.Thread(
-            target=_exit_without, args=(owner_pid,), name="owner watch", daemon=True
-        ).start()
-
-
-def _exit_without(owner_pid: int) -> None:
-    """Exits this process once `owner_pid` has ended. A SIGKILLed worker cannot shut its
-    pool down, and a pool process (a child of the forkserver, not of the worker) would
-    otherwise wait for work for ever, holding its memory."""
-    while True:
-        time.sleep(OWNER_CHECK)
-        try:
-            os.kill(owner_pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:
-            pass  # exists, under another user: not ours to judge
 
 
 def warm_up() -> None:
