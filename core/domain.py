@@ -8,6 +8,7 @@ Times are Unix epoch seconds as floats.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
@@ -52,6 +53,16 @@ TERMINAL_ITEM_STATES = frozenset(
 # before tenants existed). Its batches keep their ids as given; another tenant's are
 # stored as `<tenant>~<id>` (batchd.server.tenancy).
 DEFAULT_TENANT = "default"
+# Tenant names: lower case, digits and dashes, starting with a letter or digit.
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+# What joins a tenant to a name it owns; in no id a caller gives.
+TENANT_SEPARATOR = "~"
+
+
+def tenant_of(stored_id: str) -> str:
+    """The tenant of a batch by its stored id (`acme~<id>`, or a default tenant's id)."""
+    tenant, separator, _ = stored_id.partition(TENANT_SEPARATOR)
+    return tenant if separator else DEFAULT_TENANT
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from batchd.core.domain import TENANT_SEPARATOR
 from batchd.core.errors import (
     AlreadyExists,
     BatchdError,
@@ -32,7 +33,6 @@ from batchd.core.errors import (
 from batchd.core.logs import get_logger
 from batchd.server import principal
 from batchd.server.decoding import Malformed
-from batchd.server.validation import TENANT_SEPARATOR
 
 log = get_logger(__name__)
 

@@ -10,12 +10,11 @@ batches keep the ids they always had.
 from __future__ import annotations
 
 import enum
-import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from batchd.core.domain import DEFAULT_TENANT
+from batchd.core.domain import DEFAULT_TENANT, TENANT_PATTERN
 
 __all__ = [
     "ANONYMOUS",
@@ -29,9 +28,6 @@ __all__ = [
     "current",
     "use",
 ]
-
-# Tenant names: lower case, digits and dashes, starting with a letter or digit.
-TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
 class Role(enum.IntEnum):

@@ -12,7 +12,7 @@ import grpc
 import structlog
 
 from batchd.core.config import Settings
-from batchd.core.domain import BatchOptions, BatchSpec, BatchState, ItemState
+from batchd.core.domain import TENANT_SEPARATOR, BatchOptions, BatchSpec, BatchState, ItemState
 from batchd.core.errors import InvalidRequest
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
@@ -254,10 +254,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             raise InvalidRequest.for_field(
                 "request_id", f"at most {validation.MAX_REQUEST_ID} characters"
             )
-        if validation.TENANT_SEPARATOR in request.request_id:
-            raise InvalidRequest.for_field(
-                "request_id", f"must not contain {validation.TENANT_SEPARATOR!r}"
-            )
+        if TENANT_SEPARATOR in request.request_id:
+            raise InvalidRequest.for_field("request_id", f"must not contain {TENANT_SEPARATOR!r}")
         batch, requeued, replayed = await self.store.retry_items(
             batch_id, list(request.custom_ids), view.request_id(request.request_id)
         )

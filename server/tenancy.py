@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from batchd.core.domain import DEFAULT_TENANT, BatchOptions, BatchRecord
+from batchd.core.domain import DEFAULT_TENANT, TENANT_SEPARATOR, BatchOptions, BatchRecord
 from batchd.core.errors import InvalidRequest
 from batchd.server import validation
 from batchd.server.principal import Principal, Role
 
 __all__ = ["SEPARATOR", "TenantView"]
 
-SEPARATOR = validation.TENANT_SEPARATOR
+SEPARATOR = TENANT_SEPARATOR
 
 
 def stored(tenant: str, name: str) -> str:

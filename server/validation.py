@@ -18,15 +18,13 @@ from typing import Any
 import fastjsonschema
 
 from batchd.core import fastjson
-from batchd.core.domain import BatchOptions, HandlerSpec, NewItem
+from batchd.core.domain import TENANT_SEPARATOR, BatchOptions, HandlerSpec, NewItem
 from batchd.core.errors import FieldViolation, InvalidRequest
 from batchd.server import convert
 from batchd.v1 import batch_pb2
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ID_MESSAGE = "must be 1 to 64 characters of [A-Za-z0-9_.-]"
-# What joins a tenant to a name it owns (batchd.server.tenancy); in no id a caller gives.
-TENANT_SEPARATOR = "~"
 MAX_ITEMS_PER_MESSAGE = 10_000
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import structlog
 
 from batchd.core.config import Settings
-from batchd.core.domain import BatchOptions
+from batchd.core.domain import BatchOptions, tenant_of
 
 __all__ = [
     "Code",
@@ -111,9 +111,10 @@ class SlowDown(RetryableError):
 class ItemContext:
     """What a handler knows about the item it runs, besides its params.
 
-    `batch_id`, `custom_id`, `attempt` (1 for the first) and `logger`, read-only. A plain
-    class with slots rather than a frozen dataclass, and a logger bound only when a
-    handler first uses it: a worker makes one per item, and both showed in its profile.
+    `batch_id` (as stored: `<tenant>~<id>` for a tenant's batch), `custom_id`, `tenant`,
+    `attempt` (1 for the first) and `logger`, read-only. A plain class with slots rather
+    than a frozen dataclass, and a logger bound only when a handler first uses it: a
+    worker makes one per item, and both showed in its profile.
     """
 
     __slots__ = ("_attempt", "_batch_id", "_custom_id", "_logger", "_parent_logger")
@@ -152,6 +153,12 @@ class ItemContext:
     @property
     def custom_id(self) -> str:
         return self._custom_id
+
+    @property
+    def tenant(self) -> str:
+        """The tenant whose batch this is (`DEFAULT_TENANT` without tenancy): a handler
+        that reaches shared resources keeps each tenant to its own."""
+        return tenant_of(self._batch_id)
 
     @property
     def attempt(self) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+from redis.asyncio import Redis
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -38,10 +39,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from support.faults import wait_for_handler
+from support.in_process_server import TEST_WATCH_FLOORS
 from support.processes import ServiceProcess, WorkerPool
 
 from batchd.client import AsyncClient
 from batchd.core.config import Settings
+from batchd.core.credentials import CredentialStore
 from batchd.core.logs import get_logger
 from batchd.server.app import start_server
 from batchd.worker.handler import Handler, ItemContext, WorkerInfo
@@ -222,6 +225,7 @@ async def run_item(
 class MigrateService:
     client: AsyncClient
     pool: WorkerPool
+    port: int
     workers: list[ServiceProcess] = field(default_factory=list)
 
     def start_worker(self) -> ServiceProcess:
@@ -239,13 +243,19 @@ async def migrate_service(
     workers: int,
     concurrency: int = 3,
     env: Mapping[str, str] | None = None,
+    auth: str = "",
 ) -> AsyncIterator[MigrateService]:
     """A server in this process and `workers` worker subprocesses serving record.migrate
-    with the given `databases` setting (and the variables of `env`)."""
-    settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", lease_ttl=4, maintenance_interval=0.5
-    )
+    with the given `databases` setting (and the variables of `env`). With `auth`
+    ("tokens"), the service's client holds an admin key."""
+    values: dict[str, Any] = {**TEST_WATCH_FLOORS, "lease_ttl": 4, "maintenance_interval": 0.5}
+    settings = Settings(redis_url=redis_url, host="127.0.0.1", auth=auth, **values)
     server = await start_server(settings, port=0)
+    token = None
+    if auth:
+        redis = Redis.from_url(redis_url)
+        token, _ = await CredentialStore(redis).create("default", "admin", "migrate tests")
+        await redis.aclose()
     pool = WorkerPool(
         redis_url,
         log_dir,
@@ -253,8 +263,8 @@ async def migrate_service(
         concurrency=concurrency,
     )
     try:
-        async with AsyncClient(f"127.0.0.1:{server.port}") as client:
-            service = MigrateService(client, pool)
+        async with AsyncClient(f"127.0.0.1:{server.port}", token=token) as client:
+            service = MigrateService(client, pool, server.port)
             for _ in range(workers):
                 service.start_worker()
             await wait_for_handler(client, "record.migrate")

@@ -199,6 +199,41 @@ async def test_paths_outside_their_directories_are_refused(
     assert missing.value.code == Code.NOT_FOUND
 
 
+async def test_each_tenant_reads_and_writes_only_its_own_directories(
+    resizer: StartedHandler, dirs: tuple[Path, Path]
+) -> None:
+    image = encode(halves((10, 10), RED, BLUE), "PNG")
+    for owner in ("acme", "globex"):
+        (dirs[0] / "tenants" / owner).mkdir(parents=True, exist_ok=True)
+        (dirs[0] / "tenants" / owner / "logo.png").write_bytes(image)
+    put(dirs, "house.png", image)
+    variants = [{"name": "v", "width": 5}]
+
+    output = await resizer.call(
+        {"source": "logo.png", "output": "t/logo", "variants": variants}, batch_id="acme~b1"
+    )
+    assert output["variants"][0]["path"] == "t/logo.v.png"  # as the tenant named it
+    assert (dirs[1] / "tenants" / "acme" / "t" / "logo.v.png").is_file()
+    # The default tenant's files, another tenant's, and the tenants' tree are out of reach.
+    refused = [
+        ("acme~b2", "house.png", Code.NOT_FOUND),
+        ("acme~b3", "tenants/globex/logo.png", Code.NOT_FOUND),
+        ("b4", "tenants/acme/logo.png", Code.PERMISSION_DENIED),
+    ]
+    for batch_id, source, code in refused:
+        with pytest.raises(PermanentError) as caught:
+            await resizer.call(
+                {"source": source, "output": "x", "variants": variants}, batch_id=batch_id
+            )
+        assert caught.value.code == code, (batch_id, source)
+    with pytest.raises(PermanentError) as caught:
+        await resizer.call(
+            {"source": "house.png", "output": "tenants/acme/t/logo", "variants": variants}
+        )
+    assert caught.value.code == Code.PERMISSION_DENIED
+    assert "tenants/" in caught.value.message
+
+
 async def test_http_sources(resizer: StartedHandler, dirs: tuple[Path, Path]) -> None:
     files = {
         "photo.webp": encode(halves((120, 60), RED, BLUE), "WEBP"),

@@ -24,6 +24,7 @@ from typing import Any
 import fastjsonschema
 import grpc
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import Column, Integer, MetaData, String, Table, text, update
 from sqlalchemy import exc as sa_exc
 from support.redis_server import RedisServerFactory
@@ -42,7 +43,9 @@ from workloads.migrate_fixtures import (
     table_checksum,
 )
 
-from batchd.client import BatchdError, BatchState, ItemState
+from batchd.client import AsyncClient, BatchdError, BatchState, ItemState
+from batchd.core.config import SettingError
+from batchd.core.credentials import CredentialStore
 from batchd.core.logs import get_logger
 from batchd.worker.handler import Code, ItemContext, PermanentError, RetryableError
 from batchd.worker.handlers.migrate_checksum import EMPTY_CHECKSUM, canonical, checksum, combine
@@ -293,8 +296,52 @@ async def test_a_registered_transform_must_be_declared() -> None:
             pass
 
 
-def _context() -> ItemContext:
-    return ItemContext("test-batch", "item", 1, get_logger("tests"))
+def _context(batch_id: str = "test-batch") -> ItemContext:
+    return ItemContext(batch_id, "item", 1, get_logger("tests"))
+
+
+async def test_tenants_name_only_the_databases_granted_to_them(
+    sqlite_pair: Any, tmp_path: Path
+) -> None:
+    source, destination, _ = sqlite_pair
+    prod = f"sqlite:///{tmp_path / 'prod.db'}"
+    databases = f"src={source},dst={destination},prod={prod}"
+    grants = "acme=src,acme=dst,ops=*"
+    async with opened_handler(databases, migrate_tenant_databases=grants) as handler:
+        copied = await handler.run(_params("src", "dst", 1, 10), _context("acme~b1"))
+        assert copied["rows"] == 10
+        # A name granted to nobody and a name that does not exist: the same answer.
+        for ref, tenant in [("prod", "acme"), ("nope", "acme"), ("src", "globex")]:
+            with pytest.raises(PermanentError) as caught:
+                await handler.run(_params(ref, "dst", 1, 10), _context(f"{tenant}~b1"))
+            assert caught.value.code == Code.PERMISSION_DENIED
+            assert "BATCHD_MIGRATE_TENANT_DATABASES" in caught.value.message
+            assert "prod" not in caught.value.message.replace(repr(ref), "")
+        with pytest.raises(PermanentError, match="granted: none"):
+            await handler.run(_params("src", "dst", 1, 10), _context("globex~b1"))
+        with pytest.raises(PermanentError, match=r"granted: dst, src"):
+            await handler.run(_params("src", "prod", 1, 10), _context("acme~b1"))
+        # `*` grants every name; the default tenant (no tenancy) names every database.
+        for batch_id in ("ops~b1", "b1"):
+            with pytest.raises(PermanentError) as caught:  # prod has no people table
+                await handler.run(_params("prod", "dst", 1, 10), _context(batch_id))
+            assert caught.value.code == Code.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("grants", "message"),
+    [
+        ("acme=prod", "no database named 'prod'"),
+        ("Acme=src", "'Acme' is not a tenant name"),
+        ("acme", "expected tenant=name"),
+    ],
+)
+async def test_grants_of_unknown_databases_or_tenants_stop_the_start(
+    grants: str, message: str
+) -> None:
+    with pytest.raises(SettingError, match=message):
+        async with opened_handler("src=sqlite://", migrate_tenant_databases=grants):
+            pass
 
 
 async def test_constraint_violation_names_the_key(sqlite_pair: Any) -> None:
@@ -477,6 +524,35 @@ async def test_the_server_refuses_urls_and_unregistered_transforms_at_submit(
     assert outcome.output is not None
     assert (outcome.output["rows"], outcome.output["written"]) == (10, 5)
     assert await _count(engines[1], "people") == 5
+
+
+async def test_a_tenants_batch_reaches_only_its_granted_databases_through_the_service(
+    sqlite_pair: Any, redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    source, destination, engines = sqlite_pair
+    redis = redis_server_factory()
+    databases = f"src={source},dst={destination},prod={source}"
+    env = {"BATCHD_MIGRATE_TENANT_DATABASES": "acme=src,acme=dst"}
+    async with migrate_service(
+        redis.url, tmp_path, databases, workers=1, env=env, auth="tokens"
+    ) as service:
+        store = CredentialStore(Redis.from_url(redis.url))
+        key, _ = await store.create("acme", "operator", "acme's migration")
+        await store.redis.aclose()
+        async with AsyncClient(f"127.0.0.1:{service.port}", token=key) as acme:
+            items = [
+                ("granted", _params("src", "dst", 1, 10)),
+                ("ungranted", _params("prod", "dst", 11, 20)),
+            ]
+            batch_id = (await acme.submit("record.migrate", items)).batch.batch_id
+            last = [p async for p in acme.watch(batch_id)][-1]
+            assert (last.counts.succeeded, last.counts.failed) == (1, 1)
+            outcomes = {o.custom_id: o async for o in acme.items(batch_id)}
+    error = outcomes["ungranted"].error
+    assert error is not None
+    assert error.code.name == "PERMISSION_DENIED"
+    assert "tenant 'acme' may not use database 'prod'" in error.message
+    assert await _count(engines[1], "people") == 10
 
 
 # -- the whole service: MariaDB to PostgreSQL --------------------------------------------

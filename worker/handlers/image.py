@@ -60,7 +60,7 @@ from batchd.worker.handlers.image_ops import (
     resize_job,
     warm_up,
 )
-from batchd.worker.handlers.image_paths import check_relative
+from batchd.worker.handlers.image_paths import check_relative, tenant_root
 
 __all__ = ["MAX_SIDE", "MAX_SOURCE_BYTES", "PARAMS_SCHEMA", "ImageSettings", "image_resize_handler"]
 
@@ -214,7 +214,7 @@ class _ImageResize:
         remote = _is_url(source)
         variants = _variants(params["variants"], self._max_pixels)
         try:  # refused before any work: the pool checks symlinks again on the disk
-            check_relative(str(params["output"]), "output", "image_output_dir")
+            check_relative(str(params["output"]), "output", "image_output_dir", ctx.tenant)
             if not remote:
                 if self._input_root is None:
                     raise ImageRefused(
@@ -222,15 +222,16 @@ class _ImageResize:
                         "BATCHD_IMAGE_INPUT_DIR to allow them",
                         Code.PERMISSION_DENIED,
                     )
-                check_relative(source, "source", "image_input_dir")
+                check_relative(source, "source", "image_input_dir", ctx.tenant)
         except ImageRefused as exc:
             raise PermanentError(exc.message, code=exc.code) from None
         async with self._slots:
             data = await fetch(self._session, source, self._max_source_bytes) if remote else None
+            input_root = tenant_root(self._input_root, ctx.tenant) if self._input_root else None
             job = ResizeJob(
                 source=source if data is None else data,
-                input_root=str(self._input_root or ""),
-                output_root=str(self._output_root),
+                input_root=str(input_root or ""),
+                output_root=str(tenant_root(self._output_root, ctx.tenant)),
                 output=str(params["output"]),
                 variants=variants,
                 max_pixels=self._max_pixels,

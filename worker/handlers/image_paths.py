@@ -6,6 +6,10 @@ with `..`, or resolves — through a symlink anywhere along it — to a place ou
 directory. The roots are resolved once, by the handler's startup hook; the checks that
 touch the disk run in the pool processes, with the rest of the item's file I/O.
 
+With tenants, each directory is the default tenant's, and a named tenant's paths are
+relative to `<directory>/tenants/<tenant>/`: its own, which no other tenant's paths can
+name (the default tenant's may not start with `tenants/`).
+
 There is a window between resolving a path and opening it in which a process that can
 write inside the directories could swap a component for a symlink; the final component
 is opened with O_NOFOLLOW, so only a directory swap in that window could escape. Keep
@@ -17,15 +21,28 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from batchd.core.domain import DEFAULT_TENANT
 from batchd.worker.handler import Code
 from batchd.worker.handlers.image_errors import ImageRefused
 
-__all__ = ["check_relative", "confined_output", "read_confined"]
+__all__ = ["TENANTS_DIR", "check_relative", "confined_output", "read_confined", "tenant_root"]
+
+# Under each directory, every named tenant's own: `tenants/<tenant>/` (tenant_root).
+TENANTS_DIR = "tenants"
 
 
-def check_relative(path: str, what: str, directory: str) -> PurePosixPath:
+def tenant_root(root: Path, tenant: str) -> Path:
+    """The directory a tenant's paths are relative to: `root` for the default tenant,
+    `root/tenants/<tenant>` for another (tenant names are safe directory names)."""
+    return root if tenant == DEFAULT_TENANT else root / TENANTS_DIR / tenant
+
+
+def check_relative(
+    path: str, what: str, directory: str, tenant: str | None = None
+) -> PurePosixPath:
     """`path` as a relative path with no `..`, `.` or empty parts, else ImageRefused.
-    `what` and `directory` name the param and the setting in the message."""
+    `what` and `directory` name the param and the setting in the message. Given the
+    item's `tenant`, a default tenant's path may not enter the tenants' directories."""
     pure = PurePosixPath(path)
     if (
         not path
@@ -36,6 +53,11 @@ def check_relative(path: str, what: str, directory: str) -> PurePosixPath:
     ):
         raise ImageRefused(
             f"{what} {path!r} must be a relative path inside {directory}, without '..'",
+            Code.PERMISSION_DENIED,
+        )
+    if tenant == DEFAULT_TENANT and pure.parts[0] == TENANTS_DIR:
+        raise ImageRefused(
+            f"{what} {path!r}: {directory}/{TENANTS_DIR}/ holds the tenants' own files",
             Code.PERMISSION_DENIED,
         )
     return pure

@@ -49,8 +49,8 @@ from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from batchd.core.config import setting
-from batchd.core.domain import BatchOptions, RetryPolicy
+from batchd.core.config import SettingError, setting
+from batchd.core.domain import DEFAULT_TENANT, TENANT_PATTERN, BatchOptions, RetryPolicy
 from batchd.worker.handler import (
     Code,
     Handler,
@@ -89,6 +89,8 @@ __all__ = [
 
 NAME = "record.migrate"
 
+# In migrate_tenant_databases: every database name (and URLs, where they are allowed).
+ANY_DATABASE = "*"
 # A database name as `databases` gives it: no ":" or "/", so never a URL.
 _NAME = {
     "type": "string",
@@ -163,6 +165,27 @@ def params_schema(*, allow_urls: bool, transforms: Sequence[str]) -> dict[str, A
     return schema
 
 
+def parse_tenant_databases(setting: str, databases: Mapping[str, str]) -> dict[str, frozenset[str]]:
+    """`migrate_tenant_databases` ("tenant=name,tenant=*") as {tenant: names granted}.
+    Raises SettingError (a start-up error) naming a bad pair, tenant or database name."""
+    grants: dict[str, set[str]] = {}
+    for pair in setting.split(","):
+        if not pair.strip():
+            continue
+        tenant, sep, name = (part.strip() for part in pair.partition("="))
+        if not sep or not tenant or not name:
+            raise SettingError(f"migrate_tenant_databases: expected tenant=name, got {pair!r}")
+        if not TENANT_PATTERN.fullmatch(tenant):
+            raise SettingError(f"migrate_tenant_databases: {tenant!r} is not a tenant name")
+        if name != ANY_DATABASE and name not in databases:
+            raise SettingError(
+                f"migrate_tenant_databases: {tenant}={name}: no database named {name!r} "
+                "in the databases setting"
+            )
+        grants.setdefault(tenant, set()).add(name)
+    return {tenant: frozenset(names) for tenant, names in grants.items()}
+
+
 @dataclass(frozen=True)
 class _Item:
     """An item's params, checked and with their defaults."""
@@ -199,7 +222,7 @@ class _Item:
 @dataclass(frozen=True)
 class MigrateSettings:
     """record.migrate's settings: BATCHD_DATABASES, BATCHD_MIGRATE_ALLOW_URLS,
-    BATCHD_MIGRATE_TRANSFORMS (or their flags)."""
+    BATCHD_MIGRATE_TENANT_DATABASES, BATCHD_MIGRATE_TRANSFORMS (or their flags)."""
 
     databases: str = setting(
         "",
@@ -210,6 +233,12 @@ class MigrateSettings:
         False,
         "record.migrate items may give postgresql:// and mysql:// URLs besides names "
         "(query options dropped; never sqlite:); off: names only",
+    )
+    migrate_tenant_databases: str = setting(
+        "",
+        "which databases each tenant's record.migrate items may name, comma-separated "
+        "tenant=name pairs (tenant=* for every name, and URLs where allowed); the default "
+        "tenant may name every database, any other tenant only those granted here",
     )
     migrate_transforms: str = setting(
         "",
@@ -225,6 +254,7 @@ class _RecordMigrate:
         self._engines: Engines | None = None
         self._databases: dict[str, str] = {}
         self._allow_urls = False
+        self._grants: dict[str, frozenset[str]] = {}
         self._transforms: dict[str, RowTransform] = {}
         # The schema the worker publishes, filled in by the startup hook (which runs
         # before the worker publishes its handlers) from the settings.
@@ -234,6 +264,7 @@ class _RecordMigrate:
         settings = worker.settings.section(MigrateSettings)
         self._databases = parse_databases(settings.databases)
         self._allow_urls = settings.migrate_allow_urls
+        self._grants = parse_tenant_databases(settings.migrate_tenant_databases, self._databases)
         self._transforms = load_transforms(settings.migrate_transforms)
         schema = params_schema(allow_urls=self._allow_urls, transforms=list(self._transforms))
         self.schema.clear()
@@ -257,8 +288,8 @@ class _RecordMigrate:
             raise
 
     async def _copy(self, item: _Item, engines: Engines, ctx: ItemContext) -> Mapping[str, Any]:
-        source = engines.get(self._url(item.source, "source"))
-        destination = engines.get(self._url(item.destination, "destination"))
+        source = engines.get(self._url(item.source, "source", ctx.tenant))
+        destination = engines.get(self._url(item.destination, "destination", ctx.tenant))
         with _database_errors("source", item.table, engines):
             table = await engines.table(source, item.table)
         columns = _columns(table, item)
@@ -300,9 +331,18 @@ class _RecordMigrate:
         ctx.logger.debug("range_copied", rows=len(rows), written=len(written))
         return output
 
-    def _url(self, ref: str, side: str) -> URL:
+    def _url(self, ref: str, side: str, tenant: str) -> URL:
         """The URL of the database an item names. A worker checks again what the schema
         checked at submit: another worker, otherwise configured, may have published it."""
+        granted = self._grants.get(tenant, frozenset())
+        if tenant != DEFAULT_TENANT and ref not in granted and ANY_DATABASE not in granted:
+            # Whether the name exists is none of the tenant's business: one answer.
+            names = ", ".join(sorted(granted)) or "none"
+            raise PermanentError(
+                f"{side}: tenant {tenant!r} may not use database {ref!r} (granted: {names}; "
+                "BATCHD_MIGRATE_TENANT_DATABASES grants databases to tenants)",
+                code=Code.PERMISSION_DENIED,
+            )
         try:
             if ref in self._databases:
                 return async_url(self._databases[ref])
