@@ -38,6 +38,8 @@ HEALTH_CHECK_INTERVAL = 1.0
 # 10 s, the shortest keepalive gRPC's clients allow themselves. Faster pingers are told
 # to go away (too_many_pings).
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
+# Calls gRPC may hold for the server before the server takes them up (see server_options).
+MAX_PENDING_CALLS = 100_000
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -165,6 +167,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_connection_age_grace_ms", ms(settings.grpc_max_connection_age_grace)),
         ("grpc.max_connection_idle_ms", ms(settings.grpc_max_connection_idle)),
         ("grpc.max_concurrent_streams", max(settings.grpc_max_concurrent_streams, 1)),
+        # Calls arrived but not yet taken up by the server's event loop: gRPC refuses them
+        # at random past 1,000 (all past 3,000), and its refusal reaches the client as a
+        # bare CANCELLED. Watchers arriving by the thousand queue there for a moment.
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
 
 

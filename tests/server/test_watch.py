@@ -12,7 +12,8 @@ from google.protobuf import duration_pb2
 
 from batchd.core.flow import buckets_for
 from batchd.core.store import BatchStore
-from batchd.v1 import batch_pb2, batch_service_pb2
+from batchd.server.app import BatchdServer
+from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 
 if TYPE_CHECKING:
     from batchd.v1.batch_service_pb2_grpc import BatchServiceAsyncStub as Stub
@@ -86,6 +87,35 @@ async def test_many_watchers_share_one_feed(stub: Stub) -> None:
     for call in calls:
         rest = await read_to_end(call)
         assert rest[-1].progress.state == batch_pb2.BATCH_STATE_CANCELLED
+
+
+async def test_thousands_of_watchers_arriving_at_once_are_all_served(
+    stub: Stub, server: BatchdServer
+) -> None:
+    """3,000 watchers opened at once over 30 connections: every one gets its first and
+    its terminal snapshot. (gRPC's own backlog guard used to cancel the calls that
+    arrived while more than 1,000 waited to be taken up: ~700 of these.)"""
+    batch_id = await queued_batch(stub)
+    channels = [
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(30)
+    ]
+    try:
+        stubs = [batch_service_pb2_grpc.BatchServiceStub(channel) for channel in channels]
+        calls = [stubs[i % 30].WatchProgress(watch_request(batch_id, 60)) for i in range(3000)]
+        firsts = await asyncio.gather(*(call.read() for call in calls), return_exceptions=True)
+        assert [
+            f for f in firsts if not isinstance(f, batch_service_pb2.WatchProgressResponse)
+        ] == []
+        await stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id=batch_id))
+        ends = await asyncio.gather(*(read_to_end(call) for call in calls))
+        assert {rest[-1].progress.state for rest in ends} == {batch_pb2.BATCH_STATE_CANCELLED}
+        codes = await asyncio.gather(*(call.code() for call in calls))
+        assert set(codes) == {grpc.StatusCode.OK}
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
 async def test_invalid_batch_id_is_rejected(stub: Stub) -> None:
