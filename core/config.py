@@ -139,6 +139,12 @@ class Settings:
         "more connections or waits beyond it)",
         read_by=SERVER,
     )
+    grpc_max_concurrent_calls: int = setting(
+        20_000,
+        "calls the server has open at once, over all connections (RESOURCE_EXHAUSTED "
+        "beyond; health checks always answered); 0: no limit",
+        read_by=SERVER,
+    )
     data_dir: str = setting(
         ".data",
         "where the embedded Redis keeps its append-only file, its socket (redis/valkey.sock) "

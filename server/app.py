@@ -19,6 +19,7 @@ from batchd.core.redis_access import redis_access_problem
 from batchd.core.store import BatchStore, Limits
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
+from batchd.server.call_cap import CallCapInterceptor
 from batchd.server.decoding import add_servicer
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
@@ -108,7 +109,9 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
     )
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
     authenticators = build_authenticators(settings, redis)
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.grpc_max_concurrent_calls > 0:  # first, so outermost: refusals skip auth
+        interceptors.append(CallCapInterceptor(settings.grpc_max_concurrent_calls))
     if authenticators:  # --auth none: every call is principal.ANONYMOUS
         interceptors.append(
             AuthInterceptor(authenticators, guard_reflection=settings.reflection != "open")
