@@ -121,6 +121,18 @@ class Keys:
         see core/lua/_flow.lua. The name is its own hash tag."""
         return f"{self.prefix}rate:{{{name}}}"
 
+    @property
+    def watch_servers(self) -> str:
+        """ZSET server id -> when its liveness lapses (ms): the servers whose WatchProgress
+        streams count toward the tenants' limits. Shares a hash tag with `tenant_watchers`,
+        as the scripts touch both."""
+        return f"{self.prefix}{{watchers}}:servers"
+
+    def tenant_watchers(self, tenant: str) -> str:
+        """HASH server id -> the WatchProgress streams that server has open for the tenant
+        (batchd.core.watchers)."""
+        return f"{self.prefix}{{watchers}}:tenant:{tenant}"
+
     @staticmethod
     def lease_member(batch_id: str, chunk: int) -> str:
         """A chunk's member in `leases`."""
