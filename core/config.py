@@ -234,6 +234,18 @@ class Settings:
         "items one tenant may submit per second, with bursts of ten seconds' worth (0: no limit)",
         read_by=SERVER,
     )
+    tenant_max_watchers: int = setting(
+        5000,
+        "WatchProgress streams one tenant may have open at once, across all servers on "
+        "the Redis (RESOURCE_EXHAUSTED beyond; admins are not held to it); 0: no limit",
+        read_by=SERVER,
+    )
+    server_ttl: float = setting(
+        15.0,
+        "a server silent this many seconds counts as gone: its WatchProgress streams stop "
+        "counting toward tenant_max_watchers",
+        read_by=SERVER,
+    )
     max_params_depth: int = setting(
         32,
         "levels of objects and arrays an item's params may nest (INVALID_ARGUMENT beyond)",

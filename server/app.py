@@ -17,6 +17,7 @@ from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.redis_access import redis_access_problem
 from batchd.core.store import BatchStore, Limits
+from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
 from batchd.server.call_cap import CallCapInterceptor
@@ -54,6 +55,7 @@ class BatchdServer:
     hub: ProgressHub
     health: health.aio.HealthServicer
     _background: list[asyncio.Task[None]]
+    watchers: WatcherCounts | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
@@ -73,6 +75,11 @@ class BatchdServer:
         except TimeoutError:
             log.warning("server_watches_not_closed")
         await self.server.stop(grace)
+        if self.watchers is not None:
+            try:
+                await self.watchers.withdraw()
+            except Exception as exc:  # its streams stop counting when its liveness lapses
+                log.warning("watchers_not_withdrawn", error=str(exc))
         await self.redis.aclose()
         log.info("server_stopped")
 
@@ -108,6 +115,16 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         ),
     )
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
+    watchers = None
+    if settings.tenant_max_watchers > 0:
+        if settings.server_ttl <= 0:
+            raise SettingError(f"--server-ttl {settings.server_ttl:g}: more than 0 seconds")
+        watchers = WatcherCounts(
+            redis,
+            store.keys,
+            limit=settings.tenant_max_watchers,
+            ttl=settings.server_ttl,
+        )
     authenticators = build_authenticators(settings, redis)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.grpc_max_concurrent_calls > 0:  # first, so outermost: refusals skip auth
@@ -120,7 +137,7 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         interceptors=interceptors,
         options=server_options(settings),
     )
-    add_servicer(BatchServicer(store, hub, settings), server)
+    add_servicer(BatchServicer(store, hub, settings, watchers), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection != "off":
@@ -132,6 +149,10 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         bound = server.add_insecure_port(address)
     else:
         bound = server.add_secure_port(address, tls.credentials())
+    background: list[asyncio.Task[None]] = []
+    if watchers is not None:
+        await watchers.heartbeat()  # counted among the live servers before any watch
+        background.append(asyncio.create_task(watchers.run(), name="watch-heartbeat"))
     await server.start()
     redis_health = _RedisHealth(store, health_servicer)
     await redis_health.check()  # callers see a real status from the first moment
@@ -146,7 +167,8 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
     if notice:
         print(notice, file=sys.stderr, flush=True)
         (log.warning if settings.insecure else log.info)("authentication_off", notice=notice)
-    return BatchdServer(server, bound, redis, hub, health_servicer, [monitor, sweeper])
+    background += [monitor, sweeper]
+    return BatchdServer(server, bound, redis, hub, health_servicer, background, watchers)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from batchd.core.domain import TENANT_SEPARATOR, BatchOptions, BatchSpec, BatchS
 from batchd.core.errors import InvalidRequest
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
+from batchd.core.watchers import WatcherCounts
 from batchd.server import convert, principal, validation
 from batchd.server.decoding import Malformed
 from batchd.server.errors import translate_errors
@@ -36,9 +38,16 @@ DEFAULT_HEARTBEAT = 5.0
 
 
 class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
-    def __init__(self, store: BatchStore, hub: ProgressHub, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: BatchStore,
+        hub: ProgressHub,
+        settings: Settings,
+        watchers: WatcherCounts | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
+        self.watchers = watchers  # None: no limit of watchers per tenant
         self.schemas = SchemaCache()
         self.worker_ttl = settings.worker_ttl
         self.params_limits = validation.ParamsLimits(
@@ -290,12 +299,22 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             heartbeat = convert.seconds(request.heartbeat_interval)
         heartbeat = max(heartbeat, min_interval, self.watch_min_heartbeat)
         await self.store.get_batch(batch_id)  # NOT_FOUND before the stream starts
-        async for snapshot, is_heartbeat in self.hub.watch(
-            batch_id, min_interval=min_interval, heartbeat_interval=heartbeat
-        ):
-            yield batch_service_pb2.WatchProgressResponse(
-                progress=_progress(snapshot, view), heartbeat=is_heartbeat
-            )
+        async with self._watch_slot(view):
+            async for snapshot, is_heartbeat in self.hub.watch(
+                batch_id, min_interval=min_interval, heartbeat_interval=heartbeat
+            ):
+                yield batch_service_pb2.WatchProgressResponse(
+                    progress=_progress(snapshot, view), heartbeat=is_heartbeat
+                )
+
+    def _watch_slot(self, view: TenantView) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the caller's tenant's open watches (Settings.tenant_max_watchers), for
+        as long as the stream lasts. An admin takes none: it answers for the service,
+        whatever its tenant, and with --auth none every caller is one, the one tenant
+        being the whole service; the server-wide cap on calls holds for it."""
+        if self.watchers is None or view.sees_every_tenant:
+            return contextlib.nullcontext()
+        return self.watchers.held(view.tenant)
 
 
 @dataclass(frozen=True)
