@@ -206,11 +206,17 @@ class UploadSession:
         self._buffer.clear()
         if self._replay_of is not None:
             return
+        # One shield over both steps: a second cancellation while the first runs must not
+        # skip the second, or the upload's items would count toward admission until the
+        # staging TTL.
+        await asyncio.shield(self._drop())
+
+    async def _drop(self) -> None:
         staged = [self._keys.chunk(self.spec.batch_id, n) for n in range(self._staged)]
         staged.append(self._keys.ids(self.spec.batch_id))
         lock = self._keys.upload_lock(self.spec.batch_id)
-        await asyncio.shield(drop_if_owner(self._redis, lock, self._token, staged))
-        await asyncio.shield(self._unlist())
+        await drop_if_owner(self._redis, lock, self._token, staged)
+        await self._unlist()
 
     async def _unlist(self) -> None:
         """Takes this upload out of the staging index (its items no longer count)."""

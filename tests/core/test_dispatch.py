@@ -4,11 +4,13 @@ counter behind admission limits."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
+from support.polling import poll
 
 from batchd.core import jobs
 from batchd.core.domain import (
@@ -291,6 +293,35 @@ async def test_an_upload_stages_at_most_max_upload_bytes(
     with pytest.raises(Exhausted) as caught:
         await session.add_items(NewItem(f"i{n}", b'{"s":"' + b"x" * 90 + b'"}') for n in range(20))
     assert caught.value.quota_subject == "max_upload_bytes"
+    assert [k async for k in redis.scan_iter(match=f"{keys.prefix}b:{{{spec.batch_id}}}*")] == []
+
+
+async def test_an_abort_cancelled_midway_still_unlists_the_upload(
+    redis: Redis, keys: Keys, clock: Callable[[], float]
+) -> None:
+    # A client gone mid-stream cancels the server's handler, and the handler's clean-up may
+    # be cancelled again: the staged keys and the staging index entry go all the same.
+    store = BatchStore(redis, keys, clock=clock)
+    spec = BatchSpec(
+        batch_id=f"b-{uuid.uuid4().hex[:12]}",
+        handler="test.echo",
+        options=BatchOptions(chunk_size=10),
+        metadata={},
+    )
+    session = await store.begin_upload(spec)
+    await session.add_items(NewItem(f"i{n}", b'{"n":1}') for n in range(20))
+    assert await redis.zcard(keys.staging) == 1
+    aborting = asyncio.create_task(session.abort())
+    await asyncio.sleep(0)  # the abort is under way: deleting the staged keys
+    aborting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await aborting
+
+    async def unlisted() -> bool | None:
+        return True if await redis.zcard(keys.staging) == 0 else None
+
+    await poll(unlisted)
+    assert await redis.hlen(keys.staging_items) == 0  # type: ignore[misc]
     assert [k async for k in redis.scan_iter(match=f"{keys.prefix}b:{{{spec.batch_id}}}*")] == []
 
 
