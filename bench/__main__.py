@@ -13,6 +13,7 @@ from bench import (
     migrate,
     mixed_pool,
     noop,
+    open_uploads,
     scaling,
     sleep,
     submit,
@@ -36,6 +37,7 @@ SCENARIOS = [
     (email.main, ["--items", "10000"]),
     (migrate.main, ["--rows", "200000"]),
     (image.main, ["--images", "2000"]),
+    (open_uploads.main, ["--upload-mib", "64", "--batch-items", "1000000"]),
 ]
 
 if __name__ == "__main__":

@@ -190,3 +190,19 @@ def test_tenants_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "tenants", "--batches", "10", "--items", "5000")
     assert result["big_batches"] == 10
     assert_positive(result, "small_alone_seconds", "small_beside_big_seconds", "ratio_to_alone")
+
+
+def test_open_uploads_small(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path, "open_uploads", "--upload-mib", "4", "--batch-items", "20000",
+        "--idle-seconds", "1",
+    )  # fmt: skip
+    ended = {"bytes": "resource_exhausted", "items": "resource_exhausted",
+             "idle": "deadline_exceeded", "cancelled": "cancelled"}  # fmt: skip
+    for phase, code in ended.items():
+        assert result[f"{phase}_ended_{code}"] == 3, phase
+        assert result[f"{phase}_leftover_keys"] == 0, phase  # staging dropped, index empty
+        assert_positive(
+            result, f"{phase}_items_sent", f"{phase}_server_rss_mib_peak",
+            f"{phase}_valkey_used_mib_peak",
+        )  # fmt: skip
