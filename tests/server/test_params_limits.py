@@ -1,8 +1,11 @@
 """Params too deep or too large, and malformed messages, are INVALID_ARGUMENT naming the
-field: through the client, and through a raw stub that sends what the client refuses."""
+field: through the client, through grpcurl (which encodes any depth a JSON request
+has), and through a raw stub that sends what the client refuses."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -12,6 +15,7 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from support.grpcurl import grpcurl_binary
 
 from batchd.client import AsyncClient, BatchdError
 from batchd.server.app import BatchdServer
@@ -228,3 +232,42 @@ async def test_upload_message_with_too_many_items(stub: Stub, store: BatchStore)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert list(violations(caught.value)) == ["items.items"]
     assert await keys_of(store, batch_id) == []
+
+
+async def grpcurl_submit(port: int, request: bytes) -> tuple[int, str, str]:
+    """SubmitBatch through the bundled grpcurl (JSON in, grpcurl encodes the Struct;
+    reflection tells it the types): its exit status, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        str(grpcurl_binary()),
+        "-plaintext",
+        "-format-error",
+        "-d",
+        "@",
+        f"127.0.0.1:{port}",
+        "batchd.v1.BatchService/SubmitBatch",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(request)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("levels", [60, 2000])
+async def test_deep_params_through_grpcurl(server: BatchdServer, levels: int) -> None:
+    deep = '{"a":' * (levels - 1) + "{}" + "}" * (levels - 1)  # json.dumps would recurse
+    request = (
+        '{"handler":"test.echo","items":[{"customId":"ok","params":{"n":1}},'
+        f'{{"customId":"deep","params":{deep}}}]}}'
+    )
+    status, out, err = await grpcurl_submit(server.port, request.encode())
+    assert status != 0, out
+    error = json.loads(err)  # -format-error: the status as JSON, its details decoded
+    assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0], error
+    assert "items[1].params" in error["message"]
+    assert DEEP in error["message"]
+    for internal in ("Traceback", "RecursionError", "DecodeError", ".py", "Exception"):
+        assert internal not in error["message"]
+    fields = [v["field"] for d in error["details"] for v in d["field_violations"]]
+    assert fields == ["items[1].params"]
