@@ -8,8 +8,12 @@ any connection, and nothing listens there to connect to.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
+import ssl
 import struct
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +21,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from support.certs import Certificates, make_certificates
+from support.connect_proxy import ConnectProxy
+from support.processes import SUPPORT_DIR
 
 from batchd.core.config import Settings
 from batchd.worker.egress import MAX_REDIRECTS, EgressPolicy
@@ -306,3 +313,87 @@ async def test_image_fetch_refusal_tells_no_port_state(tmp_path: Path) -> None:
         closed.close()
         assert open_port.accepted == 0
     assert len(messages) == 1
+
+
+@asynccontextmanager
+async def https_server(certs: Certificates) -> AsyncIterator[tuple[int, list[str]]]:
+    """An HTTPS server on 127.0.0.1 with `certs.server` (its CA: `certs.ca`): its port and
+    the paths it was asked for."""
+    asked: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(text="secure")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.server.cert, certs.server.key)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1], asked  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def egress_calls(env: Mapping[str, str], *urls: str) -> list[dict[str, Any]]:
+    """`http.request` of each URL in a process of its own (support/egress_call.py)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "egress_call",
+        *urls,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(SUPPORT_DIR), os.environ.get("PYTHONPATH", "")]),
+            **env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+async def test_https_goes_through_the_proxy_in_a_connect_tunnel(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    async with (
+        https_server(certs) as (port, asked),
+        https_server(certs) as (refused_port, refused_asked),
+        ConnectProxy() as proxy,
+    ):
+        env = {
+            "BATCHD_EGRESS_PROXY": f"http://127.0.0.1:{proxy.port}",
+            "BATCHD_EGRESS_ALLOW": f"127.0.0.1:{port}",
+        }
+        # The worker checks HTTPS targets against the system's CAs; SSL_CERT_FILE
+        # names the bundle OpenSSL reads instead: here, the tests' CA.
+        trusting = {**env, "SSL_CERT_FILE": str(certs.ca.cert)}
+        answers = await egress_calls(
+            trusting,
+            f"https://127.0.0.1:{port}/through",
+            f"https://127.0.0.1:{refused_port}/refused",
+            f"https://localhost:{refused_port}/refused",
+        )
+        ok, refused_ip, refused_name = answers
+        assert ok["output"]["status"] == 200, ok
+        assert ok["output"]["body"] == "secure"
+        assert asked == ["/through"]
+        assert proxy.connects == [f"127.0.0.1:{port}"]  # one tunnel, to the target
+        # Targets the guard refuses: PERMISSION_DENIED, and no CONNECT for them.
+        for answer in (refused_ip, refused_name):
+            assert answer["code"] == "PERMISSION_DENIED", answer
+            assert "is not allowed" in answer["message"]
+            assert "BATCHD_EGRESS_ALLOW" in answer["message"]
+        assert refused_asked == []
+        assert proxy.accepted == 1
+        # Certificates are still checked through the tunnel: without the CA, refused.
+        (untrusted,) = await egress_calls(env, f"https://127.0.0.1:{port}/untrusted")
+        assert "output" not in untrusted, untrusted
+        assert "certificate" in untrusted["message"].lower(), untrusted
+        assert proxy.connects == [f"127.0.0.1:{port}"] * 2
+        assert asked == ["/through"]
