@@ -14,6 +14,9 @@ Not run, on purpose:
 - `./scripts/test`: the suite would run itself.
 - `./scripts/lint`: it judges the whole checkout, not the README (and takes a minute);
   every commit runs it.
+- `./scripts/lock`: it resolves the dependencies against the package index;
+  tests/test_dependency_locks.py checks, offline, that the locks it wrote agree with
+  pyproject.toml.
 - `make install | gen | lint | test | bench | run`: each verb calls a script (install:
   bootstrap, which reinstalls this venv; gen: bootstrap and the gen_protos command run
   here; lint, test, run: above; bench: minutes); checked to be the Makefile's verbs.
@@ -256,6 +259,7 @@ async def test_image_resize_workload(tmp_path: Path) -> None:
 NOT_RUN = {
     "./scripts/test": "the suite would run itself",
     "./scripts/lint": "judges the checkout, run before every commit",
+    "./scripts/lock": "reaches the package index; tests/test_dependency_locks.py checks the locks",
     "make install | gen | lint | test | bench | run": "the Makefile's verbs, checked below",
 }
 GEN_PROTOS = ".venv/bin/python scripts/gen_protos.py"
@@ -265,7 +269,7 @@ GEN_PROTOS = ".venv/bin/python scripts/gen_protos.py"
 def test_development_commands(tmp_path: Path) -> None:
     (block,) = sh_blocks_after(TEXT, "## Development")
     commands = [shlex.split(s.command, comments=True) for s in read_session(block, prompt="")]
-    assert [" ".join(c) for c in commands] == [*list(NOT_RUN)[:2], GEN_PROTOS, list(NOT_RUN)[2]]
+    assert [" ".join(c) for c in commands] == [*list(NOT_RUN)[:2], GEN_PROTOS, *list(NOT_RUN)[2:]]
     # gen_protos rewrites the stubs beside it: run it in a copy of what it reads and writes.
     copy = with_venv(tmp_path / "checkout")
     for part in ["scripts/gen_protos.py", "proto", "third_party", "clients/batchd/v1"]:
