@@ -1,8 +1,12 @@
 """`python -m bench`: every benchmark scenario in turn, at modest sizes (a few minutes on
 two cores). Each module's docstring gives the sizes of a full run; run one alone with
-`python -m bench.<name> --help`."""
+`python -m bench.<name>` (`--help` for its options). Method and figures:
+docs/performance.md."""
 
 from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
 
 from bench import (
     auth,
@@ -40,7 +44,22 @@ SCENARIOS = [
     (open_uploads.main, ["--upload-mib", "64", "--batch-items", "1000000"]),
 ]
 
-if __name__ == "__main__":
+
+def main(argv: Sequence[str] | None = None) -> None:
+    listing = "\n".join(
+        f"  python -m {scenario.__module__} {' '.join(flags)}" for scenario, flags in SCENARIOS
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        epilog=f"The scenarios, in order, with the flags the suite runs them with:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
     for scenario, flags in SCENARIOS:
         print(f"== {scenario.__module__} {' '.join(flags)}", flush=True)
         scenario(flags)
+
+
+if __name__ == "__main__":
+    main()
