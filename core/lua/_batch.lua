@@ -9,7 +9,7 @@
 -- ARGV: batch_id, batch key prefix, now (ms), retention (ms, 0: keep), ARQ job key
 --       prefix, job function, job expiry (ms), request key prefix, the global pending
 --       counter's key, the tenants' dispatch clocks (hash); a script's own arguments
---       follow (ARGV[A] ...)
+--       follow (ARGV[OWN_ARG] ...)
 local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUES, BATCHES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11]
@@ -17,7 +17,8 @@ local BATCH, PREFIX, NOW, RETENTION = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonum
 local REQUEST_PREFIX = ARGV[8]
 local PENDING_TOTAL = ARGV[9]
 local TENANT_CLOCK = ARGV[10]
-local A = 11
+-- ARGV[OWN_ARG] is the first of a script's own arguments.
+local OWN_ARG = 11
 -- The batch's queue: its handler's, read when a script first needs it.
 local queue_key = nil
 local function QUEUE()
@@ -26,6 +27,8 @@ local function QUEUE()
 end
 local enqueue, enqueue_due = make_enqueue(QUEUE, ARGV[5], ARGV[6], tonumber(ARGV[7]), NOW)
 
+-- States, as batchd.core.domain numbers them (tests/core/test_lua_states.py checks):
+-- ItemState by its name or NAME_ITEM, BatchState by NAME_BATCH or a name only it has.
 local PENDING, CANCELLED, EXPIRED_ITEM = 1, 5, 6
 local QUEUED, RUNNING_BATCH, CANCELLING, COMPLETED, CANCELLED_BATCH = 1, 2, 3, 4, 6
 local PAUSED = 7

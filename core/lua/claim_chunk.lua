@@ -1,5 +1,5 @@
 -- Hand a chunk to a worker under a lease (docs/design.md, "Reliability").
--- ARGV[A..]: n, token, lease expiry (ms)
+-- ARGV[OWN_ARG..]: n, token, lease expiry (ms)
 -- A chunk is claimable when queued, done ('d': it may have retries or handed-back items
 -- again) or claimed under a lease that expired (a takeover). Its due retries become
 -- runnable; runnable = items with no record and not waiting. n_run moves by
@@ -17,8 +17,8 @@
 -- Returns nil (nothing to run) or
 -- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}, n}
 -- where each attempt is the `attempts` entry of a runnable item that has one.
-local n, token, lease_until = ARGV[A], ARGV[A + 1], ARGV[A + 2]
-local take_next = ARGV[A + 3] == '1'
+local n, token, lease_until = ARGV[OWN_ARG], ARGV[OWN_ARG + 1], ARGV[OWN_ARG + 2]
+local take_next = ARGV[OWN_ARG + 3] == '1'
 
 local m = redis.call('HMGET', META, 'state', 'handler', 'options', 'chunk_size', 'total')
 if not m[1] then return nil end

@@ -1,7 +1,7 @@
 -- A chunk's holder asks to hold `count` of the batch's max_concurrent slots (more to
 -- start items, fewer as they finish, 0 to let go of them all).
 -- KEYS[12]: the batch's slots hash: chunk -> '<token>:<count>'
--- ARGV[A..]: chunk, token, count, limit (the batch's max_concurrent)
+-- ARGV[OWN_ARG..]: chunk, token, count, limit (the batch's max_concurrent)
 -- A holding counts only while its chunk is still claimed under its token with a live
 -- lease (the lease the chunk's holder renews anyway): a crashed worker's slots come
 -- free with its lease, and a taken-over chunk's old holding is dropped.
@@ -9,8 +9,8 @@
 -- live holdings leave), and never less than already held when asking for more (a holder
 -- keeps what it has); the state tells a holder waiting for slots of a pause or a cancel.
 local SLOTS = KEYS[12]
-local chunk, token = ARGV[A], ARGV[A + 1]
-local count, limit = tonumber(ARGV[A + 2]), tonumber(ARGV[A + 3])
+local chunk, token = ARGV[OWN_ARG], ARGV[OWN_ARG + 1]
+local count, limit = tonumber(ARGV[OWN_ARG + 2]), tonumber(ARGV[OWN_ARG + 3])
 local others, mine = 0, 0
 local entries = redis.call('HGETALL', SLOTS)
 for i = 1, #entries, 2 do

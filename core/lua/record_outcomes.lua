@@ -1,5 +1,5 @@
 -- Record item outcomes of a chunk (docs/design.md, "Reliability").
--- ARGV[A..]: n, token, release ('1' or '0'), outcomes: a msgpack array of
+-- ARGV[OWN_ARG..]: n, token, release ('1' or '0'), outcomes: a msgpack array of
 --            [global index, item state, payload, due (ms; 0 unless a retry)]
 --            (one argument, not four per outcome: packing thousands of arguments cost
 --            the worker more than the whole rest of recording)
@@ -16,9 +16,9 @@
 -- (`started`) while the claim holds.
 -- Returns {batch state, the chunk's first due retry (ms) or false, 1 if the chunk was
 -- held under token}, or nil when the batch is gone.
-local n, token, release = ARGV[A], ARGV[A + 1], ARGV[A + 2] == '1'
-local entries = cmsgpack.unpack(ARGV[A + 3])
-local in_flight = tonumber(ARGV[A + 4] or '-1')
+local n, token, release = ARGV[OWN_ARG], ARGV[OWN_ARG + 1], ARGV[OWN_ARG + 2] == '1'
+local entries = cmsgpack.unpack(ARGV[OWN_ARG + 3])
+local in_flight = tonumber(ARGV[OWN_ARG + 4] or '-1')
 -- Outcomes per block call: well inside Lua's limit on unpack()ed arguments.
 local BLOCK = 1000
 

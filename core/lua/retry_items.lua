@@ -1,6 +1,6 @@
 -- Redrive: FAILED and EXPIRED items run again (docs/design.md, "Reliability").
 -- KEYS[12]: the request's redrive key (only read and written with a request id)
--- ARGV[A..]: has request ('1' or '0'), completion window (ms, 0: none), result TTL (ms,
+-- ARGV[OWN_ARG..]: has request ('1' or '0'), completion window (ms, 0: none), result TTL (ms,
 --            0: keep), then the global indexes to retry (none: every FAILED and
 --            EXPIRED item)
 -- Each item's record goes and it waits, due now, with a fresh attempt budget; an
@@ -9,7 +9,7 @@
 -- no end time, no retention, a new deadline.
 -- Returns {'ok', requeued}, {'replay', stored result}, {'missing'}, {'cancelling'} or
 -- {'invalid', position, item state, ...} for the indexes that cannot be retried.
-local has_request, window, ttl = ARGV[A] == '1', tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2])
+local has_request, window, ttl = ARGV[OWN_ARG] == '1', tonumber(ARGV[OWN_ARG + 1]), tonumber(ARGV[OWN_ARG + 2])
 local REDRIVE = KEYS[12]
 if has_request then
   local prior = redis.call('GET', REDRIVE)
@@ -42,7 +42,7 @@ local function add_record(index)
   e.records[#e.records + 1] = index - n * size
 end
 
-if #ARGV < A + 3 then
+if #ARGV < OWN_ARG + 3 then
   for _, zset in ipairs({FAILED, EXPIRED}) do
     for _, index in ipairs(redis.call('ZRANGE', zset, 0, -1)) do add_record(tonumber(index)) end
   end
@@ -51,7 +51,7 @@ if #ARGV < A + 3 then
   end
 else
   local bad = {}
-  for i = A + 3, #ARGV do
+  for i = OWN_ARG + 3, #ARGV do
     local index = tonumber(ARGV[i])
     local n = math.floor(index / size)
     local l = index - n * size
@@ -73,7 +73,7 @@ else
     elseif not raw and item == EXPIRED_ITEM then
       entry(n).derived[l] = true
     else
-      bad[#bad + 1] = i - (A + 3)
+      bad[#bad + 1] = i - (OWN_ARG + 3)
       bad[#bad + 1] = item
     end
   end

@@ -1,16 +1,16 @@
 -- Change an unfinished batch's options (docs/design.md, "Flow control: dispatch"): compare and set
 -- of the options JSON, and its priority; a new priority moves the batch's dispatched jobs
 -- in the queue by the difference (retry and takeover jobs keep their due times).
--- ARGV[A..]: the options JSON read, the new options JSON, the new priority
+-- ARGV[OWN_ARG..]: the options JSON read, the new options JSON, the new priority
 -- Returns {'ok'}, {'missing'}, {'state', state} (finished or cancelling) or {'conflict'}
 -- (the options changed since they were read).
 local m = redis.call('HMGET', META, 'state', 'options', 'prio')
 if not m[1] then return {'missing'} end
 local state = tonumber(m[1])
 if state ~= QUEUED and state ~= RUNNING_BATCH and state ~= PAUSED then return {'state', state} end
-if m[2] ~= ARGV[A] then return {'conflict'} end
-local old, new = tonumber(m[3] or '0'), tonumber(ARGV[A + 2])
-redis.call('HSET', META, 'options', ARGV[A + 1], 'prio', new)
+if m[2] ~= ARGV[OWN_ARG] then return {'conflict'} end
+local old, new = tonumber(m[3] or '0'), tonumber(ARGV[OWN_ARG + 2])
+redis.call('HSET', META, 'options', ARGV[OWN_ARG + 1], 'prio', new)
 if old ~= new then
   local shift = (old - new) * 10000000
   local head = BATCH .. ':'
