@@ -18,12 +18,9 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from batchd.core import codec
-from batchd.core.domain import BatchOptions, BatchState
+from batchd.core.domain import UPDATABLE_OPTIONS, BatchOptions, BatchState
 from batchd.core.errors import FailedPrecondition, NotFound
 from batchd.core.scripts import BatchScope, Scripts
-
-# Options UpdateBatch may change.
-UPDATABLE = frozenset({"priority", "max_per_second", "burst", "max_concurrent"})
 
 _UPDATE_ATTEMPTS = 10
 
@@ -64,8 +61,8 @@ async def update_options(
     *,
     now_ms: int,
 ) -> None:
-    """Sets the `changes` (names in UPDATABLE) in the batch's options."""
-    unknown = set(changes) - UPDATABLE
+    """Sets the `changes` (names in UPDATABLE_OPTIONS) in the batch's options."""
+    unknown = set(changes) - set(UPDATABLE_OPTIONS)
     if unknown:
         raise ValueError(f"options {sorted(unknown)} cannot be updated")
     for _ in range(_UPDATE_ATTEMPTS):

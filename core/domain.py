@@ -107,6 +107,11 @@ class BatchOptions:
         return cls(retry_policy=policy, **values)
 
 
+# The BatchOptions fields UpdateBatch may change (its update_mask paths), in the order
+# error messages list them; the rest are fixed at submission.
+UPDATABLE_OPTIONS = ("priority", "max_per_second", "burst", "max_concurrent")
+
+
 def _merge(primary: Any, fallback: Any) -> Any:
     changes: dict[str, Any] = {}
     for f in fields(primary):

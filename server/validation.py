@@ -18,7 +18,13 @@ from typing import Any
 import fastjsonschema
 
 from batchd.core import fastjson
-from batchd.core.domain import TENANT_SEPARATOR, BatchOptions, HandlerSpec, NewItem
+from batchd.core.domain import (
+    TENANT_SEPARATOR,
+    UPDATABLE_OPTIONS,
+    BatchOptions,
+    HandlerSpec,
+    NewItem,
+)
 from batchd.core.errors import FieldViolation, InvalidRequest
 from batchd.server import convert
 from batchd.v1 import batch_pb2
@@ -148,10 +154,6 @@ def _check_options(violations: Violations, options: batch_pb2.BatchOptions) -> N
         violations.add("options.completion_window", "must be between 0 and 30 days")
 
 
-# The options UpdateBatch may change (its update_mask paths).
-UPDATE_PATHS = ("priority", "max_per_second", "burst", "max_concurrent")
-
-
 def check_update(
     violations: Violations, options: batch_pb2.BatchOptions, paths: Iterable[str]
 ) -> dict[str, Any]:
@@ -159,14 +161,14 @@ def check_update(
     the changes, option name -> new value."""
     paths = list(paths)
     if not paths:
-        violations.add("update_mask", f"name at least one of {', '.join(UPDATE_PATHS)}")
+        violations.add("update_mask", f"name at least one of {', '.join(UPDATABLE_OPTIONS)}")
     changes: dict[str, Any] = {}
     for position, path in enumerate(paths):
         name = path.removeprefix("options.")
-        if name not in UPDATE_PATHS:
+        if name not in UPDATABLE_OPTIONS:
             violations.add(
                 f"update_mask.paths[{position}]",
-                f"unknown or fixed option {path!r}: one of {', '.join(UPDATE_PATHS)}",
+                f"unknown or fixed option {path!r}: one of {', '.join(UPDATABLE_OPTIONS)}",
             )
         else:
             changes[name] = getattr(options, name)
