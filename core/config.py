@@ -25,8 +25,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from batchd.core.upload import Limits
+
 __all__ = [
     "COMMANDS",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_RETENTION",
     "EMBEDDED",
     "MIN_CHUNK_JOBS",
     "SERVER",
@@ -65,6 +69,12 @@ OTHER_VARIABLES = frozenset(
 
 # Chunk jobs a worker runs at once at least, when worker_max_chunks leaves it to batchd.
 MIN_CHUNK_JOBS = 8
+
+# Defaults of the settings that BatchStore also takes directly (tests build stores
+# without Settings); the admission limits' defaults are Limits'.
+DEFAULT_RETENTION = 7 * 86400.0  # a week
+DEFAULT_CHUNK_SIZE = 100
+_LIMITS = Limits()
 
 
 class SettingError(ValueError):
@@ -199,7 +209,7 @@ class Settings:
         1.0, "seconds between sweeps for expired leases and completion windows", read_by=SHARED
     )
     retention: float = setting(
-        7 * 86400.0, "seconds a finished batch and its outcomes are kept", read_by=SHARED
+        DEFAULT_RETENTION, "seconds a finished batch and its outcomes are kept", read_by=SHARED
     )
     default_completion_window: float = setting(
         86400.0,
@@ -207,30 +217,34 @@ class Settings:
         read_by=SERVER,
     )
     default_chunk_size: int = setting(
-        100, "items per chunk when neither batch nor handler say", read_by=SHARED
+        DEFAULT_CHUNK_SIZE, "items per chunk when neither batch nor handler say", read_by=SHARED
     )
     outcome_flush_items: int = setting(
         1000, "a worker records outcomes every N items ...", read_by=WORKER
     )
     outcome_flush_interval: float = setting(0.1, "... or every this many seconds", read_by=WORKER)
     max_pending_items: int = setting(
-        50_000_000,
+        _LIMITS.max_pending_items,
         "items not yet finished, across all batches, beyond which submits are refused "
         "(RESOURCE_EXHAUSTED)",
         read_by=SERVER,
     )
-    max_batch_items: int = setting(10_000_000, "items one batch may hold", read_by=SERVER)
+    max_batch_items: int = setting(
+        _LIMITS.max_batch_items, "items one batch may hold", read_by=SERVER
+    )
     tenant_max_pending_items: int = setting(
-        0,
+        _LIMITS.tenant_max_pending_items,
         "items not yet finished one tenant may have across its batches (0: only the "
         "service-wide limit)",
         read_by=SERVER,
     )
     tenant_max_open_batches: int = setting(
-        0, "unfinished batches one tenant may have (0: no limit)", read_by=SERVER
+        _LIMITS.tenant_max_open_batches,
+        "unfinished batches one tenant may have (0: no limit)",
+        read_by=SERVER,
     )
     tenant_max_items_per_second: float = setting(
-        0.0,
+        _LIMITS.tenant_max_items_per_second,
         "items one tenant may submit per second, with bursts of ten seconds' worth (0: no limit)",
         read_by=SERVER,
     )
@@ -284,12 +298,12 @@ class Settings:
         read_by=SERVER,
     )
     max_upload_bytes: int = setting(
-        512 * 1024 * 1024,
+        _LIMITS.max_upload_bytes,
         "bytes of params one upload may stage before it commits (RESOURCE_EXHAUSTED beyond)",
         read_by=SERVER,
     )
     dispatch_window: int = setting(
-        16,
+        _LIMITS.window,
         "chunk jobs of each batch kept in the queue at once: a batch behind another "
         "waits for at most this many of its chunks",
         read_by=SERVER,

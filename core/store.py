@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from batchd.core import claims, codec, dispatch, flow, lifecycle, listing
 from batchd.core.claims import RecordResult
+from batchd.core.config import DEFAULT_CHUNK_SIZE, DEFAULT_RETENTION, Settings
 from batchd.core.domain import (
     BatchRecord,
     BatchSpec,
@@ -44,9 +45,6 @@ from batchd.core.scripts import BatchScope, Scripts
 from batchd.core.upload import Limits, UploadSession, drop_if_owner
 
 __all__ = ["BatchStore", "Limits", "RecordResult", "UploadSession"]
-
-# The default of Settings.retention: a week.
-DEFAULT_RETENTION = 7 * 86400.0
 
 # Worker entries silent for this many TTLs are dropped from the workers zset.
 _PRUNE_AFTER_TTLS = 10
@@ -75,7 +73,7 @@ class BatchStore:
         *,
         staging_ttl: float = 3600.0,
         job_expiry: float = DEFAULT_JOB_EXPIRY,
-        default_chunk_size: int = 100,
+        default_chunk_size: int = DEFAULT_CHUNK_SIZE,
         retention: float = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
@@ -93,6 +91,26 @@ class BatchStore:
             self.keys,
             retention_ms=max(0, int(retention * 1000)),
             job_expiry_ms=int(job_expiry * 1000),
+        )
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> BatchStore:
+        """The store a server or worker process uses: its key prefix, retention, chunk
+        size and admission limits from `settings`."""
+        return cls(
+            redis,
+            Keys(settings.key_prefix),
+            default_chunk_size=settings.default_chunk_size,
+            retention=settings.retention,
+            limits=Limits(
+                max_pending_items=settings.max_pending_items,
+                max_batch_items=settings.max_batch_items,
+                window=settings.dispatch_window,
+                tenant_max_pending_items=settings.tenant_max_pending_items,
+                tenant_max_open_batches=settings.tenant_max_open_batches,
+                tenant_max_items_per_second=settings.tenant_max_items_per_second,
+                max_upload_bytes=settings.max_upload_bytes,
+            ),
         )
 
     async def ping(self) -> bool:

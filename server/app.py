@@ -12,11 +12,10 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from batchd.core.config import SettingError, Settings
-from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.redis_access import redis_access_problem
-from batchd.core.store import BatchStore, Limits
+from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
@@ -100,20 +99,7 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
     if problem:
         raise SettingError(problem)
     redis = Redis.from_url(settings.redis_url, health_check_interval=10)
-    store = BatchStore(
-        redis,
-        Keys(settings.key_prefix),
-        retention=settings.retention,
-        limits=Limits(
-            max_pending_items=settings.max_pending_items,
-            max_batch_items=settings.max_batch_items,
-            window=settings.dispatch_window,
-            tenant_max_pending_items=settings.tenant_max_pending_items,
-            tenant_max_open_batches=settings.tenant_max_open_batches,
-            tenant_max_items_per_second=settings.tenant_max_items_per_second,
-            max_upload_bytes=settings.max_upload_bytes,
-        ),
-    )
+    store = BatchStore.from_settings(redis, settings)
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
     watchers = None
     if settings.tenant_max_watchers > 0:

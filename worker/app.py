@@ -111,9 +111,7 @@ class _Lifecycle:
         settings = self.settings
         # ARQ's pool (bytes replies, no decoding) serves the store too: one pool per process.
         # The store finishes batches when their last outcome is recorded: it needs retention.
-        self.store = BatchStore(
-            ctx["redis"], Keys(settings.key_prefix), retention=settings.retention
-        )
+        self.store = BatchStore.from_settings(ctx["redis"], settings)
         info = WorkerInfo(
             worker_id=self.worker_id, concurrency=settings.worker_concurrency, settings=settings
         )

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
+from batchd.core.config import DEFAULT_RETENTION
 from batchd.core.domain import (
     BatchOptions,
     BatchRecord,
@@ -19,7 +20,7 @@ from batchd.core.domain import (
     NewItem,
 )
 from batchd.core.errors import FailedPrecondition, InvalidRequest, NotFound
-from batchd.core.store import DEFAULT_RETENTION, BatchStore
+from batchd.core.store import BatchStore
 
 NewBatch = Callable[..., Awaitable[BatchRecord]]
 Consistent = Callable[[str], Awaitable[ItemCounts]]
