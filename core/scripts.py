@@ -54,7 +54,7 @@ class Scripts:
         self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
         self.tenant_time: AsyncScript = redis.register_script(_source("tenant_time.lua"))
         self.take_submits: AsyncScript = redis.register_script(_source("take_submits.lua"))
-        # Flow control (batchd.core.flow): token buckets, and max_concurrent slots.
+        # Flow control (batchd.core.throttle): token buckets, and max_concurrent slots.
         flow = _source("_flow.lua")
         self.take_permits: AsyncScript = redis.register_script(flow + _source("take_permits.lua"))
         self.slow_down: AsyncScript = redis.register_script(flow + _source("slow_down.lua"))

@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from batchd.core import claims, codec, dispatch, flow, lifecycle, listing
+from batchd.core import claims, codec, dispatch, lifecycle, listing, throttle
 from batchd.core.claims import RecordResult
 from batchd.core.config import DEFAULT_CHUNK_SIZE, DEFAULT_RETENTION, Settings
 from batchd.core.domain import (
@@ -333,25 +333,25 @@ class BatchStore:
             now_ms=self._now_ms(),
         )
 
-    # -- flow control (batchd.core.flow) --------------------------------------------
+    # -- flow control (batchd.core.throttle) ----------------------------------------
     async def take_permits(
         self,
-        buckets: Sequence[flow.Bucket],
+        buckets: Sequence[throttle.Bucket],
         want: int,
         *,
         used: int = 0,
         ok: int = 0,
         now: float | None = None,
-    ) -> flow.Grant:
+    ) -> throttle.Grant:
         """Up to `want` start permits from every one of `buckets` at once (consumed now),
         or how long to wait for them; `used`: starts made in the last free period beyond
         what it granted, `ok`: items ended without a slow-down since (both for the
         observed rates). The buckets run on Redis' clock unless `now` is given."""
-        return await flow.take_permits(self._scripts, buckets, want, used, now, ok)
+        return await throttle.take_permits(self._scripts, buckets, want, used, now, ok)
 
     async def slow_down(
         self,
-        bucket: flow.Bucket,
+        bucket: throttle.Bucket,
         *,
         started: float | None = None,
         used: int = 0,
@@ -363,13 +363,13 @@ class BatchStore:
         (unless the item that saw it started before the last cut, or the last cut's
         `retry_after` still holds) and starts nothing on it for `retry_after` seconds.
         Returns (cut, rate)."""
-        return await flow.slow_down(self._scripts, bucket, started, now, used, ok, retry_after)
+        return await throttle.slow_down(self._scripts, bucket, started, now, used, ok, retry_after)
 
     async def effective_rate(self, batch: BatchRecord, now: float | None = None) -> float:
         """The start rate in force for the batch (items/s): its bucket's current rate,
         below max_per_second while slowed down; 0 when unlimited."""
-        buckets = flow.buckets_for(self.keys, batch.batch_id, batch.options)
-        return (await flow.take_permits(self._scripts, buckets, 0, 0, now)).rate
+        buckets = throttle.buckets_for(self.keys, batch.batch_id, batch.options)
+        return (await throttle.take_permits(self._scripts, buckets, 0, 0, now)).rate
 
     async def hold_slots(
         self, batch_id: str, chunk: int, token: str, count: int, *, limit: int
@@ -377,7 +377,7 @@ class BatchStore:
         """The holder of claimed chunk (`chunk`, `token`) asks to hold `count` of the
         batch's `limit` (max_concurrent) slots; returns how many it holds now, and the
         batch's state (None: gone). Holdings live only with their chunk's lease."""
-        return await flow.hold_slots(
+        return await throttle.hold_slots(
             self._scripts,
             self._scope,
             batch_id,

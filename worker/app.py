@@ -30,11 +30,11 @@ from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import BatchdWorker
 from batchd.worker.background import BackgroundTasks
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
+from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.handler import Handler, WorkerInfo
 from batchd.worker.leases import LeaseKeeper
 from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
 from batchd.worker.registry import load_handlers, specs
-from batchd.worker.slots import SlotPool
 
 __all__ = [
     "BatchdWorker",
@@ -74,7 +74,7 @@ def build_worker(
         handlers = load_handlers(settings.handlers, extra_handlers)
     if not handlers:
         raise ValueError("the worker serves no handler")
-    lifecycle = _Lifecycle(settings, handlers, new_worker_id())
+    hooks = _WorkerHooks(settings, handlers, new_worker_id())
     if not settings.redis_url:
         raise ValueError("the worker needs a Redis URL (BATCHD_REDIS_URL)")
     keys = Keys(settings.key_prefix)
@@ -83,18 +83,18 @@ def build_worker(
         queues=[keys.queue(name) for name in sorted(handlers)],
         redis_url=settings.redis_url,
         max_jobs=settings.chunk_jobs,
-        on_startup=lifecycle.startup,
-        on_shutdown=lifecycle.shutdown,
-        worker_id=lifecycle.worker_id,
-        started=lifecycle.started,
-        draining=lifecycle.draining,
+        on_startup=hooks.startup,
+        on_shutdown=hooks.shutdown,
+        worker_id=hooks.worker_id,
+        started=hooks.started,
+        draining=hooks.draining,
         burst=burst,
         handle_signals=handle_signals,
         poll_delay=settings.worker_poll_interval if poll_delay is None else poll_delay,
     )
 
 
-class _Lifecycle:
+class _WorkerHooks:
     """ARQ's on_startup/on_shutdown: the runtime, handler hooks, catalog and heartbeat."""
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler], worker_id: str):
@@ -129,7 +129,7 @@ class _Lifecycle:
             store=self.store,
             handlers=self.handlers,
             worker_id=self.worker_id,
-            slots=SlotPool(max(settings.worker_concurrency, 1)),
+            in_flight=FifoSemaphore(max(settings.worker_concurrency, 1)),
             draining=self.draining,
             leases=leases,
         )

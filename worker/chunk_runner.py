@@ -51,11 +51,11 @@ from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import run_later
 from batchd.worker.attempts import Item, run_item
-from batchd.worker.flow import FlowGate, PermitPool
+from batchd.worker.fifo_semaphore import FifoSemaphore
+from batchd.worker.flow_gate import FlowGate, PermitPool
 from batchd.worker.handler import Handler
 from batchd.worker.leases import Lease, LeaseKeeper
 from batchd.worker.recorder import FlushFailed, Recorder
-from batchd.worker.slots import SlotPool
 
 __all__ = ["CTX_KEY", "ChunkEnd", "WorkerRuntime", "run_chunk"]
 
@@ -86,12 +86,12 @@ class WorkerRuntime:
     handlers: Mapping[str, Handler]
     worker_id: str
     # Items in flight across every chunk job of the process.
-    slots: SlotPool
+    in_flight: FifoSemaphore
     # Set when the worker is asked to stop: chunks start no more items and are handed
     # back, for another worker, with what they have not started.
     draining: asyncio.Event
     leases: LeaseKeeper
-    # Rate-limit permits, shared by the process's chunk runs (batchd.worker.flow).
+    # Rate-limit permits, shared by the process's chunk runs (batchd.worker.flow_gate).
     permits: PermitPool = field(default_factory=PermitPool)
 
 
@@ -179,7 +179,7 @@ class _ChunkRun:
             runtime.store,
             claimed,
             handler,
-            runtime.slots,
+            runtime.in_flight,
             runtime.permits,
             self.queue.__len__,
             self.log,
@@ -252,7 +252,7 @@ class _ChunkRun:
         """Called as a consumer starts an item while every consumer runs one and items
         wait: doubles the consumers, up to the free worker slots (a 500-slot worker
         fills them in 9 steps)."""
-        self._spawn(min(self._started, self.runtime.slots.free))
+        self._spawn(min(self._started, self.runtime.in_flight.free))
 
     async def _consume(self) -> None:
         # Locals: this loop runs once per item, and attribute lookups showed in profiles.
@@ -274,7 +274,7 @@ class _ChunkRun:
                     # All of the pool waits: how many wait is what one Redis call for
                     # permits or slots asks for.
                     self._spawn(self._pool_size)
-                # Flow limits (batchd.worker.flow), then the worker-wide slot.
+                # Flow limits (batchd.worker.flow_gate), then the worker-wide slot.
                 admission = await gate.admit(item, self._halted)
                 if admission is None or self._halted():
                     if admission is not None:
@@ -292,7 +292,7 @@ class _ChunkRun:
             finally:
                 self._idle += 1
                 lease.in_flight -= 1
-                if gate.slots is None:
+                if gate.batch_slots is None:
                     gate.done_now(admission)
                 else:
                     await gate.done(admission)

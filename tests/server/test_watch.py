@@ -10,8 +10,8 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from batchd.core.flow import buckets_for
 from batchd.core.store import BatchStore
+from batchd.core.throttle import buckets_for
 from batchd.server.app import BatchdServer
 from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 

@@ -1,4 +1,4 @@
-"""The chunk run's max_concurrent holding (batchd.worker.flow), against a store stub
+"""The chunk run's max_concurrent holding (batchd.worker.flow_gate), against a store stub
 whose calls the test holds up: what it gives back is never used while in flight."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, cast
 from batchd.core.domain import BatchOptions, BatchState, ClaimedChunk
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
-from batchd.worker.flow import _Slots
+from batchd.worker.flow_gate import _BatchSlots
 
 
 class HeldUpStore:
@@ -34,7 +34,7 @@ async def test_slots_given_back_are_not_used_while_the_call_is_in_flight() -> No
     store = HeldUpStore()
     claimed = ClaimedChunk("b", 0, "h", BatchOptions(max_concurrent=3), 0, [], token="t")
     queued = [5]
-    slots = _Slots(cast(BatchStore, store), claimed, 3, lambda: queued[0], get_logger("test"))
+    slots = _BatchSlots(cast(BatchStore, store), claimed, 3, lambda: queued[0], get_logger("test"))
     never: Any = lambda: False  # noqa: E731
     for _ in range(3):
         assert await slots.acquire(never)

@@ -1,4 +1,4 @@
-"""The process's rate-permit pool (batchd.worker.flow.PermitPool) on a real private Redis:
+"""The process's rate-permit pool (batchd.worker.flow_gate.PermitPool) on a real private Redis:
 what it leaves running when the worker closes."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from redis.asyncio import Redis
 from support.redis_server import RedisServerFactory
 
 from batchd.core.domain import BatchOptions
-from batchd.core.flow import buckets_for
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
-from batchd.worker.flow import RENEW_AHEAD, PermitPool
+from batchd.core.throttle import buckets_for
+from batchd.worker.flow_gate import RENEW_AHEAD, PermitPool
 from batchd.worker.outages import RETRY_ON, client_retry
 
 RENEWAL = "renew free period"

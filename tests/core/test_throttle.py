@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from batchd.core.domain import BatchOptions, BatchRecord, ItemOutcome, ItemState
-from batchd.core.flow import Bucket, Grant, buckets_for
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
+from batchd.core.throttle import Bucket, Grant, buckets_for
 
 NewBatch = Callable[..., Awaitable[BatchRecord]]
 T0 = 1_800_000_000.0

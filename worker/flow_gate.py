@@ -2,10 +2,10 @@
 
 Before an item starts, `FlowGate.admit` gets it, in order (`FlowGate.done` gives back):
 1. a slot of the batch's `max_concurrent`, held in Redis by this chunk run in blocks
-   (`_Slots`: a run holding g slots runs at most g items at once, asks for more while
+   (`_BatchSlots`: a run holding g slots runs at most g items at once, asks for more while
    consumers wait, gives back what it no longer needs once its queue is empty; the
    holding lives with the chunk's lease, so a crashed worker's slots come free);
-2. a worker slot (`settings.worker_concurrency`, the process-wide semaphore);
+2. a worker slot (`settings.worker_concurrency`: `in_flight`, the process-wide semaphore);
 3. a start permit of every rate-limit bucket of the item (`_Permits`, one per bucket
    list per process, shared by its chunk runs): taken in blocks by one script call at a
    time for everyone waiting — now, or reserved for a moment soon, slept to — and used
@@ -30,12 +30,12 @@ import structlog
 
 from batchd.core import fastjson
 from batchd.core.domain import BatchState, ClaimedChunk
-from batchd.core.flow import Bucket, buckets_for
 from batchd.core.store import BatchStore
+from batchd.core.throttle import Bucket, buckets_for
 from batchd.worker.attempts import Item
 from batchd.worker.background import BackgroundTasks
+from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.handler import Handler, SlowDown
-from batchd.worker.slots import SlotPool
 
 __all__ = ["Admission", "FlowGate", "PermitPool"]
 
@@ -114,7 +114,7 @@ class FlowGate:
         store: BatchStore,
         claimed: ClaimedChunk,
         handler: Handler | None,
-        worker_slots: SlotPool,
+        in_flight: FifoSemaphore,
         pool: PermitPool,
         queued: Callable[[], int],
         log: structlog.typing.FilteringBoundLogger,
@@ -126,11 +126,11 @@ class FlowGate:
         self.store = store
         self.claimed = claimed
         self.handler = handler
-        self.worker_slots = worker_slots
+        self.in_flight = in_flight
         self.log = log
         limit = claimed.options.max_concurrent
-        self.slots = (
-            _Slots(store, claimed, limit, queued, log, on_batch_state) if limit > 0 else None
+        self.batch_slots = (
+            _BatchSlots(store, claimed, limit, queued, log, on_batch_state) if limit > 0 else None
         )
         self._permits: dict[str | None, _Permits] = {}
         # No item has a key of its own (no key function, or the batch's own key wins):
@@ -146,46 +146,46 @@ class FlowGate:
     def admit_now(self, item: Item) -> Admission | None:
         """`admit` without waiting, for the usual case: no max_concurrent, a permit at
         hand and a worker slot free. None: nothing is held; call `admit`."""
-        if self.slots is not None or self.worker_slots.locked():
+        if self.batch_slots is not None or self.in_flight.locked():
             return None
         permits = self._permits_for(item)
         if not permits.take_now():
             return None
-        self.worker_slots.try_acquire()  # free: checked above, and nothing ran since
+        self.in_flight.try_acquire()  # free: checked above, and nothing ran since
         return Admission(permits)
 
     def flow_limited(self, item: Item) -> bool:
         """A start of `item` waits for a max_concurrent slot or a rate permit (more than
         for a worker slot)."""
-        return self.slots is not None or not self._permits_for(item).at_hand()
+        return self.batch_slots is not None or not self._permits_for(item).at_hand()
 
     async def admit(self, item: Item, halted: Halted) -> Admission | None:
         """What `item` needs to run, held until `done`; None if the chunk halted first
         (then nothing is held, and the caller puts the item back)."""
         permits = self._permits_for(item)
-        if self.slots is not None and not await self.slots.acquire(halted):
+        if self.batch_slots is not None and not await self.batch_slots.acquire(halted):
             return None
         try:
             admitted = await self._worker_slot_and_permit(permits, halted)
         except BaseException:
-            if self.slots is not None:
-                await self.slots.release()
+            if self.batch_slots is not None:
+                await self.batch_slots.release()
             raise
         if admitted:
             return Admission(permits)
-        if self.slots is not None:
-            await self.slots.release()
+        if self.batch_slots is not None:
+            await self.batch_slots.release()
         return None
 
     async def done(self, admission: Admission) -> None:
         """The admitted item ended: gives back what `admit` took."""
         self.done_now(admission)
-        if self.slots is not None:
-            await self.slots.release()
+        if self.batch_slots is not None:
+            await self.batch_slots.release()
 
     def done_now(self, admission: Admission) -> None:
         """`done` without its wait: all of it unless the run holds max_concurrent slots."""
-        self.worker_slots.release()
+        self.in_flight.release()
         if not admission.slowed:
             admission.permits.ok += 1
 
@@ -196,10 +196,10 @@ class FlowGate:
                 if permits.at_hand():
                     # Straight to the worker slot (a semaphore wakes as many waiters as
                     # slots come free).
-                    await self.worker_slots.acquire()
+                    await self.in_flight.acquire()
                     if permits.take_now():
                         return True
-                    self.worker_slots.release()  # taken meanwhile: wait for permits
+                    self.in_flight.release()  # taken meanwhile: wait for permits
                 if halted():
                     return False
                 if self._turn.locked():
@@ -216,14 +216,14 @@ class FlowGate:
         """Waits for a permit holding a worker slot: one consumer of the run at a time."""
         async with self._turn:
             try:
-                await self.worker_slots.acquire()
+                await self.in_flight.acquire()
                 try:
                     if await permits.take(halted):
                         return True
                 except BaseException:
-                    self.worker_slots.release()
+                    self.in_flight.release()
                     raise
-                self.worker_slots.release()
+                self.in_flight.release()
                 return False
             finally:
                 self._turn_over.set()
@@ -392,7 +392,7 @@ class _Permits:
             self.log.info("rate_slowed_down", key=bucket.key, rate=round(rate, 2))
 
 
-class _Slots:
+class _BatchSlots:
     """The chunk run's holding of its batch's max_concurrent slots."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Flow control in Redis: start-rate limits shared by every worker, with adaptive
+"""Throttling in Redis: start-rate limits shared by every worker, with adaptive
 back-off, and per-batch concurrency slots. docs/design.md, "Flow control", has the rules;
 core/lua/_flow.lua the bucket arithmetic.
 

@@ -1,5 +1,5 @@
-"""`SlotPool`: the worker's items-in-flight limit, a FIFO semaphore that hands a freed
-slot straight to the next waiter.
+"""`FifoSemaphore`: a semaphore that hands a freed slot straight to its longest waiter;
+the worker's items-in-flight limit (`WorkerRuntime.in_flight`).
 
 asyncio.Semaphore (Python 3.11) wakes a waiter by scanning its waiters from the front for
 one not yet woken, and a woken waiter leaves the queue only when it next runs. With
@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-__all__ = ["SlotPool"]
+__all__ = ["FifoSemaphore"]
 
 
-class SlotPool:
+class FifoSemaphore:
     def __init__(self, size: int) -> None:
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
