@@ -147,16 +147,6 @@ class BatchStore:
             raise AlreadyExists(f"batch {spec.batch_id!r} is being uploaded")
         return self._session(spec, token=token)
 
-    async def find_request(self, request_id: str) -> BatchRecord | None:
-        """The batch a request_id created, if any (lets the edge answer a replay early)."""
-        batch_id = await self.redis.get(self.keys.request(request_id))
-        if batch_id is None:
-            return None
-        try:
-            return await self.get_batch(bytes(batch_id).decode())
-        except NotFound:
-            return None
-
     # -- reading --------------------------------------------------------------------
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """NotFound if there is no such batch."""

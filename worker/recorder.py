@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
 
 import structlog
 
@@ -77,11 +76,6 @@ class Recorder:
     def start(self) -> None:
         name = f"flush {self.claimed.batch_id}:{self.claimed.chunk}"
         self._task = asyncio.create_task(self._flusher(), name=name)
-
-    def add(self, outcomes: Iterable[ItemOutcome]) -> None:
-        self.buffer.extend(outcomes)
-        if len(self.buffer) >= self.flush_items:
-            self._flush_now.set()
 
     def add_one(self, outcome: ItemOutcome, *, last: bool = False) -> None:
         """`last`: the chunk run's last outcome; the release that follows carries the

@@ -208,7 +208,6 @@ async def test_a_batch_id_being_uploaded_already_exists(store: BatchStore, redis
 async def test_a_request_id_replay_returns_the_original(store: BatchStore) -> None:
     request_id = new_id("req")
     original, _ = await submit(store, make_spec(request_id=request_id), make_items(5))
-    assert await store.find_request(request_id) == original
 
     # A retry whose batch id the server chose anew, or the caller's own id again.
     for batch_id in (new_id(), original.batch_id):

@@ -262,4 +262,3 @@ async def test_unknown_batches_are_not_found(store: BatchStore) -> None:
         await store.retry_items("nope", ["item-0"], "")
     with pytest.raises(NotFound):
         await store.delete_batch("nope")
-    assert await store.find_request("nope") is None

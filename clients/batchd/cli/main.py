@@ -173,12 +173,7 @@ def _list(client: Client, args: argparse.Namespace, io: _Io) -> int:
 
 
 def _cancel(client: Client, args: argparse.Namespace, io: _Io) -> int:
-    batch = client.cancel(args.batch_id)
-    if args.json:
-        print_json(batch, io.out)
-    else:
-        print(f"{batch.batch_id} {batch.state.name}", file=io.out)
-    return 0
+    return _print_state(client.cancel(args.batch_id), args, io)
 
 
 def _print_state(batch: Batch, args: argparse.Namespace, io: _Io) -> int:
