@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
+from batchd.core.background import BackgroundTasks
 from batchd.core.config import SettingError, Settings
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
@@ -53,21 +54,18 @@ class BatchdServer:
     redis: Redis
     hub: ProgressHub
     health: health.aio.HealthServicer
-    _background: list[asyncio.Task[None]]
+    background: BackgroundTasks
     watchers: WatcherCounts | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
         for name in ("", SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
-        for task in self._background:
-            task.cancel()
         # Bounded: a task stuck in a Redis call that outlives its cancellation must not
         # hold the shutdown (the process ends with it anyway).
-        if self._background:
-            _, stuck = await asyncio.wait(self._background, timeout=STOP_WAIT)
-            if stuck:
-                log.warning("server_tasks_not_stopped", tasks=len(stuck))
+        stuck = await self.background.cancel_all(within=STOP_WAIT)
+        if stuck:
+            log.warning("server_tasks_not_stopped", tasks=stuck)
         try:
             async with asyncio.timeout(STOP_WAIT):
                 await self.hub.close()
@@ -135,25 +133,22 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         bound = server.add_insecure_port(address)
     else:
         bound = server.add_secure_port(address, tls.credentials())
-    background: list[asyncio.Task[None]] = []
+    background = BackgroundTasks()
     if watchers is not None:
         await watchers.heartbeat()  # counted among the live servers before any watch
-        background.append(asyncio.create_task(watchers.run(), name="watch-heartbeat"))
+        background.spawn(watchers.run(), "watch-heartbeat")
     await server.start()
     redis_health = _RedisHealth(store, health_servicer)
     await redis_health.check()  # callers see a real status from the first moment
-    monitor = asyncio.create_task(redis_health.run(), name="health-monitor")
+    background.spawn(redis_health.run(), "health-monitor")
     # Servers sweep too, so that completion windows end even while no worker runs.
-    sweeper = asyncio.create_task(
-        maintenance_loop(store, settings.maintenance_interval), name="maintenance"
-    )
+    background.spawn(maintenance_loop(store, settings.maintenance_interval), "maintenance")
     transport = "plaintext" if tls is None else "mtls" if tls.mutual else "tls"
     log.info("server_started", port=bound, auth=settings.auth, transport=transport)
     notice = startup_notice(settings, bound)
     if notice:
         print(notice, file=sys.stderr, flush=True)
         (log.warning if settings.insecure else log.info)("authentication_off", notice=notice)
-    background += [monitor, sweeper]
     return BatchdServer(server, bound, redis, hub, health_servicer, background, watchers)
 
 

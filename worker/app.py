@@ -22,13 +22,13 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from batchd.core.background import BackgroundTasks
 from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import BatchdWorker
-from batchd.worker.background import BackgroundTasks
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.handler import Handler, WorkerInfo

@@ -37,9 +37,9 @@ from arq.utils import timestamp_ms
 from redis.connection import SSLConnection, parse_url
 from redis.exceptions import WatchError
 
+from batchd.core.background import BackgroundTasks
 from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
 from batchd.core.logs import get_logger
-from batchd.worker.background import BackgroundTasks
 from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Backoff, Outage, client_retry
 
 __all__ = [

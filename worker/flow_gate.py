@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from batchd.core import fastjson
+from batchd.core.background import BackgroundTasks
 from batchd.core.domain import BatchState, ClaimedChunk
 from batchd.core.store import BatchStore
 from batchd.core.throttle import Bucket, buckets_for
 from batchd.worker.attempts import Item
-from batchd.worker.background import BackgroundTasks
 from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.handler import Handler, SlowDown
 

@@ -1,6 +1,7 @@
-"""`BackgroundTasks`: the tasks a part of the worker starts on its own, ended together.
+"""`BackgroundTasks`: the tasks a part of a server or worker starts on its own, ended
+together.
 
-Each of them may be in a Redis call; the worker ends them before its Redis pool closes,
+Each of them may be in a Redis call; a process ends them before its Redis pool closes,
 since a call that outlived the close would reconnect a connection nobody closes.
 """
 
@@ -24,9 +25,16 @@ class BackgroundTasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def cancel_all(self) -> None:
-        """Cancels what still runs and waits for it to end (its errors are its own)."""
+    async def cancel_all(self, within: float | None = None) -> int:
+        """Cancels what still runs and waits for it to end (its errors are its own), for
+        at most `within` seconds if given; returns how many had not ended by then."""
         running = list(self._tasks)
         for task in running:
             task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        if not running:
+            return 0
+        if within is None:
+            await asyncio.gather(*running, return_exceptions=True)
+            return 0
+        _, stuck = await asyncio.wait(running, timeout=within)
+        return len(stuck)
