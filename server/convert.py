@@ -16,6 +16,7 @@ from batchd.core.domain import (
     ItemView,
     RetryPolicy,
 )
+from batchd.server.progress import Snapshot
 from batchd.v1 import batch_pb2
 
 
@@ -105,6 +106,27 @@ def batch_to_proto(batch: BatchRecord) -> batch_pb2.Batch:
         end_time=timestamp(batch.end_time),
         waiting_reason=batch.waiting_reason,
     )
+
+
+def progress_to_proto(snapshot: Snapshot, batch_id: str) -> batch_pb2.BatchProgress:
+    """A WatchProgress update; `batch_id`: the id as the caller sees it."""
+    batch = snapshot.batch
+    progress = batch_pb2.BatchProgress(
+        batch_id=batch_id,
+        state=int(batch.state),  # type: ignore[arg-type]  # domain enums mirror the proto numbers
+        total_items=batch.total_items,
+        counts=counts_to_proto(batch.counts),
+        items_per_second=snapshot.items_per_second,
+        create_time=timestamp(batch.create_time),
+        start_time=timestamp(batch.start_time),
+        end_time=timestamp(batch.end_time),
+        observe_time=timestamp(snapshot.observed_at),
+        effective_rate=snapshot.effective_rate,
+        waiting_reason=batch.waiting_reason,
+    )
+    if snapshot.eta is not None:
+        progress.eta.CopyFrom(duration(snapshot.eta))
+    return progress
 
 
 def item_to_proto(item: ItemView) -> batch_pb2.BatchItem:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,15 @@ import grpc
 import structlog
 
 from batchd.core.config import Settings
-from batchd.core.domain import TENANT_SEPARATOR, BatchOptions, BatchSpec, BatchState, ItemState
+from batchd.core.domain import (
+    TENANT_SEPARATOR,
+    BatchOptions,
+    BatchRecord,
+    BatchSpec,
+    BatchState,
+    HandlerStatus,
+    ItemState,
+)
 from batchd.core.errors import InvalidRequest
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
@@ -121,7 +129,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         view: TenantView,
         violations: Violations,
         header: batch_service_pb2.SubmitBatchRequest | batch_service_pb2.UploadBatchHeader,
-        items: Any,
+        items: Iterable[batch_pb2.Item],
     ) -> _Upload:
         spec = await self.store.get_handler(header.handler) if header.handler else None
         validation.check_header(
@@ -175,7 +183,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         self, request: batch_service_pb2.ListBatchesRequest, context: Context
     ) -> batch_service_pb2.ListBatchesResponse:
         view = _view()
-        states = [BatchState(s) for s in _known(request.states, BatchState, "states")]
+        states = validation.known_states(request.states, BatchState, "states")
         batches, token = await self.store.list_batches(
             _page_size(request.page_size), request.page_token, states, view.list_scope()
         )
@@ -189,7 +197,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
     async def ListBatchItems(
         self, request: batch_service_pb2.ListBatchItemsRequest, context: Context
     ) -> batch_service_pb2.ListBatchItemsResponse:
-        states = [ItemState(s) for s in _known(request.states, ItemState, "states")]
+        states = validation.known_states(request.states, ItemState, "states")
         items, token = await self.store.list_items(
             _view().batch_id(request.batch_id),
             _page_size(request.page_size),
@@ -304,7 +312,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
                 batch_id, min_interval=min_interval, heartbeat_interval=heartbeat
             ):
                 yield batch_service_pb2.WatchProgressResponse(
-                    progress=_progress(snapshot, view), heartbeat=is_heartbeat
+                    progress=convert.progress_to_proto(
+                        snapshot, view.shown_id(snapshot.batch.batch_id)
+                    ),
+                    heartbeat=is_heartbeat,
                 )
 
     def _watch_slot(self, view: TenantView) -> contextlib.AbstractAsyncContextManager[None]:
@@ -325,7 +336,7 @@ class _Upload:
     validator: validation.Validator
     limits: validation.ParamsLimits
 
-    async def add(self, items: Any) -> None:
+    async def add(self, items: Iterable[batch_pb2.Item]) -> None:
         violations = Violations()
         new_items = validation.check_items(
             violations,
@@ -397,7 +408,7 @@ async def _receive_items(
     raise InvalidRequest.for_field("end", "the stream ended without an end message")
 
 
-async def _finish(session: UploadSession) -> tuple[Any, bool]:
+async def _finish(session: UploadSession) -> tuple[BatchRecord, bool]:
     try:
         batch, replayed = await session.commit()
     except BaseException:
@@ -414,26 +425,6 @@ async def _finish(session: UploadSession) -> tuple[Any, bool]:
     return batch, replayed
 
 
-def _progress(snapshot: Any, view: TenantView) -> batch_pb2.BatchProgress:
-    batch = snapshot.batch
-    progress = batch_pb2.BatchProgress(
-        batch_id=view.shown_id(batch.batch_id),
-        state=int(batch.state),  # type: ignore[arg-type]
-        total_items=batch.total_items,
-        counts=convert.counts_to_proto(batch.counts),
-        items_per_second=snapshot.items_per_second,
-        create_time=convert.timestamp(batch.create_time),
-        start_time=convert.timestamp(batch.start_time),
-        end_time=convert.timestamp(batch.end_time),
-        observe_time=convert.timestamp(snapshot.observed_at),
-        effective_rate=snapshot.effective_rate,
-        waiting_reason=batch.waiting_reason,
-    )
-    if snapshot.eta is not None:
-        progress.eta.CopyFrom(convert.duration(snapshot.eta))
-    return progress
-
-
 def _view() -> TenantView:
     """The calling principal's view of batches (batchd.server.tenancy)."""
     return TenantView(principal.current())
@@ -443,13 +434,5 @@ def _page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _known(values: Any, enum: Any, field: str) -> list[int]:
-    known = {int(member) for member in enum}
-    for position, value in enumerate(values):
-        if value not in known:
-            raise InvalidRequest.for_field(f"{field}[{position}]", f"unknown state {value}")
-    return list(values)
-
-
-def _name(status: Any) -> str:
-    return str(status.spec.name)
+def _name(status: HandlerStatus) -> str:
+    return status.spec.name

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import fastjsonschema
 
@@ -22,12 +22,16 @@ from batchd.core.domain import (
     TENANT_SEPARATOR,
     UPDATABLE_OPTIONS,
     BatchOptions,
+    BatchState,
     HandlerSpec,
+    ItemState,
     NewItem,
 )
 from batchd.core.errors import FieldViolation, InvalidRequest
 from batchd.server import convert
 from batchd.v1 import batch_pb2
+
+StateT = TypeVar("StateT", BatchState, ItemState)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ID_MESSAGE = "must be 1 to 64 characters of [A-Za-z0-9_.-]"
@@ -306,3 +310,13 @@ def _schema_field(field: str, exc: fastjsonschema.JsonSchemaException) -> str:
 def _schema_message(exc: fastjsonschema.JsonSchemaException) -> str:
     message = str(getattr(exc, "message", exc))
     return message.replace("data.", "params.").replace("data ", "params ")
+
+
+def known_states(values: Iterable[int], enum: type[StateT], field: str) -> list[StateT]:
+    """A request's list of states as `enum` members; InvalidRequest names the first
+    number `enum` does not have."""
+    known = {int(member) for member in enum}
+    for position, value in enumerate(values):
+        if value not in known:
+            raise InvalidRequest.for_field(f"{field}[{position}]", f"unknown state {value}")
+    return [enum(value) for value in values]
