@@ -6,6 +6,7 @@
   Tests share it and isolate themselves by unique batch ids: nothing is flushed
   between tests.
 - ``redis_url``: its ``redis://127.0.0.1:PORT/0`` URL.
+- ``redis``: a client of it for one test, closed after.
 - ``redis_server_factory``: starts extra private servers for one test (e.g. with
   ``appendonly=True`` for crash tests, ``auth`` and ACL ``extra_args``, ``tls``) and
   stops them when the test ends.
@@ -17,11 +18,12 @@ The process code lives in tests/support/ (``import support.redis_server``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 # tests/ is not a package: make tests/support importable as `support` from any
 # test module, whatever directory pytest is started from.
@@ -49,6 +51,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

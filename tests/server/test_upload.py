@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from support.polling import poll
 
 from batchd.core.store import BatchStore
 from batchd.v1 import batch_pb2, batch_service_pb2
@@ -47,13 +48,6 @@ async def keys_of(store: BatchStore, batch_id: str) -> list[bytes]:
     return [k async for k in store.redis.scan_iter(match=f"*{batch_id}*", count=1000)]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Waits (10 s at most) for a condition in Redis that the server brings about."""
-    async with asyncio.timeout(10):
-        while not await check():  # noqa: ASYNC110 (Redis state: nothing to subscribe to)
-            await asyncio.sleep(0.01)
-
-
 async def test_upload_of_200000_items(stub: Stub, store: BatchStore) -> None:
     batch_id = f"up-{uuid.uuid4().hex[:8]}"
     chunk_size = batch_pb2.BatchOptions(chunk_size=1000)
@@ -79,11 +73,11 @@ async def test_broken_stream_leaves_nothing(stub: Stub, store: BatchStore) -> No
         await more.wait()  # the client hangs, then goes away
 
     call = stub.UploadBatch(requests())
-    await eventually(lambda: _has_keys(store, batch_id))  # chunks are being staged
+    await poll(lambda: _has_keys(store, batch_id))  # chunks are being staged
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await eventually(lambda: _has_no_keys(store, batch_id))
+    await poll(lambda: _has_no_keys(store, batch_id))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetBatch(batch_service_pb2.GetBatchRequest(batch_id=batch_id))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -136,9 +130,11 @@ async def test_stream_without_header_is_invalid(stub: Stub) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def _has_keys(store: BatchStore, batch_id: str) -> bool:
-    return bool(await keys_of(store, batch_id))
+async def _has_keys(store: BatchStore, batch_id: str) -> bool | None:
+    """True once the batch has keys in Redis (None until then: see poll)."""
+    return True if await keys_of(store, batch_id) else None
 
 
-async def _has_no_keys(store: BatchStore, batch_id: str) -> bool:
-    return not await keys_of(store, batch_id)
+async def _has_no_keys(store: BatchStore, batch_id: str) -> bool | None:
+    """True once the batch has none left (None until then)."""
+    return None if await keys_of(store, batch_id) else True

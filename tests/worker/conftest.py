@@ -8,14 +8,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from redis.asyncio import Redis
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The arq repairs of `ResilientWorker`, each against a private Redis that the test stops:
+"""The arq repairs of `BatchdWorker`, each against a private Redis that the test stops:
 a job that could not start gives its slot back, and a job whose bookkeeping failed is
 not left blocked behind its in-progress key. The client's own retries are off here, so
 that these repairs are what is tested."""
