@@ -1,6 +1,7 @@
 """email.send's message-building processes: a render that its limits could not stop
 (one long computation, here a power the integer limit was raised to allow) gets its
-process killed, and the next message gets a fresh pool."""
+process killed, and the next message gets a fresh pool; templates that only substitute
+variables are built in the worker once a process has compiled them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from batchd.worker.handlers.email_message import Policy
 from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits
 
 
-def params(text: str) -> dict[str, str]:
+def params(text: str) -> dict[str, object]:
     return {"to": "a@example.test", "from": "b@example.test", "subject": "s", "text": text}
 
 
@@ -30,5 +31,27 @@ async def test_a_render_past_twice_its_time_is_killed() -> None:
         assert processes[0].exitcode is not None  # killed, not left computing
         assert b"again" in (await builders.build(params("again"), "<3@batchd>")).data
         assert builders._pool is not pool
+    finally:
+        await builders.close()
+
+
+async def test_bounded_templates_are_built_in_the_worker_after_one_trip() -> None:
+    builders = MessageBuilders(1, RenderLimits(), Policy.of("example.test", ""))
+    try:
+        bounded = {**params("Hi {{ name }}"), "vars": {"name": "Ann"}}
+        assert b"Hi Ann" in (await builders.build(bounded, "<1@batchd>")).data
+        pool = builders._pool
+        assert pool is not None
+        await builders.close()  # from now on, a trip to a process would start a new pool
+        bounded["vars"] = {"name": "Bob"}
+        assert b"Hi Bob" in (await builders.build(bounded, "<2@batchd>")).data
+        assert builders._pool is None
+        with pytest.raises(RenderLimitExceeded, match="output longer than"):
+            await builders.build({**bounded, "vars": {"name": "x" * 2_000_000}}, "<3@batchd>")
+        looping = params("{% for c in name %}{{ c }}{% endfor %}")
+        looping["vars"] = {"name": "ab"}
+        assert b"ab" in (await builders.build(looping, "<4@batchd>")).data
+        assert b"ab" in (await builders.build(looping, "<5@batchd>")).data
+        assert builders._pool is not None  # a loop always renders in a process
     finally:
         await builders.close()

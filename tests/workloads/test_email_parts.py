@@ -21,7 +21,12 @@ from batchd.worker.handlers.email_message import (
 )
 from batchd.worker.handlers.email_mime import mime_message
 from batchd.worker.handlers.email_relay import StartTls, parse_relay_url
-from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits
+from batchd.worker.handlers.email_render import (
+    RenderLimitExceeded,
+    RenderLimits,
+    TemplateError,
+    is_bounded,
+)
 
 
 @pytest.mark.parametrize(
@@ -230,5 +235,61 @@ def test_templates_are_compiled_once() -> None:
     templates = Templates()
     for i in range(20):
         assert templates.render("text", "Hi {{ n }}", {"n": i}) == f"Hi {i}"
+    assert templates._compile is not None
     info = templates._compile["text"].cache_info()  # type: ignore[attr-defined]
     assert (info.misses, info.hits) == (1, 19)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "Hello {{ first_name }}",
+        "{% if vip is defined and vip %}Dear {{ name | title }}{% else %}Hi{% endif %}",
+        "{{ user.name | default('there') | e }} {{ items[0] if items | length > 1 else '' }}",
+        "{# a comment #}{% raw %}{{ not a tag }}{% endraw %}",
+    ],
+)
+def test_templates_that_only_substitute_are_bounded(source: str) -> None:
+    assert is_bounded(Templates()._environments["text"].parse(source))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for x in items %}{{ x }}{% endfor %}",
+        "{{ range(3) }}",
+        "{{ name ~ name }}",
+        "{{ name * 3 }}",
+        "{{ name + name }}",
+        "{{ 'a' in name }}",
+        "{{ name | replace('a', 'b') }}",
+        "{{ name | center(1000) }}",
+        "{{ x is divisibleby(3) }}",
+        "{{ name[1:] }}",
+        "{{ [name, name] }}",
+        "{% set y = name %}{{ y }}",
+        "{% macro m() %}x{% endmacro %}{{ m }}",
+        "{% block b %}x{% endblock %}",
+    ],
+)
+def test_templates_that_compute_are_not_bounded(source: str) -> None:
+    assert not is_bounded(Templates()._environments["text"].parse(source))
+
+
+def test_adopted_templates_render_as_their_compiler_does() -> None:
+    compiler = Templates()
+    adopter = Templates(compiles=False)
+    source = "<p>{{ name }}</p>"
+    assert compiler.render("html", source, {"name": "<Ann>"}) == "<p>&lt;Ann&gt;</p>"
+    code = compiler.bounded_code("html", source)
+    assert code is not None
+    adopter.adopt("html", source, code)
+    assert adopter.render("html", source, {"name": "<Bob>"}) == "<p>&lt;Bob&gt;</p>"
+    with pytest.raises(TemplateError, match="'name' is undefined"):
+        adopter.render("html", source, {})
+    # The adopter's own limits hold, and it compiles nothing itself.
+    with pytest.raises(RenderLimitExceeded, match="output longer than"):
+        adopter.render("html", source, {"name": "x" * (RenderLimits().output_chars + 1)})
+    assert compiler.bounded_code("text", "{% for x in y %}{% endfor %}") is None
+    with pytest.raises(TemplateError, match="not adopted"):
+        adopter.render("text", "Hi {{ name }}", {"name": "Ann"})

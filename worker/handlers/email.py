@@ -36,8 +36,9 @@ batch names no rate_limit_key: a 421 or 452 slows every batch sending through th
 relay down, on every worker.
 
 Messages are built (templates rendered, MIME written) in a small pool of processes
-(email_build.py), never in the worker's process: a template that runs to its limits
-(email_render.py) delays no other item of the worker.
+(email_build.py): a template that runs to its limits (email_render.py) delays no other
+item of the worker. Templates that only substitute variables, whose work is linear in
+the item, are built in the worker once a process has compiled them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Templates are written by whoever submits a batch, so they run in Jinja2's
 `SandboxedEnvironment` (no attribute access to Python internals, no file loader), and a
 render may use only so much: time, output, loop iterations, integer size and string
 length (`RenderLimits`, the worker's settings). The handler renders off the event loop,
-in threads of its own, so a template that runs to its limit delays nothing else; the
-limits make every render end soon, since a thread cannot be stopped from outside:
+in processes of its own (email_build.py), so a template that runs to its limit delays
+nothing else; the limits make every render end soon, from inside the render:
 
 - every `{% for %}` iterates through a guard (the parsed template is rewritten) that
   counts iterations and checks the deadline;
@@ -22,14 +22,22 @@ What remains uninterruptible is one filter call on a string the limits allowed
 of an empty string in 50,000 mailboxes. Only the HTML part is autoescaped. A batch
 usually shares one template among its items, so compiled templates are kept in an LRU
 keyed by their source: compiling costs far more than rendering.
+
+Most templates only substitute variables. `is_bounded` tells them apart from the parsed
+template: no loops, calls, operators, macros or blocks, only filters and tests that take
+time linear in their input. Such a template does work in proportion to its own size, the
+item's variables and the output limit, whatever the variables hold; its compiled code
+(`Templates.bounded_code`) may be `adopt`ed by a `Templates` that never compiles.
 """
 
 from __future__ import annotations
 
 import functools
+import marshal
 import operator
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +46,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-__all__ = ["RenderLimitExceeded", "RenderLimits", "TemplateError", "Templates"]
+__all__ = ["RenderLimitExceeded", "RenderLimits", "TemplateError", "Templates", "is_bounded"]
 
 
 class TemplateError(ValueError):
@@ -166,20 +174,108 @@ def _length_message(limits: RenderLimits) -> str:
     return f"a string or list longer than {limits.output_chars} (BATCHD_EMAIL_RENDER_MAX_OUTPUT)"
 
 
+# What a bounded template may contain. Left out: loops, calls, macros, blocks, `set`,
+# every operator (`~`, `+` and `*` make strings longer than their operands), literals
+# of lists and dicts, slices, `in` (a substring search), other filters and tests.
+_BOUNDED_NODES = (
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Const,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.If,
+    nodes.CondExpr,
+    nodes.And,
+    nodes.Or,
+    nodes.Not,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.Filter,
+    nodes.Test,
+    nodes.Keyword,
+)
+_LINEAR_FILTERS = frozenset(
+    {"default", "d", "e", "escape", "safe", "string", "lower", "upper", "title"}
+    | {"capitalize", "length", "count"}
+)
+_LINEAR_TESTS = frozenset(
+    {"defined", "undefined", "none", "true", "false", "boolean", "number", "integer"}
+    | {"float", "string", "mapping", "sequence", "even", "odd", "eq", "ne", "lower", "upper"}
+)
+
+
+def is_bounded(template: nodes.Template) -> bool:
+    """Whether a parsed template can only do work linear in its size and its input."""
+    for node in template.find_all(nodes.Node):
+        if not isinstance(node, _BOUNDED_NODES):
+            return False
+        if isinstance(node, nodes.Filter) and node.name not in _LINEAR_FILTERS:
+            return False
+        if isinstance(node, nodes.Test) and node.name not in _LINEAR_TESTS:
+            return False
+        if isinstance(node, nodes.Operand) and node.op in ("in", "notin"):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    template: jinja2.Template
+    bounded_code: bytes | None  # marshalled, when `is_bounded`
+
+
 class Templates:
     """Compiles and renders the subject, text and HTML templates of items, within
-    `limits`. Thread-safe: the handler renders in a pool of threads."""
+    `limits`. Thread-safe.
 
-    def __init__(self, limits: RenderLimits | None = None, cache_size: int = 256) -> None:
+    `compiles=False` makes one that renders only the bounded templates it adopted
+    (`adopt`), never parsing a source itself."""
+
+    def __init__(
+        self, limits: RenderLimits | None = None, cache_size: int = 256, *, compiles: bool = True
+    ) -> None:
         self.limits = limits or RenderLimits()
         self._local = threading.local()
         plain = _LimitedEnvironment(self._local, autoescape=False)
         html = _LimitedEnvironment(self._local, autoescape=True)
-        self._compile: dict[str, Callable[[str], jinja2.Template]] = {
-            "subject": functools.lru_cache(maxsize=cache_size)(plain.from_string),
-            "text": functools.lru_cache(maxsize=cache_size)(plain.from_string),
-            "html": functools.lru_cache(maxsize=cache_size)(html.from_string),
+        self._environments = {"subject": plain, "text": plain, "html": html}
+        self._compile: dict[str, Callable[[str], _Compiled]] | None = None
+        if compiles:
+            self._compile = {
+                part: functools.lru_cache(maxsize=cache_size)(functools.partial(_compile, env))
+                for part, env in self._environments.items()
+            }
+        self._cache_size = cache_size
+        self._adopted: dict[str, OrderedDict[str, jinja2.Template]] = {
+            part: OrderedDict() for part in self._environments
         }
+        self._adopting = threading.Lock()
+
+    def bounded_code(self, part: str, source: str) -> bytes | None:
+        """The compiled code of a template `is_bounded` approves, for `adopt`; None for
+        any other (or one that does not compile)."""
+        if self._compile is None:
+            return None
+        try:
+            return self._compile[part](source).bounded_code
+        except Exception:
+            return None
+
+    def adopt(self, part: str, source: str, code: bytes) -> None:
+        """Renders `source` from now on with `code`, from another Templates'
+        `bounded_code` for it (same limits, same Jinja2)."""
+        env = self._environments[part]
+        template = env.template_class.from_code(env, marshal.loads(code), env.make_globals(None))
+        with self._adopting:
+            adopted = self._adopted[part]
+            adopted[source] = template
+            while len(adopted) > self._cache_size:
+                adopted.popitem(last=False)
+
+    def adopted(self, part: str, source: str) -> bool:
+        return source in self._adopted[part]
 
     def render(self, part: str, source: str, variables: Mapping[str, Any]) -> str:
         """`part` is subject, text or html; TemplateError names the part and the cause."""
@@ -187,7 +283,7 @@ class Templates:
         try:
             pieces: list[str] = []
             size = 0
-            for piece in self._compile[part](source).generate(variables):
+            for piece in self._template(part, source).generate(variables):
                 size += len(piece)
                 if size > self.limits.output_chars:
                     raise RenderLimitExceeded(
@@ -209,3 +305,18 @@ class Templates:
             raise TemplateError(f"{part} template: {type(exc).__name__}: {exc}") from exc
         finally:
             self._local.budget = None
+
+    def _template(self, part: str, source: str) -> jinja2.Template:
+        adopted = self._adopted[part].get(source)
+        if adopted is not None:
+            return adopted
+        if self._compile is None:
+            raise RuntimeError(f"the {part} template was not adopted and is not compiled here")
+        return self._compile[part](source).template
+
+
+def _compile(env: _LimitedEnvironment, source: str) -> _Compiled:
+    tree = env.parse(source)
+    code = env.compile(tree)
+    template = env.template_class.from_code(env, code, env.make_globals(None))
+    return _Compiled(template, marshal.dumps(code) if is_bounded(tree) else None)
