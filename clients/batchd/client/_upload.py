@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import grpc
@@ -42,20 +42,16 @@ async def upload_async(
     An exception from `messages` abandons the upload and propagates unchanged; a
     failed call raises `BatchdError` with the service's status.
     """
+    writer = _Writer(call)
     ended_early = False
     try:
         with rpc_errors():
-            async for message in _abandon_on_error(messages, call):
-                try:
-                    await call.write(message)
-                except grpc.aio.AioRpcError:
-                    # The service ended the call (an unknown handler, say). A failed
-                    # write reports a generic INTERNAL; the call's own status,
-                    # awaited below, says what went wrong.
-                    ended_early = True
+            async for message in _abandon_on_error(messages, writer):
+                if not await writer.write(message):
+                    ended_early = True  # the service ended the call: its status says why
                     break
             if not ended_early:
-                await call.done_writing()
+                await writer.done_writing()
             response = await call
     except BaseException:
         call.cancel()
@@ -65,17 +61,72 @@ async def upload_async(
     return response
 
 
+class _Writer:
+    """Writes to a call, and stops a write under way the moment the call ends.
+
+    A grpc.aio write that fails because the service has ended the call replaces the
+    status the service sent with INTERNAL "Internal error from Core" (grpc/grpc#36066),
+    and a refusal mid-stream (RESOURCE_EXHAUSTED, say) would reach the caller as that.
+    The call's done callbacks run as its status is set, before the failed write resumes:
+    cancelling the write there leaves the status alone (grpc cancels nothing on a call
+    already done), so awaiting the call then gives the service's code, message and
+    details.
+    """
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+        self._under_way: asyncio.Future[None] | None = None
+        call.add_done_callback(self._ended)
+
+    async def write(self, message: batch_service_pb2.UploadBatchRequest) -> bool:
+        """Writes `message`; False when the call ended instead."""
+        return await self._run(self._call.write(message))
+
+    async def done_writing(self) -> bool:
+        """Half-closes the call; False when it had ended already."""
+        return await self._run(self._call.done_writing())
+
+    async def _run(self, step: Coroutine[Any, Any, None]) -> bool:
+        if self._call.done():
+            step.close()
+            return False
+        self._under_way = asyncio.ensure_future(step)
+        try:
+            # wait(), not await: cancelling the step must not cancel this task.
+            await asyncio.wait([self._under_way])
+        except BaseException:
+            self._under_way.cancel()
+            raise
+        step_done, self._under_way = self._under_way, None
+        if step_done.cancelled():
+            return False
+        error = step_done.exception()
+        if error is None:
+            return True
+        if isinstance(error, grpc.RpcError | asyncio.InvalidStateError) or self._call.done():
+            return False  # the call ended: awaiting it gives its status
+        raise error
+
+    async def ended(self) -> None:
+        """Waits for the call to end."""
+        await self._call.code()
+
+    def _ended(self, _: object) -> None:
+        if self._under_way is not None:
+            self._under_way.cancel()
+
+
 async def _abandon_on_error(
-    messages: AsyncIterator[batch_service_pb2.UploadBatchRequest], call: _Call
+    messages: AsyncIterator[batch_service_pb2.UploadBatchRequest], writer: _Writer
 ) -> AsyncIterator[batch_service_pb2.UploadBatchRequest]:
     try:
         async for message in messages:
             yield message
     except Exception:
-        if not call.done():
-            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError, TimeoutError):
-                await call.write(ABANDON)
-                await asyncio.wait_for(call.code(), ABANDON_WAIT)
+        with contextlib.suppress(TimeoutError):
+            if await writer.write(ABANDON):
+                async with asyncio.timeout(ABANDON_WAIT):
+                    await writer.ended()
         raise
 
 
