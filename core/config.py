@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from batchd.core.upload import Limits
+from batchd.core.upload import STAGED_ITEM_OVERHEAD, Limits
 
 __all__ = [
     "COMMANDS",
@@ -299,7 +299,8 @@ class Settings:
     )
     max_upload_bytes: int = setting(
         _LIMITS.max_upload_bytes,
-        "bytes of params one upload may stage before it commits (RESOURCE_EXHAUSTED beyond)",
+        "bytes one upload may stage before it commits: each item's params, twice its "
+        f"custom_id and {STAGED_ITEM_OVERHEAD} (RESOURCE_EXHAUSTED beyond)",
         read_by=SERVER,
     )
     dispatch_window: int = setting(

@@ -40,6 +40,15 @@ _COMMIT_ATTEMPTS = 5
 # RetryInfo of an upload refused for the system-wide pending limit: workers need a while
 # to bring the backlog down.
 ADMISSION_RETRY_AFTER = 30.0
+# Bytes of Redis a staged item takes beyond its params and twice its custom_id (once in
+# its chunk, once in the batch's ids hash): the hash entry, the msgpack framing. A bound
+# of what was measured (docs/performance.md, "Uploads that never commit").
+STAGED_ITEM_OVERHEAD = 50
+
+
+def staged_bytes(item: NewItem) -> int:
+    """What staging `item` costs Redis, as the upload byte limits count it."""
+    return len(item.params_json) + 2 * len(item.custom_id.encode()) + STAGED_ITEM_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ class UploadSession:
         self._digest = _spec_digest(spec)
         self._buffer: list[NewItem] = []
         self._count = 0
-        self._bytes = 0  # params bytes taken so far
+        self._bytes = 0  # staged_bytes() of the items taken so far
         self._staged = 0  # chunks staged so far
         # This upload in the staging index (its items count toward admission).
         self._member = f"{spec.tenant} {spec.batch_id}"
@@ -155,7 +164,7 @@ class UploadSession:
             if self._count > self._limits.max_batch_items:
                 await self.abort()
                 raise self._over_batch_limit()
-            self._bytes += len(item.params_json)
+            self._bytes += staged_bytes(item)
             if self._bytes > self._limits.max_upload_bytes > 0:
                 await self.abort()
                 raise self._over_upload_bytes()
@@ -371,10 +380,11 @@ class UploadSession:
     def _over_upload_bytes(self) -> Exhausted:
         limit = self._limits.max_upload_bytes
         return Exhausted(
-            f"an upload stages at most {limit} bytes of params before it commits",
+            f"an upload stages at most {limit} bytes before it commits (each item's params, "
+            f"twice its custom_id and {STAGED_ITEM_OVERHEAD})",
             ADMISSION_RETRY_AFTER,
             quota_subject="max_upload_bytes",
-            quota_description=f"params bytes one upload may stage: at most {limit}",
+            quota_description=f"bytes one upload may stage: at most {limit}",
         )
 
     def _over_batch_limit(self) -> Exhausted:
