@@ -303,6 +303,18 @@ class Settings:
         f"custom_id and {STAGED_ITEM_OVERHEAD} (RESOURCE_EXHAUSTED beyond)",
         read_by=SERVER,
     )
+    max_staged_bytes: int = setting(
+        2 * 1024 * 1024 * 1024,
+        "bytes all uploads not yet committed may stage together, across every server on "
+        "the Redis, counted as for max_upload_bytes (RESOURCE_EXHAUSTED beyond); 0: no limit",
+        read_by=SERVER,
+    )
+    tenant_max_staged_bytes: int = setting(
+        0,
+        "bytes one tenant's uploads not yet committed may stage together (0: only the "
+        "service-wide limit)",
+        read_by=SERVER,
+    )
     dispatch_window: int = setting(
         _LIMITS.window,
         "chunk jobs of each batch kept in the queue at once: a batch behind another "

@@ -99,6 +99,12 @@ class Keys:
         """HASH `<tenant> <batch_id>` -> items that upload has staged so far."""
         return f"{self.prefix}staging:items"
 
+    @property
+    def staging_bytes(self) -> str:
+        """HASH `<tenant> <batch_id>` -> bytes that upload has staged so far, as
+        `upload.staged_bytes` counts them (what they take in Redis)."""
+        return f"{self.prefix}staging:bytes"
+
     def tenant_pending(self, tenant: str) -> str:
         """STRING: the tenant's items not yet terminal (its share of `pending`)."""
         return f"{self.pending}:{tenant}"

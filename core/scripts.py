@@ -52,6 +52,7 @@ class Scripts:
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
         self.move_legacy_jobs: AsyncScript = redis.register_script(_source("move_legacy_jobs.lua"))
         self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
+        self.list_staged: AsyncScript = redis.register_script(_source("list_staged.lua"))
         self.tenant_time: AsyncScript = redis.register_script(_source("tenant_time.lua"))
         self.take_submits: AsyncScript = redis.register_script(_source("take_submits.lua"))
         # Flow control (batchd.core.throttle): token buckets, and max_concurrent slots.

@@ -110,6 +110,8 @@ class BatchStore:
                 tenant_max_open_batches=settings.tenant_max_open_batches,
                 tenant_max_items_per_second=settings.tenant_max_items_per_second,
                 max_upload_bytes=settings.max_upload_bytes,
+                max_staged_bytes=settings.max_staged_bytes,
+                tenant_max_staged_bytes=settings.tenant_max_staged_bytes,
             ),
         )
 

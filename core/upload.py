@@ -56,7 +56,9 @@ class Limits:
     """Admission limits: items not yet terminal across all batches, items per batch;
     per tenant (0: none), its items not yet terminal, its unfinished batches and the
     items it submits per second (a bucket of `tenant_submit_burst` seconds' worth);
-    `window`: chunk jobs of a batch enqueued at commit (the rest follow its claims)."""
+    `window`: chunk jobs of a batch enqueued at commit (the rest follow its claims).
+    Bytes staged and not yet committed (`staged_bytes`; 0: no limit): by one upload, by
+    all uploads, by one tenant's."""
 
     max_pending_items: int = 50_000_000
     max_batch_items: int = 10_000_000
@@ -66,6 +68,8 @@ class Limits:
     tenant_max_items_per_second: float = 0.0
     tenant_submit_burst: float = 10.0
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_staged_bytes: int = 2 * 1024 * 1024 * 1024
+    tenant_max_staged_bytes: int = 0
 
 
 _SLICE = 1000  # keys per DEL / PEXPIRE command
@@ -228,10 +232,12 @@ class UploadSession:
         await self._unlist()
 
     async def _unlist(self) -> None:
-        """Takes this upload out of the staging index (its items no longer count)."""
+        """Takes this upload out of the staging index (its items and bytes no longer
+        count)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self._keys.staging, self._member)
             pipe.hdel(self._keys.staging_items, self._member)
+            pipe.hdel(self._keys.staging_bytes, self._member)
             await pipe.execute()
 
     # -- internals ------------------------------------------------------------------
@@ -243,6 +249,7 @@ class UploadSession:
         batch_id, chunk = self.spec.batch_id, self._staged
         first = chunk * self.chunk_size
         ids = [item.custom_id for item in self._buffer]
+        await self._list_staged()
         # Counted before the call: a call cut short may still have staged the chunk,
         # and abort must then delete it too.
         self._staged = chunk + 1
@@ -277,18 +284,53 @@ class UploadSession:
             )
         staged = len(self._buffer)
         self._buffer.clear()
-        await self._list_staged()
         await self._admit(staged)
         await self._refresh_ttls()
 
     async def _list_staged(self) -> None:
-        """Files this upload's staged items in the staging index, until its staging TTL:
-        an upload never committed (a server gone mid-stream) stops counting then."""
-        keys = self._keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.staging_items, self._member, str(self._count - len(self._buffer)))
-            pipe.zadd(keys.staging, {self._member: self._now_ms() + self._ttl_ms})
-            await pipe.execute()
+        """Files this upload in the staging index with its items and bytes once the
+        buffered chunk is staged, until its staging TTL: an upload never committed (a
+        server gone mid-stream) stops counting then. Exhausted (after aborting: nothing
+        stays) when the bytes all uploads, or its tenant's, have staged would pass
+        their limit."""
+        keys, limits, tenant, now = self._keys, self._limits, self.spec.tenant, self._now_ms()
+        result = await self._scripts.list_staged(
+            keys=[keys.staging, keys.staging_items, keys.staging_bytes],
+            args=[
+                self._member,
+                f"{tenant} ",
+                self._count,
+                self._bytes,
+                now,
+                now + self._ttl_ms,
+                max(limits.max_staged_bytes, 0),
+                max(limits.tenant_max_staged_bytes, 0),
+            ],
+        )
+        refused = int(result[0])
+        if not refused:
+            return
+        others = int(result[1])
+        await self.abort()
+        if refused == 1:
+            limit = limits.max_staged_bytes
+            raise Exhausted(
+                f"uploads not yet committed have staged {others} bytes, and this one would "
+                f"hold {self._bytes} (limit {limit})",
+                ADMISSION_RETRY_AFTER,
+                quota_subject="max_staged_bytes",
+                quota_description=f"bytes staged by uploads not yet committed: at most {limit}",
+            )
+        limit = limits.tenant_max_staged_bytes
+        raise Exhausted(
+            f"tenant {tenant!r} has {others} bytes staged by uploads not yet committed, and "
+            f"this one would hold {self._bytes} (limit {limit})",
+            ADMISSION_RETRY_AFTER,
+            quota_subject=f"tenant:{tenant}:max_staged_bytes",
+            quota_description=(
+                f"bytes staged by the tenant's uploads not yet committed: at most {limit}"
+            ),
+        )
 
     async def _others_staged(self) -> tuple[int, int]:
         """Items staged by other uploads not yet committed: (all, this tenant's)."""
@@ -301,6 +343,7 @@ class UploadSession:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(keys.staging, *expired)
                 pipe.hdel(keys.staging_items, *expired)
+                pipe.hdel(keys.staging_bytes, *expired)
                 await pipe.execute()
         others = [m for m in live if bytes(m).decode() != self._member]
         if not others:
@@ -468,6 +511,7 @@ class UploadSession:
             pipe.delete(lock)
             pipe.zrem(keys.staging, self._member)  # its items now count as pending
             pipe.hdel(keys.staging_items, self._member)
+            pipe.hdel(keys.staging_bytes, self._member)
             pipe.incrby(keys.pending, self._count)
             pipe.incrby(keys.tenant_pending(spec.tenant), self._count)
             pipe.incr(keys.tenant_open(spec.tenant))
