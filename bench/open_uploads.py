@@ -6,10 +6,11 @@ Starts a private Valkey (AOF on, as the embedded default), `batchd-server` and o
 a raw stub, four times over, one phase after another:
 
 - `bytes`: items of `--params-kib` KiB of params each, sent until the server refuses the
-  stream (RESOURCE_EXHAUSTED, BATCHD_MAX_UPLOAD_BYTES = `--upload-mib`);
+  stream (RESOURCE_EXHAUSTED: BATCHD_MAX_UPLOAD_BYTES = `--upload-mib` for one upload,
+  BATCHD_MAX_STAGED_BYTES = `--staged-mib` for all of them together);
 - `items`: items of `{}` under 64-character custom ids, sent until refused
-  (RESOURCE_EXHAUSTED, BATCHD_MAX_BATCH_ITEMS = `--batch-items`): the byte cap counts
-  params bytes, nearly nil here; the ids and the encoding are what Valkey holds;
+  (RESOURCE_EXHAUSTED: the same byte caps, which count each item's params, twice its id
+  and a fixed overhead, or BATCHD_MAX_BATCH_ITEMS = `--batch-items`);
 - `idle`: items as in `bytes` up to half the byte cap, then silence until the server
   ends the stream (DEADLINE_EXCEEDED, BATCHD_UPLOAD_IDLE_TIMEOUT = `--idle-seconds`);
 - `cancelled`: as `idle`, then the client cancels the calls once all it sent is staged.
@@ -17,10 +18,11 @@ a raw stub, four times over, one phase after another:
 For each phase: the server's RSS (psutil) and Valkey's `used_memory` before, at their
 peak (sampled every 20 ms while the streams are open) and after (once the staging index
 is empty and Valkey has freed what it deletes lazily), how each stream ended, and the
-keys the uploads left behind (none expected). Derived: Valkey's growth per params byte
-staged (`bytes`) and per item staged (`items`). docs/performance.md has the figures.
+keys the uploads left behind (none expected), and which quota refused the streams.
+Derived: Valkey's growth at the peak per byte the caps let the streams stage at once
+(`bytes`, `items`). docs/performance.md has the figures.
 
-    .venv/bin/python -m bench.open_uploads --upload-mib 64 --batch-items 1000000
+    .venv/bin/python -m bench.open_uploads --upload-mib 64 --staged-mib 128 --batch-items 1000000
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import grpc
 import psutil
 from redis.asyncio import Redis
 
-from batchd.client import AsyncClient
+from batchd.client import AsyncClient, BatchdError
 from batchd.core.keys import Keys
 from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 from bench.service import Service, peak_rss_mib, report, running_service, wait_for_handler
@@ -72,6 +74,7 @@ class Stream:
     batch_id: str
     sent: int = 0
     code: str = ""
+    quota: str = ""  # the QuotaFailure's subject, for RESOURCE_EXHAUSTED
     quiet: threading.Event = field(default_factory=threading.Event)  # it sends no more
 
 
@@ -126,6 +129,8 @@ def upload(
             stream.code = grpc.StatusCode.CANCELLED.name
         except grpc.RpcError as error:
             stream.code = error.code().name
+            quotas = BatchdError.from_rpc_error(error).quota_violations
+            stream.quota = quotas[0].subject if quotas else ""
     stream.quiet.set()
 
 
@@ -174,13 +179,13 @@ async def stored_bytes(redis: Redis) -> int:
 async def settled(redis: Redis) -> bool:
     """The staging index is empty and Valkey has freed what it deletes lazily."""
     memory = await redis.info("memory")
-    empty = not await redis.exists(KEYS.staging, KEYS.staging_items)
+    empty = not await redis.exists(KEYS.staging, KEYS.staging_items, KEYS.staging_bytes)
     return empty and int(memory.get("lazyfree_pending_objects", 0)) == 0
 
 
 async def leftover_keys(redis: Redis, streams: list[Stream]) -> int:
     """Keys of the streams' batches still in Valkey, and the staging index if any."""
-    found = await redis.exists(KEYS.staging, KEYS.staging_items)
+    found = await redis.exists(KEYS.staging, KEYS.staging_items, KEYS.staging_bytes)
     for stream in streams:
         found += len([key async for key in redis.scan_iter(match=f"*{stream.batch_id}*")])
     return int(found)
@@ -229,7 +234,10 @@ async def phase(
     }
     for code, streams_ended in sorted(Counter(s.code for s in streams).items()):
         figures[f"{name}_ended_{code.lower()}"] = streams_ended
-    print(f"{name}: " + ", ".join(f"{s.batch_id} {s.code}" for s in streams), flush=True)
+    for quota, refused in sorted(Counter(s.quota for s in streams if s.quota).items()):
+        figures[f"{name}_refused_{quota}"] = refused
+    ends = (f"{s.batch_id} {s.code} {s.quota}".rstrip() for s in streams)
+    print(f"{name}: " + ", ".join(ends), flush=True)
     return figures
 
 
@@ -265,13 +273,16 @@ async def measure(service: Service, args: argparse.Namespace) -> dict[str, float
                 figures.update(await phase(service, redis, name, shape, args.streams))
     finally:
         await redis.aclose()
-    if "bytes" in args.phases:
-        caps = args.streams * args.upload_mib * MIB
-        grown = figures["bytes_valkey_used_mib_peak"] - figures["bytes_valkey_used_mib_before"]
-        figures["bytes_valkey_growth_per_capped_byte"] = grown * MIB / caps
-    if "items" in args.phases:
-        grown = figures["items_valkey_used_mib_peak"] - figures["items_valkey_used_mib_before"]
-        figures["items_valkey_bytes_per_item"] = grown * MIB / (args.streams * args.batch_items)
+    # What the byte caps let the streams stage at once.
+    caps = args.streams * args.upload_mib * MIB
+    if args.staged_mib > 0:
+        caps = min(caps, args.staged_mib * MIB)
+    for name in ("bytes", "items"):
+        if name in args.phases:
+            grown = (
+                figures[f"{name}_valkey_used_mib_peak"] - figures[f"{name}_valkey_used_mib_before"]
+            )
+            figures[f"{name}_valkey_growth_per_capped_byte"] = grown * MIB / caps
     return figures
 
 
@@ -279,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=3)
     parser.add_argument("--upload-mib", type=int, default=64, help="BATCHD_MAX_UPLOAD_BYTES")
+    parser.add_argument(
+        "--staged-mib", type=int, default=128, help="BATCHD_MAX_STAGED_BYTES (0: no limit)"
+    )
     parser.add_argument("--batch-items", type=int, default=1_000_000)
     parser.add_argument("--params-kib", type=int, default=64)
     parser.add_argument("--idle-seconds", type=float, default=2.0)
@@ -287,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     env = {
         "BATCHD_MAX_UPLOAD_BYTES": str(args.upload_mib * MIB),
+        "BATCHD_MAX_STAGED_BYTES": str(args.staged_mib * MIB),
         "BATCHD_MAX_BATCH_ITEMS": str(args.batch_items),
         "BATCHD_UPLOAD_IDLE_TIMEOUT": str(args.idle_seconds),
     }

@@ -213,8 +213,8 @@ def test_tenants_small(tmp_path: Path) -> None:
 
 def test_open_uploads_small(tmp_path: Path) -> None:
     result = run_bench(
-        tmp_path, "open_uploads", "--upload-mib", "4", "--batch-items", "20000",
-        "--idle-seconds", "1",
+        tmp_path, "open_uploads", "--upload-mib", "4", "--staged-mib", "8",
+        "--batch-items", "20000", "--idle-seconds", "1",
     )  # fmt: skip
     ended = {"bytes": "resource_exhausted", "items": "resource_exhausted",
              "idle": "deadline_exceeded", "cancelled": "cancelled"}  # fmt: skip
