@@ -44,9 +44,9 @@ from batchd.client import AsyncClient
 from batchd.core.config import Settings
 from batchd.worker.handler import ItemContext, WorkerInfo
 from batchd.worker.handlers.migrate import record_migrate_handler
-from batchd.worker.handlers.migrate_checksum import combine
-from batchd.worker.handlers.migrate_plan import custom_id, key_column, plan_ranges
-from batchd.worker.handlers.migrate_sql import reflect
+from batchd.worker.handlers.migrate.checksum import combine
+from batchd.worker.handlers.migrate.plan import custom_id, key_column, plan_ranges
+from batchd.worker.handlers.migrate.sql import reflect
 from bench.service import (
     Measured,
     Service,

@@ -49,9 +49,9 @@ from batchd.core.logs import get_logger
 from batchd.server.app import start_server
 from batchd.worker.handler import Handler, ItemContext, WorkerInfo
 from batchd.worker.handlers.migrate import record_migrate_handler
-from batchd.worker.handlers.migrate_checksum import checksum
-from batchd.worker.handlers.migrate_sql import async_url, reflect
-from batchd.worker.handlers.migrate_transform import row_transform
+from batchd.worker.handlers.migrate.checksum import checksum
+from batchd.worker.handlers.migrate.sql import async_url, reflect
+from batchd.worker.handlers.migrate.transform import row_transform
 
 PG_HOST = "postgres@127.0.0.1:5432"
 MARIADB_HOST = "root@127.0.0.1:3306"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from batchd.worker.handlers.email_build import MessageBuilders
-from batchd.worker.handlers.email_message import Policy
-from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits
+from batchd.worker.handlers.email.build import MessageBuilders
+from batchd.worker.handlers.email.message import Policy
+from batchd.worker.handlers.email.render import RenderLimitExceeded, RenderLimits
 
 
 def params(text: str) -> dict[str, object]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batchd.worker.handlers.email_message import (
+from batchd.worker.handlers.email.message import (
     MessageError,
     NotAllowed,
     Policy,
@@ -19,9 +19,9 @@ from batchd.worker.handlers.email_message import (
     message_id_for,
     parse_address,
 )
-from batchd.worker.handlers.email_mime import mime_message
-from batchd.worker.handlers.email_relay import StartTls, parse_relay_url
-from batchd.worker.handlers.email_render import (
+from batchd.worker.handlers.email.mime import mime_message
+from batchd.worker.handlers.email.relay import StartTls, parse_relay_url
+from batchd.worker.handlers.email.render import (
     RenderLimitExceeded,
     RenderLimits,
     TemplateError,

@@ -48,10 +48,10 @@ from batchd.core.config import SettingError
 from batchd.core.credentials import CredentialStore
 from batchd.core.logs import get_logger
 from batchd.worker.handler import Code, ItemContext, PermanentError, RetryableError
-from batchd.worker.handlers.migrate_checksum import EMPTY_CHECKSUM, canonical, checksum, combine
-from batchd.worker.handlers.migrate_plan import KeyRange, PlanError, key_column, plan_ranges
-from batchd.worker.handlers.migrate_sql import Engines, async_url, item_url, reflect
-from batchd.worker.handlers.migrate_transform import TransformError
+from batchd.worker.handlers.migrate.checksum import EMPTY_CHECKSUM, canonical, checksum, combine
+from batchd.worker.handlers.migrate.plan import KeyRange, PlanError, key_column, plan_ranges
+from batchd.worker.handlers.migrate.sql import Engines, async_url, item_url, reflect
+from batchd.worker.handlers.migrate.transform import TransformError
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_planner_command_writes_items(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "batchd.worker.handlers.migrate_plan",
+            "batchd.worker.handlers.migrate.plan",
             source,
             "people",
             "--destination",
@@ -572,7 +572,7 @@ async def _plan_items(
 ) -> list[tuple[str, dict[str, Any]]]:
     """Items from the planning command, as `batchd submit` would read them."""
     done = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchd.worker.handlers.migrate_plan", "src", "people",
+        sys.executable, "-m", "batchd.worker.handlers.migrate.plan", "src", "people",
         "--destination", "dst", "--rows-per-item", str(rows_per_item),
         env={"BATCHD_DATABASES": databases, "PATH": ""},
         stdout=asyncio.subprocess.PIPE,

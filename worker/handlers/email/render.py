@@ -4,7 +4,7 @@ Templates are written by whoever submits a batch, so they run in Jinja2's
 `SandboxedEnvironment` (no attribute access to Python internals, no file loader), and a
 render may use only so much: time, output, loop iterations, integer size and string
 length (`RenderLimits`, the worker's settings). The handler renders off the event loop,
-in processes of its own (email_build.py), so a template that runs to its limit delays
+in processes of its own (build.py), so a template that runs to its limit delays
 nothing else; the limits make every render end soon, from inside the render:
 
 - every `{% for %}` iterates through a guard (the parsed template is rewritten) that

@@ -12,7 +12,7 @@ transforms; items name one of them, never an arbitrary import path:
 The worker imports them at start; an item naming anything else is refused, and nothing
 is imported because an item named it. Each must be declared with `row_transform`:
 
-    from batchd.worker.handlers.migrate_transform import row_transform
+    from batchd.worker.handlers.migrate import row_transform
 
     @row_transform
     def cents(row):
@@ -93,7 +93,7 @@ def _checked(obj: Any, source: str) -> RowTransform:
     if not getattr(obj, _MARK, False):
         raise TransformError(
             f"transform {source} is not declared a transform: decorate it with "
-            "batchd.worker.handlers.migrate_transform.row_transform"
+            "batchd.worker.handlers.migrate.row_transform"
         )
     function: RowTransform = obj
     return function

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from batchd.worker.handler import Code, PermanentError
-from batchd.worker.handlers.migrate_checksum import CHECKSUM_MODULUS, canonical, row_digest
-from batchd.worker.handlers.migrate_errors import Kind, classify, database_message
-from batchd.worker.handlers.migrate_sql import read_keys, upsert
+from batchd.worker.handlers.migrate.checksum import CHECKSUM_MODULUS, canonical, row_digest
+from batchd.worker.handlers.migrate.errors import Kind, classify, database_message
+from batchd.worker.handlers.migrate.sql import read_keys, upsert
 
 __all__ = ["digests", "sum_digests", "write_range"]
 

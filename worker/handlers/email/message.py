@@ -1,11 +1,11 @@
 """Building one `email.send` message: templates rendered, addresses parsed, a
 multipart/alternative MIME message with a Message-ID derived from the item.
 
-Templates render in a sandbox within limits (email_render.py). Only the HTML part is
+Templates render in a sandbox within limits (render.py). Only the HTML part is
 autoescaped: `<` in a plain-text body or a subject is just `<`.
 
 Everything that reaches a header is checked here (one line, addresses parsed, domains
-IDNA-encoded, non-ASCII names RFC 2047-encoded); email_mime.py writes the bytes. What the
+IDNA-encoded, non-ASCII names RFC 2047-encoded); mime.py writes the bytes. What the
 worker's operator allows is checked here too (`Policy`): the domains `from` may use, and
 which extra headers pass — an allow-list: `ALLOWED_HEADERS`, and the `X-` names the
 operator lists; headers that receivers trust (Return-Path, DKIM-Signature, Received,
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from email.utils import formataddr, formatdate, getaddresses
 from typing import Any
 
-from batchd.worker.handlers.email_mime import mime_message
-from batchd.worker.handlers.email_render import Templates
+from batchd.worker.handlers.email.mime import mime_message
+from batchd.worker.handlers.email.render import Templates
 
 __all__ = [
     "ALLOWED_HEADERS",

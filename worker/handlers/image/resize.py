@@ -49,9 +49,8 @@ from batchd.worker.handler import (
     WorkerInfo,
 )
 from batchd.worker.handlers.http import host_key
-from batchd.worker.handlers.image_errors import ImageRefused
-from batchd.worker.handlers.image_fetch import fetch
-from batchd.worker.handlers.image_ops import (
+from batchd.worker.handlers.image.fetch import fetch
+from batchd.worker.handlers.image.ops import (
     EXTENSIONS,
     FITS,
     ResizeJob,
@@ -60,7 +59,7 @@ from batchd.worker.handlers.image_ops import (
     resize_job,
     warm_up,
 )
-from batchd.worker.handlers.image_paths import check_relative, tenant_root
+from batchd.worker.handlers.image.paths import ImageRefused, check_relative, tenant_root
 
 __all__ = ["MAX_SIDE", "MAX_SOURCE_BYTES", "PARAMS_SCHEMA", "ImageSettings", "image_resize_handler"]
 

@@ -9,7 +9,7 @@
 User and password are percent-decoded and used for AUTH after the upgrade, never
 without TLS: credentials with `starttls=off` are a `SettingError` here (the worker stops
 at start-up), and under `auto` a relay that offers no STARTTLS gets no AUTH
-(email_smtp.py). Certificates are always verified: a relay worth sending through has a
+(smtp.py). Certificates are always verified: a relay worth sending through has a
 valid one.
 
 The relay comes from the worker's settings, never from an item's params: items are

@@ -1,6 +1,6 @@
 """Where `email.send` messages are built: a small pool of processes of its own.
 
-Rendering a submitter's template is CPU work that the limits of email_render.py end
+Rendering a submitter's template is CPU work that the limits of render.py end
 within a second — but in a thread of the worker's process, even that second would be
 taken from the event loop: a filter working on a large string holds the GIL for
 milliseconds at a time, and every other item, heartbeat and lease renewal of the worker
@@ -12,7 +12,7 @@ not end within twice the time limit (one uninterruptible filter call, say) gets 
 process killed and the pool replaced; the item fails like any other render past its
 time limit. A process that died fails the items it held with a retryable error.
 
-A template that only substitutes variables (`email_render.is_bounded`) costs less to
+A template that only substitutes variables (`render.is_bounded`) costs less to
 render than the round trip: a process that compiled one hands its code back with the
 message, and the worker's next items with the same templates are built in the worker,
 by the same code and limits, without the trip.
@@ -29,8 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from batchd.worker.handlers.email_message import Outgoing, Policy, build_message
-from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits, Templates
+from batchd.worker.handlers.email.message import Outgoing, Policy, build_message
+from batchd.worker.handlers.email.render import RenderLimitExceeded, RenderLimits, Templates
 from batchd.worker.pool_owner import serve_owner
 
 __all__ = ["BuilderDied", "MessageBuilders"]

@@ -23,8 +23,7 @@ from typing import Any
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from batchd.worker.handlers.image_errors import ImageRefused
-from batchd.worker.handlers.image_paths import confined_output, read_confined
+from batchd.worker.handlers.image.paths import ImageRefused, confined_output, read_confined
 from batchd.worker.pool_owner import serve_owner
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Each item renders its subject, text and HTML templates (Jinja2, sandboxed) with its
 `vars` and sends the message to its `to` addresses through the relay of
-`Settings.smtp_url`, over a small pool of reused connections (email_smtp.py). The
+`Settings.smtp_url`, over a small pool of reused connections (smtp.py). The
 Message-ID is derived from the item's idempotency key, the same on every attempt, so a
 message delivered twice (a connection lost after DATA was sent) is recognisable.
 
@@ -36,7 +36,7 @@ batch names no rate_limit_key: a 421 or 452 slows every batch sending through th
 relay down, on every worker.
 
 Messages are built (templates rendered, MIME written) in a small pool of processes
-(email_build.py): a template that runs to its limits (email_render.py) delays no other
+(build.py): a template that runs to its limits (render.py) delays no other
 item of the worker. Templates that only substitute variables, whose work is linear in
 the item, are built in the worker once a process has compiled them.
 """
@@ -62,17 +62,17 @@ from batchd.worker.handler import (
     SlowDown,
     WorkerInfo,
 )
-from batchd.worker.handlers.email_build import BuilderDied, MessageBuilders
-from batchd.worker.handlers.email_message import (
+from batchd.worker.handlers.email.build import BuilderDied, MessageBuilders
+from batchd.worker.handlers.email.message import (
     MessageError,
     NotAllowed,
     Policy,
     header_name_pattern,
     message_id_for,
 )
-from batchd.worker.handlers.email_relay import Relay, parse_relay_url
-from batchd.worker.handlers.email_render import RenderLimitExceeded, RenderLimits, TemplateError
-from batchd.worker.handlers.email_smtp import (
+from batchd.worker.handlers.email.relay import Relay, parse_relay_url
+from batchd.worker.handlers.email.render import RenderLimitExceeded, RenderLimits, TemplateError
+from batchd.worker.handlers.email.smtp import (
     RecipientsRefused,
     SmtpPool,
     TlsUnavailable,

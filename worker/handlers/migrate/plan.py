@@ -39,9 +39,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from batchd.core.config import Settings
-from batchd.worker.handlers.migrate import MigrateSettings
-from batchd.worker.handlers.migrate_errors import database_message
-from batchd.worker.handlers.migrate_sql import async_url, key_kind, parse_databases, reflect
+from batchd.worker.handlers.migrate.errors import database_message
+from batchd.worker.handlers.migrate.record import MigrateSettings
+from batchd.worker.handlers.migrate.sql import async_url, key_kind, parse_databases, reflect
 
 __all__ = ["KeyRange", "PlanError", "custom_id", "key_column", "main", "plan_ranges", "write_plan"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from batchd.worker.handlers.email_relay import Relay
+from batchd.worker.handlers.email.relay import Relay
 
 __all__ = ["Delivery", "RecipientsRefused", "SmtpPool", "TlsUnavailable", "reply_text"]
 
@@ -164,7 +164,7 @@ class SmtpPool:
 
 async def _transaction(lease: _Lease, sender: str, recipients: list[str], data: bytes) -> Delivery:
     smtp = lease.smtp
-    # The message is ASCII (email_mime.py): no 8BITMIME or SMTPUTF8 is asked of the relay.
+    # The message is ASCII (mime.py): no 8BITMIME or SMTPUTF8 is asked of the relay.
     mail_options = [f"SIZE={len(data)}"] if smtp.supports_extension("size") else []
     try:
         try:

@@ -14,6 +14,8 @@ There is a window between resolving a path and opening it in which a process tha
 write inside the directories could swap a component for a symlink; the final component
 is opened with O_NOFOLLOW, so only a directory swap in that window could escape. Keep
 the directories writable only by the uploader and batchd.
+
+A refusal, here or in ops.py, is an `ImageRefused`: the pool processes' permanent failure.
 """
 
 from __future__ import annotations
@@ -23,12 +25,35 @@ from pathlib import Path, PurePosixPath
 
 from batchd.core.domain import DEFAULT_TENANT
 from batchd.worker.handler import Code
-from batchd.worker.handlers.image_errors import ImageRefused
 
-__all__ = ["TENANTS_DIR", "check_relative", "confined_output", "read_confined", "tenant_root"]
+__all__ = [
+    "TENANTS_DIR",
+    "ImageRefused",
+    "check_relative",
+    "confined_output",
+    "read_confined",
+    "tenant_root",
+]
 
 # Under each directory, every named tenant's own: `tenants/<tenant>/` (tenant_root).
 TENANTS_DIR = "tenants"
+
+
+class ImageRefused(Exception):
+    """The item cannot succeed, whatever the retries (a corrupt image, a path outside its
+    directory): the handler fails it with `code` and `message`. The pool processes raise
+    it, from here and from ops.py.
+
+    `args` is `(message, code)`, so that the exception comes back from a pool process
+    through pickle unchanged."""
+
+    def __init__(self, message: str, code: int = Code.INVALID_ARGUMENT) -> None:
+        super().__init__(message, code)
+        self.message = message
+        self.code = int(code)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def tenant_root(root: Path, tenant: str) -> Path:

@@ -3,17 +3,17 @@
 An item names a source and a destination database by a name from the worker's
 `databases` setting (URLs only where the operator allows them), a table, its key column
 and a range of keys, both ends included — ranges the planning tool
-(`batchd-migrate-plan`, batchd.worker.handlers.migrate_plan) cuts from the source by
+(`batchd-migrate-plan`, batchd.worker.handlers.migrate.plan) cuts from the source by
 keyset pagination. The item:
 
 1. reads the range's rows from the source, in key order;
 2. passes each through the transform hook, if the item names one the worker registered
-   (batchd.worker.handlers.migrate_transform; it may skip a row);
+   (batchd.worker.handlers.migrate.transform; it may skip a row);
 3. upserts them into the destination in one transaction — ON CONFLICT (key) DO UPDATE
    on PostgreSQL and SQLite, ON DUPLICATE KEY UPDATE on MySQL/MariaDB — so a re-run,
    after a crash or a redrive, rewrites the same rows and duplicates nothing;
 4. reads the written rows back inside that transaction and compares checksums
-   (batchd.worker.handlers.migrate_checksum): a mismatch rolls the range back and fails
+   (batchd.worker.handlers.migrate.checksum): a mismatch rolls the range back and fails
    it with DATA_LOSS, unless the item says `on_mismatch: "report"`.
 
 How failures end the item:
@@ -60,15 +60,15 @@ from batchd.worker.handler import (
     RetryableError,
     WorkerInfo,
 )
-from batchd.worker.handlers.migrate_checksum import canonical
-from batchd.worker.handlers.migrate_errors import (
+from batchd.worker.handlers.migrate.checksum import canonical
+from batchd.worker.handlers.migrate.errors import (
     CONNECT_FAILED,
     Kind,
     classify,
     database_message,
     is_connect_failure,
 )
-from batchd.worker.handlers.migrate_sql import (
+from batchd.worker.handlers.migrate.sql import (
     Engines,
     async_url,
     item_url,
@@ -76,8 +76,8 @@ from batchd.worker.handlers.migrate_sql import (
     parse_databases,
     read_range,
 )
-from batchd.worker.handlers.migrate_transform import RowTransform, load_transforms
-from batchd.worker.handlers.migrate_write import digests, sum_digests, write_range
+from batchd.worker.handlers.migrate.transform import RowTransform, load_transforms
+from batchd.worker.handlers.migrate.write import digests, sum_digests, write_range
 
 __all__ = [
     "NAME",

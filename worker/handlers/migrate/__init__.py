@@ -1,0 +1,17 @@
+"""`record.migrate`: copies primary-key ranges of a table to another database.
+
+The handler is record.py, its transform hook transform.py (`row_transform` declares
+one), and plan.py is `batchd-migrate-plan`, which cuts the ranges;
+docs/handlers/migrate.md is the reference.
+"""
+
+from __future__ import annotations
+
+from batchd.worker.handlers.migrate.record import (
+    PARAMS_SCHEMA,
+    MigrateSettings,
+    record_migrate_handler,
+)
+from batchd.worker.handlers.migrate.transform import row_transform
+
+__all__ = ["PARAMS_SCHEMA", "MigrateSettings", "record_migrate_handler", "row_transform"]
