@@ -28,7 +28,13 @@ from batchd.core.logs import configure_logging, get_logger
 from batchd.core.redis_access import redis_access_problem
 from batchd.worker.app import build_worker
 from batchd.worker.handler import Handler
-from batchd.worker.registry import HandlerLoadError, load_handlers
+from batchd.worker.registry import (
+    HandlerLoadError,
+    MissingExtra,
+    OnMissing,
+    load_handlers,
+    warn_missing_extra,
+)
 
 log = get_logger(__name__)
 
@@ -38,8 +44,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
-        handlers, settings = configure(argv)
+        missing: list[MissingExtra] = []  # told once the logs are configured
+        handlers, settings = configure(argv, on_missing=missing.append)
         configure_logging(settings)
+        for extra in missing:
+            warn_missing_extra(extra)
         warn_unknown_variables(os.environ, handlers)
         asyncio.run(run(settings, handlers))
     except KeyboardInterrupt:  # Ctrl-C before the worker's own handlers were in place
@@ -47,17 +56,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def configure(
-    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    on_missing: OnMissing = warn_missing_extra,
 ) -> tuple[dict[str, Handler], Settings]:
     """The handlers to serve and the settings, theirs included; a configuration error
-    exits with a message (argparse's usage errors exit 2)."""
+    exits with a message (argparse's usage errors exit 2). A handler whose extra is not
+    installed is not served: `on_missing` hears of it."""
     env = os.environ if env is None else env
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--handlers", default=None)
     known, _ = first.parse_known_args(argv)
     import_paths = known.handlers if known.handlers is not None else env.get("BATCHD_HANDLERS", "")
     try:
-        handlers = load_handlers(import_paths)
+        handlers = load_handlers(import_paths, on_missing=on_missing)
         sections = _sections(handlers)
         settings = Settings.from_args(
             argv,

@@ -1,34 +1,90 @@
 """Loading the handlers a worker serves.
 
-Three sources, in this order: the built-ins (`batchd.worker.handlers`), the entry points
-of group `batchd.handlers` of every installed distribution, and the import paths of
-`Settings.handlers` ("module:attribute", comma-separated). Each object found is a
-`Handler`, an iterable of them, or a zero-argument callable returning either (a factory,
-for handlers that keep per-process state). Two handlers with one name stop the worker at
-start-up: which one would run is otherwise an accident of installation.
+Two sources, in this order: the entry points of group `batchd.handlers` of every
+installed distribution — batchd's own first: its built-ins are registered the same way —
+and the import paths of `Settings.handlers` ("module:attribute", comma-separated). Each
+object found is a `Handler`, an iterable of them, or a zero-argument callable returning
+either (a factory, for handlers that keep per-process state). Two handlers with one name
+stop the worker at start-up: which one would run is otherwise an accident of
+installation.
+
+An entry point named after an extra of its distribution (batchd's `email`, `image`,
+`migrate`) whose import fails for a module outside that distribution is an extra not
+installed: its handlers are not served, and `on_missing` hears of it (by default a
+warning naming the extra to install). Any other failure to load stops the worker.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator, Mapping
-from importlib.metadata import entry_points
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from batchd.core.domain import HandlerSpec
+from batchd.core.logs import get_logger
 from batchd.worker.handler import Handler
-from batchd.worker.handlers import builtin_handlers
 
-__all__ = ["ENTRY_POINT_GROUP", "HandlerLoadError", "load_handlers", "parse_import_paths", "specs"]
+__all__ = [
+    "DISTRIBUTION",
+    "ENTRY_POINT_GROUP",
+    "HandlerLoadError",
+    "MissingExtra",
+    "OnMissing",
+    "entry_point_handlers",
+    "load_handlers",
+    "parse_import_paths",
+    "specs",
+    "warn_missing_extra",
+]
+
+log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = "batchd.handlers"
+# The distribution whose entry points are the built-ins, loaded before any other's.
+DISTRIBUTION = "batchd"
 
 
 class HandlerLoadError(Exception):
     """A handler source cannot be loaded, or two handlers share a name."""
 
 
-def load_handlers(import_paths: str = "", extra: Iterable[Handler] = ()) -> dict[str, Handler]:
+@dataclass(frozen=True)
+class MissingExtra:
+    """An entry point not loaded because the extra its handlers need is not installed."""
+
+    entry_point: str
+    distribution: str
+    extra: str
+    module: str  # the module its import did not find
+
+    @property
+    def install(self) -> str:
+        """The command that installs the extra."""
+        return f"pip install '{self.distribution}[{self.extra}]'"
+
+
+def warn_missing_extra(missing: MissingExtra) -> None:
+    """The default of `on_missing`: one warning, naming the extra to install."""
+    log.warning(
+        "handlers_not_served",
+        entry_point=missing.entry_point,
+        missing_module=missing.module,
+        extra=missing.extra,
+        install=missing.install,
+    )
+
+
+OnMissing = Callable[[MissingExtra], None]
+
+
+def load_handlers(
+    import_paths: str = "",
+    extra: Iterable[Handler] = (),
+    *,
+    on_missing: OnMissing = warn_missing_extra,
+) -> dict[str, Handler]:
     """Every handler this worker serves, by name. `extra` come last (in-process use)."""
     found: dict[str, Handler] = {}
     origin: dict[str, str] = {}
@@ -43,18 +99,64 @@ def load_handlers(import_paths: str = "", extra: Iterable[Handler] = ()) -> dict
             found[handler.name] = handler
             origin[handler.name] = source
 
-    add(builtin_handlers(), "batchd.worker.handlers")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        source = f"entry point {ep.name} ({ep.value})"
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            raise HandlerLoadError(f"{source}: {exc}") from exc
-        add(_handlers_of(obj, source), source)
+    for ep in _entry_points():
+        add(*_load_entry_point(ep, on_missing))
     for path in parse_import_paths(import_paths):
         add(_handlers_of(_import(path), path), path)
     add(extra, "the caller")
     return found
+
+
+def entry_point_handlers(
+    *, distribution: str, on_missing: OnMissing = warn_missing_extra
+) -> list[Handler]:
+    """The handlers of one distribution's entry points, fresh (their factories called)."""
+    handlers: list[Handler] = []
+    for ep in _entry_points():
+        if _distribution(ep) == distribution:
+            handlers += _load_entry_point(ep, on_missing)[0]
+    return handlers
+
+
+def _entry_points() -> list[EntryPoint]:
+    """The group's entry points, batchd's own first (a stable sort keeps their order)."""
+    found = entry_points(group=ENTRY_POINT_GROUP)
+    return sorted(found, key=lambda ep: _distribution(ep) != DISTRIBUTION)
+
+
+def _load_entry_point(ep: EntryPoint, on_missing: OnMissing) -> tuple[list[Handler], str]:
+    """The entry point's handlers and their source; none when its extra is missing."""
+    source = f"{ep.value} (entry point {ep.name})"
+    try:
+        obj = ep.load()
+    except ModuleNotFoundError as exc:
+        missing = _missing_extra(ep, exc)
+        if missing is None:
+            raise HandlerLoadError(f"{source}: {exc}") from exc
+        on_missing(missing)
+        return [], source
+    except Exception as exc:
+        raise HandlerLoadError(f"{source}: {exc}") from exc
+    return _handlers_of(obj, source), source
+
+
+def _missing_extra(ep: EntryPoint, exc: ModuleNotFoundError) -> MissingExtra | None:
+    """What `exc` means when the entry point is named after an extra of its distribution
+    and the module not found is not the distribution's own (that would be a bug, not a
+    missing dependency); None otherwise."""
+    dist = getattr(ep, "dist", None)
+    if dist is None or not exc.name:
+        return None
+    extras = dist.metadata.get_all("Provides-Extra") or []
+    own = ep.value.partition(":")[0].split(".")[0]
+    if ep.name not in extras or exc.name.split(".")[0] == own:
+        return None
+    return MissingExtra(ep.name, dist.name, ep.name, exc.name)
+
+
+def _distribution(ep: EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return None if dist is None else str(dist.name)
 
 
 def parse_import_paths(value: str) -> list[str]:

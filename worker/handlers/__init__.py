@@ -1,33 +1,25 @@
-"""The handlers every worker serves: `noop`, `sleep`, `http.request`, and the workloads
-`email.send`, `record.migrate` and `image.resize` (docs/handlers/)."""
+"""The handlers batchd ships: `noop` and `sleep` (basic.py), `http.request` (http.py),
+and the workloads `email.send`, `record.migrate` and `image.resize` (the packages email/,
+migrate/, image/; docs/handlers/).
+
+Each is registered as a third party's would be, by an entry point of group
+`batchd.handlers` in pyproject.toml, and loaded by batchd.worker.registry. The workloads'
+dependencies are extras (`batchd[email]`, `batchd[migrate]`, `batchd[image]`,
+`batchd[all]`): a worker without one does not serve that handler, and says which extra to
+install.
+"""
 
 from __future__ import annotations
 
 from batchd.worker.handler import Handler
 from batchd.worker.handlers.basic import noop_handler, sleep_handler
-from batchd.worker.handlers.email import email_send_handler
 from batchd.worker.handlers.http import http_request_handler
-from batchd.worker.handlers.image import image_resize_handler
-from batchd.worker.handlers.migrate import record_migrate_handler
+from batchd.worker.registry import DISTRIBUTION, entry_point_handlers
 
-__all__ = [
-    "builtin_handlers",
-    "email_send_handler",
-    "http_request_handler",
-    "image_resize_handler",
-    "noop_handler",
-    "record_migrate_handler",
-    "sleep_handler",
-]
+__all__ = ["builtin_handlers", "http_request_handler", "noop_handler", "sleep_handler"]
 
 
 def builtin_handlers() -> list[Handler]:
-    """Fresh built-in handlers: each worker gets its own (several keep pools)."""
-    return [
-        noop_handler(),
-        sleep_handler(),
-        http_request_handler(),
-        email_send_handler(),
-        record_migrate_handler(),
-        image_resize_handler(),
-    ]
+    """Fresh handlers of batchd's own entry points (each worker gets its own: several keep
+    pools), but those whose extra is not installed."""
+    return entry_point_handlers(distribution=DISTRIBUTION)

@@ -9,7 +9,7 @@ from typing import Any
 from batchd.core.domain import BatchOptions
 from batchd.worker.handler import Code, Handler, ItemContext, PermanentError
 
-__all__ = ["noop_handler", "sleep_handler"]
+__all__ = ["basic_handlers", "noop_handler", "sleep_handler"]
 
 
 async def _noop(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
@@ -52,3 +52,8 @@ def sleep_handler() -> Handler:
         },
         run=_sleep,
     )
+
+
+def basic_handlers() -> list[Handler]:
+    """`noop` and `sleep`, fresh: the target of batchd's `basic` entry point."""
+    return [noop_handler(), sleep_handler()]

@@ -1,6 +1,7 @@
 """`email.send`: one email message per item, through the worker's SMTP relay.
 
-The handler is send.py; docs/handlers/email.md is the reference.
+Needs the `email` extra (`pip install 'batchd[email]'`: aiosmtplib, Jinja2). The handler
+is send.py; docs/handlers/email.md is the reference.
 """
 
 from __future__ import annotations

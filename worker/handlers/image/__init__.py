@@ -1,6 +1,7 @@
 """`image.resize`: batch image resizing for user uploads.
 
-The handler is resize.py; docs/handlers/image.md is the reference.
+Needs the `image` extra (`pip install 'batchd[image]'`: Pillow). The handler is
+resize.py; docs/handlers/image.md is the reference.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`record.migrate`: copies primary-key ranges of a table to another database.
 
-The handler is record.py, its transform hook transform.py (`row_transform` declares
-one), and plan.py is `batchd-migrate-plan`, which cuts the ranges;
-docs/handlers/migrate.md is the reference.
+Needs the `migrate` extra (`pip install 'batchd[migrate]'`: SQLAlchemy and the asyncpg,
+aiomysql and aiosqlite drivers). The handler is record.py, its transform hook
+transform.py (`row_transform` declares one), and plan.py is `batchd-migrate-plan`, which
+cuts the ranges; docs/handlers/migrate.md is the reference.
 """
 
 from __future__ import annotations
