@@ -1,4 +1,5 @@
-"""A real batchd gRPC server on a free port, against the session's private Redis."""
+"""A real batchd gRPC server on a free port, against the session's private Redis; and
+one with API keys (`secured`) with the store its keys are made in (`credentials`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from redis.asyncio import Redis
+from support.in_process_server import running_server
 
 from batchd.core.config import Settings
+from batchd.core.credentials import CredentialStore
 from batchd.core.domain import BatchOptions, HandlerSpec, RetryPolicy
 from batchd.core.store import BatchStore
 from batchd.server.app import BatchdServer, start_server
@@ -62,3 +65,18 @@ async def channel(server: BatchdServer) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture(scope="session")
 def stub(channel: grpc.aio.Channel) -> BatchServiceAsyncStub:
     return batch_service_pb2_grpc.BatchServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+async def credentials(redis_url: str) -> AsyncIterator[CredentialStore]:
+    """The API keys of the session's Redis: make keys of any tenant and role."""
+    redis = Redis.from_url(redis_url)
+    yield CredentialStore(redis)
+    await redis.aclose()
+
+
+@pytest.fixture(scope="module")
+async def secured(redis_url: str, store: BatchStore) -> AsyncIterator[BatchdServer]:
+    """A server taking API keys (--auth tokens), caching a verified key for a second."""
+    async with running_server(redis_url, auth="tokens", auth_cache_seconds=1.0) as server:
+        yield server

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -20,7 +20,6 @@ from support.polling import poll
 
 from batchd.client import AsyncClient, BatchdError
 from batchd.core.credentials import CredentialStore
-from batchd.core.store import BatchStore
 from batchd.server.app import BatchdServer
 from batchd.server.auth import UNAUTHENTICATED_MESSAGE
 from batchd.server.principal import METHOD_ROLES, Role
@@ -28,19 +27,6 @@ from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
 ECHO = "test.echo"  # published by tests/server/conftest.py's store fixture
 ITEMS = [{"custom_id": "a", "params": {"n": 1}}, {"custom_id": "b", "params": {"n": 2}}]
-
-
-@pytest.fixture(scope="module")
-async def keys(redis_url: str) -> AsyncIterator[CredentialStore]:
-    redis = Redis.from_url(redis_url)
-    yield CredentialStore(redis)
-    await redis.aclose()
-
-
-@pytest.fixture(scope="module")
-async def secured(redis_url: str, store: BatchStore) -> AsyncIterator[BatchdServer]:
-    async with running_server(redis_url, auth="tokens", auth_cache_seconds=1.0) as server:
-        yield server
 
 
 def client(server: BatchdServer, token: str | None) -> AsyncClient:
@@ -55,8 +41,8 @@ def secret(key: str) -> str:
     return key.split("_", 2)[2]
 
 
-async def new_key(keys: CredentialStore, role: Role, tenant: str = "acme") -> str:
-    key, _ = await keys.create(tenant, role.name.lower(), "test")
+async def new_key(credentials: CredentialStore, role: Role, tenant: str = "acme") -> str:
+    key, _ = await credentials.create(tenant, role.name.lower(), "test")
     return key
 
 
@@ -102,9 +88,9 @@ def test_every_method_has_a_call_and_a_role() -> None:
 
 @pytest.mark.parametrize("role", list(Role), ids=lambda r: r.name.lower())
 async def test_each_role_may_call_what_method_roles_says(
-    secured: BatchdServer, keys: CredentialStore, role: Role
+    secured: BatchdServer, credentials: CredentialStore, role: Role
 ) -> None:
-    async with client(secured, await new_key(keys, role)) as c:
+    async with client(secured, await new_key(credentials, role)) as c:
         for method, call in CALLS.items():
             needed = METHOD_ROLES[method]
             error = await _error_of(call(c, f"missing-{uuid.uuid4().hex[:8]}"))
@@ -124,9 +110,9 @@ async def test_each_role_may_call_what_method_roles_says(
 
 
 async def test_an_operator_works_on_a_real_batch(
-    secured: BatchdServer, keys: CredentialStore
+    secured: BatchdServer, credentials: CredentialStore
 ) -> None:
-    async with client(secured, await new_key(keys, Role.OPERATOR)) as c:
+    async with client(secured, await new_key(credentials, Role.OPERATOR)) as c:
         batch = (await c.submit(ECHO, ITEMS)).batch
         assert (await c.pause(batch.batch_id)).batch_id == batch.batch_id
         await c.resume(batch.batch_id)
@@ -145,11 +131,11 @@ async def raw_call(server: BatchdServer, metadata: tuple[tuple[str, str], ...]) 
 
 
 async def test_bad_credentials_all_get_the_same_answer(
-    secured: BatchdServer, keys: CredentialStore
+    secured: BatchdServer, credentials: CredentialStore
 ) -> None:
-    revoked = await new_key(keys, Role.ADMIN)
-    await keys.revoke(key_id(revoked))
-    valid = await new_key(keys, Role.ADMIN)
+    revoked = await new_key(credentials, Role.ADMIN)
+    await credentials.revoke(key_id(revoked))
+    valid = await new_key(credentials, Role.ADMIN)
     attempts = {
         "no header": (),
         "garbage": (("authorization", "Bearer !!not-a-key!!"),),
@@ -170,9 +156,9 @@ async def test_bad_credentials_all_get_the_same_answer(
 
 
 async def test_revocation_reaches_a_second_replica_within_the_cache_bound(
-    redis_url: str, secured: BatchdServer, keys: CredentialStore
+    redis_url: str, secured: BatchdServer, credentials: CredentialStore
 ) -> None:
-    key = await new_key(keys, Role.READER)
+    key = await new_key(credentials, Role.READER)
     async with (
         running_server(redis_url, auth="tokens", auth_cache_seconds=1.0) as replica,
         client(secured, key) as first,
@@ -180,7 +166,7 @@ async def test_revocation_reaches_a_second_replica_within_the_cache_bound(
     ):
         await first.handlers()
         await second.handlers()  # both replicas now hold the key in their caches
-        assert await keys.revoke(key_id(key))
+        assert await credentials.revoke(key_id(key))
         loop = asyncio.get_running_loop()
         revoked_at = loop.time()
 
@@ -197,10 +183,10 @@ async def test_revocation_reaches_a_second_replica_within_the_cache_bound(
 
 
 async def test_keys_are_listed_without_the_key_and_stored_hashed(
-    redis_url: str, keys: CredentialStore
+    redis_url: str, credentials: CredentialStore
 ) -> None:
-    key, record = await keys.create("acme", "reader", "lister")
-    listed = {r.key_id: r for r in await keys.list()}
+    key, record = await credentials.create("acme", "reader", "lister")
+    listed = {r.key_id: r for r in await credentials.list()}
     assert listed[record.key_id].tenant == "acme"
     redis = Redis.from_url(redis_url)
     try:
@@ -232,12 +218,12 @@ async def _list_services(server: BatchdServer, metadata: tuple[tuple[str, str], 
 
 
 async def test_reflection_is_behind_authentication_unless_open(
-    redis_url: str, secured: BatchdServer, keys: CredentialStore
+    redis_url: str, secured: BatchdServer, credentials: CredentialStore
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _list_services(secured, ())
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    key = await new_key(keys, Role.READER)
+    key = await new_key(credentials, Role.READER)
     reply = await _list_services(secured, (("authorization", f"Bearer {key}"),))
     assert reply.list_services_response.service
     async with running_server(redis_url, auth="tokens", reflection="open") as open_server:
@@ -249,9 +235,9 @@ async def test_reflection_is_behind_authentication_unless_open(
 
 
 async def test_mutating_calls_are_audited_without_the_key(
-    secured: BatchdServer, keys: CredentialStore
+    secured: BatchdServer, credentials: CredentialStore
 ) -> None:
-    key = await new_key(keys, Role.SUBMITTER)
+    key = await new_key(credentials, Role.SUBMITTER)
     with structlog.testing.capture_logs() as events:
         async with client(secured, key) as c:
             batch = (await c.submit(ECHO, ITEMS)).batch

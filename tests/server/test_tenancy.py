@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-from redis.asyncio import Redis
 from support.in_process_server import HOST, running_server
 
 from batchd.client import AsyncClient, BatchdError, BatchState
@@ -22,19 +21,6 @@ from batchd.server.app import BatchdServer
 
 ECHO = "test.echo"  # published by tests/server/conftest.py's store fixture
 ITEMS = [{"custom_id": "a", "params": {"n": 1}}, {"custom_id": "b", "params": {"n": 2}}]
-
-
-@pytest.fixture(scope="module")
-async def credentials(redis_url: str) -> AsyncIterator[CredentialStore]:
-    redis = Redis.from_url(redis_url)
-    yield CredentialStore(redis)
-    await redis.aclose()
-
-
-@pytest.fixture(scope="module")
-async def secured(redis_url: str, store: BatchStore) -> AsyncIterator[BatchdServer]:
-    async with running_server(redis_url, auth="tokens") as server:
-        yield server
 
 
 Connect = Callable[..., Awaitable[AsyncClient]]
