@@ -7,15 +7,13 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from support.in_process_server import HOST, running_server
+from support.in_process_server import HOST
 
 from batchd.core.credentials import CredentialStore
 from batchd.core.keys import Keys
-from batchd.core.store import BatchStore
 from batchd.server.app import BatchdServer
 from batchd.server.auth import UNAUTHENTICATED_MESSAGE
 
@@ -118,12 +116,6 @@ async def test_admin_says_what_is_wrong_with_a_key_request(
     assert code == 2
     assert complaint in err
     assert "Traceback" not in err
-
-
-@pytest.fixture(scope="module")
-async def secured(redis_url: str, store: BatchStore) -> AsyncIterator[BatchdServer]:
-    async with running_server(redis_url, auth="tokens") as server:
-        yield server
 
 
 async def test_the_cli_presents_its_token_and_says_what_to_do_without_one(

@@ -30,13 +30,6 @@ ITEMS = [{"custom_id": "a", "params": {"n": 1}}]
 Watch = AsyncGenerator[BatchProgress, None]
 
 
-@pytest.fixture(scope="module")
-async def credentials(redis_url: str) -> AsyncIterator[CredentialStore]:
-    redis = Redis.from_url(redis_url)
-    yield CredentialStore(redis)
-    await redis.aclose()
-
-
 @pytest.fixture
 async def counts(redis_url: str) -> AsyncIterator[WatcherCounts]:
     """A reader of the tenants' counts as the servers keep them (it never opens any)."""
