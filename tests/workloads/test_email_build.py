@@ -21,7 +21,7 @@ async def test_a_render_past_twice_its_time_is_killed() -> None:
     builders = MessageBuilders(1, limits, Policy.of("example.test", ""))
     try:
         assert b"ok" in (await builders.build(params("ok"), "<1@batchd>")).data
-        pool = builders._pool
+        pool = builders.pool.executor
         assert pool is not None
         processes = list(pool._processes.values())  # the private attribute the kill uses
         assert len(processes) == 1
@@ -30,7 +30,7 @@ async def test_a_render_past_twice_its_time_is_killed() -> None:
         processes[0].join(10)
         assert processes[0].exitcode is not None  # killed, not left computing
         assert b"again" in (await builders.build(params("again"), "<3@batchd>")).data
-        assert builders._pool is not pool
+        assert builders.pool.executor is not pool
     finally:
         await builders.close()
 
@@ -40,18 +40,18 @@ async def test_bounded_templates_are_built_in_the_worker_after_one_trip() -> Non
     try:
         bounded = {**params("Hi {{ name }}"), "vars": {"name": "Ann"}}
         assert b"Hi Ann" in (await builders.build(bounded, "<1@batchd>")).data
-        pool = builders._pool
+        pool = builders.pool.executor
         assert pool is not None
         await builders.close()  # from now on, a trip to a process would start a new pool
         bounded["vars"] = {"name": "Bob"}
         assert b"Hi Bob" in (await builders.build(bounded, "<2@batchd>")).data
-        assert builders._pool is None
+        assert builders.pool.executor is None
         with pytest.raises(RenderLimitExceeded, match="output longer than"):
             await builders.build({**bounded, "vars": {"name": "x" * 2_000_000}}, "<3@batchd>")
         looping = params("{% for c in name %}{{ c }}{% endfor %}")
         looping["vars"] = {"name": "ab"}
         assert b"ab" in (await builders.build(looping, "<4@batchd>")).data
         assert b"ab" in (await builders.build(looping, "<5@batchd>")).data
-        assert builders._pool is not None  # a loop always renders in a process
+        assert builders.pool.executor is not None  # a loop always renders in a process
     finally:
         await builders.close()

@@ -21,17 +21,13 @@ by the same code and limits, without the trip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing
-import os
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from batchd.worker.handlers.email.message import Outgoing, Policy, build_message
 from batchd.worker.handlers.email.render import RenderLimitExceeded, RenderLimits, Templates
-from batchd.worker.pool_owner import serve_owner
+from batchd.worker.process_pool import HandlerPool, serve_owner
 
 __all__ = ["BuilderDied", "MessageBuilders"]
 
@@ -64,10 +60,6 @@ def _build(params: Mapping[str, Any], message_id: str) -> tuple[Outgoing, dict[s
     return outgoing, bounded
 
 
-def _warm_up() -> None:
-    """Nothing: the first task makes a process start (and import jinja2) at once."""
-
-
 class MessageBuilders:
     """`processes` processes building messages within `limits`, by `policy`; started by
     the first message."""
@@ -75,9 +67,9 @@ class MessageBuilders:
     def __init__(self, processes: int, limits: RenderLimits, policy: Policy) -> None:
         self.limits = limits
         self.policy = policy
-        self._processes = max(processes, 1)
-        self._pool: ProcessPoolExecutor | None = None
-        self._starting = asyncio.Lock()
+        # Processes forked from a server that imported this module start in milliseconds,
+        # not after importing batchd and jinja2 again.
+        self.pool = HandlerPool(processes, _init_process, (limits, policy), preload=(__name__,))
         self._bounded = Templates(limits, compiles=False)  # adopted from the processes
 
     async def build(self, params: Mapping[str, Any], message_id: str) -> Outgoing:
@@ -85,18 +77,17 @@ class MessageBuilders:
         `BuilderDied`."""
         if all(self._bounded.adopted(part, params[part]) for part in _PARTS if part in params):
             return build_message(params, message_id, self._bounded, self.policy)
-        pool = await self._started()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(pool, _build, params, message_id)
+        pool = await self.pool.started()
+        future = asyncio.get_running_loop().run_in_executor(pool, _build, params, message_id)
         try:
             outgoing, bounded = await asyncio.wait_for(future, timeout=2 * self.limits.seconds + 1)
         except TimeoutError:
-            self._replace(pool, kill=True)
+            self.pool.replace(pool, kill=True)
             raise RenderLimitExceeded(
                 f"took longer than {self.limits.seconds:g} s (BATCHD_EMAIL_RENDER_TIMEOUT)"
             ) from None
         except BrokenProcessPool as exc:
-            self._replace(pool, kill=False)
+            self.pool.replace(pool)
             raise BuilderDied("a process building messages died; the pool was restarted") from exc
         for part, code in bounded.items():
             if not self._bounded.adopted(part, params[part]):
@@ -104,54 +95,5 @@ class MessageBuilders:
         return outgoing
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            # Renders end within their time limit: waiting for them is bounded.
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-    async def _started(self) -> ProcessPoolExecutor:
-        async with self._starting:
-            if self._pool is None:
-                pool = self._new_pool()
-                loop = asyncio.get_running_loop()
-                try:
-                    await asyncio.gather(
-                        *(loop.run_in_executor(pool, _warm_up) for _ in range(self._processes))
-                    )
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                self._pool = pool
-            return self._pool
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        methods = multiprocessing.get_all_start_methods()
-        if "forkserver" not in methods:
-            return self._pool_of(multiprocessing.get_context("spawn"))
-        context = multiprocessing.get_context("forkserver")
-        # Processes forked from a server that imported this module start in milliseconds,
-        # not after importing batchd and jinja2 again. The list only counts before the
-        # server's first start; no other part of batchd sets one.
-        context.set_forkserver_preload([__name__])
-        return self._pool_of(context)
-
-    def _pool_of(self, context: Any) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self._processes,
-            mp_context=context,
-            initializer=_init_process,
-            initargs=(self.limits, self.policy, os.getpid()),
-        )
-
-    def _replace(self, broken: ProcessPoolExecutor, *, kill: bool) -> None:
-        # Items that shared the broken pool all land here: replace it only once.
-        if self._pool is not broken:
-            return
-        self._pool = None  # the next message starts a fresh pool
-        if kill:
-            # ProcessPoolExecutor has no way to stop a running task (kill_workers is
-            # Python 3.14's): its processes are killed directly. Pinned by a test.
-            for process in list(broken._processes.values()):
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-        broken.shutdown(wait=False, cancel_futures=True)
+        # Renders end within their time limit: waiting for them is bounded.
+        await self.pool.close()

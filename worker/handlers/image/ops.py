@@ -24,7 +24,7 @@ from typing import Any
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from batchd.worker.handlers.image.paths import ImageRefused, confined_output, read_confined
-from batchd.worker.pool_owner import serve_owner
+from batchd.worker.process_pool import serve_owner
 
 __all__ = [
     "DEFAULT_QUALITY",
@@ -36,7 +36,6 @@ __all__ = [
     "init_process",
     "resize_job",
     "target_size",
-    "warm_up",
 ]
 
 # Formats a variant may be written in, by the name params use, with their file extension.
@@ -77,22 +76,17 @@ class ResizeJob:
     max_bytes: int  # the largest source accepted, in bytes
 
 
-def init_process(max_pixels: int, owner_pid: int | None = None, memory_limit: int = 0) -> None:
+def init_process(max_pixels: int, memory_limit: int = 0, owner_pid: int | None = None) -> None:
     """The pool's initializer: Pillow's own decompression-bomb guard at our limit, and
     its warning (between 1x and 2x the limit) turned into an error like the rest; with
-    `owner_pid`, the process exits once that process (the worker) is gone; with
     `memory_limit`, its address space is capped (RLIMIT_AS): an image that needs more
-    raises MemoryError in its job, and the process goes on."""
+    raises MemoryError in its job, and the process goes on; with `owner_pid`, the
+    process exits once that process (the worker) is gone."""
     serve_owner(owner_pid)
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-
-def warm_up() -> None:
-    """Nothing: submitted once per process at start-up, so that the processes exist (and
-    have imported Pillow) before the first item needs them."""
 
 
 def resize_job(job: ResizeJob) -> dict[str, Any]:

@@ -5,12 +5,11 @@ variants to make of it; each variant is written inside `image_output_dir` as
 `<output>.<name>.<ext>`, atomically. docs/handlers/image.md is the full reference.
 
 Decoding, resizing and encoding are CPU work that would stall the worker's event loop
-(and every other item it runs), so they go to a `ProcessPoolExecutor` of
-`image_processes` processes, opened by the startup hook and shut down by the shutdown
+(and every other item it runs), so they go to a pool of `image_processes` processes
+(batchd.worker.process_pool), started by the first item and shut down by the shutdown
 hook. The pool processes read local sources and write the variant files themselves:
 only the params go in and the small output dict comes back (downloaded sources go in as
-bytes). The pool is started with "forkserver" (else "spawn"): the worker process runs an
-event loop and threads, which a fork would copy in an unknown state.
+bytes).
 
 How an item ends, besides SUCCEEDED:
 
@@ -26,10 +25,7 @@ How an item ends, besides SUCCEEDED:
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +53,9 @@ from batchd.worker.handlers.image.ops import (
     Variant,
     init_process,
     resize_job,
-    warm_up,
 )
 from batchd.worker.handlers.image.paths import ImageRefused, check_relative, tenant_root
+from batchd.worker.process_pool import HandlerPool
 
 __all__ = ["MAX_SIDE", "MAX_SOURCE_BYTES", "PARAMS_SCHEMA", "ImageSettings", "image_resize_handler"]
 
@@ -156,11 +152,9 @@ class _ImageResize:
 
     def __init__(self, max_source_bytes: int) -> None:
         self._max_source_bytes = max_source_bytes
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool = HandlerPool(1, init_process)
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(1)
-        self._starting = asyncio.Lock()
-        self._processes = 1
         self._max_pixels = 0
         self._input_root: Path | None = None
         self._output_root = Path()
@@ -168,13 +162,18 @@ class _ImageResize:
 
     async def startup(self, worker: WorkerInfo) -> None:
         settings = worker.settings.section(ImageSettings)
-        self._processes = max(settings.image_processes, 1)
         self._max_pixels = settings.image_max_pixels
-        self._memory_limit = settings.image_memory_limit
+        # Each process imports Pillow when it starts: a worker that never resizes an
+        # image starts none.
+        self._pool = HandlerPool(
+            settings.image_processes,
+            init_process,
+            (self._max_pixels, settings.image_memory_limit),
+        )
         self._input_root, self._output_root = await asyncio.to_thread(
             _roots, settings.image_input_dir, settings.image_output_dir
         )
-        self._slots = asyncio.Semaphore(self._processes * _QUEUED_PER_PROCESS)
+        self._slots = asyncio.Semaphore(self._pool.processes * _QUEUED_PER_PROCESS)
         self._session = egress_session(
             worker.settings, limit=max(worker.concurrency, 1), headers={"User-Agent": USER_AGENT}
         )
@@ -183,28 +182,7 @@ class _ImageResize:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            # Joining the processes blocks: not on the event loop.
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-    async def _started_pool(self) -> ProcessPoolExecutor:
-        """The pool, started by the first item: a worker that never resizes an image
-        starts no process. Every process starts at once (each imports Pillow), not one
-        per waiting item."""
-        async with self._starting:
-            if self._pool is None:
-                pool = self._new_pool()
-                loop = asyncio.get_running_loop()
-                try:
-                    await asyncio.gather(
-                        *(loop.run_in_executor(pool, warm_up) for _ in range(self._processes))
-                    )
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                self._pool = pool
-            return self._pool
+        await self._pool.close()
 
     async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
         if self._session is None:
@@ -239,7 +217,7 @@ class _ImageResize:
             return await self._in_pool(job)
 
     async def _in_pool(self, job: ResizeJob) -> dict[str, Any]:
-        pool = await self._started_pool()
+        pool = await self._pool.started()
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, resize_job, job)
         except ImageRefused as exc:
@@ -254,28 +232,12 @@ class _ImageResize:
         except BrokenProcessPool as exc:
             # A pool process died (killed, out of memory, a crash in a decoder): every
             # item it held fails this attempt; a fresh pool serves the retries.
-            self._replace_pool(pool)
+            self._pool.replace(pool)
             raise RetryableError(
                 "an image process died; the pool was restarted", code=Code.UNAVAILABLE
             ) from exc
         except OSError as exc:  # reading the source or writing a variant
             raise RetryableError(f"file I/O failed: {exc}", code=Code.UNAVAILABLE) from exc
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        return ProcessPoolExecutor(
-            max_workers=self._processes,
-            mp_context=context,
-            initializer=init_process,
-            initargs=(self._max_pixels, os.getpid(), self._memory_limit),
-        )
-
-    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
-        # Items that shared the broken pool all land here: replace it only once.
-        if self._pool is broken:
-            self._pool = self._new_pool()
-            broken.shutdown(wait=False, cancel_futures=True)
 
 
 def image_resize_handler(*, max_source_bytes: int = MAX_SOURCE_BYTES) -> Handler:
