@@ -8,12 +8,16 @@
     list(*, states, page_size)          -> (async) iterator of Batch, every page
     list_page(*, states, page_size, page_token)                        -> Page[Batch]
     cancel(batch_id)                                                   -> Batch
+    pause(batch_id)                                                    -> Batch
+    resume(batch_id)                                                   -> Batch
+    update(batch_id, *, priority, max_per_second, burst, max_concurrent) -> Batch
     retry(batch_id, custom_ids=None, *, request_id)                    -> RetryResult
     delete(batch_id)                                                   -> None
     items(batch_id, *, states, page_size) -> (async) iterator of BatchItem, every page
     items_page(batch_id, *, states, page_size, page_token)             -> Page[BatchItem]
     handlers()                                                         -> list[HandlerInfo]
-    watch(batch_id, *, min_interval, retry, on_reconnect) -> (async) iterator of BatchProgress
+    watch(batch_id, *, min_interval, heartbeat_interval, retry, on_reconnect)
+                                        -> (async) iterator of BatchProgress
 
 Results are frozen dataclasses (`Batch`, `BatchProgress`, ...) converted from the
 batchd.v1 messages, with `IntEnum` states, `datetime`s and `timedelta`s. Items
