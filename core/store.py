@@ -1,11 +1,12 @@
 """The Redis store: named operations over batches, chunks, outcomes and the catalog.
 
-See docs/design.md for the key layout and the semantics of each Lua script. Only this
-package talks to Redis: values are encoded by `codec`, uploads staged by `upload`,
-listings paged by `listing`, claims and records made by `claims`, expiry, redrive and
-deletion by `lifecycle`, atomic updates by `scripts` (core/lua/*.lua). Redis errors
-(`redis.exceptions.ConnectionError`, ...) propagate unwrapped: the edge maps them to
-UNAVAILABLE.
+See docs/design.md ("Redis is the system of record") for the key layout, the semantics
+of each Lua script, and which other modules reach Redis. `BatchStore` is the server's and
+the worker's way into it; behind it, values are encoded by `codec`, uploads staged by
+`upload`, listings paged by `listing`, claims and records made by `claims`, expiry,
+redrive and deletion by `lifecycle`, atomic updates by `scripts` (core/lua/*.lua).
+Redis errors (`redis.exceptions.ConnectionError`, ...) propagate unwrapped: the edge maps
+them to UNAVAILABLE.
 
 Times passed in (`now`) are Unix seconds; left out, they are the store's clock.
 """
