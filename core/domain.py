@@ -167,8 +167,8 @@ class BatchRecord:
 
 class NewItem(NamedTuple):
     """An item on its way in: params already validated, as compact JSON bytes. (A named
-    tuple: the server makes one per item submitted, at a fifth of a frozen dataclass's
-    cost.)"""
+    tuple, not a frozen dataclass: the server makes one per item submitted, and a tuple
+    is far cheaper to build.)"""
 
     custom_id: str
     params_json: bytes
@@ -197,7 +197,7 @@ class ItemOutcome:
     error fields then carry the attempt's error).
 
     Not frozen, unlike the other values here (treat it as if it were): a worker makes one
-    per item, and a frozen dataclass cost five times as much to build."""
+    per item, and a frozen dataclass is several times slower to build."""
 
     index: int  # position in the batch, from 0
     state: ItemState

@@ -64,8 +64,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         self.max_upload_message_items = settings.max_upload_message_items
         self.upload_idle_timeout = settings.upload_idle_timeout
         self.max_upload_duration = settings.max_upload_duration
-        # Floors of what a watcher may ask: thousands of watchers at 10 ms each took
-        # the server's CPU.
+        # Floors of what a watcher may ask, so that thousands of watchers asking for
+        # fast updates cannot take the server's CPU.
         self.watch_min_interval = settings.watch_min_interval
         self.watch_min_heartbeat = settings.watch_min_heartbeat
         self.service_defaults = BatchOptions(

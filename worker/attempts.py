@@ -138,7 +138,7 @@ def _succeeded(
     except (TypeError, ValueError) as exc:
         ctx.logger.warning("item_output_invalid", error=str(exc))
         return _failed(index, attempt, start, Code.INTERNAL, f"handler output is not JSON: {exc}")
-    # Positional: the per-item path (keywords cost twice as much to build).
+    # Positional: the per-item path, where keyword arguments cost more to build.
     return ItemOutcome(index, ItemState.SUCCEEDED, attempt, start, time.time(), encoded)
 
 

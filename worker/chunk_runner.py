@@ -70,7 +70,7 @@ YIELD_EVERY = 64
 STORE_ERROR_DEFER = 2.0
 # A chunk job whose chunk ran in under CHAIN_WITHIN seconds goes on with the batch's next
 # chunk not yet dispatched, up to CHAIN_MAX more: for cheap items a job's queue round
-# trip (about 20 Redis commands and a task) cost as much as its chunk, and a batch's
+# trip (about 20 Redis commands and a task) costs as much as its chunk, and a batch's
 # chunks are then taken without one. Bounded, so that other batches' jobs waiting for a
 # job slot wait at most CHAIN_MAX quick chunks longer; slow chunks gain nothing from it.
 CHAIN_MAX = 7
@@ -169,8 +169,8 @@ class _ChunkRun:
         self.queue: deque[Item] = deque()
         self.recorder = Recorder(runtime.store, claimed, runtime.settings, self.log, lease)
         # Consumers, started as needed up to _pool_size: a handler that never waits
-        # needs one or two, and a pool of 500 tasks per chunk cost a no-op chunk run
-        # more than its items did. `_idle` counts those not running an item.
+        # needs one or two, and a full pool of tasks per chunk would cost a run of cheap
+        # items more than its items do. `_idle` counts those not running an item.
         self._consumers: asyncio.TaskGroup | None = None
         self._pool_size = 0
         self._started = 0
@@ -255,13 +255,13 @@ class _ChunkRun:
         self._spawn(min(self._started, self.runtime.in_flight.free))
 
     async def _consume(self) -> None:
-        # Locals: this loop runs once per item, and attribute lookups showed in profiles.
+        # Locals: this loop runs once per item, so its lookups are kept off `self`.
         queue, gate, recorder, lease = self.queue, self.gate, self.recorder, self.lease
         handler, claimed, log = self.handler, self.claimed, self.log
         since_yield = 0
         while True:
             # A handler that never awaits would otherwise starve flushes and renewals;
-            # yielding after every item would cost such handlers half their speed.
+            # yielding after every item would slow such handlers down, hence a block.
             if since_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0

@@ -4,9 +4,9 @@ the worker's items-in-flight limit (`WorkerRuntime.in_flight`).
 asyncio.Semaphore (Python 3.11) wakes a waiter by scanning its waiters from the front for
 one not yet woken, and a woken waiter leaves the queue only when it next runs. With
 thousands of consumers waiting (every chunk run of a busy worker has its pool), each
-release scanned dozens of woken waiters: a tenth of the worker's time at 100 items in
-flight. Here a release hands its slot to the first live waiter in O(1) (amortised), and
-the waiter owns it from that moment, so nothing can take it in between.
+release scans dozens of woken waiters (docs/performance.md). Here a release hands its
+slot to the first live waiter in O(1) (amortised), and the waiter owns it from that
+moment, so nothing can take it in between.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 -- Record item outcomes of a chunk (docs/design.md, "Reliability").
 -- ARGV[OWN_ARG..]: n, token, release ('1' or '0'), outcomes: a msgpack array of
 --            [global index, item state, payload, due (ms; 0 unless a retry)]
---            (one argument, not four per outcome: packing thousands of arguments cost
---            the worker more than the whole rest of recording)
+--            (one argument, not four per outcome: packing thousands of arguments
+--            would be the worker's biggest cost of recording)
 -- A terminal outcome (payload: the record) is kept if the item has none yet — first
 -- writer wins, whichever claim it comes from — and moves the counters: a running item
 -- leaves n_run, a waiting one was pending. A retry (state PENDING, payload: the attempts
@@ -69,7 +69,7 @@ if is_claimed(claimed) or claimed == 'd' then
   end
   -- Terminal outcomes, first writer wins: a block's HMGET finds the items that already
   -- have a record and one HSET writes the others (a call per block, not per item: at
-  -- 100,000 items/s the per-item calls were most of Redis's work).
+  -- high rates per-item calls would be most of Redis's work).
   local written = {}
   for start = 1, #terminal, BLOCK do
     local stop = math.min(start + BLOCK - 1, #terminal)
