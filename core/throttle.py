@@ -1,23 +1,12 @@
 """Throttling in Redis: start-rate limits shared by every worker, with adaptive
-back-off, and per-batch concurrency slots. docs/design.md, "Flow control", has the rules;
-core/lua/_flow.lua the bucket arithmetic.
+back-off, and per-batch concurrency slots. docs/design.md, "Flow control: rates and
+concurrency", has the rules; core/lua/_flow.lua the bucket arithmetic.
 
 Rate limits are token buckets (items started per second), taken in blocks by one script
-call (`take_permits.lua`) over every bucket an item's start needs:
-
-    the batch names a rate_limit_key  the key's bucket, at the lowest max_per_second of
-                                      the batches using it (0: adaptive only)
-    otherwise                         the batch's own bucket (its max_per_second, 0:
-                                      adaptive only), and the handler's key for the
-                                      item (http.request: `host:<host>:<port>`), adaptive
-                                      only, when it gives one
-
-A slow-down (HTTP 429/503, a handler's SlowDown) cuts the last bucket of that list — the
-key when there is one, else the batch's — for every worker (`slow_down.lua`).
-
-max_concurrent: a chunk's holder holds slots in the batch's slots hash
-(`hold_slots.lua`); a holding counts only while the chunk's lease is live, so the lease
-renewer keeps it and a crashed worker's slots come free with its lease.
+call (`take_permits.lua`) over every bucket an item's start needs (`buckets_for`); a
+slow-down cuts the last of them for every worker (`slow_down.lua`). `max_concurrent` is
+held as slots per chunk holder (`hold_slots.lua`), live only while the chunk's lease is,
+so a crashed worker's slots come free with its lease.
 """
 
 from __future__ import annotations

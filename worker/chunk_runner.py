@@ -1,37 +1,21 @@
-"""`run_chunk`: the ARQ job that runs one chunk of a batch.
+"""`run_chunk`: the ARQ job that runs one chunk of a batch (docs/design.md, "Workers"
+and "Reliability").
 
-The job claims the chunk (a lease, renewed by the process's `LeaseKeeper`), runs its
-items through a fixed pool of consumer coroutines fed by a queue (never one task per
-item: a 10,000-item chunk costs as many tasks as its pool), and records outcomes in
-blocks through a `Recorder`, releasing the chunk with the last flush. A worker-wide
-semaphore bounds the items in flight across all the chunk jobs of the process.
+The job claims the chunk under a lease (renewed by the process's `LeaseKeeper`), runs
+its items through consumer coroutines fed by a queue — never one task per item — and
+records outcomes in blocks through a `Recorder`, releasing the chunk with the last
+flush. A worker-wide semaphore bounds the items in flight across the process's chunk
+jobs. A job whose chunk ran quickly goes on with the batch's next undispatched chunk
+(`CHAIN_MAX`).
 
-A job whose chunk ran quickly goes on with the batch's next chunk not yet dispatched
-(`CHAIN_MAX`, `BatchStore.claim_next_chunk`).
-
-The release ends the claim whatever is left: items it leaves unrecorded are handed back
-by the store (a fresh job takes them at once), or cancelled if the batch is being
-cancelled. So every way a run ends is one release, except a lost claim, which is no
-longer ours to release.
-
-Each item gets one attempt per run (`attempts.run_item`); a failed attempt that may be
-retried is recorded as PENDING with its `retry_at`, and the store brings the item back
-in a deferred job: no job ever sleeps for a retry.
-
-A chunk stops starting items when:
-- a flush says the batch is CANCELLING: items in flight finish, and the release cancels
-  every item not started;
-- the worker drains (SIGTERM): items in flight finish (within the grace period), and the
-  release hands the rest back so that another worker takes it at once;
-- a flush says the batch is PAUSED: items in flight finish, and the release hands the
-  rest back (its claim parks it until the batch is resumed);
-- the lease is lost (another worker took the chunk over, the batch was deleted...): the
-  items in flight finish and are recorded (first writer wins), the rest is left to the
-  new owner;
-- the lease is stale (Redis is away and renewals fail): it waits, until a renewal says
-  whether the chunk is still ours.
-
-Nothing a handler does can crash the worker: every exception becomes a FAILED item.
+Every way a run ends is one release, which hands back (or, in a cancelling batch,
+cancels) what it leaves unrecorded — except a lost lease, when the chunk is no longer
+ours to release. A run stops starting items when the batch is cancelling or paused,
+the worker drains, or the lease is lost; while the lease is stale (renewals fail) it
+waits. Items already in flight finish and are recorded (a drain waits for them up to
+its grace period; those cut short run again). Each item gets one attempt per run; a
+retry is a deferred job written by the store, so no job sleeps. Nothing a handler does
+can crash the worker: every exception becomes a FAILED item.
 """
 
 from __future__ import annotations

@@ -1,22 +1,16 @@
-"""Flow control in a chunk run: when an item may start.
+"""Flow control in a chunk run: when an item may start (docs/design.md, "Flow control:
+rates and concurrency", "In the worker").
 
-Before an item starts, `FlowGate.admit` gets it, in order (`FlowGate.done` gives back):
-1. a slot of the batch's `max_concurrent`, held in Redis by this chunk run in blocks
-   (`_BatchSlots`: a run holding g slots runs at most g items at once, asks for more while
-   consumers wait, gives back what it no longer needs once its queue is empty; the
-   holding lives with the chunk's lease, so a crashed worker's slots come free);
-2. a worker slot (`settings.worker_concurrency`: `in_flight`, the process-wide semaphore);
-3. a start permit of every rate-limit bucket of the item (`_Permits`, one per bucket
-   list per process, shared by its chunk runs): taken in blocks by one script call at a
-   time for everyone waiting — now, or reserved for a moment soon, slept to — and used
-   at once: a permit not used within PERMIT_TTL is dropped, so starts never outrun the
-   buckets. Only one consumer of a chunk run waits
-   for permits while holding a worker slot (`_turn`), so a slow bucket does not tie up
-   the process's slots.
-
-A SlowDown from the handler cuts the item's last bucket for every worker.
-Redis errors never fail an item: the gate waits and tries again, or gives up when the
-chunk stops starting items (`halted`), and the item goes back to the queue.
+`FlowGate.admit` gets an item, in order, a slot of the batch's `max_concurrent`
+(`_BatchSlots`, held in Redis in blocks with the chunk's lease), a worker slot
+(`in_flight`, the process-wide semaphore) and a start permit of each of its rate-limit
+buckets (`_Permits`, one per bucket list per process, taken in blocks for everyone
+waiting; a permit not used within PERMIT_TTL is dropped, so starts never outrun the
+buckets); `FlowGate.done` gives them back. Only one consumer of a run waits for permits
+while holding a worker slot (`_turn`), so a slow bucket does not tie up the process.
+A SlowDown from the handler cuts the item's last bucket for every worker. Redis errors
+never fail an item: the gate waits and tries again, or, once the chunk stops starting
+items (`halted`), the item goes back to the queue.
 """
 
 from __future__ import annotations
