@@ -3,16 +3,11 @@ Redis URL) an embedded Redis whose data stays under the data directory.
 
 The worker runs as a child process (`batchd-worker`), as it would in production, so the
 server never imports worker code; flags this command does not know (a handler's, such as
-`--smtp-url`) are passed on to it, and it checks them.
-
-The embedded Redis asks for a password, kept in its directory; its URL, password in it,
-is written to `redis/url` there (owner-only), which is how a worker added beside the
-service finds it: `BATCHD_REDIS_URL="$(cat .data/redis/url)" batchd-worker`.
-
-Stopping (SIGTERM to this process, or Ctrl-C, which a terminal sends to the whole
-foreground process group): the server stops taking calls and the worker drains its
-items in flight, both against a Redis still running — the embedded one runs in a session
-of its own, out of reach of the terminal's SIGINT — and the embedded Redis stops last.
+`--smtp-url`) are passed on to it, and it checks them. The embedded Redis asks for a
+password; its URL, password in it, is written to `redis/url` in its directory
+(owner-only), which is how a worker added beside the service finds it:
+`BATCHD_REDIS_URL="$(cat .data/redis/url)" batchd-worker`. How it stops (server, then
+worker, then Redis): docs/design.md, "Stopping batchd-service".
 """
 
 from __future__ import annotations

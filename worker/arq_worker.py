@@ -1,22 +1,18 @@
 """batchd's ARQ worker: the one module that subclasses `arq.Worker` (arq 0.28).
 
-It adds three things to ARQ's poll loop, each described in docs/design.md ("Workers" and
-"ARQ, and what batchd relies on"), where every ARQ internal used here is listed;
-tests/worker/test_arq_internals.py pins each one and fails naming it when ARQ changes:
+It adds three things to ARQ's poll loop, described in docs/design.md ("Workers" and
+"ARQ, and what batchd relies on", which lists every ARQ internal used here;
+tests/worker/test_arq_internals.py pins each one and fails naming it when ARQ changes):
 
-- **Routing.** Each handler has its own queue (`Keys.queue`); the worker reads the queues
-  of the handlers it serves, merged by score, so a chunk only ever reaches a worker that
-  serves its handler, in the same priority order as one queue would give. ARQ's own code
-  (`start_jobs`, `run_job`, `finish_job`) reads `self.queue_name`; here that is the queue
-  of the job being handled, carried by a context variable into the job's task.
-- **Outages.** ARQ catches no Redis error in its main loop: a poll that fails for want of
-  Redis is logged once per outage and tried again after a backoff; `start_jobs` gives
-  back the slot of a job it could not start and clears its in-progress key; `run_job`
-  clears the in-progress key of a job whose bookkeeping failed, so that the job runs
-  again. The Redis client also retries each command (`outages.client_retry`).
-- **Drain and close.** SIGTERM/SIGINT also tell the chunks in hand to start no more items
-  (they hand the rest back); `close` tolerates job tasks that ended cancelled and closes
-  the pool with redis-py 5's `aclose()`.
+- **Routing.** The worker reads the queues of the handlers it serves, merged by score;
+  ARQ's own code reads `self.queue_name`, which here is the queue of the job being
+  handled, carried by a context variable into the job's task.
+- **Outages.** A poll, a job start or a job's bookkeeping that fails for want of Redis
+  is tried again (or its job left to run again) instead of ending the worker
+  (`batchd.worker.outages`).
+- **Drain and close.** SIGTERM/SIGINT also tell the chunks in hand to start no more
+  items; `close` tolerates job tasks that ended cancelled and closes the pool with
+  redis-py 5's `aclose()`.
 """
 
 from __future__ import annotations
