@@ -11,7 +11,7 @@ settings next to its code, as a frozen dataclass of `setting(...)` fields named 
 `Handler`; the worker collects those of the handlers it loads, offers them as flags and
 BATCHD_* variables like its own, and keeps their values in `Settings.handler_settings`,
 from which `Settings.section(cls)` builds the handler's typed object. See docs/design.md,
-"Settings".
+"Settings and processes".
 """
 
 from __future__ import annotations

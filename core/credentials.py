@@ -7,7 +7,7 @@ hash is enough here, where a password would need a slow salted one: the secret h
 bits of entropy, so there is nothing to guess and no dictionary to precompute; and
 a fast hash keeps the per-call check cheap. Every server replica reads the same keys,
 so a revocation reaches each one as soon as its cache (batchd.server.authenticators)
-lets go. See docs/design.md, "Security".
+lets go. See README.md, "Security".
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ whatever was wrong. The principal's role is below the method's (principal.METHOD
 PERMISSION_DENIED naming the role needed. Otherwise the handler runs with the principal
 set (principal.use) and the call is audited: one `audit` event per mutating call at info,
 reads at debug. The health service is never intercepted; reflection is when
-`--reflection on` and authentication is on. See docs/design.md, "Security".
+`--reflection on` and authentication is on. See README.md, "Security".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 -- Prelude of the rate-limit scripts (take_permits.lua, slow_down.lua): token buckets
--- with adaptive back-off, shared by every worker. docs/design.md, "Flow control",
--- describes them; batchd.core.throttle builds the bucket lists.
+-- with adaptive back-off, shared by every worker. docs/design.md, "Flow control: rates
+-- and concurrency", describes them; batchd.core.throttle builds the bucket lists.
 --
 -- A bucket is a hash: tok (tokens), ts (ms of the last refill), cfg / cfg_at (the
 -- configured rate, items/s, 0: none; and when a caller last confirmed it), cut / cut_at
