@@ -32,7 +32,8 @@ client presents its certificate (mTLS). A file that cannot be read or holds no P
 raises `TLSFileError` (a ValueError) when the client is created.
 
 Errors: every failed call raises `BatchdError` (`.code`, a `grpc.StatusCode`;
-`.message`; `.field_violations`; `.retry_after`); nothing else escapes from an RPC.
+`.message`; `.field_violations`; `.retry_after`; `.quota_violations`); nothing else
+escapes from an RPC.
 """
 
 from batchd.client._async import AsyncClient
