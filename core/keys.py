@@ -5,7 +5,8 @@ live in one Redis Cluster slot and its Lua scripts stay valid there. The Lua scr
 get `batch_prefix` and derive the per-chunk keys from it (`c:<n>`, `o:<n>`, `w:<n>`,
 as `chunk`, `outcomes` and `waiting` build them here; tests/core/test_keys.py holds
 the two together), and build ARQ job ids `<batch_id>:<chunk>:<tag><ms>` (tag `t`: a
-retry timer or a hand-back, `l`: a reaped lease, `r`: a redrive).
+retry timer or a hand-back, `l`: a reaped lease, `r`: a redrive, `p`: a parked chunk at
+resume) and `<batch_id>:<chunk>:q` (a dispatched chunk): docs/design.md, "Keys".
 """
 
 from __future__ import annotations
