@@ -2,7 +2,7 @@
 
 Each sweep reaps expired leases (their chunks get a job that takes them over), expires
 batches whose completion window closed, and moves the jobs an earlier version left in its
-single queue to their handlers' queues. Both are safe to run in any number of
+single queue to their handlers' queues. All three are safe to run in any number of
 processes at once: every lease and every batch is handled by one Lua call, atomically,
 and what one process did the next one finds done.
 """

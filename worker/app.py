@@ -8,7 +8,8 @@ The ARQ side — the queues of the served handlers, outages, drain and close —
 
 Besides ARQ's poll loop, each worker process runs three background tasks: the catalog
 heartbeat, the lease renewer (`LeaseKeeper`: every chunk it holds, every lease_ttl / 3)
-and the maintenance sweep (expired leases and completion windows).
+and the maintenance sweep (`batchd.core.maintenance`: expired leases, closed
+completion windows, jobs left in the single queue of earlier versions).
 """
 
 from __future__ import annotations
