@@ -5,7 +5,7 @@ or an https URL fetched with aiohttp), its `alg` against `jwt_algorithms`, its `
 `aud`, `exp`, `nbf` and `iat`, and reads the caller's tenant and role from the claims
 `jwt_tenant_claim` and `jwt_role_claim`. PyJWT does the cryptography. Any failure is
 None, logged at debug with its reason and never the token. `--auth jwt` makes one with
-`authenticator(settings)`. See README.md, "Security".
+`authenticator(settings)`. See docs/security.md, "JWT".
 """
 
 from __future__ import annotations

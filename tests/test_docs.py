@@ -1,4 +1,5 @@
-"""The README documents every setting there is, and every relative link in the docs resolves."""
+"""docs/operations.md documents every setting there is, the README opens with the two
+commands, and every relative link in the docs resolves."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from batchd.worker.handlers import builtin_handlers
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
 
 
-def test_every_setting_is_in_the_readme() -> None:
+def test_every_setting_is_in_the_settings_reference() -> None:
     declared = [f.name for command in ("batchd-service",) for f in Settings.fields_for(command)]
     for handler in builtin_handlers():
         if handler.settings is not None:
             declared += [f.name for f in fields(handler.settings)]
-    missing = [name for name in declared if f"`BATCHD_{name.upper()}`" not in README]
+    table = OPERATIONS.split("\n## Settings\n", 1)[1]
+    missing = [name for name in declared if f"| `BATCHD_{name.upper()}` |" not in table]
     assert missing == []
     assert "smtp_url" in declared  # the handlers' settings are among them
 
@@ -70,3 +73,4 @@ def test_every_relative_link_in_the_docs_resolves() -> None:
                 broken.append(f"{doc.relative_to(ROOT)}: {target}")
     assert broken == []
     assert "docs/performance.md" in prose(README)  # the README's Performance points there
+    assert "docs/operations.md" in prose(README)  # and its Operations to the settings

@@ -15,7 +15,7 @@ redirects through the same connector), at most `MAX_REDIRECTS` of them.
 
 With `BATCHD_EGRESS_PROXY` the proxy connects: the guard checks each target's literal IP
 or resolved name before handing the request over, and the proxy's own policy applies to
-what it then dials. See README.md, "Egress".
+what it then dials. See docs/security.md, "Egress".
 """
 
 from __future__ import annotations

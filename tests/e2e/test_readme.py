@@ -1,5 +1,6 @@
 """The README's examples run as written against a real service: the CLI session of
-"Using it" step by step, the Python example, the grpcurl bodies."""
+"Using it" step by step, the Python example; and the bodies of docs/api.md's grpcurl
+examples."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from google.protobuf import json_format
 from support.net import find_free_port
 from support.polling import poll
 from support.readme_session import (
+    DOCS,
     README,
     Expected,
     Service,
@@ -55,8 +57,8 @@ async def test_readme_python_example(server: BatchdServer, worker: None) -> None
 
 
 def grpcurl_bodies(method: str) -> list[str]:
-    """The JSON a README grpcurl example sends to `method`: -d '...' or a heredoc."""
-    text = README.read_text()
+    """The JSON a grpcurl example of docs/api.md sends to `method`: -d '...' or a heredoc."""
+    text = (DOCS / "api.md").read_text()
     inline = re.search(r"-d '(\{.*?\})' \S+ batchd\.v1\.BatchService/" + method, text, re.DOTALL)
     if inline:
         return [inline.group(1)]

