@@ -28,6 +28,7 @@ def greeter_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         del sys.modules[name]
 
 
+@pytest.mark.slow
 def test_the_examples_own_tests_pass() -> None:
     path = os.pathsep.join(filter(None, [str(GREETER), os.environ.get("PYTHONPATH")]))
     process = subprocess.run(

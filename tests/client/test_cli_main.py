@@ -350,6 +350,7 @@ def test_bad_state_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown state 'sleeping'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--target", "127.0.0.1:1", "--timeout", "3", "get", "b1"]) == 2
     err = capsys.readouterr().err

@@ -158,6 +158,8 @@ async def line_of(stream: asyncio.StreamReader | None, text: bytes) -> bytes:
                 return line
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_watch_says_reconnecting_at_once_and_carries_on_after_a_restart(
     real_service: RealService,
 ) -> None:
@@ -176,6 +178,8 @@ async def test_watch_says_reconnecting_at_once_and_carries_on_after_a_restart(
     assert b"reconnecting" not in await watch.stderr.read()  # one line per loss
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_ctrl_c_while_reconnecting_says_the_batch_goes_on(
     real_service: RealService,
 ) -> None:
@@ -201,6 +205,8 @@ async def test_ctrl_c_while_reconnecting_says_the_batch_goes_on(
     assert batch.state == BatchState.RUNNING
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_on_a_terminal_the_bar_says_reconnecting_at_once(
     real_service: RealService,
 ) -> None:

@@ -77,6 +77,7 @@ async def test_mtls_through_the_variables(mtls_server: BatchdServer, certs: Cert
     assert code == 0, err
 
 
+@pytest.mark.slow
 async def test_mtls_without_a_client_certificate_says_so(
     mtls_server: BatchdServer, certs: Certificates
 ) -> None:
@@ -88,6 +89,7 @@ async def test_mtls_without_a_client_certificate_says_so(
     )
 
 
+@pytest.mark.slow
 async def test_an_untrusted_server_names_the_flag_to_check(
     tls_server: BatchdServer, certs: Certificates
 ) -> None:
@@ -100,6 +102,7 @@ async def test_an_untrusted_server_names_the_flag_to_check(
     )
 
 
+@pytest.mark.slow
 async def test_plaintext_to_a_tls_server_suggests_tls(tls_server: BatchdServer) -> None:
     code, _, err = await batchd(tls_server, "list")
     assert code == 2

@@ -117,6 +117,7 @@ async def test_submit_is_not_retried(service: FakeBatchService, aclient: AsyncCl
     assert service.calls["SubmitBatch"] == 1
 
 
+@pytest.mark.slow
 async def test_no_server_is_unavailable() -> None:
     async with AsyncClient("127.0.0.1:1", timeout=5) as client:
         with pytest.raises(BatchdError) as caught:

@@ -270,6 +270,7 @@ async def test_update_batch_changes_options_and_rejects_bad_masks(redis_url: str
         assert (await final(client, batch_id)).counts.succeeded == 20
 
 
+@pytest.mark.slow
 async def test_a_small_batch_behind_a_big_one_finishes_first(redis_url: str) -> None:
     big_size = 200_000
     async with service(redis_url, Starts(), worker_concurrency=200) as svc:
@@ -321,6 +322,7 @@ async def test_a_higher_priority_batch_starts_before_the_queued_chunks_of_a_lowe
         await final(client, low_id)
 
 
+@pytest.mark.slow
 async def test_running_counts_the_items_in_flight_and_claimed_the_rest(redis_url: str) -> None:
     # A worker of 4 slots holds a chunk of 10 slow items: 4 run, 6 wait in the worker.
     # The holder reports what it has in flight with each renewal (every lease_ttl / 3).

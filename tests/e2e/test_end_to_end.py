@@ -6,6 +6,7 @@ import json
 import uuid
 
 import grpc
+import pytest
 
 from batchd.client import AsyncClient, BatchProgress, BatchState, ItemState
 
@@ -20,6 +21,7 @@ async def watch_to_end(client: AsyncClient, batch_id: str) -> list[BatchProgress
     return snapshots
 
 
+@pytest.mark.slow
 async def test_10000_noop_items(client: AsyncClient) -> None:
     items = [{"custom_id": f"n{i}", "params": {}} for i in range(10_000)]
     submitted = await client.submit("noop", items, options={"chunk_size": 500})
@@ -57,6 +59,7 @@ async def test_300_http_requests_some_404(client: AsyncClient, http_base: str) -
     assert json.loads(sample.output["body"]) == {"n": sample.custom_id[1:], "method": "POST"}
 
 
+@pytest.mark.slow
 async def test_upload_runs_to_completion(client: AsyncClient) -> None:
     def generate() -> object:
         for i in range(50_000):

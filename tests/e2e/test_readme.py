@@ -41,6 +41,7 @@ def python_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 async def test_readme_python_example(server: BatchdServer, worker: None) -> None:
     env = dict(os.environ, BATCHD_TARGET=f"127.0.0.1:{server.port}")
     process = await asyncio.create_subprocess_exec(
@@ -130,6 +131,7 @@ def service() -> Iterator[Service]:
         yield running
 
 
+@pytest.mark.slow
 async def test_readme_cli_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
     block = sh_blocks_after(README.read_text(), "## Using it")[0]  # then grpcurl's
     await poll(lambda: all_handlers_served(service.target), within=60)

@@ -14,7 +14,7 @@ Not run, on purpose:
   venv this suite runs in. What it starts, `batchd-service` from the directory it is run
   in, is started here the same way (readme_service), with the environment the page
   gives it; tests/server/test_service.py runs the script itself.
-- `./scripts/test`: the suite would run itself.
+- `./scripts/test` (and its fast tier, `-m "not slow"`): the suite would run itself.
 - `./scripts/lint`: it judges the whole checkout, not the README (and takes a minute);
   every commit runs it.
 - `./scripts/lock`: it resolves the dependencies against the package index;
@@ -100,6 +100,7 @@ async def runs_a_batch(target: str) -> None:
         assert final.counts.succeeded == 10
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_server_and_workers_run_separately(
     redis_server_factory: RedisServerFactory, tmp_path: Path
@@ -127,6 +128,7 @@ async def test_server_and_workers_run_separately(
         assert await shell.stop_job(1) == 0, (tmp_path / "server.log").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_workers_join_a_running_scripts_run(tmp_path: Path) -> None:
     block = sh_blocks_after(OPERATIONS, "## Running server and workers separately")[1]
@@ -155,6 +157,7 @@ async def sink_received(path: Path, count: int) -> str | None:
     return text if text.count("---------- END MESSAGE ----------") >= count else None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_email_send_workload(tmp_path: Path) -> None:
     sink_block, client_block = sh_blocks_after(EMAIL, "## Example")
@@ -209,6 +212,7 @@ MIGRATE: Expected = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_record_migrate_workload(tmp_path: Path) -> None:
     (block,) = sh_blocks_after(MIGRATE_DOC, "## Example")
@@ -238,6 +242,7 @@ def image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_image_resize_workload(tmp_path: Path) -> None:
     (block,) = sh_blocks_after(IMAGE, "## Example")
@@ -265,6 +270,7 @@ async def test_image_resize_workload(tmp_path: Path) -> None:
 # docstring): a command added to the block fails this test until it is sorted into one.
 NOT_RUN = {
     "./scripts/test": "the suite would run itself",
+    './scripts/test -m "not slow"': "the suite would run itself (its fast tier)",
     "./scripts/lint": "judges the checkout, run before every commit",
     "./scripts/lock": "reaches the package index; tests/test_dependency_locks.py checks the locks",
     "make install | gen | lint | test | bench | run": "the Makefile's verbs, checked below",
@@ -276,7 +282,8 @@ GEN_PROTOS = ".venv/bin/python scripts/gen_protos.py"
 def test_development_commands(tmp_path: Path) -> None:
     (block,) = sh_blocks_after(TEXT, "## Development")
     commands = [shlex.split(s.command, comments=True) for s in read_session(block, prompt="")]
-    assert [" ".join(c) for c in commands] == [*list(NOT_RUN)[:2], GEN_PROTOS, *list(NOT_RUN)[2:]]
+    listed = [*list(NOT_RUN)[:3], GEN_PROTOS, *list(NOT_RUN)[3:]]
+    assert commands == [shlex.split(command) for command in listed]
     # gen_protos rewrites the stubs beside it: run it in a copy of what it reads and writes.
     copy = with_venv(tmp_path / "checkout")
     for part in ["scripts/gen_protos.py", "proto", "third_party", "clients/batchd/v1"]:

@@ -358,6 +358,7 @@ async def test_tls_needs_only_the_ca(
         assert "x509: certificate signed by unknown authority" in error
 
 
+@pytest.mark.slow
 async def test_mtls_refuses_a_client_without_a_certificate_of_its_ca(
     mtls_server: BatchdServer, certs: Certificates, tmp_path: Path
 ) -> None:

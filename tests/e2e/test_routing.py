@@ -84,6 +84,7 @@ def chunk_events(process: ServiceProcess, batch_id: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 async def test_a_mixed_pool_runs_each_chunk_on_a_worker_that_serves_it(
     client: AsyncClient, pool: WorkerPool, tmp_path: Path
 ) -> None:
@@ -116,6 +117,7 @@ async def test_a_mixed_pool_runs_each_chunk_on_a_worker_that_serves_it(
     assert other.running()
 
 
+@pytest.mark.slow
 async def test_a_batch_no_live_worker_serves_waits_and_starts_when_one_comes(
     client: AsyncClient, server: BatchdServer, pool: WorkerPool, tmp_path: Path
 ) -> None:

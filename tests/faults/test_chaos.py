@@ -9,10 +9,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from support.faults import applied, rng, wait_for_handler
 from support.processes import ServiceProcess
 
 from batchd.client import AsyncClient, BatchState, ItemState
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 ITEMS = 20_000
 KILLS = 10

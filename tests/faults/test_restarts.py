@@ -16,6 +16,8 @@ from support.redis_server import RedisServer
 
 from batchd.client import AsyncClient, BatchProgress, BatchState, ItemState
 
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
 RETRY = {"max_attempts": 5, "min_backoff": 0.05, "max_backoff": 0.5}
 
 

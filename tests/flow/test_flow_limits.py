@@ -60,6 +60,7 @@ async def redis(private_redis: object) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@pytest.mark.slow
 async def test_a_key_limits_starts_across_workers(
     client: AsyncClient, workers: Callable[..., ServiceProcess], flow_log: Path, redis: Redis
 ) -> None:
@@ -90,6 +91,7 @@ async def test_a_key_limits_starts_across_workers(
     assert len({pid for _, _, pid in runs}) == WORKERS
 
 
+@pytest.mark.slow
 async def test_max_concurrent_holds_across_workers(
     client: AsyncClient, workers: Callable[..., ServiceProcess], flow_log: Path
 ) -> None:
@@ -136,6 +138,7 @@ class Downstream:
         return web.Response(text="ok")
 
 
+@pytest.mark.slow
 async def test_adaptive_back_off_settles_under_an_unknown_limit(
     client: AsyncClient, workers: Callable[..., ServiceProcess], free_port: int
 ) -> None:

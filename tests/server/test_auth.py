@@ -155,6 +155,7 @@ async def test_bad_credentials_all_get_the_same_answer(
     assert set(answers.values()) == {(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)}
 
 
+@pytest.mark.slow
 async def test_revocation_reaches_a_second_replica_within_the_cache_bound(
     redis_url: str, secured: BatchdServer, credentials: CredentialStore
 ) -> None:

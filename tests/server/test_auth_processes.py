@@ -48,6 +48,7 @@ async def test_the_server_refuses_the_network_without_auth(redis_url: str, free_
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 async def test_insecure_serves_the_network_with_a_warning(redis_url: str, free_port: int) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "batchd.server.main", "--host", "0.0.0.0",
@@ -68,6 +69,7 @@ async def test_insecure_serves_the_network_with_a_warning(redis_url: str, free_p
         await process.wait()
 
 
+@pytest.mark.slow
 async def test_admin_creates_lists_and_revokes_keys(redis_url: str) -> None:
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
     code, out, _ = await run(
@@ -118,6 +120,7 @@ async def test_admin_says_what_is_wrong_with_a_key_request(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 async def test_the_cli_presents_its_token_and_says_what_to_do_without_one(
     redis_url: str, secured: BatchdServer
 ) -> None:

@@ -3,12 +3,14 @@ is resumed by the client on its own."""
 
 from __future__ import annotations
 
+import pytest
 from support.in_process_server import running_server
 
 from batchd.client import AsyncClient, BatchState, WatchReconnect
 from batchd.core.store import BatchStore
 
 
+@pytest.mark.slow
 async def test_a_watch_outlives_the_connection_age(redis_url: str, store: BatchStore) -> None:
     reconnects: list[WatchReconnect] = []
     async with (

@@ -41,6 +41,7 @@ async def test_reflection_lists_and_describes_the_service(server: BatchdServer) 
     assert {"SubmitBatch", "UploadBatch", "WatchProgress", "ListBatchItems"} <= set(methods)
 
 
+@pytest.mark.slow
 async def test_health_follows_redis(redis_server_factory: Callable[..., object]) -> None:
     redis = redis_server_factory()
     running = await start_server(Settings(redis_url=redis.url, host="127.0.0.1"), port=0)  # type: ignore[attr-defined]
@@ -63,6 +64,7 @@ async def test_health_follows_redis(redis_server_factory: Callable[..., object])
         await running.stop(grace=0)
 
 
+@pytest.mark.slow
 async def test_shutdown_ends_watches_with_unavailable(redis_url: str, store: object) -> None:
     running = await start_server(Settings(redis_url=redis_url, host="127.0.0.1"), port=0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

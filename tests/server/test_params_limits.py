@@ -254,6 +254,7 @@ async def grpcurl_submit(port: int, request: bytes) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("levels", [60, 2000])
 async def test_deep_params_through_grpcurl(server: BatchdServer, levels: int) -> None:
     deep = '{"a":' * (levels - 1) + "{}" + "}" * (levels - 1)  # json.dumps would recurse

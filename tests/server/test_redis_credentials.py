@@ -70,6 +70,7 @@ async def runs_a_batch(client: AsyncClient) -> None:
     assert last.counts.succeeded == 30
 
 
+@pytest.mark.slow
 async def test_a_batch_runs_as_an_acl_user(acl_redis: RedisServer) -> None:
     assert acl_redis.url.startswith("redis://alice:s3cret%3Apw@")
     async with service(acl_redis.url) as client:
@@ -94,6 +95,7 @@ def run_command(module: str, *args: str, url: str) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("credentials", "said"),
     [
@@ -147,6 +149,7 @@ def tls_server(factory: RedisServerFactory, directory: Path) -> tuple[RedisServe
     pytest.skip("no Valkey/Redis server here was built with TLS")
 
 
+@pytest.mark.slow
 async def test_a_batch_runs_over_rediss(
     redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:

@@ -137,6 +137,8 @@ def email(i: int) -> tuple[str, dict[str, object]]:
     }
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_ctrl_c_mid_batch_then_restart_delivers_each_email_once(
     tmp_path: Path, sink: SmtpServerProcess
 ) -> None:
@@ -195,6 +197,7 @@ async def test_ctrl_c_mid_batch_then_restart_delivers_each_email_once(
     assert duplicates == 0
 
 
+@pytest.mark.slow
 async def test_a_worker_added_by_the_printed_address_serves_batches(tmp_path: Path) -> None:
     service = Service(tmp_path / "data", tmp_path / "service.log").start()
     worker: asyncio.subprocess.Process | None = None
@@ -240,6 +243,7 @@ async def test_a_worker_added_by_the_printed_address_serves_batches(tmp_path: Pa
         service.kill()
 
 
+@pytest.mark.slow
 async def test_the_embedded_redis_refuses_a_client_without_its_password(tmp_path: Path) -> None:
     service = Service(tmp_path / "data", tmp_path / "service.log").start()
     redis_dir = (tmp_path / "data" / "redis").resolve()

@@ -81,11 +81,13 @@ async def test_the_blocking_client_too(tls_server: BatchdServer, certs: Certific
     assert "test.echo" in await asyncio.to_thread(call)
 
 
+@pytest.mark.slow
 async def test_a_plaintext_client_is_refused(tls_server: BatchdServer) -> None:
     error = await refused(AsyncClient(target(tls_server)))
     assert "Socket closed" in error.message
 
 
+@pytest.mark.slow
 async def test_a_client_trusting_another_ca_is_refused(
     tls_server: BatchdServer, certs: Certificates
 ) -> None:
@@ -93,11 +95,13 @@ async def test_a_client_trusting_another_ca_is_refused(
     assert "CERTIFICATE_VERIFY_FAILED" in error.message
 
 
+@pytest.mark.slow
 async def test_system_roots_do_not_trust_a_private_ca(tls_server: BatchdServer) -> None:
     error = await refused(AsyncClient(target(tls_server), tls=True))
     assert "CERTIFICATE_VERIFY_FAILED" in error.message
 
 
+@pytest.mark.slow
 async def test_server_name_checks_the_certificate_for_another_name(
     tls_server: BatchdServer, certs: Certificates
 ) -> None:
@@ -119,12 +123,14 @@ async def test_mtls_answers_a_client_certificate_from_the_ca(
         await client.handlers()
 
 
+@pytest.mark.slow
 async def test_mtls_refuses_a_client_without_a_certificate(
     mtls_server: BatchdServer, certs: Certificates
 ) -> None:
     await refused(AsyncClient(target(mtls_server), tls=TLS(ca_file=certs.ca.cert)))
 
 
+@pytest.mark.slow
 async def test_mtls_refuses_a_certificate_from_another_ca(
     mtls_server: BatchdServer, certs: Certificates
 ) -> None:

@@ -48,6 +48,7 @@ async def keys_of(store: BatchStore, batch_id: str) -> list[bytes]:
     return [k async for k in store.redis.scan_iter(match=f"*{batch_id}*", count=1000)]
 
 
+@pytest.mark.slow
 async def test_upload_of_200000_items(stub: Stub, store: BatchStore) -> None:
     batch_id = f"up-{uuid.uuid4().hex[:8]}"
     chunk_size = batch_pb2.BatchOptions(chunk_size=1000)

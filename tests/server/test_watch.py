@@ -89,6 +89,7 @@ async def test_many_watchers_share_one_feed(stub: Stub) -> None:
         assert rest[-1].progress.state == batch_pb2.BATCH_STATE_CANCELLED
 
 
+@pytest.mark.slow
 async def test_thousands_of_watchers_arriving_at_once_are_all_served(
     stub: Stub, server: BatchdServer
 ) -> None:
@@ -126,6 +127,7 @@ async def test_invalid_batch_id_is_rejected(stub: Stub) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 async def test_snapshots_show_the_effective_rate(stub: Stub, store: BatchStore) -> None:
     items = [batch_pb2.Item(custom_id=f"r{i}", params_json=b'{"n":1}') for i in range(3)]
     options = batch_pb2.BatchOptions(max_per_second=40, burst=4)

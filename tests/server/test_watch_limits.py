@@ -138,6 +138,8 @@ async def test_servers_on_one_redis_share_a_tenants_count(
         assert_over_watchers(await refusal(clients.watching(on_one, batch_id)), acme, 3)
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_a_killed_servers_watchers_stop_counting(
     redis_url: str,
     store: BatchStore,

@@ -359,6 +359,7 @@ async def egress_calls(env: Mapping[str, str], *urls: str) -> list[dict[str, Any
     return [json.loads(line) for line in out.decode().splitlines()]
 
 
+@pytest.mark.slow
 async def test_https_goes_through_the_proxy_in_a_connect_tunnel(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
     async with (

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from support.redis_server import RedisServer
 
 PROBE = (
@@ -29,6 +30,7 @@ def test_a_threshold_of_zero_leaves_the_interpreter_defaults() -> None:
     assert _tuned(0) == "700 False"
 
 
+@pytest.mark.slow
 def test_the_worker_process_runs_with_its_setting(redis_server: RedisServer) -> None:
     env = {
         **os.environ,

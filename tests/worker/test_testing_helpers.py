@@ -309,6 +309,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 def test_the_helpers_need_no_pytest() -> None:
     process = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(PLAIN_ASYNCIO)],

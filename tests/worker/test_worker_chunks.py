@@ -239,6 +239,7 @@ async def test_sleep_builtin(redis: Redis, redis_url: str) -> None:
     assert (failed.state, failed.error_code) == (ItemState.FAILED, Code.ABORTED)
 
 
+@pytest.mark.slow
 async def test_http_request_through_the_worker(
     redis: Redis, redis_url: str, http_base: str
 ) -> None:

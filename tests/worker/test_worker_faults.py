@@ -119,6 +119,8 @@ async def scene(redis_server_factory: RedisServerFactory, tmp_path: Path) -> Asy
     await scene.close()
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_a_killed_workers_chunk_is_taken_over_and_finished(
     scene: Scene, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -164,6 +166,8 @@ async def test_a_killed_workers_chunk_is_taken_over_and_finished(
     assert survivor.running()
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_a_worker_rides_out_a_redis_outage(
     scene: Scene, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,6 +86,7 @@ async def test_a_job_that_could_not_start_gives_its_slot_back(rig: Rig) -> None:
     assert batch.counts.succeeded == 3
 
 
+@pytest.mark.slow
 async def test_a_job_whose_start_failed_can_run_again_at_once(rig: Rig) -> None:
     batch_id = await rig.submit()
     job_id = Keys().chunk_job_id(batch_id, 0)

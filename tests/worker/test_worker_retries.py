@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from support.polling import poll
 
@@ -67,6 +68,7 @@ async def items_of(store: BatchStore, batch_id: str) -> list[ItemView]:
     return items
 
 
+@pytest.mark.slow
 async def test_a_retry_is_a_deferred_job_that_honours_retry_after(
     redis: Redis, redis_url: str
 ) -> None:

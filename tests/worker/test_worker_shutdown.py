@@ -131,6 +131,7 @@ async def test_a_cancelled_chunk_job_keeps_what_it_recorded(redis: Redis, redis_
     assert sorted(gate.calls) == sorted([f"i{n}" for n in range(10)] + ["i2", "i3"])
 
 
+@pytest.mark.slow
 async def test_batchd_worker_stops_gracefully_on_sigterm(redis: Redis, redis_url: str) -> None:
     settings = _settings(redis_url, worker_concurrency=2)
     store = BatchStore(redis, Keys(settings.key_prefix))

@@ -16,6 +16,7 @@ def params(text: str) -> dict[str, object]:
     return {"to": "a@example.test", "from": "b@example.test", "subject": "s", "text": text}
 
 
+@pytest.mark.slow
 async def test_a_render_past_twice_its_time_is_killed() -> None:
     limits = RenderLimits(seconds=0.05, max_int=1 << (1 << 26))
     builders = MessageBuilders(1, limits, Policy.of("example.test", ""))

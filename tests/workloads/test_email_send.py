@@ -94,6 +94,7 @@ def parsed(smtp_server: SmtpServer, index: int = -1) -> EmailMessage:
     return message
 
 
+@pytest.mark.slow
 async def test_text_and_html_become_multipart_alternative(
     handler: Handler, smtp_server: SmtpServer
 ) -> None:

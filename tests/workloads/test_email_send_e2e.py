@@ -87,6 +87,7 @@ async def watch_to_end(client: AsyncClient, batch_id: str) -> BatchProgress:
     return last
 
 
+@pytest.mark.slow
 async def test_a_newsletter_to_5000_recipients(
     client: AsyncClient,
     workers: Callable[..., ServiceProcess],

@@ -10,6 +10,7 @@ import statistics
 import time
 
 import grpc
+import pytest
 from support.smtp import SmtpServer
 
 from batchd.client import BatchState, ItemState
@@ -49,6 +50,7 @@ async def noop_latency(service: LocalService) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 async def test_bombs_fail_alone_and_other_batches_go_on(
     redis_url: str, smtp_server: SmtpServer
 ) -> None:

@@ -332,6 +332,7 @@ def test_params_schema() -> None:
         assert params_violations(handler, params), params
 
 
+@pytest.mark.slow
 async def test_event_loop_stays_free_while_images_resize(
     resizer: StartedHandler, dirs: tuple[Path, Path]
 ) -> None:
@@ -394,6 +395,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_pool_processes_end_with_a_killed_worker(tmp_path: Path) -> None:
     # A SIGKILLed worker shuts nothing down: its pool processes (children of the
     # forkserver, not of the worker) must notice and exit on their own.
@@ -494,6 +497,7 @@ def small_size(width: int, height: int) -> tuple[int, int]:
     return 160, max(1, round(height * 160 / width))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_2000_images_through_the_service(
     e2e_server: BatchdServer, e2e_worker: tuple[ServiceProcess, Path, Path]
@@ -557,6 +561,7 @@ async def test_2000_images_through_the_service(
     )
 
 
+@pytest.mark.slow
 async def test_an_image_over_the_memory_limit_fails_its_item_and_the_pool_goes_on(
     tmp_path: Path,
 ) -> None:

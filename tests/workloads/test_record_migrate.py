@@ -136,6 +136,7 @@ async def test_planner_postgres() -> None:
         _assert_covers(ranges, ids, 1500)
 
 
+@pytest.mark.slow
 def test_planner_command_writes_items(tmp_path: Path) -> None:
     source = f"sqlite:///{tmp_path / 'src.db'}"
 
@@ -489,6 +490,7 @@ def test_canonical_values_agree_across_drivers() -> None:
     assert whole == combine([checksum(rows[:20], columns), checksum(rows[20:], columns)])
 
 
+@pytest.mark.slow
 async def test_the_server_refuses_urls_and_unregistered_transforms_at_submit(
     sqlite_pair: Any, redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:
@@ -526,6 +528,7 @@ async def test_the_server_refuses_urls_and_unregistered_transforms_at_submit(
     assert await _count(engines[1], "people") == 5
 
 
+@pytest.mark.slow
 async def test_a_tenants_batch_reaches_only_its_granted_databases_through_the_service(
     sqlite_pair: Any, redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:
@@ -584,6 +587,8 @@ async def _plan_items(
     return [(item["custom_id"], item["params"]) for item in lines]
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 async def test_service_migrates_mariadb_to_postgres_through_a_worker_crash(
     redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:
@@ -645,6 +650,7 @@ async def test_service_migrates_mariadb_to_postgres_through_a_worker_crash(
             await destination.dispose()
 
 
+@pytest.mark.slow
 async def test_redrive_after_fixing_a_rejected_row(
     redis_server_factory: RedisServerFactory, tmp_path: Path
 ) -> None:
@@ -686,6 +692,7 @@ async def test_redrive_after_fixing_a_rejected_row(
             await destination.dispose()
 
 
+@pytest.mark.slow
 async def test_postgres_to_mariadb_upserts_and_names_a_clashing_key() -> None:
     async with postgres_database() as source_url, mariadb_database() as destination_url:
         source, destination = engine_for(source_url), engine_for(destination_url)
@@ -732,6 +739,7 @@ async def test_postgres_to_mariadb_upserts_and_names_a_clashing_key() -> None:
             await destination.dispose()
 
 
+@pytest.mark.slow
 async def test_a_destination_that_rounds_fails_or_reports_the_mismatch() -> None:
     async with postgres_database() as url:
         engine = engine_for(url)
