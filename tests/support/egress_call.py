@@ -14,9 +14,9 @@ import json
 import sys
 
 from batchd.core.config import Settings
+from batchd.testing import call_handler
 from batchd.worker.handler import Code, HandlerError
 from batchd.worker.handlers import http_request_handler
-from batchd.worker.testing import call_handler
 
 
 async def main(urls: list[str]) -> None:

@@ -26,11 +26,11 @@ from support.connect_proxy import ConnectProxy
 from support.processes import SUPPORT_DIR
 
 from batchd.core.config import Settings
+from batchd.testing import call_handler
 from batchd.worker.egress import MAX_REDIRECTS, EgressPolicy
 from batchd.worker.handler import Code, HandlerError
 from batchd.worker.handlers import http_request_handler
 from batchd.worker.handlers.image import image_resize_handler
-from batchd.worker.testing import call_handler
 
 
 class Listener:

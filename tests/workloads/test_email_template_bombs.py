@@ -14,7 +14,7 @@ import pytest
 from support.smtp import SmtpServer
 
 from batchd.client import BatchState, ItemState
-from batchd.worker.testing import LocalService, serve_handlers
+from batchd.testing import LocalService, serve_handlers
 
 BOMBS = {
     "loops": "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",

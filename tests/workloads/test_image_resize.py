@@ -27,10 +27,10 @@ from workloads.image_fixtures import encode, generate_images, halves, image_serv
 from batchd.client import AsyncClient, BatchState, ItemState
 from batchd.core.config import SettingError, Settings
 from batchd.server.app import BatchdServer, start_server
+from batchd.testing import StartedHandler, open_handler, params_violations
 from batchd.worker.handler import Code, PermanentError, RetryableError
 from batchd.worker.handlers import builtin_handlers
 from batchd.worker.handlers.image import image_resize_handler
-from batchd.worker.testing import StartedHandler, open_handler, params_violations
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 MAX_PIXELS = 1_000_000
@@ -379,7 +379,7 @@ _OWNER_SCRIPT = """
 import asyncio, multiprocessing, sys
 from batchd.core.config import Settings
 from batchd.worker.handlers.image import image_resize_handler
-from batchd.worker.testing import open_handler
+from batchd.testing import open_handler
 
 async def main(source_dir, output_dir):
     settings = Settings.of(

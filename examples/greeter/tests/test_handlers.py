@@ -1,4 +1,4 @@
-"""greet.send, tested with batchd.worker.testing: unit tests run the handler in this
+"""greet.send, tested with batchd.testing: unit tests run the handler in this
 process; the end-to-end test runs it in a real worker behind a real batchd server."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from conftest import Webhooks
 from greeter.handlers import greet_send, handlers
 
 from batchd.client import BatchdError, ItemState
-from batchd.worker import Code, HandlerError, PermanentError, RetryableError, SlowDown
-from batchd.worker.testing import (
+from batchd.testing import (
     InvalidRequest,
     call_handler,
     check_params,
@@ -20,6 +19,7 @@ from batchd.worker.testing import (
     params_violations,
     serve_handlers,
 )
+from batchd.worker import Code, HandlerError, PermanentError, RetryableError, SlowDown
 
 # -- unit: one item through the handler, hooks included -----------------------------------
 

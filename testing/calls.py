@@ -1,35 +1,16 @@
-"""Test helpers for handler authors: run a handler for real, without mocks.
+"""One item through a handler in this process, and the server's check of its params.
 
-Two levels, both usable from pytest (pytest-asyncio) or plain `asyncio.run`:
-
-    call_handler(handler, params)       one item through the handler in this process:
-                                        startup hook, one `run` with a real ItemContext,
+    call_handler(handler, params)       startup hook, one `run` with a real ItemContext,
                                         shutdown hook; returns the output or raises
     open_handler(handler)               the same, the hooks run once around many calls
     check_params(handler, params)       the JSON Schema check the server applies at
                                         submit time; raises InvalidRequest
     params_violations(handler, params)  the same check, returning the field violations
-    serve_handlers(*handlers)           the whole service: a private Redis, a gRPC server
-                                        and a worker serving the handlers; `.client`,
-                                        `.run_batch(...)` (batchd.worker.testing_service)
-
-    params = {"name": "Ada", "webhook": webhook_url}
-    output = await call_handler(greet_send(), params)
-
-    async with serve_handlers(greet_send()) as service:
-        run = await service.run_batch("greet.send", [("ada", params)])
-        assert run.outputs["ada"]["greeting"] == "Hello, Ada!"
-
-(`greet.send` is the handler of examples/greeter; docs/handlers.md, "Testing it".)
 
 What `call_handler` raises is what the worker would turn into the item's outcome:
 `PermanentError` fails the item, `RetryableError` (or `SlowDown`) asks for another
 attempt, anything else fails it with UNKNOWN. An output that is not a JSON object, which
 the worker would fail with INTERNAL, raises `InvalidOutput`.
-
-This module belongs to batchd.worker but starts batchd.server too (serve_handlers) and
-checks params with the server's own validation: it is test support, never imported by
-the worker itself.
 """
 
 from __future__ import annotations
@@ -45,26 +26,20 @@ from batchd.client import BatchdError, to_item
 from batchd.core import fastjson
 from batchd.core.codec import decode_handler, encode_handler
 from batchd.core.config import Settings
-from batchd.core.errors import FieldViolation, InvalidRequest
+from batchd.core.errors import FieldViolation
 from batchd.core.logs import get_logger
 from batchd.server.validation import SchemaCache, Violations, check_items
 from batchd.worker.handler import Code, Handler, ItemContext, RetryableError, WorkerInfo
 from batchd.worker.registry import specs
-from batchd.worker.testing_service import BatchRun, LocalService, serve_handlers
 
 __all__ = [
     "TEST_BATCH_ID",
-    "BatchRun",
-    "FieldViolation",
     "InvalidOutput",
-    "InvalidRequest",
-    "LocalService",
     "StartedHandler",
     "call_handler",
     "check_params",
     "open_handler",
     "params_violations",
-    "serve_handlers",
 ]
 
 # The batch id of items run by call_handler: idempotency keys read "test-batch/<custom_id>".

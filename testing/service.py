@@ -1,4 +1,4 @@
-"""The whole service for a handler's end-to-end tests (re-exported by batchd.worker.testing).
+"""The whole service for a handler's end-to-end tests (re-exported by batchd.testing).
 
 `serve_handlers(*handlers)` starts, in this process and on loopback only:
 

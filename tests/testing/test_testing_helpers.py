@@ -1,4 +1,4 @@
-"""batchd.worker.testing: the helpers handler authors test with, against the real thing."""
+"""batchd.testing: the helpers handler authors test with, against the real thing."""
 
 from __future__ import annotations
 
@@ -17,16 +17,7 @@ import pytest
 
 from batchd.client import BatchdError, ItemError, ItemState
 from batchd.core.domain import BatchOptions, RetryPolicy
-from batchd.worker import (
-    Code,
-    Handler,
-    ItemContext,
-    PermanentError,
-    RetryableError,
-    WorkerInfo,
-)
-from batchd.worker.registry import HandlerLoadError
-from batchd.worker.testing import (
+from batchd.testing import (
     InvalidOutput,
     InvalidRequest,
     LocalService,
@@ -36,6 +27,15 @@ from batchd.worker.testing import (
     params_violations,
     serve_handlers,
 )
+from batchd.worker import (
+    Code,
+    Handler,
+    ItemContext,
+    PermanentError,
+    RetryableError,
+    WorkerInfo,
+)
+from batchd.worker.registry import HandlerLoadError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -293,7 +293,7 @@ async def test_two_handlers_with_one_name_are_refused() -> None:
 PLAIN_ASYNCIO = """
 import asyncio
 from batchd.worker import Handler
-from batchd.worker.testing import call_handler, serve_handlers
+from batchd.testing import call_handler, serve_handlers
 
 async def run(params, ctx):
     return {"hello": params["name"]}
