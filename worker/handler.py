@@ -3,7 +3,15 @@
 A handler is a `Handler` value: a name, a description, a JSON Schema for its params,
 default batch options and an async `run(params, ctx)` that returns the item's output (a
 JSON object). Optional `startup`/`shutdown` hooks open and close resources shared by every
-item a worker process runs, such as a connection pool.
+item a worker process runs, such as a connection pool. The `handler` decorator makes one
+from an async function, its hooks added with `on_startup` / `on_shutdown`:
+
+    @handler("greet.send", params_schema=SCHEMA, default_options=OPTIONS)
+    async def greet_send(params: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
+        ...  # its docstring is the handler's description
+
+    @greet_send.on_startup
+    async def open_pool(worker: WorkerInfo) -> None: ...
 
 What `run` raises decides the item's fate:
 
@@ -21,10 +29,11 @@ traceback goes to the worker's log, never into the stored error.
 from __future__ import annotations
 
 import enum
+import inspect
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -44,6 +53,7 @@ __all__ = [
     "SlowDown",
     "StartupHook",
     "WorkerInfo",
+    "handler",
 ]
 
 # A handler name: what batches refer to, e.g. "http.request".
@@ -222,6 +232,10 @@ class ShutdownHook(Protocol):
     def __call__(self) -> Awaitable[None]: ...
 
 
+_Startup = TypeVar("_Startup", bound=StartupHook)
+_Shutdown = TypeVar("_Shutdown", bound=ShutdownHook)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Handler:
     """A named piece of work a worker serves; see the module docstring."""
@@ -245,3 +259,61 @@ class Handler:
             raise ValueError(
                 f"handler name {self.name!r}: lowercase words of [a-z0-9_] joined by dots"
             )
+
+    def on_startup(self, hook: _Startup) -> _Startup:
+        """Decorator: `hook` becomes this handler's startup hook (one per handler)."""
+        self._add_hook("startup", hook)
+        return hook
+
+    def on_shutdown(self, hook: _Shutdown) -> _Shutdown:
+        """Decorator: `hook` becomes this handler's shutdown hook (one per handler)."""
+        self._add_hook("shutdown", hook)
+        return hook
+
+    def _add_hook(self, kind: str, hook: Callable[..., Awaitable[None]]) -> None:
+        # Hooks are added where the handler is defined, at import, before any worker
+        # holds it: the one assignment a frozen Handler allows after construction.
+        if not inspect.iscoroutinefunction(hook):
+            raise TypeError(f"handler {self.name!r}: the {kind} hook must be an async def")
+        if getattr(self, kind) is not None:
+            raise ValueError(f"handler {self.name!r} already has a {kind} hook")
+        object.__setattr__(self, kind, hook)
+
+
+def handler(
+    name: str,
+    *,
+    description: str | None = None,
+    params_schema: Mapping[str, Any] | None = None,
+    default_options: BatchOptions | None = None,
+    rate_key: RateKey | None = None,
+    settings: type[Any] | None = None,
+) -> Callable[[RunItem], Handler]:
+    """Decorator: the async function `run(params, ctx)` becomes a `Handler` of that name.
+
+    The description defaults to the function's docstring (its first paragraph); the other
+    arguments are `Handler`'s. Add hooks with `@<handler>.on_startup` and `.on_shutdown`.
+    The result is the `Handler` itself: name it in an entry point or `--handlers`, pass it
+    to `batchd.testing`; its function is `.run`.
+    """
+
+    def define(run: RunItem) -> Handler:
+        if not inspect.iscoroutinefunction(run):
+            raise TypeError(f"handler {name!r}: run must be an async def, got {run!r}")
+        return Handler(
+            name=name,
+            run=run,
+            description=_summary(run) if description is None else description,
+            params_schema={"type": "object"} if params_schema is None else params_schema,
+            default_options=BatchOptions() if default_options is None else default_options,
+            rate_key=rate_key,
+            settings=settings,
+        )
+
+    return define
+
+
+def _summary(function: object) -> str:
+    """The first paragraph of a docstring, on one line ("" without one)."""
+    doc = inspect.getdoc(function) or ""
+    return " ".join(doc.split("\n\n", 1)[0].split())
