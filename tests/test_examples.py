@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from batchd.worker import Handler
 from batchd.worker.registry import ENTRY_POINT_GROUP, load_handlers
 
 GREETER = Path(__file__).resolve().parents[1] / "examples" / "greeter"
@@ -48,11 +49,12 @@ def test_the_entry_point_loads_greet_send() -> None:
     with (GREETER / "pyproject.toml").open("rb") as f:
         project = tomllib.load(f)["project"]
     declared = project["entry-points"][ENTRY_POINT_GROUP]
-    assert declared == {"greeter": "greeter.handlers:handlers"}
+    assert declared == {"greeter": "greeter.handlers:greet_send"}
     # What a worker does with an installed distribution's entry point ...
     ((name, value),) = declared.items()
-    factory = EntryPoint(name, value, ENTRY_POINT_GROUP).load()
-    assert [h.name for h in factory()] == ["greet.send"]
+    loaded = EntryPoint(name, value, ENTRY_POINT_GROUP).load()
+    assert isinstance(loaded, Handler)
+    assert loaded.name == "greet.send"
     # ... and with the same target given as --handlers: next to the built-ins.
     served = load_handlers(value)
     assert {"noop", "greet.send"} <= set(served)

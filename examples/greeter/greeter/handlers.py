@@ -26,24 +26,25 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker import (
+    BatchOptions,
     Code,
-    Handler,
     ItemContext,
     PermanentError,
     RetryableError,
+    RetryPolicy,
     SlowDown,
     WorkerInfo,
+    handler,
 )
 
 __all__ = [
     "DEFAULT_OPTIONS",
     "GREETINGS",
     "PARAMS_SCHEMA",
-    "Greeter",
+    "close_pool",
     "greet_send",
-    "handlers",
+    "open_pool",
     "webhook_host",
 ]
 
@@ -80,52 +81,6 @@ _FAILURES = {
 }
 
 
-class Greeter:
-    """The handler's state: one HTTP connection pool per worker process."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    async def startup(self, worker: WorkerInfo) -> None:
-        """Opens the pool, as large as the items the worker runs at once."""
-        connector = aiohttp.TCPConnector(limit=worker.concurrency)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=REQUEST_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
-        )
-
-    async def shutdown(self) -> None:
-        """Closes the pool after the worker's last item."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def run(self, params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
-        """Delivers one greeting; see the module docstring for what each answer means."""
-        if self._session is None:
-            raise RuntimeError("greet.send ran before its startup hook")
-        greeting = GREETINGS[params.get("language", "en")].format(name=params["name"])
-        headers = {"Idempotency-Key": ctx.idempotency_key}
-        try:
-            async with self._session.post(
-                params["webhook"], json={"greeting": greeting}, headers=headers
-            ) as response:
-                status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except TimeoutError as exc:
-            raise RetryableError("the webhook did not answer", code=Code.DEADLINE_EXCEEDED) from exc
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"cannot reach the webhook: {type(exc).__name__}") from exc
-        ctx.logger.info("webhook_answered", status=status, attempt=ctx.attempt)
-        if 200 <= status < 300 or status == 409:
-            return {"greeting": greeting, "status": status, "duplicate": status == 409}
-        if status in (429, 503):
-            raise SlowDown(f"the webhook answered {status}", retry_after=retry_after)
-        if status >= 500:
-            raise RetryableError(f"the webhook answered {status}", retry_after=retry_after)
-        code = _FAILURES.get(status, Code.FAILED_PRECONDITION)
-        raise PermanentError(f"the webhook answered {status}", code=code)
-
-
 def webhook_host(params: Mapping[str, Any]) -> str | None:
     """The rate-limit key of an item: its webhook's host, so that one overloaded host
     (429, 503) slows down the greetings to that host only."""
@@ -133,24 +88,61 @@ def webhook_host(params: Mapping[str, Any]) -> str | None:
     return f"greet:{url.host}:{url.port}" if url.host else None
 
 
-def greet_send() -> Handler:
-    """A fresh `greet.send` handler, with state of its own."""
-    greeter = Greeter()
-    return Handler(
-        name="greet.send",
-        description="Delivers a greeting to a webhook; returns {greeting, status, duplicate}.",
-        params_schema=PARAMS_SCHEMA,
-        default_options=DEFAULT_OPTIONS,
-        run=greeter.run,
-        startup=greeter.startup,
-        shutdown=greeter.shutdown,
-        rate_key=webhook_host,
+# The worker process's HTTP connection pool: opened by the startup hook, closed by the
+# shutdown hook, shared by every item in between.
+_session: aiohttp.ClientSession | None = None
+
+
+@handler(
+    "greet.send",
+    params_schema=PARAMS_SCHEMA,
+    default_options=DEFAULT_OPTIONS,
+    rate_key=webhook_host,
+)
+async def greet_send(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+    """Delivers a greeting to a webhook; returns {greeting, status, duplicate}."""
+    if _session is None:
+        raise RuntimeError("greet.send ran before its startup hook")
+    greeting = GREETINGS[params.get("language", "en")].format(name=params["name"])
+    headers = {"Idempotency-Key": ctx.idempotency_key}
+    try:
+        async with _session.post(
+            params["webhook"], json={"greeting": greeting}, headers=headers
+        ) as response:
+            status = response.status
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+    except TimeoutError as exc:
+        raise RetryableError("the webhook did not answer", code=Code.DEADLINE_EXCEEDED) from exc
+    except aiohttp.ClientError as exc:
+        raise RetryableError(f"cannot reach the webhook: {type(exc).__name__}") from exc
+    ctx.logger.info("webhook_answered", status=status, attempt=ctx.attempt)
+    if 200 <= status < 300 or status == 409:
+        return {"greeting": greeting, "status": status, "duplicate": status == 409}
+    if status in (429, 503):
+        raise SlowDown(f"the webhook answered {status}", retry_after=retry_after)
+    if status >= 500:
+        raise RetryableError(f"the webhook answered {status}", retry_after=retry_after)
+    code = _FAILURES.get(status, Code.FAILED_PRECONDITION)
+    raise PermanentError(f"the webhook answered {status}", code=code)
+
+
+@greet_send.on_startup
+async def open_pool(worker: WorkerInfo) -> None:
+    """Opens the pool, as large as the items the worker runs at once."""
+    global _session
+    connector = aiohttp.TCPConnector(limit=worker.concurrency)
+    _session = aiohttp.ClientSession(
+        connector=connector, timeout=REQUEST_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
     )
 
 
-def handlers() -> list[Handler]:
-    """The entry point (`batchd.handlers` group): called once per worker process."""
-    return [greet_send()]
+@greet_send.on_shutdown
+async def close_pool() -> None:
+    """Closes the pool after the worker's last item."""
+    global _session
+    if _session is not None:
+        await _session.close()
+        _session = None
 
 
 def _retry_after(value: str | None) -> float | None:
