@@ -62,7 +62,7 @@ async def ceiling(chunks: Sequence[bytes]) -> float:
     for raw in chunks:
         for custom_id, params_json in decode_chunk(raw):
             params = fastjson.loads(params_json)
-            ctx = ItemContext.for_item("ceiling", custom_id, 1, log)
+            ctx = ItemContext("ceiling", custom_id, 1, log)
             await handler.run(params, ctx)
             done += 1
     return done / (time.perf_counter() - started)

@@ -87,7 +87,7 @@ class StartedHandler:
             batch_id=batch_id,
             custom_id=custom_id,
             attempt=attempt,
-            logger=log.bind(batch_id=batch_id, custom_id=custom_id),
+            logger=log.bind(batch_id=batch_id),
         )
         limit = self.handler.default_options.item_timeout if item_timeout is None else item_timeout
         deadline = asyncio.timeout(limit if limit > 0 else None)

@@ -63,7 +63,7 @@ async def run_item(
     attempt = before + 1
     start = time.time()
     # The item's logger is bound only if something logs (most items log nothing).
-    ctx = ItemContext.for_item(claimed.batch_id, custom_id, attempt, log)
+    ctx = ItemContext(claimed.batch_id, custom_id, attempt, log)
     limit = claimed.options.item_timeout
     try:
         if limit > 0:

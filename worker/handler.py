@@ -123,8 +123,8 @@ class ItemContext:
 
     `batch_id` (as stored: `<tenant>~<id>` for a tenant's batch), `custom_id`, `tenant`,
     `attempt` (1 for the first) and `logger`, read-only. A plain class with slots rather
-    than a frozen dataclass, and a logger bound only when a handler first uses it: a
-    worker makes one per item, and both showed in its profile.
+    than a frozen dataclass, and its logger bound only when a handler first uses it: a
+    worker makes one per item, and most handlers never log.
     """
 
     __slots__ = ("_attempt", "_batch_id", "_custom_id", "_logger", "_parent_logger")
@@ -136,25 +136,12 @@ class ItemContext:
         attempt: int,
         logger: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        """`logger` is used as it is; see `for_item` for one bound on first use."""
+        """`logger`: the batch's, bound with `custom_id` when a handler first reads it."""
         self._batch_id = batch_id
         self._custom_id = custom_id
         self._attempt = attempt
-        self._logger: structlog.typing.FilteringBoundLogger | None = logger
+        self._logger: structlog.typing.FilteringBoundLogger | None = None
         self._parent_logger = logger
-
-    @classmethod
-    def for_item(
-        cls,
-        batch_id: str,
-        custom_id: str,
-        attempt: int,
-        parent_logger: structlog.typing.FilteringBoundLogger,
-    ) -> ItemContext:
-        """A context whose `logger` is `parent_logger` bound with custom_id when first read."""
-        ctx = cls(batch_id, custom_id, attempt, parent_logger)
-        ctx._logger = None
-        return ctx
 
     @property
     def batch_id(self) -> str:

@@ -214,7 +214,7 @@ async def run_item(
         batch_id="test-batch",
         custom_id=custom_id,
         attempt=1,
-        logger=get_logger("tests").bind(batch_id="test-batch", custom_id=custom_id),
+        logger=get_logger("tests").bind(batch_id="test-batch"),
     )
     output = await handler.run(json.loads(json.dumps(params)), ctx)
     stored: dict[str, Any] = json.loads(json.dumps(dict(output)))
