@@ -56,8 +56,12 @@ def running_service(
         raise ValueError("a service needs at least one worker to publish its handlers")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
         port = free_port()
+        # Watch floors far below the service's 1 s: the scenarios time batches by their
+        # terminal snapshot, which the floors would round up to whole seconds.
         full_env = dict(os.environ, BATCHD_REDIS_URL=redis.url, BATCHD_PORT=str(port),
-                        BATCHD_HOST="127.0.0.1", BATCHD_LOG_LEVEL="warning")  # fmt: skip
+                        BATCHD_HOST="127.0.0.1", BATCHD_LOG_LEVEL="warning",
+                        BATCHD_WATCH_MIN_INTERVAL="0.01",
+                        BATCHD_WATCH_MIN_HEARTBEAT="0.01")  # fmt: skip
         full_env.update(env or {})
         bin_dir = Path(sys.executable).parent
         server = subprocess.Popen([bin_dir / "batchd-server"], env=full_env)
