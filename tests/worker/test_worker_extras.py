@@ -37,6 +37,34 @@ START_WITHOUT_PILLOW = textwrap.dedent(
 )
 
 
+# The installed batchd-migrate-plan, run with SQLAlchemy not importable.
+PLAN_WITHOUT_SQLALCHEMY = textwrap.dedent(
+    """
+    import runpy
+    import sys
+
+    sys.modules["sqlalchemy"] = None
+    sys.argv = ["batchd-migrate-plan", "src", "people", "--destination", "dst"]
+    runpy.run_path({script!r}, run_name="__main__")
+    """
+)
+
+
+def test_the_migrate_planner_without_its_extra_names_it() -> None:
+    script = os.path.join(os.path.dirname(sys.executable), "batchd-migrate-plan")
+    process = subprocess.run(
+        [sys.executable, "-c", PLAN_WITHOUT_SQLALCHEMY.format(script=script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 2
+    assert process.stderr == (
+        "batchd-migrate-plan: needs the migrate extra (sqlalchemy is not installed): "
+        "pip install 'batchd[migrate]'\n"
+    )
+
+
 def test_a_worker_without_pillow_serves_the_rest_and_names_the_extra() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
     process = subprocess.run(
