@@ -16,7 +16,7 @@ import asyncio
 import inspect
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 import structlog
@@ -24,6 +24,7 @@ import structlog
 from batchd.core.config import SettingError, Settings
 from batchd.core.logs import get_logger
 from batchd.server.authenticators import parse_modes, peer_identity
+from batchd.server.interception import Behaviour, Handler, WrappedHandlers, rewrap
 from batchd.server.principal import (
     METHOD_ROLES,
     Authenticator,
@@ -68,9 +69,6 @@ MUTATING = frozenset(
 )
 _BEARER = "bearer "
 
-Behaviour = Callable[..., Any]
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, authorizes and audits BatchService calls (and reflection's, when
@@ -81,9 +79,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self.authenticators = tuple(authenticators)
         self.guard_reflection = guard_reflection
-        # method -> (the handler grpc gave, its guarded wrapper): grpc hands out the same
-        # handler object for a method at every call; it is wrapped once, not per call.
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -101,12 +97,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             needed = Role.READER
         else:
             return handler
-        cached = self._wrapped.get(handler_call_details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method, needed)
-        self._wrapped[handler_call_details.method] = (handler, wrapped)
-        return wrapped
+        return self._wrapped.of(
+            handler_call_details.method,
+            handler,
+            lambda h: rewrap(h, lambda b: self._guarded(b, needed, _Audit(method))),
+        )
 
     async def admit(self, context: grpc.aio.ServicerContext[Any, Any], needed: Role) -> Principal:
         """The caller's principal if it may make a call that needs `needed`; else ends
@@ -128,21 +123,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"the caller has {principal.role.name.lower()}",
             )
         return principal
-
-    def _wrap(self, handler: Handler, method: str, needed: Role) -> Handler:
-        audit = _Audit(method)
-        kinds = (
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
-        )
-        behaviour, make = next((b, m) for b, m in kinds if b is not None)
-        return make(
-            self._guarded(behaviour, needed, audit),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
     def _guarded(self, behaviour: Behaviour, needed: Role, audit: _Audit) -> Behaviour:
         """`behaviour` behind `admit`, audited; an async generator if it is one (a

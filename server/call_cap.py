@@ -16,13 +16,14 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 
 from batchd.core.errors import Exhausted
 from batchd.core.logs import get_logger
 from batchd.server.errors import to_status
+from batchd.server.interception import Behaviour, Handler, WrappedHandlers, rewrap
 
 __all__ = ["CALLS_RETRY_AFTER", "LIMIT_SETTING", "CallCapInterceptor"]
 
@@ -37,9 +38,6 @@ EXEMPT = frozenset({"/grpc.health.v1.Health/Check"})
 # Seconds between two warnings that calls are being refused.
 _WARN_EVERY = 60.0
 
-Behaviour = Callable[..., Any]
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-
 
 class CallCapInterceptor(grpc.aio.ServerInterceptor):
     """Refuses a call while `limit` calls are open on this server."""
@@ -51,8 +49,7 @@ class CallCapInterceptor(grpc.aio.ServerInterceptor):
         self.open = 0  # calls whose handler is running
         self._refused = 0  # since the last warning
         self._warned_at = -_WARN_EVERY  # time.monotonic()
-        # method -> (the handler grpc gave, its counted wrapper), as in AuthInterceptor.
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -63,26 +60,7 @@ class CallCapInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method in EXEMPT:
             return handler  # type: ignore[return-value]
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: Handler) -> Handler:
-        kinds = (
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
-        )
-        behaviour, make = next((b, m) for b, m in kinds if b is not None)
-        return make(
-            self._counted(behaviour),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return self._wrapped.of(method, handler, lambda h: rewrap(h, self._counted))
 
     def _counted(self, behaviour: Behaviour) -> Behaviour:
         """`behaviour`, refused at the cap and counted while it runs; an async generator
