@@ -249,7 +249,7 @@ class UploadSession:
         batch_id, chunk = self.spec.batch_id, self._staged
         first = chunk * self.chunk_size
         ids = [item.custom_id for item in self._buffer]
-        await self._list_staged()
+        others_staged = await self._list_staged()
         # Counted before the call: a call cut short may still have staged the chunk,
         # and abort must then delete it too.
         self._staged = chunk + 1
@@ -284,15 +284,16 @@ class UploadSession:
             )
         staged = len(self._buffer)
         self._buffer.clear()
-        await self._admit(staged)
+        await self._admit(staged, others_staged)
         await self._refresh_ttls()
 
-    async def _list_staged(self) -> None:
+    async def _list_staged(self) -> tuple[int, int]:
         """Files this upload in the staging index with its items and bytes once the
         buffered chunk is staged, until its staging TTL: an upload never committed (a
-        server gone mid-stream) stops counting then. Exhausted (after aborting: nothing
-        stays) when the bytes all uploads, or its tenant's, have staged would pass
-        their limit."""
+        server gone mid-stream) stops counting then; returns the items the other uploads
+        have staged (all, this tenant's), as `_others_staged` does. Exhausted (after
+        aborting: nothing stays) when the bytes all uploads, or its tenant's, have
+        staged would pass their limit."""
         keys, limits, tenant, now = self._keys, self._limits, self.spec.tenant, self._now_ms()
         result = await self._scripts.list_staged(
             keys=[keys.staging, keys.staging_items, keys.staging_bytes],
@@ -309,7 +310,7 @@ class UploadSession:
         )
         refused = int(result[0])
         if not refused:
-            return
+            return int(result[1]), int(result[2])
         others = int(result[1])
         await self.abort()
         if refused == 1:
@@ -358,11 +359,13 @@ class UploadSession:
                 mine += items
         return every, mine
 
-    async def _admit(self, staged: int) -> None:
+    async def _admit(self, staged: int, others_staged: tuple[int, int] | None = None) -> None:
         """Exhausted (after aborting: nothing stays) when this batch would take the items
         not yet terminal across all batches beyond max_pending_items, or its tenant past
         a quota: its items not yet terminal, its unfinished batches, or (for the `staged`
-        items just staged) its submitted items per second."""
+        items just staged) its submitted items per second. `others_staged`: the items
+        other uploads have staged (all, this tenant's), when the caller has just read
+        them in the same script that filed this upload; else they are read here."""
         keys, limits, tenant = self._keys, self._limits, self.spec.tenant
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.pending)
@@ -371,7 +374,7 @@ class UploadSession:
             pending, tenant_pending, tenant_open = (int(v or 0) for v in await pipe.execute())
         # Items other uploads have staged but not committed count too: uploads that never
         # end may not take Redis past the limits either.
-        staged_every, staged_tenant = await self._others_staged()
+        staged_every, staged_tenant = others_staged or await self._others_staged()
         pending += staged_every
         tenant_pending += staged_tenant
         refusal: Exhausted | None = None
