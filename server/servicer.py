@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -36,7 +36,11 @@ from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 
 log = get_logger(__name__)
 
+# As the generated servicer base declares it: one context type for every method's
+# request and response.
 Context = grpc.aio.ServicerContext[Any, Any]
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
@@ -353,7 +357,7 @@ class _TooSlow(Exception):
     """An upload stream idle too long, or open too long."""
 
 
-async def _paced(messages: AsyncIterator[Any], idle: float, deadline: float) -> AsyncIterator[Any]:
+async def _paced(messages: AsyncIterator[T], idle: float, deadline: float) -> AsyncIterator[T]:
     """The stream's messages; _TooSlow once one takes longer than `idle` seconds to come,
     or the loop's clock passes `deadline`."""
     loop = asyncio.get_running_loop()

@@ -3,15 +3,14 @@ worker subprocesses loading the chaos handlers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.in_process_server import client_of, running_server
-from support.processes import ServiceProcess, WorkerPool
+from support.pool_fixtures import client, server, workers
 
-from batchd.client import AsyncClient
-from batchd.server.app import BatchdServer
+__all__ = ["client", "server", "workers"]
 
 # Short leases and sweeps so that a killed worker's chunk is picked up within seconds.
 FAST_RECOVERY = {"BATCHD_LEASE_TTL": "2", "BATCHD_MAINTENANCE_INTERVAL": "0.5"}
@@ -28,33 +27,19 @@ def chaos_log(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def workers(
-    private_redis: object, chaos_log: Path, tmp_path: Path
-) -> Iterator[Callable[..., ServiceProcess]]:
-    pool = WorkerPool(
-        private_redis.url,  # type: ignore[attr-defined]
-        tmp_path,
-        {
-            "BATCHD_HANDLERS": "chaos_handlers:handlers",
-            "BATCHD_CHAOS_LOG": str(chaos_log),
-            **FAST_RECOVERY,
-        },
-    )
-    yield pool.start
-    pool.stop()
+def worker_env(chaos_log: Path) -> Mapping[str, str]:
+    return {
+        "BATCHD_HANDLERS": "chaos_handlers:handlers",
+        "BATCHD_CHAOS_LOG": str(chaos_log),
+        **FAST_RECOVERY,
+    }
 
 
 @pytest.fixture
-async def server(private_redis: object) -> AsyncIterator[BatchdServer]:
-    async with running_server(
-        private_redis.url,  # type: ignore[attr-defined]
-        lease_ttl=2,
-        maintenance_interval=0.5,
-    ) as running:
-        yield running
+def worker_concurrency() -> int:
+    return 10
 
 
 @pytest.fixture
-async def client(server: BatchdServer) -> AsyncIterator[AsyncClient]:
-    async with client_of(server) as client:
-        yield client
+def server_settings() -> Mapping[str, Any]:
+    return {"lease_ttl": 2, "maintenance_interval": 0.5}

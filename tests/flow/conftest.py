@@ -4,15 +4,14 @@ this test), a server, and worker subprocesses loading tests/support/flow_handler
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.in_process_server import client_of, running_server
-from support.processes import ServiceProcess, WorkerPool
+from support.pool_fixtures import client, server, workers
 
-from batchd.client import AsyncClient
-from batchd.server.app import BatchdServer
+__all__ = ["client", "server", "workers"]
 
 
 @pytest.fixture
@@ -26,31 +25,20 @@ def flow_log(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def workers(
-    private_redis: object, flow_log: Path, tmp_path: Path
-) -> Iterator[Callable[..., ServiceProcess]]:
-    pool = WorkerPool(
-        private_redis.url,  # type: ignore[attr-defined]
-        tmp_path,
-        {
-            "BATCHD_HANDLERS": "flow_handlers:handlers",
-            "BATCHD_FLOW_LOG": str(flow_log),
-            "BATCHD_LOG_LEVEL": "info",
-            "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # http.request items call a local peer
-        },
-        concurrency=20,
-    )
-    yield pool.start
-    pool.stop()
+def worker_env(flow_log: Path) -> Mapping[str, str]:
+    return {
+        "BATCHD_HANDLERS": "flow_handlers:handlers",
+        "BATCHD_FLOW_LOG": str(flow_log),
+        "BATCHD_LOG_LEVEL": "info",
+        "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # http.request items call a local peer
+    }
 
 
 @pytest.fixture
-async def server(private_redis: object) -> AsyncIterator[BatchdServer]:
-    async with running_server(private_redis.url) as running:  # type: ignore[attr-defined]
-        yield running
+def worker_concurrency() -> int:
+    return 20
 
 
 @pytest.fixture
-async def client(server: BatchdServer) -> AsyncIterator[AsyncClient]:
-    async with client_of(server) as client:
-        yield client
+def server_settings() -> Mapping[str, Any]:
+    return {}
