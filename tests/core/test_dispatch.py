@@ -279,23 +279,6 @@ async def test_uploads_not_yet_committed_count_toward_admission(
     assert all(committed.spec.batch_id.encode() in key for key in leftovers)
 
 
-async def test_an_upload_stages_at_most_max_upload_bytes(
-    redis: Redis, keys: Keys, clock: Callable[[], float]
-) -> None:
-    store = BatchStore(redis, keys, clock=clock, limits=Limits(max_upload_bytes=1000))
-    spec = BatchSpec(
-        batch_id=f"b-{uuid.uuid4().hex[:12]}",
-        handler="test.echo",
-        options=BatchOptions(chunk_size=10),
-        metadata={},
-    )
-    session = await store.begin_upload(spec)
-    with pytest.raises(Exhausted) as caught:
-        await session.add_items(NewItem(f"i{n}", b'{"s":"' + b"x" * 90 + b'"}') for n in range(20))
-    assert caught.value.quota_subject == "max_upload_bytes"
-    assert [k async for k in redis.scan_iter(match=f"{keys.prefix}b:{{{spec.batch_id}}}*")] == []
-
-
 async def test_an_abort_cancelled_midway_still_unlists_the_upload(
     redis: Redis, keys: Keys, clock: Callable[[], float]
 ) -> None:

@@ -23,17 +23,20 @@ def item(n: int) -> NewItem:
     return NewItem(f"i-{n:04d}", PARAMS)
 
 
-async def open_upload(
-    store: BatchStore, count: int, *, tenant: str = DEFAULT_TENANT, chunk_size: int = 10
-) -> UploadSession:
-    spec = BatchSpec(
+def new_spec(*, tenant: str = DEFAULT_TENANT, chunk_size: int = 10) -> BatchSpec:
+    return BatchSpec(
         batch_id=f"b-{uuid.uuid4().hex[:12]}",
         handler="test.echo",
         options=BatchOptions(chunk_size=chunk_size),
         metadata={},
         tenant=tenant,
     )
-    session = await store.begin_upload(spec)
+
+
+async def open_upload(
+    store: BatchStore, count: int, *, tenant: str = DEFAULT_TENANT, chunk_size: int = 10
+) -> UploadSession:
+    session = await store.begin_upload(new_spec(tenant=tenant, chunk_size=chunk_size))
     await session.add_items(item(n) for n in range(count))
     return session
 
@@ -53,17 +56,22 @@ async def test_tiny_params_under_long_ids_reach_the_upload_byte_cap(
 ) -> None:
     # 1,000 items of `{}` are 2,000 bytes of params, but 180,000 bytes of Redis.
     store = BatchStore(redis, keys, clock=clock, limits=Limits(max_upload_bytes=100_000))
-    spec = BatchSpec(
-        batch_id=f"b-{uuid.uuid4().hex[:12]}",
-        handler="test.echo",
-        options=BatchOptions(chunk_size=100),
-        metadata={},
-    )
-    session = await store.begin_upload(spec)
+    session = await store.begin_upload(new_spec(chunk_size=100))
     with pytest.raises(Exhausted) as caught:
         await session.add_items(NewItem(f"{n:064d}", b"{}") for n in range(1000))
     assert caught.value.quota_subject == "max_upload_bytes"
     assert session.item_count == 100_000 // 180 + 1  # refused at the first item past it
+    assert await batch_keys(redis, keys, session) == []
+
+
+async def test_an_upload_stages_at_most_max_upload_bytes(
+    redis: Redis, keys: Keys, clock: Callable[[], float]
+) -> None:
+    store = BatchStore(redis, keys, clock=clock, limits=Limits(max_upload_bytes=1000))
+    session = await store.begin_upload(new_spec())
+    with pytest.raises(Exhausted) as caught:
+        await session.add_items(NewItem(f"i{n}", b'{"s":"' + b"x" * 90 + b'"}') for n in range(20))
+    assert caught.value.quota_subject == "max_upload_bytes"
     assert await batch_keys(redis, keys, session) == []
 
 
