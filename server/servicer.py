@@ -14,7 +14,6 @@ import structlog
 
 from batchd.core.config import Settings
 from batchd.core.domain import (
-    TENANT_SEPARATOR,
     BatchOptions,
     BatchRecord,
     BatchSpec,
@@ -268,15 +267,9 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
     ) -> batch_service_pb2.RetryBatchItemsResponse:
         view = _view()
         batch_id = view.batch_id(request.batch_id)
-        for position, custom_id in enumerate(request.custom_ids):
-            if not validation.ID_PATTERN.fullmatch(custom_id):
-                raise InvalidRequest.for_field(f"custom_ids[{position}]", validation.ID_MESSAGE)
-        if len(request.request_id) > validation.MAX_REQUEST_ID:
-            raise InvalidRequest.for_field(
-                "request_id", f"at most {validation.MAX_REQUEST_ID} characters"
-            )
-        if TENANT_SEPARATOR in request.request_id:
-            raise InvalidRequest.for_field("request_id", f"must not contain {TENANT_SEPARATOR!r}")
+        violations = Violations()
+        validation.check_retry(violations, request.custom_ids, request.request_id)
+        violations.raise_if_any()
         batch, requeued, replayed = await self.store.retry_items(
             batch_id, list(request.custom_ids), view.request_id(request.request_id)
         )

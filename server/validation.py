@@ -107,16 +107,28 @@ def check_header(
     elif spec is None:
         violations.add("handler", f"unknown handler {handler!r}: no worker has published it")
     _check_metadata(violations, metadata)
-    if len(request_id) > MAX_REQUEST_ID:
-        violations.add("request_id", f"at most {MAX_REQUEST_ID} characters")
-    # `~` joins a tenant to the names it owns (batchd.server.tenancy): no caller's may hold it.
-    if TENANT_SEPARATOR in request_id:
-        violations.add("request_id", f"must not contain {TENANT_SEPARATOR!r}")
+    _check_request_id(violations, request_id)
     if TENANT_SEPARATOR in options.rate_limit_key:
         violations.add("options.rate_limit_key", f"must not contain {TENANT_SEPARATOR!r}")
     if batch_id and not ID_PATTERN.fullmatch(batch_id):
         violations.add("batch_id", ID_MESSAGE)
     _check_options(violations, options)
+
+
+def check_retry(violations: Violations, custom_ids: Iterable[str], request_id: str) -> None:
+    """Checks a RetryBatchItems request's item ids and request id."""
+    for position, custom_id in enumerate(custom_ids):
+        if not ID_PATTERN.fullmatch(custom_id):
+            violations.add(f"custom_ids[{position}]", ID_MESSAGE)
+    _check_request_id(violations, request_id)
+
+
+def _check_request_id(violations: Violations, request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID:
+        violations.add("request_id", f"at most {MAX_REQUEST_ID} characters")
+    # `~` joins a tenant to the names it owns (batchd.server.tenancy): no caller's may hold it.
+    if TENANT_SEPARATOR in request_id:
+        violations.add("request_id", f"must not contain {TENANT_SEPARATOR!r}")
 
 
 def _check_metadata(violations: Violations, metadata: Mapping[str, str]) -> None:

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from support.grpcurl import grpcurl_binary
+from support.rich_status import violations
 
 from batchd.client import AsyncClient, BatchdError
 from batchd.server.app import BatchdServer
@@ -28,17 +27,6 @@ if TYPE_CHECKING:
 
 SERVICE = "/batchd.v1.BatchService"
 DEEP = "nested deeper than"
-
-
-def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no rich status attached"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
 
 
 async def keys_of(store: BatchStore, batch_id: str) -> list[bytes]:

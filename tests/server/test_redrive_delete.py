@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from support.rich_status import violations
 
 from batchd.v1 import batch_pb2, batch_service_pb2
 
@@ -43,6 +44,17 @@ async def test_retry_names_a_bad_custom_id(stub: Stub) -> None:
         await stub.RetryBatchItems(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "custom_ids[1]" in (caught.value.details() or "")
+
+
+async def test_retry_names_every_bad_field_at_once(stub: Stub) -> None:
+    batch_id = await queued_batch(stub)
+    request = batch_service_pb2.RetryBatchItemsRequest(
+        batch_id=batch_id, custom_ids=["d1", "x y", "d2", ""], request_id="a~b"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RetryBatchItems(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(caught.value)) == {"custom_ids[1]", "custom_ids[3]", "request_id"}
 
 
 async def test_retry_of_an_item_that_did_not_fail(stub: Stub) -> None:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from support.rich_status import violations
 
 from batchd.core.store import BatchStore
 from batchd.v1 import batch_pb2, batch_service_pb2
@@ -22,17 +21,6 @@ if TYPE_CHECKING:
 def items(count: int, **params: Any) -> list[batch_pb2.Item]:
     body = json.dumps({"n": 1, **params}).encode()
     return [batch_pb2.Item(custom_id=f"i{i}", params_json=body) for i in range(count)]
-
-
-def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no rich status attached"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
 
 
 async def submit_error(stub: Stub, **fields: Any) -> grpc.aio.AioRpcError:
