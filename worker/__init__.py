@@ -20,6 +20,7 @@ from batchd.worker.handler import (
     SlowDown,
     WorkerInfo,
     handler,
+    schema_of,
 )
 
 __all__ = [
@@ -34,5 +35,6 @@ __all__ = [
     "SlowDown",
     "WorkerInfo",
     "handler",
+    "schema_of",
     "setting",
 ]

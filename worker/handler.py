@@ -271,7 +271,7 @@ def handler(
     name: str,
     *,
     description: str | None = None,
-    params_schema: Mapping[str, Any] | None = None,
+    params_schema: Mapping[str, Any] | type[Any] | None = None,
     default_options: BatchOptions | None = None,
     rate_key: RateKey | None = None,
     settings: type[Any] | None = None,
@@ -279,7 +279,9 @@ def handler(
     """Decorator: the async function `run(params, ctx)` becomes a `Handler` of that name.
 
     The description defaults to the function's docstring (its first paragraph); the other
-    arguments are `Handler`'s. Add hooks with `@<handler>.on_startup` and `.on_shutdown`.
+    arguments are `Handler`'s, but `params_schema` may also be a TypedDict, dataclass or
+    pydantic model, whose JSON Schema (`schema_of`) the server then checks params against.
+    Add hooks with `@<handler>.on_startup` and `.on_shutdown`.
     The result is the `Handler` itself: name it in an entry point or `--handlers`, pass it
     to `batchd.testing`; its function is `.run`.
     """
@@ -291,13 +293,34 @@ def handler(
             name=name,
             run=run,
             description=_summary(run) if description is None else description,
-            params_schema={"type": "object"} if params_schema is None else params_schema,
+            params_schema=_params_schema(params_schema),
             default_options=BatchOptions() if default_options is None else default_options,
             rate_key=rate_key,
             settings=settings,
         )
 
     return define
+
+
+def schema_of(params: type[Any]) -> dict[str, Any]:
+    """The JSON Schema of a TypedDict, dataclass or pydantic model, as pydantic writes it
+    (nested types under `$defs`). Needs pydantic: `pip install 'batchd[schema]'`."""
+    try:
+        from pydantic import TypeAdapter
+    except ImportError:
+        raise ImportError(
+            "a params_schema from a type needs pydantic: pip install 'batchd[schema]'"
+        ) from None
+    schema: dict[str, Any] = TypeAdapter(params).json_schema()
+    return schema
+
+
+def _params_schema(given: Mapping[str, Any] | type[Any] | None) -> Mapping[str, Any]:
+    if given is None:
+        return {"type": "object"}
+    if isinstance(given, type):
+        return schema_of(given)
+    return given
 
 
 def _summary(function: object) -> str:
