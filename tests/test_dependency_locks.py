@@ -65,18 +65,18 @@ def read_lock(path: Path) -> dict[NormalizedName, list[Locked]]:
 
 def declared(*, dev: bool) -> list[Requirement]:
     """What the lock must hold: both distributions' dependencies (but each other) and
-    build requirements, the workload extras (both locks hold `all`), and with `dev` the
-    dev extra's pins."""
+    build requirements, the extras `all` names (the service lock holds `all`), and with
+    `dev` every extra."""
     extras = SERVICE["project"]["optional-dependencies"]
+    (everything,) = extras["all"]
+    held = set(extras) if dev else Requirement(everything).extras
     specs = [
         *SERVICE["project"]["dependencies"],
         *CLIENT["project"]["dependencies"],
         *SERVICE["build-system"]["requires"],
         *CLIENT["build-system"]["requires"],
-        *(spec for name, group in extras.items() if name != "dev" for spec in group),
+        *(spec for name in held for spec in extras[name]),
     ]
-    if dev:
-        specs += extras["dev"]
     requirements = [Requirement(spec) for spec in specs]
     return [r for r in requirements if canonicalize_name(r.name) not in LOCAL]
 
