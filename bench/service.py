@@ -61,7 +61,10 @@ def running_service(
         full_env = dict(os.environ, BATCHD_REDIS_URL=redis.url, BATCHD_PORT=str(port),
                         BATCHD_HOST="127.0.0.1", BATCHD_LOG_LEVEL="warning",
                         BATCHD_WATCH_MIN_INTERVAL="0.01",
-                        BATCHD_WATCH_MIN_HEARTBEAT="0.01")  # fmt: skip
+                        BATCHD_WATCH_MIN_HEARTBEAT="0.01",
+                        # No /metrics listener on the default port unless a scenario
+                        # asks (bench.noop --metrics): runs may overlap on a host.
+                        BATCHD_METRICS_PORT="0", BATCHD_WORKER_METRICS_PORT="0")  # fmt: skip
         full_env.update(env or {})
         bin_dir = Path(sys.executable).parent
         server = subprocess.Popen([bin_dir / "batchd-server"], env=full_env)

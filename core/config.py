@@ -102,6 +102,23 @@ class Settings:
         read_by=SERVER,
     )
     port: int = setting(50051, "port the gRPC server listens on", read_by=SERVER)
+    metrics_host: str = setting(
+        "127.0.0.1",
+        "address the HTTP listeners for Prometheus (/metrics) bind, the server's and the "
+        "workers': loopback unless asked, as they answer without authentication",
+        read_by=SHARED,
+    )
+    metrics_port: int = setting(
+        9464,
+        "port of the server's HTTP listener (/metrics); 0: none",
+        read_by=SERVER,
+    )
+    worker_metrics_port: int = setting(
+        0,
+        "port of the worker's HTTP listener (/metrics); 0: none. Each worker on a host "
+        "needs its own (9465, 9466, ...): a port in use stops the worker at start",
+        read_by=WORKER,
+    )
     tls_cert_file: str = setting(
         "",
         "PEM certificate (chain) the gRPC server presents; with tls_key_file, the port "

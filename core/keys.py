@@ -80,7 +80,8 @@ class Keys:
 
     @property
     def deadlines(self) -> str:
-        """ZSET batch_id -> end of the completion window (ms) of every unfinished batch."""
+        """ZSET batch_id -> end of the completion window (ms) of every unfinished batch
+        (+inf: no window, never due)."""
         return f"{self.prefix}deadlines"
 
     @property

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis.exceptions
 
 from batchd.core.logs import get_logger
+from batchd.core.metrics import MaintenanceMetrics
 from batchd.core.store import BatchStore
 
 __all__ = ["SweepResult", "maintenance_loop", "sweep"]
@@ -38,9 +39,12 @@ async def sweep(store: BatchStore, now: float | None = None) -> SweepResult:
     return SweepResult(leases_reaped=reaped, batches_expired=expired, legacy_jobs_moved=moved)
 
 
-async def maintenance_loop(store: BatchStore, interval: float) -> None:
+async def maintenance_loop(
+    store: BatchStore, interval: float, metrics: MaintenanceMetrics | None = None
+) -> None:
     """Sweeps every `interval` seconds until cancelled. A failed sweep (Redis down, say)
-    is logged and tried again at the next tick; it never ends the loop."""
+    is logged and tried again at the next tick; it never ends the loop. `metrics` count
+    what the sweeps did."""
     while True:
         try:
             result = await sweep(store)
@@ -49,6 +53,9 @@ async def maintenance_loop(store: BatchStore, interval: float) -> None:
         except Exception:
             log.exception("maintenance_failed")
         else:
+            if metrics is not None:
+                metrics.leases_reaped.inc(result.leases_reaped)
+                metrics.batches_expired.inc(result.batches_expired)
             if result.leases_reaped or result.batches_expired or result.legacy_jobs_moved:
                 log.info(
                     "maintenance_swept",

@@ -25,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from batchd.core import claims, codec, dispatch, lifecycle, listing, throttle
+from batchd.core import census, claims, codec, dispatch, lifecycle, listing, throttle
 from batchd.core.claims import RecordResult
 from batchd.core.config import DEFAULT_CHUNK_SIZE, DEFAULT_RETENTION, Settings
 from batchd.core.domain import (
@@ -442,6 +442,13 @@ class BatchStore:
             for name in handlers:
                 pipe.zrem(self.keys.handler_workers(name), worker_id)
             await pipe.execute()
+
+    async def census(self, *, worker_ttl: float, limit: int) -> census.Census:
+        """What the server's metrics read from Redis (batchd.core.census): bounded, no
+        keyspace scan."""
+        return await census.take_census(
+            self.redis, self.keys, now_ms=codec.now_ms(), worker_ttl=worker_ttl, limit=limit
+        )
 
     async def live_handlers(self, names: Iterable[str], ttl: float) -> set[str]:
         """Those of `names` that a worker seen within `ttl` seconds serves (a command per

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -155,6 +156,11 @@ class UploadSession:
     @property
     def item_count(self) -> int:
         return self._count
+
+    @property
+    def byte_count(self) -> int:
+        """The items' bytes so far, as `staged_bytes` counts them."""
+        return self._bytes
 
     async def add_items(self, items: Iterable[NewItem]) -> None:
         """Buffer items; stage every full chunk. InvalidRequest on a duplicate custom_id
@@ -505,8 +511,9 @@ class UploadSession:
             pipe.hset(keys.meta(spec.batch_id), mapping=meta)
             pipe.zadd(keys.batches, {spec.batch_id: created})
             pipe.zadd(keys.tenant_batches(spec.tenant), {spec.batch_id: created})
-            if deadline is not None:
-                pipe.zadd(keys.deadlines, {spec.batch_id: deadline})
+            # Every open batch is filed, one with no window at +inf (never due): the
+            # index of open batches the metrics read (batchd.core.census).
+            pipe.zadd(keys.deadlines, {spec.batch_id: math.inf if deadline is None else deadline})
             if request:
                 pipe.set(request, spec.batch_id)
             for key in [*staged, keys.ids(spec.batch_id)]:

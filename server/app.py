@@ -15,6 +15,7 @@ from batchd.core.background import BackgroundTasks
 from batchd.core.config import SettingError, Settings
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
+from batchd.core.metrics import Listener, OutageClock
 from batchd.core.redis_access import redis_access_problem
 from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
@@ -22,9 +23,11 @@ from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
 from batchd.server.call_cap import CallCapInterceptor
 from batchd.server.decoding import add_servicer
+from batchd.server.metrics import GrpcMetricsInterceptor, ServerMetrics
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
 from batchd.server.tls import load_server_tls
+from batchd.server.web import build_web_app, start_web
 from batchd.v1 import batch_service_pb2
 
 log = get_logger(__name__)
@@ -47,7 +50,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @dataclass
 class BatchdServer:
-    """A running server; `port` is the bound port (useful with port 0)."""
+    """A running server; `port` is the bound port (useful with port 0). `web` is its
+    HTTP listener (/metrics; `web.app` takes more routes, `web.port` is its port), None
+    with metrics_port 0."""
 
     server: grpc.aio.Server
     port: int
@@ -56,6 +61,8 @@ class BatchdServer:
     health: health.aio.HealthServicer
     background: BackgroundTasks
     watchers: WatcherCounts | None = None
+    web: Listener | None = None
+    metrics: ServerMetrics | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
@@ -77,6 +84,8 @@ class BatchdServer:
                 await self.watchers.withdraw()
             except Exception as exc:  # its streams stop counting when its liveness lapses
                 log.warning("watchers_not_withdrawn", error=str(exc))
+        if self.web is not None:
+            await self.web.close()
         await self.redis.aclose()
         log.info("server_stopped")
 
@@ -84,11 +93,14 @@ class BatchdServer:
         await self.server.wait_for_termination()
 
 
-async def start_server(settings: Settings, *, port: int | None = None) -> BatchdServer:
+async def start_server(
+    settings: Settings, *, port: int | None = None, metrics_port: int | None = None
+) -> BatchdServer:
     """Starts serving on settings.host:port (or `port`, 0 for any free one), over TLS
-    when the settings name a certificate (TLSConfigError for a bad one). SettingError if
-    the settings cannot work (Redis refuses the URL's credentials, too) or would serve
-    the network unauthenticated."""
+    when the settings name a certificate (TLSConfigError for a bad one), and /metrics on
+    settings.metrics_host:metrics_port (0: none; or `metrics_port`, 0 for any free one).
+    SettingError if the settings cannot work (Redis refuses the URL's credentials, too;
+    the metrics port is taken) or would serve the network unauthenticated."""
     problem = exposure_problem(settings)
     if problem:
         raise SettingError(problem)
@@ -110,7 +122,15 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
             ttl=settings.server_ttl,
         )
     authenticators = build_authenticators(settings, redis)
+    web_port = (settings.metrics_port or None) if metrics_port is None else metrics_port
+    metrics = None
+    if web_port is not None:
+        metrics = ServerMetrics(
+            store, worker_ttl=settings.worker_ttl, watchers_open=lambda: hub.watchers_open
+        )
     interceptors: list[grpc.aio.ServerInterceptor] = []
+    if metrics is not None:  # outermost: the calls the others refuse are counted too
+        interceptors.append(GrpcMetricsInterceptor(metrics))
     if settings.grpc_max_concurrent_calls > 0:  # first, so outermost: refusals skip auth
         interceptors.append(CallCapInterceptor(settings.grpc_max_concurrent_calls))
     if authenticators:  # --auth none: every call is principal.ANONYMOUS
@@ -121,7 +141,7 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         interceptors=interceptors,
         options=server_options(settings),
     )
-    add_servicer(BatchServicer(store, hub, settings, watchers), server)
+    add_servicer(BatchServicer(store, hub, settings, watchers, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection != "off":
@@ -133,23 +153,44 @@ async def start_server(settings: Settings, *, port: int | None = None) -> Batchd
         bound = server.add_insecure_port(address)
     else:
         bound = server.add_secure_port(address, tls.credentials())
+    web = None
+    if metrics is not None and web_port is not None:
+        try:
+            web = await start_web(build_web_app(metrics), settings.metrics_host, web_port)
+        except SettingError:
+            await server.stop(None)
+            await redis.aclose()
+            raise
     background = BackgroundTasks()
     if watchers is not None:
         await watchers.heartbeat()  # counted among the live servers before any watch
         background.spawn(watchers.run(), "watch-heartbeat")
     await server.start()
-    redis_health = _RedisHealth(store, health_servicer)
+    redis_health = _RedisHealth(store, health_servicer, metrics.outages if metrics else None)
     await redis_health.check()  # callers see a real status from the first moment
     background.spawn(redis_health.run(), "health-monitor")
     # Servers sweep too, so that completion windows end even while no worker runs.
-    background.spawn(maintenance_loop(store, settings.maintenance_interval), "maintenance")
+    background.spawn(
+        maintenance_loop(
+            store, settings.maintenance_interval, metrics.maintenance if metrics else None
+        ),
+        "maintenance",
+    )
     transport = "plaintext" if tls is None else "mtls" if tls.mutual else "tls"
-    log.info("server_started", port=bound, auth=settings.auth, transport=transport)
+    log.info(
+        "server_started",
+        port=bound,
+        auth=settings.auth,
+        transport=transport,
+        metrics_port=web.port if web else None,
+    )
     notice = startup_notice(settings, bound)
     if notice:
         print(notice, file=sys.stderr, flush=True)
         (log.warning if settings.insecure else log.info)("authentication_off", notice=notice)
-    return BatchdServer(server, bound, redis, hub, health_servicer, background, watchers)
+    return BatchdServer(
+        server, bound, redis, hub, health_servicer, background, watchers, web, metrics
+    )
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -184,16 +225,27 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 class _RedisHealth:
     """Reports NOT_SERVING while Redis does not answer: without it we can do nothing."""
 
-    def __init__(self, store: BatchStore, servicer: health.aio.HealthServicer) -> None:
+    def __init__(
+        self,
+        store: BatchStore,
+        servicer: health.aio.HealthServicer,
+        outages: OutageClock | None = None,
+    ) -> None:
         self.store = store
         self.servicer = servicer
         self.serving: bool | None = None
+        self.outages = outages  # the metrics' count of Redis errors and outage time
 
     async def check(self) -> None:
         try:
             alive = await asyncio.wait_for(self.store.ping(), HEALTH_CHECK_INTERVAL)
         except Exception:
             alive = False
+        if self.outages is not None:
+            if alive:
+                self.outages.recovered("health_check")
+            else:
+                self.outages.failed("health_check")
         if alive != self.serving:
             status = health_pb2.HealthCheckResponse.SERVING if alive else NOT_SERVING
             for name in ("", SERVICE_NAME):

@@ -167,6 +167,11 @@ class ProgressHub:
         self.poll_interval = poll_interval
         self._feeds: dict[str, _Feed] = {}
 
+    @property
+    def watchers_open(self) -> int:
+        """WatchProgress streams open on this server."""
+        return sum(feed.watchers for feed in self._feeds.values())
+
     async def watch(
         self, batch_id: str, *, min_interval: float, heartbeat_interval: float
     ) -> AsyncIterator[tuple[Snapshot, bool]]:

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _run(settings: Settings, worker_args: list[str]) -> int:
     embedded: EmbeddedRedis | None = None
     try:
-        problem = exposure_problem(settings)  # before anything starts
+        problem = exposure_problem(settings) or _listener_clash(settings)  # before anything starts
         if problem:
             raise SettingError(problem)
         if not settings.redis_url:
@@ -90,6 +90,17 @@ def _run(settings: Settings, worker_args: list[str]) -> int:
         if embedded is not None:  # last: the server and the worker needed it to the end
             embedded.stop()
             log.info("embedded_redis_stopped", url=embedded.address)
+
+
+def _listener_clash(settings: Settings) -> str | None:
+    """The server's and the worker's /metrics listeners on one port: say so at once."""
+    port = settings.metrics_port
+    if port > 0 and port == settings.worker_metrics_port:
+        return (
+            f"--metrics-port and --worker-metrics-port are both {port}: the server and "
+            "its worker each need a port of their own"
+        )
+    return None
 
 
 def _write_url_file(path: Path, url: str) -> Path:

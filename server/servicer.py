@@ -28,6 +28,7 @@ from batchd.core.watchers import WatcherCounts
 from batchd.server import convert, principal, validation
 from batchd.server.decoding import Malformed
 from batchd.server.errors import translate_errors
+from batchd.server.metrics import ServerMetrics
 from batchd.server.progress import ProgressHub
 from batchd.server.tenancy import TenantView
 from batchd.server.validation import SchemaCache, Violations
@@ -55,8 +56,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         hub: ProgressHub,
         settings: Settings,
         watchers: WatcherCounts | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.hub = hub
         self.watchers = watchers  # None: no limit of watchers per tenant
         self.schemas = SchemaCache()
@@ -89,6 +92,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         view = _view()
         upload = await self._begin(view, violations, request, request.items)
         batch, replayed = await _finish(upload.session)
+        if self.metrics is not None and not replayed:
+            self.metrics.submitted(batch.handler, batch.total_items, upload.session.byte_count)
         return batch_service_pb2.SubmitBatchResponse(
             batch=convert.batch_to_proto(view.show(batch)), replayed=replayed
         )
@@ -123,6 +128,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             await upload.session.abort()
             raise
         batch, replayed = await _finish(upload.session)
+        if self.metrics is not None and not replayed:
+            self.metrics.submitted(batch.handler, batch.total_items, upload.session.byte_count)
         return batch_service_pb2.UploadBatchResponse(
             batch=convert.batch_to_proto(view.show(batch)), replayed=replayed
         )

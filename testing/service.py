@@ -42,6 +42,8 @@ DEFAULT_RUN_TIMEOUT = 60.0
 # Quicker than the production defaults: a test's batch starts and finishes sooner.
 _TEST_SETTINGS: Mapping[str, Any] = {
     "host": "127.0.0.1",
+    # No /metrics listener: many local services may run at once on one host.
+    "metrics_port": 0,
     "worker_poll_interval": 0.02,
     "heartbeat_interval": 0.5,
     "maintenance_interval": 0.5,

@@ -17,6 +17,7 @@ The process code lives in tests/support/ (``import support.redis_server``).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,11 @@ from redis.asyncio import Redis
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+# The servers tests start, subprocesses included, open no /metrics listener on its
+# default port: many run at once, beside other checkouts' test runs. A test that wants
+# one asks for it.
+os.environ.setdefault("BATCHD_METRICS_PORT", "0")
 
 from support.net import find_free_port  # noqa: E402
 from support.redis_server import (  # noqa: E402

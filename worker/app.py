@@ -28,12 +28,15 @@ from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
+from batchd.core.metrics import Listener
 from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import BatchdWorker
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.fifo_semaphore import FifoSemaphore
+from batchd.worker.flow_gate import PermitPool
 from batchd.worker.handler import Handler, WorkerInfo
 from batchd.worker.leases import LeaseKeeper
+from batchd.worker.metrics import WorkerMetrics, start_worker_listener
 from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
 from batchd.worker.registry import load_handlers, specs
 
@@ -59,6 +62,7 @@ def build_worker(
     extra_handlers: Iterable[Handler] = (),
     handlers: Mapping[str, Handler] | None = None,
     poll_delay: float | None = None,
+    metrics_port: int | None = None,
 ) -> BatchdWorker:
     """An ARQ worker serving the built-in, installed and configured handlers (plus
     `extra_handlers`). Build it inside the event loop that will run it.
@@ -69,17 +73,20 @@ def build_worker(
     a test serves exactly what it names). `burst=True` stops once the queue is empty.
     `poll_delay` defaults to
     settings.worker_poll_interval. Leave `handle_signals` off inside another
-    application: it replaces SIGINT/SIGTERM handlers.
+    application: it replaces SIGINT/SIGTERM handlers. `metrics_port` (a test's) overrides
+    settings.worker_metrics_port: a port for /metrics, 0 for any free one; the bound port
+    is `worker.metrics_port` once started.
     """
     if handlers is None:
         handlers = load_handlers(settings.handlers, extra_handlers)
     if not handlers:
         raise ValueError("the worker serves no handler")
-    hooks = _WorkerHooks(settings, handlers, new_worker_id())
+    port = settings.worker_metrics_port or None if metrics_port is None else metrics_port
+    hooks = _WorkerHooks(settings, handlers, new_worker_id(), port)
     if not settings.redis_url:
         raise ValueError("the worker needs a Redis URL (BATCHD_REDIS_URL)")
     keys = Keys(settings.key_prefix)
-    return BatchdWorker(
+    worker = BatchdWorker(
         run_chunk,
         queues=[keys.queue(name) for name in sorted(handlers)],
         redis_url=settings.redis_url,
@@ -93,13 +100,25 @@ def build_worker(
         handle_signals=handle_signals,
         poll_delay=settings.worker_poll_interval if poll_delay is None else poll_delay,
     )
+    hooks.worker = worker
+    return worker
 
 
 class _WorkerHooks:
     """ARQ's on_startup/on_shutdown: the runtime, handler hooks, catalog and heartbeat."""
 
-    def __init__(self, settings: Settings, handlers: Mapping[str, Handler], worker_id: str):
+    def __init__(
+        self,
+        settings: Settings,
+        handlers: Mapping[str, Handler],
+        worker_id: str,
+        metrics_port: int | None,
+    ) -> None:
         self.settings = settings
+        self.metrics_port = metrics_port  # None: no metrics
+        self.metrics: WorkerMetrics | None = None
+        self.listener: Listener | None = None
+        self.worker: BatchdWorker | None = None
         self.handlers = handlers
         self.worker_id = worker_id
         self.opened: list[Handler] = []  # handlers whose startup hook ran
@@ -110,6 +129,8 @@ class _WorkerHooks:
 
     async def startup(self, ctx: dict[Any, Any]) -> None:
         settings = self.settings
+        if self.metrics_port is not None:
+            await self._serve_metrics(self.metrics_port)
         # ARQ's pool (bytes replies, no decoding) serves the store too: one pool per process.
         # The store finishes batches when their last outcome is recorded: it needs retention.
         self.store = BatchStore.from_settings(ctx["redis"], settings)
@@ -124,8 +145,9 @@ class _WorkerHooks:
         except BaseException:
             await self._shutdown_handlers()
             raise
-        leases = LeaseKeeper(self.store, settings.lease_ttl)
-        ctx[CTX_KEY] = WorkerRuntime(
+        metrics = self.metrics
+        leases = LeaseKeeper(self.store, settings.lease_ttl, metrics)
+        ctx[CTX_KEY] = runtime = WorkerRuntime(
             settings=settings,
             store=self.store,
             handlers=self.handlers,
@@ -133,7 +155,16 @@ class _WorkerHooks:
             in_flight=FifoSemaphore(max(settings.worker_concurrency, 1)),
             draining=self.draining,
             leases=leases,
+            permits=PermitPool(metrics),
+            metrics=metrics,
         )
+        if metrics is not None:
+            concurrency = runtime.in_flight.free
+            worker = self.worker
+            metrics.watch(
+                lambda: concurrency - runtime.in_flight.free,
+                lambda: worker.job_counter if worker is not None else 0,
+            )
         await self._publish()
         self.background.spawn(self._beat(), "batchd heartbeat")
         self.background.spawn(leases.run(), "batchd lease renewer")
@@ -161,7 +192,24 @@ class _WorkerHooks:
             except Exception:
                 log.warning("worker_remove_failed", worker_id=self.worker_id, exc_info=True)
         await self._shutdown_handlers()
+        if self.listener is not None:
+            await self.listener.close()
+            self.listener = None
         log.info("worker_stopped", worker_id=self.worker_id)
+
+    async def _serve_metrics(self, port: int) -> None:
+        """The worker's metrics, and their listener (SettingError if it cannot listen)."""
+        settings = self.settings
+        metrics = WorkerMetrics(sorted(self.handlers))
+        metrics.concurrency.set(max(settings.worker_concurrency, 1))
+        metrics.max_chunk_jobs.set(settings.chunk_jobs)
+        self.listener = await start_worker_listener(metrics, settings.metrics_host, port)
+        self.metrics = metrics
+        if self.worker is not None:
+            self.worker.metrics = metrics
+            self.worker.metrics_port = self.listener.port
+            self.worker.poll_outage.clock = metrics.outages
+        log.info("worker_metrics_listening", host=settings.metrics_host, port=self.listener.port)
 
     async def _publish(self) -> None:
         assert self.store is not None
@@ -176,11 +224,13 @@ class _WorkerHooks:
         assert self.store is not None
         interval = self.settings.maintenance_interval
         await asyncio.sleep(random.uniform(0, interval))
-        await maintenance_loop(self.store, interval)
+        await maintenance_loop(
+            self.store, interval, self.metrics.maintenance if self.metrics else None
+        )
 
     async def _beat(self) -> None:
         """Refreshes the catalog and this worker's liveness; a failed beat is only logged."""
-        outage = Outage(log, "heartbeat")
+        outage = Outage(log, "heartbeat", self.metrics.outages if self.metrics else None)
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:

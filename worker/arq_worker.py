@@ -157,7 +157,10 @@ class BatchdWorker(arq.Worker):
         self.worker_id = worker_id
         self.started = started
         self._draining = draining
-        self._poll_outage = Outage(log, "queue_poll")
+        self.poll_outage = Outage(log, "queue_poll")
+        # The worker's metrics and the port of their listener, once started (if any).
+        self.metrics: Any = None
+        self.metrics_port: int | None = None
         self._poll_backoff = Backoff()
         self._clearing = BackgroundTasks()
 
@@ -184,10 +187,10 @@ class BatchdWorker(arq.Worker):
                     task.result()  # as arq: errors in run_job propagate
             await self.heart_beat()
         except ARQ_OUTAGE as exc:
-            self._poll_outage.failed(exc)
+            self.poll_outage.failed(exc)
             await self._poll_backoff.wait()
         else:
-            self._poll_outage.recovered()
+            self.poll_outage.recovered()
             self._poll_backoff.reset()
 
     async def _read_queues(self) -> list[bytes]:

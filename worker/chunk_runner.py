@@ -39,6 +39,7 @@ from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.flow_gate import FlowGate, PermitPool
 from batchd.worker.handler import Handler
 from batchd.worker.leases import Lease, LeaseKeeper
+from batchd.worker.metrics import WorkerMetrics
 from batchd.worker.recorder import FlushFailed, Recorder
 
 __all__ = ["CTX_KEY", "ChunkEnd", "WorkerRuntime", "run_chunk"]
@@ -77,6 +78,8 @@ class WorkerRuntime:
     leases: LeaseKeeper
     # Rate-limit permits, shared by the process's chunk runs (batchd.worker.flow_gate).
     permits: PermitPool = field(default_factory=PermitPool)
+    # The worker's Prometheus metrics; None when it serves none (worker_metrics_port 0).
+    metrics: WorkerMetrics | None = None
 
 
 class ChunkEnd(enum.Enum):
@@ -105,7 +108,10 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
     # Only a job put by hand in another handler's queue finds no handler: its items fail
     # UNIMPLEMENTED (batchd.worker.attempts).
     handler = runtime.handlers.get(claimed.handler)
+    metrics = runtime.metrics
     for taken in range(1 + CHAIN_MAX):
+        if metrics is not None:
+            metrics.chunks_claimed.labels(claimed.handler).inc()
         lease = runtime.leases.hold(claimed, claimed_at)
         try:
             end = await _ChunkRun(runtime, claimed, handler, lease).run()
@@ -151,7 +157,16 @@ class _ChunkRun:
         self.log = log.bind(batch_id=claimed.batch_id, chunk=claimed.chunk)
         # Items not started yet (consumers never wait on it: a plain deque).
         self.queue: deque[Item] = deque()
-        self.recorder = Recorder(runtime.store, claimed, runtime.settings, self.log, lease)
+        metrics = runtime.metrics
+        self.recorder = Recorder(
+            runtime.store,
+            claimed,
+            runtime.settings,
+            self.log,
+            lease,
+            tally=metrics.tally(claimed.handler) if metrics else None,
+            outages=metrics.outages if metrics else None,
+        )
         # Consumers, started as needed up to _pool_size: a handler that never waits
         # needs one or two, and a full pool of tasks per chunk would cost a run of cheap
         # items more than its items do. `_idle` counts those not running an item.
@@ -188,13 +203,16 @@ class _ChunkRun:
         except BaseException:
             # Cancelled (the worker is stopping) or broken: record what is done and hand
             # the rest back, items cut short in flight included (they run again).
+            self._count_end("interrupted", len(self.queue))
             try:
                 await asyncio.shield(self.recorder.stop(release=self._ours()))
             except FlushFailed:
                 self.log.warning("outcome_flush_failed", exc_info=True)
             self.log.debug("chunk_interrupted", **self.recorder.count_fields())
             raise
-        end = await self._finish(self._not_started())
+        not_started = self._not_started()
+        end = await self._finish(not_started)
+        self._count_end(end.value, len(not_started) if end is ChunkEnd.HANDED_BACK else 0)
         self.log.debug(
             f"chunk_{end.value}",
             state=self.recorder.batch_state.name if self.recorder.batch_state else None,
@@ -219,6 +237,13 @@ class _ChunkRun:
         if not not_started:
             return ChunkEnd.DONE
         return ChunkEnd.CANCELLED if recorder.cancelling else ChunkEnd.HANDED_BACK
+
+    def _count_end(self, end: str, handed_back: int) -> None:
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.chunks_ended.labels(self.claimed.handler, end).inc()
+            if handed_back:
+                metrics.items_handed_back.labels(self.claimed.handler).inc(handed_back)
 
     def _ours(self) -> bool:
         """The claim still holds, as far as this worker knows."""

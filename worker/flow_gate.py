@@ -19,6 +19,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
@@ -30,6 +31,7 @@ from batchd.core.throttle import Bucket, buckets_for
 from batchd.worker.attempts import Item
 from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.handler import Handler, SlowDown
+from batchd.worker.metrics import WorkerMetrics
 
 __all__ = ["Admission", "FlowGate", "PermitPool"]
 
@@ -72,9 +74,10 @@ class Admission:
 class PermitPool:
     """The process's `_Permits`, by bucket list, and their renewals in the background."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: WorkerMetrics | None = None) -> None:
         self._by_buckets: dict[tuple[Bucket, ...], _Permits] = {}
         self._renewals = BackgroundTasks()
+        self._metrics = metrics
 
     async def close(self) -> None:
         """Ends the renewals on the way (before the worker's Redis pool closes)."""
@@ -87,14 +90,19 @@ class PermitPool:
         log: structlog.typing.FilteringBoundLogger,
         *,
         optimistic: bool = False,
+        kind: str = "batch",
     ) -> _Permits:
-        """`optimistic`: a new one starts with a free period, unasked."""
+        """`optimistic`: a new one starts with a free period, unasked. `kind`: what the
+        last bucket is (batch, rate_limit_key, handler), for the metrics."""
         key = tuple(buckets)
         permits = self._by_buckets.get(key)
         if permits is None:
             if len(self._by_buckets) > 1000:  # of batches long gone, mostly
                 self._by_buckets.clear()
             permits = self._by_buckets[key] = _Permits(store, buckets, log, self._renewals)
+            if self._metrics is not None:
+                permits.waited = self._metrics.rate_limit_wait.labels(kind)
+                permits.cuts = self._metrics.rate_limit_cuts.labels(kind)
             if optimistic:
                 permits.free_until = time.monotonic() + OPTIMISTIC_FREE
         return permits
@@ -238,7 +246,14 @@ class FlowGate:
             # Only the batch's own adaptive bucket, unlimited until a SlowDown: start at
             # once, as if a first take had said so.
             optimistic = key is None and not any(b.rate for b in buckets)
-            permits = self.pool.get(self.store, buckets, self.log, optimistic=optimistic)
+            kind = (
+                "rate_limit_key"
+                if self.claimed.options.rate_limit_key
+                else "batch"
+                if key is None
+                else "handler"
+            )
+            permits = self.pool.get(self.store, buckets, self.log, optimistic=optimistic, kind=kind)
             self._permits[key] = permits
             if self._no_item_keys:
                 self._keyless = permits
@@ -279,6 +294,9 @@ class _Permits:
         self.waiting = 0  # consumers (of any chunk run) waiting for a permit
         self._lock = asyncio.Lock()
         self._renewal: asyncio.Task[None] | None = None
+        # The worker's metrics, if any: seconds waited for permits, adaptive cuts.
+        self.waited: Any = None
+        self.cuts: Any = None
 
     async def take(self, halted: Halted) -> bool:
         """One permit, at once or after waiting for it; False if halted first."""
@@ -361,13 +379,22 @@ class _Permits:
                 self.free_until, self.prepaid = now + grant.free_for, grant.granted
             elif grant.granted > 0:
                 if grant.wait > 0:  # reserved: their tokens are there only then
-                    await _sleep(grant.wait, halted)
+                    await self._wait(grant.wait, halted)
                     if halted():
                         continue
                 self.left, self.granted_at = grant.granted, time.monotonic()
             else:
-                await _sleep(grant.wait, halted)
+                await self._wait(grant.wait, halted)
         return True
+
+    async def _wait(self, seconds: float, halted: Halted) -> None:
+        """Waits for the bucket's tokens, the time counted in the metrics."""
+        started = time.monotonic()
+        try:
+            await _sleep(seconds, halted)
+        finally:
+            if self.waited is not None:
+                self.waited.inc(time.monotonic() - started)
 
     async def slow_down(self, started: float, retry_after: float | None) -> None:
         """An item started at `started` (time.time()) met a SlowDown."""
@@ -384,6 +411,8 @@ class _Permits:
         self.ok -= ok
         if cut:
             self.log.info("rate_slowed_down", key=bucket.key, rate=round(rate, 2))
+            if self.cuts is not None:
+                self.cuts.inc()
 
 
 class _BatchSlots:

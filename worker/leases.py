@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from batchd.core.domain import BatchState, ClaimedChunk
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
+from batchd.worker.metrics import WorkerMetrics
 from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
 
 __all__ = ["Lease", "LeaseKeeper"]
@@ -94,11 +96,19 @@ class Lease:
 class LeaseKeeper:
     """The leases of one worker process and their renewer (`run`, one task)."""
 
-    def __init__(self, store: BatchStore, ttl: float) -> None:
+    def __init__(self, store: BatchStore, ttl: float, metrics: WorkerMetrics | None = None) -> None:
         self.store = store
         self.ttl = ttl
         self._held: dict[LeaseKey, Lease] = {}
-        self._outage = Outage(log, "lease_renewal")
+        self._outage = Outage(log, "lease_renewal", metrics.outages if metrics else None)
+        self._renewals: tuple[Any, Any, Any] | None = None
+        if metrics is not None:
+            renewals = metrics.lease_renewals
+            self._renewals = (
+                renewals.labels("renewed"),
+                renewals.labels("lost"),
+                renewals.labels("failed"),
+            )
 
     @property
     def interval(self) -> float:
@@ -144,15 +154,21 @@ class LeaseKeeper:
                 results = await self.store.renew_leases(claims, self.ttl)
         except REDIS_UNAVAILABLE as exc:  # asyncio.timeout raises TimeoutError, one of them
             self._outage.failed(exc, leases=len(leases))
+            if self._renewals is not None:
+                self._renewals[2].inc(len(leases))
             for lease in leases:
                 lease.touch()
             return
         except Exception:
             log.warning("lease_renewal_failed", leases=len(leases), exc_info=True)
+            if self._renewals is not None:
+                self._renewals[2].inc(len(leases))
             for lease in leases:
                 lease.touch()
             return
         self._outage.recovered(leases=len(leases))
+        if self._renewals is not None:
+            self._renewals[0].inc(len(results) - results.count(None))
         for lease, state, report in zip(leases, results, reports, strict=True):
             if state is not None:
                 lease.learn(state)
@@ -163,5 +179,7 @@ class LeaseKeeper:
             if lease.key not in self._held:
                 continue  # released while the renewal was under way: not lost, just done
             log.warning("lease_lost", batch_id=lease.batch_id, chunk=lease.chunk)
+            if self._renewals is not None:
+                self._renewals[1].inc()
             lease.lose()
             self.drop(lease)

@@ -29,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from batchd.core.metrics import OutageClock
+
 __all__ = [
     "CLIENT_RETRIES",
     "REDIS_UNAVAILABLE",
@@ -85,11 +87,18 @@ class Backoff:
 
 class Outage:
     """Logs the first failure of an outage as a warning and its end as info, with how
-    long it lasted; the failures in between go to debug."""
+    long it lasted; the failures in between go to debug. `clock`, if any, counts them
+    for the worker's metrics."""
 
-    def __init__(self, log: structlog.typing.FilteringBoundLogger, what: str) -> None:
+    def __init__(
+        self,
+        log: structlog.typing.FilteringBoundLogger,
+        what: str,
+        clock: OutageClock | None = None,
+    ) -> None:
         self.log = log
         self.what = what
+        self.clock = clock
         self.since: float | None = None
         self.failures = 0
 
@@ -99,6 +108,8 @@ class Outage:
 
     def failed(self, exc: BaseException, **fields: Any) -> None:
         self.failures += 1
+        if self.clock is not None:
+            self.clock.failed(self.what)
         if self.since is None:
             self.since = time.monotonic()
             self.log.warning("redis_unavailable", during=self.what, error=_describe(exc), **fields)
@@ -107,12 +118,16 @@ class Outage:
 
     def forget(self) -> None:
         """Ends the outage without a word (nothing left to try, so nothing to report)."""
+        if self.since is not None and self.clock is not None:
+            self.clock.recovered(self.what)
         self.since = None
         self.failures = 0
 
     def recovered(self, **fields: Any) -> None:
         if self.since is None:
             return
+        if self.clock is not None:
+            self.clock.recovered(self.what)
         self.log.info(
             "redis_available_again",
             during=self.what,

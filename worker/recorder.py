@@ -23,8 +23,10 @@ import structlog
 from batchd.core.config import Settings
 from batchd.core.domain import BatchState, ClaimedChunk, ItemOutcome, ItemState
 from batchd.core.errors import NotFound
+from batchd.core.metrics import OutageClock
 from batchd.core.store import BatchStore
 from batchd.worker.leases import Lease
+from batchd.worker.metrics import HandlerTally
 from batchd.worker.outages import REDIS_UNAVAILABLE, Backoff, Outage
 
 __all__ = ["FlushFailed", "Recorder"]
@@ -44,8 +46,13 @@ class Recorder:
         settings: Settings,
         log: structlog.typing.FilteringBoundLogger,
         lease: Lease | None = None,
+        tally: HandlerTally | None = None,
+        outages: OutageClock | None = None,
     ) -> None:
+        """`tally`: where the flushed outcomes are counted for the worker's metrics;
+        `outages`: where Redis outages of the flushes are."""
         self.store = store
+        self.tally = tally
         self.claimed = claimed
         self.lease = lease  # its items in flight go with each flush (the store's "running")
         self.flush_items = max(settings.outcome_flush_items, 1)
@@ -62,7 +69,7 @@ class Recorder:
         self._flush_now = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._outage = Outage(log, "outcome_flush")
+        self._outage = Outage(log, "outcome_flush", outages)
 
     @property
     def cancelling(self) -> bool:
@@ -151,6 +158,8 @@ class Recorder:
             if report >= 0 and self.lease is not None:
                 self.lease.reported = report
             self.counts.update(outcome.state for outcome in outcomes)  # for the logs
+            if self.tally is not None and outcomes:
+                self.tally.add(outcomes)
             self._outage.recovered(outcomes=len(outcomes))
             if result.state.is_terminal and not (self.batch_state and self.batch_state.is_terminal):
                 # Batch lifecycle at info (chunks are at debug): this record ended it.

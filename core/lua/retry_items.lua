@@ -132,6 +132,8 @@ if requeued > 0 then
   if window > 0 then
     redis.call('HSET', META, 'deadline', NOW + window)
     redis.call('ZADD', DEADLINES, NOW + window, BATCH)
+  else
+    redis.call('ZADD', DEADLINES, 'inf', BATCH)  -- open, with no deadline
   end
 end
 

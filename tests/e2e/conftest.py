@@ -32,7 +32,7 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 async def server(settings: Settings) -> AsyncIterator[BatchdServer]:
-    running = await start_server(settings, port=0)
+    running = await start_server(settings, port=0, metrics_port=0)
     yield running
     await running.stop(grace=0)
 

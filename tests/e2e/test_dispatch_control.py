@@ -65,7 +65,7 @@ async def service(redis_url: str, starts: Starts, **overrides: Any) -> AsyncIter
         watch_min_heartbeat=0.01,
         **overrides,
     )
-    server = await start_server(settings, port=0)
+    server = await start_server(settings, port=0, metrics_port=0)
     handler = Handler(name="test.starts", run=starts.run)
     worker = build_worker(settings, extra_handlers=[handler], poll_delay=0.01)
     task = asyncio.create_task(worker.async_run())

@@ -51,7 +51,7 @@ async def server(redis_url: str, store: BatchStore) -> AsyncIterator[BatchdServe
     settings = Settings(
         redis_url=redis_url, host="127.0.0.1", watch_min_interval=0.01, watch_min_heartbeat=0.01
     )
-    running = await start_server(settings, port=0)
+    running = await start_server(settings, port=0, metrics_port=0)
     yield running
     await running.stop(grace=0)
 

@@ -47,7 +47,7 @@ async def service(url: str) -> AsyncIterator[AsyncClient]:
     settings = Settings(
         redis_url=url, host="127.0.0.1", key_prefix=f"creds-{secrets.token_hex(4)}:"
     )
-    server = await start_server(settings, port=0)
+    server = await start_server(settings, port=0, metrics_port=0)
     worker = build_worker(settings, poll_delay=0.02)
     task = asyncio.create_task(worker.async_run())
     try:
@@ -79,6 +79,7 @@ async def test_a_batch_runs_as_an_acl_user(acl_redis: RedisServer) -> None:
 
 def run_command(module: str, *args: str, url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
+    env["BATCHD_METRICS_PORT"] = "0"
     env.update(
         BATCHD_REDIS_URL=url,
         BATCHD_HOST="127.0.0.1",
@@ -167,6 +168,6 @@ async def test_an_untrusted_redis_certificate_is_a_start_up_error(
     url = server.url.replace(str(server.tls.ca if server.tls else ""), str(other_ca))
     settings = Settings(redis_url=url, host="127.0.0.1")
     with pytest.raises(SettingError, match="failed the TLS handshake") as refused:
-        await start_server(settings, port=0)
+        await start_server(settings, port=0, metrics_port=0)
     assert PASSWORD not in str(refused.value)
     assert "s3cret" not in str(refused.value)

@@ -40,6 +40,7 @@ def _environment(**values: str) -> dict[str, str]:
     """This process's environment without batchd's settings, plus `values`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_") and k != "REDIS_URL"}
     env["PYTHONPATH"] = os.pathsep.join([str(SUPPORT_DIR), os.environ.get("PYTHONPATH", "")])
+    env["BATCHD_METRICS_PORT"] = "0"  # many services at once: no listener on the default
     return {**env, "BATCHD_LOG_FORMAT": "json", **values}
 
 

@@ -41,7 +41,7 @@ async def test_a_stalled_upload_ends_and_leaves_nothing(
     redis_url: str, store: BatchStore, idle: float, duration: float, says: str
 ) -> None:
     settings = Settings(redis_url=redis_url, upload_idle_timeout=idle, max_upload_duration=duration)
-    server = await start_server(settings, port=0)
+    server = await start_server(settings, port=0, metrics_port=0)
     batch_id = f"stall-{uuid.uuid4().hex[:8]}"
     staged = asyncio.Event()
     never = asyncio.Event()

@@ -42,7 +42,7 @@ async def prefix(redis_url: str) -> AsyncIterator[str]:
 
 async def serve(redis_url: str, prefix: str, **limits: Any) -> BatchdServer:
     settings = Settings(redis_url=redis_url, host="127.0.0.1", key_prefix=prefix, **limits)
-    return await start_server(settings, port=0)
+    return await start_server(settings, port=0, metrics_port=0)
 
 
 def endless() -> Iterator[tuple[str, dict[str, object]]]:

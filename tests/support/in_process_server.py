@@ -12,8 +12,10 @@ from batchd.core.config import Settings
 from batchd.server.app import BatchdServer, start_server
 
 HOST = "127.0.0.1"
-# Tests follow batches closely: WatchProgress floors far below the service's 1 s.
-TEST_WATCH_FLOORS = {"watch_min_interval": 0.01, "watch_min_heartbeat": 0.01}
+# Tests follow batches closely: WatchProgress floors far below the service's 1 s. Many
+# servers run at once: no /metrics listener unless a test asks (metrics_port=0 to
+# start_server: any free port).
+TEST_WATCH_FLOORS = {"watch_min_interval": 0.01, "watch_min_heartbeat": 0.01, "metrics_port": 0}
 
 
 @asynccontextmanager

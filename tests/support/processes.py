@@ -27,6 +27,8 @@ class ServiceProcess:
             # Tests follow batches closely: WatchProgress floors far below the service's.
             "BATCHD_WATCH_MIN_INTERVAL": "0.01",
             "BATCHD_WATCH_MIN_HEARTBEAT": "0.01",
+            # Many servers run at once: no /metrics listener unless a test asks.
+            "BATCHD_METRICS_PORT": "0",
             **env,
         }
         self.log_path = log_path

@@ -250,7 +250,7 @@ async def migrate_service(
     ("tokens"), the service's client holds an admin key."""
     values: dict[str, Any] = {**TEST_WATCH_FLOORS, "lease_ttl": 4, "maintenance_interval": 0.5}
     settings = Settings(redis_url=redis_url, host="127.0.0.1", auth=auth, **values)
-    server = await start_server(settings, port=0)
+    server = await start_server(settings, port=0, metrics_port=0)
     token = None
     if auth:
         redis = Redis.from_url(redis_url)

@@ -460,7 +460,7 @@ def e2e_prefix(tmp_path: Path) -> str:
 @pytest.fixture
 async def e2e_server(redis_url: str, e2e_prefix: str) -> AsyncIterator[BatchdServer]:
     settings = Settings(redis_url=redis_url, host="127.0.0.1", key_prefix=e2e_prefix)
-    running = await start_server(settings, port=0)
+    running = await start_server(settings, port=0, metrics_port=0)
     yield running
     await running.stop(grace=0)
 
