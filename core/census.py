@@ -75,7 +75,7 @@ async def take_census(
     for start in range(0, len(ids), BLOCK):
         async with redis.pipeline(transaction=False) as pipe:
             for batch_id in ids[start : start + BLOCK]:
-                pipe.hmget(keys.meta(batch_id), _FIELDS)
+                pipe.hmget(keys.meta(batch_id), list(_FIELDS))
             metas = await pipe.execute()
         for state, prio, *figures in metas:
             if state is None:  # deleted meanwhile

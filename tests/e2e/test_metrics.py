@@ -8,6 +8,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from functools import partial
 
 import aiohttp
 import pytest
@@ -83,15 +84,15 @@ async def test_a_batch_moves_the_server_and_worker_metrics(settings: Settings) -
     async with running(settings) as (server, worker):
         assert server.web is not None
         assert worker.metrics_port is not None
-        routes = {route.resource.canonical for route in server.web.app.router.routes()}
+        routes = {resource.canonical for resource in server.web.app.router.resources()}
         assert "/metrics" in routes
         async with AsyncClient(f"127.0.0.1:{server.port}") as client:
             ok = await client.submit("noop", [(f"i{n}", {}) for n in range(50)])
             bad = await client.submit("sleep", [("x", {"seconds": 0, "fail": True})])
             with pytest.raises(BatchdError):
                 await client.get("0" * 32)  # NOT_FOUND
-            for batch in (ok.batch, bad.batch):
-                await poll(lambda b=batch: _finished(client, b.batch_id))
+            for batch_id in (ok.batch.batch_id, bad.batch.batch_id):
+                await poll(partial(_finished, client, batch_id))
             failed = [i async for i in client.items(bad.batch.batch_id)]
             assert failed[0].state is ItemState.FAILED
 

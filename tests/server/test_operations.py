@@ -44,7 +44,8 @@ async def test_reflection_lists_and_describes_the_service(server: BatchdServer) 
 @pytest.mark.slow
 async def test_health_follows_redis(redis_server_factory: Callable[..., object]) -> None:
     redis = redis_server_factory()
-    running = await start_server(Settings(redis_url=redis.url, host="127.0.0.1"), port=0, metrics_port=0)  # type: ignore[attr-defined]
+    settings = Settings(redis_url=redis.url, host="127.0.0.1")  # type: ignore[attr-defined]
+    running = await start_server(settings, port=0, metrics_port=0)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -66,7 +67,8 @@ async def test_health_follows_redis(redis_server_factory: Callable[..., object])
 
 @pytest.mark.slow
 async def test_shutdown_ends_watches_with_unavailable(redis_url: str, store: object) -> None:
-    running = await start_server(Settings(redis_url=redis_url, host="127.0.0.1"), port=0, metrics_port=0)
+    settings = Settings(redis_url=redis_url, host="127.0.0.1")
+    running = await start_server(settings, port=0, metrics_port=0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = batch_service_pb2_grpc.BatchServiceStub(channel)
         items = [batch_pb2.Item(custom_id="a", params_json=b'{"n":1}')]
