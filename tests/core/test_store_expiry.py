@@ -48,8 +48,8 @@ async def test_the_deadline_is_filed_at_commit(
     meta = store.keys.meta(batch.batch_id)
     assert await redis.hget(meta, "deadline") == str(deadline).encode()  # type: ignore[misc]
     assert await redis.zscore(store.keys.deadlines, batch.batch_id) == deadline
-    unbounded = await new_batch(3)  # no window: no deadline
-    assert await redis.zscore(store.keys.deadlines, unbounded.batch_id) is None
+    unbounded = await new_batch(3)  # no window: filed as open, never due
+    assert await redis.zscore(store.keys.deadlines, unbounded.batch_id) == float("inf")
     assert await store.expire_batches(store.clock() + 10 * WINDOW) == 1
 
 
