@@ -14,6 +14,7 @@ from bench import (
     fairness,
     http,
     image,
+    metrics_cost,
     migrate,
     mixed_pool,
     noop,
@@ -29,6 +30,7 @@ from bench import (
 SCENARIOS = [
     (upload_noop.main, ["--items", "100000"]),
     (noop.main, ["--items", "100000", "--arq-jobs", "20000"]),
+    (metrics_cost.main, ["--items", "100000", "--pairs", "2"]),
     (sleep.main, ["--items", "20000"]),
     (http.main, ["--items", "10000"]),
     (submit.main, ["--items", "100000", "--upload-items", "100000"]),

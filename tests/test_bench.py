@@ -53,6 +53,11 @@ def test_upload_noop_small(tmp_path: Path) -> None:
     assert_positive(result, "items_per_second", "server_peak_rss_mib", *REDIS)
 
 
+def test_metrics_cost_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "metrics_cost", "--items", "2000", "--pairs", "1")
+    assert_positive(result, "on_0_items_per_second", "off_0_items_per_second", "ratio_on_to_off")
+
+
 def test_noop_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "noop", "--items", "2000", "--arq-jobs", "500")
     assert_positive(
