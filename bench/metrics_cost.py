@@ -33,7 +33,10 @@ async def _scraping(ports: Sequence[int], stop: asyncio.Event) -> int:
     done = 0
     while not stop.is_set():
         for port in ports:
-            await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
+            try:
+                await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
+            except OSError:  # not listening yet: the processes are starting
+                continue
             done += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
