@@ -21,6 +21,8 @@ from support.processes import ServiceProcess
 from batchd.client import AsyncClient, BatchState, ItemState
 
 WORKERS = 3
+# Seconds a handler may run after the rate limiter let its item start (a busy CPU).
+LOGGED_LATE = 0.05
 
 
 async def _start_workers(client: AsyncClient, workers: Callable[..., ServiceProcess]) -> None:
@@ -87,7 +89,10 @@ async def test_a_key_limits_starts_across_workers(
         f"workers used: {len({pid for _, _, pid in runs})}"
     )
     assert abs(rate - limit) <= 0.05 * limit
-    assert window <= limit + burst
+    # The bucket grants at most limit + burst starts in any second; each start is logged
+    # when its handler runs, up to LOGGED_LATE after its grant on a loaded machine, so
+    # one logged second may hold the grants of a second and that much.
+    assert window <= limit * (1 + LOGGED_LATE) + burst
     assert len({pid for _, _, pid in runs}) == WORKERS
 
 
