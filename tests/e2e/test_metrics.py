@@ -3,52 +3,19 @@ then both /metrics scraped over HTTP and parsed as Prometheus parses them."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 from support.polling import poll
+from support.scrape import Scrape, running, scrape
 
 from batchd.client import AsyncClient, BatchdError, ItemState
 from batchd.core.config import SettingError, Settings
-from batchd.server.app import BatchdServer, start_server
-from batchd.worker.app import build_worker
-from batchd.worker.arq_worker import BatchdWorker
+from batchd.server.app import start_server
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Scrape:
-    types: dict[str, str]
-    samples: list[Sample]
-
-    def value(self, name: str, **labels: str) -> float:
-        found = [
-            s.value
-            for s in self.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        ]
-        return sum(found)
-
-
-async def scrape(port: int) -> Scrape:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain; version=")
-        text = await response.text()
-    families = list(text_string_to_metric_families(text))
-    return Scrape({f.name: f.type for f in families}, [s for f in families for s in f.samples])
 
 
 @pytest.fixture
@@ -62,22 +29,6 @@ def settings(redis_url: str) -> Settings:
         watch_min_interval=0.01,
         watch_min_heartbeat=0.01,
     )
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[BatchdServer, BatchdWorker]]:
-    server = await start_server(settings, port=0, metrics_port=0)
-    worker = build_worker(settings, poll_delay=0.02, metrics_port=0)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        await worker.started.wait()
-        yield server, worker
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
-        await server.stop(grace=0)
 
 
 async def test_a_batch_moves_the_server_and_worker_metrics(settings: Settings) -> None:
