@@ -150,6 +150,20 @@ def test_the_dashboard_is_importable_json_on_its_datasource_variable() -> None:
     assert used - GRAFANA_BUILTINS <= set(variables) - {"datasource"}
 
 
+def test_the_dashboard_panels_do_not_overlap() -> None:
+    board = dashboard()
+    boxes = [(p["gridPos"], p["title"]) for p in board["panels"]]
+    for n, (a, first) in enumerate(boxes):
+        for b, second in boxes[n + 1 :]:
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            assert apart, f"{first!r} overlaps {second!r}"
+
+
 def test_every_query_parses_as_promql() -> None:
     queries = dashboard_queries() + rule_queries()
     assert len(queries) > 40
