@@ -4,7 +4,7 @@ metrics and labels batchd exports, and Prometheus's promtool accepts them.
 The metric names, types and labels come from a real scrape of a server and a worker
 after a batch; a labelled metric that has no sample yet (no Redis error, no rate-limit
 cut) takes its labels from docs/operations.md's table, which the scrape checks where it
-has samples. promtool is installed by scripts/install-promtool (scripts/bootstrap runs
+has samples. promtool is installed by scripts/install-promtool (scripts/test runs
 it); its tests skip where it could not be had.
 """
 
