@@ -374,6 +374,18 @@ class Settings:
         "(without credentials), or off",
         read_by=SERVER,
     )
+    dashboard: bool = setting(
+        True,
+        "serve the web dashboard at /dashboard/ on the server's HTTP listener (with the "
+        "gRPC port's authentication: --auth)",
+        read_by=SERVER,
+    )
+    dashboard_session_ttl: float = setting(
+        3600.0,
+        "seconds a dashboard login lasts unused (each request starts it again); its "
+        "credential is checked at every request, as a gRPC call's is",
+        read_by=SERVER,
+    )
     log_format: str = setting(
         "auto", "json, console, or auto (console on a terminal)", read_by=SHARED
     )

@@ -239,3 +239,15 @@ class Keys:
         """HASH key id -> when a server last looked the key up (Unix s; as often as its
         cache lets it, so within Settings.auth_cache_seconds of the last use)."""
         return f"{self.prefix}apikeys:used"
+
+    # -- dashboard sessions (batchd.core.sessions) -----------------------------------
+    def dashboard_session(self, handle: str) -> str:
+        """STRING, with the session's idle TTL: a dashboard session's sealed credential,
+        under a handle derived from the session id its browser holds (never the id)."""
+        return f"{self.prefix}dashboard:session:{handle}"
+
+    @property
+    def dashboard_secret(self) -> str:
+        """STRING: 32 random bytes every server shares, that the dashboard's CSRF tokens
+        are signed with; made by the first server that needs it."""
+        return f"{self.prefix}dashboard:secret"

@@ -33,12 +33,13 @@ async def list_batches(
     cursor: str,
     states: Sequence[BatchState],
     index_key: str | None = None,
+    handler: str = "",
 ) -> tuple[list[BatchRecord], str, list[str]]:
-    """Newest first, from the index `index_key` (default: every batch's); returns
-    (batches, next cursor or "", ids seen whose meta is gone).
+    """Newest first, from the index `index_key` (default: every batch's), of `handler`
+    only if given; returns (batches, next cursor or "", ids seen whose meta is gone).
 
     The cursor is the (create ms, batch id) of the last entry looked at; a page may
-    be short when a state filter skips many batches. The caller prunes the gone ids.
+    be short when a filter skips many batches. The caller prunes the gone ids.
     """
     page_size, wanted = max(1, page_size), set(states)
     top: float | str = "+inf"
@@ -46,7 +47,7 @@ async def list_batches(
     if cursor:
         after = _parse_batch_cursor(cursor)
         top = after[0]
-    window = page_size + 1 if not wanted else max(page_size + 1, 200)
+    window = page_size + 1 if not (wanted or handler) else max(page_size + 1, 200)
     found: list[BatchRecord] = []
     gone: list[str] = []
     offset = scanned = 0
@@ -80,7 +81,7 @@ async def list_batches(
                 gone.append(batch_id)
                 continue
             record = codec.decode_meta(batch_id, meta, flying)
-            if wanted and record.state not in wanted:
+            if (wanted and record.state not in wanted) or (handler and record.handler != handler):
                 continue
             found.append(record)
             if len(found) == page_size:

@@ -168,12 +168,14 @@ class BatchStore:
         cursor: str,
         states: Sequence[BatchState],
         tenant: str | None = None,
+        handler: str = "",
     ) -> tuple[list[BatchRecord], str]:
-        """Newest first, of `tenant` (None: of every tenant); returns (batches, next
-        cursor or ""). A page may be short when a state filter skips many batches."""
+        """Newest first, of `tenant` (None: of every tenant) and of `handler` if given;
+        returns (batches, next cursor or ""). A page may be short when a filter skips
+        many batches."""
         index = None if tenant is None else self.keys.tenant_batches(tenant)
         batches, cursor, gone = await listing.list_batches(
-            self.redis, self.keys, page_size, cursor, states, index
+            self.redis, self.keys, page_size, cursor, states, index, handler
         )
         await lifecycle.prune_batches(self._scripts, self._scope, gone, index)
         return batches, cursor

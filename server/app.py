@@ -20,6 +20,7 @@ from batchd.core.redis_access import redis_access_problem
 from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
+from batchd.server.principal import Authenticator
 from batchd.server.authenticators import build_authenticators
 from batchd.server.call_cap import CallCapInterceptor
 from batchd.server.decoding import add_servicer
@@ -51,8 +52,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 @dataclass
 class BatchdServer:
     """A running server; `port` is the bound port (useful with port 0). `web` is its
-    HTTP listener (/metrics; `web.app` takes more routes, `web.port` is its port), None
-    with metrics_port 0."""
+    HTTP listener (/metrics, and the dashboard at /dashboard/; `web.app` takes more
+    routes, `web.port` is its port), None with metrics_port 0. `store`, `servicer`,
+    `authenticators` and `settings` are what another front end of the same service (the
+    dashboard, batchd.server.dashboard) works through."""
 
     server: grpc.aio.Server
     port: int
@@ -63,6 +66,10 @@ class BatchdServer:
     watchers: WatcherCounts | None = None
     web: Listener | None = None
     metrics: ServerMetrics | None = None
+    store: BatchStore | None = None
+    servicer: BatchServicer | None = None
+    authenticators: tuple[Authenticator, ...] = ()
+    settings: Settings | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
@@ -141,7 +148,8 @@ async def start_server(
         interceptors=interceptors,
         options=server_options(settings),
     )
-    add_servicer(BatchServicer(store, hub, settings, watchers, metrics), server)
+    servicer = BatchServicer(store, hub, settings, watchers, metrics)
+    add_servicer(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection != "off":
@@ -189,7 +197,19 @@ async def start_server(
         print(notice, file=sys.stderr, flush=True)
         (log.warning if settings.insecure else log.info)("authentication_off", notice=notice)
     return BatchdServer(
-        server, bound, redis, hub, health_servicer, background, watchers, web, metrics
+        server,
+        bound,
+        redis,
+        hub,
+        health_servicer,
+        background,
+        watchers,
+        web,
+        metrics,
+        store=store,
+        servicer=servicer,
+        authenticators=tuple(authenticators),
+        settings=settings,
     )
 
 

@@ -1,0 +1,501 @@
+"""The dashboard's aiohttp application: its routes, and the guard every request passes
+(session, login, CSRF, security headers). See docs/security.md, "Dashboard"."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import grpc
+from aiohttp import web
+
+from batchd.core.config import Settings
+from batchd.core.domain import TENANT_SEPARATOR, BatchRecord, BatchState, ItemState
+from batchd.core.errors import BatchdError, Exhausted, InvalidRequest, NotFound
+from batchd.core.logs import get_logger
+from batchd.core.sessions import SessionStore
+from batchd.core.store import BatchStore
+from batchd.core.watchers import WatcherCounts
+from batchd.server.dashboard import live
+from batchd.server.dashboard.calls import CallFailed, LocalCalls
+from batchd.server.dashboard.render import asset, environment
+from batchd.server.dashboard.sessions import Sessions, new_session_id
+from batchd.server.principal import ANONYMOUS, METHOD_ROLES, Authenticator, Principal
+from batchd.server.progress import ProgressHub
+from batchd.server.servicer import BatchServicer
+from batchd.server.tenancy import TenantView
+from batchd.v1 import batch_service_pb2
+
+__all__ = ["COOKIE", "PREFIX", "Dashboard", "dashboard_app"]
+
+log = get_logger(__name__)
+
+PREFIX = "/dashboard/"
+COOKIE = "batchd_dashboard"
+BATCHES_PAGE = 50
+FAILED_PAGE = 20
+# Batches one event stream follows at most (a page of the list).
+MAX_LIVE_BATCHES = BATCHES_PAGE
+# No inline script or style, nothing from elsewhere, never inside a frame.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# What a gRPC status means to a browser.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+# The buttons of a batch page: action -> (BatchService method, what the page then says).
+ACTIONS = {
+    "pause": ("PauseBatch", "Paused: no new item starts; items running finish."),
+    "resume": ("ResumeBatch", "Resumed."),
+    "cancel": ("CancelBatch", "Cancelled: items not started will not run."),
+    "retry": ("RetryBatchItems", "Failed and expired items queued again."),
+}
+_ERROR_STATUS = {InvalidRequest: 400, NotFound: 404, Exhausted: 429}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class _Caller:
+    """Who made a request: session id, principal, and credential (auth on)."""
+
+    session_id: str
+    new_session: bool
+    principal: Principal | None
+    credential: str | None
+
+    @property
+    def view(self) -> TenantView:
+        assert self.principal is not None
+        return TenantView(self.principal)
+
+
+CALLER = web.RequestKey("caller", _Caller)
+
+
+class Dashboard:
+    def __init__(
+        self,
+        store: BatchStore,
+        hub: ProgressHub,
+        authenticators: Sequence[Authenticator],
+        settings: Settings,
+        *,
+        servicer: BatchServicer | None = None,
+        watchers: WatcherCounts | None = None,
+        prefix: str = PREFIX,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.settings = settings
+        self.watchers = watchers
+        self.prefix = prefix
+        servicer = servicer or BatchServicer(store, hub, settings, watchers)
+        self.calls = LocalCalls(servicer, authenticators)
+        self.sessions = Sessions(
+            SessionStore(store.redis, store.keys), authenticators, settings.dashboard_session_ttl
+        )
+        self.handler_feed = live.HandlerFeed(store, settings.worker_ttl)
+        self.env = environment()
+        self.assets = {name: asset(name) for name in ASSETS}
+
+    # -- the guard ----------------------------------------------------------------
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Security headers on every answer; the caller found; a login asked for; a
+        POST's origin and CSRF token checked; the session cookie set."""
+        try:
+            response = await self._guarded(request, handler)
+        except web.HTTPException as exc:  # raised, as aiohttp wants: headers first
+            self._finish(request, exc)
+            raise
+        self._finish(request, response)
+        return response
+
+    def _finish(self, request: web.Request, response: web.StreamResponse) -> None:
+        if response.prepared:  # an event stream has sent its headers already
+            return
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.setdefault("Cache-Control", "no-store")
+        caller = request.get(CALLER)
+        if caller is not None and caller.new_session:
+            self._set_cookie(request, response, caller.session_id)
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.route.name == "asset":
+            return await handler(request)
+        caller = await self._caller(request)
+        request[CALLER] = caller
+        if request.method == "POST":
+            await self._check_post(request, caller)
+        route = request.match_info.route.name
+        if caller.principal is None and route not in {"login", "login_post", "logout"}:
+            if request.method == "GET" and route not in {"live", "live_handlers"}:
+                target = request.rel_url.path_qs
+                raise web.HTTPSeeOther(f"{self.prefix}login?next={quote(target, safe='')}")
+            raise web.HTTPUnauthorized(text="log in first")
+        return await handler(request)
+
+    async def _caller(self, request: web.Request) -> _Caller:
+        session_id = request.cookies.get(COOKIE, "")
+        if len(session_id) != 43 or not session_id.replace("-", "").replace("_", "").isalnum():
+            anonymous = None if self.sessions.auth_on else ANONYMOUS
+            return _Caller(new_session_id(), True, anonymous, None)
+        if not self.sessions.auth_on:
+            return _Caller(session_id, False, ANONYMOUS, None)
+        found = await self.sessions.resume(session_id)
+        if found is None:
+            return _Caller(session_id, False, None, None)
+        credential, principal = found
+        return _Caller(session_id, False, principal, credential)
+
+    async def _check_post(self, request: web.Request, caller: _Caller) -> None:
+        """403 unless the POST comes from a page of this dashboard: the browser says so
+        (Origin, Sec-Fetch-Site) where it does, and the form carries the CSRF token of
+        this browser's session, which no other origin can read or make."""
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise web.HTTPForbidden(text="cross-origin request refused")
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in {"same-origin", "none"}:
+            raise web.HTTPForbidden(text="cross-site request refused")
+        form = await request.post()
+        token = form.get("csrf")
+        if caller.new_session or not isinstance(token, str):
+            raise web.HTTPForbidden(text="missing CSRF token: reload the page")
+        if not await self.sessions.csrf_ok(caller.session_id, token):
+            raise web.HTTPForbidden(text="bad CSRF token: reload the page")
+
+    def _set_cookie(
+        self, request: web.Request, response: web.StreamResponse, session_id: str
+    ) -> None:
+        response.set_cookie(
+            COOKIE,
+            session_id,
+            path=self.prefix.rstrip("/") or "/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+
+    # -- rendering ----------------------------------------------------------------
+    async def render(
+        self, request: web.Request, template: str, status: int = 200, **values: Any
+    ) -> web.Response:
+        caller = request[CALLER]
+        principal = caller.principal
+        may = {
+            action: principal is not None and principal.may(METHOD_ROLES[method])
+            for action, (method, _) in ACTIONS.items()
+        }
+        body = self.env.get_template(template).render(
+            base=self.prefix,
+            auth_on=self.sessions.auth_on,
+            principal=principal,
+            csrf=await self.sessions.csrf_token(caller.session_id),
+            may=may,
+            batch_url=self.batch_url,
+            **values,
+        )
+        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+    def batch_url(self, batch_id: str) -> str:
+        return f"{self.prefix}batches/{quote(batch_id, safe='')}"
+
+    async def error_page(self, request: web.Request, status: int, message: str) -> web.Response:
+        return await self.render(request, "error.html", status=status, message=message, code=status)
+
+    def _message(self, caller: _Caller, error: BatchdError) -> str:
+        """The error as the caller knows its batches (its own ids, as over gRPC)."""
+        tenant = caller.principal.tenant if caller.principal else ""
+        return error.message.replace(f"'{tenant}{TENANT_SEPARATOR}", "'")
+
+    # -- pages --------------------------------------------------------------------
+    async def batches(self, request: web.Request) -> web.StreamResponse:
+        caller = request[CALLER]
+        view = caller.view
+        state_name = request.query.get("state", "")
+        handler = request.query.get("handler", "")
+        states = []
+        if state_name:
+            if state_name not in BatchState.__members__:
+                return await self.error_page(request, 400, f"no batch state {state_name!r}")
+            states = [BatchState[state_name]]
+        try:
+            found, token = await self.store.list_batches(
+                BATCHES_PAGE,
+                request.query.get("page", ""),
+                states,
+                view.list_scope(),
+                handler=handler,
+            )
+        except BatchdError as exc:
+            return await self.error_page(request, _status(exc), self._message(caller, exc))
+        found = await self.store.explain_waits(found, self.settings.worker_ttl)
+        statuses = await self.handler_feed.latest()
+        rows = [self._row(view, batch) for batch in found]
+        return await self.render(
+            request,
+            "batches.html",
+            rows=rows,
+            states=list(BatchState.__members__),
+            state=state_name,
+            handlers=sorted({s.spec.name for s in statuses} | {handler} - {""}),
+            handler=handler,
+            next_page=token,
+            live_ids=[row["id"] for row in rows if not row["terminal"]],
+        )
+
+    def _row(self, view: TenantView, batch: BatchRecord) -> dict[str, Any]:
+        rate, eta = _average(batch)
+        row = live.batch_payload(view, batch, rate, eta, None)
+        row.update(handler=batch.handler, created=batch.create_time)
+        return row
+
+    async def batch(self, request: web.Request) -> web.StreamResponse:
+        caller = request[CALLER]
+        view = caller.view
+        given = request.match_info["batch_id"]
+        try:
+            stored = view.batch_id(given)
+            batch = await self.store.get_batch(stored)
+            [batch] = await self.store.explain_waits([batch], self.settings.worker_ttl)
+            failed, next_failed = await self.store.list_items(
+                stored, FAILED_PAGE, request.query.get("failed", ""), [ItemState.FAILED]
+            )
+            effective = (
+                None if batch.state.is_terminal else await self.store.effective_rate(batch)
+            )
+        except BatchdError as exc:
+            return await self.error_page(request, _status(exc), self._message(caller, exc))
+        rate, eta = _average(batch)
+        shown = view.show(batch)
+        done = ACTIONS.get(request.query.get("done", ""), ("", ""))[1]
+        return await self.render(
+            request,
+            "batch.html",
+            batch=shown,
+            live=live.batch_payload(view, batch, rate, eta, effective),
+            failed=failed,
+            next_failed=next_failed,
+            failed_page=request.query.get("failed", ""),
+            done=done,
+            request_id=f"dashboard-{secrets.token_hex(12)}",
+        )
+
+    async def act(self, request: web.Request) -> web.StreamResponse:
+        caller = request[CALLER]
+        action = request.match_info["action"]
+        given = request.match_info["batch_id"]
+        if action not in ACTIONS:
+            raise web.HTTPNotFound()
+        method, _ = ACTIONS[action]
+        request_type = getattr(batch_service_pb2, f"{method}Request")
+        message = request_type(batch_id=given)
+        if action == "retry":
+            form = await request.post()
+            request_id = form.get("request_id")
+            message.request_id = request_id if isinstance(request_id, str) else ""
+        try:
+            await self.calls.call(method, message, caller.credential, _peer(request))
+        except CallFailed as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                raise web.HTTPSeeOther(f"{self.prefix}login") from None
+            return await self.error_page(request, HTTP_STATUS.get(exc.code, 500), exc.details)
+        raise web.HTTPSeeOther(f"{self.batch_url(given)}?done={action}")
+
+    async def handlers(self, request: web.Request) -> web.StreamResponse:
+        try:
+            statuses = await self.handler_feed.latest()
+        except BatchdError as exc:
+            return await self.error_page(request, _status(exc), exc.message)
+        return await self.render(request, "handlers.html", handlers=statuses, now=time.time())
+
+    # -- live ---------------------------------------------------------------------
+    async def live_batches(self, request: web.Request) -> web.StreamResponse:
+        caller = request[CALLER]
+        view = caller.view
+        given = list(dict.fromkeys(request.query.getall("batch", [])))
+        if not given or len(given) > MAX_LIVE_BATCHES:
+            raise web.HTTPBadRequest(text=f"1 to {MAX_LIVE_BATCHES} batch parameters")
+        try:
+            stored = [view.batch_id(batch_id, "batch") for batch_id in given]
+        except InvalidRequest as exc:
+            raise web.HTTPBadRequest(text=exc.message) from None
+        async with self._watch_slot(view):
+            response = await live.open_stream(request)
+            await live.stream_batches(
+                response, self.hub, self.store, view, stored, self.settings.watch_min_interval
+            )
+        return response
+
+    async def live_handlers(self, request: web.Request) -> web.StreamResponse:
+        view = request[CALLER].view
+        async with self._watch_slot(view):
+            response = await live.open_stream(request)
+            await live.stream_handlers(response, self.handler_feed)
+        return response
+
+    def _watch_slot(self, view: TenantView) -> Any:
+        """One of the tenant's watch slots, as the servicer's WatchProgress takes (429
+        when the tenant has none free)."""
+        if self.watchers is None or view.sees_every_tenant:
+            return _NoSlot()
+        return _Slot(self.watchers.held(view.tenant))
+
+    # -- login --------------------------------------------------------------------
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        if not self.sessions.auth_on:
+            raise web.HTTPSeeOther(self.prefix)
+        return await self.render(request, "login.html", next=_local(request.query.get("next")))
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        if not self.sessions.auth_on:
+            raise web.HTTPSeeOther(self.prefix)
+        form = await request.post()
+        credential = form.get("credential")
+        target = _local(form.get("next")) or self.prefix
+        found = None
+        if isinstance(credential, str) and credential.strip():
+            found = await self.sessions.login(credential.strip())
+        if found is None:
+            log.info("dashboard_login_refused", peer=_peer(request))
+            return await self.render(
+                request,
+                "login.html",
+                status=401,
+                next=target,
+                refused="The service did not accept the credential.",
+            )
+        session_id, principal = found
+        log.info("dashboard_login", principal=principal.subject, tenant=principal.tenant)
+        response = web.HTTPSeeOther(target if target.startswith(self.prefix) else self.prefix)
+        self._set_cookie(request, response, session_id)
+        raise response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        caller = request[CALLER]
+        await self.sessions.logout(caller.session_id)
+        response = web.HTTPSeeOther(f"{self.prefix}login" if self.sessions.auth_on else self.prefix)
+        response.del_cookie(COOKIE, path=self.prefix.rstrip("/") or "/")
+        raise response
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in self.assets:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=self.assets[name],
+            content_type=ASSETS[name],
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    # -- the application ------------------------------------------------------------
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self.guard])
+        app.router.add_get("/", self.batches, name="batches")
+        app.router.add_get("/batches/{batch_id}", self.batch, name="batch")
+        app.router.add_post("/batches/{batch_id}/{action}", self.act, name="act")
+        app.router.add_get("/handlers", self.handlers, name="handlers")
+        app.router.add_get("/live", self.live_batches, name="live")
+        app.router.add_get("/live/handlers", self.live_handlers, name="live_handlers")
+        app.router.add_get("/login", self.login_form, name="login")
+        app.router.add_post("/login", self.login, name="login_post")
+        app.router.add_post("/logout", self.logout, name="logout")
+        app.router.add_get("/static/{name}", self.asset, name="asset")
+        return app
+
+
+class _NoSlot:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+class _Slot:
+    def __init__(self, held: Any) -> None:
+        self.held = held
+
+    async def __aenter__(self) -> None:
+        try:
+            await self.held.__aenter__()
+        except Exhausted as exc:
+            raise web.HTTPTooManyRequests(text=exc.message) from None
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.held.__aexit__(*exc)
+
+
+def dashboard_app(
+    store: BatchStore,
+    hub: ProgressHub,
+    authenticators: Sequence[Authenticator],
+    settings: Settings,
+    *,
+    servicer: BatchServicer | None = None,
+    watchers: WatcherCounts | None = None,
+    prefix: str = PREFIX,
+) -> web.Application:
+    """The dashboard as an aiohttp application to mount at `prefix`
+    (`app.add_subapp(prefix, dashboard_app(...))`), over a server's store, progress hub
+    and authenticators (none: authentication off). `servicer` and `watchers` are the
+    server's, so that actions and watch slots are shared with its gRPC calls."""
+    return Dashboard(
+        store, hub, authenticators, settings, servicer=servicer, watchers=watchers, prefix=prefix
+    ).application()
+
+
+def _status(error: BatchdError) -> int:
+    return next((s for t, s in _ERROR_STATUS.items() if isinstance(error, t)), 409)
+
+
+def _average(batch: BatchRecord) -> tuple[float | None, float | None]:
+    """Rate and ETA from the batch's start (the live stream then has a recent rate)."""
+    if not batch.start_time:
+        return None, None
+    end = batch.end_time or time.time()
+    span = end - batch.start_time
+    finished = batch.counts.finished
+    rate = finished / span if span > 0 else 0.0
+    remaining = batch.total_items - finished
+    eta = 0.0 if not remaining else remaining / rate if rate > 0 else None
+    return rate, eta
+
+
+def _local(target: object) -> str:
+    """`target` if it is a path of this site (a redirect never leaves it), else ""."""
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
+        return ""
+    if "\\" in target or any(ord(c) < 32 for c in target):
+        return ""
+    return target
+
+
+def _peer(request: web.Request) -> str:
+    return f"dashboard:{request.remote or 'unknown'}"
+
