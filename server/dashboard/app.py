@@ -53,7 +53,11 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+ASSETS = {
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 # What a gRPC status means to a browser.
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -483,8 +487,9 @@ def _average(batch: BatchRecord) -> tuple[float | None, float | None]:
     finished = batch.counts.finished
     rate = finished / span if span > 0 else 0.0
     remaining = batch.total_items - finished
-    eta = 0.0 if not remaining else remaining / rate if rate > 0 else None
-    return rate, eta
+    if batch.state.is_terminal or not remaining:
+        return rate, None
+    return rate, (remaining / rate if rate > 0 else None)
 
 
 def _local(target: object) -> str:

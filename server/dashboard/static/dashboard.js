@@ -55,13 +55,13 @@
         bar.value = data.finished;
       }
       const percent = data.total ? (100 * data.finished) / data.total : 100;
-      setField(scope, "percent", (Math.round(percent * 10) / 10) + "%");
+      setField(scope, "percent", percent.toFixed(1) + "%");
       for (const name of ["pending", "claimed", "running", "succeeded", "failed", "cancelled", "expired"]) {
         setField(scope, name, number(c[name]));
       }
-      setField(scope, "waiting", number(c.pending) + " · " + number(c.claimed) + " · " + number(c.running));
+      setField(scope, "in_workers", number(c.claimed + c.running));
       setField(scope, "rate", perSecond(data.rate));
-      setField(scope, "eta", duration(data.eta));
+      setField(scope, "eta", data.terminal ? "—" : duration(data.eta));
       if (data.effective_rate !== null && data.effective_rate !== undefined) {
         setField(scope, "effective_rate", data.effective_rate === 0 ? "unlimited" : perSecond(data.effective_rate));
       }
