@@ -20,11 +20,11 @@ from batchd.core.redis_access import redis_access_problem
 from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
-from batchd.server.principal import Authenticator
 from batchd.server.authenticators import build_authenticators
 from batchd.server.call_cap import CallCapInterceptor
 from batchd.server.decoding import add_servicer
 from batchd.server.metrics import GrpcMetricsInterceptor, ServerMetrics
+from batchd.server.principal import Authenticator
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
 from batchd.server.tls import load_server_tls

@@ -289,9 +289,7 @@ class Dashboard:
             failed, next_failed = await self.store.list_items(
                 stored, FAILED_PAGE, request.query.get("failed", ""), [ItemState.FAILED]
             )
-            effective = (
-                None if batch.state.is_terminal else await self.store.effective_rate(batch)
-            )
+            effective = None if batch.state.is_terminal else await self.store.effective_rate(batch)
         except BatchdError as exc:
             return await self.error_page(request, _status(exc), self._message(caller, exc))
         rate, eta = _average(batch)
@@ -503,4 +501,3 @@ def _local(target: object) -> str:
 
 def _peer(request: web.Request) -> str:
     return f"dashboard:{request.remote or 'unknown'}"
-

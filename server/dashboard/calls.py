@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -88,17 +88,20 @@ class LocalCalls:
 
     async def _behaviour(
         self, method: str, context: _Context
-    ) -> Callable[[Any, _Context], Awaitable[Any]]:
-        handler = self._handlers.get(method)
-        if handler is None:
-            handler = grpc.unary_unary_rpc_method_handler(getattr(self.servicer, method))
-            self._handlers[method] = handler
+    ) -> Callable[[Any, _Context], Coroutine[Any, Any, Any]]:
+        if method not in self._handlers:
+            servicer_method = getattr(self.servicer, method)
+            self._handlers[method] = grpc.unary_unary_rpc_method_handler(servicer_method)
+        handler = self._handlers[method]
         if self.interceptor is not None:
+            servicer_handler = handler
 
             async def continuation(_: Any) -> grpc.RpcMethodHandler[Any, Any]:
-                return handler
+                return servicer_handler
 
             details = _Details(_SERVICE + method, context.invocation_metadata())
-            handler = await self.interceptor.intercept_service(continuation, details)  # type: ignore[arg-type]
-        behaviour: Callable[[Any, _Context], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+            wrapped = await self.interceptor.intercept_service(continuation, details)  # type: ignore[arg-type]
+            assert wrapped is not None
+            handler = wrapped
+        behaviour: Callable[[Any, _Context], Coroutine[Any, Any, Any]] = handler.unary_unary  # type: ignore[assignment]
         return behaviour

@@ -26,7 +26,7 @@ PREFIX = "dash:"
 
 @pytest.fixture(scope="module")
 def settings(redis_url: str) -> Settings:
-    return Settings(
+    return Settings.of(
         redis_url=redis_url,
         host=HOST,
         key_prefix=PREFIX,

@@ -107,7 +107,8 @@ async def test_a_tenant_sees_its_own_batches_only(
     browser, _ = await login(mine, "reader")
     async with browser.get(secured_dashboard) as response:
         text = await response.text()
-    assert "/dashboard/batches/mine" in text and "theirs" not in text
+    assert "/dashboard/batches/mine" in text
+    assert "theirs" not in text
     assert f"tenant {mine}" in text
     async with browser.get(f"{secured_dashboard}batches/theirs") as response:
         assert response.status == 404
@@ -140,7 +141,8 @@ async def test_a_reader_sees_no_buttons_and_its_post_is_refused(
     operator, key = await login(owner, "operator")
     async with operator.get(url) as response:
         text = await response.text()
-    assert ">Pause</button>" in text and ">Cancel</button>" in text
+    assert ">Pause</button>" in text
+    assert ">Cancel</button>" in text
     async with operator.post(f"{url}/pause", data={"csrf": csrf_of(text)}) as response:
         assert response.status == 200
     async with AsyncClient(f"{HOST}:{secured.port}", token=key) as client:

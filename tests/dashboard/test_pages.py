@@ -7,12 +7,16 @@ from __future__ import annotations
 import html
 import json
 import uuid
+from dataclasses import replace
 
 import aiohttp
+from aiohttp import web
 import markupsafe
 from support.dashboard import csrf_of, finished
 
 from batchd.client import AsyncClient, BatchState
+from batchd.server.app import BatchdServer
+from batchd.server.dashboard import mount_dashboard
 
 HOSTILE_LABEL = '<script>alert("label")</script>'
 HOSTILE_ERROR = "<img src=x onerror=alert('error')>"
@@ -43,8 +47,12 @@ async def page(browser: aiohttp.ClientSession, url: str, status: int = 200) -> s
 async def test_the_list_shows_batches_newest_first(
     dashboard: str, client: AsyncClient, browser: aiohttp.ClientSession
 ) -> None:
-    older = (await client.submit("noop", [{"custom_id": "a", "params": {}}], batch_id=unique("old"))).batch
-    newer = (await client.submit("noop", [{"custom_id": "a", "params": {}}], batch_id=unique("new"))).batch
+    older = (
+        await client.submit("noop", [{"custom_id": "a", "params": {}}], batch_id=unique("old"))
+    ).batch
+    newer = (
+        await client.submit("noop", [{"custom_id": "a", "params": {}}], batch_id=unique("new"))
+    ).batch
     text = await page(browser, dashboard)
     assert text.index(newer.batch_id) < text.index(older.batch_id)
     assert f'href="/dashboard/batches/{newer.batch_id}"' in text
@@ -57,15 +65,22 @@ async def test_the_list_filters_by_state_and_handler(
     cancelled = await slow_batch(client, "cancelled")
     await client.cancel(cancelled)
     failing = (
-        await client.submit("dash.fail", [{"custom_id": "x", "params": {}}], batch_id=unique("fail"))
+        await client.submit(
+            "dash.fail", [{"custom_id": "x", "params": {}}], batch_id=unique("fail")
+        )
     ).batch.batch_id
 
     text = await page(browser, f"{dashboard}?state=CANCELLED")
-    assert cancelled in text and running not in text and failing not in text
+    assert cancelled in text
+    assert running not in text
+    assert failing not in text
     text = await page(browser, f"{dashboard}?handler=dash.fail")
-    assert failing in text and running not in text and cancelled not in text
+    assert failing in text
+    assert running not in text
+    assert cancelled not in text
     text = await page(browser, f"{dashboard}?handler=sleep&state=CANCELLED")
-    assert cancelled in text and running not in text
+    assert cancelled in text
+    assert running not in text
     await page(browser, f"{dashboard}?state=NOPE", status=400)
     await client.cancel(running)
 
@@ -109,14 +124,16 @@ async def test_pause_resume_cancel_through_the_page(
     batch_id = await slow_batch(client, "acted")
     url = f"{dashboard}batches/{batch_id}"
     text = await page(browser, url)
-    assert ">Pause</button>" in text and ">Cancel</button>" in text
+    assert ">Pause</button>" in text
+    assert ">Cancel</button>" in text
     async with browser.post(f"{url}/pause", data={"csrf": csrf_of(text)}) as response:
         assert response.status == 200  # followed the 303 to the batch page
         assert "Paused: no new item starts" in await response.text()
     assert (await client.get(batch_id)).state == BatchState.PAUSED
 
     text = await page(browser, url)
-    assert ">Resume</button>" in text and ">Pause</button>" not in text
+    assert ">Resume</button>" in text
+    assert ">Pause</button>" not in text
     async with browser.post(f"{url}/resume", data={"csrf": csrf_of(text)}) as response:
         assert response.status == 200
     assert (await client.get(batch_id)).state in {BatchState.RUNNING, BatchState.QUEUED}
@@ -173,9 +190,11 @@ async def test_a_post_without_the_right_csrf_token_or_from_elsewhere_is_refused(
     ) as response:
         assert response.status == 403
     # A token is bound to its browser's session: another browser's is refused.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
-        async with other.post(f"{url}/pause", data={"csrf": token}) as response:
-            assert response.status == 403
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other,
+        other.post(f"{url}/pause", data={"csrf": token}) as response,
+    ):
+        assert response.status == 403
     assert (await client.get(batch_id)).state != BatchState.PAUSED
     await client.cancel(batch_id)
 
@@ -193,10 +212,13 @@ async def test_what_a_submitter_wrote_is_escaped(
     ).batch
     await finished(client, batch.batch_id)
     text = await page(browser, f"{dashboard}batches/{batch.batch_id}")
-    assert HOSTILE_LABEL not in text and HOSTILE_ERROR not in text
+    assert HOSTILE_LABEL not in text
+    assert HOSTILE_ERROR not in text
     assert str(markupsafe.escape(HOSTILE_LABEL)) in text
     assert str(markupsafe.escape(HOSTILE_ERROR)) in text
-    assert "<script>" not in text.replace('<script src="/dashboard/static/dashboard.js" defer></script>', "")
+    assert "<script>" not in text.replace(
+        '<script src="/dashboard/static/dashboard.js" defer></script>', ""
+    )
 
 
 async def test_every_answer_carries_the_security_headers(
@@ -204,11 +226,13 @@ async def test_every_answer_carries_the_security_headers(
 ) -> None:
     async with browser.get(dashboard) as response:  # its first visit
         cookie = response.headers["Set-Cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
     for path in ("", "handlers", "batches/nope", "static/dashboard.js", "static/nope"):
         async with browser.get(dashboard + path) as response:
             csp = response.headers["Content-Security-Policy"]
-            assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            assert "script-src 'self'" in csp
+            assert "frame-ancestors 'none'" in csp
             assert "unsafe-inline" not in csp
             assert response.headers["X-Frame-Options"] == "DENY"
             assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -241,7 +265,9 @@ async def read_events(response: aiohttp.ClientResponse, until: str) -> list[tupl
 async def test_live_events_follow_batches_through_the_hub(
     dashboard: str, client: AsyncClient, browser: aiohttp.ClientSession
 ) -> None:
-    done = (await client.submit("noop", [{"custom_id": "a", "params": {}}], batch_id=unique("live"))).batch
+    done = (
+        await client.submit("noop", [{"custom_id": "a", "params": {}}], batch_id=unique("live"))
+    ).batch
     await finished(client, done.batch_id)
     running = await slow_batch(client, "live-running")
     url = f"{dashboard}live?batch={done.batch_id}&batch={running}&batch=missing-one"
@@ -257,3 +283,24 @@ async def test_live_events_follow_batches_through_the_hub(
     assert finals[running]["state"] == "CANCELLED"  # type: ignore[index]
     async with browser.get(f"{dashboard}live?batch=bad%20id") as response:
         assert response.status == 400
+
+
+def test_the_dashboard_is_mounted_as_the_settings_say(server: BatchdServer) -> None:
+    assert server.store is not None and server.settings is not None
+    settings = server.settings
+
+    def mount(host: str, **changes: object) -> bool:
+        return mount_dashboard(
+            web.Application(),
+            server.store,
+            server.hub,
+            (),
+            replace(settings, **changes),
+            host=host,  # type: ignore[arg-type]
+        )
+
+    assert mount("127.0.0.1")
+    assert not mount("127.0.0.1", dashboard=False)  # BATCHD_DASHBOARD=0
+    # Actions for anyone who reaches the port: not without authentication or --insecure.
+    assert not mount("0.0.0.0")
+    assert mount("0.0.0.0", insecure=True)

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from support.polling import poll
 
 from batchd.client import AsyncClient, Batch
 from batchd.server.app import BatchdServer
-from batchd.server.dashboard import PREFIX, dashboard_of
+from batchd.server.dashboard import PREFIX, mount_dashboard
 from batchd.worker import Handler, ItemContext
 from batchd.worker.handler import Code, PermanentError
+from support.polling import poll
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext
@@ -62,8 +62,19 @@ def failing_handler() -> Handler:
 @asynccontextmanager
 async def serving_dashboard(server: BatchdServer) -> AsyncIterator[str]:
     """The dashboard of `server` on a free port; yields its URL (ending in /dashboard/)."""
+    assert server.store is not None and server.settings is not None
     app = web.Application()
-    app.add_subapp(PREFIX, dashboard_of(server))
+    mounted = mount_dashboard(
+        app,
+        server.store,
+        server.hub,
+        server.authenticators,
+        server.settings,
+        host=HOST,
+        servicer=server.servicer,
+        watchers=server.watchers,
+    )
+    assert mounted
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
@@ -119,4 +130,3 @@ async def finished(client: AsyncClient, batch_id: str) -> Batch:
         return batch if batch.state.is_terminal else None
 
     return await poll(probe)
-
