@@ -86,7 +86,8 @@ def mount_dashboard(
 def dashboard_of(server: BatchdServer) -> web.Application:
     """The dashboard of a running server (its store, hub, servicer, watch slots and
     authenticators), to mount at PREFIX."""
-    assert server.store is not None and server.settings is not None
+    assert server.store is not None
+    assert server.settings is not None
     return dashboard_app(
         server.store,
         server.hub,

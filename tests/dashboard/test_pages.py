@@ -10,8 +10,8 @@ import uuid
 from dataclasses import replace
 
 import aiohttp
-from aiohttp import web
 import markupsafe
+from aiohttp import web
 from support.dashboard import csrf_of, finished
 
 from batchd.client import AsyncClient, BatchState
@@ -286,18 +286,13 @@ async def test_live_events_follow_batches_through_the_hub(
 
 
 def test_the_dashboard_is_mounted_as_the_settings_say(server: BatchdServer) -> None:
-    assert server.store is not None and server.settings is not None
-    settings = server.settings
+    store, settings = server.store, server.settings
+    assert store is not None
+    assert settings is not None
 
-    def mount(host: str, **changes: object) -> bool:
-        return mount_dashboard(
-            web.Application(),
-            server.store,
-            server.hub,
-            (),
-            replace(settings, **changes),
-            host=host,  # type: ignore[arg-type]
-        )
+    def mount(host: str, **changes: bool) -> bool:
+        changed = replace(settings, **changes)  # type: ignore[arg-type]
+        return mount_dashboard(web.Application(), store, server.hub, (), changed, host=host)
 
     assert mount("127.0.0.1")
     assert not mount("127.0.0.1", dashboard=False)  # BATCHD_DASHBOARD=0

@@ -62,7 +62,8 @@ def failing_handler() -> Handler:
 @asynccontextmanager
 async def serving_dashboard(server: BatchdServer) -> AsyncIterator[str]:
     """The dashboard of `server` on a free port; yields its URL (ending in /dashboard/)."""
-    assert server.store is not None and server.settings is not None
+    assert server.store is not None
+    assert server.settings is not None
     app = web.Application()
     mounted = mount_dashboard(
         app,
