@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import grpc
 from aiohttp import web
 
-from batchd.core.config import Settings
+from batchd.core.config import SettingError, Settings
 from batchd.core.domain import TENANT_SEPARATOR, BatchRecord, BatchState, ItemState
 from batchd.core.errors import BatchdError, Exhausted, InvalidRequest, NotFound
 from batchd.core.logs import get_logger
@@ -22,37 +21,24 @@ from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.dashboard import live
 from batchd.server.dashboard.calls import CallFailed, LocalCalls
+from batchd.server.dashboard.guard import CALLER, Caller, Guard
 from batchd.server.dashboard.render import asset, environment
-from batchd.server.dashboard.sessions import Sessions, new_session_id
-from batchd.server.principal import ANONYMOUS, METHOD_ROLES, Authenticator, Principal
+from batchd.server.dashboard.sessions import Sessions
+from batchd.server.principal import METHOD_ROLES, Authenticator
 from batchd.server.progress import ProgressHub
 from batchd.server.servicer import BatchServicer
 from batchd.server.tenancy import TenantView
 from batchd.v1 import batch_service_pb2
 
-__all__ = ["COOKIE", "PREFIX", "Dashboard", "dashboard_app"]
+__all__ = ["PREFIX", "Dashboard", "dashboard_app"]
 
 log = get_logger(__name__)
 
 PREFIX = "/dashboard/"
-COOKIE = "batchd_dashboard"
 BATCHES_PAGE = 50
 FAILED_PAGE = 20
 # Batches one event stream follows at most (a page of the list).
 MAX_LIVE_BATCHES = BATCHES_PAGE
-# No inline script or style, nothing from elsewhere, never inside a frame.
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
 ASSETS = {
     "dashboard.js": "text/javascript",
     "dashboard.css": "text/css",
@@ -78,26 +64,6 @@ ACTIONS = {
 }
 _ERROR_STATUS = {InvalidRequest: 400, NotFound: 404, Exhausted: 429}
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class _Caller:
-    """Who made a request: session id, principal, and credential (auth on)."""
-
-    session_id: str
-    new_session: bool
-    principal: Principal | None
-    credential: str | None
-
-    @property
-    def view(self) -> TenantView:
-        assert self.principal is not None
-        return TenantView(self.principal)
-
-
-CALLER = web.RequestKey("caller", _Caller)
-
 
 class Dashboard:
     def __init__(
@@ -111,6 +77,10 @@ class Dashboard:
         watchers: WatcherCounts | None = None,
         prefix: str = PREFIX,
     ) -> None:
+        if settings.dashboard_session_ttl <= 0:
+            raise SettingError(
+                f"--dashboard-session-ttl {settings.dashboard_session_ttl:g}: more than 0 seconds"
+            )
         self.store = store
         self.hub = hub
         self.settings = settings
@@ -122,87 +92,9 @@ class Dashboard:
             SessionStore(store.redis, store.keys), authenticators, settings.dashboard_session_ttl
         )
         self.handler_feed = live.HandlerFeed(store, settings.worker_ttl)
+        self.guard = Guard(self.sessions, prefix)
         self.env = environment()
         self.assets = {name: asset(name) for name in ASSETS}
-
-    # -- the guard ----------------------------------------------------------------
-    @web.middleware
-    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Security headers on every answer; the caller found; a login asked for; a
-        POST's origin and CSRF token checked; the session cookie set."""
-        try:
-            response = await self._guarded(request, handler)
-        except web.HTTPException as exc:  # raised, as aiohttp wants: headers first
-            self._finish(request, exc)
-            raise
-        self._finish(request, response)
-        return response
-
-    def _finish(self, request: web.Request, response: web.StreamResponse) -> None:
-        if response.prepared:  # an event stream has sent its headers already
-            return
-        response.headers.update(SECURITY_HEADERS)
-        response.headers.setdefault("Cache-Control", "no-store")
-        caller = request.get(CALLER)
-        if caller is not None and caller.new_session:
-            self._set_cookie(request, response, caller.session_id)
-
-    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.match_info.route.name == "asset":
-            return await handler(request)
-        caller = await self._caller(request)
-        request[CALLER] = caller
-        if request.method == "POST":
-            await self._check_post(request, caller)
-        route = request.match_info.route.name
-        if caller.principal is None and route not in {"login", "login_post", "logout"}:
-            if request.method == "GET" and route not in {"live", "live_handlers"}:
-                target = request.rel_url.path_qs
-                raise web.HTTPSeeOther(f"{self.prefix}login?next={quote(target, safe='')}")
-            raise web.HTTPUnauthorized(text="log in first")
-        return await handler(request)
-
-    async def _caller(self, request: web.Request) -> _Caller:
-        session_id = request.cookies.get(COOKIE, "")
-        if len(session_id) != 43 or not session_id.replace("-", "").replace("_", "").isalnum():
-            anonymous = None if self.sessions.auth_on else ANONYMOUS
-            return _Caller(new_session_id(), True, anonymous, None)
-        if not self.sessions.auth_on:
-            return _Caller(session_id, False, ANONYMOUS, None)
-        found = await self.sessions.resume(session_id)
-        if found is None:
-            return _Caller(session_id, False, None, None)
-        credential, principal = found
-        return _Caller(session_id, False, principal, credential)
-
-    async def _check_post(self, request: web.Request, caller: _Caller) -> None:
-        """403 unless the POST comes from a page of this dashboard: the browser says so
-        (Origin, Sec-Fetch-Site) where it does, and the form carries the CSRF token of
-        this browser's session, which no other origin can read or make."""
-        origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.host:
-            raise web.HTTPForbidden(text="cross-origin request refused")
-        site = request.headers.get("Sec-Fetch-Site")
-        if site is not None and site not in {"same-origin", "none"}:
-            raise web.HTTPForbidden(text="cross-site request refused")
-        form = await request.post()
-        token = form.get("csrf")
-        if caller.new_session or not isinstance(token, str):
-            raise web.HTTPForbidden(text="missing CSRF token: reload the page")
-        if not await self.sessions.csrf_ok(caller.session_id, token):
-            raise web.HTTPForbidden(text="bad CSRF token: reload the page")
-
-    def _set_cookie(
-        self, request: web.Request, response: web.StreamResponse, session_id: str
-    ) -> None:
-        response.set_cookie(
-            COOKIE,
-            session_id,
-            path=self.prefix.rstrip("/") or "/",
-            httponly=True,
-            samesite="Strict",
-            secure=request.secure,
-        )
 
     # -- rendering ----------------------------------------------------------------
     async def render(
@@ -231,7 +123,7 @@ class Dashboard:
     async def error_page(self, request: web.Request, status: int, message: str) -> web.Response:
         return await self.render(request, "error.html", status=status, message=message, code=status)
 
-    def _message(self, caller: _Caller, error: BatchdError) -> str:
+    def _message(self, caller: Caller, error: BatchdError) -> str:
         """The error as the caller knows its batches (its own ids, as over gRPC)."""
         tenant = caller.principal.tenant if caller.principal else ""
         return error.message.replace(f"'{tenant}{TENANT_SEPARATOR}", "'")
@@ -394,14 +286,14 @@ class Dashboard:
         session_id, principal = found
         log.info("dashboard_login", principal=principal.subject, tenant=principal.tenant)
         response = web.HTTPSeeOther(target if target.startswith(self.prefix) else self.prefix)
-        self._set_cookie(request, response, session_id)
+        self.guard.set_cookie(request, response, session_id)
         raise response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         caller = request[CALLER]
         await self.sessions.logout(caller.session_id)
         response = web.HTTPSeeOther(f"{self.prefix}login" if self.sessions.auth_on else self.prefix)
-        response.del_cookie(COOKIE, path=self.prefix.rstrip("/") or "/")
+        self.guard.forget_cookie(response)
         raise response
 
     async def asset(self, request: web.Request) -> web.StreamResponse:
@@ -417,7 +309,7 @@ class Dashboard:
 
     # -- the application ------------------------------------------------------------
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self.guard])
+        app = web.Application(middlewares=[self.guard.middleware])
         app.router.add_get("/", self.batches, name="batches")
         app.router.add_get("/batches/{batch_id}", self.batch, name="batch")
         app.router.add_post("/batches/{batch_id}/{action}", self.act, name="act")

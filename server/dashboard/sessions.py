@@ -30,9 +30,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from batchd.core.sessions import SessionStore
 from batchd.server.principal import Authenticator, Credentials, Principal
 
-__all__ = ["SESSION_ID_BYTES", "Sessions", "new_session_id"]
+__all__ = ["SESSION_ID_BYTES", "SESSION_ID_LENGTH", "Sessions", "new_session_id"]
 
 SESSION_ID_BYTES = 32
+SESSION_ID_LENGTH = 43  # characters of its URL-safe base64, unpadded
 _NONCE_BYTES = 12
 
 

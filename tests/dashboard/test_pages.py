@@ -11,10 +11,12 @@ from dataclasses import replace
 
 import aiohttp
 import markupsafe
+import pytest
 from aiohttp import web
 from support.dashboard import csrf_of, finished
 
 from batchd.client import AsyncClient, BatchState
+from batchd.core.config import SettingError
 from batchd.server.app import BatchdServer
 from batchd.server.dashboard import mount_dashboard
 
@@ -290,7 +292,7 @@ def test_the_dashboard_is_mounted_as_the_settings_say(server: BatchdServer) -> N
     assert store is not None
     assert settings is not None
 
-    def mount(host: str, **changes: bool) -> bool:
+    def mount(host: str, **changes: bool | float) -> bool:
         changed = replace(settings, **changes)  # type: ignore[arg-type]
         return mount_dashboard(web.Application(), store, server.hub, (), changed, host=host)
 
@@ -299,3 +301,5 @@ def test_the_dashboard_is_mounted_as_the_settings_say(server: BatchdServer) -> N
     # Actions for anyone who reaches the port: not without authentication or --insecure.
     assert not mount("0.0.0.0")
     assert mount("0.0.0.0", insecure=True)
+    with pytest.raises(SettingError, match="--dashboard-session-ttl 0"):
+        mount("127.0.0.1", dashboard_session_ttl=0)
