@@ -1,5 +1,5 @@
-"""The dashboard's aiohttp application: its routes, and the guard every request passes
-(session, login, CSRF, security headers). See docs/security.md, "Dashboard"."""
+"""The dashboard's aiohttp application: its pages, actions, event streams, login and
+static files, behind the guard of batchd.server.dashboard.guard."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from aiohttp import web
 
 from batchd.core.config import SettingError, Settings
 from batchd.core.domain import TENANT_SEPARATOR, BatchRecord, BatchState, ItemState
-from batchd.core.errors import BatchdError, Exhausted, InvalidRequest, NotFound
+from batchd.core.errors import BatchdError, Exhausted, InvalidRequest, NotFound, Unavailable
 from batchd.core.logs import get_logger
 from batchd.core.sessions import SessionStore
 from batchd.core.store import BatchStore
@@ -62,7 +62,7 @@ ACTIONS = {
     "cancel": ("CancelBatch", "Cancelled: items not started will not run."),
     "retry": ("RetryBatchItems", "Failed and expired items queued again."),
 }
-_ERROR_STATUS = {InvalidRequest: 400, NotFound: 404, Exhausted: 429}
+_ERROR_STATUS = {InvalidRequest: 400, NotFound: 404, Exhausted: 429, Unavailable: 503}
 
 
 class Dashboard:

@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+import redis.exceptions
 from aiohttp import web
 
+from batchd.core.logs import get_logger
 from batchd.server.dashboard.sessions import SESSION_ID_LENGTH, Sessions, new_session_id
 from batchd.server.principal import ANONYMOUS, Principal
 from batchd.server.tenancy import TenantView
@@ -36,9 +38,13 @@ SECURITY_HEADERS = {
 OPEN_ROUTES = frozenset({"login", "login_post", "logout"})
 STREAM_ROUTES = frozenset({"live", "live_handlers"})
 ASSET_ROUTE = "asset"
+# Redis down or slow: a 503, as gRPC calls get UNAVAILABLE.
+REDIS_OUTAGES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _URLSAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -72,6 +78,11 @@ class Guard:
         except web.HTTPException as exc:  # raised, as aiohttp wants: headers first
             self._finish(request, exc)
             raise
+        except REDIS_OUTAGES as exc:
+            log.warning("redis_unavailable", error=str(exc))
+            unavailable = web.HTTPServiceUnavailable(text="the batch store is unavailable")
+            self._finish(request, unavailable)
+            raise unavailable from None
         self._finish(request, response)
         return response
 

@@ -13,7 +13,9 @@ import aiohttp
 import markupsafe
 import pytest
 from aiohttp import web
-from support.dashboard import csrf_of, finished
+from support.dashboard import csrf_of, finished, serving_dashboard
+from support.in_process_server import running_server
+from support.redis_server import RedisServerFactory
 
 from batchd.client import AsyncClient, BatchState
 from batchd.core.config import SettingError
@@ -303,3 +305,19 @@ def test_the_dashboard_is_mounted_as_the_settings_say(server: BatchdServer) -> N
     assert mount("0.0.0.0", insecure=True)
     with pytest.raises(SettingError, match="--dashboard-session-ttl 0"):
         mount("127.0.0.1", dashboard_session_ttl=0)
+
+
+async def test_a_redis_outage_is_a_503(
+    redis_server_factory: RedisServerFactory, browser: aiohttp.ClientSession
+) -> None:
+    private = redis_server_factory()
+    async with (
+        running_server(private.url) as server,
+        serving_dashboard(server) as dashboard,
+    ):
+        await page(browser, dashboard)
+        with private.stopped():
+            async with browser.get(dashboard) as response:
+                assert response.status == 503
+                assert await response.text() == "the batch store is unavailable"
+                assert response.headers["X-Frame-Options"] == "DENY"
