@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import aiohttp
 import pytest
-from support.dashboard import HOST, csrf_of
+from support.dashboard import HOST, csrf_of, serving_dashboard
 
 from batchd.client import AsyncClient, BatchState
+from batchd.core.config import Settings
 from batchd.core.credentials import CredentialStore
-from batchd.server.app import BatchdServer
+from batchd.server.app import BatchdServer, start_server
 
 Login = Callable[[str, str], Awaitable[tuple[aiohttp.ClientSession, str]]]
 
@@ -173,3 +175,27 @@ async def test_a_session_ends_with_its_logout_or_its_key(
     from support.polling import poll
 
     await poll(logged_out, within=5)  # within the servers' key cache (0.1 s here)
+
+
+async def test_a_live_page_holds_one_of_its_tenants_watch_slots(
+    settings: Settings, worker: None, credentials: CredentialStore
+) -> None:
+    owner = tenant()
+    key, _ = await credentials.create(owner, "reader", "dashboard test")
+    server = await start_server(replace(settings, auth="tokens", tenant_max_watchers=1), port=0)
+    try:
+        async with (
+            serving_dashboard(server) as dashboard,
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser,
+        ):
+            async with browser.get(f"{dashboard}login") as response:
+                form = {"csrf": csrf_of(await response.text()), "credential": key, "next": ""}
+            async with browser.post(f"{dashboard}login", data=form) as response:
+                assert response.status == 200
+            async with browser.get(f"{dashboard}live/handlers") as first:
+                assert first.status == 200
+                await first.content.readuntil(b"\n\n")  # streaming: the slot is held
+                async with browser.get(f"{dashboard}live/handlers") as second:
+                    assert second.status == 429
+    finally:
+        await server.stop(grace=0)
