@@ -105,12 +105,12 @@ class Settings:
     metrics_host: str = setting(
         "127.0.0.1",
         "address the HTTP listeners for Prometheus (/metrics) bind, the server's and the "
-        "workers': loopback unless asked, as they answer without authentication",
+        "workers': loopback unless asked, as /metrics answers without authentication",
         read_by=SHARED,
     )
     metrics_port: int = setting(
         9464,
-        "port of the server's HTTP listener (/metrics); 0: none",
+        "port of the server's HTTP listener (/metrics, and the dashboard at /dashboard/); 0: none",
         read_by=SERVER,
     )
     worker_metrics_port: int = setting(

@@ -22,6 +22,7 @@ from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
 from batchd.server.call_cap import CallCapInterceptor
+from batchd.server.dashboard import mount_dashboard
 from batchd.server.decoding import add_servicer
 from batchd.server.metrics import GrpcMetricsInterceptor, ServerMetrics
 from batchd.server.principal import Authenticator
@@ -104,8 +105,9 @@ async def start_server(
     settings: Settings, *, port: int | None = None, metrics_port: int | None = None
 ) -> BatchdServer:
     """Starts serving on settings.host:port (or `port`, 0 for any free one), over TLS
-    when the settings name a certificate (TLSConfigError for a bad one), and /metrics on
-    settings.metrics_host:metrics_port (0: none; or `metrics_port`, 0 for any free one).
+    when the settings name a certificate (TLSConfigError for a bad one), and /metrics and
+    the dashboard (settings.dashboard) on settings.metrics_host:metrics_port (0: none; or
+    `metrics_port`, 0 for any free one).
     SettingError if the settings cannot work (Redis refuses the URL's credentials, too;
     the metrics port is taken) or would serve the network unauthenticated."""
     problem = exposure_problem(settings)
@@ -164,7 +166,18 @@ async def start_server(
     web = None
     if metrics is not None and web_port is not None:
         try:
-            web = await start_web(build_web_app(metrics), settings.metrics_host, web_port)
+            web_app = build_web_app(metrics)
+            mount_dashboard(
+                web_app,
+                store,
+                hub,
+                authenticators,
+                settings,
+                host=settings.metrics_host,
+                servicer=servicer,
+                watchers=watchers,
+            )
+            web = await start_web(web_app, settings.metrics_host, web_port)
         except SettingError:
             await server.stop(None)
             await redis.aclose()

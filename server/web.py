@@ -1,11 +1,11 @@
 """The server's HTTP listener (Settings.metrics_host, metrics_port): an aiohttp
 `web.Application` serving /metrics for Prometheus, to which other parts add routes
-(a dashboard mounts a sub-application under /dashboard/).
+(start_server mounts the dashboard, batchd.server.dashboard, under /dashboard/).
 
 `build_web_app` makes the application — the one place it is made; `start_web` serves it
 and returns the running `Listener` (`.app`, `.port`), which `BatchdServer` keeps as
-`web` and closes when it stops. The listener answers without authentication: it binds
-loopback unless metrics_host says otherwise.
+`web` and closes when it stops. /metrics answers without authentication (the dashboard
+follows --auth): the listener binds loopback unless metrics_host says otherwise.
 """
 
 from __future__ import annotations

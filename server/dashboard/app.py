@@ -3,6 +3,7 @@ static files, behind the guard of batchd.server.dashboard.guard."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ class Dashboard:
         self.guard = Guard(self.sessions, prefix)
         self.env = environment()
         self.assets = {name: asset(name) for name in ASSETS}
+        self.closing: asyncio.Event | None = None  # made in the serving loop
 
     # -- rendering ----------------------------------------------------------------
     async def render(
@@ -241,7 +243,13 @@ class Dashboard:
         async with self._watch_slot(view):
             response = await live.open_stream(request)
             await live.stream_batches(
-                response, self.hub, self.store, view, stored, self.settings.watch_min_interval
+                response,
+                self.hub,
+                self.store,
+                view,
+                stored,
+                self.settings.watch_min_interval,
+                self._closing(),
             )
         return response
 
@@ -249,7 +257,7 @@ class Dashboard:
         view = request[CALLER].view
         async with self._watch_slot(view):
             response = await live.open_stream(request)
-            await live.stream_handlers(response, self.handler_feed)
+            await live.stream_handlers(response, self.handler_feed, self._closing())
         return response
 
     def _watch_slot(self, view: TenantView) -> Any:
@@ -258,6 +266,15 @@ class Dashboard:
         if self.watchers is None or view.sees_every_tenant:
             return _NoSlot()
         return _Slot(self.watchers.held(view.tenant))
+
+    def _closing(self) -> asyncio.Event:
+        """Set when the listener stops: open streams end, their browsers reconnect."""
+        if self.closing is None:
+            self.closing = asyncio.Event()
+        return self.closing
+
+    async def _on_shutdown(self, _: web.Application) -> None:
+        self._closing().set()
 
     # -- login --------------------------------------------------------------------
     async def login_form(self, request: web.Request) -> web.StreamResponse:
@@ -310,6 +327,7 @@ class Dashboard:
     # -- the application ------------------------------------------------------------
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.guard.middleware])
+        app.on_shutdown.append(self._on_shutdown)
         app.router.add_get("/", self.batches, name="batches")
         app.router.add_get("/batches/{batch_id}", self.batch, name="batch")
         app.router.add_post("/batches/{batch_id}/{action}", self.act, name="act")

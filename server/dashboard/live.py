@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +33,10 @@ KEEPALIVE = 15.0
 HANDLERS_INTERVAL = 2.0
 # At least this long between two snapshots of a batch: a person reads no faster.
 MIN_INTERVAL = 0.5
+# Milliseconds a browser waits before it opens an ended stream again.
+RETRY = b"retry: 2000\n\n"
+# Ends a stream without `done`: the browser reconnects.
+_CLOSE = ("close", None)
 
 
 def event(name: str, data: Any) -> bytes:
@@ -95,10 +99,13 @@ async def stream_batches(
     view: TenantView,
     stored_ids: Sequence[str],
     min_interval: float,
+    closing: asyncio.Event,
 ) -> None:
     """A `progress` event per snapshot of each batch (the current one at once), `gone`
     for one that does not exist (or no longer), and `done` once every batch has finished.
-    Returns when the browser goes away."""
+    Returns when the browser goes away, and without `done` when a batch cannot be
+    followed (Redis away) or the server stops (`closing`): the browser then reconnects,
+    to this server or another."""
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
     interval = max(min_interval, MIN_INTERVAL)
 
@@ -112,14 +119,17 @@ async def stream_batches(
                     await queue.put(("progress", snapshot_payload(view, snapshot)))
         except NotFound:
             await queue.put(("gone", {"id": view.shown_id(stored_id)}))
-        except Exception as exc:  # Redis away, or the server stopping: the page retries
+        except Exception as exc:  # Redis away, or the server stopping
             log.info("dashboard_watch_ended", batch_id=stored_id, error=str(exc))
-            await queue.put(("unavailable", {"id": view.shown_id(stored_id)}))
+            await queue.put(_CLOSE)
         finally:
             await queue.put(None)
 
     tasks = [asyncio.create_task(follow(stored_id)) for stored_id in stored_ids]
+    stop = asyncio.create_task(closing.wait())
+    stop.add_done_callback(lambda _: queue.put_nowait(_CLOSE))
     try:
+        await response.write(RETRY)
         following = len(tasks)
         while following:
             try:
@@ -127,6 +137,8 @@ async def stream_batches(
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
+            if item is _CLOSE:
+                return
             if item is None:
                 following -= 1
                 continue
@@ -135,9 +147,10 @@ async def stream_batches(
     except ConnectionError:  # the browser went away
         pass
     finally:
+        stop.cancel()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(stop, *tasks, return_exceptions=True)
 
 
 class HandlerFeed:
@@ -158,11 +171,6 @@ class HandlerFeed:
                 self._read_at = time.monotonic()
             return self._latest
 
-    async def updates(self) -> AsyncIterator[list[HandlerStatus]]:
-        while True:
-            yield await self.latest()
-            await asyncio.sleep(HANDLERS_INTERVAL)
-
 
 def handler_payload(status: HandlerStatus) -> dict[str, Any]:
     return {
@@ -172,8 +180,15 @@ def handler_payload(status: HandlerStatus) -> dict[str, Any]:
     }
 
 
-async def stream_handlers(response: web.StreamResponse, feed: HandlerFeed) -> None:
-    """A `handlers` event every HANDLERS_INTERVAL, until the browser goes away."""
+async def stream_handlers(
+    response: web.StreamResponse, feed: HandlerFeed, closing: asyncio.Event
+) -> None:
+    """A `handlers` event every HANDLERS_INTERVAL, until the browser goes away or the
+    server stops (`closing`)."""
     with contextlib.suppress(ConnectionError):
-        async for statuses in feed.updates():
+        await response.write(RETRY)
+        while not closing.is_set():
+            statuses = await feed.latest()
             await response.write(event("handlers", [handler_payload(s) for s in statuses]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), HANDLERS_INTERVAL)

@@ -49,10 +49,10 @@ def asset(name: str) -> bytes:
 
 
 def when(timestamp: float | None) -> str:
-    """A Unix time as UTC, to the second; "—" for none."""
+    """A Unix time in UTC, to the second; "—" for none."""
     if not timestamp:
         return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
 
 
 def duration(seconds: float | None) -> str:

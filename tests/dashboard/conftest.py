@@ -1,5 +1,6 @@
 """The dashboard over a real server and worker on the session's private Valkey (a key
-prefix of their own), served on a free port; and the same with API keys (`secured`)."""
+prefix of their own), served by the server's HTTP listener on a free port; and the same
+with API keys (`secured`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import replace
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from support.dashboard import HOST, failing_handler, serving_dashboard
+from support.dashboard import HOST, dashboard_url, failing_handler
 from support.in_process_server import TEST_WATCH_FLOORS
 
 from batchd.client import AsyncClient
@@ -49,16 +50,15 @@ async def worker(settings: Settings) -> AsyncIterator[None]:
 
 @pytest.fixture(scope="module")
 async def server(settings: Settings, worker: None) -> AsyncIterator[BatchdServer]:
-    running = await start_server(settings, port=0)
+    running = await start_server(settings, port=0, metrics_port=0)
     yield running
     await running.stop(grace=0)
 
 
 @pytest.fixture(scope="module")
-async def dashboard(server: BatchdServer) -> AsyncIterator[str]:
+def dashboard(server: BatchdServer) -> str:
     """The dashboard's URL (…/dashboard/), authentication off."""
-    async with serving_dashboard(server) as url:
-        yield url
+    return dashboard_url(server)
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +77,16 @@ async def browser() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture(scope="module")
 async def secured(settings: Settings, worker: None) -> AsyncIterator[BatchdServer]:
     """A server taking API keys, caching a verified key for a tenth of a second."""
-    running = await start_server(replace(settings, auth="tokens", auth_cache_seconds=0.1), port=0)
+    running = await start_server(
+        replace(settings, auth="tokens", auth_cache_seconds=0.1), port=0, metrics_port=0
+    )
     yield running
     await running.stop(grace=0)
 
 
 @pytest.fixture(scope="module")
-async def secured_dashboard(secured: BatchdServer) -> AsyncIterator[str]:
-    async with serving_dashboard(secured) as url:
-        yield url
+def secured_dashboard(secured: BatchdServer) -> str:
+    return dashboard_url(secured)
 
 
 @pytest.fixture(scope="module")

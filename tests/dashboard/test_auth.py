@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
-from support.dashboard import HOST, csrf_of, serving_dashboard
+from support.dashboard import HOST, csrf_of, dashboard_url, read_events
 
 from batchd.client import AsyncClient, BatchState
 from batchd.core.config import Settings
@@ -118,7 +118,7 @@ async def test_a_tenant_sees_its_own_batches_only(
     async with browser.get(f"{secured_dashboard}batches/mine") as response:
         assert response.status == 200
     async with browser.get(f"{secured_dashboard}live?batch=theirs") as response:
-        assert "event: gone" in (await response.content.readuntil(b"\n\n")).decode()
+        assert await read_events(response, "gone") == [("gone", {"id": "theirs"})]
 
 
 async def test_a_reader_sees_no_buttons_and_its_post_is_refused(
@@ -182,12 +182,12 @@ async def test_a_live_page_holds_one_of_its_tenants_watch_slots(
 ) -> None:
     owner = tenant()
     key, _ = await credentials.create(owner, "reader", "dashboard test")
-    server = await start_server(replace(settings, auth="tokens", tenant_max_watchers=1), port=0)
+    server = await start_server(
+        replace(settings, auth="tokens", tenant_max_watchers=1), port=0, metrics_port=0
+    )
+    dashboard = dashboard_url(server)
     try:
-        async with (
-            serving_dashboard(server) as dashboard,
-            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser,
-        ):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
             async with browser.get(f"{dashboard}login") as response:
                 form = {"csrf": csrf_of(await response.text()), "credential": key, "next": ""}
             async with browser.post(f"{dashboard}login", data=form) as response:

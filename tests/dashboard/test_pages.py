@@ -5,21 +5,20 @@ batch's page with its failed items paged, the handler catalog, live events, the 
 from __future__ import annotations
 
 import html
-import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
 import markupsafe
 import pytest
 from aiohttp import web
-from support.dashboard import csrf_of, finished, serving_dashboard
-from support.in_process_server import running_server
+from support.dashboard import csrf_of, dashboard_url, finished, read_events
 from support.redis_server import RedisServerFactory
 
 from batchd.client import AsyncClient, BatchState
-from batchd.core.config import SettingError
-from batchd.server.app import BatchdServer
+from batchd.core.config import SettingError, Settings
+from batchd.server.app import BatchdServer, start_server
 from batchd.server.dashboard import mount_dashboard
 
 HOSTILE_LABEL = '<script>alert("label")</script>'
@@ -251,21 +250,6 @@ async def test_the_handler_catalog_shows_live_workers(
     assert "Fails every item with the message its params carry." in row
 
 
-async def read_events(response: aiohttp.ClientResponse, until: str) -> list[tuple[str, object]]:
-    """The stream's events up to and including the first named `until`."""
-    events: list[tuple[str, object]] = []
-    name = ""
-    async for raw in response.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            name = line[len("event: ") :]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[len("data: ") :])))
-            if name == until:
-                return events
-    raise AssertionError(f"the stream ended before {until!r}: {events}")
-
-
 async def test_live_events_follow_batches_through_the_hub(
     dashboard: str, client: AsyncClient, browser: aiohttp.ClientSession
 ) -> None:
@@ -311,13 +295,46 @@ async def test_a_redis_outage_is_a_503(
     redis_server_factory: RedisServerFactory, browser: aiohttp.ClientSession
 ) -> None:
     private = redis_server_factory()
-    async with (
-        running_server(private.url) as server,
-        serving_dashboard(server) as dashboard,
-    ):
+    server = await start_server(Settings(redis_url=private.url), port=0, metrics_port=0)
+    try:
+        dashboard = dashboard_url(server)
         await page(browser, dashboard)
         with private.stopped():
             async with browser.get(dashboard) as response:
                 assert response.status == 503
                 assert await response.text() == "the batch store is unavailable"
                 assert response.headers["X-Frame-Options"] == "DENY"
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_stopping_server_ends_its_event_streams(
+    settings: Settings, client: AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    batch_id = await slow_batch(client, "stopping")
+    server = await start_server(settings, port=0, metrics_port=0)
+    dashboard = dashboard_url(server)
+    stopped = False
+    try:
+        async with (
+            browser.get(f"{dashboard}live/handlers") as handlers,
+            browser.get(f"{dashboard}live?batch={batch_id}") as progress,
+        ):
+            await read_events(handlers, "handlers")
+            await read_events(progress, "progress")
+            await server.stop(grace=0)
+            stopped = True
+            # Both end, without `done`: the browser reconnects to another server.
+            assert [name async for name in _names(handlers)] == []
+            assert "done" not in [name async for name in _names(progress)]
+    finally:
+        if not stopped:
+            await server.stop(grace=0)
+        await client.cancel(batch_id)
+
+
+async def _names(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async for raw in response.content:
+        line = raw.decode()
+        if line.startswith("event: ") and line.strip() != "event: handlers":
+            yield line[len("event: ") :].strip()

@@ -1,10 +1,10 @@
-"""The dashboard for tests and screenshots: its application served on a free loopback
-port over a running server (until the server's own HTTP listener serves it), a handler
-whose items fail with the message they carry, and Debian's Chromium driven by playwright.
-"""
+"""The dashboard for tests and screenshots: where a server's HTTP listener serves it, a
+handler whose items fail with the message they carry, and Debian's Chromium driven by
+playwright."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tempfile
@@ -13,11 +13,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+import aiohttp
 
 from batchd.client import AsyncClient, Batch
 from batchd.server.app import BatchdServer
-from batchd.server.dashboard import PREFIX, mount_dashboard
+from batchd.server.dashboard import PREFIX
 from batchd.worker import Handler, ItemContext
 from batchd.worker.handler import Code, PermanentError
 from support.polling import poll
@@ -59,32 +59,11 @@ def failing_handler() -> Handler:
     )
 
 
-@asynccontextmanager
-async def serving_dashboard(server: BatchdServer) -> AsyncIterator[str]:
-    """The dashboard of `server` on a free port; yields its URL (ending in /dashboard/)."""
-    assert server.store is not None
-    assert server.settings is not None
-    app = web.Application()
-    mounted = mount_dashboard(
-        app,
-        server.store,
-        server.hub,
-        server.authenticators,
-        server.settings,
-        host=HOST,
-        servicer=server.servicer,
-        watchers=server.watchers,
-    )
-    assert mounted
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://{HOST}:{port}{PREFIX}"
-    finally:
-        await runner.cleanup()
+def dashboard_url(server: BatchdServer) -> str:
+    """Where `server`'s HTTP listener serves its dashboard (start it with metrics_port=0
+    for a free port)."""
+    assert server.web is not None, "the server has no HTTP listener: metrics_port=0"
+    return f"http://{HOST}:{server.web.port}{PREFIX}"
 
 
 def chromium_problem() -> str | None:
@@ -131,3 +110,18 @@ async def finished(client: AsyncClient, batch_id: str) -> Batch:
         return batch if batch.state.is_terminal else None
 
     return await poll(probe)
+
+
+async def read_events(response: aiohttp.ClientResponse, until: str) -> list[tuple[str, object]]:
+    """The stream's events up to and including the first named `until`."""
+    events: list[tuple[str, object]] = []
+    name = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: ") :])))
+            if name == until:
+                return events
+    raise AssertionError(f"the stream ended before {until!r}: {events}")

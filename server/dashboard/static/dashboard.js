@@ -30,7 +30,7 @@
 
   function when(seconds) {
     if (!seconds) return "—";
-    return new Date(seconds * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+    return new Date(seconds * 1000).toISOString().slice(0, 19).replace("T", " ");
   }
 
   function setField(scope, name, text) {
