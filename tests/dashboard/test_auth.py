@@ -199,3 +199,20 @@ async def test_a_live_page_holds_one_of_its_tenants_watch_slots(
                     assert second.status == 429
     finally:
         await server.stop(grace=0)
+
+
+async def test_a_session_is_good_on_every_server_of_the_redis(
+    settings: Settings, worker: None, login: Login
+) -> None:
+    browser, _ = await login(tenant(), "reader")  # on the `secured` server
+    other = await start_server(
+        replace(settings, auth="tokens", auth_cache_seconds=0.1), port=0, metrics_port=0
+    )
+    try:
+        # Cookies are the host's, whatever the port: the same session reaches the other.
+        async with browser.get(dashboard_url(other)) as response:
+            assert response.status == 200
+            assert response.url.path == "/dashboard/"
+            assert "Log out" in await response.text()
+    finally:
+        await other.stop(grace=0)
