@@ -59,11 +59,14 @@ def find_server_executable() -> str:
 
 @dataclass(frozen=True)
 class ServerTls:
-    """PEM files of a TLS-only server: its certificate and key, and the CA clients trust."""
+    """PEM files of a TLS-only server: its certificate and key, and the CA clients trust.
+    With `client` (a certificate and key of that CA) the server asks every client for a
+    certificate of the CA (tls-auth-clients), and `ping` presents that one."""
 
     cert: Path
     key: Path
     ca: Path
+    client: tuple[Path, Path] | None = None
 
 
 def _command(*words: str) -> bytes:
@@ -91,6 +94,8 @@ def ping(
             sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
             if tls is not None:
                 context = ssl.create_default_context(cafile=str(tls.ca))
+                if tls.client is not None:
+                    context.load_cert_chain(*tls.client)
                 sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
             sock.sendall(request)
             reply = b""
@@ -180,7 +185,7 @@ class RedisServer:
             "--tls-cert-file", str(self.tls.cert),
             "--tls-key-file", str(self.tls.key),
             "--tls-ca-cert-file", str(self.tls.ca),
-            "--tls-auth-clients", "no",
+            "--tls-auth-clients", "no" if self.tls.client is None else "yes",
         ]  # fmt: skip
 
     def start(self, timeout: float = START_TIMEOUT) -> None:

@@ -1,0 +1,141 @@
+"""docs/security.md's shell blocks run as written, in a scratch directory, against real
+`batchd-server` processes on private Valkeys, loopback only: the Transport section's
+mTLS server and the CLI calling it with its certificate; "Authentication and roles"'s
+`batchd-admin token` commands and the server they key; the JWT section's server, with
+its JWKS served by a local HTTP peer and a token signed by that peer's key; and each of
+the Redis section's URLs (an ACL user, requirepass, TLS with a client certificate) used
+by `batchd-admin`. The grpcurl blocks of the Transport section are
+tests/e2e/test_readme_grpcurl.py's.
+
+What a production deployment names is this run's: `--host 0.0.0.0` listens on
+127.0.0.1 and a free port, redis.internal is the private Valkey, /etc/batchd/ files the
+test's certificates, idp.example.com's JWKS URL the local peer's (its issuer is a name
+the token carries, kept as written)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+from support.certs import Certificates, make_certificates
+from support.net import find_free_port
+from support.polling import poll
+from support.readme_session import DOCS, Ran, Shell, listening, read_session, sh_blocks_after
+from support.redis_server import RedisServerFactory, ServerTls
+
+from batchd.client import TLS, AsyncClient, BatchState
+
+SECURITY = (DOCS / "security.md").read_text()
+ANY_HOST = "--host 0.0.0.0"
+
+
+def commands(heading: str, index: int = 0) -> list[str]:
+    """The commands of the section's `index`th ```sh block, comments kept."""
+    return [s.command for s in read_session(sh_blocks_after(SECURITY, heading)[index], "")]
+
+
+def words(command: str) -> list[str]:
+    return shlex.split(command, comments=True)
+
+
+async def run_ok(shell: Shell, command: str) -> Ran:
+    ran = await shell.run(command, within=30)
+    assert ran.status == 0, ran.context
+    return ran
+
+
+@asynccontextmanager
+async def server_job(shell: Shell, command: str, log: Path) -> AsyncIterator[int]:
+    """`command` (a `batchd-server ... --host 0.0.0.0`) started as a job, listening on
+    127.0.0.1 and a free port instead; yields the port once it accepts connections, and
+    the server must exit 0 on SIGTERM at the end."""
+    assert ANY_HOST in command, command
+    port = find_free_port()
+    shell.replacements[ANY_HOST] = f"--host 127.0.0.1 --port {port}"
+    job = await shell.start(command, log)
+    number = len(shell.jobs)
+
+    async def up() -> bool | None:
+        assert job.returncode is None, log.read_text()
+        return await listening(port)
+
+    await poll(up, within=30)
+    yield port
+    assert await shell.stop_job(number) == 0, log.read_text()
+
+
+async def has_handler(client: AsyncClient, name: str) -> bool | None:
+    return True if name in {h.name for h in await client.handlers()} else None
+
+
+async def run_batch(client: AsyncClient) -> str:
+    """A noop batch of two, run to its end; its id."""
+    submitted = await client.submit("noop", [("a", {}), ("b", {})])
+    async for progress in client.watch(submitted.batch.batch_id):
+        final = progress
+    assert final.state is BatchState.COMPLETED
+    return submitted.batch.batch_id
+
+
+# --- Transport (TLS, mTLS) ------------------------------------------------------
+
+
+def hand_files(directory: Path, certs: Certificates) -> Path:
+    """The files the CLI block names, in the directory it runs in."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(certs.ca.cert, directory / "ca.pem")
+    shutil.copyfile(certs.client.cert, directory / "client.pem")
+    shutil.copyfile(certs.client.key, directory / "client.key")
+    return directory
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_an_mtls_server_and_the_cli_calling_it(
+    redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    (server,) = commands("## Transport (TLS, mTLS)", 0)
+    (cli,) = commands("## Transport (TLS, mTLS)", 1)
+    assert words(server)[-4:] == ["--host", "0.0.0.0", "--auth", "mtls"], server
+    certs = make_certificates(tmp_path / "certs")
+    # --auth mtls: the client certificate's identity (its URI SAN) is a principal.
+    principals = tmp_path / "principals.json"
+    identity = "spiffe://batchd.test/team-a"
+    principals.write_text(json.dumps({identity: {"tenant": "acme", "role": "submitter"}}))
+    redis = redis_server_factory()
+    scratch = hand_files(tmp_path / "scratch", certs)
+    env = {"BATCHD_REDIS_URL": redis.url, "BATCHD_MTLS_PRINCIPALS": str(principals)}
+    async with Shell(scratch, env) as shell:
+        shell.replacements["/etc/batchd/server.pem"] = str(certs.server.cert)
+        shell.replacements["/etc/batchd/server.key"] = str(certs.server.key)
+        shell.replacements["/etc/batchd/clients-ca.pem"] = str(certs.ca.cert)
+        await shell.start("batchd-worker", tmp_path / "worker.log")
+        async with server_job(shell, server, tmp_path / "server.log") as port:
+            target = f"127.0.0.1:{port}"
+            shell.replacements["batchd.internal:50051"] = target
+            files = {"ca_file": "ca.pem", "cert_file": "client.pem", "key_file": "client.key"}
+            tls = TLS(**{field: scratch / name for field, name in files.items()})
+            async with AsyncClient(target, tls=tls) as client:
+                await poll(lambda: has_handler(client, "noop"), within=30)
+                batch_id = await run_batch(client)
+
+            ran = await run_ok(shell, cli)
+            assert re.search(rf"^{batch_id} +COMPLETED +2/2 noop ", ran.out, re.M), ran.context
+
+            # Without its certificate the handshake is refused, in one line naming the flag.
+            bare = cli.replace("--tls-cert client.pem --tls-key client.key", "")
+            ran = await shell.run(bare)
+            assert ran.status == 2, ran.context
+            assert ran.err.startswith("error: UNAVAILABLE: "), ran.context
+            assert ran.err.count("\n") == 1 and "--tls-cert" in ran.err, ran.context
