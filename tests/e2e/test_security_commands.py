@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from support.certs import Certificates, make_certificates
 from support.net import find_free_port
 from support.polling import poll
-from support.readme_session import DOCS, Ran, Shell, listening, read_session, sh_blocks_after
+from support.readme_session import DOCS, Ran, Shell, listening, read_session, sh_blocks_after, with_venv
 from support.redis_server import RedisServerFactory, ServerTls
 
 from batchd.client import TLS, AsyncClient, BatchState
@@ -139,3 +139,63 @@ async def test_an_mtls_server_and_the_cli_calling_it(
             assert ran.status == 2, ran.context
             assert ran.err.startswith("error: UNAVAILABLE: "), ran.context
             assert ran.err.count("\n") == 1 and "--tls-cert" in ran.err, ran.context
+
+
+# --- Authentication and roles ---------------------------------------------------
+
+CREATED = re.compile(
+    r"^created key ([0-9a-f]{12}) for tenant acme, role submitter .*\n(bd_\1_\S+)\n$"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_api_keys_made_listed_revoked_and_a_server_they_key(
+    redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    export, create, listed, revoke, server = commands("## Authentication and roles")
+    assert words(revoke)[-1] == "3f9c2a1b7d0e"
+    redis = redis_server_factory()
+    scratch = with_venv(tmp_path / "scratch")  # the commands are the checkout's .venv/bin/
+    async with Shell(scratch, {}) as shell:
+        shell.replacements["redis://redis.internal:6379/0"] = redis.url
+        await run_ok(shell, export)
+        assert shell.env["BATCHD_REDIS_URL"] == redis.url
+
+        # `create` prints the key once, as its last word; `list` shows it, not the key.
+        ran = await run_ok(shell, create)
+        made = CREATED.match(ran.out)
+        assert made, ran.context
+        key_id, key = made.groups()
+        ran = await run_ok(shell, listed)
+        assert ran.out.split("\n")[0].split() == [
+            "ID", "TENANT", "ROLE", "NAME", "CREATED", "LAST", "USED"
+        ], ran.context  # fmt: skip
+        row = ran.out.split("\n")[1].split()
+        assert row[:4] + row[5:] == [key_id, "acme", "submitter", "billing", "-"], ran.context
+        assert key not in ran.out and key.rsplit("_", 1)[1] not in ran.out
+        shell.replacements["3f9c2a1b7d0e"] = key_id
+        await run_ok(shell, revoke)
+        ran = await run_ok(shell, listed)
+        assert key_id not in ran.out, ran.context
+        # Another key, live, for the server to take.
+        ran = await run_ok(shell, create)
+        made = CREATED.match(ran.out)
+        assert made, ran.context
+        live = made.group(2)
+
+        await shell.start("batchd-worker", tmp_path / "worker.log")
+        async with server_job(shell, server, tmp_path / "server.log") as port:
+            target = f"127.0.0.1:{port}"
+            async with AsyncClient(target, token=live) as client:
+                await poll(lambda: has_handler(client, "noop"), within=30)
+                await run_batch(client)
+            shell.env["BATCHD_TARGET"] = target
+            ran = await shell.run(f"batchd --token {live} list")
+            assert (ran.status, ran.out.count(" COMPLETED ")) == (0, 1), ran.context
+            for refused in [f"batchd --token {key} list", "batchd list"]:
+                ran = await shell.run(refused)
+                assert ran.status == 2, ran.context
+                assert ran.err.startswith(
+                    "error: UNAUTHENTICATED: the service did not accept the credentials"
+                ), ran.context
