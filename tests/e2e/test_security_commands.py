@@ -199,3 +199,89 @@ async def test_api_keys_made_listed_revoked_and_a_server_they_key(
                 assert ran.err.startswith(
                     "error: UNAUTHENTICATED: the service did not accept the credentials"
                 ), ran.context
+
+
+# --- JWT ------------------------------------------------------------------------
+
+IDP_JWKS = "https://idp.example.com/realms/acme/protocol/openid-connect/certs"
+
+
+@asynccontextmanager
+async def identity_provider(jwks: dict[str, Any]) -> AsyncIterator[str]:
+    """A local HTTP peer serving `jwks` at the path of the docs' JWKS URL; yields its
+    URL."""
+    path = IDP_JWKS.removeprefix("https://idp.example.com")
+
+    async def certs(request: web.Request) -> web.Response:
+        return web.json_response(jwks)
+
+    app = web.Application()
+    app.router.add_get(path, certs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = find_free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        await runner.cleanup()
+
+
+def token(key: rsa.RSAPrivateKey, **claims: Any) -> str:
+    """A JWT as the docs' provider issues it: its issuer and audience, a nested role."""
+    now = int(time.time())
+    payload = {
+        "iss": "https://idp.example.com/realms/acme",
+        "aud": "batchd",
+        "sub": "billing-job",
+        "tenant": "acme",
+        "realm_access": {"batchd_role": "submitter"},
+        "iat": now,
+        "exp": now + 300,
+        **claims,
+    }
+    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "acme-1"})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_jwt_server_takes_the_providers_tokens(
+    redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    (server,) = commands("## JWT")
+    assert IDP_JWKS in server
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = {"keys": [{**public, "kid": "acme-1", "use": "sig", "alg": "RS256"}]}
+    redis = redis_server_factory()
+    async with (
+        identity_provider(jwks) as url,
+        Shell(tmp_path, {"BATCHD_REDIS_URL": redis.url}) as shell,
+    ):
+        shell.replacements[IDP_JWKS] = url
+        await shell.start("batchd-worker", tmp_path / "worker.log")
+        async with server_job(shell, server, tmp_path / "server.log") as port:
+            target = f"127.0.0.1:{port}"
+            async with AsyncClient(target, token=token(key)) as client:
+                await poll(lambda: has_handler(client, "noop"), within=30)
+                batch_id = await run_batch(client)
+            shell.env["BATCHD_TARGET"] = target
+            shell.env["BATCHD_TOKEN"] = token(key)
+            ran = await run_ok(shell, "batchd list")
+            assert re.search(rf"^{batch_id} +COMPLETED ", ran.out, re.M), ran.context
+            # A reader may read, not submit; another issuer, audience or key is refused.
+            shell.env["BATCHD_TOKEN"] = token(key, realm_access={"batchd_role": "reader"})
+            await run_ok(shell, "batchd list")
+            ran = await shell.run("echo '{\"custom_id\": \"a\"}' | batchd submit noop -")
+            assert ran.status == 2, ran.context
+            assert ran.err.startswith("error: PERMISSION_DENIED: this call needs the submitter")
+            other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            for bad in [
+                token(key, iss="https://idp.example.com/realms/other"),
+                token(key, aud="another"),
+                token(other),
+            ]:
+                shell.env["BATCHD_TOKEN"] = bad
+                ran = await shell.run("batchd list")
+                assert ran.status == 2, ran.context
+                assert ran.err.startswith("error: UNAUTHENTICATED: "), ran.context
