@@ -89,6 +89,12 @@ RUN_BY = {
     ("docs/operations.md", "## Running server and workers separately"): (
         "tests/e2e/test_readme_commands.py"
     ),
+    ("docs/security.md", "## Authentication and roles"): "tests/e2e/test_security_commands.py",
+    ("docs/security.md", "## JWT"): "tests/e2e/test_security_commands.py",
+    ("docs/security.md", "## Redis"): "tests/e2e/test_security_commands.py",
+    ("docs/security.md", "## Transport (TLS, mTLS)"): (
+        "tests/e2e/test_security_commands.py (server, CLI), tests/e2e/test_readme_grpcurl.py"
+    ),
 }
 NOT_RUN_YET = {  # shown, and not run by any test: each a gap to close
     ("docs/handlers/email.md", "## Rate limiting"),
@@ -100,9 +106,6 @@ NOT_RUN_YET = {  # shown, and not run by any test: each a gap to close
     ("docs/handlers.md", "## 4. The params schema, checked at submit time"),
     ("docs/handlers.md", "## 9. Testing it"),
     ("docs/performance.md", "## Running the benchmarks"),
-    ("docs/security.md", "## Authentication and roles"),
-    ("docs/security.md", "## JWT"),
-    ("docs/security.md", "## Redis"),
 }
 
 
@@ -122,7 +125,5 @@ def sh_block_sections() -> set[tuple[str, str]]:
 
 
 def test_every_shell_block_is_run_or_listed() -> None:
-    # docs/security.md's Transport blocks: the grpcurl ones run (test_readme_grpcurl), the
-    # server and CLI ones not yet.
-    listed = set(RUN_BY) | NOT_RUN_YET | {("docs/security.md", "## Transport (TLS, mTLS)")}
+    listed = set(RUN_BY) | NOT_RUN_YET
     assert sh_block_sections() == listed

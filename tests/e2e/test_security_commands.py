@@ -32,7 +32,13 @@ from support.certs import Certificates, make_certificates
 from support.net import find_free_port
 from support.polling import poll
 from support.readme_session import DOCS, Ran, Shell, listening, read_session, sh_blocks_after, with_venv
-from support.redis_server import RedisServerFactory, ServerTls
+from support.redis_server import (
+    RedisServer,
+    RedisServerError,
+    RedisServerFactory,
+    ServerTls,
+    find_server_executable,
+)
 
 from batchd.client import TLS, AsyncClient, BatchState
 
@@ -41,8 +47,9 @@ ANY_HOST = "--host 0.0.0.0"
 
 
 def commands(heading: str, index: int = 0) -> list[str]:
-    """The commands of the section's `index`th ```sh block, comments kept."""
-    return [s.command for s in read_session(sh_blocks_after(SECURITY, heading)[index], "")]
+    """The commands of the section's `index`th ```sh block (comment lines dropped)."""
+    steps = read_session(sh_blocks_after(SECURITY, heading)[index], "")
+    return [s.command for s in steps if words(s.command)]
 
 
 def words(command: str) -> list[str]:
@@ -285,3 +292,77 @@ async def test_a_jwt_server_takes_the_providers_tokens(
                 ran = await shell.run("batchd list")
                 assert ran.status == 2, ran.context
                 assert ran.err.startswith("error: UNAUTHENTICATED: "), ran.context
+
+
+# --- Redis ----------------------------------------------------------------------
+
+USER, PASSWORD = "batchd", "s3cret"
+ACL = ("--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off")
+
+
+def tls_redis(factory: RedisServerFactory, tls: ServerTls) -> RedisServer:
+    """A TLS-only server with the ACL user; skips when neither the bundled server nor one
+    on PATH was built with TLS."""
+    candidates = dict.fromkeys(
+        [find_server_executable(), shutil.which("redis-server"), shutil.which("valkey-server")]
+    )
+    for executable in filter(None, candidates):
+        try:
+            return factory(extra_args=ACL, auth=(USER, PASSWORD), tls=tls, executable=executable)
+        except RedisServerError as exc:
+            if "TLS" not in str(exc):
+                raise
+    pytest.skip("no Valkey/Redis server here was built with TLS")
+
+
+async def reaches(shell: Shell, export: str, redis: RedisServer) -> None:
+    """`export` run with redis.internal standing for `redis`, and batchd-admin (which
+    reads the URL as the servers and workers do) using it."""
+    shown = re.search(r"@(redis\.internal:\d+)/", export)
+    assert shown, export
+    shell.replacements[shown.group(1)] = f"127.0.0.1:{redis.port}"
+    await run_ok(shell, export)
+    del shell.replacements[shown.group(1)]
+    ran = await run_ok(shell, "batchd-admin token create --tenant acme --role reader")
+    assert ran.out.startswith("created key "), ran.context
+
+
+@pytest.mark.slow
+async def test_a_redis_url_with_a_user_or_only_a_password(
+    redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    acl_user, password_only, _ = commands("## Redis")
+    async with Shell(tmp_path, {}) as shell:
+        await reaches(shell, acl_user, redis_server_factory(extra_args=ACL, auth=(USER, PASSWORD)))
+        requirepass = ("--requirepass", PASSWORD)
+        redis = redis_server_factory(extra_args=requirepass, auth=("default", PASSWORD))
+        await reaches(shell, password_only, redis)
+        # The password is what lets it in.
+        shell.env["BATCHD_REDIS_URL"] = shell.env["BATCHD_REDIS_URL"].replace(PASSWORD, "nope")
+        ran = await shell.run("batchd-admin token list")
+        assert ran.status != 0, ran.context
+        assert "invalid username-password pair" in ran.err, ran.context
+        assert "nope" not in ran.out + ran.err
+
+
+@pytest.mark.slow
+async def test_a_rediss_url_with_a_ca_and_a_client_certificate(
+    redis_server_factory: RedisServerFactory, tmp_path: Path
+) -> None:
+    *_, over_tls = commands("## Redis")
+    certs = make_certificates(tmp_path / "certs")
+    client = (certs.client.cert, certs.client.key)
+    tls = ServerTls(cert=certs.server.cert, key=certs.server.key, ca=certs.ca.cert, client=client)
+    redis = tls_redis(redis_server_factory, tls)
+    async with Shell(tmp_path, {}) as shell:
+        shell.replacements["/etc/batchd/redis-ca.pem"] = str(certs.ca.cert)
+        shell.replacements["/etc/batchd/redis-client.pem"] = str(certs.client.cert)
+        shell.replacements["/etc/batchd/redis-client.key"] = str(certs.client.key)
+        await reaches(shell, over_tls, redis)
+        # The server asks for the client certificate (tls-auth-clients): without it, no way in.
+        url = shell.env["BATCHD_REDIS_URL"]
+        shell.env["BATCHD_REDIS_URL"] = url.split("&ssl_certfile=")[0]
+        ran = await shell.run("batchd-admin token list")
+        assert ran.status != 0, ran.context
+        # (the server's alert, or the reset after it)
+        assert ran.err.startswith("batchd-admin: cannot reach Redis at rediss://"), ran.context
