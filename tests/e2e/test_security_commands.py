@@ -31,7 +31,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from support.certs import Certificates, make_certificates
 from support.net import find_free_port
 from support.polling import poll
-from support.readme_session import DOCS, Ran, Shell, listening, read_session, sh_blocks_after, with_venv
+from support.readme_session import (
+    DOCS,
+    Ran,
+    Shell,
+    listening,
+    read_session,
+    sh_blocks_after,
+    with_venv,
+)
 from support.redis_server import (
     RedisServer,
     RedisServerError,
@@ -62,6 +70,10 @@ async def run_ok(shell: Shell, command: str) -> Ran:
     return ran
 
 
+def text_of(path: Path) -> str:
+    return path.read_text()
+
+
 @asynccontextmanager
 async def server_job(shell: Shell, command: str, log: Path) -> AsyncIterator[int]:
     """`command` (a `batchd-server ... --host 0.0.0.0`) started as a job, listening on
@@ -74,12 +86,12 @@ async def server_job(shell: Shell, command: str, log: Path) -> AsyncIterator[int
     number = len(shell.jobs)
 
     async def up() -> bool | None:
-        assert job.returncode is None, log.read_text()
+        assert job.returncode is None, text_of(log)
         return await listening(port)
 
     await poll(up, within=30)
     yield port
-    assert await shell.stop_job(number) == 0, log.read_text()
+    assert await shell.stop_job(number) == 0, text_of(log)
 
 
 async def has_handler(client: AsyncClient, name: str) -> bool | None:
@@ -145,7 +157,8 @@ async def test_an_mtls_server_and_the_cli_calling_it(
             ran = await shell.run(bare)
             assert ran.status == 2, ran.context
             assert ran.err.startswith("error: UNAVAILABLE: "), ran.context
-            assert ran.err.count("\n") == 1 and "--tls-cert" in ran.err, ran.context
+            assert ran.err.count("\n") == 1, ran.context
+            assert "--tls-cert" in ran.err, ran.context
 
 
 # --- Authentication and roles ---------------------------------------------------
@@ -180,7 +193,7 @@ async def test_api_keys_made_listed_revoked_and_a_server_they_key(
         ], ran.context  # fmt: skip
         row = ran.out.split("\n")[1].split()
         assert row[:4] + row[5:] == [key_id, "acme", "submitter", "billing", "-"], ran.context
-        assert key not in ran.out and key.rsplit("_", 1)[1] not in ran.out
+        assert key.rsplit("_", 1)[1] not in ran.out  # nor its secret
         shell.replacements["3f9c2a1b7d0e"] = key_id
         await run_ok(shell, revoke)
         ran = await run_ok(shell, listed)
@@ -279,7 +292,7 @@ async def test_a_jwt_server_takes_the_providers_tokens(
             # A reader may read, not submit; another issuer, audience or key is refused.
             shell.env["BATCHD_TOKEN"] = token(key, realm_access={"batchd_role": "reader"})
             await run_ok(shell, "batchd list")
-            ran = await shell.run("echo '{\"custom_id\": \"a\"}' | batchd submit noop -")
+            ran = await shell.run('echo \'{"custom_id": "a"}\' | batchd submit noop -')
             assert ran.status == 2, ran.context
             assert ran.err.startswith("error: PERMISSION_DENIED: this call needs the submitter")
             other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
