@@ -83,6 +83,13 @@ RUN_BY = {
     ("README.md", "## Using it"): "tests/e2e/test_readme.py",
     ("README.md", "## Development"): "tests/e2e/test_readme_commands.py",
     ("docs/api.md", "## With grpcurl"): "tests/e2e/test_readme_grpcurl.py",
+    ("docs/handlers.md", "## 3. Registering it: the entry point"): (
+        "tests/e2e/test_handler_guide_commands.py"
+    ),
+    ("docs/handlers.md", "## 4. The params schema, checked at submit time"): (
+        "tests/e2e/test_handler_guide_commands.py"
+    ),
+    ("docs/handlers.md", "## 9. Testing it"): "tests/e2e/test_handler_guide_commands.py",
     ("docs/handlers/email.md", "## Example"): "tests/e2e/test_readme_commands.py",
     ("docs/handlers/image.md", "## Example"): "tests/e2e/test_readme_commands.py",
     ("docs/handlers/migrate.md", "## Example"): "tests/e2e/test_readme_commands.py",
@@ -102,9 +109,6 @@ NOT_RUN_YET = {  # shown, and not run by any test: each a gap to close
     ("docs/handlers/migrate.md", "## Redrive"),
     ("docs/handlers/migrate.md", "## Databases, engines and settings"),
     ("docs/handlers/migrate.md", "## With databases of your own"),
-    ("docs/handlers.md", "## 3. Registering it: the entry point"),
-    ("docs/handlers.md", "## 4. The params schema, checked at submit time"),
-    ("docs/handlers.md", "## 9. Testing it"),
     ("docs/performance.md", "## Running the benchmarks"),
 }
 
