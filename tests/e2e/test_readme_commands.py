@@ -2,7 +2,7 @@
 examples to, run as written, in a scratch directory, against a real service and real
 local peers: server and worker started separately on a private Valkey, and workers added
 to a running `./scripts/run` (docs/operations.md); email.send through the aiosmtpd sink
-its example starts, record.migrate between SQLite files, image.resize from a local HTTP
+its example starts (and held to a relay's rate, its "Rate limiting"), record.migrate between SQLite files, image.resize from a local HTTP
 peer (the "Example" of each of docs/handlers/email.md, migrate.md and image.md); and the
 README's development commands. Each test reads its block from the page, so a changed
 command is run as changed, and a command added or removed fails it. The grpcurl blocks
@@ -31,6 +31,7 @@ Not run, on purpose:
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shlex
 import shutil
@@ -191,6 +192,40 @@ async def test_email_send_workload(tmp_path: Path) -> None:
     assert "Subject: User 7, our winter sale" in printed
     assert "To: user-7@example.com" in printed
     assert "From: Shop <news@shop.example>" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_email_send_held_to_a_relays_rate(tmp_path: Path) -> None:
+    """ "Rate limiting": the example's items (its first hundred) submitted with a rate and
+    a key of the relay's; the batch keeps both and every message reaches the sink."""
+    sink_block, client_block = sh_blocks_after(EMAIL, "## Example")
+    sink, run = read_session(sink_block, prompt="")
+    make_items = read_session(client_block, prompt="")[1]
+    (limited,) = read_session(sh_blocks_after(EMAIL, "## Rate limiting")[0], prompt="")
+    smtp_port = find_free_port()
+    scratch = with_venv(tmp_path / "scratch")
+    async with Shell(scratch, {"PYTHONUNBUFFERED": "1"}) as shell:
+        shell.replacements["8025"] = str(smtp_port)
+        await shell.start(sink.command, tmp_path / "sink.log")
+        await poll(lambda: listening(smtp_port))
+        *assignments, _ = shlex.split(shell.real(run.command))
+        with readme_service(dict(a.split("=", 1) for a in assignments)) as service:
+            await poll(lambda: all_handlers_served(service.target), within=60)
+            shell.env["BATCHD_TARGET"] = service.target
+            assert (await shell.run(make_items.command)).status == 0
+            lines = (scratch / "items.jsonl").read_text().splitlines(keepends=True)
+            (scratch / "items.jsonl").write_text("".join(lines[:100]))
+            submitted = await shell.run(limited.command)
+            assert submitted.status == 0, submitted.context
+            (batch_id,) = submitted.out.split()
+            got = await shell.run(f"batchd get {batch_id} --json")
+            assert got.status == 0, got.context
+            options = json.loads(got.out)["options"]
+            assert options["max_per_second"] == 50, got.context
+            assert options["rate_limit_key"] == "smtp:relay.example:587", got.context
+            printed = await poll(lambda: sink_received(tmp_path / "sink.log", 100), within=60)
+    assert printed.count("---------- END MESSAGE ----------") == 100
 
 
 MIGRATE: Expected = [
