@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support.readme_session import read_session, sh_blocks_after, with_venv
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
 
@@ -58,8 +61,38 @@ def test_metrics_cost_small(tmp_path: Path) -> None:
     assert_positive(result, "on_0_items_per_second", "off_0_items_per_second", "ratio_on_to_off")
 
 
-def test_noop_small(tmp_path: Path) -> None:
-    result = run_bench(tmp_path, "noop", "--items", "2000", "--arq-jobs", "500")
+def documented_commands() -> list[str]:
+    """The commands of docs/performance.md's "Running the benchmarks", comments dropped."""
+    block = sh_blocks_after(
+        (ROOT / "docs" / "performance.md").read_text(), "## Running the benchmarks"
+    )
+    return [" ".join(shlex.split(s.command, comments=True)) for s in read_session(block[0], "")]
+
+
+def test_noop_small_as_documented(tmp_path: Path) -> None:
+    """docs/performance.md's commands of one scenario, as written (the run at a small size:
+    --items 2000 and a small plain-ARQ run for --items 1000000), in a directory of their
+    own (its noop.json) with the checkout's `.venv` and `bench` package. Its first command,
+    every scenario at modest sizes, takes minutes: the tests here run each one small."""
+    every, usage, one = documented_commands()
+    assert every == ".venv/bin/python -m bench"
+    scratch = with_venv(tmp_path / "scratch")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(command: str) -> str:
+        ran = subprocess.run(
+            command, shell=True, cwd=scratch, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        return ran.stdout
+
+    assert usage == ".venv/bin/python -m bench.noop --help"
+    printed = run(usage)
+    assert printed.startswith("usage: "), printed
+    assert all(flag in printed for flag in ["--items", "--arq-jobs", "--json"]), printed
+    assert one == ".venv/bin/python -m bench.noop --items 1000000 --json noop.json"
+    run(one.replace("--items 1000000", "--items 2000 --arq-jobs 500"))
+    result = json.loads((scratch / "noop.json").read_text())
     assert_positive(
         result,
         "items_per_second",

@@ -2,9 +2,10 @@
 examples to, run as written, in a scratch directory, against a real service and real
 local peers: server and worker started separately on a private Valkey, and workers added
 to a running `./scripts/run` (docs/operations.md); email.send through the aiosmtpd sink
-its example starts (and held to a relay's rate, its "Rate limiting"), record.migrate between SQLite files, image.resize from a local HTTP
-peer (the "Example" of each of docs/handlers/email.md, migrate.md and image.md); and the
-README's development commands. Each test reads its block from the page, so a changed
+its example starts, record.migrate between SQLite files, image.resize from a local HTTP
+peer (the "Example" of each of docs/handlers/email.md, migrate.md and image.md), and
+email.send held to a relay's rate (email.md's "Rate limiting"); and the README's
+development commands. Each test reads its block from the page, so a changed
 command is run as changed, and a command added or removed fails it. The grpcurl blocks
 of docs/api.md and docs/security.md are tests/e2e/test_readme_grpcurl.py's.
 
