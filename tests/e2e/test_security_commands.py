@@ -144,7 +144,7 @@ async def test_an_mtls_server_and_the_cli_calling_it(
             target = f"127.0.0.1:{port}"
             shell.replacements["batchd.internal:50051"] = target
             files = {"ca_file": "ca.pem", "cert_file": "client.pem", "key_file": "client.key"}
-            tls = TLS(**{field: scratch / name for field, name in files.items()})
+            tls = TLS(**{field: str(scratch / name) for field, name in files.items()})
             async with AsyncClient(target, tls=tls) as client:
                 await poll(lambda: has_handler(client, "noop"), within=30)
                 batch_id = await run_batch(client)
