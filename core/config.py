@@ -92,8 +92,22 @@ def setting(default: Any, help: str, *, read_by: str | Collection[str] = WORKER)
 class Settings:
     redis_url: str = setting(
         "",
-        "Redis URL (also REDIS_URL); empty: batchd-service starts an embedded server",
+        "Redis URL (also REDIS_URL), or redis+sentinel://host:26379,host2:26379/service/0 "
+        "to follow a Sentinel-managed primary; empty: batchd-service starts an embedded "
+        "server",
         read_by=SHARED,
+    )
+    redis_min_replicas_ack: int = setting(
+        0,
+        "replicas that must acknowledge a new batch (Redis WAIT) before SubmitBatch and "
+        "UploadBatch answer, so that losing the primary cannot lose it; 0: answer at once",
+        read_by=SERVER,
+    )
+    redis_replica_ack_timeout: float = setting(
+        1.0,
+        "seconds to wait for those acknowledgements; short of them the call fails "
+        "UNAVAILABLE, its batch kept (a retry with the same request_id asks again)",
+        read_by=SERVER,
     )
     key_prefix: str = setting("batchd:", "prefix of every Redis key batchd writes", read_by=SHARED)
     host: str = setting(

@@ -40,6 +40,12 @@ class Keys:
         return f"{self.prefix}request:{request_id}"
 
     @property
+    def committed(self) -> str:
+        """Pub/sub channel: a batch id published after its commit, the write a replica
+        acknowledgement waits on (batchd.core.replication). Nothing subscribes."""
+        return f"{self.prefix}committed"
+
+    @property
     def handlers(self) -> str:
         """HASH handler name -> JSON HandlerSpec, as last published by a worker."""
         return f"{self.prefix}handlers"

@@ -1,26 +1,166 @@
-"""Reaching the servers' Redis: a URL fit for a log line, and the start-up check that
-tells wrong credentials from an outage.
+"""Reaching the servers' Redis: the one factory every batchd client is built by, a URL
+fit for a log line, and the start-up check that tells wrong credentials from an outage.
 
 Redis URLs carry their credentials (`redis://user:password@host:6379/0`, `rediss://…`
 for TLS, `unix://:password@/path/to.sock`); anything that logs or prints one goes
-through `redact`. Wrong credentials are a configuration error, not an outage: redis-py
-raises `AuthenticationError`, a `ConnectionError`, which the server's health check and
-the worker's outage handling would otherwise wait out forever.
+through `redact`. A `redis+sentinel://` URL names Sentinels instead of a server:
+
+    redis+sentinel://[user:password@]host:26379[,host2:26379...]/service[/db]
+        [?sentinel_username=...&sentinel_password=...]
+
+`connect` then asks the Sentinels for the service's primary before each new connection,
+so clients follow a failover without a restart (redis-py's `Sentinel.master_for`). The
+authority's credentials are the primary's; the Sentinels' own, if they ask for any, are
+the query's. See docs/operations.md, "Redis high availability".
+
+Wrong credentials are a configuration error, not an outage: redis-py raises
+`AuthenticationError`, a `ConnectionError`, which the server's health check and the
+worker's outage handling would otherwise wait out forever.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import AuthenticationError, RedisError
 
-__all__ = ["CHECK_TIMEOUT", "redact", "redis_access_problem"]
+__all__ = [
+    "CHECK_TIMEOUT",
+    "SENTINEL_PORT",
+    "SENTINEL_SCHEME",
+    "SentinelTarget",
+    "connect",
+    "parse_sentinel_url",
+    "redact",
+    "redis_access_problem",
+]
 
 # Seconds the start-up check waits for Redis; past that it leaves Redis to the outage
 # handling, as it does a refused connection.
 CHECK_TIMEOUT = 5.0
 _HIDDEN = "***"
+_SECRETS = frozenset({"password", "sentinel_password"})
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+# Seconds a Sentinel gets to accept a connection and answer: one that does not is
+# skipped for the next, so a Sentinel lost with its host does not stall the lookup.
+SENTINEL_TIMEOUT = 2.0
+_SENTINEL_PARAMETERS = frozenset({"sentinel_username", "sentinel_password"})
+
+R = TypeVar("R", bound=Redis)
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a `redis+sentinel://` URL names: the Sentinels, the service they watch, the
+    primary's database and credentials, and the Sentinels' own credentials."""
+
+    sentinels: Sequence[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget | None:
+    """The Sentinels and service a `redis+sentinel://` URL names; None for any other URL.
+    ValueError (naming what is wrong, never the password) for a malformed one."""
+    parts = urlsplit(url)
+    if parts.scheme == "rediss+sentinel":
+        raise ValueError("TLS to Sentinels and the primary (rediss+sentinel://) is not supported")
+    if parts.scheme != SENTINEL_SCHEME:
+        return None
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    sentinels = [_address(address) for address in hosts.split(",")]
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not path or len(path) > 2:
+        raise ValueError(
+            f"a {SENTINEL_SCHEME}:// URL names the service after its Sentinels, then an "
+            "optional database: /mymaster or /mymaster/0"
+        )
+    try:
+        db = int(path[1]) if len(path) == 2 else 0
+    except ValueError:
+        raise ValueError(f"database {path[1]!r}: a number") from None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - _SENTINEL_PARAMETERS)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} of a {SENTINEL_SCHEME}:// URL: "
+            f"it takes {', '.join(sorted(_SENTINEL_PARAMETERS))}"
+        )
+    return SentinelTarget(
+        sentinels=sentinels,
+        service=unquote(path[0]),
+        db=db,
+        username=unquote(user) or None,
+        password=unquote(password) if colon else None,
+        sentinel_username=query.get("sentinel_username") or None,
+        sentinel_password=query.get("sentinel_password") or None,
+    )
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":") if ":" in text else (text, "", "")
+    host = host.strip("[]")  # an IPv6 address in brackets
+    if not host:
+        raise ValueError(f"Sentinel address {text!r}: host[:port]")
+    if not colon:
+        return host, SENTINEL_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"Sentinel address {text!r}: the port must be a number below 65536")
+    return host, int(port)
+
+
+def connect(url: str, *, redis_class: type[R] = Redis, **options: Any) -> R:  # type: ignore[assignment]
+    """A client (of `redis_class`) of the Redis that `url` names. For a sentinel URL,
+    of the service's current primary: each new connection asks the Sentinels where it
+    is, and one open to a primary demoted in a failover is closed (redis-py turns its
+    ReadOnlyError into a ConnectionError). `options` go to every connection to Redis
+    (the Sentinels' take their timeouts from SENTINEL_TIMEOUT). Opens no connection.
+    ValueError for a URL batchd cannot use."""
+    target = parse_sentinel_url(url)
+    if target is None:
+        return redis_class.from_url(url, **options)
+    credentials = {"username": target.sentinel_username, "password": target.sentinel_password}
+    sentinel = Sentinel(
+        target.sentinels,
+        sentinel_kwargs={
+            **{k: v for k, v in credentials.items() if v is not None},
+            "socket_connect_timeout": SENTINEL_TIMEOUT,
+            "socket_timeout": SENTINEL_TIMEOUT,
+        },
+    )
+    primary = {"username": target.username, "password": target.password}
+    return sentinel.master_for(  # type: ignore[no-any-return]
+        target.service,
+        redis_class=redis_class,
+        connection_pool_class=_PrimaryPool,
+        db=target.db,
+        **{k: v for k, v in primary.items() if v is not None},
+        **options,
+    )
+
+
+class _PrimaryPool(SentinelConnectionPool):  # type: ignore[misc]
+    """The connections to a service's primary; closing them all (as the client's
+    `aclose` does) closes the connections to the Sentinels too, which redis-py leaves
+    open."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 def redact(url: str) -> str:
@@ -38,7 +178,7 @@ def redact(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, _HIDDEN if k == "password" else v) for k, v in pairs], safe="*/")
+        query = urlencode([(k, _HIDDEN if k in _SECRETS else v) for k, v in pairs], safe="*/")
     # By hand: urlunsplit drops the // of a unix URL, whose authority is empty.
     shown = f"{parts.scheme}://{netloc}{parts.path}"
     return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
@@ -49,13 +189,19 @@ async def redis_access_problem(url: str) -> str | None:
     URL (redacted), or None: they work, or Redis cannot be reached now (an outage, which
     the caller waits out as it would later on)."""
     try:
-        redis = Redis.from_url(
-            url, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT
-        )
+        redis = connect(url, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT)
     except ValueError as exc:
         return f"the Redis URL {redact(url)} is not one batchd can use: {exc}"
     try:
         await redis.ping()
+    except MasterNotFoundError as exc:
+        # The Sentinels' own errors are folded into its message.
+        if AuthenticationError.__name__ in str(exc):
+            return (
+                f"the Sentinels of {redact(url)} refused the credentials: check the "
+                "sentinel_username and sentinel_password of the Redis URL"
+            )
+        return None
     except RedisError as exc:
         refused = _refusal(exc)
         if refused is not None:

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from batchd.core import census, claims, codec, dispatch, lifecycle, listing, throttle
 from batchd.core.claims import RecordResult
-from batchd.core.config import DEFAULT_CHUNK_SIZE, DEFAULT_RETENTION, Settings
+from batchd.core.config import DEFAULT_CHUNK_SIZE, DEFAULT_RETENTION, SettingError, Settings
 from batchd.core.domain import (
     BatchRecord,
     BatchSpec,
@@ -42,6 +42,7 @@ from batchd.core.domain import (
 from batchd.core.errors import AlreadyExists, NotFound
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
+from batchd.core.replication import ReplicaAck
 from batchd.core.scripts import BatchScope, Scripts
 from batchd.core.upload import Limits, UploadSession, drop_if_owner
 
@@ -64,7 +65,8 @@ class BatchStore:
     before ARQ drops it (arq's default, a day). `default_chunk_size`: items per chunk
     when the batch options leave it at 0. `retention`: seconds a finished batch is kept
     (Settings.retention; 0 keeps it for ever). `clock`: Unix seconds now (tests pass
-    their own).
+    their own). `replica_ack`: the replicas a new batch waits for before its commit
+    answers (batchd.core.replication; by default none).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class BatchStore:
         retention: float = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
+        replica_ack: ReplicaAck | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys or Keys()
@@ -87,6 +90,7 @@ class BatchStore:
         self.retention = retention
         self.clock = clock
         self.limits = limits or Limits()
+        self.replica_ack = replica_ack or ReplicaAck()
         self._scripts = Scripts(redis)
         self._scope = BatchScope(
             self.keys,
@@ -98,6 +102,12 @@ class BatchStore:
     def from_settings(cls, redis: Redis, settings: Settings) -> BatchStore:
         """The store a server or worker process uses: its key prefix, retention, chunk
         size and admission limits from `settings`."""
+        try:
+            replica_ack = ReplicaAck(
+                settings.redis_min_replicas_ack, settings.redis_replica_ack_timeout
+            )
+        except ValueError as exc:
+            raise SettingError(f"redis_min_replicas_ack, redis_replica_ack_timeout: {exc}") from None
         return cls(
             redis,
             Keys(settings.key_prefix),
@@ -114,6 +124,7 @@ class BatchStore:
                 max_staged_bytes=settings.max_staged_bytes,
                 tenant_max_staged_bytes=settings.tenant_max_staged_bytes,
             ),
+            replica_ack=replica_ack,
         )
 
     async def ping(self) -> bool:
@@ -526,4 +537,5 @@ class BatchStore:
             now_ms=self._now_ms,
             replay_of=replay_of,
             limits=self.limits,
+            replica_ack=self.replica_ack,
         )

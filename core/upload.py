@@ -35,6 +35,7 @@ from batchd.core.errors import (
 )
 from batchd.core.jobs import dispatched_job
 from batchd.core.keys import Keys
+from batchd.core.replication import ReplicaAck, confirm_replicated
 from batchd.core.scripts import Scripts
 
 _COMMIT_ATTEMPTS = 5
@@ -131,6 +132,7 @@ class UploadSession:
         now_ms: Callable[[], int] = codec.now_ms,
         replay_of: str | None = None,
         limits: Limits | None = None,
+        replica_ack: ReplicaAck | None = None,
     ) -> None:
         self.spec = spec
         self.chunk_size = chunk_size
@@ -143,6 +145,7 @@ class UploadSession:
         self._now_ms = now_ms
         self._replay_of = replay_of
         self._limits = limits or Limits()
+        self._replica_ack = replica_ack or ReplicaAck()
         self._digest = _spec_digest(spec)
         self._buffer: list[NewItem] = []
         self._count = 0
@@ -187,7 +190,9 @@ class UploadSession:
 
         InvalidRequest when the batch holds no items, or when the request_id was used
         with another body; AlreadyExists when the batch id was taken meanwhile.
-        FailedPrecondition when the upload outlived its staging TTL.
+        FailedPrecondition when the upload outlived its staging TTL. Unavailable when
+        fewer replicas than `replica_ack` asks for acknowledged the batch (committed, or
+        replayed) in time: it stands, and a retry with its request_id asks again.
         """
         self._check_open()
         if self._buffer:
@@ -199,7 +204,7 @@ class UploadSession:
             raise InvalidRequest.for_field("items", "a batch needs at least one item")
         if self._replay_of is not None:
             self._closed = True
-            return await self._replay(self._replay_of)
+            return await self._replicated(await self._replay(self._replay_of))
         for _ in range(_COMMIT_ATTEMPTS):
             try:
                 original = await self._try_commit()
@@ -207,9 +212,9 @@ class UploadSession:
                 continue  # the request key or the lock changed: look again
             if original is not None:
                 await self.abort()
-                return await self._replay(original)
+                return await self._replicated(await self._replay(original))
             self._closed = True
-            return await self._read_batch(self.spec.batch_id), False
+            return await self._replicated((await self._read_batch(self.spec.batch_id), False))
         await self.abort()
         raise WatchError(f"commit of batch {self.spec.batch_id!r} kept conflicting")
 
@@ -544,6 +549,11 @@ class UploadSession:
                 pipe.zadd(keys.queue(spec.handler), queued)
             await pipe.execute()
         return None
+
+    async def _replicated(self, result: tuple[BatchRecord, bool]) -> tuple[BatchRecord, bool]:
+        """`result` once the replicas `replica_ack` asks for hold its batch."""
+        await confirm_replicated(self._redis, self._keys, result[0].batch_id, self._replica_ack)
+        return result
 
     async def _read_batch(self, batch_id: str) -> BatchRecord:
         record, _ = await self._read_meta(batch_id)

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from batchd.core.credentials import ApiKey, CredentialStore
 from batchd.core.keys import Keys
-from batchd.core.redis_access import redact
+from batchd.core.redis_access import connect, redact
 from batchd.server.principal import TENANT_PATTERN, Role
 
 __all__ = ["main"]
@@ -74,13 +74,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.redis_url:
         sys.exit("batchd-admin: set BATCHD_REDIS_URL or --redis-url to the servers' Redis")
     try:
-        sys.exit(asyncio.run(_run(args)))
+        redis = connect(args.redis_url)
+    except ValueError as exc:
+        sys.exit(f"batchd-admin: the Redis URL {redact(args.redis_url)} is not usable: {exc}")
+    try:
+        sys.exit(asyncio.run(_run(redis, args)))
     except (RedisError, OSError) as exc:
         sys.exit(f"batchd-admin: cannot reach Redis at {redact(args.redis_url)}: {exc}")
 
 
-async def _run(args: argparse.Namespace) -> int:
-    redis = Redis.from_url(args.redis_url)
+async def _run(redis: Redis, args: argparse.Namespace) -> int:
     try:
         store = CredentialStore(redis, Keys(args.key_prefix))
         if args.verb == "create":

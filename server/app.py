@@ -16,7 +16,7 @@ from batchd.core.config import SettingError, Settings
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.metrics import Listener, OutageClock
-from batchd.core.redis_access import redis_access_problem
+from batchd.core.redis_access import connect, redis_access_problem
 from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
@@ -117,7 +117,7 @@ async def start_server(
     problem = await redis_access_problem(settings.redis_url)  # an outage is waited out
     if problem:
         raise SettingError(problem)
-    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+    redis = connect(settings.redis_url, health_check_interval=10)
     store = BatchStore.from_settings(redis, settings)
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
     watchers = None

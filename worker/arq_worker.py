@@ -26,16 +26,16 @@ from dataclasses import replace
 from typing import Any
 
 import arq
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.utils import timestamp_ms
-from redis.connection import SSLConnection, parse_url
 from redis.exceptions import WatchError
 
 from batchd.core.background import BackgroundTasks
 from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
 from batchd.core.logs import get_logger
+from batchd.core.redis_access import connect
 from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Backoff, Outage, client_retry
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "JOB_TIMEOUT",
     "SHUTDOWN_GRACE",
     "BatchdWorker",
-    "redis_settings",
+    "arq_pool",
     "run_later",
 ]
 
@@ -60,6 +60,9 @@ JOB_MAX_TRIES = 10
 # requeued). Under batchd-service's 30 s wait before it kills the worker.
 SHUTDOWN_GRACE = 20
 
+# Seconds a connection to Redis may take to open (ARQ's own default).
+CONNECT_TIMEOUT = 1.0
+
 # What arq raises when Redis goes away: connection errors, and WatchError for a connection
 # lost inside a WATCH (redis-py turns it into one).
 ARQ_OUTAGE: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, WatchError)
@@ -73,38 +76,21 @@ def run_later(seconds: float) -> BaseException:
     return arq.Retry(defer=seconds)
 
 
-def redis_settings(url: str) -> RedisSettings:
-    """ARQ's connection settings for `url`, read as redis-py reads it (as the server's
-    client does), retrying a command whose connection breaks.
+def arq_pool(url: str) -> ArqRedis:
+    """ARQ's Redis client for `url` (a sentinel URL too), built by batchd's one factory
+    (`batchd.core.redis_access.connect`), retrying a command whose connection breaks.
 
-    `RedisSettings.from_dsn` keeps the user name and password percent-encoded (a
-    password with `@`, `:` or `%` in it fails), and drops the query's TLS parameters
-    (`ssl_ca_certs`, `ssl_cert_reqs`, `ssl_certfile`, `ssl_keyfile`,
-    `ssl_check_hostname`) and a unix URL's `password=`."""
-    parsed = parse_url(url)
-    settings = RedisSettings(
-        host=parsed.get("host", "localhost"),
-        port=parsed.get("port", 6379),
-        unix_socket_path=parsed.get("path"),
-        database=int(parsed.get("db", 0)),
-        username=parsed.get("username"),
-        password=parsed.get("password"),
-        ssl=parsed.get("connection_class") is SSLConnection,
+    Handed to arq.Worker as `redis_pool`: ARQ builds its own only from `RedisSettings`,
+    whose `from_dsn` keeps percent-encoded credentials encoded and drops a rediss://
+    URL's TLS parameters, and whose Sentinel mode passes neither the retry policy nor
+    the Sentinels' credentials."""
+    return connect(
+        url,
+        redis_class=ArqRedis,
+        socket_connect_timeout=CONNECT_TIMEOUT,
         retry=client_retry(),
         retry_on_error=RETRY_ON,
     )
-    tls = {name: parsed[name] for name in _TLS_PARAMETERS if parsed.get(name) is not None}
-    return replace(settings, **tls)
-
-
-# The query parameters of a rediss:// URL that ARQ's settings carry.
-_TLS_PARAMETERS = (
-    "ssl_ca_certs",
-    "ssl_cert_reqs",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "ssl_check_hostname",
-)
 
 
 Hook = StartupShutdown
@@ -143,7 +129,7 @@ class BatchdWorker(arq.Worker):
         super().__init__(
             functions=[arq.func(run_chunk, name=RUN_CHUNK, timeout=JOB_TIMEOUT)],
             queue_name=self.queues[0],
-            redis_settings=redis_settings(redis_url),
+            redis_pool=arq_pool(redis_url),
             job_serializer=serialize,
             job_deserializer=deserialize,
             max_jobs=max_jobs,
@@ -163,6 +149,23 @@ class BatchdWorker(arq.Worker):
         self.metrics_port: int | None = None
         self._poll_backoff = Backoff()
         self._clearing = BackgroundTasks()
+
+    async def main(self) -> None:
+        """arq's `main` once Redis answers. Given a pool, ARQ would end at its first
+        command while Redis is away; the worker waits the outage out, as it does later
+        (a Sentinel still electing a primary, say)."""
+        outage = Outage(log, "worker_start")
+        backoff = Backoff()
+        while True:
+            try:
+                await self.pool.ping()
+            except REDIS_UNAVAILABLE as exc:
+                outage.failed(exc)
+                await backoff.wait()
+            else:
+                outage.recovered()
+                break
+        await super().main()
 
     # -- routing ----------------------------------------------------------------------
     @property
