@@ -3,7 +3,11 @@ Sentinels, every one a loopback process of the test's own.
 
 The Sentinels agree that a primary silent for `down_after_ms` is down (two of three
 suffice) and promote the replica; `url` is the redis+sentinel:// URL batchd follows the
-primary with.
+primary with. A test can `cut_replication()` so that the replica falls behind: a
+failover then loses the primary's writes since, as one does when the primary dies before
+its replicas received its last writes. (The replica replicates as its own ACL user,
+which the cut disables: Sentinels set a replica that follows anything but the primary
+back at once, so a relay in between would not stay in place.)
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ from support.redis_server import (
 
 SERVICE = "primary"
 START_TIMEOUT = 20.0
+# The ACL user the replica replicates as.
+REPLICATION_USER = ("replication", "replication-secret")
+_REPLICATION_ACL = [
+    "--user", REPLICATION_USER[0], "on", f">{REPLICATION_USER[1]}", "~*", "&*", "+@all",
+]  # fmt: skip
+
+
+def command(port: int, *words: str) -> list[str]:
+    """One command's reply from the server or Sentinel on `port`, flattened to strings
+    (plain RESP over a socket: enough for the replies used here)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        encoded = [w.encode() for w in words]
+        sock.sendall(
+            b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)
+        )
+        return _flatten(_read_reply(sock.makefile("rb")))
 
 
 class SentinelProcess:
@@ -70,16 +90,7 @@ class SentinelProcess:
         self._process.wait(10)
 
     def command(self, *words: str) -> list[str]:
-        """One Sentinel command's reply, as a flat list of strings (valkey-cli-less:
-        plain RESP over a socket, enough for the replies used here)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            encoded = [w.encode() for w in words]
-            sock.sendall(
-                b"*%d\r\n" % len(encoded)
-                + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)
-            )
-            reader = sock.makefile("rb")
-            return _flatten(_read_reply(reader))
+        return command(self.port, *words)
 
     def log_tail(self, lines: int = 30) -> str:
         path = self.directory / "sentinel.log"
@@ -120,12 +131,17 @@ class SentinelGroup:
         self.servers: list[RedisServer] = []
         self.sentinels: list[SentinelProcess] = []
         try:
-            self.primary = start_redis_server(directory / "primary")
+            self.primary = start_redis_server(directory / "primary", extra_args=_REPLICATION_ACL)
             self.servers.append(self.primary)
             self.replica = start_redis_server(
                 directory / "replica",
-                extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)],
-            )
+                extra_args=[
+                    *_REPLICATION_ACL,
+                    "--replicaof", "127.0.0.1", str(self.primary.port),
+                    "--masteruser", REPLICATION_USER[0],
+                    "--masterauth", REPLICATION_USER[1],
+                ],
+            )  # fmt: skip
             self.servers.append(self.replica)
             for n in range(3):
                 self.sentinels.append(
@@ -166,6 +182,12 @@ class SentinelGroup:
         except (OSError, RedisServerError):
             return False
         return True
+
+    def cut_replication(self) -> None:
+        """The primary stops replicating to the replica, which cannot reconnect: its
+        writes from now on are the primary's alone."""
+        command(self.primary.port, "ACL", "SETUSER", REPLICATION_USER[0], "off")
+        command(self.primary.port, "CLIENT", "KILL", "USER", REPLICATION_USER[0])
 
     def primary_port(self) -> int:
         """The port of the primary the Sentinels name now."""
