@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from redis.asyncio import Redis
@@ -121,7 +121,11 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def connect(url: str, *, redis_class: type[R] = Redis, **options: Any) -> R:  # type: ignore[assignment]
+@overload
+def connect(url: str, *, redis_class: type[R], **options: Any) -> R: ...
+@overload
+def connect(url: str, **options: Any) -> Redis: ...
+def connect(url: str, *, redis_class: type[Redis] = Redis, **options: Any) -> Redis:
     """A client (of `redis_class`) of the Redis that `url` names. For a sentinel URL,
     of the service's current primary: each new connection asks the Sentinels where it
     is, and one open to a primary demoted in a failover is closed (redis-py turns its
@@ -130,7 +134,8 @@ def connect(url: str, *, redis_class: type[R] = Redis, **options: Any) -> R:  # 
     ValueError for a URL batchd cannot use."""
     target = parse_sentinel_url(url)
     if target is None:
-        return redis_class.from_url(url, **options)
+        client: Redis = redis_class.from_url(url, **options)
+        return client
     credentials = {"username": target.sentinel_username, "password": target.sentinel_password}
     sentinel = Sentinel(
         target.sentinels,
@@ -141,7 +146,7 @@ def connect(url: str, *, redis_class: type[R] = Redis, **options: Any) -> R:  # 
         },
     )
     primary = {"username": target.username, "password": target.password}
-    return sentinel.master_for(  # type: ignore[no-any-return]
+    primary_client: Redis = sentinel.master_for(
         target.service,
         redis_class=redis_class,
         connection_pool_class=_PrimaryPool,
@@ -149,9 +154,10 @@ def connect(url: str, *, redis_class: type[R] = Redis, **options: Any) -> R:  # 
         **{k: v for k, v in primary.items() if v is not None},
         **options,
     )
+    return primary_client
 
 
-class _PrimaryPool(SentinelConnectionPool):  # type: ignore[misc]
+class _PrimaryPool(SentinelConnectionPool):
     """The connections to a service's primary; closing them all (as the client's
     `aclose` does) closes the connections to the Sentinels too, which redis-py leaves
     open."""

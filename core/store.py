@@ -107,7 +107,9 @@ class BatchStore:
                 settings.redis_min_replicas_ack, settings.redis_replica_ack_timeout
             )
         except ValueError as exc:
-            raise SettingError(f"redis_min_replicas_ack, redis_replica_ack_timeout: {exc}") from None
+            raise SettingError(
+                f"redis_min_replicas_ack, redis_replica_ack_timeout: {exc}"
+            ) from None
         return cls(
             redis,
             Keys(settings.key_prefix),

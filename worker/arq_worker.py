@@ -22,7 +22,6 @@ import contextlib
 import signal
 from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import replace
 from typing import Any
 
 import arq

@@ -53,6 +53,8 @@ CTX_KEY: Final = "batchd"
 YIELD_EVERY = 64
 # After a Redis error before the claim the job is run again this long later.
 STORE_ERROR_DEFER = 2.0
+# After its claim was found lost the job is run again this long later (see run_chunk).
+LOST_CLAIM_RECHECK = 0.5
 # A chunk job whose chunk ran in under CHAIN_WITHIN seconds goes on with the batch's next
 # chunk not yet dispatched, up to CHAIN_MAX more: for cheap items a job's queue round
 # trip (about 20 Redis commands and a task) costs as much as its chunk, and a batch's
@@ -121,6 +123,11 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
             raise run_later(STORE_ERROR_DEFER) from exc
         finally:
             runtime.leases.drop(lease)
+        if end is ChunkEnd.LOST and taken == 0:
+            # The claim this job made is lost: most often the chunk was taken over, but a
+            # Redis failover can lose the claim itself, leaving the chunk queued with this
+            # job its only way to run. The job runs again; its claim finds out which.
+            raise run_later(LOST_CLAIM_RECHECK)
         if (
             end is not ChunkEnd.DONE
             or handler is None

@@ -94,9 +94,7 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_both_credentials() -
         ("rediss+sentinel://h/main", "not supported"),
     ],
 )
-def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong(
-    url: str, complaint: str
-) -> None:
+def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong(url: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=re.escape(complaint)):
         connect(url)
 

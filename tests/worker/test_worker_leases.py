@@ -131,3 +131,65 @@ async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(
     items: list[ItemView]
     items, _ = await store.list_items(batch_id, 100, "", [])
     assert {i.state for i in items} == {ItemState.SUCCEEDED}
+
+
+async def test_a_job_whose_claim_was_lost_with_redis_writes_runs_again(
+    redis: Redis, redis_url: str
+) -> None:
+    # A failover to a replica that missed the last writes (or a restart from an AOF that
+    # missed them) can lose a claim while its job runs: the chunk is queued again, and
+    # that job, finishing, would take the chunk's only way to run with it.
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=f"wl{uuid.uuid4().hex[:10]}:",
+        worker_concurrency=4,
+        lease_ttl=0.6,
+        maintenance_interval=3600.0,
+    )
+    keys = Keys(settings.key_prefix)
+    store = BatchStore(redis, keys)
+    first_run = asyncio.Event()
+    gate = asyncio.Event()
+    runs: list[str] = []
+
+    async def gated(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        runs.append(ctx.custom_id)
+        first_run.set()
+        await gate.wait()
+        return {}
+
+    batch_id = f"b{uuid.uuid4().hex[:12]}"
+    session = await store.begin_upload(
+        BatchSpec(batch_id, "test.gated", BatchOptions(chunk_size=10), {})
+    )
+    await session.add_items(NewItem(f"i{n}", json.dumps({}).encode()) for n in range(3))
+    await session.commit()
+    # Everything batchd wrote before the claim, to be put back as the failover would.
+    before_claim = {key: await redis.dump(key) for key in await redis.keys(f"{keys.prefix}*")}
+
+    async def completed() -> bool | None:
+        batch = await store.get_batch(batch_id)
+        return True if batch.state == BatchState.COMPLETED else None
+
+    worker = build_worker(
+        settings, extra_handlers=[Handler(name="test.gated", run=gated)], poll_delay=0.01
+    )
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await first_run.wait()
+        async with redis.pipeline(transaction=True) as pipe:
+            for key in await redis.keys(f"{keys.prefix}*"):
+                pipe.delete(key)
+            for key, value in before_claim.items():
+                pipe.restore(key, 0, value, replace=True)
+            await pipe.execute()
+        gate.set()
+        await poll(completed)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+    batch = await store.get_batch(batch_id)
+    assert (batch.counts.succeeded, batch.counts.total) == (3, 3)
+    assert sorted(set(runs)) == ["i0", "i1", "i2"]
+    assert runs.count("i0") == 2  # its first run's outcome went with the claim

@@ -10,7 +10,6 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 from arq.constants import in_progress_key_prefix
@@ -54,8 +53,8 @@ async def rig(redis_server_factory: RedisServerFactory) -> AsyncIterator[Rig]:
     settings = Settings(redis_url=server.url, key_prefix="wres:", worker_max_chunks=1)
     redis = Redis.from_url(server.url)
     worker = build_worker(settings, poll_delay=0.01)
-    assert worker.redis_settings is not None
-    worker.redis_settings = replace(worker.redis_settings, retry=None, retry_on_error=None)
+    # Without the client's own retries: a command fails at once while Redis is away.
+    worker.pool.connection_pool.connection_kwargs.update(retry=None, retry_on_error=[])
     worker.allow_pick_jobs = False
     running = asyncio.create_task(worker.async_run())
     await worker.started.wait()
