@@ -110,8 +110,11 @@ def parse_sentinel_url(url: str) -> SentinelTarget | None:
 
 
 def _address(text: str) -> tuple[str, int]:
-    host, colon, port = text.rpartition(":") if ":" in text else (text, "", "")
-    host = host.strip("[]")  # an IPv6 address in brackets
+    if text.startswith("["):  # an IPv6 address, in brackets
+        host, _, rest = text[1:].partition("]")
+        _, colon, port = rest.partition(":")
+    else:
+        host, colon, port = text.partition(":")
     if not host:
         raise ValueError(f"Sentinel address {text!r}: host[:port]")
     if not colon:

@@ -14,7 +14,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from support.polling import poll
 from support.sentinel import sentinel_group
 
-from batchd.core.redis_access import SentinelTarget, connect, parse_sentinel_url, redact
+from batchd.core.redis_access import (
+    SentinelTarget,
+    connect,
+    parse_sentinel_url,
+    redact,
+    redis_access_problem,
+)
 from batchd.worker.arq_worker import arq_pool
 
 
@@ -66,11 +72,11 @@ def test_the_workers_client_of_a_unix_socket_with_a_password() -> None:
 
 def test_a_sentinel_url_names_the_sentinels_the_service_and_both_credentials() -> None:
     target = parse_sentinel_url(
-        "redis+sentinel://al%40ice:p%3Aw@10.0.0.1:26380,sentinel-b,[::1]:26381/main/3"
+        "redis+sentinel://al%40ice:p%3Aw@10.0.0.1:26380,sentinel-b,[::1]:26381,[::2]/main/3"
         "?sentinel_username=watch&sentinel_password=s%26cret"
     )
     assert target == SentinelTarget(
-        sentinels=[("10.0.0.1", 26380), ("sentinel-b", 26379), ("::1", 26381)],
+        sentinels=[("10.0.0.1", 26380), ("sentinel-b", 26379), ("::1", 26381), ("::2", 26379)],
         service="main",
         db=3,
         username="al@ice",
@@ -125,3 +131,12 @@ async def test_a_sentinel_client_follows_a_failover(tmp_path: Path) -> None:
             await redis.set("k", "w")  # which takes writes
         finally:
             await redis.aclose()
+
+
+async def test_the_start_up_check_takes_unreachable_sentinels_for_an_outage(
+    free_port: int,
+) -> None:
+    assert await redis_access_problem(f"redis+sentinel://127.0.0.1:{free_port}/main") is None
+    problem = await redis_access_problem("redis+sentinel://u:pw@h/main/x")
+    assert problem is not None
+    assert "redis+sentinel://u:***@h/main/x is not one batchd can use" in problem
