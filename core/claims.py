@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import msgpack
 
 from batchd.core import codec
+from batchd.core.batch_end import log_batch_end
 from batchd.core.domain import BatchOptions, BatchState, ClaimedChunk, ItemOutcome, ItemState
 from batchd.core.errors import NotFound
 from batchd.core.scripts import Arg, BatchScope, Scripts
@@ -69,7 +70,10 @@ async def claim_chunk(
     )
     if claimed is None:
         return None
-    raw_items, handler, options, size, runnable, attempts, taken = claimed
+    if len(claimed) == 1:  # nothing to run, and the claim ended the batch
+        log_batch_end(batch_id, claimed[0])
+        return None
+    raw_items, handler, options, size, runnable, attempts, taken, trace = claimed
     chunk = int(taken)
     first = chunk * int(size)
     items = codec.decode_chunk(raw_items)
@@ -86,6 +90,7 @@ async def claim_chunk(
         items=[(first + int(local), *items[int(local)]) for local in runnable],
         token=token,
         attempts=tried,
+        trace_parent=bytes(trace).decode() if trace else "",
     )
 
 
@@ -139,7 +144,8 @@ async def record_outcomes(
     result = await scope.run(scripts.record_outcomes, batch_id, now_ms, args=args)
     if result is None:
         raise NotFound(f"batch {batch_id!r} not found")
-    state, due, held = result
+    state, due, held, ended = result
+    log_batch_end(batch_id, ended)
     return RecordResult(
         state=BatchState(int(state)),
         next_retry_at=None if due is None else int(due) / 1000,

@@ -160,6 +160,7 @@ def encode_meta(
     created_ms: int,
     deadline_ms: int | None = None,
     tenant: str = DEFAULT_TENANT,
+    trace_parent: str = "",
 ) -> dict[str, str | int]:
     """The fields of a new batch's meta hash (docs/design.md, "Keys")."""
     meta: dict[str, str | int] = {
@@ -182,6 +183,8 @@ def encode_meta(
     }
     if deadline_ms is not None:
         meta["deadline"] = deadline_ms
+    if trace_parent:
+        meta["trace"] = trace_parent
     return meta
 
 

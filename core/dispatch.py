@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from batchd.core import codec
+from batchd.core.batch_end import log_batch_end
 from batchd.core.domain import UPDATABLE_OPTIONS, BatchOptions, BatchState
 from batchd.core.errors import FailedPrecondition, NotFound
 from batchd.core.scripts import BatchScope, Scripts
@@ -47,6 +48,7 @@ async def resume_batch(scripts: Scripts, scope: BatchScope, batch_id: str, *, no
     reply = await scope.run(scripts.resume_batch, batch_id, now_ms)
     if reply is None:
         raise _missing(batch_id)
+    log_batch_end(batch_id, reply[2])
     before = BatchState(int(reply[0]))
     if before not in (BatchState.PAUSED, BatchState.QUEUED, BatchState.RUNNING):
         raise _not_open(batch_id, before, "resumed")

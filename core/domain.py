@@ -188,6 +188,9 @@ class BatchSpec:
     metadata: Mapping[str, str]
     request_id: str = ""
     tenant: str = DEFAULT_TENANT
+    # The W3C traceparent of the call that made the batch, when tracing is on: its
+    # chunk runs continue that trace. Not part of the request digest.
+    trace_parent: str = ""
 
 
 @dataclass(slots=True)
@@ -255,3 +258,4 @@ class ClaimedChunk:
     items: list[tuple[int, str, bytes]]  # (global index, custom_id, params_json) not yet done
     token: str = ""  # the claim's lease token: renewals and the release must present it
     attempts: Mapping[int, int] = field(default_factory=dict)  # global index -> attempts so far
+    trace_parent: str = ""  # the batch's stored traceparent ("": none; see BatchSpec)

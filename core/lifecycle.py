@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from batchd.core.batch_end import log_batch_end
 from batchd.core.domain import ItemState
 from batchd.core.errors import FailedPrecondition, FieldViolation, InvalidRequest, NotFound
 from batchd.core.scripts import Arg, BatchScope, Scripts
@@ -29,7 +30,11 @@ async def expire_batches(redis: Redis, scripts: Scripts, scope: BatchScope, *, n
     while True:
         due = await redis.zrangebyscore(scope.keys.deadlines, "-inf", now_ms, 0, _EXPIRE_BATCH)
         for member in due:
-            expired += int(await scope.run(scripts.expire_batch, bytes(member).decode(), now_ms))
+            batch_id = bytes(member).decode()
+            ended = await scope.run(scripts.expire_batch, batch_id, now_ms)
+            if ended:
+                expired += 1
+                log_batch_end(batch_id, ended)
         if len(due) < _EXPIRE_BATCH:
             return expired
 

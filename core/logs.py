@@ -59,7 +59,7 @@ def _route_stdlib_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # arq logs every job at INFO; our chunk_started/chunk_done say more, once.
+    # arq logs every job at INFO; our chunk_claimed/chunk_done say more, once.
     logging.getLogger("arq.worker").setLevel(max(level, logging.WARNING))
 
 

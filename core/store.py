@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from batchd.core import census, claims, codec, dispatch, lifecycle, listing, throttle
+from batchd.core.batch_end import log_batch_end
 from batchd.core.claims import RecordResult
 from batchd.core.config import DEFAULT_CHUNK_SIZE, DEFAULT_RETENTION, SettingError, Settings
 from batchd.core.domain import (
@@ -202,9 +203,10 @@ class BatchStore:
     # -- changing -------------------------------------------------------------------
     async def cancel_batch(self, batch_id: str) -> BatchRecord:
         """Idempotent. NotFound if there is no such batch."""
-        state = await self._scope.run(self._scripts.cancel_batch, batch_id, self._now_ms())
-        if state is None:
+        reply = await self._scope.run(self._scripts.cancel_batch, batch_id, self._now_ms())
+        if reply is None:
             raise NotFound(f"batch {batch_id!r} not found")
+        log_batch_end(batch_id, reply[1])
         return await self.get_batch(batch_id)
 
     async def pause_batch(self, batch_id: str) -> BatchRecord:

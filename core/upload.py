@@ -510,6 +510,7 @@ class UploadSession:
                 created_ms=created,
                 deadline_ms=deadline,
                 tenant=spec.tenant,
+                trace_parent=spec.trace_parent,
             )
             meta.update(cursor=window, prio=options.priority, acct=0)
             pipe.multi()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +32,9 @@ from batchd.server.servicer import BatchServicer
 from batchd.server.tls import load_server_tls
 from batchd.server.web import build_web_app, start_web
 from batchd.v1 import batch_service_pb2
+
+if TYPE_CHECKING:
+    from batchd.core.otel import Tracing
 
 log = get_logger(__name__)
 
@@ -102,14 +106,20 @@ class BatchdServer:
 
 
 async def start_server(
-    settings: Settings, *, port: int | None = None, metrics_port: int | None = None
+    settings: Settings,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    tracing: Tracing | None = None,
 ) -> BatchdServer:
     """Starts serving on settings.host:port (or `port`, 0 for any free one), over TLS
     when the settings name a certificate (TLSConfigError for a bad one), and /metrics and
     the dashboard (settings.dashboard) on settings.metrics_host:metrics_port (0: none; or
     `metrics_port`, 0 for any free one).
     SettingError if the settings cannot work (Redis refuses the URL's credentials, too;
-    the metrics port is taken) or would serve the network unauthenticated."""
+    the metrics port is taken) or would serve the network unauthenticated. `tracing`: a
+    span per call, and batches that keep their call's trace context for the workers
+    (batchd.core.tracing)."""
     problem = exposure_problem(settings)
     if problem:
         raise SettingError(problem)
@@ -138,7 +148,9 @@ async def start_server(
             store, worker_ttl=settings.worker_ttl, watchers_open=lambda: hub.watchers_open
         )
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if metrics is not None:  # outermost: the calls the others refuse are counted too
+    if tracing is not None:  # outermost: refused calls get spans too
+        interceptors.append(tracing.server_interceptor())
+    if metrics is not None:  # next: the calls the others refuse are counted too
         interceptors.append(GrpcMetricsInterceptor(metrics))
     if settings.grpc_max_concurrent_calls > 0:  # first, so outermost: refusals skip auth
         interceptors.append(CallCapInterceptor(settings.grpc_max_concurrent_calls))
@@ -150,7 +162,7 @@ async def start_server(
         interceptors=interceptors,
         options=server_options(settings),
     )
-    servicer = BatchServicer(store, hub, settings, watchers, metrics)
+    servicer = BatchServicer(store, hub, settings, watchers, metrics, tracing)
     add_servicer(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

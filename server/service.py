@@ -21,13 +21,18 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batchd.core.config import SettingError, Settings
 from batchd.core.embedded_redis import PASSWORD_NAME, SOCKET_NAME, EmbeddedRedis
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
+from batchd.core.tracing import tracing_from_env
 from batchd.server.app import start_server
 from batchd.server.auth import exposure_problem
+
+if TYPE_CHECKING:
+    from batchd.core.otel import Tracing
 
 log = get_logger(__name__)
 
@@ -83,7 +88,15 @@ def _run(settings: Settings, worker_args: list[str]) -> int:
             settings = dataclasses.replace(settings, redis_url=embedded.url)
             _announce(embedded.address, url_file)
         tune_gc(settings.gc_threshold)
-        return asyncio.run(_serve(settings, worker_args))
+        # The server's; its worker, a process of its own, reads the same variables.
+        tracing = tracing_from_env("batchd-server")
+        if tracing is not None:
+            tracing.install_global()
+        try:
+            return asyncio.run(_serve(settings, worker_args, tracing))
+        finally:
+            if tracing is not None:
+                tracing.shutdown()
     except SettingError as exc:  # refused to start: say why in one line
         raise SystemExit(f"{COMMAND}: {exc}") from None
     finally:
@@ -125,7 +138,7 @@ def _announce(address: str, url_file: Path) -> None:
     log.info("embedded_redis_address", url=address, url_file=str(url_file))
 
 
-async def _serve(settings: Settings, worker_args: list[str]) -> int:
+async def _serve(settings: Settings, worker_args: list[str], tracing: Tracing | None) -> int:
     """Runs the server and the worker until a signal, or until the worker exits on its
     own (1: the service is no use without it); then stops both. Returns the exit code."""
     stop = asyncio.Event()
@@ -143,7 +156,7 @@ async def _serve(settings: Settings, worker_args: list[str]) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     worker = await _start_worker(settings, worker_args)
     try:
-        server = await start_server(settings)
+        server = await start_server(settings, tracing=tracing)
     except BaseException:
         await _stop_worker(worker)
         raise

@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
@@ -34,6 +34,9 @@ from batchd.server.tenancy import TenantView
 from batchd.server.validation import SchemaCache, Violations
 from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 
+if TYPE_CHECKING:
+    from batchd.core.otel import Tracing
+
 log = get_logger(__name__)
 
 # As the generated servicer base declares it: one context type for every method's
@@ -57,9 +60,11 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         settings: Settings,
         watchers: WatcherCounts | None = None,
         metrics: ServerMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
+        self.tracing = tracing  # None: batches keep no trace context
         self.hub = hub
         self.watchers = watchers  # None: no limit of watchers per tenant
         self.schemas = SchemaCache()
@@ -163,6 +168,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             metadata=dict(header.metadata),
             request_id=view.request_id(header.request_id),
             tenant=view.tenant,
+            trace_parent=self.tracing.batch_call(batch_id) if self.tracing else "",
         )
         validator = self.schemas.validator(spec)
         new_items = validation.check_items(

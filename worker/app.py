@@ -21,7 +21,7 @@ import random
 import secrets
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchd.core.background import BackgroundTasks
 from batchd.core.config import Settings
@@ -46,6 +46,9 @@ __all__ = [
     "new_worker_id",
 ]
 
+if TYPE_CHECKING:
+    from batchd.core.otel import Tracing
+
 log = get_logger(__name__)
 
 
@@ -63,6 +66,7 @@ def build_worker(
     handlers: Mapping[str, Handler] | None = None,
     poll_delay: float | None = None,
     metrics_port: int | None = None,
+    tracing: Tracing | None = None,
 ) -> BatchdWorker:
     """An ARQ worker serving the built-in, installed and configured handlers (plus
     `extra_handlers`). Build it inside the event loop that will run it.
@@ -75,14 +79,15 @@ def build_worker(
     settings.worker_poll_interval. Leave `handle_signals` off inside another
     application: it replaces SIGINT/SIGTERM handlers. `metrics_port` (a test's) overrides
     settings.worker_metrics_port: a port for /metrics, 0 for any free one; the bound port
-    is `worker.metrics_port` once started.
+    is `worker.metrics_port` once started. `tracing`: spans of the chunk runs and item
+    attempts, in their batches' traces (batchd.core.tracing).
     """
     if handlers is None:
         handlers = load_handlers(settings.handlers, extra_handlers)
     if not handlers:
         raise ValueError("the worker serves no handler")
     port = settings.worker_metrics_port or None if metrics_port is None else metrics_port
-    hooks = _WorkerHooks(settings, handlers, new_worker_id(), port)
+    hooks = _WorkerHooks(settings, handlers, new_worker_id(), port, tracing)
     if not settings.redis_url:
         raise ValueError("the worker needs a Redis URL (BATCHD_REDIS_URL)")
     keys = Keys(settings.key_prefix)
@@ -113,12 +118,14 @@ class _WorkerHooks:
         handlers: Mapping[str, Handler],
         worker_id: str,
         metrics_port: int | None,
+        tracing: Tracing | None,
     ) -> None:
         self.settings = settings
         self.metrics_port = metrics_port  # None: no metrics
         self.metrics: WorkerMetrics | None = None
         self.listener: Listener | None = None
         self.worker: BatchdWorker | None = None
+        self.tracing = tracing
         self.handlers = handlers
         self.worker_id = worker_id
         self.opened: list[Handler] = []  # handlers whose startup hook ran
@@ -135,7 +142,10 @@ class _WorkerHooks:
         # The store finishes batches when their last outcome is recorded: it needs retention.
         self.store = BatchStore.from_settings(ctx["redis"], settings)
         info = WorkerInfo(
-            worker_id=self.worker_id, concurrency=settings.worker_concurrency, settings=settings
+            worker_id=self.worker_id,
+            concurrency=settings.worker_concurrency,
+            settings=settings,
+            tracing=self.tracing,
         )
         try:
             for handler in self.handlers.values():
@@ -157,6 +167,7 @@ class _WorkerHooks:
             leases=leases,
             permits=PermitPool(metrics),
             metrics=metrics,
+            tracing=self.tracing,
         )
         if metrics is not None:
             concurrency = runtime.in_flight.free
@@ -177,6 +188,7 @@ class _WorkerHooks:
             concurrency=settings.worker_concurrency,
             max_chunks=settings.chunk_jobs,
             gc_threshold=gc.get_threshold()[0],
+            tracing=self.tracing is not None,
         )
 
     async def shutdown(self, ctx: dict[Any, Any]) -> None:

@@ -24,23 +24,29 @@ import asyncio
 import enum
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 from batchd.core.config import Settings
-from batchd.core.domain import ClaimedChunk
+from batchd.core.domain import ClaimedChunk, ItemOutcome
 from batchd.core.errors import NotFound
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import run_later
-from batchd.worker.attempts import Item, run_item
+from batchd.worker.attempts import Item, OnSlowDown, run_item
 from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.flow_gate import FlowGate, PermitPool
 from batchd.worker.handler import Handler
 from batchd.worker.leases import Lease, LeaseKeeper
 from batchd.worker.metrics import WorkerMetrics
 from batchd.worker.recorder import FlushFailed, Recorder
+
+if TYPE_CHECKING:
+    import structlog
+
+    from batchd.core.otel import Tracing
 
 __all__ = ["CTX_KEY", "ChunkEnd", "WorkerRuntime", "run_chunk"]
 
@@ -82,6 +88,8 @@ class WorkerRuntime:
     permits: PermitPool = field(default_factory=PermitPool)
     # The worker's Prometheus metrics; None when it serves none (worker_metrics_port 0).
     metrics: WorkerMetrics | None = None
+    # None: no spans. Decided per chunk run, never per item (the no-op path pays nothing).
+    tracing: Tracing | None = None
 
 
 class ChunkEnd(enum.Enum):
@@ -97,7 +105,7 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
     runtime: WorkerRuntime = ctx[CTX_KEY]
     store = runtime.store
     try:
-        claimed_at = time.monotonic()
+        claimed_at, claimed_ns = time.monotonic(), time.time_ns()
         claimed = await store.claim_chunk(batch_id, chunk, lease_ttl=runtime.settings.lease_ttl)
     except NotFound:
         claimed = None
@@ -116,7 +124,12 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
             metrics.chunks_claimed.labels(claimed.handler).inc()
         lease = runtime.leases.hold(claimed, claimed_at)
         try:
-            end = await _ChunkRun(runtime, claimed, handler, lease).run()
+            if runtime.tracing is None:
+                end = await _ChunkRun(runtime, claimed, handler, lease).run()
+            else:
+                end = await _traced_run(
+                    runtime.tracing, claimed_ns, runtime, claimed, handler, lease
+                )
         except FlushFailed as exc:
             # Not an outage (those are waited out): a script or codec error. The lease
             # expires and the chunk is taken over; this job, too, is run again.
@@ -137,7 +150,7 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
         ):
             return
         # A quick chunk: take the batch's next one straight away (see CHAIN_MAX).
-        claimed_at = time.monotonic()
+        claimed_at, claimed_ns = time.monotonic(), time.time_ns()
         try:
             next_claim = await store.claim_next_chunk(
                 batch_id, lease_ttl=runtime.settings.lease_ttl, handlers=list(runtime.handlers)
@@ -151,6 +164,38 @@ async def run_chunk(ctx: dict[Any, Any], batch_id: str, chunk: int) -> None:
         claimed = next_claim
 
 
+async def _traced_run(
+    tracing: Tracing,
+    claimed_ns: int,
+    runtime: WorkerRuntime,
+    claimed: ClaimedChunk,
+    handler: Handler | None,
+    lease: Lease,
+) -> ChunkEnd:
+    """The run inside its span, which its items' spans are children of (the consumers
+    start inside it, so they inherit it as their current span)."""
+    with tracing.chunk_span(claimed, claimed_ns, runtime.worker_id) as span:
+        end = await _ChunkRun(runtime, claimed, handler, lease).run()
+        span.set_attribute("batchd.chunk.end", end.value)
+        return end
+
+
+async def _traced_item(
+    tracing: Tracing,
+    handler: Handler | None,
+    claimed: ClaimedChunk,
+    item: Item,
+    log: structlog.typing.FilteringBoundLogger,
+    *,
+    on_slow_down: OnSlowDown | None = None,
+) -> ItemOutcome:
+    """`run_item` inside the attempt's span."""
+    with tracing.item_span(claimed, item) as span:
+        outcome = await run_item(handler, claimed, item, log, on_slow_down=on_slow_down)
+        tracing.end_item(span, outcome)
+        return outcome
+
+
 class _ChunkRun:
     """One run of one chunk job."""
 
@@ -162,6 +207,10 @@ class _ChunkRun:
         self.handler = handler
         self.lease = lease
         self.log = log.bind(batch_id=claimed.batch_id, chunk=claimed.chunk)
+        # Chosen once per run: with tracing off, items run with nothing around them.
+        self._run_item: Callable[..., Awaitable[ItemOutcome]] = (
+            run_item if runtime.tracing is None else partial(_traced_item, runtime.tracing)
+        )
         # Items not started yet (consumers never wait on it: a plain deque).
         self.queue: deque[Item] = deque()
         metrics = runtime.metrics
@@ -199,7 +248,7 @@ class _ChunkRun:
         if claimed.options.max_concurrent > 0:  # more consumers could only wait for slots
             pool = min(pool, claimed.options.max_concurrent)
         self.log.debug(
-            "chunk_started", handler=claimed.handler, items=len(claimed.items), max_consumers=pool
+            "chunk_claimed", handler=claimed.handler, items=len(claimed.items), max_consumers=pool
         )
         self.recorder.start()
         self._pool_size = pool
@@ -273,7 +322,7 @@ class _ChunkRun:
     async def _consume(self) -> None:
         # Locals: this loop runs once per item, so its lookups are kept off `self`.
         queue, gate, recorder, lease = self.queue, self.gate, self.recorder, self.lease
-        handler, claimed, log = self.handler, self.claimed, self.log
+        handler, claimed, log, run = self.handler, self.claimed, self.log, self._run_item
         since_yield = 0
         while True:
             # A handler that never awaits would otherwise starve flushes and renewals;
@@ -302,9 +351,7 @@ class _ChunkRun:
             if self._idle == 0 and queue:
                 self._grow()
             try:
-                outcome = await run_item(
-                    handler, claimed, item, log, on_slow_down=admission.slow_down
-                )
+                outcome = await run(handler, claimed, item, log, on_slow_down=admission.slow_down)
             finally:
                 self._idle += 1
                 lease.in_flight -= 1

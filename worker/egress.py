@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,9 +246,14 @@ class EgressConnector(aiohttp.TCPConnector):
 
 
 def egress_session(
-    settings: Settings, *, limit: int, headers: Mapping[str, str]
+    settings: Settings,
+    *,
+    limit: int,
+    headers: Mapping[str, str],
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
-    """A cookie-less session whose every connection goes through the egress guard."""
+    """A cookie-less session whose every connection goes through the egress guard.
+    `trace_configs`: aiohttp's request hooks (tracing's client spans)."""
     proxy = settings.egress_proxy.strip()
     also = []
     if proxy:
@@ -269,6 +274,7 @@ def egress_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         headers=dict(headers),
         proxy=proxy or None,
+        trace_configs=list(trace_configs) or None,
     )
 
 

@@ -33,12 +33,15 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
 from batchd.core.config import Settings
 from batchd.core.domain import BatchOptions, tenant_of
+
+if TYPE_CHECKING:
+    from batchd.core.otel import Tracing
 
 __all__ = [
     "Code",
@@ -189,6 +192,11 @@ class WorkerInfo:
     # The worker's settings: a handler reads its own with `settings.section(cls)`, cls
     # the dataclass it names as `Handler.settings` (batchd.core.config).
     settings: Settings = field(default_factory=Settings, compare=False)
+    # The worker's tracing when it traces (the OTEL_* variables; docs/operations.md,
+    # "Traces"), else None: `tracing.provider` is its TracerProvider, and
+    # `tracing.client_trace_configs()` makes an aiohttp session's requests spans of the
+    # item that makes them.
+    tracing: Tracing | None = field(default=None, compare=False)
 
 
 class RunItem(Protocol):

@@ -20,12 +20,13 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchd.core.config import SettingError, Settings, suggestion, unknown_variables
 from batchd.core.gc_tuning import tune_gc
 from batchd.core.logs import configure_logging, get_logger
 from batchd.core.redis_access import redis_access_problem
+from batchd.core.tracing import tracing_from_env
 from batchd.worker.app import build_worker
 from batchd.worker.handler import Handler
 from batchd.worker.registry import (
@@ -35,6 +36,9 @@ from batchd.worker.registry import (
     load_handlers,
     warn_missing_extra,
 )
+
+if TYPE_CHECKING:
+    from batchd.core.otel import Tracing
 
 log = get_logger(__name__)
 
@@ -50,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         for extra in missing:
             warn_missing_extra(extra)
         warn_unknown_variables(os.environ, handlers)
-        asyncio.run(run(settings, handlers))
+        tracing = tracing_from_env(COMMAND)
+        if tracing is not None:
+            tracing.install_global()
+        try:
+            asyncio.run(run(settings, handlers, tracing))
+        finally:
+            if tracing is not None:
+                tracing.shutdown()  # the spans still buffered
     except KeyboardInterrupt:  # Ctrl-C before the worker's own handlers were in place
         sys.exit(128 + signal.SIGINT)
 
@@ -97,9 +108,13 @@ def _sections(handlers: Mapping[str, Handler]) -> list[type[Any]]:
     return [h.settings for h in handlers.values() if h.settings is not None]
 
 
-async def run(settings: Settings, handlers: Mapping[str, Handler] | None = None) -> None:
+async def run(
+    settings: Settings,
+    handlers: Mapping[str, Handler] | None = None,
+    tracing: Tracing | None = None,
+) -> None:
     try:
-        worker = build_worker(settings, handlers=handlers, handle_signals=True)
+        worker = build_worker(settings, handlers=handlers, handle_signals=True, tracing=tracing)
     except (ValueError, HandlerLoadError) as exc:  # configuration: say so, no traceback
         raise SystemExit(f"{COMMAND}: {exc}") from None
     problem = await redis_access_problem(settings.redis_url)  # an outage is waited out

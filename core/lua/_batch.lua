@@ -224,9 +224,18 @@ local function dispatch_next()
   enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3], tenant_time(1, c[3])))
 end
 
+-- Set by finish: the end this script gave the batch, which the process that ran it logs
+-- (batchd.core.batch_end: once per end, whichever of the processes ends it):
+-- {state, handler, total, n_ok, n_fail, n_cancel, n_exp, created, started or false, ended}.
+-- Every script that may end a batch returns it (false when it did not).
+local ended_now = false
+
 -- The batch is over: state, end time, no deadline; every key kept for RETENTION.
 local function finish(state)
   redis.call('HSET', META, 'state', state, 'ended', NOW)
+  local e = redis.call('HMGET', META, 'handler', 'total', 'n_ok', 'n_fail', 'n_cancel', 'n_exp',
+    'created', 'started')
+  ended_now = {state, e[1], e[2], e[3], e[4], e[5], e[6] or '0', e[7], e[8], NOW}
   redis.call('ZREM', DEADLINES, BATCH)
   tenant_decrease(':open', 1)
   account()

@@ -4,11 +4,11 @@
 -- who cancel what they have not started (or to the claim that takes over from a dead
 -- one). CANCELLED at once if nothing is left running. Any other state is returned
 -- unchanged (idempotent).
--- Returns the batch state after the call, or nil when there is no such batch.
+-- Returns {the batch state after the call, ended_now}, or nil when there is no such batch.
 local m = redis.call('HMGET', META, 'state', 'total', 'chunks', 'chunk_size')
 if not m[1] then return nil end
 local state = tonumber(m[1])
-if state ~= QUEUED and state ~= RUNNING_BATCH and state ~= PAUSED then return state end
+if state ~= QUEUED and state ~= RUNNING_BATCH and state ~= PAUSED then return {state, false} end
 local total, count, size = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
 
 local cancelled = 0
@@ -24,4 +24,5 @@ redis.call('DEL', PARKED)
 
 redis.call('HINCRBY', META, 'n_cancel', cancelled)
 redis.call('HSET', META, 'state', CANCELLING)
-return settle()
+local after = settle()
+return {after, ended_now}

@@ -14,13 +14,16 @@
 -- worker's ARQ loop (for a worker that just finished a quick chunk of the batch). Any
 -- other batch's job in those queues (or more than NEXT_SCAN jobs in one) means nil: the
 -- queues' order — priority, then the dispatch windows' turns — decides, as without `next`.
--- Returns nil (nothing to run) or
--- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}, n}
--- where each attempt is the `attempts` entry of a runnable item that has one.
+-- Returns nil (nothing to run), {ended_now} (nothing to run, and the claim ended the
+-- batch: the last items of a cancelling batch's dead holder), or
+-- {items, handler, options, chunk_size, {runnable local indexes}, {index, attempt, ...}, n,
+--  trace or false}
+-- where each attempt is the `attempts` entry of a runnable item that has one, and trace
+-- the batch's W3C traceparent, if it keeps one.
 local n, token, lease_until = ARGV[OWN_ARG], ARGV[OWN_ARG + 1], ARGV[OWN_ARG + 2]
 local take_next = ARGV[OWN_ARG + 3] == '1'
 
-local m = redis.call('HMGET', META, 'state', 'handler', 'options', 'chunk_size', 'total')
+local m = redis.call('HMGET', META, 'state', 'handler', 'options', 'chunk_size', 'total', 'trace')
 if not m[1] then return nil end
 local state = tonumber(m[1])
 if not is_open(state) then return nil end
@@ -75,6 +78,7 @@ if state == CANCELLING then
   redis.call('HSET', CHUNKS, n, 'c')
   redis.call('ZREM', LEASES, member)
   settle()
+  if ended_now then return {ended_now} end
   return nil
 end
 
@@ -105,4 +109,4 @@ in_slices(indexes, 1000, function(slice)
     end
   end
 end)
-return {items, m[2], m[3], m[4], runnable, attempts, n}
+return {items, m[2], m[3], m[4], runnable, attempts, n, m[6]}

@@ -4,7 +4,7 @@
 -- becomes 'x' (a late holder's records and renewals are refused) and the batch ends:
 -- COMPLETED, or CANCELLED if it was cancelling. Unfinished batches whose deadline moved
 -- (a redrive) are filed again under it.
--- Returns 1 if the batch expired, else 0.
+-- Returns the batch's end (ended_now) if it expired, else 0.
 local m = redis.call('HMGET', META, 'state', 'total', 'chunks', 'chunk_size', 'deadline')
 local state = tonumber(m[1])
 if not state or not is_open(state) or not m[5] then
@@ -27,4 +27,4 @@ end)
 
 redis.call('HINCRBY', META, 'n_exp', expired)
 if state == CANCELLING then finish(CANCELLED_BATCH) else finish(COMPLETED) end
-return 1
+return ended_now

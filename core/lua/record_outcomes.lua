@@ -15,7 +15,8 @@
 -- `in_flight` (unless negative): the holder's items of the chunk in flight now, recorded
 -- (`started`) while the claim holds.
 -- Returns {batch state, the chunk's first due retry (ms) or false, 1 if the chunk was
--- held under token}, or nil when the batch is gone.
+-- held under token, the batch's end if these records ended it (ended_now)}, or nil when
+-- the batch is gone.
 local n, token, release = ARGV[OWN_ARG], ARGV[OWN_ARG + 1], ARGV[OWN_ARG + 2] == '1'
 local entries = cmsgpack.unpack(ARGV[OWN_ARG + 3])
 local in_flight = tonumber(ARGV[OWN_ARG + 4] or '-1')
@@ -128,4 +129,5 @@ if is_claimed(claimed) or claimed == 'd' then
   end
 end
 
-return {settle(), next_due(n) or false, held and 1 or 0}
+local state_after = settle()
+return {state_after, next_due(n) or false, held and 1 or 0, ended_now}

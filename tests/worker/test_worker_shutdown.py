@@ -156,7 +156,7 @@ async def test_batchd_worker_stops_gracefully_on_sigterm(redis: Redis, redis_url
     assert process.stderr is not None
     events: list[str] = []
     try:
-        while "chunk_started" not in events:
+        while "chunk_claimed" not in events:
             line = await asyncio.wait_for(process.stderr.readline(), 30)
             assert line, "the worker exited before starting the chunk"
             if line.startswith(b"{"):

@@ -108,7 +108,10 @@ class _HttpRequest:
 
     async def startup(self, worker: WorkerInfo) -> None:
         self._session = egress_session(
-            worker.settings, limit=max(worker.concurrency, 1), headers={"User-Agent": USER_AGENT}
+            worker.settings,
+            limit=max(worker.concurrency, 1),
+            headers={"User-Agent": USER_AGENT},
+            trace_configs=worker.tracing.client_trace_configs() if worker.tracing else (),
         )
 
     async def shutdown(self) -> None:

@@ -175,7 +175,10 @@ class _ImageResize:
         )
         self._slots = asyncio.Semaphore(self._pool.processes * _QUEUED_PER_PROCESS)
         self._session = egress_session(
-            worker.settings, limit=max(worker.concurrency, 1), headers={"User-Agent": USER_AGENT}
+            worker.settings,
+            limit=max(worker.concurrency, 1),
+            headers={"User-Agent": USER_AGENT},
+            trace_configs=worker.tracing.client_trace_configs() if worker.tracing else (),
         )
 
     async def shutdown(self) -> None:
