@@ -11,6 +11,7 @@ down None and no OpenTelemetry module is imported.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -47,7 +48,7 @@ def tracing_from_env(service_name: str, environ: Mapping[str, str] | None = None
     if not exporters:
         return None
     try:
-        from batchd.core import otel
+        otel = importlib.import_module("batchd.core.otel")  # the otel extra, when asked for
     except ImportError as exc:
         log.warning(
             "tracing_unavailable",
@@ -55,4 +56,5 @@ def tracing_from_env(service_name: str, environ: Mapping[str, str] | None = None
             install="pip install 'batchd[otel]'",
         )
         return None
-    return otel.from_env(service_name, exporters, environ)
+    tracing: Tracing | None = otel.from_env(service_name, exporters, environ)
+    return tracing

@@ -161,9 +161,7 @@ class Recorder:
             if self.tally is not None and outcomes:
                 self.tally.add(outcomes)
             self._outage.recovered(outcomes=len(outcomes))
-            if result.state.is_terminal and not (self.batch_state and self.batch_state.is_terminal):
-                # Batch lifecycle at info (chunks are at debug): this record ended it.
-                self.log.info("batch_finished", state=result.state.name)
+            # A record that ended the batch was logged by the store (batch_finished).
             self.batch_state = result.state
             if not result.held and not self.lost:
                 self.log.warning("claim_lost_at_flush")
