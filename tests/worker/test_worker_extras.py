@@ -28,8 +28,8 @@ START_WITHOUT_PILLOW = textwrap.dedent(
     sys.modules["PIL"] = None
     from batchd.worker import main
 
-    async def run(settings, handlers):
-        print(json.dumps({"served": sorted(handlers)}), flush=True)
+    async def run(settings, handlers, tracing=None):
+        print(json.dumps({"served": sorted(handlers), "traced": tracing is not None}), flush=True)
 
     main.run = run
     main.main(["--log-format", "json"])
@@ -48,6 +48,22 @@ PLAN_WITHOUT_SQLALCHEMY = textwrap.dedent(
     runpy.run_path({script!r}, run_name="__main__")
     """
 )
+
+
+def test_a_worker_asked_to_trace_without_the_otel_extra_says_so_and_runs() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHD_", "OTEL_"))}
+    env["OTEL_TRACES_EXPORTER"] = "otlp"
+    start = START_WITHOUT_PILLOW.replace('sys.modules["PIL"]', 'sys.modules["opentelemetry"]')
+    process = subprocess.run(
+        [sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert process.returncode == 0, process.stderr
+    started = json.loads(process.stdout)
+    assert started["traced"] is False
+    assert "http.request" in started["served"]
+    events = [json.loads(line) for line in process.stderr.splitlines() if line.startswith("{")]
+    (said,) = [e for e in events if e["event"] == "tracing_unavailable"]
+    assert said["install"] == "pip install 'batchd[otel]'"
 
 
 def test_the_migrate_planner_without_its_extra_names_it() -> None:
