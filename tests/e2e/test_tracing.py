@@ -74,6 +74,7 @@ async def _service(redis_url: str, prefix: str, tracing: Tracing | None) -> Asyn
         egress_allow="127.0.0.1",
         watch_min_interval=0.01,
         watch_min_heartbeat=0.01,
+        metrics_port=0,  # no /metrics listener: two servers run at once
     )
     server = await start_server(settings, port=0, tracing=tracing)
     worker = build_worker(settings, poll_delay=0.02, tracing=tracing)
