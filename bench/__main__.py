@@ -23,6 +23,7 @@ from bench import (
     sleep,
     submit,
     tenants,
+    tracing_cost,
     upload_noop,
     watchers,
 )
@@ -31,6 +32,7 @@ SCENARIOS = [
     (upload_noop.main, ["--items", "100000"]),
     (noop.main, ["--items", "100000", "--arq-jobs", "20000"]),
     (metrics_cost.main, ["--items", "100000", "--pairs", "2"]),
+    (tracing_cost.main, ["--items", "100000", "--pairs", "2"]),
     (sleep.main, ["--items", "20000"]),
     (http.main, ["--items", "10000"]),
     (submit.main, ["--items", "100000", "--upload-items", "100000"]),

@@ -91,7 +91,10 @@ async def abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any])
         # The store names a tenant's batch by its stored id: say the caller's own.
         own = f"{principal.current().tenant}{TENANT_SEPARATOR}"
         exc.message = exc.message.replace(f"'{own}", "'")
-        await context.abort_with_status(to_status(exc))
+        status = to_status(exc)
+        # What abort_with_status does, through abort: a context wrapper of an interceptor
+        # (tracing's) sees the code.
+        await context.abort(status.code, status.details, status.trailing_metadata)
     if isinstance(exc, _REDIS_OUTAGES):
         log.warning("redis_unavailable", error=str(exc))
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the batch store is unavailable")

@@ -61,6 +61,13 @@ def test_metrics_cost_small(tmp_path: Path) -> None:
     assert_positive(result, "on_0_items_per_second", "off_0_items_per_second", "ratio_on_to_off")
 
 
+def test_tracing_cost_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "tracing_cost", "--items", "2000", "--pairs", "1")
+    assert_positive(result, "on_0_items_per_second", "off_0_items_per_second", "ratio_on_to_off")
+    # Every item's attempt, and more (the calls, the chunk runs), reached the sink.
+    assert result["spans_received_min"] > 2000
+
+
 def documented_commands() -> list[str]:
     """The commands of docs/performance.md's "Running the benchmarks", comments dropped."""
     block = sh_blocks_after(

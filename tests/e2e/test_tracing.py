@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -19,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 from support.polling import poll
 
-from batchd.client import AsyncClient, BatchState
+from batchd.client import AsyncClient, BatchdError, BatchState
 from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.otel import Tracing
@@ -98,10 +99,10 @@ async def traced(redis_url: str, tracing: Tracing) -> AsyncIterator[Service]:
 
 
 async def _finished(client: AsyncClient, batch_id: str) -> None:
-    async def done() -> bool | None:
-        return True if (await client.get(batch_id)).state == BatchState.COMPLETED else None
-
-    await poll(done)
+    """Watches the batch to its end (a server-streaming call through the traced server)."""
+    async for progress in client.watch(batch_id, min_interval=0.01):
+        last = progress
+    assert last.state == BatchState.COMPLETED
 
 
 async def _spans_of(
@@ -242,6 +243,27 @@ async def test_an_http_request_is_a_child_of_its_item(
     # The peer was told of the trace, and the span keeps no query string.
     assert f"{_trace_id(item):032x}-{_span_id(request):016x}" in received[-1]
     assert all("secret" not in str(value) for value in (request.attributes or {}).values())
+
+
+async def test_a_refused_call_keeps_its_status_and_its_span_says_so(
+    traced: Service, exporter: InMemorySpanExporter
+) -> None:
+    with pytest.raises(BatchdError) as refused:
+        await traced.client.submit("noop", [("a", {}), ("a", {})])  # a duplicate custom_id
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.field_violations  # the rich details came through
+
+    async def span() -> ReadableSpan | None:
+        calls = [
+            s
+            for s in exporter.get_finished_spans()
+            if s.name == "/batchd.v1.BatchService/SubmitBatch"
+            and _attr(s, "rpc.grpc.status_code") == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        ]
+        return calls[-1] if calls else None
+
+    # The caller's fault: the code on the span, which the server does not mark ERROR.
+    assert (await poll(span)).status.status_code is StatusCode.UNSET
 
 
 async def test_tracing_off_stores_no_trace_context_and_makes_no_spans(
