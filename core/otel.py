@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import Token
 from importlib.metadata import entry_points
 from typing import Any, Final
 
 import aiohttp
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
@@ -32,6 +34,9 @@ from batchd.core.domain import ClaimedChunk, ItemOutcome, ItemState
 from batchd.core.logs import get_logger
 
 __all__ = ["Tracing", "from_env"]
+
+# An item's span, and the token that makes it current until the attempt ends.
+_ItemScope = tuple[Span, Token[Context]]
 
 log = get_logger(__name__)
 
@@ -98,6 +103,7 @@ class Tracing:
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("batchd")
+        self._item_names: dict[str, str] = {}  # handler -> its item spans' name
 
     # -- the server ---------------------------------------------------------------
     def server_interceptor(self) -> grpc.aio.ServerInterceptor:
@@ -142,13 +148,13 @@ class Tracing:
         ) as span:
             yield span
 
-    @contextmanager
-    def item_span(self, claimed: ClaimedChunk, item: tuple[int, str, bytes]) -> Iterator[Span]:
-        """The span of one attempt of an item, current while its handler runs (the
-        handler's instrumented calls are its children)."""
+    def start_item(self, claimed: ClaimedChunk, item: tuple[int, str, bytes]) -> _ItemScope:
+        """Starts the span of one attempt of an item and makes it current (the handler's
+        instrumented calls are its children) until `end_item`. Two plain calls rather
+        than a context manager: this runs once per item."""
         index, custom_id, _ = item
-        with self.tracer.start_as_current_span(
-            f"item {claimed.handler}",
+        span = self.tracer.start_span(
+            self._item_names.get(claimed.handler) or self._item_name(claimed.handler),
             attributes={
                 "batchd.item.index": index,
                 "batchd.item.custom_id": custom_id,
@@ -156,18 +162,27 @@ class Tracing:
             },
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            yield span
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod
-    def end_item(span: Span, outcome: ItemOutcome) -> None:
-        """What an attempt led to, on its span: the state, and for a failed or retried
-        attempt its error code (not its message, which may quote the item)."""
-        span.set_attribute("batchd.item.state", outcome.state.name)
-        if outcome.state is not ItemState.SUCCEEDED:
-            span.set_attribute("batchd.item.error_code", outcome.error_code)
-        if outcome.state is ItemState.FAILED:
-            span.set_status(Status(StatusCode.ERROR))
+    def end_item(scope: _ItemScope, outcome: ItemOutcome | None) -> None:
+        """Ends the attempt's span with what it led to (None: cut short, the worker
+        stopping): the state, and for an attempt that did not succeed its error code (not
+        its message, which may quote the item); status ERROR when the item FAILED."""
+        span, token = scope
+        otel_context.detach(token)
+        if outcome is not None:
+            span.set_attribute("batchd.item.state", outcome.state.name)
+            if outcome.state is not ItemState.SUCCEEDED:
+                span.set_attribute("batchd.item.error_code", outcome.error_code)
+            if outcome.state is ItemState.FAILED:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def _item_name(self, handler: str) -> str:
+        name = self._item_names[handler] = f"item {handler}"
+        return name
 
     def client_trace_configs(self) -> list[aiohttp.TraceConfig]:
         """For a handler's aiohttp session: a client span per request, child of the

@@ -175,7 +175,10 @@ async def _traced_run(
     """The run inside its span, which its items' spans are children of (the consumers
     start inside it, so they inherit it as their current span)."""
     with tracing.chunk_span(claimed, claimed_ns, runtime.worker_id) as span:
-        end = await _ChunkRun(runtime, claimed, handler, lease).run()
+        # A chunk run its batch's sampling left out records nothing: its items get no
+        # span either.
+        items_traced = tracing if span.is_recording() else None
+        end = await _ChunkRun(runtime, claimed, handler, lease, items_traced).run()
         span.set_attribute("batchd.chunk.end", end.value)
         return end
 
@@ -190,26 +193,33 @@ async def _traced_item(
     on_slow_down: OnSlowDown | None = None,
 ) -> ItemOutcome:
     """`run_item` inside the attempt's span."""
-    with tracing.item_span(claimed, item) as span:
+    scope, outcome = tracing.start_item(claimed, item), None
+    try:
         outcome = await run_item(handler, claimed, item, log, on_slow_down=on_slow_down)
-        tracing.end_item(span, outcome)
         return outcome
+    finally:
+        tracing.end_item(scope, outcome)
 
 
 class _ChunkRun:
     """One run of one chunk job."""
 
     def __init__(
-        self, runtime: WorkerRuntime, claimed: ClaimedChunk, handler: Handler | None, lease: Lease
+        self,
+        runtime: WorkerRuntime,
+        claimed: ClaimedChunk,
+        handler: Handler | None,
+        lease: Lease,
+        tracing: Tracing | None = None,
     ) -> None:
         self.runtime = runtime
         self.claimed = claimed
         self.handler = handler
         self.lease = lease
         self.log = log.bind(batch_id=claimed.batch_id, chunk=claimed.chunk)
-        # Chosen once per run: with tracing off, items run with nothing around them.
+        # Chosen once per run: untraced, items run with nothing around them.
         self._run_item: Callable[..., Awaitable[ItemOutcome]] = (
-            run_item if runtime.tracing is None else partial(_traced_item, runtime.tracing)
+            run_item if tracing is None else partial(_traced_item, tracing)
         )
         # Items not started yet (consumers never wait on it: a plain deque).
         self.queue: deque[Item] = deque()

@@ -25,6 +25,7 @@ from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.otel import Tracing
 from batchd.server.app import BatchdServer, start_server
+from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
 from batchd.worker.app import build_worker
 
 
@@ -243,6 +244,34 @@ async def test_an_http_request_is_a_child_of_its_item(
     # The peer was told of the trace, and the span keeps no query string.
     assert f"{_trace_id(item):032x}-{_span_id(request):016x}" in received[-1]
     assert all("secret" not in str(value) for value in (request.attributes or {}).values())
+
+
+async def test_a_caller_s_trace_is_continued_and_its_sampling_decision_kept(
+    traced: Service, exporter: InMemorySpanExporter, redis: Redis
+) -> None:
+    """A call carrying a traceparent: the batch's trace is the caller's. Unsampled (flags
+    00), nothing of the batch is recorded."""
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{traced.server.port}") as channel:
+        stub = batch_service_pb2_grpc.BatchServiceStub(channel)
+        ids = []
+        for flags in ("01", "00"):
+            request = batch_service_pb2.SubmitBatchRequest(
+                handler="noop", items=[batch_pb2.Item(custom_id=f"c{n}") for n in range(3)]
+            )
+            metadata = (("traceparent", f"00-{caller_trace}-00f067aa0ba902b7-{flags}"),)
+            response = await stub.SubmitBatch(request, metadata=metadata)
+            ids.append(response.batch.batch_id)
+    sampled, unsampled = ids
+    for batch_id in ids:
+        await _finished(traced.client, batch_id)
+    chunks, items = await _spans_of(exporter, sampled, chunks=1, items=3)
+    assert {_trace_id(s) for s in [*chunks, *items]} == {int(caller_trace, 16)}
+    stored = await redis.hget(traced.keys.meta(unsampled), "trace")  # type: ignore[misc]
+    assert stored.decode().endswith("-00")
+    assert not [
+        s for s in exporter.get_finished_spans() if _attr(s, "batchd.batch_id") == unsampled
+    ]
 
 
 async def test_a_refused_call_keeps_its_status_and_its_span_says_so(
