@@ -52,6 +52,10 @@ MIN_CLIENT_PING_INTERVAL_MS = 10_000
 # Calls gRPC may hold for the server before the server takes them up (see server_options).
 MAX_PENDING_CALLS = 100_000
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# The health service's name for "this process answers": SERVING from start to exit,
+# whatever Redis does, for liveness probes (a server without Redis is not ready, "" and
+# SERVICE_NAME say so, but restarting it would not bring Redis back).
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass
@@ -166,6 +170,7 @@ async def start_server(
     add_servicer(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     if settings.reflection != "off":
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
