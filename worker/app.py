@@ -35,6 +35,7 @@ from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.flow_gate import PermitPool
 from batchd.worker.handler import Handler, WorkerInfo
+from batchd.worker.health import WorkerHealth
 from batchd.worker.leases import LeaseKeeper
 from batchd.worker.metrics import WorkerMetrics, start_worker_listener
 from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
@@ -215,7 +216,11 @@ class _WorkerHooks:
         metrics = WorkerMetrics(sorted(self.handlers))
         metrics.concurrency.set(max(settings.worker_concurrency, 1))
         metrics.max_chunk_jobs.set(settings.chunk_jobs)
-        self.listener = await start_worker_listener(metrics, settings.metrics_host, port)
+        health = None
+        if self.worker is not None:
+            worker = self.worker
+            health = WorkerHealth(lambda: worker.last_pass, self.started, self.draining)
+        self.listener = await start_worker_listener(metrics, settings.metrics_host, port, health)
         self.metrics = metrics
         if self.worker is not None:
             self.worker.metrics = metrics

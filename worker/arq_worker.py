@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -148,6 +149,9 @@ class BatchdWorker(arq.Worker):
         self.metrics_port: int | None = None
         self._poll_backoff = Backoff()
         self._clearing = BackgroundTasks()
+        # time.monotonic() of the poll loop's last finished pass (its start before the
+        # first): the worker's liveness (batchd.worker.health).
+        self.last_pass = time.monotonic()
 
     async def main(self) -> None:
         """arq's `main` once Redis answers. Given a pool, ARQ would end at its first
@@ -194,6 +198,7 @@ class BatchdWorker(arq.Worker):
         else:
             self.poll_outage.recovered()
             self._poll_backoff.reset()
+        self.last_pass = time.monotonic()
 
     async def _read_queues(self) -> list[bytes]:
         """The due jobs at the head of the served queues, in score order across them (as

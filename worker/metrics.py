@@ -32,6 +32,7 @@ from batchd.core.metrics import (
     new_registry,
     start_listener,
 )
+from batchd.worker.health import WorkerHealth
 
 __all__ = ["ATTEMPT_BUCKETS", "HandlerTally", "WorkerMetrics", "start_worker_listener"]
 
@@ -230,8 +231,11 @@ class WorkerMetrics:
         self.items_in_flight.set_function(in_flight)
         self.chunk_jobs_in_flight.set_function(chunk_jobs)
 
-    def build_app(self) -> web.Application:
+    def build_app(self, health: WorkerHealth | None = None) -> web.Application:
+        """/metrics, and /healthz and /readyz when given the worker's `health`."""
         app = web.Application()
+        if health is not None:
+            health.add_routes(app)
 
         async def metrics(request: web.Request) -> web.Response:
             return metrics_response(self.registry)
@@ -240,6 +244,10 @@ class WorkerMetrics:
         return app
 
 
-async def start_worker_listener(metrics: WorkerMetrics, host: str, port: int) -> Listener:
-    """The worker's /metrics on host:port; SettingError if the port cannot be bound."""
-    return await start_listener(metrics.build_app(), host, port, "--worker-metrics-port")
+async def start_worker_listener(
+    metrics: WorkerMetrics, host: str, port: int, health: WorkerHealth | None = None
+) -> Listener:
+    """The worker's /metrics (and /healthz, /readyz with `health`) on host:port;
+    SettingError if the port cannot be bound."""
+    app = metrics.build_app(health)
+    return await start_listener(app, host, port, "--worker-metrics-port")
