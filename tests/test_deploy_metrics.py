@@ -1,5 +1,6 @@
-"""deploy/: the Grafana dashboard and the Prometheus rules and configuration name only
-metrics and labels batchd exports, and Prometheus's promtool accepts them.
+"""deploy/: the Grafana dashboard, the Prometheus rules and configurations and the
+prometheus-adapter rule of the workers' autoscaler name only metrics and labels batchd
+exports, and Prometheus's promtool accepts them.
 
 The metric names, types and labels come from a real scrape of a server and a worker
 after a batch; a labelled metric that has no sample yet (no Redis error, no rate-limit
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "batchd.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
+ADAPTER = ROOT / "deploy" / "k8s" / "prometheus-adapter.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 # Grafana's own variables, and the ones the dashboard defines.
@@ -85,6 +87,20 @@ def rule_queries() -> list[Query]:
         texts = " ".join(rule.get("annotations", {}).values())
         name = rule.get("alert") or rule.get("record")
         found.append(Query(f"rule {name}", rule["expr"], frozenset(labels_read(texts))))
+    return found
+
+
+def adapter_queries() -> list[Query]:
+    """prometheus-adapter's metricsQuery of each external rule, its templates filled in
+    as the adapter does (a selector of the rule's series, matchers of the HPA's)."""
+    config = yaml.safe_load(yaml.safe_load(ADAPTER.read_text())["data"]["config.yaml"])
+    found = []
+    for rule in config["externalRules"]:
+        series = re.fullmatch(r"(\w+)\{.*\}", rule["seriesQuery"])
+        assert series, rule["seriesQuery"]
+        expr = rule["metricsQuery"].replace("<<.Series>>", series[1])
+        expr = expr.replace("<<.LabelMatchers>>", 'job="batchd-server"')
+        found.append(Query(f"adapter rule {rule['name']['as']}", expr, frozenset()))
     return found
 
 
@@ -165,7 +181,7 @@ def test_the_dashboard_panels_do_not_overlap() -> None:
 
 
 def test_every_query_parses_as_promql() -> None:
-    queries = dashboard_queries() + rule_queries()
+    queries = dashboard_queries() + rule_queries() + adapter_queries()
     assert len(queries) > 40
     for query in queries:
         promql_parser.parse(GRAFANA_INTERVALS.sub("5m", query.expr))
@@ -235,6 +251,8 @@ def run_promtool(*args: str) -> str:
 def test_promtool_accepts_the_rules_and_the_config() -> None:
     assert "SUCCESS" in run_promtool("check", "rules", "alerts.yml")
     output = run_promtool("check", "config", "prometheus.yml")
+    assert "SUCCESS: 1 rule files found" in output
+    output = run_promtool("check", "config", "compose.yml")  # deploy/compose.yaml's
     assert "SUCCESS: 1 rule files found" in output
 
 
@@ -318,7 +336,7 @@ async def test_every_metric_and_label_the_queries_name_is_exported(
 ) -> None:
     catalog = catalog_of(scrapes)
     problems = []
-    for query in dashboard_queries() + rule_queries():
+    for query in dashboard_queries() + rule_queries() + adapter_queries():
         problems += [f"{query.where}: {p}" for p in check(query.expr, catalog, reads=query.reads)]
     for metric, label in label_values_queries():
         if label not in catalog.series.get(metric, frozenset()):
