@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import re
 import shlex
 import shutil
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from batchd.core.config import Settings, unknown_variables
+from batchd.server.admin import build_parser as admin_parser
 from batchd.server.app import LIVENESS_SERVICE, SERVICE_NAME, STOP_WAIT, BatchdServer
 from batchd.server.probe import build_parser as probe_parser
 from batchd.worker.arq_worker import SHUTDOWN_GRACE
@@ -484,3 +486,46 @@ def test_every_pod_drops_privileges() -> None:
         assert mounts == {"/tmp"}, f"{name}: only /tmp is written"
     for name in ("batchd-server", "batchd-worker"):
         assert name in objects("PodDisruptionBudget")
+
+
+# --- docs/operations.md's commands --------------------------------------------------------
+
+
+def deploying_commands() -> list[list[str]]:
+    """The commands of docs/operations.md's "Deploying" shell block, as argv."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+def test_the_documented_commands_name_real_files_flags_and_objects() -> None:
+    # No Docker engine or cluster here: each command is read, not run.
+    found = deploying_commands()
+    tools = {argv[0] for argv in found}
+    assert tools == {"docker", "export", "kubectl"}
+    for argv in found:
+        for flag, value in itertools.pairwise(argv):
+            if flag == "-f":
+                assert (ROOT / value).is_file(), value
+            if flag == "-k":
+                assert (ROOT / value / "kustomization.yaml").is_file(), value
+        if argv[0] == "export":
+            name = argv[1].split("=", 1)[0]
+            assert f"${{{name}:?" in COMPOSE.read_text(), f"compose reads no {name}"
+        if "batchd-admin" in argv:
+            admin = argv[argv.index("batchd-admin") :]
+            admin_parser().parse_args(admin[1:])
+        if argv[:3] == ["kubectl", "create", "secret"]:
+            (name,) = [a for a in argv[4:] if not a.startswith("-")]
+            (literal,) = [a for a in argv if a.startswith("--from-literal=")]
+            key = literal.removeprefix("--from-literal=").split("=", 1)[0]
+            assert objects("Secret")[name]["stringData"].keys() == {key}
+            for container in containers().values():
+                refs = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
+                assert refs == [name]
+        if argv[:2] == ["kubectl", "exec"]:
+            assert argv[2].removeprefix("deploy/") in objects("Deployment")
+    scale = [a for argv in found for a in argv if a.startswith("worker=")]
+    assert scale
+    assert set(compose()["services"]) >= {a.split("=")[0] for a in scale}

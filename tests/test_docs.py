@@ -102,6 +102,10 @@ RUN_BY = {
         "tests/e2e/test_migrate_commands.py"
     ),
     ("docs/handlers/migrate.md", "## Redrive"): "tests/e2e/test_migrate_commands.py",
+    ("docs/operations.md", "## Deploying"): (
+        "tests/test_deploy_files.py: read, not run (no Docker engine or cluster here): "
+        "their files, flags, secret and deployment names checked"
+    ),
     ("docs/operations.md", "## Running server and workers separately"): (
         "tests/e2e/test_readme_commands.py"
     ),
