@@ -18,16 +18,47 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from batchd.client import TLS, TLSFileError
-
-__all__ = ["DEFAULT_ADDR", "check_grpc", "check_http", "main"]
+__all__ = ["DEFAULT_ADDR", "TLS", "check_grpc", "check_http", "main"]
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass(frozen=True)
+class TLS:
+    """How the probe's channel trusts the server (`ca_file`, else the system's roots) and,
+    for mTLS, proves who it is (`cert_file` and `key_file`); `server_name` is the name
+    checked in the server's certificate when it is not the address's host."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials; OSError naming the file that cannot be read."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("--tls-cert and --tls-key go together (mTLS needs both)")
+        return grpc.ssl_channel_credentials(
+            _read(self.ca_file), _read(self.key_file), _read(self.cert_file)
+        )
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        if self.server_name is None:
+            return []
+        return [("grpc.ssl_target_name_override", self.server_name)]
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as stream:
+        return stream.read()
 
 
 def check_grpc(
@@ -110,21 +141,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         what = args.url
     else:
         addr = args.addr or DEFAULT_ADDR
+        if (args.tls_cert is None) != (args.tls_key is None):
+            parser.error("--tls-cert and --tls-key go together (mTLS needs both)")
         tls = None
         if uses_tls:
-            try:
-                tls = TLS(
-                    ca_file=args.tls_ca,
-                    cert_file=args.tls_cert,
-                    key_file=args.tls_key,
-                    server_name=args.tls_server_name,
-                )
-            except ValueError as exc:
-                parser.error(str(exc))
+            tls = TLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
         try:
             problem = check_grpc(addr, args.service, timeout=args.timeout, tls=tls)
-        except TLSFileError as exc:
-            problem = str(exc)
+        except OSError as exc:  # a TLS file that cannot be read
+            problem = f"{exc.filename}: cannot read it: {exc.strerror}"
         what = addr + (f" ({args.service})" if args.service else "")
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)

@@ -129,5 +129,10 @@ async def test_the_console_script_speaks_tls_and_mtls(redis_url: str, certs: Cer
         status, line = await probe("--addr", addr, "--tls-ca", "/nonexistent/ca.pem")
         assert (status, line) == (
             1,
-            "unhealthy: TLS ca_file /nonexistent/ca.pem: cannot read it: No such file or directory",
+            "unhealthy: /nonexistent/ca.pem: cannot read it: No such file or directory",
         )
+
+
+def test_a_client_certificate_needs_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main("--tls-cert", "client.pem") == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
