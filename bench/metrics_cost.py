@@ -2,7 +2,9 @@
 items (`bench.upload_noop.run`) against a fresh service with the server's and the
 worker's /metrics listeners on (each scraped every second while the batch runs, far
 more often than Prometheus's usual 15 s) and with both off, in alternating pairs, in
-one run. Reports each run's items/s and the ratio on/off of the medians.
+one run. Reports each run's items/s and the server's and worker's CPU time per item
+(/proc, user + system: on a shared machine it moves far less with the neighbours than
+the rate does), and the ratios on/off of the medians.
 
     .venv/bin/python -m bench.metrics_cost --items 200000 --pairs 3   # a full run
 """
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from batchd.core.embedded_redis import free_port
-from bench.service import report, running_service
+from bench.service import cpu_seconds, report, running_service
 from bench.upload_noop import run
 
 
@@ -43,18 +45,22 @@ async def _scraping(ports: Sequence[int], stop: asyncio.Event) -> int:
     return done
 
 
-async def _measure(items: int, chunk_size: int, metrics: bool) -> float:
+async def _measure(items: int, chunk_size: int, metrics: bool) -> tuple[float, float]:
+    """(items/s, server + worker CPU microseconds per item) of one run."""
     ports = [free_port(), free_port()] if metrics else [0, 0]
     env = {"BATCHD_METRICS_PORT": str(ports[0]), "BATCHD_WORKER_METRICS_PORT": str(ports[1])}
     with running_service(env=env) as service:
+        pids = (service.server_pid, *service.worker_pids)
         stop = asyncio.Event()
         scraper = asyncio.create_task(_scraping(ports if metrics else [], stop))
+        cpu = sum(cpu_seconds(pid) for pid in pids)
         try:
             figures = await run(items, chunk_size, service.port, service.redis_url)
         finally:
             stop.set()
             await scraper
-    return figures["items_per_second"]
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
+    return figures["items_per_second"], cpu / items * 1e6
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -64,21 +70,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=2, help="on/off pairs, alternating")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    on: list[float] = []
-    off: list[float] = []
+    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     for pair in range(args.pairs):
         # Alternate which goes first, so that a drift of the machine's speed splits evenly.
         order = (True, False) if pair % 2 == 0 else (False, True)
         for metrics in order:
-            rate = asyncio.run(_measure(args.items, args.chunk_size, metrics))
-            (on if metrics else off).append(rate)
+            runs[metrics].append(asyncio.run(_measure(args.items, args.chunk_size, metrics)))
     figures: dict[str, float] = {"items": args.items, "pairs": args.pairs}
-    for n, (a, b) in enumerate(zip(on, off, strict=True)):
-        figures[f"on_{n}_items_per_second"] = a
-        figures[f"off_{n}_items_per_second"] = b
-    figures["on_median_items_per_second"] = statistics.median(on)
-    figures["off_median_items_per_second"] = statistics.median(off)
-    figures["ratio_on_to_off"] = statistics.median(on) / statistics.median(off)
+    for n, ((on_rate, on_cpu), (off_rate, off_cpu)) in enumerate(
+        zip(runs[True], runs[False], strict=True)
+    ):
+        figures[f"on_{n}_items_per_second"] = on_rate
+        figures[f"off_{n}_items_per_second"] = off_rate
+        figures[f"on_{n}_cpu_us_per_item"] = on_cpu
+        figures[f"off_{n}_cpu_us_per_item"] = off_cpu
+    rate = {m: statistics.median(r for r, _ in runs[m]) for m in runs}
+    cpu = {m: statistics.median(c for _, c in runs[m]) for m in runs}
+    figures["on_median_items_per_second"] = rate[True]
+    figures["off_median_items_per_second"] = rate[False]
+    figures["ratio_on_to_off"] = rate[True] / rate[False]
+    figures["on_median_cpu_us_per_item"] = cpu[True]
+    figures["off_median_cpu_us_per_item"] = cpu[False]
+    # Above 1: metrics on cost that much more CPU per item.
+    figures["cpu_ratio_on_to_off"] = cpu[True] / cpu[False]
     report(figures, args.json)
 
 

@@ -59,6 +59,7 @@ def test_upload_noop_small(tmp_path: Path) -> None:
 def test_metrics_cost_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "metrics_cost", "--items", "2000", "--pairs", "1")
     assert_positive(result, "on_0_items_per_second", "off_0_items_per_second", "ratio_on_to_off")
+    assert_positive(result, "on_0_cpu_us_per_item", "off_0_cpu_us_per_item", "cpu_ratio_on_to_off")
 
 
 def test_tracing_cost_small(tmp_path: Path) -> None:
