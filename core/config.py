@@ -186,6 +186,13 @@ class Settings:
         "beyond; health checks always answered); 0: no limit",
         read_by=SERVER,
     )
+    drain_delay: float = setting(
+        1.0,
+        "seconds a server told to stop (SIGTERM) goes on answering after it reports "
+        "NOT_SERVING, before it refuses new calls: time for health-checking clients and "
+        "load balancers to send their calls elsewhere",
+        read_by=SERVER,
+    )
     data_dir: str = setting(
         ".data",
         "where the embedded Redis keeps its append-only file, its socket (redis/valkey.sock) "

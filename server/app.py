@@ -80,21 +80,30 @@ class BatchdServer:
     authenticators: tuple[Authenticator, ...] = ()
     settings: Settings | None = None
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stops taking calls, ends watches with UNAVAILABLE, drains the rest."""
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, NOT_SERVING)
+    async def stop(self, grace: float = 5.0, *, drain_delay: float = 0.0) -> None:
+        """Reports NOT_SERVING and goes on answering for `drain_delay` seconds, so that
+        health-checking clients go elsewhere first; then stops taking calls (GOAWAY),
+        ends watches with UNAVAILABLE and gives the rest `grace` seconds to finish."""
         # Bounded: a task stuck in a Redis call that outlives its cancellation must not
-        # hold the shutdown (the process ends with it anyway).
+        # hold the shutdown (the process ends with it anyway). The health monitor is one:
+        # it must not report SERVING again.
         stuck = await self.background.cancel_all(within=STOP_WAIT)
         if stuck:
             log.warning("server_tasks_not_stopped", tasks=stuck)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, NOT_SERVING)
+        if drain_delay > 0:
+            log.info("server_draining", seconds=drain_delay)
+            await asyncio.sleep(drain_delay)
+        # New calls are refused from here on, so that no watch reconnects to this server.
+        stopping = asyncio.create_task(self.server.stop(grace))
+        await asyncio.sleep(0)
         try:
             async with asyncio.timeout(STOP_WAIT):
                 await self.hub.close()
         except TimeoutError:
             log.warning("server_watches_not_closed")
-        await self.server.stop(grace)
+        await stopping
         if self.watchers is not None:
             try:
                 await self.watchers.withdraw()

@@ -3,8 +3,9 @@
 An interceptor, outermost of all, counts the calls whose handler is running — unary,
 streaming, authenticated or not — and refuses one beyond the cap with
 RESOURCE_EXHAUSTED, a google.rpc.QuotaFailure naming the setting and a RetryInfo.
-Health checks (`grpc.health.v1.Health/Check`) are never refused nor counted: a server
-at its cap is busy, not sick, and an orchestrator must not restart it for that.
+Health checks (`grpc.health.v1.Health/Check`, and the `Watch` stream each batchd client
+holds per connection to balance over replicas) are never refused nor counted: a server at
+its cap is busy, not sick, and neither an orchestrator nor a client must take it for gone.
 
 grpc.aio.server's own `maximum_concurrent_rpcs` is not used: it answers a bare
 "Concurrent RPC limit exceeded!" that names no setting, carries no details, and refuses
@@ -33,8 +34,8 @@ LIMIT_SETTING = "BATCHD_GRPC_MAX_CONCURRENT_CALLS"
 # Seconds a refused caller is told to wait: calls end all the time, and a client may try
 # another server sooner.
 CALLS_RETRY_AFTER = 1.0
-# Never refused: liveness and readiness probes.
-EXEMPT = frozenset({"/grpc.health.v1.Health/Check"})
+# Never refused: liveness and readiness probes, and clients' health watches.
+EXEMPT = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 # Seconds between two warnings that calls are being refused.
 _WARN_EVERY = 60.0
 

@@ -32,7 +32,7 @@ async def serve(
     server = await start_server(settings, tracing=tracing)
     await stop.wait()
     log.info("server_stopping")
-    await server.stop()
+    await server.stop(drain_delay=settings.drain_delay)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

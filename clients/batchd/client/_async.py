@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import grpc
 
-from batchd.client._errors import rpc_errors
+from batchd.client._errors import BatchdError, rpc_errors
 from batchd.client._items import (
     DEFAULT_ITEMS_PER_MESSAGE,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -26,6 +26,7 @@ from batchd.client._requests import (
     bearer_metadata,
     list_batches_request,
     list_items_request,
+    retry_delay,
     submit_request,
     update_request,
     upload_header,
@@ -121,7 +122,11 @@ class AsyncClient:
         params_struct: bool = False,
     ) -> SubmitResult:
         """Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB.
-        Use `upload()` for anything larger or for items you would rather stream."""
+        Use `upload()` for anything larger or for items you would rather stream.
+
+        With a `request_id`, a call that fails UNAVAILABLE (its server lost mid-call) is
+        sent again, up to 3 times: the service answers a repeat with the batch the first
+        call created (`replayed`), so nothing is submitted twice. Without one it is not."""
         request = submit_request(
             handler,
             items,
@@ -131,11 +136,17 @@ class AsyncClient:
             batch_id=batch_id,
             params_struct=params_struct,
         )
-        with rpc_errors():
-            response = await self._stub.SubmitBatch(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+        failures = 0
+        while True:
+            try:
+                with rpc_errors():
+                    response = await self._stub.SubmitBatch(
+                        request, timeout=self._timeout, metadata=self._metadata
+                    )
+                return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+            except BatchdError as exc:
+                failures += 1
+                await asyncio.sleep(retry_delay(exc, request.request_id, failures))
 
     async def upload(
         self,

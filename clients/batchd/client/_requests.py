@@ -19,16 +19,19 @@ from batchd.client._items import (
     to_item,
 )
 from batchd.client._types import BatchOptions, BatchState, ItemState
+from batchd.client._watch import WatchRetry
 from batchd.v1 import batch_pb2, batch_service_pb2
 
 __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "SUBMIT_RETRY",
     "OptionsLike",
     "bearer_metadata",
     "channel_options",
     "list_batches_request",
     "list_items_request",
+    "retry_delay",
     "submit_request",
     "upload_header",
     "watch_request",
@@ -43,9 +46,15 @@ OptionsLike = BatchOptions | batch_pb2.BatchOptions | Mapping[str, Any]
 `{"chunk_size": 500, "retry_policy": {"max_attempts": 3}}`."""
 
 _SERVICE = "batchd.v1.BatchService"
-# Safe to repeat on UNAVAILABLE: they read, or (CancelBatch) are idempotent.
+# Safe to repeat on UNAVAILABLE: they read, or (CancelBatch) are idempotent. SubmitBatch
+# is only with a request_id, so the client repeats it itself (SUBMIT_RETRY).
 _RETRIED_METHODS = ("GetBatch", "ListBatches", "CancelBatch", "ListBatchItems", "ListHandlers")
 _SERVICE_CONFIG = {
+    # Calls go to every address the target names or resolves to, in turn, skipping the
+    # servers whose health (grpc.health.v1 Watch) is not SERVING: a server draining on
+    # SIGTERM, or one that has lost Redis. With one address it is that address.
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": _SERVICE},
     "methodConfig": [
         {
             "name": [{"service": _SERVICE, "method": m} for m in _RETRIED_METHODS],
@@ -57,8 +66,22 @@ _SERVICE_CONFIG = {
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
-    ]
+    ],
 }
+
+
+SUBMIT_RETRY = WatchRetry(initial_backoff=0.2, max_backoff=3.0, max_retries=3)
+"""How `submit()` with a request_id repeats a call that failed UNAVAILABLE (a server lost
+mid-call): the request_id makes the repeat return the batch the first call created."""
+
+
+def retry_delay(error: BatchdError, request_id: str, failures: int) -> float:
+    """Seconds to wait before sending a failed SubmitBatch again; raises `error` when it
+    must not be repeated: no request_id, another code than UNAVAILABLE, no retries left."""
+    retried = error.code in SUBMIT_RETRY.retryable_codes and failures <= SUBMIT_RETRY.max_retries
+    if not (request_id and retried):
+        raise error
+    return SUBMIT_RETRY.delay(failures, error.retry_after)
 
 
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

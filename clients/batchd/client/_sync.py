@@ -27,6 +27,7 @@ from batchd.client._requests import (
     bearer_metadata,
     list_batches_request,
     list_items_request,
+    retry_delay,
     submit_request,
     update_request,
     upload_header,
@@ -114,7 +115,8 @@ class Client:
         batch_id: str | None = None,
         params_struct: bool = False,
     ) -> SubmitResult:
-        """Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB."""
+        """Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB;
+        with a `request_id`, sent again when it fails UNAVAILABLE (see `AsyncClient`)."""
         request = submit_request(
             handler,
             items,
@@ -124,11 +126,17 @@ class Client:
             batch_id=batch_id,
             params_struct=params_struct,
         )
-        with rpc_errors():
-            response = self._stub.SubmitBatch(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+        failures = 0
+        while True:
+            try:
+                with rpc_errors():
+                    response = self._stub.SubmitBatch(
+                        request, timeout=self._timeout, metadata=self._metadata
+                    )
+                return SubmitResult(Batch.from_proto(response.batch), response.replayed)
+            except BatchdError as exc:
+                failures += 1
+                time.sleep(retry_delay(exc, request.request_id, failures))
 
     def upload(
         self,
