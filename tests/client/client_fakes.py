@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from batchd.v1 import batch_pb2, batch_service_pb2, batch_service_pb2_grpc
@@ -286,6 +287,10 @@ class FakeServer:
     async def start(self) -> None:
         server = grpc.aio.server()
         batch_service_pb2_grpc.add_BatchServiceServicer_to_server(self.service, server)
+        # SERVING, as the real server is: the client's channel watches it to balance.
+        checks = health.aio.HealthServicer()
+        await checks.set("batchd.v1.BatchService", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()
         self._server = server

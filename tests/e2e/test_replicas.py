@@ -52,7 +52,9 @@ async def serving(address: str) -> None:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                reply = await stub.Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
             except grpc.RpcError:
                 return None
             return True if reply.status == SERVING else None

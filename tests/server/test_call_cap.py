@@ -48,7 +48,12 @@ async def test_calls_past_the_cap_are_refused_naming_the_setting(
                 health = health_pb2_grpc.HealthStub(channel)
                 request = health_pb2.HealthCheckRequest(service="")
                 answer = await health.Check(request, timeout=10)  # type: ignore[attr-defined]
+                # So is the Watch stream a balancing client holds on each connection.
+                updates = health.Watch(request, timeout=10)  # type: ignore[attr-defined]
+                watched = await updates.read()
+                updates.cancel()
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            assert watched.status == health_pb2.HealthCheckResponse.SERVING
 
             # A call that ends frees its place.
             await watches[0].aclose()
