@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,6 +209,32 @@ def test_scaling_small(tmp_path: Path) -> None:
         "workers_2_redis_commands_per_item",
         "redis_bytes_per_pending_item",
     )
+
+
+FIGURES = ("items_per_second", "commands_per_item", "scripts_per_item", "round_trips_per_item",
+           "net_bytes_per_item", "idle_commands_per_second")  # fmt: skip
+
+
+def test_redis_cost_small(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path, "redis_cost", "--items", "500", "--chunk-sizes", "10", "100",
+        "--handlers", "noop", "http", "--idle-seconds", "0.2", "--pads", "0", "100",
+        "--memory-items", "500", "--memory-chunk-sizes", "100", "--primary-requests", "2000",
+    )  # fmt: skip
+    assert result["items"] == 500
+    for case in ("noop_10", "noop_100", "http_10", "http_100"):
+        assert_positive(result, *(f"{case}_{figure}" for figure in FIGURES))
+        # CPU time comes in ticks: a small case may read 0.
+        assert result[f"{case}_redis_cpu_us_per_item"] >= 0
+    # Ten times the chunks, so more claims and records: more commands per item.
+    assert result["noop_10_commands_per_item"] > result["noop_100_commands_per_item"]
+    for pad in (0, 100):
+        assert math.isfinite(result[f"params_{pad}_chunk_100_bytes_per_pending_item"])
+        assert math.isfinite(result[f"params_{pad}_chunk_100_bytes_per_finished_item"])
+    if shutil.which("redis-benchmark") or shutil.which("valkey-benchmark"):
+        for command in ("hset", "hincrby", "zadd", "evalsha"):
+            assert_positive(result, f"primary_{command}_p1_ops_per_second")
+            assert_positive(result, f"primary_{command}_p16_ops_per_second")
 
 
 def test_email_small(tmp_path: Path) -> None:
