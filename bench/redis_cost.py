@@ -15,9 +15,10 @@ run, from Valkey's own counters, per item:
 - `redis_cpu_us_per_item`: Valkey's `used_cpu_user` + `used_cpu_sys` (the whole
   process: commands, sockets, AOF writes) — CPU time, so it holds on a busy machine
   better than a rate does, though a crowded cache raises it;
-- `idle_commands_per_second` (and round trips): the same counters over `--idle-seconds`
-  before the case's upload, with nothing to run: the heartbeats, polls and sweeps that
-  cost per second rather than per item; `commands_per_item_less_idle` takes that rate
+- `idle_commands_per_second` (and round trips, and Valkey's CPU ms per second): the
+  same counters over `--idle-seconds` before the case's upload, with nothing to run:
+  the heartbeats, polls and sweeps that cost per second rather than per item;
+  `commands_per_item_less_idle` and `redis_cpu_us_per_item_less_idle` take that rate
   times the run's seconds off.
 
 Then memory, `noop` items whose params carry a string of 0, 100 and 1,000 bytes, in
@@ -131,6 +132,11 @@ async def cost(
         f"{name}_redis_cpu_us_per_item": used["cpu_us"] / count,
         f"{name}_idle_commands_per_second": idle_commands,
         f"{name}_idle_round_trips_per_second": idle["round_trips"] / idle_seconds,
+        f"{name}_idle_redis_cpu_ms_per_second": idle["cpu_us"] / 1000 / idle_seconds,
+        f"{name}_redis_cpu_us_per_item_less_idle": (
+            used["cpu_us"] - idle["cpu_us"] / idle_seconds * seconds
+        )
+        / count,
     }
 
 
