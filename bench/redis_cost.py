@@ -29,6 +29,11 @@ the worker is paused,
 `bytes_per_finished_item` the growth from before that upload to the batch's terminal
 snapshot (its outcomes, kept for the retention).
 
+Then pools of `--idle-workers` worker processes (and a server) with nothing to run, for
+`--idle-pool-seconds` once they all serve: `idle_workers_<n>_commands_per_second`, round
+trips and Valkey CPU ms per second — what a pool costs Redis by its size alone (a worker
+with room reads the head of every queue it serves each BATCHD_WORKER_POLL_INTERVAL).
+
 Then what one primary sustains of the commands batchd's scripts are made of, with
 `redis-benchmark` (skipped when it is not on PATH) against a Valkey of its own (AOF on,
 as the service's): HSET, HINCRBY and ZADD on random keys, and EVALSHA of a small script
@@ -206,6 +211,24 @@ async def measure(service: Service, args: argparse.Namespace, base_url: str) -> 
     return figures
 
 
+async def idle_pool(workers: int, seconds: float) -> dict[str, float]:
+    """Valkey's counters per second with `workers` idle worker processes (and a server),
+    once they all serve: the per-second cost of a pool with nothing to run."""
+    with running_service(workers=workers) as service:
+        async with AsyncClient(service.target) as client:
+            await wait_for_handler(client, "noop", workers)
+        await asyncio.sleep(1)  # past the workers' start-up calls
+        before = counters(service.redis_url)
+        await asyncio.sleep(seconds)
+        used = delta(counters(service.redis_url), before)
+    name = f"idle_workers_{workers}"
+    return {
+        f"{name}_commands_per_second": used["commands"] / seconds,
+        f"{name}_round_trips_per_second": used["round_trips"] / seconds,
+        f"{name}_redis_cpu_ms_per_second": used["cpu_us"] / 1000 / seconds,
+    }
+
+
 # A script of the shape of batchd's per-batch ones: reads and counts in the batch's
 # hash, files a member in a global zset.
 PRIMARY_SCRIPT = """
@@ -268,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--memory-items", type=int, default=20_000)
     parser.add_argument("--memory-chunk-sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument(
+        "--idle-workers", type=int, nargs="*", default=[1, 4], help="idle pools to measure"
+    )
+    parser.add_argument("--idle-pool-seconds", type=float, default=5.0)
+    parser.add_argument(
         "--primary-requests", type=int, default=200_000, help="per redis-benchmark run (0: none)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -278,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     with local_server("bench.http") as server_port, running_service(env=env) as service:
         figures = asyncio.run(measure(service, args, f"http://127.0.0.1:{server_port}"))
+    for workers in args.idle_workers:
+        figures.update(asyncio.run(idle_pool(workers, args.idle_pool_seconds)))
     if args.primary_requests:
         figures.update(primary(args.primary_requests))
     report(figures, args.json)

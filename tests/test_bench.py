@@ -219,7 +219,8 @@ def test_redis_cost_small(tmp_path: Path) -> None:
     result = run_bench(
         tmp_path, "redis_cost", "--items", "500", "--chunk-sizes", "10", "100",
         "--handlers", "noop", "http", "--idle-seconds", "0.2", "--pads", "0", "100",
-        "--memory-items", "500", "--memory-chunk-sizes", "100", "--primary-requests", "2000",
+        "--memory-items", "500", "--memory-chunk-sizes", "100", "--idle-workers", "1",
+        "--idle-pool-seconds", "1", "--primary-requests", "2000",
     )  # fmt: skip
     assert result["items"] == 500
     for case in ("noop_10", "noop_100", "http_10", "http_100"):
@@ -231,6 +232,8 @@ def test_redis_cost_small(tmp_path: Path) -> None:
     for pad in (0, 100):
         assert math.isfinite(result[f"params_{pad}_chunk_100_bytes_per_pending_item"])
         assert math.isfinite(result[f"params_{pad}_chunk_100_bytes_per_finished_item"])
+    # An idle worker still polls its queues.
+    assert_positive(result, "idle_workers_1_commands_per_second")
     if shutil.which("redis-benchmark") or shutil.which("valkey-benchmark"):
         for command in ("hset", "hincrby", "zadd", "evalsha"):
             assert_positive(result, f"primary_{command}_p1_ops_per_second")
