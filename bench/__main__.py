@@ -35,6 +35,7 @@ SCENARIOS = [
     (metrics_cost.main, ["--items", "100000", "--pairs", "2"]),
     (tracing_cost.main, ["--items", "100000", "--pairs", "2"]),
     (sleep.main, ["--items", "20000"]),
+    (sleep.main, ["--items", "20000", "--workers", "2", "--concurrency", "100"]),
     (http.main, ["--items", "10000"]),
     (submit.main, ["--items", "100000", "--upload-items", "100000"]),
     (auth.main, ["--items", "50000", "--per-message", "100", "--rounds", "5"]),

@@ -1,17 +1,18 @@
 """`sleep` items of 10 ms at a worker concurrency of 500, against the ideal rate.
 
-One worker process with BATCHD_WORKER_CONCURRENCY=500 runs N items of `sleep`
-(`{"seconds": 0.01}`), uploaded and watched to the terminal snapshot. The ideal is
-concurrency ÷ latency (500 ÷ 0.01 s = 50,000 items/s): a worker that kept every slot
-busy with no overhead of its own. Beside it, measured in the same run: a bare asyncio
-loop (no Redis, no gRPC) with as many coroutines each awaiting the same `sleep` handler
-for N items: what one Python process's event loop manages on this machine, the real
-ceiling. Beside batchd's items/s, Redis commands per item (INFO commandstats delta from
+W worker processes (one unless `--workers`) with BATCHD_WORKER_CONCURRENCY=C (500) run N
+items of `sleep` (`{"seconds": 0.01}`), uploaded and watched to the terminal snapshot.
+The ideal is W * C ÷ latency (500 ÷ 0.01 s = 50,000 items/s): workers that kept every
+slot busy with no overhead of their own. Beside it, measured in the same run: a bare
+asyncio loop (no Redis, no gRPC) with as many coroutines (W * C) each awaiting the same
+`sleep` handler for N items: what one Python process's event loop manages on this
+machine. Beside batchd's items/s, Redis commands per item (INFO commandstats delta from
 the upload to the terminal snapshot) and memory per pending item (the growth of Redis's
 stored bytes, `bench.service.redis_stored_bytes`, over a second upload of the same items
 while the worker is paused, divided by N; that batch is then cancelled).
 
     .venv/bin/python -m bench.sleep --items 500000   # a full run
+    .venv/bin/python -m bench.sleep --items 20000 --workers 2 --concurrency 100  # two workers
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def items(count: int, seconds: float) -> Iterator[tuple[str, dict[str, object]]]
         yield f"item-{i}", {"seconds": seconds}
 
 
-async def run(count: int, seconds: float, service: Service, chunk_size: int) -> Measured:
+async def run(
+    count: int, seconds: float, service: Service, chunk_size: int, workers: int = 1
+) -> Measured:
     options = {"chunk_size": chunk_size} if chunk_size else {}
     async with AsyncClient(service.target) as client:
-        await wait_for_handler(client, "sleep")
+        await wait_for_handler(client, "sleep", workers)
         return await upload_and_measure(
             client, service, "sleep", lambda: items(count, seconds), count, options
         )
@@ -71,21 +74,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--seconds", type=float, default=0.01, help="each item's sleep")
-    parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=500, help="slots per worker")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="the batch's chunk_size (0: the default)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
-    with running_service(env=env) as service:
-        measured = asyncio.run(run(args.items, args.seconds, service, args.chunk_size))
+    with running_service(workers=args.workers, env=env) as service:
+        measured = asyncio.run(
+            run(args.items, args.seconds, service, args.chunk_size, args.workers)
+        )
     rate = measured.items_per_second
-    bare = asyncio.run(bare_loop(args.items, args.seconds, args.concurrency))
-    ideal = args.concurrency / args.seconds
+    slots = args.workers * args.concurrency
+    bare = asyncio.run(bare_loop(args.items, args.seconds, slots))
+    ideal = slots / args.seconds
     report(
         {
             "items": args.items,
+            "workers": args.workers,
             "concurrency": args.concurrency,
             "items_per_second": rate,
             "ideal_items_per_second": ideal,

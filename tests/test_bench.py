@@ -127,6 +127,14 @@ def test_sleep_small(tmp_path: Path) -> None:
     )
 
 
+def test_sleep_two_workers_small(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path, "sleep", "--items", "2000", "--workers", "2", "--concurrency", "50"
+    )
+    assert result["ideal_items_per_second"] == 2 * 50 / 0.01
+    assert_positive(result, "items_per_second", "run_ratio_to_ideal", "ratio_to_bare_loop")
+
+
 def test_http_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "http", "--items", "1000")
     assert_positive(
