@@ -172,6 +172,11 @@ class Keys:
         """HASH custom_id -> global item index."""
         return f"{self._batch(batch_id)}:ids"
 
+    def ids_by_name(self, batch_id: str) -> str:
+        """ZSET of `<custom_id> <global index>`, all of score 0: the items by custom_id,
+        for an export in that order (batchd.core.export builds it, and it expires)."""
+        return f"{self._batch(batch_id)}:byname"
+
     def chunk(self, batch_id: str, chunk: int) -> str:
         """STRING msgpack [[custom_id, params_json], ...]: a chunk's items."""
         return f"{self._batch(batch_id)}:c:{chunk}"

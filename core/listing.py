@@ -121,10 +121,10 @@ async def list_items(
         first_chunk = index // size
         span = min(budget, -(-page_size // size) + 1, -(-total // size) - first_chunk)
         budget -= span
-        for chunk in await _read_chunks(
+        for chunk in await read_chunks(
             redis, keys, batch_id, range(first_chunk, first_chunk + span), size
         ):
-            fallback = _unrecorded(chunk.state)
+            fallback = unrecorded(chunk.state)
             for offset in range(index - chunk.number * size, len(chunk.items)):
                 custom_id, _ = chunk.items[offset]
                 raw = chunk.outcomes.get(str(offset).encode())
@@ -155,7 +155,7 @@ class _Chunk:
     attempts: dict[int, bytes]  # global index -> attempts entry (of waiting items)
 
 
-async def _read_chunks(
+async def read_chunks(
     redis: Redis, keys: Keys, batch_id: str, chunks: range, size: int
 ) -> list[_Chunk]:
     """Each chunk's items, outcomes, state and retries, in one or two round trips."""
@@ -207,7 +207,7 @@ async def _list_failed(
     return views, codec.encode_token(str(indexes[-1] + 1)) if more else ""
 
 
-def _unrecorded(state: bytes | None) -> ItemState:
+def unrecorded(state: bytes | None) -> ItemState:
     """How an item with no outcome and no retry reads, by its chunk's claim state."""
     if state is None or state == b"d":
         return ItemState.PENDING

@@ -53,6 +53,8 @@ class Scripts:
         self.move_legacy_jobs: AsyncScript = redis.register_script(_source("move_legacy_jobs.lua"))
         self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
         self.list_staged: AsyncScript = redis.register_script(_source("list_staged.lua"))
+        self.index_ids: AsyncScript = redis.register_script(_source("index_ids.lua"))
+        self.export_by_name: AsyncScript = redis.register_script(_source("export_by_name.lua"))
         self.tenant_time: AsyncScript = redis.register_script(_source("tenant_time.lua"))
         self.take_submits: AsyncScript = redis.register_script(_source("take_submits.lua"))
         # Flow control (batchd.core.throttle): token buckets, and max_concurrent slots.

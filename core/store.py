@@ -18,14 +18,14 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from batchd.core import census, claims, codec, dispatch, lifecycle, listing, throttle
+from batchd.core import census, claims, codec, dispatch, export, lifecycle, listing, throttle
 from batchd.core.batch_end import log_batch_end
 from batchd.core.claims import RecordResult
 from batchd.core.config import DEFAULT_CHUNK_SIZE, DEFAULT_RETENTION, SettingError, Settings
@@ -41,6 +41,7 @@ from batchd.core.domain import (
     ItemView,
 )
 from batchd.core.errors import AlreadyExists, NotFound
+from batchd.core.export import ExportOrder, ExportPage
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
 from batchd.core.replication import ReplicaAck
@@ -199,6 +200,13 @@ class BatchStore:
     ) -> tuple[list[ItemView], str]:
         """In submission order; a page may be short when a filter skips many items."""
         return await listing.list_items(self.redis, self.keys, batch_id, page_size, cursor, states)
+
+    def export_results(
+        self, batch_id: str, order: ExportOrder, after: str
+    ) -> AsyncIterator[ExportPage]:
+        """The outcomes of a finished batch, page by page (batchd.core.export): NotFound,
+        FailedPrecondition while it is unfinished, InvalidRequest for a bad cursor."""
+        return export.export_pages(self.redis, self.keys, self._scripts, batch_id, order, after)
 
     # -- changing -------------------------------------------------------------------
     async def cancel_batch(self, batch_id: str) -> BatchRecord:

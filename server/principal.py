@@ -33,7 +33,7 @@ __all__ = [
 class Role(enum.IntEnum):
     """Each role may do what the ones below it may."""
 
-    READER = 1  # Get, List, ListBatchItems, WatchProgress, ListHandlers
+    READER = 1  # Get, List, ListBatchItems, WatchProgress, ListHandlers, ExportBatchResults
     SUBMITTER = 2  # + SubmitBatch, UploadBatch, RetryBatchItems
     OPERATOR = 3  # + Cancel, Pause, Resume, Update, Delete
     ADMIN = 4  # any tenant's batches; key management
@@ -55,6 +55,7 @@ METHOD_ROLES: dict[str, Role] = {
     "ListBatchItems": Role.READER,
     "WatchProgress": Role.READER,
     "ListHandlers": Role.READER,
+    "ExportBatchResults": Role.READER,
     "SubmitBatch": Role.SUBMITTER,
     "UploadBatch": Role.SUBMITTER,
     "RetryBatchItems": Role.SUBMITTER,

@@ -22,10 +22,11 @@ from batchd.core.domain import (
     ItemState,
 )
 from batchd.core.errors import InvalidRequest
+from batchd.core.export import ExportOrder, cursor_after
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
 from batchd.core.watchers import WatcherCounts
-from batchd.server import convert, principal, validation
+from batchd.server import convert, principal, results, validation
 from batchd.server.decoding import Malformed
 from batchd.server.errors import translate_errors
 from batchd.server.metrics import ServerMetrics
@@ -50,6 +51,11 @@ MAX_PAGE_SIZE = 1_000
 DEFAULT_MIN_INTERVAL = 0.25
 MIN_MIN_INTERVAL = 0.01
 DEFAULT_HEARTBEAT = 5.0
+_EXPORT_ORDERS = {
+    batch_service_pb2.EXPORT_ORDER_UNSPECIFIED: ExportOrder.SUBMISSION,
+    batch_service_pb2.EXPORT_ORDER_SUBMISSION: ExportOrder.SUBMISSION,
+    batch_service_pb2.EXPORT_ORDER_CUSTOM_ID: ExportOrder.CUSTOM_ID,
+}
 
 
 class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
@@ -326,6 +332,30 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
                         snapshot, view.shown_id(snapshot.batch.batch_id)
                     ),
                     heartbeat=is_heartbeat,
+                )
+
+    # -- exporting --------------------------------------------------------------------
+    @translate_errors
+    async def ExportBatchResults(
+        self, request: batch_service_pb2.ExportBatchResultsRequest, context: Context
+    ) -> AsyncIterator[batch_service_pb2.ExportBatchResultsResponse]:
+        batch_id = _view().batch_id(request.batch_id)
+        structlog.contextvars.bind_contextvars(batch_id=batch_id)
+        order = _EXPORT_ORDERS.get(request.order)
+        if order is None:
+            raise InvalidRequest.for_field("order", f"unknown order {request.order}")
+        # Each yield waits for the message to be written: a slow reader holds the export
+        # (and what it has read ahead, one page) rather than the server's memory.
+        async for page in self.store.export_results(batch_id, order, request.after):
+            sent = 0
+            for lines, count in results.render_lines(page.items):
+                sent += count
+                yield batch_service_pb2.ExportBatchResultsResponse(
+                    lines=lines,
+                    line_count=count,
+                    cursor=cursor_after(order, page.items[sent - 1]),
+                    position=page.position - (len(page.items) - sent),
+                    total_items=page.total,
                 )
 
     def _watch_slot(self, view: TenantView) -> contextlib.AbstractAsyncContextManager[None]:

@@ -11,6 +11,7 @@ local request = request_key()
 if request and redis.call('GET', request) == BATCH then redis.call('DEL', request) end
 local keys, members = {}, {}
 each_batch_key(count, function(key) keys[#keys + 1] = key end)
+keys[#keys + 1] = PREFIX .. 'byname'  -- Keys.ids_by_name, if an export built it
 for n = 0, count - 1 do members[#members + 1] = lease_member(n) end
 in_slices(keys, 500, function(slice) redis.call('UNLINK', unpack(slice)) end)
 in_slices(members, 500, function(slice) redis.call('ZREM', LEASES, unpack(slice)) end)

@@ -133,6 +133,8 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         self.watch_scripts: list[list[WatchStep]] = []
         self.watch_requests: list[pb.WatchProgressRequest] = []
         self.watch_cancelled = asyncio.Event()
+        self.export_script: list[pb.ExportBatchResultsResponse | Abort] = []
+        """What ExportBatchResults sends: messages, then perhaps a failure."""
         # Set when an upload's first items message arrives, for the async and
         # the sync (threaded) laziness tests.
         self.items_arrived = asyncio.Event()
@@ -261,6 +263,16 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         except asyncio.CancelledError:
             self.watch_cancelled.set()
             raise
+
+    async def ExportBatchResults(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.ExportBatchResultsResponse]:
+        await self._enter("ExportBatchResults", request, context)
+        for step in self.export_script:
+            if isinstance(step, Abort):
+                await abort(context, step)
+            else:
+                yield step
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], failure: Abort) -> None:

@@ -13,6 +13,8 @@ def test_the_scripts_build_the_same_chunk_keys() -> None:
     assert keys.chunk("b-1", 7) == prefix + "c:7"
     assert keys.outcomes("b-1", 7) == prefix + "o:7"
     assert keys.waiting("b-1", 7) == prefix + "w:7"
+    # core/lua/delete_batch.lua: PREFIX .. 'byname'
+    assert keys.ids_by_name("b-1") == prefix + "byname"
     # Every per-batch key shares the prefix (and so the hash tag).
     for key in (
         keys.meta("b-1"),

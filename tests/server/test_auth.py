@@ -56,6 +56,11 @@ async def _watch(c: AsyncClient, batch_id: str) -> None:
         return
 
 
+async def _export(c: AsyncClient, batch_id: str) -> None:
+    async for _ in c.export_results(batch_id):
+        pass
+
+
 CALLS: dict[str, Call] = {
     "GetBatch": lambda c, b: c.get(b),
     "ListBatches": lambda c, b: c.list_page(page_size=1),
@@ -70,6 +75,7 @@ CALLS: dict[str, Call] = {
     "ResumeBatch": lambda c, b: c.resume(b),
     "UpdateBatch": lambda c, b: c.update(b, priority=1),
     "DeleteBatch": lambda c, b: c.delete(b),
+    "ExportBatchResults": _export,
 }
 
 

@@ -53,6 +53,11 @@ async def _watch(c: AsyncClient, batch_id: str) -> None:
         return
 
 
+async def _export(c: AsyncClient, batch_id: str) -> None:
+    async for _ in c.export_results(batch_id):
+        pass
+
+
 # Every call that names a batch, as another tenant would make it.
 ON_A_BATCH: dict[str, Callable[[AsyncClient, str], Awaitable[Any]]] = {
     "GetBatch": lambda c, b: c.get(b),
@@ -64,6 +69,7 @@ ON_A_BATCH: dict[str, Callable[[AsyncClient, str], Awaitable[Any]]] = {
     "UpdateBatch": lambda c, b: c.update(b, priority=-1000),
     "RetryBatchItems": lambda c, b: c.retry(b),
     "DeleteBatch": lambda c, b: c.delete(b),
+    "ExportBatchResults": _export,
 }
 
 

@@ -28,6 +28,7 @@ examples:
   gen_items | batchd submit noop - --chunk-size 500
   batchd watch BATCH_ID
   batchd items BATCH_ID --state failed
+  batchd results BATCH_ID > results.jsonl
   batchd retry BATCH_ID
   batchd pause BATCH_ID; batchd resume BATCH_ID
   batchd update BATCH_ID --priority 10 --max-per-second 20
@@ -236,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     items.add_argument("--limit", type=int, default=0, metavar="N", help="at most N items")
     _add_json(items)
+
+    results = verb(
+        "results",
+        "write a finished batch's results to stdout as JSON Lines, one line per item",
+    )
+    results.add_argument("batch_id", metavar="BATCH_ID")
+    results.add_argument(
+        "--order",
+        choices=("submission", "id"),
+        default="submission",
+        help="line order: as submitted (default) or by custom_id",
+    )
+    results.add_argument(
+        "--after",
+        default="",
+        metavar="CURSOR",
+        help="carry on an export that broke off after CURSOR (printed on stderr then)",
+    )
 
     handlers = verb("handlers", "list the handlers that workers serve")
     _add_json(handlers)

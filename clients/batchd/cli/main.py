@@ -24,6 +24,7 @@ from batchd.cli._output import (
 )
 from batchd.cli._parser import TARGET_ENV, build_parser
 from batchd.cli._progress import follow
+from batchd.cli._results import Interrupted, export_to, resume_hint
 from batchd.cli._tls import TLSSetupError, explain, tls_from
 from batchd.client import (
     DEFAULT_TARGET,
@@ -33,6 +34,7 @@ from batchd.client import (
     BatchOptions,
     BatchState,
     Client,
+    ExportOrder,
     ItemState,
     RetryPolicy,
 )
@@ -256,6 +258,23 @@ def _items(client: Client, args: argparse.Namespace, io: _Io) -> int:
     return 0
 
 
+def _results(client: Client, args: argparse.Namespace, io: _Io) -> int:
+    order = ExportOrder.parse(args.order)
+    out = getattr(io.out, "buffer", None)
+    if out is None:
+        raise _UsageError("results: stdout takes no bytes")
+    io.out.flush()
+    try:
+        written = export_to(client, args.batch_id, out, io.err, order=order, after=args.after)
+    except Interrupted as exc:
+        print(f"{exc.written} lines written before the export broke off", file=io.err)
+        print(resume_hint(args.batch_id, order, exc.cursor), file=io.err)
+        raise exc.cause from None
+    if io.err.isatty():
+        print(f"{written} results of batch {args.batch_id}", file=io.err)
+    return 0
+
+
 def _handlers(client: Client, args: argparse.Namespace, io: _Io) -> int:
     print_handlers(client.handlers(), io.out, as_json=args.json)
     return 0
@@ -273,6 +292,7 @@ _COMMANDS: dict[str, Command] = {
     "update": _update,
     "delete": _delete,
     "items": _items,
+    "results": _results,
     "handlers": _handlers,
 }
 

@@ -16,6 +16,7 @@
     items(batch_id, *, states, page_size) -> (async) iterator of BatchItem, every page
     items_page(batch_id, *, states, page_size, page_token)             -> Page[BatchItem]
     handlers()                                                         -> list[HandlerInfo]
+    export_results(batch_id, *, order, after) -> (async) iterator of ResultsPage
     watch(batch_id, *, min_interval, heartbeat_interval, retry, on_reconnect)
                                         -> (async) iterator of BatchProgress
 
@@ -55,11 +56,13 @@ from batchd.client._types import (
     BatchOptions,
     BatchProgress,
     BatchState,
+    ExportOrder,
     HandlerInfo,
     ItemCounts,
     ItemError,
     ItemState,
     Page,
+    ResultsPage,
     RetryPolicy,
     RetryResult,
     SubmitResult,
@@ -81,6 +84,7 @@ __all__ = [
     "BatchState",
     "BatchdError",
     "Client",
+    "ExportOrder",
     "FieldViolation",
     "HandlerInfo",
     "ItemCounts",
@@ -90,6 +94,7 @@ __all__ = [
     "Page",
     "Params",
     "QuotaViolation",
+    "ResultsPage",
     "RetryPolicy",
     "RetryResult",
     "SubmitResult",

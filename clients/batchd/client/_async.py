@@ -24,6 +24,7 @@ from batchd.client._requests import (
     DEFAULT_TIMEOUT,
     OptionsLike,
     bearer_metadata,
+    export_request,
     list_batches_request,
     list_items_request,
     retry_delay,
@@ -39,9 +40,11 @@ from batchd.client._types import (
     BatchItem,
     BatchProgress,
     BatchState,
+    ExportOrder,
     HandlerInfo,
     ItemState,
     Page,
+    ResultsPage,
     RetryResult,
     SubmitResult,
 )
@@ -335,6 +338,30 @@ class AsyncClient:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+    async def export_results(
+        self,
+        batch_id: str,
+        *,
+        order: ExportOrder | str = ExportOrder.SUBMISSION,
+        after: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline reaches the server)
+    ) -> AsyncIterator[ResultsPage]:
+        """Yields a finished batch's results as pages of JSON Lines, one line per item,
+        in submission order or by custom_id (`order`: an `ExportOrder`, "submission",
+        "custom_id" or "id"), from the line after the page whose `cursor` is `after`.
+
+        FAILED_PRECONDITION while the batch is unfinished; an export that breaks off
+        carries on with `after=` the last page's cursor.
+        """
+        request = export_request(batch_id, order, after)
+        call = self._stub.ExportBatchResults(request, timeout=timeout, metadata=self._metadata)
+        try:
+            with rpc_errors():
+                async for response in call:
+                    yield ResultsPage.from_proto(response)
+        finally:
+            call.cancel()
 
     async def handlers(self) -> builtins.list[HandlerInfo]:
         """Returns the handlers that workers have published."""

@@ -18,7 +18,7 @@ from batchd.client._items import (
     check_item_size,
     to_item,
 )
-from batchd.client._types import BatchOptions, BatchState, ItemState
+from batchd.client._types import BatchOptions, BatchState, ExportOrder, ItemState
 from batchd.client._watch import WatchRetry
 from batchd.v1 import batch_pb2, batch_service_pb2
 
@@ -29,6 +29,7 @@ __all__ = [
     "OptionsLike",
     "bearer_metadata",
     "channel_options",
+    "export_request",
     "list_batches_request",
     "list_items_request",
     "retry_delay",
@@ -187,6 +188,18 @@ def list_items_request(
         page_size=page_size,
         page_token=page_token,
         states=[batch_pb2.ItemState.ValueType(s) for s in states or ()],
+    )
+
+
+def export_request(
+    batch_id: str, order: ExportOrder | str, after: str
+) -> batch_service_pb2.ExportBatchResultsRequest:
+    try:
+        parsed = ExportOrder.parse(order)
+    except ValueError as exc:
+        raise BatchdError(grpc.StatusCode.INVALID_ARGUMENT, f"order: {exc}") from None
+    return batch_service_pb2.ExportBatchResultsRequest(
+        batch_id=batch_id, order=batch_service_pb2.ExportOrder.ValueType(parsed), after=after
     )
 
 

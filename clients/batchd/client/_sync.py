@@ -25,6 +25,7 @@ from batchd.client._requests import (
     DEFAULT_TIMEOUT,
     OptionsLike,
     bearer_metadata,
+    export_request,
     list_batches_request,
     list_items_request,
     retry_delay,
@@ -40,9 +41,11 @@ from batchd.client._types import (
     BatchItem,
     BatchProgress,
     BatchState,
+    ExportOrder,
     HandlerInfo,
     ItemState,
     Page,
+    ResultsPage,
     RetryResult,
     SubmitResult,
 )
@@ -328,6 +331,24 @@ class Client:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+    def export_results(
+        self,
+        batch_id: str,
+        *,
+        order: ExportOrder | str = ExportOrder.SUBMISSION,
+        after: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[ResultsPage]:
+        """Yields a finished batch's results as pages of JSON Lines; see
+        `AsyncClient.export_results`."""
+        request = export_request(batch_id, order, after)
+        call = self._stub.ExportBatchResults(request, timeout=timeout, metadata=self._metadata)
+        try:
+            with rpc_errors():
+                yield from map(ResultsPage.from_proto, call)
+        finally:
+            call.cancel()
 
     def handlers(self) -> builtins.list[HandlerInfo]:
         """Returns the handlers that workers have published."""

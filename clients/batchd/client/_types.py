@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
-from batchd.v1 import batch_pb2
+from batchd.v1 import batch_pb2, batch_service_pb2
 
 __all__ = [
     "Batch",
@@ -29,11 +29,13 @@ __all__ = [
     "BatchOptions",
     "BatchProgress",
     "BatchState",
+    "ExportOrder",
     "HandlerInfo",
     "ItemCounts",
     "ItemError",
     "ItemState",
     "Page",
+    "ResultsPage",
     "RetryPolicy",
     "RetryResult",
     "SubmitResult",
@@ -472,3 +474,56 @@ class Page(Generic[T]):
     items: tuple[T, ...] = field(default=())
     next_page_token: str = ""
     """Pass as `page_token` for the next page; empty on the last page."""
+
+
+class ExportOrder(enum.IntEnum):
+    """The order of an export's lines; the values are those of `batchd.v1.ExportOrder`."""
+
+    SUBMISSION = 1
+    """As the items were submitted (by index)."""
+    CUSTOM_ID = 2
+    """By custom_id, in byte order."""
+
+    @classmethod
+    def parse(cls, value: ExportOrder | str) -> ExportOrder:
+        """An order from itself or a name: "submission", "custom_id" or "id"."""
+        if isinstance(value, ExportOrder):
+            return value
+        name = value.strip().lower()
+        if name in {"id", "custom_id"}:
+            return cls.CUSTOM_ID
+        if name == "submission":
+            return cls.SUBMISSION
+        raise ValueError(f"unknown export order {value!r} (submission, custom_id or id)")
+
+
+@dataclass(frozen=True)
+class ResultsPage:
+    """One message of an export (ExportBatchResults): the next lines of the batch's
+    results file."""
+
+    lines: bytes
+    """JSON Lines, UTF-8, one object per item, each line ending with a newline: write
+    them to a file as they are."""
+    line_count: int
+    cursor: str
+    """Pass as `after` to export the rest, from the line after this page's last."""
+    position: int
+    """Lines of the whole export up to and including this page's last."""
+    total_items: int
+    """Lines of the whole export (the batch's items)."""
+
+    @classmethod
+    def from_proto(cls, pb: batch_service_pb2.ExportBatchResultsResponse) -> ResultsPage:
+        return cls(
+            lines=pb.lines,
+            line_count=pb.line_count,
+            cursor=pb.cursor,
+            position=pb.position,
+            total_items=pb.total_items,
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        """The lines as dicts: custom_id, index, state, attempts, output, error, start_time,
+        end_time (docs/client.md, "Results as one file")."""
+        return [json.loads(line) for line in self.lines.splitlines()]

@@ -10,6 +10,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ExportOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_ORDER_UNSPECIFIED: _ExportOrder.ValueType  # 0
+    """The default: SUBMISSION."""
+    EXPORT_ORDER_SUBMISSION: _ExportOrder.ValueType  # 1
+    """As the items were submitted (by index)."""
+    EXPORT_ORDER_CUSTOM_ID: _ExportOrder.ValueType  # 2
+    """By custom_id, in byte order (ASCII: `-` < `.` < digits < upper case < `_` <
+    lower case).
+    """
+
+class ExportOrder(_ExportOrder, metaclass=_ExportOrderEnumTypeWrapper):
+    """The order of the lines of an export."""
+
+EXPORT_ORDER_UNSPECIFIED: ExportOrder.ValueType  # 0
+"""The default: SUBMISSION."""
+EXPORT_ORDER_SUBMISSION: ExportOrder.ValueType  # 1
+"""As the items were submitted (by index)."""
+EXPORT_ORDER_CUSTOM_ID: ExportOrder.ValueType  # 2
+"""By custom_id, in byte order (ASCII: `-` < `.` < digits < upper case < `_` <
+lower case).
+"""
+Global___ExportOrder: _TypeAlias = ExportOrder  # noqa: Y015
 
 @_typing.final
 class SubmitBatchRequest(_message.Message):
@@ -878,3 +907,84 @@ class WatchProgressResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchProgressResponse: _TypeAlias = WatchProgressResponse  # noqa: Y015
+
+@_typing.final
+class ExportBatchResultsRequest(_message.Message):
+    """The request of ExportBatchResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch whose results to export; it must be finished (COMPLETED, FAILED
+    or CANCELLED).
+    """
+    order: Global___ExportOrder.ValueType
+    """The order of the lines."""
+    after: _builtins.str
+    """The cursor of a message of an earlier export of the same order: the export
+    starts with the line after that message's last. Empty: from the first.
+    """
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        order: Global___ExportOrder.ValueType = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "batch_id", b"batch_id", "order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportBatchResultsRequest: _TypeAlias = ExportBatchResultsRequest  # noqa: Y015
+
+@_typing.final
+class ExportBatchResultsResponse(_message.Message):
+    """One message of an ExportBatchResults stream: the next lines of the export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    LINE_COUNT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    TOTAL_ITEMS_FIELD_NUMBER: _builtins.int
+    lines: _builtins.bytes
+    """JSON Lines, UTF-8: one JSON object per item, each line ending with "\\n".
+    Every line has the keys custom_id (string), index (number, from 0), state
+    (an ItemState name without its prefix: "SUCCEEDED", "FAILED", "CANCELLED",
+    "EXPIRED"), attempts (number), output (the handler's JSON object, or
+    null), error (null, or {"code": a google.rpc.Code name such as
+    "UNAVAILABLE", "message": string}), start_time and end_time (RFC 3339 UTC
+    with milliseconds, or null).
+    """
+    line_count: _builtins.int
+    """How many lines `lines` holds."""
+    cursor: _builtins.str
+    """Pass as `after` to carry on with the line after this message's last."""
+    position: _builtins.int
+    """How many lines of the whole export come up to and including this
+    message's last: with `total_items`, how far the export has come.
+    """
+    total_items: _builtins.int
+    """How many lines the whole export has: the batch's total_items."""
+    def __init__(
+        self,
+        *,
+        lines: _builtins.bytes = ...,
+        line_count: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        position: _builtins.int = ...,
+        total_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "line_count", b"line_count", "lines", b"lines", "position", b"position", "total_items", b"total_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportBatchResultsResponse: _TypeAlias = ExportBatchResultsResponse  # noqa: Y015

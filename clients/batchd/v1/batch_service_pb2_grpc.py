@@ -105,6 +105,11 @@ class BatchServiceStub:
                 request_serializer=batchd_dot_v1_dot_batch__service__pb2.WatchProgressRequest.SerializeToString,
                 response_deserializer=batchd_dot_v1_dot_batch__service__pb2.WatchProgressResponse.FromString,
                 _registered_method=True)
+        self.ExportBatchResults = channel.unary_stream(
+                '/batchd.v1.BatchService/ExportBatchResults',
+                request_serializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsRequest.SerializeToString,
+                response_deserializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsResponse.FromString,
+                _registered_method=True)
 
 
 class BatchServiceServicer:
@@ -220,6 +225,18 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportBatchResults(self, request, context):
+        """Streams the outcome of every item of a finished batch as JSON Lines, one
+        line per item, many lines per message: the batch's results as one file.
+        Each message carries a cursor; a new call with `after` set to it carries
+        on with the next line. FAILED_PRECONDITION while the batch is unfinished
+        (or when it is retried during the export); NOT_FOUND without the batch;
+        INVALID_ARGUMENT for a cursor that is not one of this export's order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +304,11 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.WatchProgress,
                     request_deserializer=batchd_dot_v1_dot_batch__service__pb2.WatchProgressRequest.FromString,
                     response_serializer=batchd_dot_v1_dot_batch__service__pb2.WatchProgressResponse.SerializeToString,
+            ),
+            'ExportBatchResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportBatchResults,
+                    request_deserializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsRequest.FromString,
+                    response_serializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -646,6 +668,33 @@ class BatchService:
             '/batchd.v1.BatchService/WatchProgress',
             batchd_dot_v1_dot_batch__service__pb2.WatchProgressRequest.SerializeToString,
             batchd_dot_v1_dot_batch__service__pb2.WatchProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportBatchResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/batchd.v1.BatchService/ExportBatchResults',
+            batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsRequest.SerializeToString,
+            batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

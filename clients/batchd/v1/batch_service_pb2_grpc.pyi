@@ -87,6 +87,14 @@ class BatchServiceStub:
     change (at most one per min_interval), a heartbeat when nothing changes,
     and OK after the terminal snapshot.
     """
+    ExportBatchResults: _grpc.UnaryStreamMultiCallable[_batch_service_pb2.ExportBatchResultsRequest, _batch_service_pb2.ExportBatchResultsResponse]
+    """Streams the outcome of every item of a finished batch as JSON Lines, one
+    line per item, many lines per message: the batch's results as one file.
+    Each message carries a cursor; a new call with `after` set to it carries
+    on with the next line. FAILED_PRECONDITION while the batch is unfinished
+    (or when it is retried during the export); NOT_FOUND without the batch;
+    INVALID_ARGUMENT for a cursor that is not one of this export's order.
+    """
 
 @_typing.type_check_only
 class BatchServiceAsyncStub(BatchServiceStub):
@@ -146,6 +154,14 @@ class BatchServiceAsyncStub(BatchServiceStub):
     """Streams progress snapshots: the current one at once, then one on every
     change (at most one per min_interval), a heartbeat when nothing changes,
     and OK after the terminal snapshot.
+    """
+    ExportBatchResults: _aio.UnaryStreamMultiCallable[_batch_service_pb2.ExportBatchResultsRequest, _batch_service_pb2.ExportBatchResultsResponse]  # type: ignore[assignment]
+    """Streams the outcome of every item of a finished batch as JSON Lines, one
+    line per item, many lines per message: the batch's results as one file.
+    Each message carries a cursor; a new call with `after` set to it carries
+    on with the next line. FAILED_PRECONDITION while the batch is unfinished
+    (or when it is retried during the export); NOT_FOUND without the batch;
+    INVALID_ARGUMENT for a cursor that is not one of this export's order.
     """
 
 class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -281,6 +297,20 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams progress snapshots: the current one at once, then one on every
         change (at most one per min_interval), a heartbeat when nothing changes,
         and OK after the terminal snapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportBatchResults(
+        self,
+        request: _batch_service_pb2.ExportBatchResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_batch_service_pb2.ExportBatchResultsResponse], _abc.AsyncIterator[_batch_service_pb2.ExportBatchResultsResponse]]:
+        """Streams the outcome of every item of a finished batch as JSON Lines, one
+        line per item, many lines per message: the batch's results as one file.
+        Each message carries a cursor; a new call with `after` set to it carries
+        on with the next line. FAILED_PRECONDITION while the batch is unfinished
+        (or when it is retried during the export); NOT_FOUND without the batch;
+        INVALID_ARGUMENT for a cursor that is not one of this export's order.
         """
 
 def add_BatchServiceServicer_to_server(servicer: BatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
