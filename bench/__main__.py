@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from bench import (
     auth,
     email,
+    export,
     fairness,
     http,
     image,
@@ -48,6 +49,7 @@ SCENARIOS = [
     (email.main, ["--items", "10000"]),
     (migrate.main, ["--rows", "200000"]),
     (image.main, ["--images", "2000"]),
+    (export.main, ["--items", "200000", "--baseline-items", "20000"]),
     (open_uploads.main, ["--upload-mib", "64", "--batch-items", "1000000"]),
 ]
 

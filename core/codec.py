@@ -81,6 +81,13 @@ def decode_chunk(raw: bytes) -> list[tuple[str, bytes]]:
     return [(str(cid), bytes(params)) for cid, params in msgpack.unpackb(raw, raw=False)]
 
 
+def chunk_entries(raw: bytes) -> list[list[Any]]:
+    """A chunk's `[custom_id, params_json]` entries as msgpack gives them (no copies): for
+    a reader of whole chunks that wants their ids."""
+    entries: list[list[Any]] = msgpack.unpackb(raw, raw=False)
+    return entries
+
+
 def encode_outcome(outcome: ItemOutcome) -> bytes:
     """msgpack `[state, attempts, start_ms, end_ms, output_json|nil, error_code, error_message]`."""
     packed: bytes = _pack_bin(
@@ -142,6 +149,19 @@ def decode_outcome(index: int, custom_id: str, raw: bytes) -> ItemView:
         error_code=code,
         error_message=message,
     )
+
+
+def outcome_fields(raw: bytes) -> list[Any]:
+    """An outcome record's fields, as `encode_outcome` packs them: [state, attempts,
+    start_ms, end_ms, output_json or None, error_code, error_message]. For a reader of
+    many records (an export) that makes no ItemView of each."""
+    fields: list[Any] = msgpack.unpackb(raw, raw=False)
+    return fields
+
+
+def unrecorded_fields(state: ItemState) -> list[Any]:
+    """`outcome_fields` of an item without a record, in `state` (its chunk's)."""
+    return [int(state), 0, None, None, None, 0, ""]
 
 
 # -- the meta hash -----------------------------------------------------------------

@@ -25,13 +25,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from batchd.core import codec
-from batchd.core.domain import BatchState, ItemView
+from batchd.core.domain import BatchState
 from batchd.core.errors import FailedPrecondition, InvalidRequest, NotFound
 from batchd.core.keys import Keys
-from batchd.core.listing import read_chunks, unrecorded
+from batchd.core.listing import unrecorded
 from batchd.core.scripts import Scripts
 
-__all__ = ["ExportOrder", "ExportPage", "cursor_after", "export_pages"]
+__all__ = ["ExportOrder", "ExportPage", "Row", "cursor_after", "export_pages"]
 
 # Items per page: a page is one or two round trips, and the caller sends it as one
 # message or a few.
@@ -50,19 +50,24 @@ class ExportOrder(enum.Enum):
     CUSTOM_ID = "n"
 
 
+# One exported item: (custom_id, index, codec.outcome_fields of its outcome).
+Row = tuple[str, int, list[Any]]
+
+
 @dataclass(frozen=True)
 class ExportPage:
     """The next items of an export; `position`: items of the export up to and including
     the page's last; `total`: items of the whole export."""
 
-    items: list[ItemView]
+    rows: list[Row]
     position: int
     total: int
 
 
-def cursor_after(order: ExportOrder, item: ItemView) -> str:
-    """The opaque cursor an export resumes from, with the item after `item`."""
-    mark = str(item.index) if order is ExportOrder.SUBMISSION else item.custom_id
+def cursor_after(order: ExportOrder, row: Row) -> str:
+    """The opaque cursor an export resumes from, with the item after `row`."""
+    custom_id, index, _ = row
+    mark = str(index) if order is ExportOrder.SUBMISSION else custom_id
     return codec.encode_token(f"{order.value}:{mark}")
 
 
@@ -156,39 +161,36 @@ class _BySubmission(_Reader):
             self.more = False
             return None
         first = self.index // self.size
-        last = min(-(-self.total // self.size), first + max(1, PAGE_ITEMS // self.size))
-        chunks = await read_chunks(
-            self.redis,
-            self.keys,
-            self.batch_id,
-            range(first, min(last, first + _MAX_PAGE_CHUNKS)),
-            self.size,
-        )
-        # Checked after the read: a batch retried meanwhile may have shown unfinished items.
-        state = await self.redis.hget(self.keys.meta(self.batch_id), "state")  # type: ignore[misc]
-        _check_finished(self.batch_id, state)
-        items: list[ItemView] = []
-        for chunk in chunks:
-            fallback = unrecorded(chunk.state)
-            base = chunk.number * self.size
-            for local in range(self.index - base, len(chunk.items)):
-                custom_id, _ = chunk.items[local]
-                index = base + local
-                raw = chunk.outcomes.get(str(local).encode())
-                due = chunk.waiting.get(local)
-                if raw is not None:
-                    items.append(codec.decode_outcome(index, custom_id, raw))
-                elif due is not None:
-                    attempt = chunk.attempts.get(index)
-                    items.append(codec.waiting_view(index, custom_id, due, attempt))
-                else:
-                    items.append(ItemView(custom_id=custom_id, index=index, state=fallback))
+        span = min(_MAX_PAGE_CHUNKS, max(1, PAGE_ITEMS // self.size))
+        chunks = range(first, min(-(-self.total // self.size), first + span))
+        keys, batch_id = self.keys, self.batch_id
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for n in chunks:
+                pipe.get(keys.chunk(batch_id, n))
+                pipe.hgetall(keys.outcomes(batch_id, n))
+            pipe.hmget(keys.chunk_states(batch_id), list(chunks))
+            # Last: a batch retried meanwhile may have shown unfinished items.
+            pipe.hget(keys.meta(batch_id), "state")
+            *replies, claims, state = await pipe.execute()
+        _check_finished(batch_id, state)
+        rows: list[Row] = []
+        for at, n in enumerate(chunks):
+            raw, outcomes = replies[2 * at], replies[2 * at + 1]
+            if raw is None:
+                raise NotFound(f"batch {batch_id!r} not found")
+            fallback = codec.unrecorded_fields(unrecorded(claims[at]))
+            base = n * self.size
+            entries = codec.chunk_entries(raw)
+            for local in range(self.index - base, len(entries)):
+                record = outcomes.get(b"%d" % local)
+                fields = fallback if record is None else codec.outcome_fields(record)
+                rows.append((entries[local][0], base + local, fields))
             self.index = base + self.size
         self.index = min(self.index, self.total)
         self.more = self.index < self.total
-        if not items:
+        if not rows:
             return None
-        return ExportPage(items, items[-1].index + 1, self.total)
+        return ExportPage(rows, rows[-1][1] + 1, self.total)
 
 
 class _ByName(_Reader):
@@ -221,18 +223,18 @@ class _ByName(_Reader):
         if len(reply) < 3:
             self.more = False
             return None
-        items: list[ItemView] = []
+        rows: list[Row] = []
         for at in range(2, len(reply), 3):
-            member, raw, claim = reply[at : at + 3]
-            custom_id, _, index_text = bytes(member).decode().rpartition(" ")
-            index = int(index_text)
-            if raw is not None:
-                items.append(codec.decode_outcome(index, custom_id, raw))
+            member, record, claim = reply[at : at + 3]
+            custom_id, _, index = bytes(member).decode().rpartition(" ")
+            if record is None:
+                fields = codec.unrecorded_fields(unrecorded(claim))
             else:
-                items.append(ItemView(custom_id=custom_id, index=index, state=unrecorded(claim)))
-        self.bound = f"[{items[-1].custom_id}!"
-        self.more = len(items) == PAGE_ITEMS
-        return ExportPage(items, int(reply[1]), self.total)
+                fields = codec.outcome_fields(record)
+            rows.append((custom_id, int(index), fields))
+        self.bound = f"[{rows[-1][0]}!"
+        self.more = len(rows) == PAGE_ITEMS
+        return ExportPage(rows, int(reply[1]), self.total)
 
     async def _read(self) -> list[Any]:
         keys = self.keys

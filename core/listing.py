@@ -121,7 +121,7 @@ async def list_items(
         first_chunk = index // size
         span = min(budget, -(-page_size // size) + 1, -(-total // size) - first_chunk)
         budget -= span
-        for chunk in await read_chunks(
+        for chunk in await _read_chunks(
             redis, keys, batch_id, range(first_chunk, first_chunk + span), size
         ):
             fallback = unrecorded(chunk.state)
@@ -155,7 +155,7 @@ class _Chunk:
     attempts: dict[int, bytes]  # global index -> attempts entry (of waiting items)
 
 
-async def read_chunks(
+async def _read_chunks(
     redis: Redis, keys: Keys, batch_id: str, chunks: range, size: int
 ) -> list[_Chunk]:
     """Each chunk's items, outcomes, state and retries, in one or two round trips."""

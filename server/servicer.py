@@ -348,13 +348,13 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         # (and what it has read ahead, one page) rather than the server's memory.
         async for page in self.store.export_results(batch_id, order, request.after):
             sent = 0
-            for lines, count in results.render_lines(page.items):
+            for lines, count in results.render_lines(page.rows):
                 sent += count
                 yield batch_service_pb2.ExportBatchResultsResponse(
                     lines=lines,
                     line_count=count,
-                    cursor=cursor_after(order, page.items[sent - 1]),
-                    position=page.position - (len(page.items) - sent),
+                    cursor=cursor_after(order, page.rows[sent - 1]),
+                    position=page.position - (len(page.rows) - sent),
                     total_items=page.total,
                 )
 

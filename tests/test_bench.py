@@ -70,6 +70,23 @@ def test_tracing_cost_small(tmp_path: Path) -> None:
     assert result["spans_received_min"] > 2000
 
 
+def test_export_small(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "export", "--items", "3000", "--baseline-items", "1000")
+    assert result["items"] == 3000
+    assert_positive(
+        result,
+        "submission_items_per_second",
+        "custom_id_first_items_per_second",
+        "custom_id_items_per_second",
+        "list_items_items_per_second",
+        "ratio_export_to_list_items",
+        "server_cpu_us_per_item",
+        "redis_commands_per_item",
+        "file_bytes_per_item",
+        "custom_id_index_bytes_per_item",
+    )
+
+
 def documented_commands() -> list[str]:
     """The commands of docs/performance.md's "Running the benchmarks", comments dropped."""
     block = sh_blocks_after(

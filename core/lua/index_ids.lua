@@ -12,7 +12,7 @@ for i = 1, #fields, 2 do
   args[#args + 1] = 0
   args[#args + 1] = fields[i] .. ' ' .. fields[i + 1]
   -- unpack() is bounded by the Lua C stack
-  if #args >= 1000 then
+  if #args >= 200 then
     redis.call('ZADD', KEYS[2], unpack(args))
     args = {}
   end

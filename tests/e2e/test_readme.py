@@ -141,3 +141,26 @@ async def test_readme_cli_session_runs_as_shown(service: Service, tmp_path: Path
     async with Shell(scratch, {"BATCHD_TARGET": service.target}) as shell:
         shell.replacements["8000"] = str(peer_port)
         await run_session(shell, read_session(block), SESSION, lambda: listening(peer_port))
+
+
+# "Results as one file": a finished batch exported in both orders.
+RESULTS_SESSION: Expected = [
+    ('cd "$(mktemp -d)"', 0, []),
+    ("python3 -c", 0, []),
+    ("batchd submit noop rows.jsonl", 0, []),
+    ("batchd watch", 0, []),
+    ("batchd results", 0, []),
+    ("wc -l < results.jsonl", 0, "exact"),
+    ("head -n 1 results.jsonl", 0, ['{"custom_id":"row-4999","index":0,"state":"SUCCEEDED"']),
+    ("batchd results", 0, ['{"custom_id":"row-0000","index":4999,"state":"SUCCEEDED"']),
+]
+
+
+@pytest.mark.slow
+async def test_readme_results_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
+    (block,) = sh_blocks_after(README.read_text(), "### Results as one file")
+    await poll(lambda: all_handlers_served(service.target), within=60)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    async with Shell(scratch, {"BATCHD_TARGET": service.target}) as shell:
+        await run_session(shell, read_session(block), RESULTS_SESSION)
