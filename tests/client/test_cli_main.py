@@ -408,3 +408,55 @@ async def test_pause_resume_and_update(
     assert sorted(request.update_mask.paths) == ["max_per_second", "priority"]
     assert await run(server, "update", "b4") == 2  # nothing to change
     assert "--priority" in capsys.readouterr().err
+
+
+def _export_message(
+    first: int, count: int, total: int
+) -> batch_service_pb2.ExportBatchResultsResponse:
+    lines = "".join(
+        json.dumps({"custom_id": f"i{n}", "index": n, "state": "SUCCEEDED"}) + "\n"
+        for n in range(first, first + count)
+    )
+    return batch_service_pb2.ExportBatchResultsResponse(
+        lines=lines.encode(),
+        line_count=count,
+        cursor=f"c{first + count - 1}",
+        position=first + count,
+        total_items=total,
+    )
+
+
+async def test_results_writes_the_lines_as_they_come(
+    service: FakeBatchService, server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service.export_script = [_export_message(0, 3, 5), _export_message(3, 2, 5)]
+    assert await run(server, "results", "b1", "--order", "id", "--after", "c7") == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["custom_id"] for line in out.splitlines()] == [
+        f"i{n}" for n in range(5)
+    ]
+    assert err == ""  # no terminal: no bar, no summary
+    request = service.requests[-1]
+    assert isinstance(request, batch_service_pb2.ExportBatchResultsRequest)
+    assert (request.batch_id, request.order, request.after) == (
+        "b1",
+        batch_service_pb2.EXPORT_ORDER_CUSTOM_ID,
+        "c7",
+    )
+
+
+async def test_results_broken_off_says_how_to_resume(
+    service: FakeBatchService, server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service.export_script = [
+        _export_message(0, 3, 9),
+        Abort(grpc.StatusCode.UNAVAILABLE, "the server went away"),
+    ]
+    assert await run(server, "results", "b1", "--order", "id") == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 3  # whole lines only
+    assert err.splitlines() == [
+        "3 lines written before the export broke off",
+        "resume with: batchd results b1 --order id --after c2 >> FILE",
+        "error: UNAVAILABLE: the server went away",
+    ]
