@@ -256,3 +256,25 @@ async def test_batchd_results_writes_the_file(
     path.write_bytes(whole[0].lines + whole[1].lines)
     assert await asyncio.to_thread(export_to_file, "--after", whole[1].cursor) == 0
     assert path.read_bytes() == b"".join(page.lines for page in whole)
+
+
+async def test_large_outputs_split_a_page_into_messages_that_resume(
+    client: AsyncClient, store: BatchStore
+) -> None:
+    batch_id = await submit(client, count=7)
+    claimed = await store.claim_chunk(batch_id, 0, lease_ttl=60)
+    assert claimed is not None
+    now = time.time()
+    big = json.dumps({"blob": "x" * 400_000}).encode()  # three lines pass 1 MiB
+    outcomes = [
+        ItemOutcome(index, ItemState.SUCCEEDED, 1, now, now, big) for index, _, _ in claimed.items
+    ]
+    await store.record_outcomes(batch_id, 0, outcomes, token=claimed.token, release=True)
+    for order in ("submission", "id"):
+        got = await pages(client, batch_id, order=order)
+        assert [page.line_count for page in got] == [2, 2, 2, 1]
+        assert [page.position for page in got] == [2, 4, 6, 7]
+        assert all(len(page.lines) < 1 << 20 for page in got)
+        everything = lines(got)
+        rest = lines(await pages(client, batch_id, order=order, after=got[1].cursor))
+        assert rest == everything[4:]
