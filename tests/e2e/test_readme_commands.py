@@ -322,16 +322,32 @@ def test_development_commands(tmp_path: Path) -> None:
     assert commands == [shlex.split(command) for command in listed]
     # gen_protos rewrites the stubs beside it: run it in a copy of what it reads and writes.
     copy = with_venv(tmp_path / "checkout")
-    for part in ["scripts/gen_protos.py", "proto", "third_party", "clients/batchd/v1"]:
+    parts = ["scripts/gen_protos.py", "scripts/npm_ci.py", "buf.yaml", "buf.gen.yaml"]
+    parts += ["proto", "third_party", "clients/batchd/v1", "clients/typescript"]
+    skip_npm = shutil.ignore_patterns("node_modules", "dist", ".build.lock")
+    for part in parts:
         source, target = CHECKOUT / part, copy / part
         target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=skip_npm)
+        else:
+            shutil.copyfile(source, target)
+    # The npm packages as installed for the checkout (scripts/test's gen_protos --check
+    # installs them), not installed again.
+    node_modules = CHECKOUT / "clients" / "typescript" / "node_modules"
+    if node_modules.is_dir():
+        (copy / "clients" / "typescript" / "node_modules").symlink_to(node_modules)
     ran = subprocess.run(GEN_PROTOS, shell=True, cwd=copy, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert ran.stdout == "gen_protos: wrote clients/batchd/v1 (0 file(s) changed)\n"
+    typescript = "gen_protos: wrote clients/typescript/src/gen\n" if shutil.which("npm") else ""
+    assert ran.stdout == "gen_protos: wrote clients/batchd/v1 (0 file(s) changed)\n" + typescript
     committed = CHECKOUT / "clients" / "batchd" / "v1"
     for stub in committed.glob("*_pb2*.py*"):
         assert (copy / "clients" / "batchd" / "v1" / stub.name).read_bytes() == stub.read_bytes()
+    generated = CHECKOUT / "clients" / "typescript" / "src" / "gen"
+    for ts in generated.rglob("*.ts"):
+        fresh = copy / ts.relative_to(CHECKOUT)
+        assert not typescript or fresh.read_bytes() == ts.read_bytes()
     # make's verbs, as the README lists them, are the Makefile's.
     verbs = [word for word in commands[-1][1:] if word != "|"]
     phony = re.search(r"^\.PHONY: (.*)$", (CHECKOUT / "Makefile").read_text(), re.MULTILINE)

@@ -1,0 +1,496 @@
+/**
+ * `BatchdClient`: the batchd API over a gRPC (HTTP/2) transport of connect-node, with the
+ * semantics of the Python client (batchd.client.AsyncClient).
+ */
+
+import { create, isMessage, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  type CallOptions,
+  type Client,
+  Code,
+  ConnectError,
+  createClient,
+  type Interceptor,
+  type Transport,
+  type UnaryRequest,
+} from "@connectrpc/connect";
+import { createGrpcTransport, type GrpcTransportOptions } from "@connectrpc/connect-node";
+
+import {
+  type Batch,
+  type BatchItem,
+  type BatchOptionsSchema,
+  BatchState,
+  type HandlerInfo,
+  ItemState,
+} from "./gen/batchd/v1/batch_pb.js";
+import {
+  BatchService,
+  SubmitBatchRequestSchema,
+  UploadBatchHeaderSchema,
+  WatchProgressRequestSchema,
+} from "./gen/batchd/v1/batch_service_pb.js";
+import { BatchdError, rpc } from "./errors.js";
+import {
+  ABANDON,
+  DEFAULT_ITEMS_PER_MESSAGE,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  type ItemLike,
+  toItem,
+  UploadPacker,
+  uploadRequests,
+} from "./items.js";
+import {
+  DEFAULT_WATCH_RETRY,
+  type WatchReconnect,
+  type WatchRetry,
+  WatchSession,
+  type WatchSnapshot,
+} from "./watch.js";
+
+export { BatchState, ItemState };
+
+/** Batch options: the fields of batchd.v1.BatchOptions, e.g. `{ chunkSize: 500 }`. */
+export type BatchOptions = MessageInitShape<typeof BatchOptionsSchema>;
+
+export const DEFAULT_TARGET = "http://localhost:50051";
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+export interface ClientOptions {
+  /** Deadline of each unary call; 0 for none. Default 30 s. */
+  readonly timeoutMs?: number;
+  /** An API key or a JWT: every call carries `authorization: Bearer <token>`. */
+  readonly token?: string;
+  /** A transport of your own (TLS, interceptors...); `target` is then ignored. */
+  readonly transport?: Transport;
+  /** Options for the gRPC transport the client creates (e.g. `nodeOptions` for TLS). */
+  readonly transportOptions?: Partial<GrpcTransportOptions>;
+}
+
+export interface SubmitOptions {
+  readonly options?: BatchOptions;
+  readonly metadata?: Record<string, string>;
+  /** Makes the call safe to retry: a replay with the same body returns the original. */
+  readonly requestId?: string;
+  /** An id of your choosing; ALREADY_EXISTS if taken. */
+  readonly batchId?: string;
+  /** Send params as a google.protobuf.Struct instead of compact JSON bytes. */
+  readonly paramsStruct?: boolean;
+}
+
+export interface UploadOptions extends SubmitOptions {
+  readonly itemsPerMessage?: number;
+  readonly maxMessageBytes?: number;
+  /** Deadline of the whole upload; none by default. */
+  readonly timeoutMs?: number;
+}
+
+export interface SubmitResult {
+  readonly batch: Batch;
+  /** True when the requestId had been seen and the original batch is returned. */
+  readonly replayed: boolean;
+}
+
+export interface Page<T> {
+  readonly items: readonly T[];
+  /** Pass as `pageToken` for the next page; empty on the last page. */
+  readonly nextPageToken: string;
+}
+
+export interface PageOptions<S> {
+  readonly states?: readonly S[];
+  /** Per page, 1 to 1,000; 0 (the default) means the service's 100. */
+  readonly pageSize?: number;
+}
+
+export interface WatchOptions {
+  /** The least time between two snapshots; default 250 ms. */
+  readonly minIntervalMs?: number;
+  /** How long the stream may stay silent before a heartbeat; default: the service's. */
+  readonly heartbeatIntervalMs?: number;
+  readonly retry?: Partial<WatchRetry>;
+  /** Called each time the stream is lost, before waiting to reconnect. */
+  readonly onReconnect?: (reconnect: WatchReconnect) => void;
+  /** Stops the watch: the iteration ends with the signal's reason. */
+  readonly signal?: AbortSignal;
+}
+
+// Safe to repeat on UNAVAILABLE: they read, or (CancelBatch) are idempotent. SubmitBatch
+// is only with a request_id: the service answers a repeat with the original batch.
+const RETRIED_METHODS = new Set([
+  "GetBatch",
+  "ListBatches",
+  "CancelBatch",
+  "ListBatchItems",
+  "ListHandlers",
+]);
+const RETRY_ATTEMPTS = 4;
+
+function repeatable(request: UnaryRequest): boolean {
+  if (RETRIED_METHODS.has(request.method.name)) {
+    return true;
+  }
+  const message = request.message;
+  return isMessage(message, SubmitBatchRequestSchema) && message.requestId !== "";
+}
+
+/** The error of a call, with a connection that went away counted as UNAVAILABLE:
+ * connect-node ends the streams of a closed HTTP/2 session with CANCELED, which only
+ * `signal` (the call's own cancellation) may mean here. */
+function lostConnection(error: unknown, signal: AbortSignal): unknown {
+  if (signal.aborted || !(error instanceof ConnectError) || error.code !== Code.Canceled) {
+    return error;
+  }
+  return new ConnectError(
+    `connection lost: ${error.rawMessage}`,
+    Code.Unavailable,
+    undefined,
+    undefined,
+    error,
+  );
+}
+
+/** Sends the read-only and idempotent unary calls, and a submit with a request_id, again
+ * when they fail UNAVAILABLE (a connection lost included): up to 4 attempts in all,
+ * 0.2 s to 3 s apart. */
+const retryIdempotent: Interceptor = (next) => async (request) => {
+  if (request.stream || !repeatable(request)) {
+    return next(request);
+  }
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await next(request);
+    } catch (error) {
+      const code = ConnectError.from(lostConnection(error, request.signal)).code;
+      if (code !== Code.Unavailable || attempt >= RETRY_ATTEMPTS || request.signal.aborted) {
+        throw error;
+      }
+      await sleep(Math.min(3000, 200 * 2 ** (attempt - 1)) * (0.5 + Math.random() * 0.5));
+    }
+  }
+};
+
+function baseUrl(target: string): string {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(target) ? target : `http://${target}`;
+}
+
+function bearerHeaders(token: string | undefined): Record<string, string> {
+  const word = (token ?? "").trim();
+  if (word === "") {
+    return {};
+  }
+  if (/[\s\x00-\x1f\x7f]/.test(word)) {
+    throw new RangeError("token: a single word without spaces or control characters");
+  }
+  return { authorization: `Bearer ${word}` };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * A client of batchd.v1.BatchService.
+ *
+ *     const client = new BatchdClient("127.0.0.1:50051");
+ *     const { batch } = await client.upload("noop", items);
+ *     for await (const { progress } of client.watch(batch.batchId)) { ... }
+ *
+ * `target` is `host:port` (plaintext) or a URL (`https://host:port` for TLS). Every
+ * failed call throws `BatchdError`.
+ */
+export class BatchdClient {
+  private readonly client: Client<typeof BatchService>;
+  private readonly headers: Record<string, string>;
+  private readonly timeoutMs: number;
+
+  constructor(target: string = DEFAULT_TARGET, options: ClientOptions = {}) {
+    const transport =
+      options.transport ??
+      createGrpcTransport({
+        baseUrl: baseUrl(target),
+        ...options.transportOptions,
+        interceptors: [retryIdempotent, ...(options.transportOptions?.interceptors ?? [])],
+      });
+    this.client = createClient(BatchService, transport);
+    this.headers = bearerHeaders(options.token);
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  private unary(): CallOptions {
+    return this.timeoutMs > 0
+      ? { headers: this.headers, timeoutMs: this.timeoutMs }
+      : { headers: this.headers };
+  }
+
+  /** Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB. Use
+   * `upload()` for anything larger or for items you would rather stream.
+   *
+   * With a `requestId`, a call that fails UNAVAILABLE (its server lost mid-call) is sent
+   * again, up to 3 times: the service answers a repeat with the batch the first call
+   * created (`replayed`), so nothing is submitted twice. Without one it is not. */
+  async submit(
+    handler: string,
+    items: Iterable<ItemLike>,
+    options: SubmitOptions = {},
+  ): Promise<SubmitResult> {
+    const converted = Array.from(items, (item, index) =>
+      toItem(item, index, options.paramsStruct ?? false),
+    );
+    const response = await rpc(() =>
+      this.client.submitBatch(
+        {
+          handler,
+          items: converted,
+          options: options.options,
+          metadata: options.metadata ?? {},
+          requestId: options.requestId ?? "",
+          batchId: options.batchId ?? "",
+        },
+        this.unary(),
+      ),
+    );
+    return { batch: required(response.batch), replayed: response.replayed };
+  }
+
+  /**
+   * Submits a batch of any size as a stream (UploadBatch): a header, then messages of up
+   * to `itemsPerMessage` items (and `maxMessageBytes`), then the end message that
+   * commits the batch.
+   *
+   * Items are pulled from `items` only as messages are sent, so it is never held in
+   * memory whole. If it throws (or an item is invalid), the upload is abandoned, so the
+   * service keeps nothing, and the error propagates unchanged.
+   */
+  async upload(
+    handler: string,
+    items: Iterable<ItemLike> | AsyncIterable<ItemLike>,
+    options: UploadOptions = {},
+  ): Promise<SubmitResult> {
+    const header = create(UploadBatchHeaderSchema, {
+      handler,
+      options: options.options,
+      metadata: options.metadata ?? {},
+      requestId: options.requestId ?? "",
+      batchId: options.batchId ?? "",
+    });
+    const packer = new UploadPacker(
+      options.itemsPerMessage ?? DEFAULT_ITEMS_PER_MESSAGE,
+      options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+      options.paramsStruct ?? false,
+    );
+    let itemsError: { error: unknown } | undefined;
+    async function* guarded() {
+      try {
+        yield* uploadRequests(header, items, packer);
+      } catch (error) {
+        // Not thrown into the call, which would only reset the stream: a second header
+        // makes the service refuse the upload and drop what it staged.
+        itemsError = { error };
+        yield ABANDON;
+      }
+    }
+    const callOptions: CallOptions =
+      options.timeoutMs === undefined
+        ? { headers: this.headers }
+        : { headers: this.headers, timeoutMs: options.timeoutMs };
+    let response;
+    try {
+      response = await this.client.uploadBatch(guarded(), callOptions);
+    } catch (error) {
+      if (itemsError !== undefined) {
+        throw itemsError.error;
+      }
+      throw BatchdError.from(error);
+    }
+    if (itemsError !== undefined) {
+      throw itemsError.error; // the service cannot commit without the end message
+    }
+    return { batch: required(response.batch), replayed: response.replayed };
+  }
+
+  /** Returns one batch. */
+  async get(batchId: string): Promise<Batch> {
+    const response = await rpc(() => this.client.getBatch({ batchId }, this.unary()));
+    return required(response.batch);
+  }
+
+  /** Returns one page of batches, newest first. */
+  async listPage(
+    options: PageOptions<BatchState> & { readonly pageToken?: string } = {},
+  ): Promise<Page<Batch>> {
+    const response = await rpc(() =>
+      this.client.listBatches(
+        {
+          states: [...(options.states ?? [])],
+          pageSize: options.pageSize ?? 0,
+          pageToken: options.pageToken ?? "",
+        },
+        this.unary(),
+      ),
+    );
+    return { items: response.batches, nextPageToken: response.nextPageToken };
+  }
+
+  /** Yields every batch (in one of `states`, if given), newest first, page by page. */
+  async *list(options: PageOptions<BatchState> = {}): AsyncGenerator<Batch> {
+    let pageToken = "";
+    do {
+      const page = await this.listPage({ ...options, pageToken });
+      yield* page.items;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /** Returns one page of a batch's item outcomes, in submission order. */
+  async itemsPage(
+    batchId: string,
+    options: PageOptions<ItemState> & { readonly pageToken?: string } = {},
+  ): Promise<Page<BatchItem>> {
+    const response = await rpc(() =>
+      this.client.listBatchItems(
+        {
+          batchId,
+          states: [...(options.states ?? [])],
+          pageSize: options.pageSize ?? 0,
+          pageToken: options.pageToken ?? "",
+        },
+        this.unary(),
+      ),
+    );
+    return { items: response.items, nextPageToken: response.nextPageToken };
+  }
+
+  /** Yields the outcome of every item (in one of `states`, if given), page by page. */
+  async *items(batchId: string, options: PageOptions<ItemState> = {}): AsyncGenerator<BatchItem> {
+    let pageToken = "";
+    do {
+      const page = await this.itemsPage(batchId, { ...options, pageToken });
+      yield* page.items;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /** Cancels a batch; returns it as it stands after the request. Idempotent. */
+  async cancel(batchId: string): Promise<Batch> {
+    const response = await rpc(() => this.client.cancelBatch({ batchId }, this.unary()));
+    return required(response.batch);
+  }
+
+  /** Pauses a QUEUED or RUNNING batch: no new item starts, running ones finish. */
+  async pause(batchId: string): Promise<Batch> {
+    const response = await rpc(() => this.client.pauseBatch({ batchId }, this.unary()));
+    return required(response.batch);
+  }
+
+  /** Resumes a PAUSED batch. Idempotent. */
+  async resume(batchId: string): Promise<Batch> {
+    const response = await rpc(() => this.client.resumeBatch({ batchId }, this.unary()));
+    return required(response.batch);
+  }
+
+  /** Runs FAILED and EXPIRED items again (every one, or those in `customIds`). */
+  async retry(
+    batchId: string,
+    customIds: readonly string[] = [],
+    requestId = "",
+  ): Promise<{ batch: Batch; requeued: bigint; replayed: boolean }> {
+    const response = await rpc(() =>
+      this.client.retryBatchItems(
+        { batchId, customIds: [...customIds], requestId },
+        this.unary(),
+      ),
+    );
+    return {
+      batch: required(response.batch),
+      requeued: response.requeued,
+      replayed: response.replayed,
+    };
+  }
+
+  /** Deletes a finished batch and all its item outcomes. */
+  async delete(batchId: string): Promise<void> {
+    await rpc(() => this.client.deleteBatch({ batchId }, this.unary()));
+  }
+
+  /** Returns the handlers that workers have published. */
+  async handlers(): Promise<HandlerInfo[]> {
+    const response = await rpc(() => this.client.listHandlers({}, this.unary()));
+    return response.handlers;
+  }
+
+  /**
+   * Yields progress snapshots of a batch until, and including, the terminal one.
+   *
+   * The first snapshot comes at once, then one per change (at most one per
+   * `minIntervalMs`) and a heartbeat when nothing changes. A lost stream (UNAVAILABLE,
+   * a connection gone, a server closing it early) is reopened with backoff per `retry`;
+   * the next snapshot simply carries on. Other errors, and running out of retries, throw
+   * `BatchdError`.
+   */
+  async *watch(batchId: string, options: WatchOptions = {}): AsyncGenerator<WatchSnapshot> {
+    const session = new WatchSession(
+      batchId,
+      { ...DEFAULT_WATCH_RETRY, ...options.retry },
+      options.onReconnect,
+    );
+    const request = create(WatchProgressRequestSchema, {
+      batchId,
+      minInterval: durationFromMs(options.minIntervalMs ?? 250),
+      heartbeatInterval:
+        options.heartbeatIntervalMs === undefined
+          ? undefined
+          : durationFromMs(options.heartbeatIntervalMs),
+    });
+    const signal = options.signal;
+    for (;;) {
+      // Each stream is aborted when the watch stops, however it stops.
+      const stream = new AbortController();
+      const abort = (): void => stream.abort(signal?.reason);
+      signal?.addEventListener("abort", abort, { once: true });
+      let error: BatchdError;
+      try {
+        for await (const response of this.client.watchProgress(request, {
+          headers: this.headers,
+          signal: stream.signal,
+        })) {
+          const snapshot = session.snapshot(response);
+          yield snapshot;
+          if (snapshot.terminal) {
+            return;
+          }
+        }
+        error = session.endedEarly();
+      } catch (thrown) {
+        signal?.throwIfAborted();
+        error = session.failed(lostConnection(thrown, stream.signal));
+      } finally {
+        signal?.removeEventListener("abort", abort);
+        stream.abort();
+      }
+      await sleep(session.backoff(error), signal);
+    }
+  }
+}
+
+function required(batch: Batch | undefined): Batch {
+  if (batch === undefined) {
+    throw new BatchdError(Code.Internal, "the service's response carries no batch");
+  }
+  return batch;
+}

@@ -1,0 +1,304 @@
+// The client against a real batchd server and worker, at BATCHD_TARGET (host:port):
+// tests/client/test_typescript_client.py starts them and runs these tests.
+
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import net from "node:net";
+import { after, before, describe, test } from "node:test";
+
+import {
+  type Batch,
+  BatchdClient,
+  BatchdError,
+  BatchState,
+  Code,
+  type ItemLike,
+  ItemState,
+  type WatchReconnect,
+  type WatchSnapshot,
+} from "../src/index.js";
+
+const target = process.env["BATCHD_TARGET"];
+const skip = target === undefined ? "BATCHD_TARGET (host:port of a batchd server) is not set" : false;
+
+async function watchToEnd(client: BatchdClient, batchId: string): Promise<WatchSnapshot[]> {
+  const seen: WatchSnapshot[] = [];
+  for await (const snapshot of client.watch(batchId, { minIntervalMs: 20 })) {
+    seen.push(snapshot);
+  }
+  return seen;
+}
+
+async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
+  const all: T[] = [];
+  for await (const value of iterable) {
+    all.push(value);
+  }
+  return all;
+}
+
+async function rejectsWith(promise: Promise<unknown>, code: Code): Promise<BatchdError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof BatchdError, `not a BatchdError: ${String(error)}`);
+    assert.equal(error.code, code, error.toString());
+    return error;
+  }
+  assert.fail(`no ${Code[code]} error`);
+}
+
+describe("BatchdClient against batchd", { skip }, () => {
+  let client: BatchdClient;
+  before(() => {
+    client = new BatchdClient(target, { timeoutMs: 10_000 });
+  });
+
+  test("submit, get, and watch to the terminal snapshot", async () => {
+    const items: ItemLike[] = Array.from({ length: 20 }, (_, i) => ({
+      customId: `s${i}`,
+      params: { seconds: 0.001 },
+    }));
+    const submitted = await client.submit("sleep", items, {
+      options: { chunkSize: 5 },
+      metadata: { suite: "typescript" },
+    });
+    assert.equal(submitted.replayed, false);
+    assert.equal(submitted.batch.totalItems, 20n);
+    assert.equal(submitted.batch.options?.chunkSize, 5);
+    const batchId = submitted.batch.batchId;
+
+    const snapshots = await watchToEnd(client, batchId);
+    const last = snapshots.at(-1);
+    assert.ok(last?.terminal);
+    assert.equal(last.progress.state, BatchState.COMPLETED);
+    assert.equal(last.progress.counts?.succeeded, 20n);
+    assert.equal(snapshots.filter((s) => s.terminal).length, 1);
+
+    const batch = await client.get(batchId);
+    assert.equal(batch.state, BatchState.COMPLETED);
+    assert.deepEqual(batch.metadata, { suite: "typescript" });
+    assert.ok(batch.endTime !== undefined);
+  });
+
+  test("a request_id makes a submit safe to repeat", async () => {
+    const requestId = randomUUID();
+    const first = await client.submit("noop", [["r1", {}]], { requestId });
+    const again = await client.submit("noop", [["r1", {}]], { requestId });
+    assert.equal(again.replayed, true);
+    assert.equal(again.batch.batchId, first.batch.batchId);
+  });
+
+  test("upload streams 2,500 items from an async generator", async () => {
+    let pulled = 0;
+    async function* items() {
+      for (let i = 0; i < 2500; i++) {
+        pulled += 1;
+        yield { customId: `u${i}`, params: { i } };
+      }
+    }
+    const uploaded = await client.upload("noop", items(), { options: { chunkSize: 500 } });
+    assert.equal(pulled, 2500);
+    assert.equal(uploaded.batch.totalItems, 2500n);
+    assert.equal(uploaded.batch.chunkCount, 5);
+    const last = (await watchToEnd(client, uploaded.batch.batchId)).at(-1);
+    assert.equal(last?.progress.state, BatchState.COMPLETED);
+    assert.equal(last.progress.counts?.succeeded, 2500n);
+    const outcomes = await collect(client.items(uploaded.batch.batchId, { pageSize: 1000 }));
+    assert.equal(outcomes.length, 2500);
+    assert.deepEqual(
+      outcomes.slice(0, 3).map((item) => [item.customId, item.index]),
+      [
+        ["u0", 0n],
+        ["u1", 1n],
+        ["u2", 2n],
+      ],
+    );
+  });
+
+  test("an upload whose items throw is abandoned and the error propagates unchanged", async () => {
+    const batchId = `ts-abandoned-${randomUUID().slice(0, 8)}`;
+    const broken = new Error("the source broke");
+    async function* items() {
+      for (let i = 0; i < 1500; i++) {
+        yield { customId: `a${i}`, params: {} };
+      }
+      throw broken;
+    }
+    await assert.rejects(client.upload("noop", items(), { batchId }), (error) => error === broken);
+    await rejectsWith(client.get(batchId), Code.NotFound);
+  });
+
+  test("list pages through batches, newest first", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      ids.push((await client.submit("noop", [["x", {}]])).batch.batchId);
+    }
+    const first = await client.listPage({ pageSize: 2 });
+    assert.equal(first.items.length, 2);
+    assert.notEqual(first.nextPageToken, "");
+    assert.deepEqual(
+      first.items.map((b) => b.batchId),
+      [ids[2], ids[1]],
+    );
+    const all: Batch[] = await collect(client.list({ pageSize: 2 }));
+    const listed = all.map((b) => b.batchId);
+    assert.equal(new Set(listed).size, listed.length, "a batch listed twice");
+    const ours = listed.filter((id) => ids.includes(id));
+    assert.deepEqual(ours, [...ids].reverse());
+    const created = all.map((b) => b.createTime?.seconds ?? 0n);
+    assert.deepEqual(created, [...created].sort((a, b) => (a > b ? -1 : a < b ? 1 : 0)));
+  });
+
+  test("items page through the outcomes, with a failed item's error", async () => {
+    const items: ItemLike[] = [
+      ["ok-0", { seconds: 0 }],
+      ["ok-1", { seconds: 0 }],
+      ["bad", { seconds: 0, fail: true }],
+      ["ok-3", { seconds: 0 }],
+      ["ok-4", { seconds: 0 }],
+    ];
+    const { batch } = await client.submit("sleep", items, {
+      options: { retryPolicy: { maxAttempts: 1 } },
+    });
+    const last = (await watchToEnd(client, batch.batchId)).at(-1);
+    assert.equal(last?.progress.state, BatchState.COMPLETED);
+    assert.equal(last.progress.counts?.failed, 1n);
+
+    const page = await client.itemsPage(batch.batchId, { pageSize: 2 });
+    assert.deepEqual(
+      page.items.map((i) => i.customId),
+      ["ok-0", "ok-1"],
+    );
+    assert.notEqual(page.nextPageToken, "");
+    const all = await collect(client.items(batch.batchId, { pageSize: 2 }));
+    assert.deepEqual(
+      all.map((i) => i.customId),
+      ["ok-0", "ok-1", "bad", "ok-3", "ok-4"],
+    );
+    const failed = all[2];
+    assert.equal(failed?.state, ItemState.FAILED);
+    assert.equal(failed.error?.code, Code.Aborted);
+    assert.match(failed.error?.message ?? "", /failed as asked/);
+    assert.equal(all[0]?.state, ItemState.SUCCEEDED);
+    assert.deepEqual(all[0]?.output, { slept: 0 });
+
+    const onlyFailed = await collect(client.items(batch.batchId, { states: [ItemState.FAILED] }));
+    assert.deepEqual(
+      onlyFailed.map((i) => i.customId),
+      ["bad"],
+    );
+  });
+
+  test("cancel: pending items become CANCELLED, and again is the same", async () => {
+    const items: ItemLike[] = Array.from({ length: 1000 }, (_, i) => [`c${i}`, { seconds: 0.01 }]);
+    const { batch } = await client.submit("sleep", items, { options: { chunkSize: 20 } });
+    const cancelled = await client.cancel(batch.batchId);
+    assert.ok(
+      [BatchState.CANCELLING, BatchState.CANCELLED].includes(cancelled.state),
+      BatchState[cancelled.state],
+    );
+    const again = await client.cancel(batch.batchId);
+    assert.ok([BatchState.CANCELLING, BatchState.CANCELLED].includes(again.state));
+    const last = (await watchToEnd(client, batch.batchId)).at(-1);
+    assert.equal(last?.progress.state, BatchState.CANCELLED);
+    const counts = last.progress.counts;
+    assert.ok((counts?.cancelled ?? 0n) > 0n);
+    assert.equal(counts?.pending, 0n);
+    assert.equal(counts?.running, 0n);
+  });
+
+  test("INVALID_ARGUMENT carries the field violations", async () => {
+    const error = await rejectsWith(
+      client.submit("sleep", [
+        ["fine", { seconds: 0 }],
+        ["negative", { seconds: -1 }],
+      ]),
+      Code.InvalidArgument,
+    );
+    assert.equal(error.codeName, "INVALID_ARGUMENT");
+    assert.deepEqual(
+      error.fieldViolations.map((v) => v.field),
+      ["items[1].params.seconds"],
+    );
+    assert.match(error.fieldViolations[0]?.description ?? "", /bigger than or equal to 0/);
+    assert.match(error.toString(), /items\[1\]\.params\.seconds/);
+  });
+
+  test("an unknown handler names the field", async () => {
+    const error = await rejectsWith(client.submit("no.such.handler", [["a", {}]]), Code.InvalidArgument);
+    assert.deepEqual(
+      error.fieldViolations.map((v) => v.field),
+      ["handler"],
+    );
+  });
+
+  test("NOT_FOUND for a batch that does not exist", async () => {
+    const error = await rejectsWith(client.get("no-such-batch"), Code.NotFound);
+    assert.match(error.message, /no-such-batch/);
+    await rejectsWith(client.cancel("no-such-batch"), Code.NotFound);
+    await rejectsWith(collect(client.watch("no-such-batch")), Code.NotFound);
+  });
+});
+
+/** A TCP proxy to `target` whose connections can all be cut at once. */
+async function cuttableProxy(upstream: string) {
+  const [host, port] = [upstream.slice(0, upstream.lastIndexOf(":")), upstream.slice(upstream.lastIndexOf(":") + 1)];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((downstream) => {
+    const up = net.connect(Number(port), host);
+    for (const socket of [downstream, up]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => socket.destroy());
+    }
+    downstream.pipe(up).pipe(downstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address() as net.AddressInfo;
+  return {
+    target: `127.0.0.1:${address.port}`,
+    cut: () => {
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe("watch reconnects", { skip }, () => {
+  let proxy: Awaited<ReturnType<typeof cuttableProxy>>;
+  before(async () => {
+    proxy = await cuttableProxy(target ?? "");
+  });
+  after(async () => {
+    proxy.cut();
+    await proxy.close();
+  });
+
+  test("after its connection is cut, and carries on to the terminal snapshot", async () => {
+    const direct = new BatchdClient(target);
+    const items: ItemLike[] = Array.from({ length: 40 }, (_, i) => [`w${i}`, { seconds: 0.05 }]);
+    const { batch } = await direct.submit("sleep", items, { options: { maxConcurrent: 2 } });
+
+    const viaProxy = new BatchdClient(proxy.target);
+    const reconnects: WatchReconnect[] = [];
+    const snapshots: WatchSnapshot[] = [];
+    for await (const snapshot of viaProxy.watch(batch.batchId, {
+      minIntervalMs: 20,
+      retry: { initialBackoffMs: 20 },
+      onReconnect: (r) => reconnects.push(r),
+    })) {
+      snapshots.push(snapshot);
+      if (snapshots.length === 1) {
+        proxy.cut();
+      }
+    }
+    assert.ok(reconnects.length >= 1, "no reconnect");
+    assert.equal(reconnects[0]?.error.code, Code.Unavailable, reconnects[0]?.error.toString());
+    assert.equal(reconnects[0]?.attempt, 1);
+    assert.equal(snapshots.at(-1)?.progress.state, BatchState.COMPLETED);
+    assert.equal(snapshots.at(-1)?.progress.counts?.succeeded, 40n);
+  });
+});
