@@ -29,6 +29,7 @@ import {
   BatchService,
   SubmitBatchRequestSchema,
   UploadBatchHeaderSchema,
+  type UploadBatchRequest,
   WatchProgressRequestSchema,
 } from "./gen/batchd/v1/batch_service_pb.js";
 import { BatchdError, rpc } from "./errors.js";
@@ -296,13 +297,26 @@ export class BatchdClient {
     );
     let itemsError: { error: unknown } | undefined;
     async function* guarded() {
+      const messages = uploadRequests(header, items, packer);
       try {
-        yield* uploadRequests(header, items, packer);
-      } catch (error) {
-        // Not thrown into the call, which would only reset the stream: a second header
-        // makes the service refuse the upload and drop what it staged.
-        itemsError = { error };
-        yield ABANDON;
+        for (;;) {
+          let next: IteratorResult<UploadBatchRequest>;
+          try {
+            next = await messages.next();
+          } catch (error) {
+            // Not thrown into the call, which would only reset the stream: a second
+            // header makes the service refuse the upload and drop what it staged.
+            itemsError = { error };
+            yield ABANDON;
+            return;
+          }
+          if (next.done === true) {
+            return;
+          }
+          yield next.value; // what the call throws in here (it ended) goes back to it
+        }
+      } finally {
+        await messages.return(undefined);
       }
     }
     const callOptions: CallOptions =

@@ -129,6 +129,71 @@ describe("BatchdClient against batchd", { skip }, () => {
     await rejectsWith(client.get(batchId), Code.NotFound);
   });
 
+  test("an upload the service refuses mid-stream fails with the service's status", async () => {
+    async function* items() {
+      for (let i = 0; i < 3000; i++) {
+        yield { customId: i === 150 ? "d3" : `d${i}`, params: {} };
+      }
+    }
+    const error = await rejectsWith(
+      client.upload("noop", items(), { options: { chunkSize: 100 }, itemsPerMessage: 50 }),
+      Code.InvalidArgument,
+    );
+    assert.deepEqual(
+      error.fieldViolations.map((v) => v.field),
+      ["items[150].custom_id"],
+    );
+    assert.match(error.fieldViolations[0]?.description ?? "", /already used by items\[3\]/);
+  });
+
+  test("pause, resume, retry, delete and handlers", async () => {
+    const handlers = (await client.handlers()).map((h) => h.name);
+    assert.ok(handlers.includes("sleep") && handlers.includes("noop"), handlers.join(", "));
+
+    const items: ItemLike[] = [
+      ["p0", { seconds: 0.5 }],
+      ["p1", { seconds: 0, fail: true }],
+    ];
+    const { batch } = await client.submit("sleep", items, {
+      options: { retryPolicy: { maxAttempts: 1 }, maxConcurrent: 1 },
+    });
+    assert.equal((await client.pause(batch.batchId)).state, BatchState.PAUSED);
+    assert.equal((await client.pause(batch.batchId)).state, BatchState.PAUSED); // idempotent
+    const resumed = await client.resume(batch.batchId);
+    assert.ok([BatchState.QUEUED, BatchState.RUNNING].includes(resumed.state));
+    await watchToEnd(client, batch.batchId);
+    const retried = await client.retry(batch.batchId);
+    assert.equal(retried.requeued, 1n);
+    assert.equal(retried.replayed, false);
+    const last = (await watchToEnd(client, batch.batchId)).at(-1);
+    assert.equal(last?.progress.counts?.failed, 1n);
+    const [failed] = await collect(client.items(batch.batchId, { states: [ItemState.FAILED] }));
+    assert.equal(failed?.customId, "p1");
+    assert.equal(failed.attempts, 1);
+
+    await client.delete(batch.batchId);
+    await rejectsWith(client.get(batch.batchId), Code.NotFound);
+  });
+
+  test("a watch stops when its signal is aborted", async () => {
+    const items: ItemLike[] = Array.from({ length: 20 }, (_, i) => [`a${i}`, { seconds: 0.2 }]);
+    const { batch } = await client.submit("sleep", items, { options: { maxConcurrent: 1 } });
+    const controller = new AbortController();
+    const reason = new Error("enough");
+    const seen: WatchSnapshot[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const snapshot of client.watch(batch.batchId, { signal: controller.signal })) {
+          seen.push(snapshot);
+          controller.abort(reason);
+        }
+      })(),
+      (error) => error === reason,
+    );
+    assert.equal(seen.length, 1);
+    await client.cancel(batch.batchId);
+  });
+
   test("list pages through batches, newest first", async () => {
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
@@ -191,8 +256,11 @@ describe("BatchdClient against batchd", { skip }, () => {
   });
 
   test("cancel: pending items become CANCELLED, and again is the same", async () => {
-    const items: ItemLike[] = Array.from({ length: 1000 }, (_, i) => [`c${i}`, { seconds: 0.01 }]);
-    const { batch } = await client.submit("sleep", items, { options: { chunkSize: 20 } });
+    // At most 2 items at a time, each 0.2 s: the batch is far from done when cancelled.
+    const items: ItemLike[] = Array.from({ length: 1000 }, (_, i) => [`c${i}`, { seconds: 0.2 }]);
+    const { batch } = await client.submit("sleep", items, {
+      options: { chunkSize: 20, maxConcurrent: 2 },
+    });
     const cancelled = await client.cancel(batch.batchId);
     assert.ok(
       [BatchState.CANCELLING, BatchState.CANCELLED].includes(cancelled.state),
