@@ -35,9 +35,11 @@ import {
 import { BatchdError, rpc } from "./errors.js";
 import {
   ABANDON,
+  checkedSize,
   DEFAULT_ITEMS_PER_MESSAGE,
   DEFAULT_MAX_MESSAGE_BYTES,
   type ItemLike,
+  MAX_REQUEST_BYTES,
   toItem,
   UploadPacker,
   uploadRequests,
@@ -253,6 +255,17 @@ export class BatchdClient {
     const converted = Array.from(items, (item, index) =>
       toItem(item, index, options.paramsStruct ?? false),
     );
+    let size = 0;
+    converted.forEach((item, index) => {
+      size += checkedSize(item, index) + 5;
+    });
+    if (size > MAX_REQUEST_BYTES) {
+      throw new BatchdError(
+        Code.InvalidArgument,
+        `the items are over ${size} bytes, more than the ${MAX_REQUEST_BYTES} the service ` +
+          "reads in one message: submit fewer items per call, or upload() them",
+      );
+    }
     const response = await rpc(() =>
       this.client.submitBatch(
         {

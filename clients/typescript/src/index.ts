@@ -28,6 +28,7 @@ export {
   DEFAULT_MAX_MESSAGE_BYTES,
   type ItemLike,
   MAX_ITEM_BYTES,
+  MAX_REQUEST_BYTES,
   type Params,
   toItem,
 } from "./items.js";

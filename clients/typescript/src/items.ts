@@ -36,6 +36,9 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 1 << 20;
 /** The largest item, encoded, that the client sends: one item alone always fits in a
  * message of either SubmitBatch or UploadBatch. */
 export const MAX_ITEM_BYTES = 4 * 1024 * 1024;
+/** The largest message the service reads (its gRPC max receive message length): 4 MiB of
+ * items and 64 KiB for the rest of a request. */
+export const MAX_REQUEST_BYTES = 4 * 1024 * 1024 + 64 * 1024;
 
 const encoder = new TextEncoder();
 const EMPTY_OBJECT = encoder.encode("{}");
@@ -129,8 +132,9 @@ function struct(params: unknown, index: number): JsonObject {
   }
 }
 
-/** The encoded size of an item: its custom_id and params with their tags and lengths. */
-function itemSize(item: Item): number {
+/** The encoded size of an item, at least: its custom_id and params with their tags and
+ * lengths. */
+export function itemSize(item: Item): number {
   const id = encoder.encode(item.customId).length;
   let params = 0;
   if (item.payload.case === "paramsJson") {
@@ -139,6 +143,20 @@ function itemSize(item: Item): number {
     params = JSON.stringify(item.payload.value).length; // an estimate; Structs are rare
   }
   return id + params + 8;
+}
+
+/** The item's encoded size; throws BatchdError (INVALID_ARGUMENT) naming the item when
+ * it is over MAX_ITEM_BYTES: the service would refuse its message whole. */
+export function checkedSize(item: Item, index: number): number {
+  const size = itemSize(item);
+  if (size > MAX_ITEM_BYTES) {
+    throw BatchdError.invalidArgument(
+      where(index),
+      `item ${JSON.stringify(item.customId)} is ${size} bytes encoded, over the limit of ` +
+        `${MAX_ITEM_BYTES} bytes (4 MiB) per item`,
+    );
+  }
+  return size;
 }
 
 /** Packs items into UploadBatchItems messages of at most `itemsPerMessage` items and
@@ -164,14 +182,7 @@ export class UploadPacker {
     const index = this.count;
     const item = toItem(like, index, this.paramsStruct);
     this.count += 1;
-    const size = itemSize(item);
-    if (size > MAX_ITEM_BYTES) {
-      throw BatchdError.invalidArgument(
-        where(index),
-        `item ${JSON.stringify(item.customId)} is ${size} bytes encoded, over the limit of ` +
-          `${MAX_ITEM_BYTES} bytes (4 MiB) per item`,
-      );
-    }
+    const size = checkedSize(item, index);
     let full: UploadBatchRequest | undefined;
     if (this.pending.length > 0 && this.pendingBytes + size + 5 > this.maxMessageBytes) {
       full = this.flush();

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { BatchdError, Code, codeName, toItem } from "../src/index.js";
+import { BatchdClient, BatchdError, Code, codeName, toItem } from "../src/index.js";
 import { UploadPacker, uploadRequests } from "../src/items.js";
 import { UploadBatchHeaderSchema } from "../src/gen/batchd/v1/batch_service_pb.js";
 import { create } from "@bufbuild/protobuf";
@@ -73,4 +73,28 @@ test("code names are the gRPC ones", () => {
   assert.equal(codeName(Code.InvalidArgument), "INVALID_ARGUMENT");
   assert.equal(codeName(Code.NotFound), "NOT_FOUND");
   assert.equal(codeName(Code.Unavailable), "UNAVAILABLE");
+});
+
+test("an item over 4 MiB, or a submit over what the service reads, is refused before sending", async () => {
+  const big = new TextEncoder().encode(JSON.stringify({ pad: "x".repeat(4 * 1024 * 1024) }));
+  assert.throws(
+    () => new UploadPacker().add(["huge", big]),
+    (error: unknown) =>
+      error instanceof BatchdError &&
+      error.fieldViolations[0]?.field === "items[0]" &&
+      /over the limit of 4194304 bytes/.test(error.fieldViolations[0].description),
+  );
+  // No server listens there: the refusal comes before any call.
+  const client = new BatchdClient("127.0.0.1:9");
+  const half = new TextEncoder().encode(JSON.stringify({ pad: "x".repeat(3 * 1024 * 1024) }));
+  await assert.rejects(
+    client.submit("noop", [
+      ["a", half],
+      ["b", half],
+    ]),
+    (error: unknown) =>
+      error instanceof BatchdError &&
+      error.code === Code.InvalidArgument &&
+      /upload\(\) them/.test(error.message),
+  );
 });
