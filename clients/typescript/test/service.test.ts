@@ -146,6 +146,22 @@ describe("BatchdClient against batchd", { skip }, () => {
     assert.match(error.fieldViolations[0]?.description ?? "", /already used by items\[3\]/);
   });
 
+  test("RESOURCE_EXHAUSTED carries the quota and when to retry", async () => {
+    // The harness's server holds at most 3,000 items per batch (max_batch_items).
+    async function* items() {
+      for (let i = 0; i < 3001; i++) {
+        yield { customId: `q${i}`, params: {} };
+      }
+    }
+    const error = await rejectsWith(client.upload("noop", items()), Code.ResourceExhausted);
+    assert.deepEqual(
+      error.quotaViolations.map((v) => v.subject),
+      ["max_batch_items"],
+    );
+    assert.match(error.quotaViolations[0]?.description ?? "", /at most 3000/);
+    assert.ok((error.retryAfterMs ?? 0) > 0, `retryAfterMs ${error.retryAfterMs}`);
+  });
+
   test("pause, resume, retry, delete and handlers", async () => {
     const handlers = (await client.handlers()).map((h) => h.name);
     assert.ok(handlers.includes("sleep") && handlers.includes("noop"), handlers.join(", "));
