@@ -33,11 +33,11 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def compiled() -> Iterator[Path]:
     """The package with its npm packages installed from the lock and compiled to dist/.
 
-    Held under a lock until the module's tests are done: another pytest worker would
+    Held under a lock until the test is done: a test on another pytest worker would
     reinstall node_modules or rewrite dist/ under a running node."""
     with (PACKAGE / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
