@@ -32,7 +32,7 @@ import {
   type UploadBatchRequest,
   WatchProgressRequestSchema,
 } from "./gen/batchd/v1/batch_service_pb.js";
-import { BatchdError, rpc } from "./errors.js";
+import { BatchdError, lostConnection, rpc } from "./errors.js";
 import {
   ABANDON,
   checkedSize,
@@ -136,22 +136,6 @@ function repeatable(request: UnaryRequest): boolean {
   }
   const message = request.message;
   return isMessage(message, SubmitBatchRequestSchema) && message.requestId !== "";
-}
-
-/** The error of a call, with a connection that went away counted as UNAVAILABLE:
- * connect-node ends the streams of a closed HTTP/2 session with CANCELED, which only
- * `signal` (the call's own cancellation) may mean here. */
-function lostConnection(error: unknown, signal: AbortSignal): unknown {
-  if (signal.aborted || !(error instanceof ConnectError) || error.code !== Code.Canceled) {
-    return error;
-  }
-  return new ConnectError(
-    `connection lost: ${error.rawMessage}`,
-    Code.Unavailable,
-    undefined,
-    undefined,
-    error,
-  );
 }
 
 /** Sends the read-only and idempotent unary calls, and a submit with a request_id, again
@@ -343,7 +327,7 @@ export class BatchdClient {
       if (itemsError !== undefined) {
         throw itemsError.error;
       }
-      throw BatchdError.from(error);
+      throw BatchdError.from(lostConnection(error));
     }
     if (itemsError !== undefined) {
       throw itemsError.error; // the service cannot commit without the end message

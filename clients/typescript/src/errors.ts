@@ -117,11 +117,28 @@ export class BatchdError extends Error {
   }
 }
 
-/** Runs `call`, turning whatever it throws into a BatchdError. */
+/** The error of a call, with a connection that went away counted as UNAVAILABLE (as
+ * gRPC's own clients report it): connect-node ends the streams of a closed HTTP/2
+ * session with CANCELED, which only `signal` (the call's own cancellation) may mean. The
+ * client cancels no unary or upload call itself: those pass no signal. */
+export function lostConnection(error: unknown, signal?: AbortSignal): unknown {
+  if (signal?.aborted || !(error instanceof ConnectError) || error.code !== Code.Canceled) {
+    return error;
+  }
+  return new ConnectError(
+    `connection lost: ${error.rawMessage}`,
+    Code.Unavailable,
+    undefined,
+    undefined,
+    error,
+  );
+}
+
+/** Runs a unary call, turning whatever it throws into a BatchdError. */
 export async function rpc<T>(call: () => Promise<T>): Promise<T> {
   try {
     return await call();
   } catch (error) {
-    throw BatchdError.from(error);
+    throw BatchdError.from(lostConnection(error));
   }
 }

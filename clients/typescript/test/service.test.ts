@@ -325,12 +325,22 @@ describe("BatchdClient against batchd", { skip }, () => {
   });
 });
 
-/** A TCP proxy to `target` whose connections can all be cut at once. */
+/** A TCP proxy to `upstream` whose connections can all be cut at once, and which can
+ * drop the next connections it accepts. */
 async function cuttableProxy(upstream: string) {
-  const [host, port] = [upstream.slice(0, upstream.lastIndexOf(":")), upstream.slice(upstream.lastIndexOf(":") + 1)];
+  const colon = upstream.lastIndexOf(":");
+  const [host, port] = [upstream.slice(0, colon), Number(upstream.slice(colon + 1))];
   const sockets = new Set<net.Socket>();
+  let toDrop = 0;
+  let accepted = 0;
   const server = net.createServer((downstream) => {
-    const up = net.connect(Number(port), host);
+    accepted += 1;
+    if (toDrop > 0) {
+      toDrop -= 1;
+      downstream.destroy();
+      return;
+    }
+    const up = net.connect(port, host);
     for (const socket of [downstream, up]) {
       sockets.add(socket);
       socket.on("close", () => sockets.delete(socket));
@@ -347,11 +357,15 @@ async function cuttableProxy(upstream: string) {
         socket.destroy();
       }
     },
+    dropNext: (n: number) => {
+      toDrop = n;
+    },
+    accepted: () => accepted,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
 
-describe("watch reconnects", { skip }, () => {
+describe("through a connection that goes away", { skip }, () => {
   let proxy: Awaited<ReturnType<typeof cuttableProxy>>;
   before(async () => {
     proxy = await cuttableProxy(target ?? "");
@@ -361,7 +375,7 @@ describe("watch reconnects", { skip }, () => {
     await proxy.close();
   });
 
-  test("after its connection is cut, and carries on to the terminal snapshot", async () => {
+  test("a watch reconnects, and carries on to the terminal snapshot", async () => {
     const direct = new BatchdClient(target);
     const items: ItemLike[] = Array.from({ length: 40 }, (_, i) => [`w${i}`, { seconds: 0.05 }]);
     const { batch } = await direct.submit("sleep", items, { options: { maxConcurrent: 2 } });
@@ -384,5 +398,28 @@ describe("watch reconnects", { skip }, () => {
     assert.equal(reconnects[0]?.attempt, 1);
     assert.equal(snapshots.at(-1)?.progress.state, BatchState.COMPLETED);
     assert.equal(snapshots.at(-1)?.progress.counts?.succeeded, 40n);
+  });
+
+  test("reads, and submits with a request_id, are sent again; other submits are not", async () => {
+    const client = new BatchdClient(proxy.target);
+    const { batch } = await client.submit("noop", [["x", {}]], { requestId: randomUUID() });
+    proxy.cut();
+
+    let before = proxy.accepted();
+    proxy.dropNext(1);
+    assert.equal((await client.get(batch.batchId)).batchId, batch.batchId);
+    assert.equal(proxy.accepted() - before, 2, "the get was not sent again");
+    proxy.cut();
+
+    before = proxy.accepted();
+    proxy.dropNext(1);
+    const requestId = randomUUID();
+    const again = await client.submit("noop", [["y", {}]], { requestId });
+    assert.equal(again.replayed, false);
+    assert.equal(proxy.accepted() - before, 2);
+    proxy.cut();
+
+    proxy.dropNext(1);
+    await rejectsWith(client.submit("noop", [["z", {}]]), Code.Unavailable);
   });
 });
