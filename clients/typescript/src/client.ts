@@ -27,6 +27,8 @@ import {
 } from "./gen/batchd/v1/batch_pb.js";
 import {
   BatchService,
+  type ExportBatchResultsResponse,
+  ExportOrder,
   SubmitBatchRequestSchema,
   UploadBatchHeaderSchema,
   type UploadBatchRequest,
@@ -52,7 +54,7 @@ import {
   type WatchSnapshot,
 } from "./watch.js";
 
-export { BatchState, ItemState };
+export { BatchState, ExportOrder, ItemState };
 
 /** Batch options: the fields of batchd.v1.BatchOptions, e.g. `{ chunkSize: 500 }`. */
 export type BatchOptions = MessageInitShape<typeof BatchOptionsSchema>;
@@ -105,6 +107,17 @@ export interface PageOptions<S> {
   readonly states?: readonly S[];
   /** Per page, 1 to 1,000; 0 (the default) means the service's 100. */
   readonly pageSize?: number;
+}
+
+export interface ExportOptions {
+  /** SUBMISSION (the default) or CUSTOM_ID, in byte order. */
+  readonly order?: ExportOrder;
+  /** The `cursor` of a page of an earlier export of the same order: carry on after it. */
+  readonly after?: string;
+  /** Deadline of the whole export; none by default. */
+  readonly timeoutMs?: number;
+  /** Stops the export: the iteration ends with the signal's reason. */
+  readonly signal?: AbortSignal;
 }
 
 export interface WatchOptions {
@@ -437,6 +450,39 @@ export class BatchdClient {
   /** Deletes a finished batch and all its item outcomes. */
   async delete(batchId: string): Promise<void> {
     await rpc(() => this.client.deleteBatch({ batchId }, this.unary()));
+  }
+
+  /**
+   * Yields a finished batch's results as pages of JSON Lines (`lines`, UTF-8, one object
+   * per item, each line ending with "\n"), in submission order or by custom_id, each
+   * with the `cursor` to carry on after it and its `position` of `totalItems`.
+   *
+   * FAILED_PRECONDITION while the batch is unfinished; an export that breaks off carries
+   * on with `after` set to the last page's cursor.
+   */
+  async *exportResults(
+    batchId: string,
+    options: ExportOptions = {},
+  ): AsyncGenerator<ExportBatchResultsResponse> {
+    const call = new AbortController();
+    const signal = options.signal;
+    const abort = (): void => call.abort(signal?.reason);
+    signal?.addEventListener("abort", abort, { once: true });
+    const callOptions: CallOptions = { headers: this.headers, signal: call.signal };
+    try {
+      yield* this.client.exportBatchResults(
+        { batchId, order: options.order ?? ExportOrder.SUBMISSION, after: options.after ?? "" },
+        options.timeoutMs === undefined
+          ? callOptions
+          : { ...callOptions, timeoutMs: options.timeoutMs },
+      );
+    } catch (error) {
+      signal?.throwIfAborted();
+      throw BatchdError.from(lostConnection(error, call.signal));
+    } finally {
+      signal?.removeEventListener("abort", abort);
+      call.abort();
+    }
   }
 
   /** Returns the handlers that workers have published. */

@@ -8,6 +8,7 @@ export {
   type BatchOptions,
   type ClientOptions,
   DEFAULT_TARGET,
+  type ExportOptions,
   DEFAULT_TIMEOUT_MS,
   type Page,
   type PageOptions,
@@ -49,3 +50,7 @@ export {
   type ItemCounts,
   ItemState,
 } from "./gen/batchd/v1/batch_pb.js";
+export {
+  type ExportBatchResultsResponse,
+  ExportOrder,
+} from "./gen/batchd/v1/batch_service_pb.js";

@@ -12,6 +12,7 @@ import {
   BatchdError,
   BatchState,
   Code,
+  ExportOrder,
   type ItemLike,
   ItemState,
   type WatchReconnect,
@@ -269,6 +270,42 @@ describe("BatchdClient against batchd", { skip }, () => {
       onlyFailed.map((i) => i.customId),
       ["bad"],
     );
+  });
+
+  test("export results: JSON Lines by custom_id, and carrying on after a cursor", async () => {
+    // By custom_id, pages of 2,000 lines: two here.
+    const items: ItemLike[] = Array.from({ length: 2500 }, (_, i) => [
+      `e${String(2499 - i).padStart(4, "0")}`,
+      { seconds: 0, fail: i === 1 },
+    ]);
+    const { batch } = await client.submit("sleep", items, {
+      options: { chunkSize: 500, retryPolicy: { maxAttempts: 1 } },
+    });
+    await rejectsWith(collect(client.exportResults(batch.batchId)), Code.FailedPrecondition);
+    await watchToEnd(client, batch.batchId);
+
+    const pages = await collect(client.exportResults(batch.batchId, { order: ExportOrder.CUSTOM_ID }));
+    assert.ok(pages.length >= 2, `${pages.length} pages`);
+    const decoder = new TextDecoder();
+    const lines = pages.flatMap((page) => decoder.decode(page.lines).split("\n").slice(0, -1));
+    assert.equal(lines.length, 2500);
+    assert.equal(pages.at(-1)?.position, 2500n);
+    assert.equal(pages.at(-1)?.totalItems, 2500n);
+    const rows = lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+    assert.deepEqual(
+      rows.slice(0, 2).map((row) => row["custom_id"]),
+      ["e0000", "e0001"],
+    );
+    const failed = rows.find((row) => row["state"] === "FAILED");
+    assert.equal(failed?.["custom_id"], "e2498");
+    assert.equal((failed?.["error"] as { code: string }).code, "ABORTED");
+
+    const [first] = pages;
+    const rest = await collect(
+      client.exportResults(batch.batchId, { order: ExportOrder.CUSTOM_ID, after: first?.cursor }),
+    );
+    assert.equal(rest.length, pages.length - 1);
+    assert.deepEqual(rest.at(0)?.lines, pages.at(1)?.lines);
   });
 
   test("cancel: pending items become CANCELLED, and again is the same", async () => {
