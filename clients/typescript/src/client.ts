@@ -109,6 +109,21 @@ export interface PageOptions<S> {
   readonly pageSize?: number;
 }
 
+/** What `update()` changes; the options not given are kept. */
+export interface BatchUpdate {
+  readonly priority?: number;
+  readonly maxPerSecond?: number;
+  readonly burst?: number;
+  readonly maxConcurrent?: number;
+}
+
+const UPDATE_FIELDS = {
+  priority: "priority",
+  maxPerSecond: "max_per_second",
+  burst: "burst",
+  maxConcurrent: "max_concurrent",
+} as const;
+
 export interface ExportOptions {
   /** SUBMISSION (the default) or CUSTOM_ID, in byte order. */
   readonly order?: ExportOrder;
@@ -425,6 +440,20 @@ export class BatchdClient {
   /** Resumes a PAUSED batch. Idempotent. */
   async resume(batchId: string): Promise<Batch> {
     const response = await rpc(() => this.client.resumeBatch({ batchId }, this.unary()));
+    return required(response.batch);
+  }
+
+  /** Changes the options given (the others are kept) of a queued, running or paused
+   * batch. INVALID_ARGUMENT when none is given or a value is out of range. */
+  async update(batchId: string, changes: BatchUpdate): Promise<Batch> {
+    const given = (Object.keys(UPDATE_FIELDS) as (keyof BatchUpdate)[]).filter(
+      (name) => changes[name] !== undefined,
+    );
+    const options = Object.fromEntries(given.map((name) => [name, changes[name]]));
+    const paths = given.map((name) => UPDATE_FIELDS[name]);
+    const response = await rpc(() =>
+      this.client.updateBatch({ batchId, options, updateMask: { paths } }, this.unary()),
+    );
     return required(response.batch);
   }
 

@@ -6,6 +6,7 @@
 export {
   BatchdClient,
   type BatchOptions,
+  type BatchUpdate,
   type ClientOptions,
   DEFAULT_TARGET,
   type ExportOptions,

@@ -163,7 +163,7 @@ describe("BatchdClient against batchd", { skip }, () => {
     assert.ok((error.retryAfterMs ?? 0) > 0, `retryAfterMs ${error.retryAfterMs}`);
   });
 
-  test("pause, resume, retry, delete and handlers", async () => {
+  test("pause, update, resume, retry, delete and handlers", async () => {
     const handlers = (await client.handlers()).map((h) => h.name);
     assert.ok(handlers.includes("sleep") && handlers.includes("noop"), handlers.join(", "));
 
@@ -176,6 +176,11 @@ describe("BatchdClient against batchd", { skip }, () => {
     });
     assert.equal((await client.pause(batch.batchId)).state, BatchState.PAUSED);
     assert.equal((await client.pause(batch.batchId)).state, BatchState.PAUSED); // idempotent
+    const updated = await client.update(batch.batchId, { maxConcurrent: 3, priority: 5 });
+    assert.equal(updated.options?.maxConcurrent, 3);
+    assert.equal(updated.options?.priority, 5);
+    assert.equal(updated.options?.retryPolicy?.maxAttempts, 1); // kept
+    await rejectsWith(client.update(batch.batchId, {}), Code.InvalidArgument);
     const resumed = await client.resume(batch.batchId);
     assert.ok([BatchState.QUEUED, BatchState.RUNNING].includes(resumed.state));
     await watchToEnd(client, batch.batchId);
