@@ -181,6 +181,7 @@ def encode_meta(
     deadline_ms: int | None = None,
     tenant: str = DEFAULT_TENANT,
     trace_parent: str = "",
+    scheduled_ms: int | None = None,
 ) -> dict[str, str | int]:
     """The fields of a new batch's meta hash (docs/design.md, "Keys")."""
     meta: dict[str, str | int] = {
@@ -205,6 +206,8 @@ def encode_meta(
         meta["deadline"] = deadline_ms
     if trace_parent:
         meta["trace"] = trace_parent
+    if scheduled_ms is not None:
+        meta["sched"] = scheduled_ms
     return meta
 
 
@@ -256,6 +259,7 @@ def decode_meta(batch_id: str, meta: Mapping[bytes, bytes], in_flight: int = 0) 
         start_time=_time(meta, b"started"),
         end_time=_time(meta, b"ended"),
         tenant=meta.get(b"tenant", DEFAULT_TENANT.encode()).decode(),
+        scheduled_start=_time(meta, b"sched"),
     )
 
 

@@ -163,6 +163,8 @@ class BatchRecord:
     # Why an unfinished batch makes no progress (BatchStore.explain_waits); "" otherwise.
     waiting_reason: str = ""
     tenant: str = DEFAULT_TENANT
+    # When a batch submitted with a start time may start (Unix seconds); None: at once.
+    scheduled_start: float | None = None
 
 
 class NewItem(NamedTuple):
@@ -191,6 +193,8 @@ class BatchSpec:
     # The W3C traceparent of the call that made the batch, when tracing is on: its
     # chunk runs continue that trace. Not part of the request digest.
     trace_parent: str = ""
+    # When the batch may start (Unix seconds); None or a past time: at once.
+    start_at: float | None = None
 
 
 @dataclass(slots=True)

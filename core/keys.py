@@ -91,6 +91,12 @@ class Keys:
         return f"{self.prefix}deadlines"
 
     @property
+    def scheduled(self) -> str:
+        """ZSET batch_id -> start time (ms) of every batch submitted with a start_time
+        that has not started yet: the maintenance sweep dispatches those due."""
+        return f"{self.prefix}scheduled"
+
+    @property
     def pending(self) -> str:
         """STRING: items of every batch not yet terminal (admission control). The scripts
         that move items to or from a terminal state keep it in step."""

@@ -1,8 +1,9 @@
 """Maintenance: the sweeps every server and worker runs every `maintenance_interval`.
 
 Each sweep reaps expired leases (their chunks get a job that takes them over), expires
-batches whose completion window closed, and moves the jobs an earlier version left in its
-single queue to their handlers' queues. All three are safe to run in any number of
+batches whose completion window closed, starts scheduled batches whose start time came,
+and moves the jobs an earlier version left in its single queue to their handlers'
+queues. All four are safe to run in any number of
 processes at once: every lease and every batch is handled by one Lua call, atomically,
 and what one process did the next one finds done.
 """
@@ -28,6 +29,7 @@ class SweepResult:
     leases_reaped: int
     batches_expired: int
     legacy_jobs_moved: int = 0
+    batches_started: int = 0
 
 
 async def sweep(store: BatchStore, now: float | None = None) -> SweepResult:
@@ -36,7 +38,13 @@ async def sweep(store: BatchStore, now: float | None = None) -> SweepResult:
     moved = await store.move_legacy_jobs()
     reaped = await store.reap_expired_leases(now)
     expired = await store.expire_batches(now)
-    return SweepResult(leases_reaped=reaped, batches_expired=expired, legacy_jobs_moved=moved)
+    started = await store.start_scheduled(now)
+    return SweepResult(
+        leases_reaped=reaped,
+        batches_expired=expired,
+        legacy_jobs_moved=moved,
+        batches_started=started,
+    )
 
 
 async def maintenance_loop(
@@ -56,11 +64,17 @@ async def maintenance_loop(
             if metrics is not None:
                 metrics.leases_reaped.inc(result.leases_reaped)
                 metrics.batches_expired.inc(result.batches_expired)
-            if result.leases_reaped or result.batches_expired or result.legacy_jobs_moved:
+            if (
+                result.leases_reaped
+                or result.batches_expired
+                or result.legacy_jobs_moved
+                or result.batches_started
+            ):
                 log.info(
                     "maintenance_swept",
                     leases_reaped=result.leases_reaped,
                     batches_expired=result.batches_expired,
                     legacy_jobs_moved=result.legacy_jobs_moved,
+                    batches_started=result.batches_started,
                 )
         await asyncio.sleep(max(interval, 0.01))

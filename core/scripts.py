@@ -47,6 +47,7 @@ class Scripts:
         self.pause_batch = per_batch("pause_batch.lua")
         self.resume_batch = per_batch("resume_batch.lua")
         self.update_batch = per_batch("update_batch.lua")
+        self.start_scheduled = per_batch("start_scheduled.lua")
         self.reap_leases: AsyncScript = redis.register_script(jobs + _source("reap_leases.lua"))
         self.renew_leases: AsyncScript = redis.register_script(_source("renew_leases.lua"))
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))

@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -52,6 +53,8 @@ __all__ = ["BatchStore", "Limits", "RecordResult", "UploadSession"]
 
 # Worker entries silent for this many TTLs are dropped from the workers zset.
 _PRUNE_AFTER_TTLS = 10
+# Due scheduled batches start_scheduled reads at once (it loops until none is due).
+_SCHEDULED_SLICE = 100
 # Jobs move_legacy_jobs takes per script call.
 _LEGACY_SLICE = 500
 # States in which a batch waits for workers of its handler (to run, or to cancel what a
@@ -429,6 +432,29 @@ class BatchStore:
             self._scripts, self._scope, now_ms=self._now_ms(now)
         )
 
+    async def start_scheduled(self, now: float | None = None) -> int:
+        """Starts every batch whose start time came by `now`: its first chunk jobs are
+        enqueued. Returns how many started. Safe to run in any number of processes at
+        once (start_scheduled.lua takes each batch out of the zset atomically)."""
+        now_ms = self._now_ms(now)
+        started = 0
+        while True:
+            due = await self.redis.zrangebyscore(
+                self.keys.scheduled, "-inf", now_ms, start=0, num=_SCHEDULED_SLICE
+            )
+            for raw in due:
+                started += int(
+                    await self._scope.run(
+                        self._scripts.start_scheduled,
+                        bytes(raw).decode(),
+                        now_ms,
+                        keys=[self.keys.scheduled],
+                        args=[self.limits.window],
+                    )
+                )
+            if len(due) < _SCHEDULED_SLICE:
+                return started
+
     async def expire_batches(self, now: float | None = None) -> int:
         """Ends every unfinished batch whose completion window closed by `now`: its items
         without an outcome become EXPIRED. Returns how many batches expired."""
@@ -490,12 +516,15 @@ class BatchStore:
 
     async def explain_waits(self, batches: Sequence[BatchRecord], ttl: float) -> list[BatchRecord]:
         """`batches`, each unfinished one that no live worker (seen within `ttl` seconds)
-        can run with its `waiting_reason` set. A paused batch waits for resume: no
-        reason is given beyond its state."""
+        can run with its `waiting_reason` set; a queued batch before its start time
+        says so. A paused batch waits for resume: no reason is given beyond its state."""
         open_batches = [b for b in batches if b.state in _RUNNABLE]
         live = await self.live_handlers((b.handler for b in open_batches), ttl)
+        now = self.clock()
         return [
-            replace(b, waiting_reason=f'no live worker serves handler "{b.handler}"')
+            replace(b, waiting_reason=f"scheduled to start at {_iso(b.scheduled_start)}")
+            if _before_start(b, now)
+            else replace(b, waiting_reason=f'no live worker serves handler "{b.handler}"')
             if b.state in _RUNNABLE and b.handler not in live
             else b
             for b in batches
@@ -551,3 +580,14 @@ class BatchStore:
             limits=self.limits,
             replica_ack=self.replica_ack,
         )
+
+
+def _before_start(batch: BatchRecord, now: float) -> bool:
+    start = batch.scheduled_start
+    return batch.state is BatchState.QUEUED and start is not None and start > now
+
+
+def _iso(seconds: float | None) -> str:
+    """RFC 3339 UTC to the second, as the CLI and docs show times."""
+    moment = datetime.fromtimestamp(seconds or 0, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

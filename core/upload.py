@@ -486,18 +486,25 @@ class UploadSession:
                 raise FailedPrecondition(f"the upload of batch {spec.batch_id!r} expired")
 
             created = self._now_ms()
-            window = min(max(self._limits.window, 1), self._staged)
+            start = None if spec.start_at is None else round(spec.start_at * 1000)
+            scheduled = start is not None and start > created
+            # A scheduled batch dispatches nothing now: the maintenance sweep enqueues its
+            # first window at its start time (start_scheduled.lua).
+            window = 0 if scheduled else min(max(self._limits.window, 1), self._staged)
             # The window's jobs take their times from the tenant's dispatch clock (fair
             # shares across tenants: docs/design.md, "Priority and fairness").
-            first_at = int(
-                await self._scripts.tenant_time(
-                    keys=[keys.tenant_clock, keys.queue(spec.handler)],
-                    args=[spec.tenant, window, created, spec.options.priority],
+            first_at = 0
+            if window:
+                first_at = int(
+                    await self._scripts.tenant_time(
+                        keys=[keys.tenant_clock, keys.queue(spec.handler)],
+                        args=[spec.tenant, window, created, spec.options.priority],
+                    )
                 )
-            )
             options = replace(spec.options, chunk_size=self.chunk_size)
             window_ms = round(spec.options.completion_window * 1000)
-            deadline = created + window_ms if window_ms > 0 else None
+            begins = start if scheduled and start is not None else created
+            deadline = begins + window_ms if window_ms > 0 else None
             meta = codec.encode_meta(
                 handler=spec.handler,
                 options=options,
@@ -511,6 +518,7 @@ class UploadSession:
                 deadline_ms=deadline,
                 tenant=spec.tenant,
                 trace_parent=spec.trace_parent,
+                scheduled_ms=start if scheduled else None,
             )
             meta.update(cursor=window, prio=options.priority, acct=0)
             pipe.multi()
@@ -520,6 +528,8 @@ class UploadSession:
             # Every open batch is filed, one with no window at +inf (never due): the
             # index of open batches the metrics read (batchd.core.census).
             pipe.zadd(keys.deadlines, {spec.batch_id: math.inf if deadline is None else deadline})
+            if scheduled:
+                pipe.zadd(keys.scheduled, {spec.batch_id: begins})
             if request:
                 pipe.set(request, spec.batch_id)
             for key in [*staged, keys.ids(spec.batch_id)]:

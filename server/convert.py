@@ -105,6 +105,7 @@ def batch_to_proto(batch: BatchRecord) -> batch_pb2.Batch:
         start_time=timestamp(batch.start_time),
         end_time=timestamp(batch.end_time),
         waiting_reason=batch.waiting_reason,
+        scheduled_start_time=timestamp(batch.scheduled_start),
     )
 
 
@@ -123,6 +124,7 @@ def progress_to_proto(snapshot: Snapshot, batch_id: str) -> batch_pb2.BatchProgr
         observe_time=timestamp(snapshot.observed_at),
         effective_rate=snapshot.effective_rate,
         waiting_reason=batch.waiting_reason,
+        scheduled_start_time=timestamp(batch.scheduled_start),
     )
     if snapshot.eta is not None:
         progress.eta.CopyFrom(duration(snapshot.eta))

@@ -162,6 +162,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             batch_id=header.batch_id,
             options=header.options,
         )
+        start_at = validation.check_start_time(violations, header, now=self.store.clock())
         violations.raise_if_any()
         assert spec is not None  # check_header reported a missing handler
         batch_id = view.batch_id(header.batch_id or uuid.uuid4().hex)
@@ -175,6 +176,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             request_id=view.request_id(header.request_id),
             tenant=view.tenant,
             trace_parent=self.tracing.batch_call(batch_id) if self.tracing else "",
+            start_at=start_at,
         )
         validator = self.schemas.validator(spec)
         new_items = validation.check_items(

@@ -29,7 +29,7 @@ from batchd.core.domain import (
 )
 from batchd.core.errors import FieldViolation, InvalidRequest
 from batchd.server import convert
-from batchd.v1 import batch_pb2
+from batchd.v1 import batch_pb2, batch_service_pb2
 
 StateT = TypeVar("StateT", BatchState, ItemState)
 
@@ -45,6 +45,8 @@ MAX_ATTEMPTS = 100
 MAX_PRIORITY = 1_000
 MAX_ITEM_TIMEOUT = 24 * 3600.0
 MAX_COMPLETION_WINDOW = 30 * 24 * 3600.0
+# How far ahead a batch's start_time may be.
+MAX_START_DELAY = 30 * 24 * 3600.0
 # A request with thousands of bad items names the first ones; that is enough to act on.
 MAX_VIOLATIONS = 100
 
@@ -113,6 +115,23 @@ def check_header(
     if batch_id and not ID_PATTERN.fullmatch(batch_id):
         violations.add("batch_id", ID_MESSAGE)
     _check_options(violations, options)
+
+
+def check_start_time(
+    violations: Violations,
+    header: batch_service_pb2.SubmitBatchRequest | batch_service_pb2.UploadBatchHeader,
+    *,
+    now: float,
+) -> float | None:
+    """The start time a submit asks for (Unix seconds), None for at once (unset or past);
+    INVALID_ARGUMENT (`start_time`) beyond MAX_START_DELAY from `now`."""
+    if not header.HasField("start_time"):
+        return None
+    start = header.start_time.seconds + header.start_time.nanos / 1e9
+    if start > now + MAX_START_DELAY:
+        violations.add("start_time", "must be at most 30 days ahead")
+        return None
+    return start if start > now else None
 
 
 def check_retry(violations: Violations, custom_ids: Iterable[str], request_id: str) -> None:

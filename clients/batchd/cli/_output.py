@@ -110,6 +110,11 @@ def print_batch(batch: Batch, out: TextIO) -> None:
         ),
         *([("waiting", batch.waiting_reason)] if batch.waiting_reason else []),
         ("created", format_time(batch.create_time)),
+        *(
+            [("scheduled", format_time(batch.scheduled_start_time))]
+            if batch.scheduled_start_time
+            else []
+        ),
         ("started", format_time(batch.start_time)),
         ("ended", format_time(batch.end_time)),
         ("options", _options_text(batch.options)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from batchd.cli._auth import add_token_flag
 from batchd.cli._tls import add_tls_flags
@@ -26,6 +27,7 @@ examples:
   batchd handlers
   batchd submit http.request items.jsonl --max-per-second 50 --watch
   gen_items | batchd submit noop - --chunk-size 500
+  batchd submit http.request items.jsonl --start-at +10m
   batchd watch BATCH_ID
   batchd items BATCH_ID --state failed
   batchd results BATCH_ID > results.jsonl
@@ -54,6 +56,30 @@ def _state(enum_type: type[BatchState] | type[ItemState]) -> Callable[[str], int
 
     parse.__name__ = "state"
     return parse
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def start_at(text: str, now: datetime | None = None) -> datetime:
+    """`--start-at`: an ISO 8601 time (without an offset: UTC) or `+<n><s|m|h|d>` from
+    `now` (default: the clock)."""
+    if text.startswith("+"):
+        number, unit = text[1:-1], text[-1:]
+        try:
+            delay = float(number) * _UNITS[unit]
+        except (KeyError, ValueError):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: write +<number><s|m|h|d>, as +90s or +10m"
+            ) from None
+        return (now or datetime.now(UTC)) + timedelta(seconds=delay)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an ISO 8601 time (2026-12-24T18:00:00Z) or +10m"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -121,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="items not finished this long after submission end EXPIRED (default: 24 h)",
+    )
+    submit.add_argument(
+        "--start-at",
+        type=start_at,
+        metavar="TIME",
+        help="start then, not now: ISO 8601 (UTC unless it says) or +90s, +10m, +2h, +1d; "
+        "at most 30 days ahead",
     )
     submit.add_argument("--request-id", metavar="ID", help="makes a retried submit safe")
     submit.add_argument("--batch-id", metavar="ID", help="choose the batch id")

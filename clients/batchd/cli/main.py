@@ -116,6 +116,7 @@ def _submit(client: Client, args: argparse.Namespace, io: _Io) -> int:
                 request_id=args.request_id,
                 batch_id=args.batch_id,
                 items_per_message=args.items_per_message,
+                start_time=args.start_at,
             )
         except BatchdError as exc:
             # The client checks each item as it pulls it: a fault it names is the last

@@ -2,7 +2,7 @@
 
 `Client` (blocking) and `AsyncClient` (asyncio) have the same methods:
 
-    submit(handler, items, *, options, metadata, request_id, batch_id) -> SubmitResult
+    submit(handler, items, *, options, metadata, request_id, batch_id, start_time) -> SubmitResult
     upload(handler, items, *, items_per_message, ...)                  -> SubmitResult
     get(batch_id)                                                      -> Batch
     list(*, states, page_size)          -> (async) iterator of Batch, every page

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -123,9 +123,12 @@ class AsyncClient:
         request_id: str | None = None,
         batch_id: str | None = None,
         params_struct: bool = False,
+        start_time: datetime | None = None,
     ) -> SubmitResult:
         """Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB.
         Use `upload()` for anything larger or for items you would rather stream.
+        With a `start_time` (an aware datetime, at most 30 days ahead) the batch is
+        accepted now and waits QUEUED until then.
 
         With a `request_id`, a call that fails UNAVAILABLE (its server lost mid-call) is
         sent again, up to 3 times: the service answers a repeat with the batch the first
@@ -138,6 +141,7 @@ class AsyncClient:
             request_id=request_id,
             batch_id=batch_id,
             params_struct=params_struct,
+            start_time=start_time,
         )
         failures = 0
         while True:
@@ -161,6 +165,7 @@ class AsyncClient:
         request_id: str | None = None,
         batch_id: str | None = None,
         params_struct: bool = False,
+        start_time: datetime | None = None,
         items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline reaches the server)
@@ -175,7 +180,12 @@ class AsyncClient:
         it non-blocking.
         """
         header = upload_header(
-            handler, options=options, metadata=metadata, request_id=request_id, batch_id=batch_id
+            handler,
+            options=options,
+            metadata=metadata,
+            request_id=request_id,
+            batch_id=batch_id,
+            start_time=start_time,
         )
         packer = UploadPacker(
             items_per_message=items_per_message,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from batchd.client._errors import BatchdError
 from batchd.client._items import (
@@ -129,6 +129,7 @@ def submit_request(
     request_id: str | None,
     batch_id: str | None,
     params_struct: bool,
+    start_time: datetime | None = None,
 ) -> batch_service_pb2.SubmitBatchRequest:
     """The request, or `BatchdError` (INVALID_ARGUMENT) when the service could not read
     it: an item over `MAX_ITEM_BYTES`, or the whole over `MAX_REQUEST_BYTES`."""
@@ -139,6 +140,7 @@ def submit_request(
         metadata=metadata,
         request_id=request_id or "",
         batch_id=batch_id or "",
+        start_time=_timestamp(start_time),
     )
     size = request.ByteSize()
     if size > MAX_ITEM_BYTES:  # else no item can be over it
@@ -160,6 +162,7 @@ def upload_header(
     metadata: Mapping[str, str] | None,
     request_id: str | None,
     batch_id: str | None,
+    start_time: datetime | None = None,
 ) -> batch_service_pb2.UploadBatchHeader:
     return batch_service_pb2.UploadBatchHeader(
         handler=handler,
@@ -167,7 +170,19 @@ def upload_header(
         metadata=metadata,
         request_id=request_id or "",
         batch_id=batch_id or "",
+        start_time=_timestamp(start_time),
     )
+
+
+def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """`moment` as a Timestamp; a naive datetime is taken as UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(moment.astimezone(UTC))
+    return message
 
 
 def list_batches_request(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -117,6 +117,7 @@ class Client:
         request_id: str | None = None,
         batch_id: str | None = None,
         params_struct: bool = False,
+        start_time: datetime | None = None,
     ) -> SubmitResult:
         """Submits a batch in one message (SubmitBatch): up to 10,000 items and 4 MiB;
         with a `request_id`, sent again when it fails UNAVAILABLE (see `AsyncClient`)."""
@@ -128,6 +129,7 @@ class Client:
             request_id=request_id,
             batch_id=batch_id,
             params_struct=params_struct,
+            start_time=start_time,
         )
         failures = 0
         while True:
@@ -151,6 +153,7 @@ class Client:
         request_id: str | None = None,
         batch_id: str | None = None,
         params_struct: bool = False,
+        start_time: datetime | None = None,
         items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = None,
@@ -160,7 +163,12 @@ class Client:
         is abandoned, so the service keeps nothing, and the exception propagates
         unchanged."""
         header = upload_header(
-            handler, options=options, metadata=metadata, request_id=request_id, batch_id=batch_id
+            handler,
+            options=options,
+            metadata=metadata,
+            request_id=request_id,
+            batch_id=batch_id,
+            start_time=start_time,
         )
         packer = UploadPacker(
             items_per_message=items_per_message,

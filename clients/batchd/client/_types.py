@@ -284,6 +284,9 @@ class Batch:
     waiting_reason: str = ""
     """Why an unfinished batch makes no progress, when the service knows (e.g.
     `no live worker serves handler "acc.upper"`); empty otherwise."""
+    scheduled_start_time: datetime | None = None
+    """When a batch submitted with a `start_time` may start; None for one that could
+    start at once."""
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.Batch) -> Batch:
@@ -301,6 +304,7 @@ class Batch:
             start_time=_time(pb, "start_time"),
             end_time=_time(pb, "end_time"),
             waiting_reason=pb.waiting_reason,
+            scheduled_start_time=_time(pb, "scheduled_start_time"),
         )
 
 
@@ -350,6 +354,9 @@ class BatchProgress:
     down; 0 when the batch has no rate limit."""
     waiting_reason: str = ""
     """Why an unfinished batch makes no progress, as `Batch.waiting_reason`."""
+    scheduled_start_time: datetime | None = None
+    """When a batch submitted with a `start_time` may start, as
+    `Batch.scheduled_start_time`."""
 
     @property
     def fraction(self) -> float:
@@ -374,6 +381,7 @@ class BatchProgress:
             heartbeat=heartbeat,
             effective_rate=pb.effective_rate,
             waiting_reason=pb.waiting_reason,
+            scheduled_start_time=_time(pb, "scheduled_start_time"),
         )
 
 

@@ -234,8 +234,8 @@ class BatchOptions(_message.Message):
 
     @_builtins.property
     def completion_window(self) -> _duration_pb2.Duration:
-        """How long the batch may take from submission: items not finished by then end
-        EXPIRED. Unset means 24 hours.
+        """How long the batch may take from submission (from its start_time, for a
+        scheduled batch): items not finished by then end EXPIRED. Unset means 24 hours.
         """
 
     def __init__(
@@ -348,6 +348,7 @@ class Batch(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
+    SCHEDULED_START_TIME_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch's id: caller-chosen at submit time or assigned by the service."""
     handler: _builtins.str
@@ -388,6 +389,12 @@ class Batch(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the batch reached a terminal state; unset before that."""
 
+    @_builtins.property
+    def scheduled_start_time(self) -> _timestamp_pb2.Timestamp:
+        """When a batch submitted with a start_time may start; unset for a batch that
+        could start at once.
+        """
+
     def __init__(
         self,
         *,
@@ -404,10 +411,11 @@ class Batch(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         waiting_reason: _builtins.str = ...,
+        scheduled_start_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "options", b"options", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "options", b"options", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "chunk_count", b"chunk_count", "counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "handler", b"handler", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "chunk_count", b"chunk_count", "counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "handler", b"handler", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -433,6 +441,7 @@ class BatchProgress(_message.Message):
     OBSERVE_TIME_FIELD_NUMBER: _builtins.int
     EFFECTIVE_RATE_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
+    SCHEDULED_START_TIME_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch."""
     state: Global___BatchState.ValueType
@@ -472,6 +481,12 @@ class BatchProgress(_message.Message):
     def observe_time(self) -> _timestamp_pb2.Timestamp:
         """When the service read this snapshot."""
 
+    @_builtins.property
+    def scheduled_start_time(self) -> _timestamp_pb2.Timestamp:
+        """When a batch submitted with a start_time may start, as
+        `Batch.scheduled_start_time`.
+        """
+
     def __init__(
         self,
         *,
@@ -487,10 +502,11 @@ class BatchProgress(_message.Message):
         observe_time: _timestamp_pb2.Timestamp | None = ...,
         effective_rate: _builtins.float = ...,
         waiting_reason: _builtins.str = ...,
+        scheduled_start_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "eta", b"eta", "observe_time", b"observe_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "eta", b"eta", "observe_time", b"observe_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "effective_rate", b"effective_rate", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "effective_rate", b"effective_rate", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
