@@ -164,3 +164,21 @@ async def test_readme_results_session_runs_as_shown(service: Service, tmp_path: 
     scratch.mkdir()
     async with Shell(scratch, {"BATCHD_TARGET": service.target}) as shell:
         await run_session(shell, read_session(block), RESULTS_SESSION)
+
+
+# "Schedules": a batch submitted to start a few seconds later waits QUEUED, then runs.
+SCHEDULE_SESSION: Expected = [
+    ("echo", 0, []),
+    ("batchd submit sleep nightly.jsonl --start-at +3s", 0, []),
+    ("batchd get", 0, ["state       QUEUED", "waiting     scheduled to start at ", "scheduled"]),
+    ("batchd watch", 0, []),
+    ("batchd get", 0, "exact"),
+]
+
+
+@pytest.mark.slow
+async def test_readme_schedule_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
+    (block,) = sh_blocks_after(README.read_text(), "### Schedules")
+    await poll(lambda: all_handlers_served(service.target), within=60)
+    async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
+        await run_session(shell, read_session(block), SCHEDULE_SESSION)
