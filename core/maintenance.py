@@ -64,6 +64,7 @@ async def maintenance_loop(
             if metrics is not None:
                 metrics.leases_reaped.inc(result.leases_reaped)
                 metrics.batches_expired.inc(result.batches_expired)
+                metrics.scheduled_batches_started.inc(result.batches_started)
             if (
                 result.leases_reaped
                 or result.batches_expired

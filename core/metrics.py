@@ -142,3 +142,9 @@ class MaintenanceMetrics:
             "Batches this process's sweeps ended EXPIRED as their completion window closed",
             registry=registry,
         )
+        self.scheduled_batches_started = Counter(
+            "batchd_scheduled_batches_started",
+            "Scheduled batches this process's sweeps started (their first chunk jobs "
+            "enqueued) as their start time came",
+            registry=registry,
+        )

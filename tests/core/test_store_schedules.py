@@ -3,14 +3,19 @@ sweep once due (once, whichever process sweeps); cancelled ones never started.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from support.polling import poll
 
 from batchd.core import maintenance
 from batchd.core.domain import BatchOptions, BatchRecord, BatchSpec, BatchState, NewItem
 from batchd.core.keys import Keys
+from batchd.core.metrics import MaintenanceMetrics
 from batchd.core.store import BatchStore
 
 
@@ -79,3 +84,23 @@ async def test_a_past_start_time_is_now(store: BatchStore, redis: Redis, keys: K
     assert batch.scheduled_start is None
     assert await redis.zcard(keys.scheduled) == 0
     assert await redis.zcard(keys.queue("test.echo")) == 3
+
+
+async def test_the_loop_counts_the_batches_it_started(
+    store: BatchStore, advance: Callable[[float], float]
+) -> None:
+    await _scheduled(store, 30)
+    advance(30)
+    registry = CollectorRegistry()
+    metrics = MaintenanceMetrics(registry)
+    loop = asyncio.create_task(maintenance.maintenance_loop(store, 0.01, metrics))
+
+    async def counted() -> float | None:
+        return registry.get_sample_value("batchd_scheduled_batches_started_total") or None
+
+    try:
+        assert await poll(counted, within=10) == 1
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
