@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final
 
 import grpc
@@ -177,42 +177,44 @@ class _CensusCollector(Collector):
             "batchd_pending_items_by_priority then cover those only)",
             value=1 if census.complete else 0,
         )
-        by_state = GaugeMetricFamily(
+        by_state = {s.name.lower(): n for s, n in census.open_by_state.items()}
+        yield _by_label(
             "batchd_batches_by_state",
             "Open batches by state (queued, running, paused, cancelling)",
-            labels=["state"],
+            "state",
+            ((s, by_state.get(s, 0)) for s in ("queued", "running", "paused", "cancelling")),
         )
-        for state in ("QUEUED", "RUNNING", "PAUSED", "CANCELLING"):
-            count = sum(n for s, n in census.open_by_state.items() if s.name == state)
-            by_state.add_metric([state.lower()], count)
-        yield by_state
-        by_priority = GaugeMetricFamily(
+        yield _by_label(
             "batchd_pending_items_by_priority",
             "Items not yet started or finished of the open batches, by batch priority",
-            labels=["priority"],
+            "priority",
+            ((str(p), n) for p, n in sorted(census.pending_by_priority.items())),
         )
-        for priority, count in sorted(census.pending_by_priority.items()):
-            by_priority.add_metric([str(priority)], count)
-        yield by_priority
-        queued = GaugeMetricFamily(
+        yield _by_label(
             "batchd_chunk_jobs_queued",
             "Chunk jobs in a handler's queue (due or deferred), by handler",
-            labels=["handler"],
+            "handler",
+            sorted(census.queued_jobs.items()),
         )
-        for handler, count in sorted(census.queued_jobs.items()):
-            queued.add_metric([handler], count)
-        yield queued
-        serving = GaugeMetricFamily(
+        yield _by_label(
             "batchd_handler_workers_live",
             "Live workers serving a handler, by handler",
-            labels=["handler"],
+            "handler",
+            sorted(census.live_workers_by_handler.items()),
         )
-        for handler, count in sorted(census.live_workers_by_handler.items()):
-            serving.add_metric([handler], count)
-        yield serving
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
+
+
+def _by_label(
+    name: str, documentation: str, label: str, values: Iterable[tuple[str, float]]
+) -> GaugeMetricFamily:
+    """A gauge family of one label, a sample per (label value, value)."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for value, count in values:
+        family.add_metric([value], count)
+    return family
 
 
 class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
