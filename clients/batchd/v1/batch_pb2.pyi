@@ -212,6 +212,7 @@ class BatchOptions(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     ITEM_TIMEOUT_FIELD_NUMBER: _builtins.int
     COMPLETION_WINDOW_FIELD_NUMBER: _builtins.int
+    COMPLETION_CALLBACK_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
     """Items per chunk: a chunk is the unit a worker picks up. 1 to 10,000."""
     max_concurrent: _builtins.int
@@ -238,6 +239,12 @@ class BatchOptions(_message.Message):
         scheduled batch): items not finished by then end EXPIRED. Unset means 24 hours.
         """
 
+    @_builtins.property
+    def completion_callback(self) -> Global___CompletionCallback:
+        """Where to POST a signed summary (a CloudEvent) when the batch ends. Unset:
+        no callback.
+        """
+
     def __init__(
         self,
         *,
@@ -250,14 +257,47 @@ class BatchOptions(_message.Message):
         priority: _builtins.int = ...,
         item_timeout: _duration_pb2.Duration | None = ...,
         completion_window: _duration_pb2.Duration | None = ...,
+        completion_callback: Global___CompletionCallback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completion_window", b"completion_window", "item_timeout", b"item_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion_callback", b"completion_callback", "completion_window", b"completion_window", "item_timeout", b"item_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "chunk_size", b"chunk_size", "completion_window", b"completion_window", "item_timeout", b"item_timeout", "max_concurrent", b"max_concurrent", "max_per_second", b"max_per_second", "priority", b"priority", "rate_limit_key", b"rate_limit_key", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "chunk_size", b"chunk_size", "completion_callback", b"completion_callback", "completion_window", b"completion_window", "item_timeout", b"item_timeout", "max_concurrent", b"max_concurrent", "max_per_second", b"max_per_second", "priority", b"priority", "rate_limit_key", b"rate_limit_key", "retry_policy", b"retry_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchOptions: _TypeAlias = BatchOptions  # noqa: Y015
+
+@_typing.final
+class CompletionCallback(_message.Message):
+    """A completion callback: once the batch reaches a terminal state, a worker POSTs
+    a CloudEvent of type `batchd.batch.finished` (counts, state, times, where the
+    results are) to `url`, signed with the tenant's callback secret in the
+    `batchd-signature` header (`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`),
+    and retries with back-off until a 2xx answer or the service's callback
+    deadline. Delivery is at least once: the event's `id` tells repeats apart.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An https URL of at most 2,048 characters, without user or password. http
+    only where the service allows it (BATCHD_CALLBACK_ALLOW_HTTP, for tests).
+    The workers' egress guard applies: a loopback or private address is
+    refused unless the operator allows it (BATCHD_EGRESS_ALLOW).
+    """
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompletionCallback: _TypeAlias = CompletionCallback  # noqa: Y015
 
 @_typing.final
 class ItemCounts(_message.Message):

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file batchd/v1/batch.proto.
  */
 export const file_batchd_v1_batch: GenFile = /*@__PURE__*/
-  fileDesc("ChViYXRjaGQvdjEvYmF0Y2gucHJvdG8SCWJhdGNoZC52MSJmCgRJdGVtEhEKCWN1c3RvbV9pZBgBIAEoCRIpCgZwYXJhbXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAASFQoLcGFyYW1zX2pzb24YAyABKAxIAEIJCgdwYXlsb2FkIpoBCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKA0SLgoLbWluX2JhY2tvZmYYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X2JhY2tvZmYYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNbWF4X2RvdWJsaW5ncxgEIAEoDSKgAgoMQmF0Y2hPcHRpb25zEhIKCmNodW5rX3NpemUYASABKA0SLAoMcmV0cnlfcG9saWN5GAIgASgLMhYuYmF0Y2hkLnYxLlJldHJ5UG9saWN5EhYKDm1heF9jb25jdXJyZW50GAMgASgNEhYKDm1heF9wZXJfc2Vjb25kGAQgASgBEg0KBWJ1cnN0GAUgASgNEhYKDnJhdGVfbGltaXRfa2V5GAYgASgJEhAKCHByaW9yaXR5GAcgASgFEi8KDGl0ZW1fdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChFjb21wbGV0aW9uX3dpbmRvdxgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKGAQoKSXRlbUNvdW50cxIPCgdwZW5kaW5nGAEgASgEEg8KB3J1bm5pbmcYAiABKAQSEQoJc3VjY2VlZGVkGAMgASgEEg4KBmZhaWxlZBgEIAEoBBIRCgljYW5jZWxsZWQYBSABKAQSDwoHZXhwaXJlZBgGIAEoBBIPCgdjbGFpbWVkGAcgASgEIqMECgVCYXRjaBIQCghiYXRjaF9pZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEiQKBXN0YXRlGAMgASgOMhUuYmF0Y2hkLnYxLkJhdGNoU3RhdGUSKAoHb3B0aW9ucxgEIAEoCzIXLmJhdGNoZC52MS5CYXRjaE9wdGlvbnMSMAoIbWV0YWRhdGEYBSADKAsyHi5iYXRjaGQudjEuQmF0Y2guTWV0YWRhdGFFbnRyeRISCgpyZXF1ZXN0X2lkGAYgASgJEhMKC3RvdGFsX2l0ZW1zGAcgASgEEhMKC2NodW5rX2NvdW50GAggASgNEiUKBmNvdW50cxgJIAEoCzIVLmJhdGNoZC52MS5JdGVtQ291bnRzEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd2FpdGluZ19yZWFzb24YDSABKAkSOAoUc2NoZWR1bGVkX3N0YXJ0X3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLwAwoNQmF0Y2hQcm9ncmVzcxIQCghiYXRjaF9pZBgBIAEoCRIkCgVzdGF0ZRgCIAEoDjIVLmJhdGNoZC52MS5CYXRjaFN0YXRlEhMKC3RvdGFsX2l0ZW1zGAMgASgEEiUKBmNvdW50cxgEIAEoCzIVLmJhdGNoZC52MS5JdGVtQ291bnRzEhgKEGl0ZW1zX3Blcl9zZWNvbmQYBSABKAESJgoDZXRhGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMb2JzZXJ2ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5lZmZlY3RpdmVfcmF0ZRgLIAEoARIWCg53YWl0aW5nX3JlYXNvbhgMIAEoCRI4ChRzY2hlZHVsZWRfc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi2gIKCUJhdGNoSXRlbRIRCgljdXN0b21faWQYASABKAkSDQoFaW5kZXgYAiABKAQSIwoFc3RhdGUYAyABKA4yFC5iYXRjaGQudjEuSXRlbVN0YXRlEhAKCGF0dGVtcHRzGAQgASgNEicKBm91dHB1dBgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSIQoFZXJyb3IYBiABKAsyEi5nb29nbGUucnBjLlN0YXR1cxIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbmV4dF9hdHRlbXB0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC291dHB1dF9qc29uGAogASgMItwBCgtIYW5kbGVySW5mbxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEi4KDXBhcmFtc19zY2hlbWEYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjAKD2RlZmF1bHRfb3B0aW9ucxgEIAEoCzIXLmJhdGNoZC52MS5CYXRjaE9wdGlvbnMSFAoMbGl2ZV93b3JrZXJzGAUgASgNEjIKDmxhc3Rfc2Vlbl90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCrcAQoKQmF0Y2hTdGF0ZRIbChdCQVRDSF9TVEFURV9VTlNQRUNJRklFRBAAEhYKEkJBVENIX1NUQVRFX1FVRVVFRBABEhcKE0JBVENIX1NUQVRFX1JVTk5JTkcQAhIaChZCQVRDSF9TVEFURV9DQU5DRUxMSU5HEAMSGQoVQkFUQ0hfU1RBVEVfQ09NUExFVEVEEAQSFgoSQkFUQ0hfU1RBVEVfRkFJTEVEEAUSGQoVQkFUQ0hfU1RBVEVfQ0FOQ0VMTEVEEAYSFgoSQkFUQ0hfU1RBVEVfUEFVU0VEEAcqugEKCUl0ZW1TdGF0ZRIaChZJVEVNX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSSVRFTV9TVEFURV9QRU5ESU5HEAESFgoSSVRFTV9TVEFURV9SVU5OSU5HEAISGAoUSVRFTV9TVEFURV9TVUNDRUVERUQQAxIVChFJVEVNX1NUQVRFX0ZBSUxFRBAEEhgKFElURU1fU1RBVEVfQ0FOQ0VMTEVEEAUSFgoSSVRFTV9TVEFURV9FWFBJUkVEEAZiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChViYXRjaGQvdjEvYmF0Y2gucHJvdG8SCWJhdGNoZC52MSJmCgRJdGVtEhEKCWN1c3RvbV9pZBgBIAEoCRIpCgZwYXJhbXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAASFQoLcGFyYW1zX2pzb24YAyABKAxIAEIJCgdwYXlsb2FkIpoBCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKA0SLgoLbWluX2JhY2tvZmYYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X2JhY2tvZmYYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNbWF4X2RvdWJsaW5ncxgEIAEoDSLcAgoMQmF0Y2hPcHRpb25zEhIKCmNodW5rX3NpemUYASABKA0SLAoMcmV0cnlfcG9saWN5GAIgASgLMhYuYmF0Y2hkLnYxLlJldHJ5UG9saWN5EhYKDm1heF9jb25jdXJyZW50GAMgASgNEhYKDm1heF9wZXJfc2Vjb25kGAQgASgBEg0KBWJ1cnN0GAUgASgNEhYKDnJhdGVfbGltaXRfa2V5GAYgASgJEhAKCHByaW9yaXR5GAcgASgFEi8KDGl0ZW1fdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChFjb21wbGV0aW9uX3dpbmRvdxgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI6ChNjb21wbGV0aW9uX2NhbGxiYWNrGAsgASgLMh0uYmF0Y2hkLnYxLkNvbXBsZXRpb25DYWxsYmFjayIhChJDb21wbGV0aW9uQ2FsbGJhY2sSCwoDdXJsGAEgASgJIoYBCgpJdGVtQ291bnRzEg8KB3BlbmRpbmcYASABKAQSDwoHcnVubmluZxgCIAEoBBIRCglzdWNjZWVkZWQYAyABKAQSDgoGZmFpbGVkGAQgASgEEhEKCWNhbmNlbGxlZBgFIAEoBBIPCgdleHBpcmVkGAYgASgEEg8KB2NsYWltZWQYByABKAQiowQKBUJhdGNoEhAKCGJhdGNoX2lkGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSJAoFc3RhdGUYAyABKA4yFS5iYXRjaGQudjEuQmF0Y2hTdGF0ZRIoCgdvcHRpb25zGAQgASgLMhcuYmF0Y2hkLnYxLkJhdGNoT3B0aW9ucxIwCghtZXRhZGF0YRgFIAMoCzIeLmJhdGNoZC52MS5CYXRjaC5NZXRhZGF0YUVudHJ5EhIKCnJlcXVlc3RfaWQYBiABKAkSEwoLdG90YWxfaXRlbXMYByABKAQSEwoLY2h1bmtfY291bnQYCCABKA0SJQoGY291bnRzGAkgASgLMhUuYmF0Y2hkLnYxLkl0ZW1Db3VudHMSLwoLY3JlYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg53YWl0aW5nX3JlYXNvbhgNIAEoCRI4ChRzY2hlZHVsZWRfc3RhcnRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIvADCg1CYXRjaFByb2dyZXNzEhAKCGJhdGNoX2lkGAEgASgJEiQKBXN0YXRlGAIgASgOMhUuYmF0Y2hkLnYxLkJhdGNoU3RhdGUSEwoLdG90YWxfaXRlbXMYAyABKAQSJQoGY291bnRzGAQgASgLMhUuYmF0Y2hkLnYxLkl0ZW1Db3VudHMSGAoQaXRlbXNfcGVyX3NlY29uZBgFIAEoARImCgNldGEYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxvYnNlcnZlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmVmZmVjdGl2ZV9yYXRlGAsgASgBEhYKDndhaXRpbmdfcmVhc29uGAwgASgJEjgKFHNjaGVkdWxlZF9zdGFydF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLaAgoJQmF0Y2hJdGVtEhEKCWN1c3RvbV9pZBgBIAEoCRINCgVpbmRleBgCIAEoBBIjCgVzdGF0ZRgDIAEoDjIULmJhdGNoZC52MS5JdGVtU3RhdGUSEAoIYXR0ZW1wdHMYBCABKA0SJwoGb3V0cHV0GAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIhCgVlcnJvchgGIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFuZXh0X2F0dGVtcHRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLb3V0cHV0X2pzb24YCiABKAwi3AEKC0hhbmRsZXJJbmZvEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSLgoNcGFyYW1zX3NjaGVtYRgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSMAoPZGVmYXVsdF9vcHRpb25zGAQgASgLMhcuYmF0Y2hkLnYxLkJhdGNoT3B0aW9ucxIUCgxsaXZlX3dvcmtlcnMYBSABKA0SMgoObGFzdF9zZWVuX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKtwBCgpCYXRjaFN0YXRlEhsKF0JBVENIX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSQkFUQ0hfU1RBVEVfUVVFVUVEEAESFwoTQkFUQ0hfU1RBVEVfUlVOTklORxACEhoKFkJBVENIX1NUQVRFX0NBTkNFTExJTkcQAxIZChVCQVRDSF9TVEFURV9DT01QTEVURUQQBBIWChJCQVRDSF9TVEFURV9GQUlMRUQQBRIZChVCQVRDSF9TVEFURV9DQU5DRUxMRUQQBhIWChJCQVRDSF9TVEFURV9QQVVTRUQQByq6AQoJSXRlbVN0YXRlEhoKFklURU1fU1RBVEVfVU5TUEVDSUZJRUQQABIWChJJVEVNX1NUQVRFX1BFTkRJTkcQARIWChJJVEVNX1NUQVRFX1JVTk5JTkcQAhIYChRJVEVNX1NUQVRFX1NVQ0NFRURFRBADEhUKEUlURU1fU1RBVEVfRkFJTEVEEAQSGAoUSVRFTV9TVEFURV9DQU5DRUxMRUQQBRIWChJJVEVNX1NUQVRFX0VYUElSRUQQBmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * One unit of work: the handler is called once per item with its params.
@@ -180,6 +180,14 @@ export type BatchOptions = Message<"batchd.v1.BatchOptions"> & {
    * @generated from field: google.protobuf.Duration completion_window = 9;
    */
   completionWindow?: Duration | undefined;
+
+  /**
+   * Where to POST a signed summary (a CloudEvent) when the batch ends. Unset:
+   * no callback.
+   *
+   * @generated from field: batchd.v1.CompletionCallback completion_callback = 11;
+   */
+  completionCallback?: CompletionCallback | undefined;
 };
 
 /**
@@ -188,6 +196,35 @@ export type BatchOptions = Message<"batchd.v1.BatchOptions"> & {
  */
 export const BatchOptionsSchema: GenMessage<BatchOptions> = /*@__PURE__*/
   messageDesc(file_batchd_v1_batch, 2);
+
+/**
+ * A completion callback: once the batch reaches a terminal state, a worker POSTs
+ * a CloudEvent of type `batchd.batch.finished` (counts, state, times, where the
+ * results are) to `url`, signed with the tenant's callback secret in the
+ * `batchd-signature` header (`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`),
+ * and retries with back-off until a 2xx answer or the service's callback
+ * deadline. Delivery is at least once: the event's `id` tells repeats apart.
+ *
+ * @generated from message batchd.v1.CompletionCallback
+ */
+export type CompletionCallback = Message<"batchd.v1.CompletionCallback"> & {
+  /**
+   * An https URL of at most 2,048 characters, without user or password. http
+   * only where the service allows it (BATCHD_CALLBACK_ALLOW_HTTP, for tests).
+   * The workers' egress guard applies: a loopback or private address is
+   * refused unless the operator allows it (BATCHD_EGRESS_ALLOW).
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+};
+
+/**
+ * Describes the message batchd.v1.CompletionCallback.
+ * Use `create(CompletionCallbackSchema)` to create a new message.
+ */
+export const CompletionCallbackSchema: GenMessage<CompletionCallback> = /*@__PURE__*/
+  messageDesc(file_batchd_v1_batch, 3);
 
 /**
  * How many items of a batch are in each state. The counts always add up to
@@ -252,7 +289,7 @@ export type ItemCounts = Message<"batchd.v1.ItemCounts"> & {
  * Use `create(ItemCountsSchema)` to create a new message.
  */
 export const ItemCountsSchema: GenMessage<ItemCounts> = /*@__PURE__*/
-  messageDesc(file_batchd_v1_batch, 3);
+  messageDesc(file_batchd_v1_batch, 4);
 
 /**
  * A batch: what was submitted and where it stands.
@@ -366,7 +403,7 @@ export type Batch = Message<"batchd.v1.Batch"> & {
  * Use `create(BatchSchema)` to create a new message.
  */
 export const BatchSchema: GenMessage<Batch> = /*@__PURE__*/
-  messageDesc(file_batchd_v1_batch, 4);
+  messageDesc(file_batchd_v1_batch, 5);
 
 /**
  * A full snapshot of a batch's progress: every WatchProgress message is one,
@@ -475,7 +512,7 @@ export type BatchProgress = Message<"batchd.v1.BatchProgress"> & {
  * Use `create(BatchProgressSchema)` to create a new message.
  */
 export const BatchProgressSchema: GenMessage<BatchProgress> = /*@__PURE__*/
-  messageDesc(file_batchd_v1_batch, 5);
+  messageDesc(file_batchd_v1_batch, 6);
 
 /**
  * The outcome of one item.
@@ -562,7 +599,7 @@ export type BatchItem = Message<"batchd.v1.BatchItem"> & {
  * Use `create(BatchItemSchema)` to create a new message.
  */
 export const BatchItemSchema: GenMessage<BatchItem> = /*@__PURE__*/
-  messageDesc(file_batchd_v1_batch, 6);
+  messageDesc(file_batchd_v1_batch, 7);
 
 /**
  * A handler that workers serve, as the workers published it.
@@ -618,7 +655,7 @@ export type HandlerInfo = Message<"batchd.v1.HandlerInfo"> & {
  * Use `create(HandlerInfoSchema)` to create a new message.
  */
 export const HandlerInfoSchema: GenMessage<HandlerInfo> = /*@__PURE__*/
-  messageDesc(file_batchd_v1_batch, 7);
+  messageDesc(file_batchd_v1_batch, 8);
 
 /**
  * The lifecycle of a batch.
