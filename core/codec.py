@@ -208,6 +208,8 @@ def encode_meta(
         meta["trace"] = trace_parent
     if scheduled_ms is not None:
         meta["sched"] = scheduled_ms
+    if options.callback_url:
+        meta["callback"] = options.callback_url  # read by _callbacks.lua when the batch ends
     return meta
 
 

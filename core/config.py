@@ -231,6 +231,42 @@ class Settings:
         "empty: the system's resolver",
         read_by=WORKER,
     )
+    callback_secret: str = setting(
+        "",
+        "the default tenant's signing secret for completion callbacks (batches submitted "
+        "without --auth), at least 16 characters; empty: such batches may not ask for one",
+        read_by=SHARED,
+    )
+    callback_secrets_file: str = setting(
+        "",
+        'JSON file of each tenant\'s callback signing secret: {"acme": "<secret>"}; a batch asking '
+        "for a callback is refused (FAILED_PRECONDITION) when its tenant has none",
+        read_by=SHARED,
+    )
+    callback_allow_http: bool = setting(
+        False,
+        "accept http:// completion-callback URLs (https only otherwise): for tests and "
+        "loopback receivers; the egress guard still applies",
+        read_by=SERVER,
+    )
+    callback_deadline: float = setting(
+        86400.0,
+        "seconds after a batch ends that its callback is retried; then it is dropped "
+        "(logged and counted)",
+        read_by=WORKER,
+    )
+    callback_timeout: float = setting(
+        10.0,
+        "seconds one callback POST may take; a worker holds an event 1.5 times this plus "
+        "1 s before another may deliver it again",
+        read_by=WORKER,
+    )
+    callback_retry_delay: float = setting(
+        2.0,
+        "seconds before the first retry of a failed callback; each retry waits twice the "
+        "last (with jitter), at most 10 minutes",
+        read_by=WORKER,
+    )
     heartbeat_interval: float = setting(
         2.0, "seconds between a worker's liveness reports", read_by=WORKER
     )

@@ -88,6 +88,7 @@ class BatchOptions:
     priority: int = 0
     item_timeout: float = 0.0
     completion_window: float = 0.0  # seconds from submission; then unfinished items EXPIRE
+    callback_url: str = ""  # POSTed a signed CloudEvent when the batch ends (core/callbacks)
 
     def merged_over(self, defaults: BatchOptions) -> BatchOptions:
         """These options, with every zero field taken from `defaults`."""

@@ -153,6 +153,24 @@ class Keys:
         (batchd.core.watchers)."""
         return f"{self.prefix}{{watchers}}:tenant:{tenant}"
 
+    @property
+    def callbacks(self) -> str:
+        """ZSET event id -> when it is next due (ms): the completion callbacks to deliver
+        (batchd.core.callbacks). A claim moves its event's due time past its lease."""
+        return f"{self.prefix}callbacks"
+
+    @property
+    def callback_events(self) -> str:
+        """HASH event id -> JSON record of the batch's end, written by the script that
+        ended it (core/lua/_callbacks.lua builds the name on `callbacks`)."""
+        return f"{self.callbacks}:events"
+
+    @property
+    def callback_tries(self) -> str:
+        """HASH event id -> delivery attempts claimed so far (the name as
+        `callback_events` is built)."""
+        return f"{self.callbacks}:tries"
+
     @staticmethod
     def lease_member(batch_id: str, chunk: int) -> str:
         """A chunk's member in `leases`."""

@@ -2,10 +2,11 @@
 
 Per-batch scripts are atomic updates over one batch's keys (all sharing the batch's hash
 tag) plus the global zsets they keep in step (leases, deadlines, the ARQ queue). They
-share two preludes, prepended here: `_jobs.lua` (enqueueing ARQ chunk jobs exactly as
-`ArqRedis.enqueue_job` does) and `_batch.lua` (the batch's keys and the helpers that move
-items between states). `BatchScope` builds the KEYS and ARGV every per-batch script
-starts with; docs/design.md describes what each script does.
+share three preludes, prepended here: `_jobs.lua` (enqueueing ARQ chunk jobs exactly as
+`ArqRedis.enqueue_job` does), `_callbacks.lua` (a completion callback filed as its
+batch ends) and `_batch.lua` (the batch's keys and the helpers that move items between
+states). `BatchScope` builds the KEYS and ARGV every per-batch script starts with;
+docs/design.md describes what each script does.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         jobs = _source("_jobs.lua")
-        batch = jobs + _source("_batch.lua")
+        batch = jobs + _source("_callbacks.lua") + _source("_batch.lua")
 
         def per_batch(name: str) -> AsyncScript:
             return redis.register_script(batch + _source(name))
@@ -113,6 +114,7 @@ class BatchScope:
                 k.request(""),
                 k.pending,
                 k.tenant_clock,
+                k.callbacks,
                 *args,
             ],
         )

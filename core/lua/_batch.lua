@@ -8,8 +8,8 @@
 --       (KEYS[12] ...)
 -- ARGV: batch_id, batch key prefix, now (ms), retention (ms, 0: keep), ARQ job key
 --       prefix, job function, job expiry (ms), request key prefix, the global pending
---       counter's key, the tenants' dispatch clocks (hash); a script's own arguments
---       follow (ARGV[OWN_ARG] ...)
+--       counter's key, the tenants' dispatch clocks (hash), the callback outbox (zset,
+--       _callbacks.lua); a script's own arguments follow (ARGV[OWN_ARG] ...)
 local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUES, BATCHES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11]
@@ -17,8 +17,9 @@ local BATCH, PREFIX, NOW, RETENTION = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonum
 local REQUEST_PREFIX = ARGV[8]
 local PENDING_TOTAL = ARGV[9]
 local TENANT_CLOCK = ARGV[10]
+local CALLBACKS = ARGV[11]
 -- ARGV[OWN_ARG] is the first of a script's own arguments.
-local OWN_ARG = 11
+local OWN_ARG = 12
 -- The batch's queue: its handler's, read when a script first needs it.
 local queue_key = nil
 local function QUEUE()
@@ -236,6 +237,7 @@ local function finish(state)
   local e = redis.call('HMGET', META, 'handler', 'total', 'n_ok', 'n_fail', 'n_cancel', 'n_exp',
     'created', 'started')
   ended_now = {state, e[1], e[2], e[3], e[4], e[5], e[6] or '0', e[7], e[8], NOW}
+  file_callback(META, BATCH, NOW, CALLBACKS, ended_now)
   redis.call('ZREM', DEADLINES, BATCH)
   tenant_decrease(':open', 1)
   account()

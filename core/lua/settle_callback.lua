@@ -1,0 +1,25 @@
+-- Settle one claimed delivery of a completion callback (batchd.core.callbacks.outbox).
+-- KEYS: the outbox (zset), its events (hash), its tries (hash), as claim_callbacks.lua
+-- ARGV: event id, the claim's tries, 'done' | 'retry' | 'drop', due time (ms, for retry)
+-- done (the receiver acknowledged): the event is removed, whoever holds it now.
+-- retry: due again then; drop: removed. Both only while the claim is the latest (its
+-- lease may have lapsed and another worker claimed the event since: that one decides).
+-- Returns 1 if settled, else 0.
+local OUTBOX, EVENTS, TRIES = KEYS[1], KEYS[2], KEYS[3]
+local id, tries, action = ARGV[1], ARGV[2], ARGV[3]
+local function remove()
+  redis.call('ZREM', OUTBOX, id)
+  redis.call('HDEL', EVENTS, id)
+  redis.call('HDEL', TRIES, id)
+end
+if action == 'done' then
+  remove()
+  return 1
+end
+if redis.call('HGET', TRIES, id) ~= tries then return 0 end
+if action == 'retry' then
+  redis.call('ZADD', OUTBOX, ARGV[4], id)
+else
+  remove()
+end
+return 1
