@@ -55,6 +55,7 @@ def options_from_proto(message: batch_pb2.BatchOptions) -> BatchOptions:
         priority=message.priority,
         item_timeout=seconds(message.item_timeout),
         completion_window=seconds(message.completion_window),
+        callback_url=message.completion_callback.url,
     )
 
 
@@ -75,6 +76,9 @@ def options_to_proto(options: BatchOptions) -> batch_pb2.BatchOptions:
         priority=options.priority,
         item_timeout=duration(options.item_timeout),
         completion_window=duration(options.completion_window),
+        completion_callback=(
+            batch_pb2.CompletionCallback(url=options.callback_url) if options.callback_url else None
+        ),
     )
 
 

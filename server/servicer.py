@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import structlog
 
+from batchd.core.callbacks import CallbackSecrets
 from batchd.core.config import Settings
 from batchd.core.domain import (
     BatchOptions,
@@ -21,7 +22,7 @@ from batchd.core.domain import (
     HandlerStatus,
     ItemState,
 )
-from batchd.core.errors import InvalidRequest
+from batchd.core.errors import FailedPrecondition, InvalidRequest
 from batchd.core.export import ExportOrder, cursor_after
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
@@ -85,6 +86,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         # fast updates cannot take the server's CPU.
         self.watch_min_interval = settings.watch_min_interval
         self.watch_min_heartbeat = settings.watch_min_heartbeat
+        self.callback_allow_http = settings.callback_allow_http
+        self.callback_secrets = CallbackSecrets.from_settings(settings)
         self.service_defaults = BatchOptions(
             chunk_size=settings.default_chunk_size,
             completion_window=settings.default_completion_window,
@@ -161,10 +164,13 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             request_id=header.request_id,
             batch_id=header.batch_id,
             options=header.options,
+            callback_allow_http=self.callback_allow_http,
         )
         start_at = validation.check_start_time(violations, header, now=self.store.clock())
         violations.raise_if_any()
         assert spec is not None  # check_header reported a missing handler
+        if header.options.completion_callback.url:
+            self._check_callback_secret(view.tenant)
         batch_id = view.batch_id(header.batch_id or uuid.uuid4().hex)
         structlog.contextvars.bind_contextvars(batch_id=batch_id)
         options = validation.effective_options(header.options, spec, self.service_defaults)
@@ -191,6 +197,15 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
                 await upload.session.abort()
                 raise
         return upload
+
+    def _check_callback_secret(self, tenant: str) -> None:
+        """FAILED_PRECONDITION unless the tenant's callbacks can be signed."""
+        if self.callback_secrets.for_tenant(tenant) is None:
+            setting = self.callback_secrets.setting_for(tenant)
+            raise FailedPrecondition(
+                f"completion callbacks need a signing secret for tenant {tenant!r}, which "
+                f"the service has not been given ({setting})"
+            )
 
     # -- reading ----------------------------------------------------------------------
     @translate_errors

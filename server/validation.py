@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,6 +48,9 @@ MAX_ITEM_TIMEOUT = 24 * 3600.0
 MAX_COMPLETION_WINDOW = 30 * 24 * 3600.0
 # How far ahead a batch's start_time may be.
 MAX_START_DELAY = 30 * 24 * 3600.0
+MAX_CALLBACK_URL = 2048
+# The setting that lets a callback URL be http:// (Settings.callback_allow_http).
+CALLBACK_HTTP_SETTING = "BATCHD_CALLBACK_ALLOW_HTTP"
 # A request with thousands of bad items names the first ones; that is enough to act on.
 MAX_VIOLATIONS = 100
 
@@ -103,6 +107,7 @@ def check_header(
     request_id: str,
     batch_id: str,
     options: batch_pb2.BatchOptions,
+    callback_allow_http: bool = False,
 ) -> None:
     if not handler:
         violations.add("handler", "required")
@@ -115,6 +120,35 @@ def check_header(
     if batch_id and not ID_PATTERN.fullmatch(batch_id):
         violations.add("batch_id", ID_MESSAGE)
     _check_options(violations, options)
+    if options.completion_callback.url:
+        problem = callback_url_problem(options.completion_callback.url, callback_allow_http)
+        if problem:
+            violations.add("options.completion_callback.url", problem)
+
+
+def callback_url_problem(url: str, allow_http: bool) -> str | None:
+    """What is wrong with a completion callback's URL, or None. Where it leads is the
+    workers' egress guard's to judge, when they deliver."""
+    if len(url) > MAX_CALLBACK_URL:
+        return f"at most {MAX_CALLBACK_URL} characters"
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        return "must be ASCII without spaces or control characters (punycode a name)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme == "http" and not allow_http:
+        return f"must be https (http only where the service sets {CALLBACK_HTTP_SETTING})"
+    if parts.scheme not in ("https", "http"):
+        return "must be an https URL"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user or password: the request is signed instead"
+    if parts.fragment:
+        return "must not have a fragment"
+    return None
 
 
 def check_start_time(
