@@ -6,10 +6,11 @@
 The ARQ side — the queues of the served handlers, outages, drain and close — is
 `batchd.worker.arq_worker`; this module builds the worker's runtime around it.
 
-Besides ARQ's poll loop, each worker process runs three background tasks: the catalog
-heartbeat, the lease renewer (`LeaseKeeper`: every chunk it holds, every lease_ttl / 3)
-and the maintenance sweep (`batchd.core.maintenance`: expired leases, closed
-completion windows, jobs left in the single queue of earlier versions).
+Besides ARQ's poll loop, each worker process runs four background tasks: the catalog
+heartbeat, the lease renewer (`LeaseKeeper`: every chunk it holds, every lease_ttl / 3),
+the maintenance sweep (`batchd.core.maintenance`: expired leases, closed completion
+windows, jobs left in the single queue of earlier versions) and the delivery of
+completion callbacks (`batchd.worker.callbacks`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from batchd.core.background import BackgroundTasks
+from batchd.core.callbacks import CallbackOutbox, CallbackSecrets
 from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.core.logs import get_logger
@@ -31,6 +33,7 @@ from batchd.core.maintenance import maintenance_loop
 from batchd.core.metrics import Listener
 from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import BatchdWorker
+from batchd.worker.callbacks import CallbackDelivery
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.flow_gate import PermitPool
@@ -89,6 +92,7 @@ def build_worker(
         raise ValueError("the worker serves no handler")
     port = settings.worker_metrics_port or None if metrics_port is None else metrics_port
     hooks = _WorkerHooks(settings, handlers, new_worker_id(), port, tracing)
+    hooks.callback_secrets = CallbackSecrets.from_settings(settings)  # SettingError now
     if not settings.redis_url:
         raise ValueError("the worker needs a Redis URL (BATCHD_REDIS_URL)")
     keys = Keys(settings.key_prefix)
@@ -130,7 +134,8 @@ class _WorkerHooks:
         self.handlers = handlers
         self.worker_id = worker_id
         self.opened: list[Handler] = []  # handlers whose startup hook ran
-        self.background = BackgroundTasks()  # heartbeat, lease renewer, maintenance
+        self.background = BackgroundTasks()  # heartbeat, lease renewer, maintenance, callbacks
+        self.callback_secrets = CallbackSecrets()
         self.store: BatchStore | None = None
         self.started = asyncio.Event()
         self.draining = asyncio.Event()
@@ -181,6 +186,9 @@ class _WorkerHooks:
         self.background.spawn(self._beat(), "batchd heartbeat")
         self.background.spawn(leases.run(), "batchd lease renewer")
         self.background.spawn(self._maintain(), "batchd maintenance")
+        outbox = CallbackOutbox(ctx["redis"], Keys(settings.key_prefix))
+        delivery = CallbackDelivery(settings, outbox, self.callback_secrets, metrics)
+        self.background.spawn(delivery.run(), "batchd callbacks")
         self.started.set()
         log.info(
             "worker_started",

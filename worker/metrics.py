@@ -214,6 +214,16 @@ class WorkerMetrics:
             ["kind"],
             registry=registry,
         )
+        self.callbacks = Counter(
+            "batchd_worker_callbacks",
+            "Completion-callback deliveries this worker settled, by result: delivered (a 2xx "
+            "answer), failed (an attempt to be retried), dropped (past the deadline, or a "
+            "destination the egress guard refuses)",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("delivered", "failed", "dropped"):
+            self.callbacks.labels(result)
         for handler in handlers:
             self.chunks_claimed.labels(handler)
             self.items_handed_back.labels(handler)
