@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start then, not now: ISO 8601 (UTC unless it says) or +90s, +10m, +2h, +1d; "
         "at most 30 days ahead",
     )
+    submit.add_argument(
+        "--callback-url",
+        metavar="URL",
+        help="an https URL POSTed a signed CloudEvent when the batch ends",
+    )
     submit.add_argument("--request-id", metavar="ID", help="makes a retried submit safe")
     submit.add_argument("--batch-id", metavar="ID", help="choose the batch id")
     submit.add_argument(

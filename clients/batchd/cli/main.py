@@ -76,6 +76,7 @@ def _options(args: argparse.Namespace) -> BatchOptions:
         completion_window=(
             timedelta(seconds=args.completion_window) if args.completion_window else None
         ),
+        callback_url=args.callback_url or "",
     )
 
 

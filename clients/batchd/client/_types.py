@@ -182,6 +182,9 @@ class BatchOptions:
     completion_window: timedelta | None = None
     """How long the batch may take from submission; items not finished by then
     end EXPIRED. `None`: the service's default (24 hours)."""
+    callback_url: str = ""
+    """An https URL POSTed a signed CloudEvent (`batchd.batch.finished`) when the batch
+    ends; empty: none (docs/api.md, "Completion callbacks")."""
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.BatchOptions) -> BatchOptions:
@@ -197,6 +200,7 @@ class BatchOptions:
             priority=pb.priority,
             item_timeout=_duration(pb, "item_timeout"),
             completion_window=_duration(pb, "completion_window"),
+            callback_url=pb.completion_callback.url,
         )
 
     @classmethod
@@ -228,6 +232,9 @@ class BatchOptions:
             priority=self.priority,
             item_timeout=_to_duration(self.item_timeout),
             completion_window=_to_duration(self.completion_window),
+            completion_callback=(
+                batch_pb2.CompletionCallback(url=self.callback_url) if self.callback_url else None
+            ),
         )
 
 
