@@ -182,3 +182,35 @@ async def test_readme_schedule_session_runs_as_shown(service: Service, tmp_path:
     await poll(lambda: all_handlers_served(service.target), within=60)
     async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
         await run_session(shell, read_session(block), SCHEDULE_SESSION)
+
+
+# "Callbacks": a batch whose end is POSTed, signed, to the receiver the README writes; the
+# service started with the settings the README's command line gives.
+CALLBACK_SESSION: Expected = [
+    ('cd "$(mktemp -d)"', 0, []),
+    ("export BATCHD_CALLBACK_SECRET=", 0, []),
+    ("cat > receiver.py", 0, []),
+    ("echo", 0, []),
+    ("python3 receiver.py 8001", 0, "exact"),
+]
+
+
+def callback_service_env() -> dict[str, str]:
+    """The BATCHD_* settings of the `./scripts/run` line the "Callbacks" section gives
+    (the egress of the test's service is open to loopback already)."""
+    section = README.read_text().split("### Callbacks\n", 1)[1]
+    command = re.search(r"`(BATCHD_[^`]*) \./scripts/run`", section)
+    assert command, "no ./scripts/run line under 'Callbacks'"
+    env = dict(word.split("=", 1) for word in command.group(1).split())
+    del env["BATCHD_EGRESS_ALLOW"]
+    return env
+
+
+@pytest.mark.slow
+async def test_readme_callback_session_runs_as_shown(tmp_path: Path) -> None:
+    (block,) = sh_blocks_after(README.read_text(), "### Callbacks")
+    with readme_service(callback_service_env()) as service:
+        await poll(lambda: all_handlers_served(service.target), within=60)
+        async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
+            shell.replacements["8001"] = str(find_free_port())
+            await run_session(shell, read_session(block), CALLBACK_SESSION)
