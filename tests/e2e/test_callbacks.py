@@ -168,7 +168,7 @@ async def test_the_event_arrives_signed_after_two_failures_and_is_acknowledged_o
 ) -> None:
     receiver = service.receiver
     url = receiver.url("/flaky/done")
-    items = [(f"i{n}", {}) for n in range(3)]
+    items: list[tuple[str, dict[str, object]]] = [(f"i{n}", {}) for n in range(3)]
     submitted = await service.client.submit("noop", items, options={"callback_url": url})
     batch = submitted.batch
     assert batch.options.callback_url == url

@@ -1,0 +1,125 @@
+"""The callback delivery loop against the private Redis and a local receiver that never
+says yes: failed attempts are retried with growing, jittered pauses and the event is
+dropped at its deadline, logged and counted; an event whose tenant has no secret is
+never sent unsigned."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from support.polling import poll
+
+from batchd.core.callbacks import CallbackOutbox, CallbackSecrets
+from batchd.core.config import Settings
+from batchd.core.domain import BatchOptions, BatchSpec, ItemOutcome, ItemState, NewItem
+from batchd.core.keys import Keys
+from batchd.core.store import BatchStore
+from batchd.worker.callbacks import MAX_RETRY_DELAY, CallbackDelivery, retry_delay
+from batchd.worker.metrics import WorkerMetrics
+
+SECRET = "delivery-test-secret-0123456789"
+
+
+def test_the_retry_delay_doubles_with_jitter_up_to_its_cap() -> None:
+    assert [retry_delay(2.0, n, lambda: 1.0) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
+    assert [retry_delay(2.0, n, lambda: 0.0) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert retry_delay(2.0, 50, lambda: 1.0) == MAX_RETRY_DELAY
+
+
+@contextlib.asynccontextmanager
+async def refusing() -> AsyncIterator[tuple[str, list[float]]]:
+    """A receiver that answers 503 to everything; yields its URL and the POSTs' times."""
+    times: list[float] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        times.append(time.time())
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", times
+    finally:
+        await runner.cleanup()
+
+
+async def ended_batch(store: BatchStore, url: str) -> None:
+    spec = BatchSpec(
+        batch_id=f"b-{uuid.uuid4().hex[:12]}",
+        handler="test.echo",
+        options=BatchOptions(chunk_size=1, callback_url=url),
+        metadata={},
+    )
+    session = await store.begin_upload(spec)
+    await session.add_items([NewItem(custom_id="a", params_json=b"{}")])
+    batch, _ = await session.commit()
+    claimed = await store.claim_chunk(batch.batch_id, 0, lease_ttl=60)
+    assert claimed is not None
+    outcome = ItemOutcome(0, ItemState.SUCCEEDED, 1, 1.0, 2.0, b"{}")
+    await store.record_outcomes(batch.batch_id, 0, [outcome], token=claimed.token, release=True)
+
+
+@pytest.mark.parametrize("secret", [SECRET, ""], ids=["signed", "no-secret"])
+async def test_an_event_never_acknowledged_is_dropped_at_its_deadline(
+    redis: Redis, secret: str
+) -> None:
+    keys = Keys(f"cd{uuid.uuid4().hex[:8]}:")
+    store = BatchStore(redis, keys)
+    async with refusing() as (url, posts):
+        settings = Settings(
+            egress_allow=url.split("/")[2],
+            callback_secret=secret,
+            callback_deadline=0.6,
+            callback_retry_delay=0.05,
+            maintenance_interval=0.02,
+        )
+        metrics = WorkerMetrics([])
+        delivery = CallbackDelivery(
+            settings, CallbackOutbox(redis, keys), CallbackSecrets.from_settings(settings), metrics
+        )
+        await ended_batch(store, url)
+        ended = time.time()
+
+        def count(result: str) -> float:
+            value = metrics.registry.get_sample_value(
+                "batchd_worker_callbacks_total", {"result": result}
+            )
+            return value or 0.0
+
+        async def dropped() -> bool | None:
+            return True if count("dropped") else None
+
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(delivery.run())
+            try:
+                await poll(dropped)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        assert await redis.zcard(keys.callbacks) == 0
+        assert count("delivered") == 0
+        assert count("failed") >= 2  # retried before the deadline
+        events = [e["event"] for e in logs if e["event"].startswith("callback_")]
+        assert events[-1] == "callback_dropped"
+        assert set(events[:-1]) == {"callback_failed"}
+        (dropped_log,) = [e for e in logs if e["event"] == "callback_dropped"]
+        assert "deadline passed" in dropped_log["reason"]
+        if secret:
+            assert len(posts) >= 2
+            assert all(t <= ended + 0.6 + 0.5 for t in posts)  # none long past the deadline
+        else:
+            assert posts == []  # never sent unsigned
+            assert "no signing secret" in dropped_log["reason"]
