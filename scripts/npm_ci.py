@@ -48,8 +48,11 @@ def main(argv: list[str]) -> int:
         return NO_NPM
     stamp(package_dir).unlink(missing_ok=True)
     cmd = [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"]
-    result = subprocess.run(cmd, cwd=package_dir, check=False)
+    # npm's summary ("added 12 packages") would land in the output of the scripts that
+    # call this one; it is shown only when the install fails.
+    result = subprocess.run(cmd, cwd=package_dir, check=False, capture_output=True, text=True)
     if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
         print(f"npm_ci: npm ci failed with exit code {result.returncode}", file=sys.stderr)
         return 1
     stamp(package_dir).write_text(lock_digest(package_dir) + "\n")
