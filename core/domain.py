@@ -75,6 +75,10 @@ class RetryPolicy:
     max_doublings: int = 0
 
 
+# The most items one handler call may take (BatchOptions.block_size).
+MAX_BLOCK_SIZE = 1000
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     """How a batch is run. Zero fields mean "take the default" until merged."""
@@ -89,6 +93,8 @@ class BatchOptions:
     item_timeout: float = 0.0
     completion_window: float = 0.0  # seconds from submission; then unfinished items EXPIRE
     callback_url: str = ""  # POSTed a signed CloudEvent when the batch ends (core/callbacks)
+    # Items per handler call for a handler with `run_many` (1: one item per call).
+    block_size: int = 0
 
     def merged_over(self, defaults: BatchOptions) -> BatchOptions:
         """These options, with every zero field taken from `defaults`."""
@@ -242,6 +248,12 @@ class HandlerSpec:
     description: str
     params_schema: Mapping[str, Any]
     default_options: BatchOptions = field(default_factory=BatchOptions)
+
+    @property
+    def takes_blocks(self) -> bool:
+        """The handler has `run_many`: it publishes a default block_size of 1 or more
+        (0 for the others), and batches may ask for blocks above 1."""
+        return self.default_options.block_size > 0
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ def options_from_proto(message: batch_pb2.BatchOptions) -> BatchOptions:
         item_timeout=seconds(message.item_timeout),
         completion_window=seconds(message.completion_window),
         callback_url=message.completion_callback.url,
+        block_size=message.block_size,
     )
 
 
@@ -79,6 +80,7 @@ def options_to_proto(options: BatchOptions) -> batch_pb2.BatchOptions:
         completion_callback=(
             batch_pb2.CompletionCallback(url=options.callback_url) if options.callback_url else None
         ),
+        block_size=options.block_size,
     )
 
 

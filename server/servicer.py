@@ -167,6 +167,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             callback_allow_http=self.callback_allow_http,
         )
         start_at = validation.check_start_time(violations, header, now=self.store.clock())
+        if spec is not None:
+            validation.check_block_size(violations, header.options, spec)
         violations.raise_if_any()
         assert spec is not None  # check_header reported a missing handler
         if header.options.completion_callback.url:

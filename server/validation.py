@@ -13,13 +13,14 @@ import math
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import fastjsonschema
 
 from batchd.core import fastjson
 from batchd.core.domain import (
+    MAX_BLOCK_SIZE,
     TENANT_SEPARATOR,
     UPDATABLE_OPTIONS,
     BatchOptions,
@@ -221,6 +222,8 @@ def _check_options(violations: Violations, options: batch_pb2.BatchOptions) -> N
     window = convert.seconds(options.completion_window)
     if not 0 <= window <= MAX_COMPLETION_WINDOW:
         violations.add("options.completion_window", "must be between 0 and 30 days")
+    if options.block_size > MAX_BLOCK_SIZE:
+        violations.add("options.block_size", f"at most {MAX_BLOCK_SIZE}")
 
 
 def check_update(
@@ -248,9 +251,30 @@ def check_update(
 def effective_options(
     requested: batch_pb2.BatchOptions, spec: HandlerSpec, service_defaults: BatchOptions
 ) -> BatchOptions:
-    """The options in force: the request's, then the handler's, then the service's."""
+    """The options in force: the request's, then the handler's, then the service's.
+    A block_size is never above chunk_size (a handler's default is cut down to it) and
+    is 1 for a handler that does not take blocks."""
     options = convert.options_from_proto(requested)
-    return options.merged_over(spec.default_options).merged_over(service_defaults)
+    merged = options.merged_over(spec.default_options).merged_over(service_defaults)
+    block_size = min(max(merged.block_size, 1), merged.chunk_size)
+    return replace(merged, block_size=block_size)
+
+
+def check_block_size(
+    violations: Violations, requested: batch_pb2.BatchOptions, spec: HandlerSpec
+) -> None:
+    """A block_size above 1 is for a handler that takes blocks, and at most the batch's
+    chunk_size (a chunk is what a worker holds; a block is cut from one)."""
+    size = requested.block_size
+    if size <= 1:
+        return
+    if not spec.takes_blocks:
+        violations.add(
+            "options.block_size",
+            f"handler {spec.name!r} runs one item per call (it has no run_many): 0 or 1",
+        )
+    elif requested.chunk_size and size > requested.chunk_size:
+        violations.add("options.block_size", "must not be above options.chunk_size")
 
 
 def check_items(

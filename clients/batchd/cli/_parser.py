@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "- or none for stdin. A line without custom_id gets line-<n>",
     )
     submit.add_argument("--chunk-size", type=int, metavar="N", help="items per chunk")
+    submit.add_argument(
+        "--block-size", type=int, metavar="N", help="items per handler call (bulk handlers)"
+    )
     submit.add_argument("--max-attempts", type=int, metavar="N", help="attempts per item")
     submit.add_argument("--max-concurrent", type=int, metavar="N", help="items in flight")
     submit.add_argument("--max-per-second", type=float, metavar="R", help="items started/s")

@@ -77,6 +77,7 @@ def _options(args: argparse.Namespace) -> BatchOptions:
             timedelta(seconds=args.completion_window) if args.completion_window else None
         ),
         callback_url=args.callback_url or "",
+        block_size=args.block_size or 0,
     )
 
 

@@ -185,6 +185,9 @@ class BatchOptions:
     callback_url: str = ""
     """An https URL POSTed a signed CloudEvent (`batchd.batch.finished`) when the batch
     ends; empty: none (docs/api.md, "Completion callbacks")."""
+    block_size: int = 0
+    """Items per handler call, for a handler that takes blocks (a bulk API), 1 to
+    1,000 and not above `chunk_size`; 0: the handler's default."""
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.BatchOptions) -> BatchOptions:
@@ -201,6 +204,7 @@ class BatchOptions:
             item_timeout=_duration(pb, "item_timeout"),
             completion_window=_duration(pb, "completion_window"),
             callback_url=pb.completion_callback.url,
+            block_size=pb.block_size,
         )
 
     @classmethod
@@ -235,6 +239,7 @@ class BatchOptions:
             completion_callback=(
                 batch_pb2.CompletionCallback(url=self.callback_url) if self.callback_url else None
             ),
+            block_size=self.block_size,
         )
 
 

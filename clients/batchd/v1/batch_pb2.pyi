@@ -212,6 +212,7 @@ class BatchOptions(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     ITEM_TIMEOUT_FIELD_NUMBER: _builtins.int
     COMPLETION_WINDOW_FIELD_NUMBER: _builtins.int
+    BLOCK_SIZE_FIELD_NUMBER: _builtins.int
     COMPLETION_CALLBACK_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
     """Items per chunk: a chunk is the unit a worker picks up. 1 to 10,000."""
@@ -225,6 +226,14 @@ class BatchOptions(_message.Message):
     """A rate-limit key shared with other batches (say, a partner API's host)."""
     priority: _builtins.int
     """Higher runs first. Batches of equal priority share the workers fairly."""
+    block_size: _builtins.int
+    """Items per handler call, for handlers that take items in blocks (a bulk API
+    downstream): up to this many items are run by one call. Flow limits, retries
+    and outcomes stay per item. 0: the handler's default (1 for most handlers).
+    1 to 1,000 and not above chunk_size; above 1 only for a handler that takes
+    blocks: its HandlerInfo.default_options.block_size is 1 or more (0 for the
+    others).
+    """
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:
         """How failed items are retried."""
@@ -257,11 +266,12 @@ class BatchOptions(_message.Message):
         priority: _builtins.int = ...,
         item_timeout: _duration_pb2.Duration | None = ...,
         completion_window: _duration_pb2.Duration | None = ...,
+        block_size: _builtins.int = ...,
         completion_callback: Global___CompletionCallback | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completion_callback", b"completion_callback", "completion_window", b"completion_window", "item_timeout", b"item_timeout", "retry_policy", b"retry_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "chunk_size", b"chunk_size", "completion_callback", b"completion_callback", "completion_window", b"completion_window", "item_timeout", b"item_timeout", "max_concurrent", b"max_concurrent", "max_per_second", b"max_per_second", "priority", b"priority", "rate_limit_key", b"rate_limit_key", "retry_policy", b"retry_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_size", b"block_size", "burst", b"burst", "chunk_size", b"chunk_size", "completion_callback", b"completion_callback", "completion_window", b"completion_window", "item_timeout", b"item_timeout", "max_concurrent", b"max_concurrent", "max_per_second", b"max_per_second", "priority", b"priority", "rate_limit_key", b"rate_limit_key", "retry_policy", b"retry_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
