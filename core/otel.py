@@ -9,6 +9,7 @@ process (a test) can run a traced server beside an untraced one. docs/operations
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import Token
@@ -177,6 +178,32 @@ class Tracing:
             if outcome.state is not ItemState.SUCCEEDED:
                 span.set_attribute("batchd.item.error_code", outcome.error_code)
             if outcome.state is ItemState.FAILED:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def start_block(self, claimed: ClaimedChunk, items: int) -> _ItemScope:
+        """Starts the span of one `run_many` call (a block of `items` items) and makes it
+        current until `end_block`: one span per block, not per item."""
+        span = self.tracer.start_span(
+            f"block {claimed.handler}",
+            attributes={"batchd.block.items": items},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def end_block(scope: _ItemScope, outcomes: Sequence[ItemOutcome] | None) -> None:
+        """Ends the block's span with how many of its items succeeded, are to be retried
+        and failed (None: cut short); status ERROR when every item FAILED."""
+        span, token = scope
+        otel_context.detach(token)
+        if outcomes is not None:
+            states = Counter(outcome.state for outcome in outcomes)
+            span.set_attribute("batchd.block.succeeded", states[ItemState.SUCCEEDED])
+            span.set_attribute("batchd.block.retried", states[ItemState.PENDING])
+            span.set_attribute("batchd.block.failed", states[ItemState.FAILED])
+            if outcomes and states[ItemState.FAILED] == len(outcomes):
                 span.set_status(Status(StatusCode.ERROR))
         span.end()
 

@@ -7,6 +7,10 @@
     any other exception                        FAILED, UNKNOWN (traceback to the log only)
     output not a JSON object                   FAILED, INTERNAL
 
+`run_block` runs a block of items in one `run_many` call: each item's outcome is decided
+as above from what `run_many` returned for it, or, when the call raised (or overran
+item_timeout), from that exception for every item of the block.
+
 Attempts count across workers and runs: the claim says how many an item already had
 (`ClaimedChunk.attempts`), so a retry on another worker, or after a crash, continues the
 count. Nothing here sleeps: a retry is a PENDING outcome the store turns into a deferred
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -34,11 +38,13 @@ from batchd.worker.handler import (
 )
 from batchd.worker.retry import retry_delay
 
-__all__ = ["Item", "OnSlowDown", "run_item"]
+__all__ = ["Item", "OnBlockSlowDown", "OnSlowDown", "run_block", "run_item"]
 
 Item = tuple[int, str, bytes]  # (global index, custom_id, params_json)
 # Told when a handler raised SlowDown, with the attempt's start (time.time()).
 OnSlowDown = Callable[[SlowDown, float], Awaitable[None]]
+# The same for a block: told the position in the block of the item that met it.
+OnBlockSlowDown = Callable[[int, SlowDown, float], Awaitable[None]]
 
 
 async def run_item(
@@ -100,6 +106,95 @@ async def _attempt(
             message = f"item timed out after {limit:g}s"
             raise RetryableError(message, code=Code.DEADLINE_EXCEEDED) from exc
         raise
+
+
+async def run_block(
+    handler: Handler,
+    claimed: ClaimedChunk,
+    items: Sequence[Item],
+    log: structlog.typing.FilteringBoundLogger,
+    *,
+    on_slow_down: OnBlockSlowDown | None = None,
+) -> list[ItemOutcome]:
+    """Runs the next attempt of each of `items` in one `handler.run_many` call; one
+    outcome per item, in order. Never raises but CancelledError from outside."""
+    assert handler.run_many is not None
+    outcomes: list[ItemOutcome | None] = [None] * len(items)
+    calls: list[tuple[dict[str, Any], ItemContext]] = []
+    positions: list[int] = []  # where each call's item sits in `items`
+    for position, (index, custom_id, params_json) in enumerate(items):
+        before = claimed.attempts.get(index, 0)
+        try:
+            params = {} if params_json == b"{}" else fastjson.loads(params_json)
+        except ValueError:
+            message = "params are not JSON"
+            outcomes[position] = _failed(index, before, None, Code.INVALID_ARGUMENT, message)
+            continue
+        calls.append((params, ItemContext(claimed.batch_id, custom_id, before + 1, log)))
+        positions.append(position)
+    if calls:
+        start = time.time()
+        results = await _block_results(handler, claimed, calls, log)
+        for position, (_, ctx), result in zip(positions, calls, results, strict=True):
+            index = items[position][0]
+            if isinstance(result, BaseException):
+                if isinstance(result, SlowDown) and on_slow_down is not None:
+                    await on_slow_down(position, result, start)
+                outcomes[position] = _outcome_of(claimed, index, ctx, start, result)
+            else:
+                outcomes[position] = _succeeded(index, ctx.attempt, start, result, ctx)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+async def _block_results(
+    handler: Handler,
+    claimed: ClaimedChunk,
+    calls: list[tuple[dict[str, Any], ItemContext]],
+    log: structlog.typing.FilteringBoundLogger,
+) -> Sequence[Any]:
+    """What `run_many` returned, one per call; what it raised, repeated for each."""
+    assert handler.run_many is not None
+    limit = claimed.options.item_timeout
+    try:
+        if limit > 0:
+            deadline = asyncio.timeout(limit)
+            try:
+                async with deadline:
+                    results = await handler.run_many(calls)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    message = f"block of {len(calls)} items timed out after {limit:g}s"
+                    raise RetryableError(message, code=Code.DEADLINE_EXCEEDED) from exc
+                raise
+        else:
+            results = await handler.run_many(calls)
+    except HandlerError as exc:
+        return [exc] * len(calls)
+    except Exception as exc:
+        log.warning("block_raised", items=len(calls), exc_info=True)
+        return [exc] * len(calls)
+    except asyncio.CancelledError:
+        if _being_cancelled():
+            raise  # the job is: the items stay without outcome, for the next run
+        log.warning("block_cancelled_itself", items=len(calls), exc_info=True)
+        return [HandlerError("the handler was cancelled", code=Code.CANCELLED)] * len(calls)
+    if not isinstance(results, (list, tuple)) or len(results) != len(calls):
+        got = f"{len(results)} outcomes" if isinstance(results, (list, tuple)) else "a "
+        got += "" if isinstance(results, (list, tuple)) else type(results).__name__
+        message = f"run_many returned {got} for {len(calls)} items"
+        return [HandlerError(message, code=Code.INTERNAL)] * len(calls)
+    return results
+
+
+def _outcome_of(
+    claimed: ClaimedChunk, index: int, ctx: ItemContext, start: float, exc: BaseException
+) -> ItemOutcome:
+    """The outcome of an item whose attempt ended in `exc` (as `run_item` decides it)."""
+    if isinstance(exc, RetryableError):
+        return _retry_or_fail(claimed, index, ctx.attempt, start, exc, ctx.logger)
+    if isinstance(exc, HandlerError):
+        return _failed(index, ctx.attempt, start, exc.code, exc.message)
+    return _failed(index, ctx.attempt, start, Code.UNKNOWN, _message(exc))
 
 
 def _retry_or_fail(

@@ -35,10 +35,10 @@ from batchd.core.errors import NotFound
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import run_later
-from batchd.worker.attempts import Item, OnSlowDown, run_item
+from batchd.worker.attempts import Item, OnBlockSlowDown, OnSlowDown, run_block, run_item
 from batchd.worker.fifo_semaphore import FifoSemaphore
-from batchd.worker.flow_gate import FlowGate, PermitPool
-from batchd.worker.handler import Handler
+from batchd.worker.flow_gate import Admission, FlowGate, PermitPool
+from batchd.worker.handler import Handler, SlowDown
 from batchd.worker.leases import Lease, LeaseKeeper
 from batchd.worker.metrics import WorkerMetrics
 from batchd.worker.recorder import FlushFailed, Recorder
@@ -183,6 +183,24 @@ async def _traced_run(
         return end
 
 
+async def _traced_block(
+    tracing: Tracing,
+    handler: Handler,
+    claimed: ClaimedChunk,
+    items: list[Item],
+    log: structlog.typing.FilteringBoundLogger,
+    *,
+    on_slow_down: OnBlockSlowDown | None = None,
+) -> list[ItemOutcome]:
+    """`run_block` inside the block's span."""
+    scope, outcomes = tracing.start_block(claimed, len(items)), None
+    try:
+        outcomes = await run_block(handler, claimed, items, log, on_slow_down=on_slow_down)
+        return outcomes
+    finally:
+        tracing.end_block(scope, outcomes)
+
+
 async def _traced_item(
     tracing: Tracing,
     handler: Handler | None,
@@ -221,6 +239,16 @@ class _ChunkRun:
         self._run_item: Callable[..., Awaitable[ItemOutcome]] = (
             run_item if tracing is None else partial(_traced_item, tracing)
         )
+        self._run_block: Callable[..., Awaitable[list[ItemOutcome]]] = (
+            run_block if tracing is None else partial(_traced_block, tracing)
+        )
+        # Items per handler call: above 1 only for a handler with run_many (a batch
+        # stored before block_size existed says 0: its handler's default).
+        self.block_size = 1
+        if handler is not None and handler.run_many is not None:
+            self.block_size = min(
+                claimed.options.block_size or handler.block_size, len(claimed.items) or 1
+            )
         # Items not started yet (consumers never wait on it: a plain deque).
         self.queue: deque[Item] = deque()
         metrics = runtime.metrics
@@ -257,6 +285,8 @@ class _ChunkRun:
         pool = min(len(claimed.items), max(self.runtime.settings.worker_concurrency, 1))
         if claimed.options.max_concurrent > 0:  # more consumers could only wait for slots
             pool = min(pool, claimed.options.max_concurrent)
+        if self.block_size > 1:  # each consumer runs up to a block of items at once
+            pool = -(-pool // self.block_size)
         self.log.debug(
             "chunk_claimed", handler=claimed.handler, items=len(claimed.items), max_consumers=pool
         )
@@ -321,13 +351,15 @@ class _ChunkRun:
         for _ in range(min(count, self._pool_size - self._started)):
             self._started += 1
             self._idle += 1
-            self._consumers.create_task(self._consume(), name=f"consumer {self._started}")
+            consume = self._consume() if self.block_size == 1 else self._consume_blocks()
+            self._consumers.create_task(consume, name=f"consumer {self._started}")
 
     def _grow(self) -> None:
         """Called as a consumer starts an item while every consumer runs one and items
         wait: doubles the consumers, up to the free worker slots (a 500-slot worker
         fills them in 9 steps)."""
-        self._spawn(min(self._started, self.runtime.in_flight.free))
+        free = -(-self.runtime.in_flight.free // self.block_size)
+        self._spawn(min(self._started, free))
 
     async def _consume(self) -> None:
         # Locals: this loop runs once per item, so its lookups are kept off `self`.
@@ -373,6 +405,64 @@ class _ChunkRun:
             since_yield += 1
         self._idle -= 1
 
+    async def _consume_blocks(self) -> None:
+        """`_consume` for a handler taking blocks: starts up to `block_size` items in one
+        `run_many` call. The first item is admitted as in `_consume` (waiting if need
+        be, Redis asked for a block's worth); the others only with what is at hand, so a
+        block starts smaller rather than wait."""
+        queue, gate, recorder, lease = self.queue, self.gate, self.recorder, self.lease
+        handler, claimed, log, size = self.handler, self.claimed, self.log, self.block_size
+        assert handler is not None
+        since_yield = 0
+        while True:
+            if since_yield >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                since_yield = 0
+            if (self._stops_starting() or not lease.live) and not await self._may_start():
+                break
+            item = queue.popleft()
+            admission = gate.admit_now(item)
+            if admission is None:
+                if gate.flow_limited(item):
+                    self._spawn(self._pool_size)
+                admission = await gate.admit(item, self._halted, want=size)
+                if admission is None or self._halted():
+                    gate.block_formed()
+                    if admission is not None:
+                        await gate.done(admission)
+                    queue.appendleft(item)
+                    continue
+            items, admissions = [item], [admission]
+            while len(items) < size and queue:
+                more = gate.admit_more(queue[0])
+                if more is None:
+                    break
+                items.append(queue.popleft())
+                admissions.append(more)
+            gate.block_formed()
+            count = len(items)
+            self._idle -= 1
+            lease.in_flight += count
+            if self._idle == 0 and queue:
+                self._grow()
+            try:
+                outcomes = await self._run_block(
+                    handler, claimed, items, log, on_slow_down=_BlockSlowDown(admissions)
+                )
+            finally:
+                self._idle += 1
+                lease.in_flight -= count
+                for admission in admissions:
+                    if gate.batch_slots is None:
+                        gate.done_now(admission)
+                    else:
+                        await gate.done(admission)
+            last = not lease.in_flight and not queue
+            for position, outcome in enumerate(outcomes, 1 - count):
+                recorder.add_one(outcome, last=last and position == 0)
+            since_yield += count
+        self._idle -= 1
+
     def _stops_starting(self, holding: bool = False) -> bool:
         """`holding`: asked by a consumer holding an item it took out of the queue."""
         return (
@@ -401,6 +491,23 @@ class _ChunkRun:
         left = list(self.queue)
         self.queue.clear()
         return left
+
+
+class _BlockSlowDown:
+    """Tells a block's admissions of the SlowDowns its items met: each item's admission
+    is marked, each distinct bucket list cut once per block."""
+
+    def __init__(self, admissions: list[Admission]) -> None:
+        self.admissions = admissions
+        self.cut: set[int] = set()
+
+    async def __call__(self, position: int, exc: SlowDown, started: float) -> None:
+        admission = self.admissions[position]
+        if id(admission.permits) in self.cut:
+            admission.slowed = True
+            return
+        self.cut.add(id(admission.permits))
+        await admission.slow_down(exc, started)
 
 
 async def _first_of(*waits: Awaitable[Any]) -> None:

@@ -7,6 +7,11 @@ thousands of consumers waiting (every chunk run of a busy worker has its pool), 
 release scans dozens of woken waiters (docs/performance.md). Here a release hands its
 slot to the first live waiter in O(1) (amortised), and the waiter owns it from that
 moment, so nothing can take it in between.
+
+A waiter for a block of items (`acquire_up_to`) gathers, while it is first in line and
+not yet running, every slot freed meanwhile up to what it asked for: a block that ends
+frees its slots one by one in a loop, and they go on together to the next block rather
+than one to each waiter (which would cut every block down to one item).
 """
 
 from __future__ import annotations
@@ -17,10 +22,19 @@ from collections import deque
 __all__ = ["FifoSemaphore"]
 
 
+class _Waiter:
+    __slots__ = ("future", "granted", "want")
+
+    def __init__(self, future: asyncio.Future[None], want: int) -> None:
+        self.future = future
+        self.want = want
+        self.granted = 0
+
+
 class FifoSemaphore:
     def __init__(self, size: int) -> None:
         self._free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
 
     def locked(self) -> bool:
         """No slot free now (an `acquire` would wait)."""
@@ -38,22 +52,43 @@ class FifoSemaphore:
         return False
 
     async def acquire(self) -> None:
+        await self.acquire_up_to(1)
+
+    async def acquire_up_to(self, want: int) -> int:
+        """At least one slot and at most `want`: those free now, or, after waiting, those
+        freed while this waiter was first in line and not yet running. Returns how many."""
         if self._free > 0:
-            self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            taken = min(self._free, want)
+            self._free -= taken
+            return taken
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), max(want, 1))
         self._waiters.append(waiter)
         try:
-            await waiter
+            await waiter.future
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a slot, then cancelled before using it: pass it on
+            self._leave(waiter)
+            # Handed slots, then cancelled before using them: pass them on.
+            for _ in range(waiter.granted):
+                self.release()
             raise
+        self._leave(waiter)
+        return waiter.granted
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """Takes a woken waiter out of line: it gathers no more slots."""
+        if self._waiters and self._waiters[0] is waiter:
+            self._waiters.popleft()
 
     def release(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():  # cancelled waiters are skipped
-                waiter.set_result(None)
-                return
+            waiter = self._waiters[0]
+            if waiter.future.cancelled():  # cancelled waiters are skipped
+                self._waiters.popleft()
+                continue
+            waiter.granted += 1
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+            if waiter.granted >= waiter.want:
+                self._waiters.popleft()
+            return
         self._free += 1

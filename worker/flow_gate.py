@@ -142,6 +142,8 @@ class FlowGate:
         )
         self._keyless: _Permits | None = None
         self._last: tuple[Item, _Permits] | None = None  # an item, its permits: _permits_for
+        # Worker slots gathered for a block's other items (`admit_more` takes them).
+        self._spare_slots = 0
         self._turn = asyncio.Lock()
         self._turn_over = asyncio.Event()  # set (and replaced) when a turn ends
 
@@ -161,14 +163,16 @@ class FlowGate:
         for a worker slot)."""
         return self.batch_slots is not None or not self._permits_for(item).at_hand()
 
-    async def admit(self, item: Item, halted: Halted) -> Admission | None:
+    async def admit(self, item: Item, halted: Halted, *, want: int = 1) -> Admission | None:
         """What `item` needs to run, held until `done`; None if the chunk halted first
-        (then nothing is held, and the caller puts the item back)."""
+        (then nothing is held, and the caller puts the item back). `want`: items the
+        caller would start together (a block), what Redis is asked for on its behalf;
+        it takes the rest with `admit_more`."""
         permits = self._permits_for(item)
-        if self.batch_slots is not None and not await self.batch_slots.acquire(halted):
+        if self.batch_slots is not None and not await self.batch_slots.acquire(halted, want):
             return None
         try:
-            admitted = await self._worker_slot_and_permit(permits, halted)
+            admitted = await self._worker_slot_and_permit(permits, halted, want)
         except BaseException:
             if self.batch_slots is not None:
                 await self.batch_slots.release()
@@ -178,6 +182,33 @@ class FlowGate:
         if self.batch_slots is not None:
             await self.batch_slots.release()
         return None
+
+    def admit_more(self, item: Item) -> Admission | None:
+        """`item`'s max_concurrent slot, worker slot and permit if all are at hand now,
+        for the next item of a block; None (nothing held) if any is not: the block
+        starts smaller rather than wait."""
+        slots = self.batch_slots
+        if slots is not None and slots.in_use >= slots.held:
+            return None
+        if not self._spare_slots and self.in_flight.locked():
+            return None
+        permits = self._permits_for(item)
+        if not permits.take_now():
+            return None
+        if self._spare_slots:
+            self._spare_slots -= 1
+        else:
+            self.in_flight.try_acquire()  # free: checked above, and nothing ran since
+        if slots is not None:
+            slots.in_use += 1
+        return Admission(permits)
+
+    def block_formed(self) -> None:
+        """The block `admit(want=...)` began is complete: gives back the worker slots
+        gathered for it and not used."""
+        while self._spare_slots:
+            self._spare_slots -= 1
+            self.in_flight.release()
 
     async def done(self, admission: Admission) -> None:
         """The admitted item ended: gives back what `admit` took."""
@@ -191,17 +222,19 @@ class FlowGate:
         if not admission.slowed:
             admission.permits.ok += 1
 
-    async def _worker_slot_and_permit(self, permits: _Permits, halted: Halted) -> bool:
-        permits.waiting += 1  # what the next take asks for: every consumer ready to start
+    async def _worker_slot_and_permit(self, permits: _Permits, halted: Halted, want: int) -> bool:
+        permits.waiting += want  # what the next take asks for: every item ready to start
         try:
             while True:
                 if permits.at_hand():
                     # Straight to the worker slot (a semaphore wakes as many waiters as
-                    # slots come free).
-                    await self.in_flight.acquire()
+                    # slots come free); a block's first item gathers slots for the rest.
+                    slots = await self.in_flight.acquire_up_to(want)
                     if permits.take_now():
+                        self._spare_slots += slots - 1
                         return True
-                    self.in_flight.release()  # taken meanwhile: wait for permits
+                    for _ in range(slots):  # taken meanwhile: wait for permits
+                        self.in_flight.release()
                 if halted():
                     return False
                 if self._turn.locked():
@@ -212,7 +245,7 @@ class FlowGate:
                     continue
                 return await self._take_turn(permits, halted)
         finally:
-            permits.waiting -= 1
+            permits.waiting -= want
 
     async def _take_turn(self, permits: _Permits, halted: Halted) -> bool:
         """Waits for a permit holding a worker slot: one consumer of the run at a time."""
@@ -438,8 +471,9 @@ class _BatchSlots:
         self.waiting = 0
         self._lock = asyncio.Lock()
 
-    async def acquire(self, halted: Halted) -> bool:
-        self.waiting += 1
+    async def acquire(self, halted: Halted, want: int = 1) -> bool:
+        """One slot; `want`: how many to ask Redis for on this caller's behalf."""
+        self.waiting += want
         try:
             while True:
                 if self.in_use < self.held:
@@ -454,7 +488,7 @@ class _BatchSlots:
                 if self.in_use >= self.held:
                     await _sleep(SLOT_POLL * random.uniform(0.5, 1.5), halted)
         finally:
-            self.waiting -= 1
+            self.waiting -= want
 
     async def release(self) -> None:
         self.in_use -= 1

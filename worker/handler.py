@@ -24,6 +24,13 @@ What `run` raises decides the item's fate:
 
 Any other exception fails the item with code UNKNOWN and the exception's message; the
 traceback goes to the worker's log, never into the stored error.
+
+A handler for a downstream with a bulk API (a bulk insert, a batch endpoint) may also
+take items in blocks: `run_many(items)` gets a list of `(params, ctx)` pairs and returns
+one outcome per item, in order — the item's output, or the exception its `run` would
+have raised (returned, not raised: it fails that item only). An exception `run_many`
+raises fails every item of the block. `bulk_handler` makes one from such a function;
+the batch option `block_size` (default: the handler's) says how many items a call takes.
 """
 
 from __future__ import annotations
@@ -31,19 +38,20 @@ from __future__ import annotations
 import enum
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
 from batchd.core.config import Settings
-from batchd.core.domain import BatchOptions, tenant_of
+from batchd.core.domain import MAX_BLOCK_SIZE, BatchOptions, tenant_of
 
 if TYPE_CHECKING:
     from batchd.core.otel import Tracing
 
 __all__ = [
+    "BlockOutcome",
     "Code",
     "Handler",
     "HandlerError",
@@ -52,10 +60,12 @@ __all__ = [
     "RateKey",
     "RetryableError",
     "RunItem",
+    "RunMany",
     "ShutdownHook",
     "SlowDown",
     "StartupHook",
     "WorkerInfo",
+    "bulk_handler",
     "handler",
 ]
 
@@ -207,6 +217,19 @@ class RunItem(Protocol):
     ) -> Awaitable[Mapping[str, Any]]: ...
 
 
+# One item's outcome from `run_many`: its output, or the exception that fails it.
+BlockOutcome = Mapping[str, Any] | BaseException
+
+
+class RunMany(Protocol):
+    """Runs a block of items, `(params, ctx)` pairs: returns one outcome per item, in
+    order (its output, or an exception such as `RetryableError` for that item alone)."""
+
+    def __call__(
+        self, items: Sequence[tuple[dict[str, Any], ItemContext]], /
+    ) -> Awaitable[Sequence[BlockOutcome]]: ...
+
+
 class RateKey(Protocol):
     """The rate-limit key of an item, from its params (None: none), for batches that name
     no rate_limit_key: its starts share that key's adaptive back-off with every batch
@@ -248,12 +271,26 @@ class Handler:
     # fields. A worker serving the handler takes each as a flag and a BATCHD_* variable;
     # the startup hook reads them with `worker.settings.section(<that dataclass>)`.
     settings: type[Any] | None = field(default=None, compare=False)
+    # Runs items in blocks (see the module docstring); `default_options.block_size` is
+    # its default block size (1 when left 0). None: one item per call, always.
+    run_many: RunMany | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(
                 f"handler name {self.name!r}: lowercase words of [a-z0-9_] joined by dots"
             )
+        if self.run_many is None and self.default_options.block_size > 1:
+            raise ValueError(f"handler {self.name!r}: a block_size above 1 needs run_many")
+        if self.run_many is not None and not inspect.iscoroutinefunction(self.run_many):
+            raise TypeError(f"handler {self.name!r}: run_many must be an async def")
+
+    @property
+    def block_size(self) -> int:
+        """Its default items per call: 0 without run_many, else 1 or more."""
+        if self.run_many is None:
+            return 0
+        return max(self.default_options.block_size, 1)
 
     def on_startup(self, hook: _Startup) -> _Startup:
         """Decorator: `hook` becomes this handler's startup hook (one per handler)."""
@@ -303,6 +340,47 @@ def handler(
             description=_summary(run) if description is None else description,
             params_schema=_params_schema(params_schema),
             default_options=BatchOptions() if default_options is None else default_options,
+            rate_key=rate_key,
+            settings=settings,
+        )
+
+    return define
+
+
+def bulk_handler(
+    name: str,
+    *,
+    block_size: int,
+    description: str | None = None,
+    params_schema: Mapping[str, Any] | type[Any] | None = None,
+    default_options: BatchOptions | None = None,
+    rate_key: RateKey | None = None,
+    settings: type[Any] | None = None,
+) -> Callable[[RunMany], Handler]:
+    """Decorator: the async function `run_many(items)` becomes a `Handler` that takes
+    items in blocks of `block_size` by default (a batch's `block_size` option overrides
+    it). Its `run` calls `run_many` with one item. The other arguments are `handler`'s."""
+    if not 1 <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(f"handler {name!r}: block_size must be 1 to {MAX_BLOCK_SIZE}")
+
+    def define(run_many: RunMany) -> Handler:
+        if not inspect.iscoroutinefunction(run_many):
+            raise TypeError(f"handler {name!r}: run_many must be an async def, got {run_many!r}")
+
+        async def run(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+            (outcome,) = await run_many([(params, ctx)])
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        options = BatchOptions() if default_options is None else default_options
+        return Handler(
+            name=name,
+            run=run,
+            run_many=run_many,
+            description=_summary(run_many) if description is None else description,
+            params_schema=_params_schema(params_schema),
+            default_options=replace(options, block_size=block_size),
             rate_key=rate_key,
             settings=settings,
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -176,7 +176,8 @@ def specs(handlers: Mapping[str, Handler]) -> list[HandlerSpec]:
             name=h.name,
             description=h.description,
             params_schema=h.params_schema,
-            default_options=h.default_options,
+            # block_size 0 says "one item per call"; 1 or more, "takes blocks".
+            default_options=replace(h.default_options, block_size=h.block_size),
         )
         for h in handlers.values()
     ]
