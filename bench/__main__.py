@@ -19,6 +19,7 @@ from bench import (
     migrate,
     mixed_pool,
     noop,
+    noop_blocks,
     open_uploads,
     redis_cost,
     scaling,
@@ -33,6 +34,7 @@ from bench import (
 SCENARIOS = [
     (upload_noop.main, ["--items", "100000"]),
     (noop.main, ["--items", "100000", "--arq-jobs", "20000"]),
+    (noop_blocks.main, ["--items", "100000", "--pairs", "2"]),
     (metrics_cost.main, ["--items", "100000", "--pairs", "2"]),
     (tracing_cost.main, ["--items", "100000", "--pairs", "2"]),
     (sleep.main, ["--items", "20000"]),

@@ -38,16 +38,23 @@ def items(count: int) -> Iterator[tuple[str, dict[str, object]]]:
 
 
 async def run(
-    count: int, chunk_size: int, server_port: int, redis_url: str | None = None
+    count: int,
+    chunk_size: int,
+    server_port: int,
+    redis_url: str | None = None,
+    *,
+    block_size: int = 0,
 ) -> dict[str, float]:
     """With `redis_url`, also the steady state: items/s and Redis commands per item from the
-    end of the upload until 90% of the items are done (no upload, no start or tail)."""
+    end of the upload until 90% of the items are done (no upload, no start or tail).
+    `block_size`: the batch's (0: noop's default, one item per call)."""
     steady: list[tuple[float, int, int]] = []  # (time, succeeded, commands)
     async with AsyncClient(f"127.0.0.1:{server_port}") as client:
         # The worker publishes its catalog at start-up, in another process: poll for it.
         await wait_for_handler(client, "noop")
         started = time.perf_counter()
-        result = await client.upload("noop", items(count), options={"chunk_size": chunk_size})
+        options = {"chunk_size": chunk_size, "block_size": block_size}
+        result = await client.upload("noop", items(count), options=options)
         uploaded = time.perf_counter()
         async for progress in client.watch(result.batch.batch_id, min_interval=0.1):
             last = progress

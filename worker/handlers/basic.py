@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchd.core.domain import BatchOptions
-from batchd.worker.handler import Code, Handler, ItemContext, PermanentError
+from batchd.worker.handler import BlockOutcome, Code, Handler, ItemContext, PermanentError
 
 __all__ = ["basic_handlers", "noop_handler", "sleep_handler"]
 
 
 async def _noop(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
     return {}
+
+
+async def _noop_many(items: Sequence[tuple[dict[str, Any], ItemContext]]) -> list[BlockOutcome]:
+    return [{} for _ in items]
 
 
 async def _sleep(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
@@ -27,10 +31,14 @@ async def _sleep(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
 def noop_handler() -> Handler:
     return Handler(
         name="noop",
-        description="Does nothing and returns {}. Takes any params object.",
+        description=(
+            "Does nothing and returns {}. Takes any params object, and items in blocks "
+            "(block_size)."
+        ),
         params_schema={"type": "object"},
         run=_noop,
-        default_options=BatchOptions(chunk_size=1000),
+        run_many=_noop_many,
+        default_options=BatchOptions(chunk_size=1000, block_size=1),
     )
 
 
