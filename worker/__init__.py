@@ -11,6 +11,7 @@ from __future__ import annotations
 from batchd.core.config import setting
 from batchd.core.domain import BatchOptions, RetryPolicy
 from batchd.worker.handler import (
+    BlockOutcome,
     Code,
     Handler,
     HandlerError,
@@ -19,12 +20,14 @@ from batchd.worker.handler import (
     RetryableError,
     SlowDown,
     WorkerInfo,
+    bulk_handler,
     handler,
     schema_of,
 )
 
 __all__ = [
     "BatchOptions",
+    "BlockOutcome",
     "Code",
     "Handler",
     "HandlerError",
@@ -34,6 +37,7 @@ __all__ = [
     "RetryableError",
     "SlowDown",
     "WorkerInfo",
+    "bulk_handler",
     "handler",
     "schema_of",
     "setting",

@@ -29,6 +29,7 @@ from yarl import URL
 from batchd.worker import (
     BatchOptions,
     Code,
+    HandlerError,
     ItemContext,
     PermanentError,
     RetryableError,
@@ -45,6 +46,7 @@ __all__ = [
     "close_pool",
     "greet_send",
     "open_pool",
+    "status_error",
     "webhook_host",
 ]
 
@@ -116,14 +118,23 @@ async def greet_send(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, A
     except aiohttp.ClientError as exc:
         raise RetryableError(f"cannot reach the webhook: {type(exc).__name__}") from exc
     ctx.logger.info("webhook_answered", status=status, attempt=ctx.attempt)
+    error = status_error(status, retry_after)
+    if error is not None:
+        raise error
+    return {"greeting": greeting, "status": status, "duplicate": status == 409}
+
+
+def status_error(status: int, retry_after: float | None) -> HandlerError | None:
+    """What a webhook's answer `status` fails the item with; None: delivered (2xx, and
+    409, a key the receiver has seen already)."""
     if 200 <= status < 300 or status == 409:
-        return {"greeting": greeting, "status": status, "duplicate": status == 409}
+        return None
     if status in (429, 503):
-        raise SlowDown(f"the webhook answered {status}", retry_after=retry_after)
+        return SlowDown(f"the webhook answered {status}", retry_after=retry_after)
     if status >= 500:
-        raise RetryableError(f"the webhook answered {status}", retry_after=retry_after)
+        return RetryableError(f"the webhook answered {status}", retry_after=retry_after)
     code = _FAILURES.get(status, Code.FAILED_PRECONDITION)
-    raise PermanentError(f"the webhook answered {status}", code=code)
+    return PermanentError(f"the webhook answered {status}", code=code)
 
 
 @greet_send.on_startup
