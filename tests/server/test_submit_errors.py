@@ -11,6 +11,7 @@ import grpc
 import pytest
 from support.rich_status import violations
 
+from batchd.core.domain import BatchOptions, HandlerSpec
 from batchd.core.store import BatchStore
 from batchd.v1 import batch_pb2, batch_service_pb2
 
@@ -59,6 +60,9 @@ async def submit_error(stub: Stub, **fields: Any) -> grpc.aio.AioRpcError:
         ({"batch_id": "not ok"}, "batch_id"),
         ({"options": batch_pb2.BatchOptions(chunk_size=10_001)}, "options.chunk_size"),
         ({"options": batch_pb2.BatchOptions(max_per_second=-1)}, "options.max_per_second"),
+        ({"options": batch_pb2.BatchOptions(block_size=1001)}, "options.block_size"),
+        # test.echo has no run_many: one item per call.
+        ({"options": batch_pb2.BatchOptions(block_size=2)}, "options.block_size"),
     ],
 )
 async def test_invalid_submit_names_the_field(
@@ -156,3 +160,40 @@ async def test_defaults_come_from_the_handler(stub: Stub) -> None:
     assert batch.total_items == 20
     assert batch.state == batch_pb2.BATCH_STATE_QUEUED
     assert batch.counts.pending == 20
+
+
+# A handler that takes blocks, as a worker publishes one: its default block_size is 1 or
+# more (0 says "one item per call").
+BULK = HandlerSpec(
+    name="test.bulk",
+    description="Takes items in blocks.",
+    params_schema={"type": "object"},
+    default_options=BatchOptions(chunk_size=7, block_size=5),
+)
+
+
+@pytest.fixture(scope="module")
+async def bulk_published(store: BatchStore) -> None:
+    await store.publish_worker(f"test-bulk-{uuid.uuid4().hex}", [BULK], ttl=3600)
+
+
+@pytest.mark.usefixtures("bulk_published")
+async def test_block_size_defaults_to_the_handlers_and_stays_within_a_chunk(stub: Stub) -> None:
+    async def block_size(handler: str, **options: Any) -> int:
+        request = batch_service_pb2.SubmitBatchRequest(
+            handler=handler, items=items(3), options=batch_pb2.BatchOptions(**options)
+        )
+        return (await stub.SubmitBatch(request)).batch.options.block_size
+
+    assert await block_size("test.bulk") == 5
+    assert await block_size("test.bulk", block_size=7) == 7
+    assert await block_size("test.bulk", chunk_size=3) == 3  # the default, cut to the chunk
+    assert await block_size("test.echo") == 1
+    assert await block_size("test.echo", block_size=1) == 1
+    error = await submit_error(
+        stub, handler="test.bulk", options=batch_pb2.BatchOptions(chunk_size=4, block_size=5)
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == {"options.block_size": "must not be above options.chunk_size"}
+    error = await submit_error(stub, options=batch_pb2.BatchOptions(block_size=2))
+    assert "no run_many" in violations(error)["options.block_size"]
