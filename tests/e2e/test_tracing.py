@@ -219,6 +219,21 @@ async def test_failed_attempts_are_error_spans(
     assert item.status.status_code is StatusCode.ERROR
 
 
+async def test_a_block_is_one_span_with_its_item_count(
+    traced: Service, exporter: InMemorySpanExporter
+) -> None:
+    items: list[tuple[str, dict[str, object]]] = [(f"i{i}", {}) for i in range(10)]
+    options = {"chunk_size": 10, "block_size": 5}
+    batch_id = (await traced.client.submit("noop", items, options=options)).batch.batch_id
+    await _finished(traced.client, batch_id)
+    _, blocks = await _spans_of(exporter, batch_id, chunks=1, items=2)
+    assert [b.name for b in blocks] == ["block noop", "block noop"]
+    for block in blocks:
+        assert _attr(block, "batchd.block.items") == 5
+        assert _attr(block, "batchd.block.succeeded") == 5
+        assert _attr(block, "batchd.block.failed") == 0
+
+
 async def test_an_http_request_is_a_child_of_its_item(
     traced: Service, exporter: InMemorySpanExporter, peer: tuple[str, list[str]]
 ) -> None:
