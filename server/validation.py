@@ -252,12 +252,11 @@ def effective_options(
     requested: batch_pb2.BatchOptions, spec: HandlerSpec, service_defaults: BatchOptions
 ) -> BatchOptions:
     """The options in force: the request's, then the handler's, then the service's.
-    A block_size is never above chunk_size (a handler's default is cut down to it) and
-    is 1 for a handler that does not take blocks."""
+    A block_size is never above chunk_size (a handler's default is cut down to it); it
+    stays 0 for a handler that runs one item per call."""
     options = convert.options_from_proto(requested)
     merged = options.merged_over(spec.default_options).merged_over(service_defaults)
-    block_size = min(max(merged.block_size, 1), merged.chunk_size)
-    return replace(merged, block_size=block_size)
+    return replace(merged, block_size=min(merged.block_size, merged.chunk_size))
 
 
 def check_block_size(

@@ -188,7 +188,7 @@ async def test_block_size_defaults_to_the_handlers_and_stays_within_a_chunk(stub
     assert await block_size("test.bulk") == 5
     assert await block_size("test.bulk", block_size=7) == 7
     assert await block_size("test.bulk", chunk_size=3) == 3  # the default, cut to the chunk
-    assert await block_size("test.echo") == 1
+    assert await block_size("test.echo") == 0  # one item per call
     assert await block_size("test.echo", block_size=1) == 1
     error = await submit_error(
         stub, handler="test.bulk", options=batch_pb2.BatchOptions(chunk_size=4, block_size=5)

@@ -31,10 +31,7 @@ async def _sleep(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
 def noop_handler() -> Handler:
     return Handler(
         name="noop",
-        description=(
-            "Does nothing and returns {}. Takes any params object, and items in blocks "
-            "(block_size)."
-        ),
+        description="Does nothing and returns {}. Takes any params object.",
         params_schema={"type": "object"},
         run=_noop,
         run_many=_noop_many,

@@ -187,7 +187,7 @@ export type BatchOptions = Message<"batchd.v1.BatchOptions"> & {
    * and outcomes stay per item. 0: the handler's default (1 for most handlers).
    * 1 to 1,000 and not above chunk_size; above 1 only for a handler that takes
    * blocks: its HandlerInfo.default_options.block_size is 1 or more (0 for the
-   * others).
+   * others). In Batch.options, 0 means one item per call.
    *
    * @generated from field: uint32 block_size = 10;
    */
