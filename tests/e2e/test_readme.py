@@ -214,3 +214,20 @@ async def test_readme_callback_session_runs_as_shown(tmp_path: Path) -> None:
         async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
             shell.replacements["8001"] = str(find_free_port())
             await run_session(shell, read_session(block), CALLBACK_SESSION)
+
+
+# "Blocks for bulk APIs": noop in blocks of 100, and a block refused for sleep.
+BLOCKS_SESSION: Expected = [
+    ("python3 -c", 0, []),
+    ("batchd submit noop rows.jsonl --block-size 100 --watch", 0, ["COMPLETED 20000/20000"]),
+    ("batchd get", 0, ["succeeded=20000 failed=0", "block_size=100"]),
+    ("batchd submit sleep rows.jsonl --block-size 100", 2, "exact"),
+]
+
+
+@pytest.mark.slow
+async def test_readme_blocks_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
+    (block,) = sh_blocks_after(README.read_text(), "### Blocks for bulk APIs")
+    await poll(lambda: all_handlers_served(service.target), within=60)
+    async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
+        await run_session(shell, read_session(block), BLOCKS_SESSION)
