@@ -58,8 +58,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures["ratio_blocks_to_single"] = (
         figures["blocks_items_per_second"] / figures["single_items_per_second"]
     )
+    # CPU time counts in clock ticks: a small run's may read 0.
+    single_cpu = figures["single_worker_cpu_us_per_item"]
     figures["cpu_ratio_blocks_to_single"] = (
-        figures["blocks_worker_cpu_us_per_item"] / figures["single_worker_cpu_us_per_item"]
+        figures["blocks_worker_cpu_us_per_item"] / single_cpu if single_cpu else float("nan")
     )
     report(figures, args.json)
 

@@ -63,6 +63,16 @@ def test_metrics_cost_small(tmp_path: Path) -> None:
     assert_positive(result, "on_0_cpu_us_per_item", "off_0_cpu_us_per_item", "cpu_ratio_on_to_off")
 
 
+def test_noop_blocks_small(tmp_path: Path) -> None:
+    # Enough items for the worker's CPU time to count in clock ticks (10 ms each).
+    result = run_bench(tmp_path, "noop_blocks", "--items", "20000", "--pairs", "1")
+    assert result["block_size"] == 100
+    assert_positive(
+        result, "single_items_per_second", "blocks_items_per_second", "ratio_blocks_to_single"
+    )
+    assert_positive(result, "single_worker_cpu_us_per_item", "cpu_ratio_blocks_to_single")
+
+
 def test_tracing_cost_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "tracing_cost", "--items", "2000", "--pairs", "1")
     assert_positive(result, "on_0_items_per_second", "off_0_items_per_second", "ratio_on_to_off")
