@@ -168,7 +168,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         )
         start_at = validation.check_start_time(violations, header, now=self.store.clock())
         if spec is not None:
-            validation.check_block_size(violations, header.options, spec)
+            validation.check_block_size(violations, header.options, spec, self.service_defaults)
         violations.raise_if_any()
         assert spec is not None  # check_header reported a missing handler
         if header.options.completion_callback.url:

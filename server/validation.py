@@ -260,20 +260,26 @@ def effective_options(
 
 
 def check_block_size(
-    violations: Violations, requested: batch_pb2.BatchOptions, spec: HandlerSpec
+    violations: Violations,
+    requested: batch_pb2.BatchOptions,
+    spec: HandlerSpec,
+    service_defaults: BatchOptions,
 ) -> None:
     """A block_size above 1 is for a handler that takes blocks, and at most the batch's
-    chunk_size (a chunk is what a worker holds; a block is cut from one)."""
+    chunk_size in force (a chunk is what a worker holds; a block is cut from one)."""
     size = requested.block_size
     if size <= 1:
         return
+    chunk_size = (
+        requested.chunk_size or spec.default_options.chunk_size or service_defaults.chunk_size
+    )
     if not spec.takes_blocks:
         violations.add(
             "options.block_size",
             f"handler {spec.name!r} runs one item per call (it has no run_many): 0 or 1",
         )
-    elif requested.chunk_size and size > requested.chunk_size:
-        violations.add("options.block_size", "must not be above options.chunk_size")
+    elif size > chunk_size:
+        violations.add("options.block_size", f"must not be above chunk_size ({chunk_size})")
 
 
 def check_items(

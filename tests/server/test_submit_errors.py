@@ -194,6 +194,10 @@ async def test_block_size_defaults_to_the_handlers_and_stays_within_a_chunk(stub
         stub, handler="test.bulk", options=batch_pb2.BatchOptions(chunk_size=4, block_size=5)
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(error) == {"options.block_size": "must not be above options.chunk_size"}
+    assert violations(error) == {"options.block_size": "must not be above chunk_size (4)"}
+    error = await submit_error(  # the handler's chunk_size, 7
+        stub, handler="test.bulk", options=batch_pb2.BatchOptions(block_size=8)
+    )
+    assert violations(error) == {"options.block_size": "must not be above chunk_size (7)"}
     error = await submit_error(stub, options=batch_pb2.BatchOptions(block_size=2))
     assert "no run_many" in violations(error)["options.block_size"]
