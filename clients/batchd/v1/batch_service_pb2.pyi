@@ -51,6 +51,62 @@ lower case).
 """
 Global___ExportOrder: _TypeAlias = ExportOrder  # noqa: Y015
 
+class _BatchEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BatchEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BATCH_EVENT_TYPE_UNSPECIFIED: _BatchEventType.ValueType  # 0
+    """Not a type; never sent. As a filter it matches nothing in particular."""
+    BATCH_EVENT_TYPE_CREATED: _BatchEventType.ValueType  # 1
+    """The batch was committed (SubmitBatch, or the end of an UploadBatch): QUEUED."""
+    BATCH_EVENT_TYPE_STARTED: _BatchEventType.ValueType  # 2
+    """A worker picked up its first chunk: QUEUED -> RUNNING."""
+    BATCH_EVENT_TYPE_PAUSED: _BatchEventType.ValueType  # 3
+    """PauseBatch paused it: PAUSED."""
+    BATCH_EVENT_TYPE_RESUMED: _BatchEventType.ValueType  # 4
+    """ResumeBatch resumed it: RUNNING, or QUEUED if nothing had started."""
+    BATCH_EVENT_TYPE_CANCEL_REQUESTED: _BatchEventType.ValueType  # 5
+    """CancelBatch asked to cancel it: CANCELLING (a FINISHED event with state
+    CANCELLED follows once nothing runs any more, at once if nothing did).
+    """
+    BATCH_EVENT_TYPE_FINISHED: _BatchEventType.ValueType  # 6
+    """The batch ended: COMPLETED (every item terminal, expired ones included) or
+    CANCELLED; `state` says which.
+    """
+    BATCH_EVENT_TYPE_RETRIED: _BatchEventType.ValueType  # 7
+    """RetryBatchItems queued items again: RUNNING (a finished batch runs again)."""
+    BATCH_EVENT_TYPE_DELETED: _BatchEventType.ValueType  # 8
+    """DeleteBatch deleted the finished batch; state and counts are its last."""
+
+class BatchEventType(_BatchEventType, metaclass=_BatchEventTypeEnumTypeWrapper):
+    """What happened to a batch, in a WatchBatches stream."""
+
+BATCH_EVENT_TYPE_UNSPECIFIED: BatchEventType.ValueType  # 0
+"""Not a type; never sent. As a filter it matches nothing in particular."""
+BATCH_EVENT_TYPE_CREATED: BatchEventType.ValueType  # 1
+"""The batch was committed (SubmitBatch, or the end of an UploadBatch): QUEUED."""
+BATCH_EVENT_TYPE_STARTED: BatchEventType.ValueType  # 2
+"""A worker picked up its first chunk: QUEUED -> RUNNING."""
+BATCH_EVENT_TYPE_PAUSED: BatchEventType.ValueType  # 3
+"""PauseBatch paused it: PAUSED."""
+BATCH_EVENT_TYPE_RESUMED: BatchEventType.ValueType  # 4
+"""ResumeBatch resumed it: RUNNING, or QUEUED if nothing had started."""
+BATCH_EVENT_TYPE_CANCEL_REQUESTED: BatchEventType.ValueType  # 5
+"""CancelBatch asked to cancel it: CANCELLING (a FINISHED event with state
+CANCELLED follows once nothing runs any more, at once if nothing did).
+"""
+BATCH_EVENT_TYPE_FINISHED: BatchEventType.ValueType  # 6
+"""The batch ended: COMPLETED (every item terminal, expired ones included) or
+CANCELLED; `state` says which.
+"""
+BATCH_EVENT_TYPE_RETRIED: BatchEventType.ValueType  # 7
+"""RetryBatchItems queued items again: RUNNING (a finished batch runs again)."""
+BATCH_EVENT_TYPE_DELETED: BatchEventType.ValueType  # 8
+"""DeleteBatch deleted the finished batch; state and counts are its last."""
+Global___BatchEventType: _TypeAlias = BatchEventType  # noqa: Y015
+
 @_typing.final
 class SubmitBatchRequest(_message.Message):
     """The request of SubmitBatch."""
@@ -1005,3 +1061,212 @@ class ExportBatchResultsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportBatchResultsResponse: _TypeAlias = ExportBatchResultsResponse  # noqa: Y015
+
+@_typing.final
+class BatchEvent(_message.Message):
+    """One event of a batch: what happened, and the batch as the event left it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    HANDLER_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    TOTAL_ITEMS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Pass as WatchBatchesRequest.cursor to carry on with the event after this one.
+    Cursors grow with time; compare them only for equality.
+    """
+    type: Global___BatchEventType.ValueType
+    """What happened."""
+    batch_id: _builtins.str
+    """The batch, by the id the caller knows it by."""
+    state: _batch_pb2.BatchState.ValueType
+    """The batch's state right after the event."""
+    handler: _builtins.str
+    """The handler that runs the batch's items."""
+    total_items: _builtins.int
+    """How many items the batch holds."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened (the service's clock)."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The batch's metadata (labels), as submitted."""
+
+    @_builtins.property
+    def counts(self) -> _batch_pb2.ItemCounts:
+        """Items per state right after the event. `running` counts every item a worker
+        holds (claimed ones included); `claimed` is always 0 here.
+        """
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        type: Global___BatchEventType.ValueType = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        batch_id: _builtins.str = ...,
+        state: _batch_pb2.BatchState.ValueType = ...,
+        handler: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        total_items: _builtins.int = ...,
+        counts: _batch_pb2.ItemCounts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "cursor", b"cursor", "event_time", b"event_time", "handler", b"handler", "metadata", b"metadata", "state", b"state", "total_items", b"total_items", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchEvent: _TypeAlias = BatchEvent  # noqa: Y015
+
+@_typing.final
+class WatchBatchesRequest(_message.Message):
+    """The request of WatchBatches. Filters combine with AND; an empty filter lets
+    every event through.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    HANDLER_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    FROM_OLDEST_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    handler: _builtins.str
+    """Only batches of this handler; empty means all."""
+    cursor: _builtins.str
+    """The cursor of an event already received: the stream starts with the event
+    after it. Empty: with the events from now on (or the oldest retained one,
+    with from_oldest). FAILED_PRECONDITION when its event was trimmed (the
+    service keeps the latest ones only, BATCHD_EVENTS_RETAIN), so that later ones
+    may have been too, or it is not one of this service's: start again with
+    from_oldest or an empty cursor, and read the batches' state with
+    ListBatches. INVALID_ARGUMENT when malformed.
+    """
+    from_oldest: _builtins.bool
+    """With an empty cursor: start with the oldest event retained, not from now.
+    INVALID_ARGUMENT together with a cursor.
+    """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_batch_pb2.BatchState.ValueType]:
+        """Only events whose batch is left in one of these states; empty means all."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only batches whose metadata holds every one of these key/value pairs; at most
+        16 pairs, keys of 1 to 64 and values of up to 512 characters.
+        """
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___BatchEventType.ValueType]:
+        """Only events of these types; empty means all."""
+
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """How long the stream may stay silent before a heartbeat is sent; unset means
+        15 s. At least 1 s (or the service's floor).
+        """
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_batch_pb2.BatchState.ValueType] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        handler: _builtins.str = ...,
+        types: _abc.Iterable[Global___BatchEventType.ValueType] | None = ...,
+        cursor: _builtins.str = ...,
+        from_oldest: _builtins.bool = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "from_oldest", b"from_oldest", "handler", b"handler", "heartbeat_interval", b"heartbeat_interval", "labels", b"labels", "states", b"states", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBatchesRequest: _TypeAlias = WatchBatchesRequest  # noqa: Y015
+
+@_typing.final
+class WatchBatchesResponse(_message.Message):
+    """One message of a WatchBatches stream: an event, or a heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    heartbeat: _builtins.bool
+    """True when no event came for heartbeat_interval: the stream is alive."""
+    cursor: _builtins.str
+    """The cursor to resume from: how far this stream has read (the event's own
+    cursor, in a message with an event). Events the filters dropped move it too,
+    so a resume does not read them again and a quiet filter's cursor stays
+    within retention.
+    """
+    @_builtins.property
+    def event(self) -> Global___BatchEvent:
+        """The next event that passed the filters; unset in a heartbeat."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___BatchEvent | None = ...,
+        heartbeat: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBatchesResponse: _TypeAlias = WatchBatchesResponse  # noqa: Y015

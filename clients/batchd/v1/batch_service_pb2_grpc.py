@@ -110,6 +110,11 @@ class BatchServiceStub:
                 request_serializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsRequest.SerializeToString,
                 response_deserializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsResponse.FromString,
                 _registered_method=True)
+        self.WatchBatches = channel.unary_stream(
+                '/batchd.v1.BatchService/WatchBatches',
+                request_serializer=batchd_dot_v1_dot_batch__service__pb2.WatchBatchesRequest.SerializeToString,
+                response_deserializer=batchd_dot_v1_dot_batch__service__pb2.WatchBatchesResponse.FromString,
+                _registered_method=True)
 
 
 class BatchServiceServicer:
@@ -237,6 +242,21 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchBatches(self, request, context):
+        """Streams the events of the caller's tenant's batches (created, started,
+        paused, resumed, cancel requested, finished, retried, deleted), oldest first,
+        as the transitions happened: for integrators who would rather pull than be
+        called. Each event carries a cursor; a new call with `cursor` set to it
+        carries on with the next event, none lost and none repeated, as long as the
+        event is still retained (FAILED_PRECONDITION once it was trimmed). A
+        heartbeat comes after heartbeat_interval without events. Counts toward the
+        tenant's watcher limit (RESOURCE_EXHAUSTED beyond); UNAVAILABLE when the
+        server shuts down: resume from the last cursor on another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +329,11 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.ExportBatchResults,
                     request_deserializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsRequest.FromString,
                     response_serializer=batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsResponse.SerializeToString,
+            ),
+            'WatchBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBatches,
+                    request_deserializer=batchd_dot_v1_dot_batch__service__pb2.WatchBatchesRequest.FromString,
+                    response_serializer=batchd_dot_v1_dot_batch__service__pb2.WatchBatchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -695,6 +720,33 @@ class BatchService:
             '/batchd.v1.BatchService/ExportBatchResults',
             batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsRequest.SerializeToString,
             batchd_dot_v1_dot_batch__service__pb2.ExportBatchResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/batchd.v1.BatchService/WatchBatches',
+            batchd_dot_v1_dot_batch__service__pb2.WatchBatchesRequest.SerializeToString,
+            batchd_dot_v1_dot_batch__service__pb2.WatchBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

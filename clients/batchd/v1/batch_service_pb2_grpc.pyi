@@ -95,6 +95,17 @@ class BatchServiceStub:
     (or when it is retried during the export); NOT_FOUND without the batch;
     INVALID_ARGUMENT for a cursor that is not one of this export's order.
     """
+    WatchBatches: _grpc.UnaryStreamMultiCallable[_batch_service_pb2.WatchBatchesRequest, _batch_service_pb2.WatchBatchesResponse]
+    """Streams the events of the caller's tenant's batches (created, started,
+    paused, resumed, cancel requested, finished, retried, deleted), oldest first,
+    as the transitions happened: for integrators who would rather pull than be
+    called. Each event carries a cursor; a new call with `cursor` set to it
+    carries on with the next event, none lost and none repeated, as long as the
+    event is still retained (FAILED_PRECONDITION once it was trimmed). A
+    heartbeat comes after heartbeat_interval without events. Counts toward the
+    tenant's watcher limit (RESOURCE_EXHAUSTED beyond); UNAVAILABLE when the
+    server shuts down: resume from the last cursor on another.
+    """
 
 @_typing.type_check_only
 class BatchServiceAsyncStub(BatchServiceStub):
@@ -162,6 +173,17 @@ class BatchServiceAsyncStub(BatchServiceStub):
     on with the next line. FAILED_PRECONDITION while the batch is unfinished
     (or when it is retried during the export); NOT_FOUND without the batch;
     INVALID_ARGUMENT for a cursor that is not one of this export's order.
+    """
+    WatchBatches: _aio.UnaryStreamMultiCallable[_batch_service_pb2.WatchBatchesRequest, _batch_service_pb2.WatchBatchesResponse]  # type: ignore[assignment]
+    """Streams the events of the caller's tenant's batches (created, started,
+    paused, resumed, cancel requested, finished, retried, deleted), oldest first,
+    as the transitions happened: for integrators who would rather pull than be
+    called. Each event carries a cursor; a new call with `cursor` set to it
+    carries on with the next event, none lost and none repeated, as long as the
+    event is still retained (FAILED_PRECONDITION once it was trimmed). A
+    heartbeat comes after heartbeat_interval without events. Counts toward the
+    tenant's watcher limit (RESOURCE_EXHAUSTED beyond); UNAVAILABLE when the
+    server shuts down: resume from the last cursor on another.
     """
 
 class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -311,6 +333,23 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         on with the next line. FAILED_PRECONDITION while the batch is unfinished
         (or when it is retried during the export); NOT_FOUND without the batch;
         INVALID_ARGUMENT for a cursor that is not one of this export's order.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchBatches(
+        self,
+        request: _batch_service_pb2.WatchBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_batch_service_pb2.WatchBatchesResponse], _abc.AsyncIterator[_batch_service_pb2.WatchBatchesResponse]]:
+        """Streams the events of the caller's tenant's batches (created, started,
+        paused, resumed, cancel requested, finished, retried, deleted), oldest first,
+        as the transitions happened: for integrators who would rather pull than be
+        called. Each event carries a cursor; a new call with `cursor` set to it
+        carries on with the next event, none lost and none repeated, as long as the
+        event is still retained (FAILED_PRECONDITION once it was trimmed). A
+        heartbeat comes after heartbeat_interval without events. Counts toward the
+        tenant's watcher limit (RESOURCE_EXHAUSTED beyond); UNAVAILABLE when the
+        server shuts down: resume from the last cursor on another.
         """
 
 def add_BatchServiceServicer_to_server(servicer: BatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

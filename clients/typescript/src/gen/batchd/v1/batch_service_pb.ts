@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Batch, BatchItem, BatchOptions, BatchProgress, BatchState, HandlerInfo, Item, ItemState } from "./batch_pb.js";
+import type { Batch, BatchItem, BatchOptions, BatchProgress, BatchState, HandlerInfo, Item, ItemCounts, ItemState } from "./batch_pb.js";
 import { file_batchd_v1_batch } from "./batch_pb.js";
 import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file batchd/v1/batch_service.proto.
  */
 export const file_batchd_v1_batch_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1iYXRjaGQvdjEvYmF0Y2hfc2VydmljZS5wcm90bxIJYmF0Y2hkLnYxIrUCChJTdWJtaXRCYXRjaFJlcXVlc3QSDwoHaGFuZGxlchgBIAEoCRIeCgVpdGVtcxgCIAMoCzIPLmJhdGNoZC52MS5JdGVtEigKB29wdGlvbnMYAyABKAsyFy5iYXRjaGQudjEuQmF0Y2hPcHRpb25zEj0KCG1ldGFkYXRhGAQgAygLMisuYmF0Y2hkLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdC5NZXRhZGF0YUVudHJ5EhIKCnJlcXVlc3RfaWQYBSABKAkSEAoIYmF0Y2hfaWQYBiABKAkSLgoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKE1N1Ym1pdEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gSEAoIcmVwbGF5ZWQYAiABKAgikwIKEVVwbG9hZEJhdGNoSGVhZGVyEg8KB2hhbmRsZXIYASABKAkSKAoHb3B0aW9ucxgCIAEoCzIXLmJhdGNoZC52MS5CYXRjaE9wdGlvbnMSPAoIbWV0YWRhdGEYAyADKAsyKi5iYXRjaGQudjEuVXBsb2FkQmF0Y2hIZWFkZXIuTWV0YWRhdGFFbnRyeRISCgpyZXF1ZXN0X2lkGAQgASgJEhAKCGJhdGNoX2lkGAUgASgJEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIyChBVcGxvYWRCYXRjaEl0ZW1zEh4KBWl0ZW1zGAEgAygLMg8uYmF0Y2hkLnYxLkl0ZW0iJAoOVXBsb2FkQmF0Y2hFbmQSEgoKaXRlbV9jb3VudBgBIAEoBCKkAQoSVXBsb2FkQmF0Y2hSZXF1ZXN0Ei4KBmhlYWRlchgBIAEoCzIcLmJhdGNoZC52MS5VcGxvYWRCYXRjaEhlYWRlckgAEiwKBWl0ZW1zGAIgASgLMhsuYmF0Y2hkLnYxLlVwbG9hZEJhdGNoSXRlbXNIABIoCgNlbmQYAyABKAsyGS5iYXRjaGQudjEuVXBsb2FkQmF0Y2hFbmRIAEIGCgRwYXJ0IkgKE1VwbG9hZEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gSEAoIcmVwbGF5ZWQYAiABKAgiIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjMKEEdldEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2giYgoSTGlzdEJhdGNoZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBnN0YXRlcxgDIAMoDjIVLmJhdGNoZC52MS5CYXRjaFN0YXRlIlEKE0xpc3RCYXRjaGVzUmVzcG9uc2USIQoHYmF0Y2hlcxgBIAMoCzIQLmJhdGNoZC52MS5CYXRjaBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoSQ2FuY2VsQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjYKE0NhbmNlbEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2giUgoWUmV0cnlCYXRjaEl0ZW1zUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCRISCgpjdXN0b21faWRzGAIgAygJEhIKCnJlcXVlc3RfaWQYAyABKAkiXgoXUmV0cnlCYXRjaEl0ZW1zUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gSEAoIcmVxdWV1ZWQYAiABKAQSEAoIcmVwbGF5ZWQYAyABKAgiJgoSRGVsZXRlQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIhUKE0RlbGV0ZUJhdGNoUmVzcG9uc2UiJQoRUGF1c2VCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiNQoSUGF1c2VCYXRjaFJlc3BvbnNlEh8KBWJhdGNoGAEgASgLMhAuYmF0Y2hkLnYxLkJhdGNoIiYKElJlc3VtZUJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI2ChNSZXN1bWVCYXRjaFJlc3BvbnNlEh8KBWJhdGNoGAEgASgLMhAuYmF0Y2hkLnYxLkJhdGNoIoEBChJVcGRhdGVCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSKAoHb3B0aW9ucxgCIAEoCzIXLmJhdGNoZC52MS5CYXRjaE9wdGlvbnMSLwoLdXBkYXRlX21hc2sYAyABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjYKE1VwZGF0ZUJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gidgoVTGlzdEJhdGNoSXRlbXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEiQKBnN0YXRlcxgEIAMoDjIULmJhdGNoZC52MS5JdGVtU3RhdGUiVgoWTGlzdEJhdGNoSXRlbXNSZXNwb25zZRIjCgVpdGVtcxgBIAMoCzIULmJhdGNoZC52MS5CYXRjaEl0ZW0SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhUKE0xpc3RIYW5kbGVyc1JlcXVlc3QiQAoUTGlzdEhhbmRsZXJzUmVzcG9uc2USKAoIaGFuZGxlcnMYASADKAsyFi5iYXRjaGQudjEuSGFuZGxlckluZm8ikAEKFFdhdGNoUHJvZ3Jlc3NSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEi8KDG1pbl9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVgoVV2F0Y2hQcm9ncmVzc1Jlc3BvbnNlEioKCHByb2dyZXNzGAEgASgLMhguYmF0Y2hkLnYxLkJhdGNoUHJvZ3Jlc3MSEQoJaGVhcnRiZWF0GAIgASgIImMKGUV4cG9ydEJhdGNoUmVzdWx0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSJQoFb3JkZXIYAiABKA4yFi5iYXRjaGQudjEuRXhwb3J0T3JkZXISDQoFYWZ0ZXIYAyABKAkidgoaRXhwb3J0QmF0Y2hSZXN1bHRzUmVzcG9uc2USDQoFbGluZXMYASABKAwSEgoKbGluZV9jb3VudBgCIAEoDRIOCgZjdXJzb3IYAyABKAkSEAoIcG9zaXRpb24YBCABKAQSEwoLdG90YWxfaXRlbXMYBSABKAQqZAoLRXhwb3J0T3JkZXISHAoYRVhQT1JUX09SREVSX1VOU1BFQ0lGSUVEEAASGwoXRVhQT1JUX09SREVSX1NVQk1JU1NJT04QARIaChZFWFBPUlRfT1JERVJfQ1VTVE9NX0lEEAIy/wgKDEJhdGNoU2VydmljZRJMCgtTdWJtaXRCYXRjaBIdLmJhdGNoZC52MS5TdWJtaXRCYXRjaFJlcXVlc3QaHi5iYXRjaGQudjEuU3VibWl0QmF0Y2hSZXNwb25zZRJOCgtVcGxvYWRCYXRjaBIdLmJhdGNoZC52MS5VcGxvYWRCYXRjaFJlcXVlc3QaHi5iYXRjaGQudjEuVXBsb2FkQmF0Y2hSZXNwb25zZSgBEkMKCEdldEJhdGNoEhouYmF0Y2hkLnYxLkdldEJhdGNoUmVxdWVzdBobLmJhdGNoZC52MS5HZXRCYXRjaFJlc3BvbnNlEkwKC0xpc3RCYXRjaGVzEh0uYmF0Y2hkLnYxLkxpc3RCYXRjaGVzUmVxdWVzdBoeLmJhdGNoZC52MS5MaXN0QmF0Y2hlc1Jlc3BvbnNlEkwKC0NhbmNlbEJhdGNoEh0uYmF0Y2hkLnYxLkNhbmNlbEJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5DYW5jZWxCYXRjaFJlc3BvbnNlElgKD1JldHJ5QmF0Y2hJdGVtcxIhLmJhdGNoZC52MS5SZXRyeUJhdGNoSXRlbXNSZXF1ZXN0GiIuYmF0Y2hkLnYxLlJldHJ5QmF0Y2hJdGVtc1Jlc3BvbnNlEkwKC0RlbGV0ZUJhdGNoEh0uYmF0Y2hkLnYxLkRlbGV0ZUJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5EZWxldGVCYXRjaFJlc3BvbnNlEkkKClBhdXNlQmF0Y2gSHC5iYXRjaGQudjEuUGF1c2VCYXRjaFJlcXVlc3QaHS5iYXRjaGQudjEuUGF1c2VCYXRjaFJlc3BvbnNlEkwKC1Jlc3VtZUJhdGNoEh0uYmF0Y2hkLnYxLlJlc3VtZUJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5SZXN1bWVCYXRjaFJlc3BvbnNlEkwKC1VwZGF0ZUJhdGNoEh0uYmF0Y2hkLnYxLlVwZGF0ZUJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5VcGRhdGVCYXRjaFJlc3BvbnNlElUKDkxpc3RCYXRjaEl0ZW1zEiAuYmF0Y2hkLnYxLkxpc3RCYXRjaEl0ZW1zUmVxdWVzdBohLmJhdGNoZC52MS5MaXN0QmF0Y2hJdGVtc1Jlc3BvbnNlEk8KDExpc3RIYW5kbGVycxIeLmJhdGNoZC52MS5MaXN0SGFuZGxlcnNSZXF1ZXN0Gh8uYmF0Y2hkLnYxLkxpc3RIYW5kbGVyc1Jlc3BvbnNlElQKDVdhdGNoUHJvZ3Jlc3MSHy5iYXRjaGQudjEuV2F0Y2hQcm9ncmVzc1JlcXVlc3QaIC5iYXRjaGQudjEuV2F0Y2hQcm9ncmVzc1Jlc3BvbnNlMAESYwoSRXhwb3J0QmF0Y2hSZXN1bHRzEiQuYmF0Y2hkLnYxLkV4cG9ydEJhdGNoUmVzdWx0c1JlcXVlc3QaJS5iYXRjaGQudjEuRXhwb3J0QmF0Y2hSZXN1bHRzUmVzcG9uc2UwAWIGcHJvdG8z", [file_batchd_v1_batch, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("Ch1iYXRjaGQvdjEvYmF0Y2hfc2VydmljZS5wcm90bxIJYmF0Y2hkLnYxIrUCChJTdWJtaXRCYXRjaFJlcXVlc3QSDwoHaGFuZGxlchgBIAEoCRIeCgVpdGVtcxgCIAMoCzIPLmJhdGNoZC52MS5JdGVtEigKB29wdGlvbnMYAyABKAsyFy5iYXRjaGQudjEuQmF0Y2hPcHRpb25zEj0KCG1ldGFkYXRhGAQgAygLMisuYmF0Y2hkLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdC5NZXRhZGF0YUVudHJ5EhIKCnJlcXVlc3RfaWQYBSABKAkSEAoIYmF0Y2hfaWQYBiABKAkSLgoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKE1N1Ym1pdEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gSEAoIcmVwbGF5ZWQYAiABKAgikwIKEVVwbG9hZEJhdGNoSGVhZGVyEg8KB2hhbmRsZXIYASABKAkSKAoHb3B0aW9ucxgCIAEoCzIXLmJhdGNoZC52MS5CYXRjaE9wdGlvbnMSPAoIbWV0YWRhdGEYAyADKAsyKi5iYXRjaGQudjEuVXBsb2FkQmF0Y2hIZWFkZXIuTWV0YWRhdGFFbnRyeRISCgpyZXF1ZXN0X2lkGAQgASgJEhAKCGJhdGNoX2lkGAUgASgJEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIyChBVcGxvYWRCYXRjaEl0ZW1zEh4KBWl0ZW1zGAEgAygLMg8uYmF0Y2hkLnYxLkl0ZW0iJAoOVXBsb2FkQmF0Y2hFbmQSEgoKaXRlbV9jb3VudBgBIAEoBCKkAQoSVXBsb2FkQmF0Y2hSZXF1ZXN0Ei4KBmhlYWRlchgBIAEoCzIcLmJhdGNoZC52MS5VcGxvYWRCYXRjaEhlYWRlckgAEiwKBWl0ZW1zGAIgASgLMhsuYmF0Y2hkLnYxLlVwbG9hZEJhdGNoSXRlbXNIABIoCgNlbmQYAyABKAsyGS5iYXRjaGQudjEuVXBsb2FkQmF0Y2hFbmRIAEIGCgRwYXJ0IkgKE1VwbG9hZEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gSEAoIcmVwbGF5ZWQYAiABKAgiIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjMKEEdldEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2giYgoSTGlzdEJhdGNoZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBnN0YXRlcxgDIAMoDjIVLmJhdGNoZC52MS5CYXRjaFN0YXRlIlEKE0xpc3RCYXRjaGVzUmVzcG9uc2USIQoHYmF0Y2hlcxgBIAMoCzIQLmJhdGNoZC52MS5CYXRjaBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoSQ2FuY2VsQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjYKE0NhbmNlbEJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2giUgoWUmV0cnlCYXRjaEl0ZW1zUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCRISCgpjdXN0b21faWRzGAIgAygJEhIKCnJlcXVlc3RfaWQYAyABKAkiXgoXUmV0cnlCYXRjaEl0ZW1zUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gSEAoIcmVxdWV1ZWQYAiABKAQSEAoIcmVwbGF5ZWQYAyABKAgiJgoSRGVsZXRlQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIhUKE0RlbGV0ZUJhdGNoUmVzcG9uc2UiJQoRUGF1c2VCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiNQoSUGF1c2VCYXRjaFJlc3BvbnNlEh8KBWJhdGNoGAEgASgLMhAuYmF0Y2hkLnYxLkJhdGNoIiYKElJlc3VtZUJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI2ChNSZXN1bWVCYXRjaFJlc3BvbnNlEh8KBWJhdGNoGAEgASgLMhAuYmF0Y2hkLnYxLkJhdGNoIoEBChJVcGRhdGVCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSKAoHb3B0aW9ucxgCIAEoCzIXLmJhdGNoZC52MS5CYXRjaE9wdGlvbnMSLwoLdXBkYXRlX21hc2sYAyABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjYKE1VwZGF0ZUJhdGNoUmVzcG9uc2USHwoFYmF0Y2gYASABKAsyEC5iYXRjaGQudjEuQmF0Y2gidgoVTGlzdEJhdGNoSXRlbXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEiQKBnN0YXRlcxgEIAMoDjIULmJhdGNoZC52MS5JdGVtU3RhdGUiVgoWTGlzdEJhdGNoSXRlbXNSZXNwb25zZRIjCgVpdGVtcxgBIAMoCzIULmJhdGNoZC52MS5CYXRjaEl0ZW0SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhUKE0xpc3RIYW5kbGVyc1JlcXVlc3QiQAoUTGlzdEhhbmRsZXJzUmVzcG9uc2USKAoIaGFuZGxlcnMYASADKAsyFi5iYXRjaGQudjEuSGFuZGxlckluZm8ikAEKFFdhdGNoUHJvZ3Jlc3NSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEi8KDG1pbl9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVgoVV2F0Y2hQcm9ncmVzc1Jlc3BvbnNlEioKCHByb2dyZXNzGAEgASgLMhguYmF0Y2hkLnYxLkJhdGNoUHJvZ3Jlc3MSEQoJaGVhcnRiZWF0GAIgASgIImMKGUV4cG9ydEJhdGNoUmVzdWx0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSJQoFb3JkZXIYAiABKA4yFi5iYXRjaGQudjEuRXhwb3J0T3JkZXISDQoFYWZ0ZXIYAyABKAkidgoaRXhwb3J0QmF0Y2hSZXN1bHRzUmVzcG9uc2USDQoFbGluZXMYASABKAwSEgoKbGluZV9jb3VudBgCIAEoDRIOCgZjdXJzb3IYAyABKAkSEAoIcG9zaXRpb24YBCABKAQSEwoLdG90YWxfaXRlbXMYBSABKAQi4gIKCkJhdGNoRXZlbnQSDgoGY3Vyc29yGAEgASgJEicKBHR5cGUYAiABKA4yGS5iYXRjaGQudjEuQmF0Y2hFdmVudFR5cGUSLgoKZXZlbnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYmF0Y2hfaWQYBCABKAkSJAoFc3RhdGUYBSABKA4yFS5iYXRjaGQudjEuQmF0Y2hTdGF0ZRIPCgdoYW5kbGVyGAYgASgJEjUKCG1ldGFkYXRhGAcgAygLMiMuYmF0Y2hkLnYxLkJhdGNoRXZlbnQuTWV0YWRhdGFFbnRyeRITCgt0b3RhbF9pdGVtcxgIIAEoBBIlCgZjb3VudHMYCSABKAsyFS5iYXRjaGQudjEuSXRlbUNvdW50cxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEivgIKE1dhdGNoQmF0Y2hlc1JlcXVlc3QSJQoGc3RhdGVzGAEgAygOMhUuYmF0Y2hkLnYxLkJhdGNoU3RhdGUSOgoGbGFiZWxzGAIgAygLMiouYmF0Y2hkLnYxLldhdGNoQmF0Y2hlc1JlcXVlc3QuTGFiZWxzRW50cnkSDwoHaGFuZGxlchgDIAEoCRIoCgV0eXBlcxgEIAMoDjIZLmJhdGNoZC52MS5CYXRjaEV2ZW50VHlwZRIOCgZjdXJzb3IYBSABKAkSEwoLZnJvbV9vbGRlc3QYBiABKAgSNQoSaGVhcnRiZWF0X2ludGVydmFsGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXwoUV2F0Y2hCYXRjaGVzUmVzcG9uc2USJAoFZXZlbnQYASABKAsyFS5iYXRjaGQudjEuQmF0Y2hFdmVudBIRCgloZWFydGJlYXQYAiABKAgSDgoGY3Vyc29yGAMgASgJKmQKC0V4cG9ydE9yZGVyEhwKGEVYUE9SVF9PUkRFUl9VTlNQRUNJRklFRBAAEhsKF0VYUE9SVF9PUkRFUl9TVUJNSVNTSU9OEAESGgoWRVhQT1JUX09SREVSX0NVU1RPTV9JRBACKqsCCg5CYXRjaEV2ZW50VHlwZRIgChxCQVRDSF9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHAoYQkFUQ0hfRVZFTlRfVFlQRV9DUkVBVEVEEAESHAoYQkFUQ0hfRVZFTlRfVFlQRV9TVEFSVEVEEAISGwoXQkFUQ0hfRVZFTlRfVFlQRV9QQVVTRUQQAxIcChhCQVRDSF9FVkVOVF9UWVBFX1JFU1VNRUQQBBIlCiFCQVRDSF9FVkVOVF9UWVBFX0NBTkNFTF9SRVFVRVNURUQQBRIdChlCQVRDSF9FVkVOVF9UWVBFX0ZJTklTSEVEEAYSHAoYQkFUQ0hfRVZFTlRfVFlQRV9SRVRSSUVEEAcSHAoYQkFUQ0hfRVZFTlRfVFlQRV9ERUxFVEVEEAgy0gkKDEJhdGNoU2VydmljZRJMCgtTdWJtaXRCYXRjaBIdLmJhdGNoZC52MS5TdWJtaXRCYXRjaFJlcXVlc3QaHi5iYXRjaGQudjEuU3VibWl0QmF0Y2hSZXNwb25zZRJOCgtVcGxvYWRCYXRjaBIdLmJhdGNoZC52MS5VcGxvYWRCYXRjaFJlcXVlc3QaHi5iYXRjaGQudjEuVXBsb2FkQmF0Y2hSZXNwb25zZSgBEkMKCEdldEJhdGNoEhouYmF0Y2hkLnYxLkdldEJhdGNoUmVxdWVzdBobLmJhdGNoZC52MS5HZXRCYXRjaFJlc3BvbnNlEkwKC0xpc3RCYXRjaGVzEh0uYmF0Y2hkLnYxLkxpc3RCYXRjaGVzUmVxdWVzdBoeLmJhdGNoZC52MS5MaXN0QmF0Y2hlc1Jlc3BvbnNlEkwKC0NhbmNlbEJhdGNoEh0uYmF0Y2hkLnYxLkNhbmNlbEJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5DYW5jZWxCYXRjaFJlc3BvbnNlElgKD1JldHJ5QmF0Y2hJdGVtcxIhLmJhdGNoZC52MS5SZXRyeUJhdGNoSXRlbXNSZXF1ZXN0GiIuYmF0Y2hkLnYxLlJldHJ5QmF0Y2hJdGVtc1Jlc3BvbnNlEkwKC0RlbGV0ZUJhdGNoEh0uYmF0Y2hkLnYxLkRlbGV0ZUJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5EZWxldGVCYXRjaFJlc3BvbnNlEkkKClBhdXNlQmF0Y2gSHC5iYXRjaGQudjEuUGF1c2VCYXRjaFJlcXVlc3QaHS5iYXRjaGQudjEuUGF1c2VCYXRjaFJlc3BvbnNlEkwKC1Jlc3VtZUJhdGNoEh0uYmF0Y2hkLnYxLlJlc3VtZUJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5SZXN1bWVCYXRjaFJlc3BvbnNlEkwKC1VwZGF0ZUJhdGNoEh0uYmF0Y2hkLnYxLlVwZGF0ZUJhdGNoUmVxdWVzdBoeLmJhdGNoZC52MS5VcGRhdGVCYXRjaFJlc3BvbnNlElUKDkxpc3RCYXRjaEl0ZW1zEiAuYmF0Y2hkLnYxLkxpc3RCYXRjaEl0ZW1zUmVxdWVzdBohLmJhdGNoZC52MS5MaXN0QmF0Y2hJdGVtc1Jlc3BvbnNlEk8KDExpc3RIYW5kbGVycxIeLmJhdGNoZC52MS5MaXN0SGFuZGxlcnNSZXF1ZXN0Gh8uYmF0Y2hkLnYxLkxpc3RIYW5kbGVyc1Jlc3BvbnNlElQKDVdhdGNoUHJvZ3Jlc3MSHy5iYXRjaGQudjEuV2F0Y2hQcm9ncmVzc1JlcXVlc3QaIC5iYXRjaGQudjEuV2F0Y2hQcm9ncmVzc1Jlc3BvbnNlMAESYwoSRXhwb3J0QmF0Y2hSZXN1bHRzEiQuYmF0Y2hkLnYxLkV4cG9ydEJhdGNoUmVzdWx0c1JlcXVlc3QaJS5iYXRjaGQudjEuRXhwb3J0QmF0Y2hSZXN1bHRzUmVzcG9uc2UwARJRCgxXYXRjaEJhdGNoZXMSHi5iYXRjaGQudjEuV2F0Y2hCYXRjaGVzUmVxdWVzdBofLmJhdGNoZC52MS5XYXRjaEJhdGNoZXNSZXNwb25zZTABYgZwcm90bzM", [file_batchd_v1_batch, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * The request of SubmitBatch.
@@ -946,6 +946,196 @@ export const ExportBatchResultsResponseSchema: GenMessage<ExportBatchResultsResp
   messageDesc(file_batchd_v1_batch_service, 30);
 
 /**
+ * One event of a batch: what happened, and the batch as the event left it.
+ *
+ * @generated from message batchd.v1.BatchEvent
+ */
+export type BatchEvent = Message<"batchd.v1.BatchEvent"> & {
+  /**
+   * Pass as WatchBatchesRequest.cursor to carry on with the event after this one.
+   * Cursors grow with time; compare them only for equality.
+   *
+   * @generated from field: string cursor = 1;
+   */
+  cursor: string;
+
+  /**
+   * What happened.
+   *
+   * @generated from field: batchd.v1.BatchEventType type = 2;
+   */
+  type: BatchEventType;
+
+  /**
+   * When it happened (the service's clock).
+   *
+   * @generated from field: google.protobuf.Timestamp event_time = 3;
+   */
+  eventTime?: Timestamp | undefined;
+
+  /**
+   * The batch, by the id the caller knows it by.
+   *
+   * @generated from field: string batch_id = 4;
+   */
+  batchId: string;
+
+  /**
+   * The batch's state right after the event.
+   *
+   * @generated from field: batchd.v1.BatchState state = 5;
+   */
+  state: BatchState;
+
+  /**
+   * The handler that runs the batch's items.
+   *
+   * @generated from field: string handler = 6;
+   */
+  handler: string;
+
+  /**
+   * The batch's metadata (labels), as submitted.
+   *
+   * @generated from field: map<string, string> metadata = 7;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * How many items the batch holds.
+   *
+   * @generated from field: uint64 total_items = 8;
+   */
+  totalItems: bigint;
+
+  /**
+   * Items per state right after the event. `running` counts every item a worker
+   * holds (claimed ones included); `claimed` is always 0 here.
+   *
+   * @generated from field: batchd.v1.ItemCounts counts = 9;
+   */
+  counts?: ItemCounts | undefined;
+};
+
+/**
+ * Describes the message batchd.v1.BatchEvent.
+ * Use `create(BatchEventSchema)` to create a new message.
+ */
+export const BatchEventSchema: GenMessage<BatchEvent> = /*@__PURE__*/
+  messageDesc(file_batchd_v1_batch_service, 31);
+
+/**
+ * The request of WatchBatches. Filters combine with AND; an empty filter lets
+ * every event through.
+ *
+ * @generated from message batchd.v1.WatchBatchesRequest
+ */
+export type WatchBatchesRequest = Message<"batchd.v1.WatchBatchesRequest"> & {
+  /**
+   * Only events whose batch is left in one of these states; empty means all.
+   *
+   * @generated from field: repeated batchd.v1.BatchState states = 1;
+   */
+  states: BatchState[];
+
+  /**
+   * Only batches whose metadata holds every one of these key/value pairs; at most
+   * 16 pairs, keys of 1 to 64 and values of up to 512 characters.
+   *
+   * @generated from field: map<string, string> labels = 2;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * Only batches of this handler; empty means all.
+   *
+   * @generated from field: string handler = 3;
+   */
+  handler: string;
+
+  /**
+   * Only events of these types; empty means all.
+   *
+   * @generated from field: repeated batchd.v1.BatchEventType types = 4;
+   */
+  types: BatchEventType[];
+
+  /**
+   * The cursor of an event already received: the stream starts with the event
+   * after it. Empty: with the events from now on (or the oldest retained one,
+   * with from_oldest). FAILED_PRECONDITION when its event was trimmed (the
+   * service keeps the latest ones only, BATCHD_EVENTS_RETAIN), so that later ones
+   * may have been too, or it is not one of this service's: start again with
+   * from_oldest or an empty cursor, and read the batches' state with
+   * ListBatches. INVALID_ARGUMENT when malformed.
+   *
+   * @generated from field: string cursor = 5;
+   */
+  cursor: string;
+
+  /**
+   * With an empty cursor: start with the oldest event retained, not from now.
+   * INVALID_ARGUMENT together with a cursor.
+   *
+   * @generated from field: bool from_oldest = 6;
+   */
+  fromOldest: boolean;
+
+  /**
+   * How long the stream may stay silent before a heartbeat is sent; unset means
+   * 15 s. At least 1 s (or the service's floor).
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 7;
+   */
+  heartbeatInterval?: Duration | undefined;
+};
+
+/**
+ * Describes the message batchd.v1.WatchBatchesRequest.
+ * Use `create(WatchBatchesRequestSchema)` to create a new message.
+ */
+export const WatchBatchesRequestSchema: GenMessage<WatchBatchesRequest> = /*@__PURE__*/
+  messageDesc(file_batchd_v1_batch_service, 32);
+
+/**
+ * One message of a WatchBatches stream: an event, or a heartbeat.
+ *
+ * @generated from message batchd.v1.WatchBatchesResponse
+ */
+export type WatchBatchesResponse = Message<"batchd.v1.WatchBatchesResponse"> & {
+  /**
+   * The next event that passed the filters; unset in a heartbeat.
+   *
+   * @generated from field: batchd.v1.BatchEvent event = 1;
+   */
+  event?: BatchEvent | undefined;
+
+  /**
+   * True when no event came for heartbeat_interval: the stream is alive.
+   *
+   * @generated from field: bool heartbeat = 2;
+   */
+  heartbeat: boolean;
+
+  /**
+   * The cursor to resume from: how far this stream has read (the event's own
+   * cursor, in a message with an event). Events the filters dropped move it too,
+   * so a resume does not read them again and a quiet filter's cursor stays
+   * within retention.
+   *
+   * @generated from field: string cursor = 3;
+   */
+  cursor: string;
+};
+
+/**
+ * Describes the message batchd.v1.WatchBatchesResponse.
+ * Use `create(WatchBatchesResponseSchema)` to create a new message.
+ */
+export const WatchBatchesResponseSchema: GenMessage<WatchBatchesResponse> = /*@__PURE__*/
+  messageDesc(file_batchd_v1_batch_service, 33);
+
+/**
  * The order of the lines of an export.
  *
  * @generated from enum batchd.v1.ExportOrder
@@ -979,6 +1169,84 @@ export enum ExportOrder {
  */
 export const ExportOrderSchema: GenEnum<ExportOrder> = /*@__PURE__*/
   enumDesc(file_batchd_v1_batch_service, 0);
+
+/**
+ * What happened to a batch, in a WatchBatches stream.
+ *
+ * @generated from enum batchd.v1.BatchEventType
+ */
+export enum BatchEventType {
+  /**
+   * Not a type; never sent. As a filter it matches nothing in particular.
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The batch was committed (SubmitBatch, or the end of an UploadBatch): QUEUED.
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * A worker picked up its first chunk: QUEUED -> RUNNING.
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_STARTED = 2;
+   */
+  STARTED = 2,
+
+  /**
+   * PauseBatch paused it: PAUSED.
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_PAUSED = 3;
+   */
+  PAUSED = 3,
+
+  /**
+   * ResumeBatch resumed it: RUNNING, or QUEUED if nothing had started.
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_RESUMED = 4;
+   */
+  RESUMED = 4,
+
+  /**
+   * CancelBatch asked to cancel it: CANCELLING (a FINISHED event with state
+   * CANCELLED follows once nothing runs any more, at once if nothing did).
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_CANCEL_REQUESTED = 5;
+   */
+  CANCEL_REQUESTED = 5,
+
+  /**
+   * The batch ended: COMPLETED (every item terminal, expired ones included) or
+   * CANCELLED; `state` says which.
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_FINISHED = 6;
+   */
+  FINISHED = 6,
+
+  /**
+   * RetryBatchItems queued items again: RUNNING (a finished batch runs again).
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_RETRIED = 7;
+   */
+  RETRIED = 7,
+
+  /**
+   * DeleteBatch deleted the finished batch; state and counts are its last.
+   *
+   * @generated from enum value: BATCH_EVENT_TYPE_DELETED = 8;
+   */
+  DELETED = 8,
+}
+
+/**
+ * Describes the enum batchd.v1.BatchEventType.
+ */
+export const BatchEventTypeSchema: GenEnum<BatchEventType> = /*@__PURE__*/
+  enumDesc(file_batchd_v1_batch_service, 1);
 
 /**
  * Runs large batches of operations against other systems: items are split
@@ -1148,6 +1416,24 @@ export const BatchService: GenService<{
     methodKind: "server_streaming";
     input: typeof ExportBatchResultsRequestSchema;
     output: typeof ExportBatchResultsResponseSchema;
+  },
+  /**
+   * Streams the events of the caller's tenant's batches (created, started,
+   * paused, resumed, cancel requested, finished, retried, deleted), oldest first,
+   * as the transitions happened: for integrators who would rather pull than be
+   * called. Each event carries a cursor; a new call with `cursor` set to it
+   * carries on with the next event, none lost and none repeated, as long as the
+   * event is still retained (FAILED_PRECONDITION once it was trimmed). A
+   * heartbeat comes after heartbeat_interval without events. Counts toward the
+   * tenant's watcher limit (RESOURCE_EXHAUSTED beyond); UNAVAILABLE when the
+   * server shuts down: resume from the last cursor on another.
+   *
+   * @generated from rpc batchd.v1.BatchService.WatchBatches
+   */
+  watchBatches: {
+    methodKind: "server_streaming";
+    input: typeof WatchBatchesRequestSchema;
+    output: typeof WatchBatchesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_batchd_v1_batch_service, 0);
