@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from batchd.core.events import DEFAULT_EVENTS_RETAIN
 from batchd.core.upload import STAGED_ITEM_OVERHEAD, Limits
 
 __all__ = [
@@ -284,6 +285,12 @@ class Settings:
     )
     retention: float = setting(
         DEFAULT_RETENTION, "seconds a finished batch and its outcomes are kept", read_by=SHARED
+    )
+    events_retain: int = setting(
+        DEFAULT_EVENTS_RETAIN,
+        "batch events (WatchBatches) each tenant's stream keeps, roughly (trimmed in "
+        "blocks): a cursor older than that is refused; 0: no events are written",
+        read_by=SHARED,
     )
     default_completion_window: float = setting(
         86400.0,

@@ -171,6 +171,17 @@ class Keys:
         `callback_events` is built)."""
         return f"{self.callbacks}:tries"
 
+    @property
+    def events_prefix(self) -> str:
+        """What every tenant's event stream key starts with."""
+        return f"{self.prefix}events:"
+
+    def events(self, tenant: str) -> str:
+        """STREAM of the tenant's batch events (WatchBatches; batchd.core.events): one
+        entry per transition, written by the script (or commit) that makes it, capped
+        at Settings.events_retain entries."""
+        return f"{self.events_prefix}{tenant}"
+
     @staticmethod
     def lease_member(batch_id: str, chunk: int) -> str:
         """A chunk's member in `leases`."""

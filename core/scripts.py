@@ -19,6 +19,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from batchd.core.domain import tenant_of
+from batchd.core.events import DEFAULT_EVENTS_RETAIN
 from batchd.core.jobs import JOB_KEY_PREFIX, RUN_CHUNK
 from batchd.core.keys import Keys
 
@@ -71,12 +73,14 @@ class BatchScope:
     """What every per-batch script is called with (the header of core/lua/_batch.lua).
 
     `retention_ms`: how long a finished batch's keys live (0: for ever). `job_expiry_ms`:
-    how long after its score an ARQ job may wait unstarted.
+    how long after its score an ARQ job may wait unstarted. `events_retain`: events a
+    tenant's stream keeps (0: the scripts write none).
     """
 
     keys: Keys
     retention_ms: int
     job_expiry_ms: int
+    events_retain: int = DEFAULT_EVENTS_RETAIN
 
     async def run(
         self,
@@ -115,6 +119,8 @@ class BatchScope:
                 k.pending,
                 k.tenant_clock,
                 k.callbacks,
+                k.events(tenant_of(batch_id)),
+                self.events_retain,
                 *args,
             ],
         )

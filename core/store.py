@@ -42,6 +42,7 @@ from batchd.core.domain import (
     ItemView,
 )
 from batchd.core.errors import AlreadyExists, NotFound
+from batchd.core.events import DEFAULT_EVENTS_RETAIN, EventLog
 from batchd.core.export import ExportOrder, ExportPage
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
@@ -71,7 +72,8 @@ class BatchStore:
     when the batch options leave it at 0. `retention`: seconds a finished batch is kept
     (Settings.retention; 0 keeps it for ever). `clock`: Unix seconds now (tests pass
     their own). `replica_ack`: the replicas a new batch waits for before its commit
-    answers (batchd.core.replication; by default none).
+    answers (batchd.core.replication; by default none). `events_retain`: batch events
+    each tenant's stream keeps (batchd.core.events; 0: none written); `events` reads them.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class BatchStore:
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
         replica_ack: ReplicaAck | None = None,
+        events_retain: int = DEFAULT_EVENTS_RETAIN,
     ) -> None:
         self.redis = redis
         self.keys = keys or Keys()
@@ -101,7 +104,9 @@ class BatchStore:
             self.keys,
             retention_ms=max(0, int(retention * 1000)),
             job_expiry_ms=int(job_expiry * 1000),
+            events_retain=max(0, events_retain),
         )
+        self.events = EventLog(redis, self.keys, retain=events_retain)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> BatchStore:
@@ -132,6 +137,7 @@ class BatchStore:
                 tenant_max_staged_bytes=settings.tenant_max_staged_bytes,
             ),
             replica_ack=replica_ack,
+            events_retain=settings.events_retain,
         )
 
     async def ping(self) -> bool:
@@ -579,6 +585,7 @@ class BatchStore:
             replay_of=replay_of,
             limits=self.limits,
             replica_ack=self.replica_ack,
+            events_retain=self._scope.events_retain,
         )
 
 

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from batchd.core import codec
-from batchd.core.domain import BatchRecord, BatchSpec, NewItem
+from batchd.core.domain import BatchRecord, BatchSpec, NewItem, tenant_of
 from batchd.core.errors import (
     AlreadyExists,
     Exhausted,
@@ -33,6 +33,7 @@ from batchd.core.errors import (
     InvalidRequest,
     NotFound,
 )
+from batchd.core.events import DEFAULT_EVENTS_RETAIN, append_created
 from batchd.core.jobs import dispatched_job
 from batchd.core.keys import Keys
 from batchd.core.replication import ReplicaAck, confirm_replicated
@@ -133,6 +134,7 @@ class UploadSession:
         replay_of: str | None = None,
         limits: Limits | None = None,
         replica_ack: ReplicaAck | None = None,
+        events_retain: int = DEFAULT_EVENTS_RETAIN,
     ) -> None:
         self.spec = spec
         self.chunk_size = chunk_size
@@ -146,6 +148,7 @@ class UploadSession:
         self._replay_of = replay_of
         self._limits = limits or Limits()
         self._replica_ack = replica_ack or ReplicaAck()
+        self._events_retain = events_retain
         self._digest = _spec_digest(spec)
         self._buffer: list[NewItem] = []
         self._count = 0
@@ -541,6 +544,13 @@ class UploadSession:
             pipe.incrby(keys.pending, self._count)
             pipe.incrby(keys.tenant_pending(spec.tenant), self._count)
             pipe.incr(keys.tenant_open(spec.tenant))
+            append_created(
+                pipe,
+                keys,
+                tenant_of(spec.batch_id),
+                self._events_retain,
+                {**meta, "batch": spec.batch_id},
+            )
             # The first `window` chunks get an ARQ job (as ArqRedis.enqueue_job would write
             # it), scored by priority; each claim of a fresh chunk enqueues the next.
             queued: dict[str, int] = {}

@@ -9,7 +9,8 @@
 -- ARGV: batch_id, batch key prefix, now (ms), retention (ms, 0: keep), ARQ job key
 --       prefix, job function, job expiry (ms), request key prefix, the global pending
 --       counter's key, the tenants' dispatch clocks (hash), the callback outbox (zset,
---       _callbacks.lua); a script's own arguments follow (ARGV[OWN_ARG] ...)
+--       _callbacks.lua), the batch's tenant's event stream, events it keeps (0: none
+--       written); a script's own arguments follow (ARGV[OWN_ARG] ...)
 local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUES, BATCHES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11]
@@ -18,8 +19,9 @@ local REQUEST_PREFIX = ARGV[8]
 local PENDING_TOTAL = ARGV[9]
 local TENANT_CLOCK = ARGV[10]
 local CALLBACKS = ARGV[11]
+local EVENTS, EVENTS_RETAIN = ARGV[12], tonumber(ARGV[13])
 -- ARGV[OWN_ARG] is the first of a script's own arguments.
-local OWN_ARG = 12
+local OWN_ARG = 14
 -- The batch's queue: its handler's, read when a script first needs it.
 local queue_key = nil
 local function QUEUE()
@@ -225,6 +227,20 @@ local function dispatch_next()
   enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3], tenant_time(1, c[3])))
 end
 
+-- Appends an event to the tenant's stream (WatchBatches; docs/design.md, "Batch events"):
+-- `kind`, a BatchEventType name without its prefix, and the batch as it stands now. Only
+-- transitions call it, never the record of an item that does not end the batch. Fields
+-- as batchd.core.events reads them.
+local function batch_event(kind)
+  if EVENTS_RETAIN <= 0 then return end
+  local m = redis.call('HMGET', META, 'state', 'handler', 'total', 'n_run', 'n_ok', 'n_fail',
+    'n_cancel', 'n_exp', 'metadata')
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_RETAIN, '*', 'type', kind, 'batch', BATCH,
+    'at', NOW, 'state', m[1] or '0', 'handler', m[2] or '', 'total', m[3] or '0',
+    'run', m[4] or '0', 'ok', m[5] or '0', 'fail', m[6] or '0', 'cancel', m[7] or '0',
+    'exp', m[8] or '0', 'metadata', m[9] or '{}')
+end
+
 -- Set by finish: the end this script gave the batch, which the process that ran it logs
 -- (batchd.core.batch_end: once per end, whichever of the processes ends it):
 -- {state, handler, total, n_ok, n_fail, n_cancel, n_exp, created, started or false, ended}.
@@ -238,6 +254,7 @@ local function finish(state)
     'created', 'started')
   ended_now = {state, e[1], e[2], e[3], e[4], e[5], e[6] or '0', e[7], e[8], NOW}
   file_callback(META, BATCH, NOW, CALLBACKS, ended_now)
+  batch_event('FINISHED')
   redis.call('ZREM', DEADLINES, BATCH)
   tenant_decrease(':open', 1)
   account()

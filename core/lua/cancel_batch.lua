@@ -24,5 +24,6 @@ redis.call('DEL', PARKED)
 
 redis.call('HINCRBY', META, 'n_cancel', cancelled)
 redis.call('HSET', META, 'state', CANCELLING)
+batch_event('CANCEL_REQUESTED')
 local after = settle()
 return {after, ended_now}

@@ -95,7 +95,10 @@ if #runnable == 0 then
 end
 redis.call('HSET', CHUNKS, n, 'r:' .. token)
 redis.call('ZADD', LEASES, lease_until, member)
-if state == QUEUED then redis.call('HSET', META, 'state', RUNNING_BATCH, 'started', NOW) end
+if state == QUEUED then
+  redis.call('HSET', META, 'state', RUNNING_BATCH, 'started', NOW)
+  batch_event('STARTED')
+end
 
 local attempts = {}
 local indexes = {}

@@ -6,6 +6,7 @@ local m = redis.call('HMGET', META, 'state', 'chunks', 'tenant')
 if not m[1] then return 0 end
 if is_open(tonumber(m[1])) then return -1 end
 local count = tonumber(m[2])
+batch_event('DELETED')
 
 local request = request_key()
 if request and redis.call('GET', request) == BATCH then redis.call('DEL', request) end

@@ -7,6 +7,7 @@ local state = tonumber(redis.call('HGET', META, 'state'))
 if not state then return nil end
 if state == QUEUED or state == RUNNING_BATCH then
   redis.call('HSET', META, 'state', PAUSED)
+  batch_event('PAUSED')
   return PAUSED
 end
 return state

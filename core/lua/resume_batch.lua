@@ -10,6 +10,7 @@ if state ~= PAUSED then return {state, state, false} end
 local resumed = QUEUED
 if m[2] then resumed = RUNNING_BATCH end
 redis.call('HSET', META, 'state', resumed)
+batch_event('RESUMED')
 local parked = redis.call('SMEMBERS', PARKED)
 local at = tenant_time(#parked, m[3])
 for i, n in ipairs(parked) do

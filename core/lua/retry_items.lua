@@ -135,6 +135,7 @@ if requeued > 0 then
   else
     redis.call('ZADD', DEADLINES, 'inf', BATCH)  -- open, with no deadline
   end
+  batch_event('RETRIED')
 end
 
 if has_request then
