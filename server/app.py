@@ -22,6 +22,7 @@ from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
+from batchd.server.batch_events import EventHub
 from batchd.server.call_cap import CallCapInterceptor
 from batchd.server.dashboard import mount_dashboard
 from batchd.server.decoding import add_servicer
@@ -79,6 +80,7 @@ class BatchdServer:
     servicer: BatchServicer | None = None
     authenticators: tuple[Authenticator, ...] = ()
     settings: Settings | None = None
+    events: EventHub | None = None
 
     async def stop(self, grace: float = 5.0, *, drain_delay: float = 0.0) -> None:
         """Reports NOT_SERVING and goes on answering for `drain_delay` seconds, so that
@@ -101,6 +103,8 @@ class BatchdServer:
         try:
             async with asyncio.timeout(STOP_WAIT):
                 await self.hub.close()
+                if self.events is not None:
+                    await self.events.close()
         except TimeoutError:
             log.warning("server_watches_not_closed")
         await stopping
@@ -143,6 +147,7 @@ async def start_server(
     redis = connect(settings.redis_url, health_check_interval=10)
     store = BatchStore.from_settings(redis, settings)
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
+    events = EventHub(store.events) if settings.events_retain > 0 else None
     watchers = None
     if settings.tenant_max_watchers > 0:
         if settings.server_ttl <= 0:
@@ -175,7 +180,7 @@ async def start_server(
         interceptors=interceptors,
         options=server_options(settings),
     )
-    servicer = BatchServicer(store, hub, settings, watchers, metrics, tracing)
+    servicer = BatchServicer(store, hub, settings, watchers, metrics, tracing, events)
     add_servicer(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -249,6 +254,7 @@ async def start_server(
         servicer=servicer,
         authenticators=tuple(authenticators),
         settings=settings,
+        events=events,
     )
 
 

@@ -16,8 +16,9 @@ from batchd.core.domain import (
     ItemView,
     RetryPolicy,
 )
+from batchd.core.events import BatchEvent
 from batchd.server.progress import Snapshot
-from batchd.v1 import batch_pb2
+from batchd.v1 import batch_pb2, batch_service_pb2
 
 
 def seconds(duration: duration_pb2.Duration) -> float:
@@ -135,6 +136,21 @@ def progress_to_proto(snapshot: Snapshot, batch_id: str) -> batch_pb2.BatchProgr
     if snapshot.eta is not None:
         progress.eta.CopyFrom(duration(snapshot.eta))
     return progress
+
+
+def event_to_proto(event: BatchEvent, batch_id: str) -> batch_service_pb2.BatchEvent:
+    """A WatchBatches event; `batch_id`: the id as the caller sees it."""
+    return batch_service_pb2.BatchEvent(
+        cursor=event.cursor,
+        type=int(event.type),  # type: ignore[arg-type]  # domain enums mirror the proto numbers
+        event_time=timestamp(event.time),
+        batch_id=batch_id,
+        state=int(event.state),  # type: ignore[arg-type]
+        handler=event.handler,
+        metadata=dict(event.metadata),
+        total_items=event.total_items,
+        counts=counts_to_proto(event.counts),
+    )
 
 
 def item_to_proto(item: ItemView) -> batch_pb2.BatchItem:

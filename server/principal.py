@@ -33,7 +33,8 @@ __all__ = [
 class Role(enum.IntEnum):
     """Each role may do what the ones below it may."""
 
-    READER = 1  # Get, List, ListBatchItems, WatchProgress, ListHandlers, ExportBatchResults
+    READER = 1  # Get, List, ListBatchItems, WatchProgress, ListHandlers, ExportBatchResults,
+    #             WatchBatches
     SUBMITTER = 2  # + SubmitBatch, UploadBatch, RetryBatchItems
     OPERATOR = 3  # + Cancel, Pause, Resume, Update, Delete
     ADMIN = 4  # any tenant's batches; key management
@@ -56,6 +57,7 @@ METHOD_ROLES: dict[str, Role] = {
     "WatchProgress": Role.READER,
     "ListHandlers": Role.READER,
     "ExportBatchResults": Role.READER,
+    "WatchBatches": Role.READER,
     "SubmitBatch": Role.SUBMITTER,
     "UploadBatch": Role.SUBMITTER,
     "RetryBatchItems": Role.SUBMITTER,

@@ -23,11 +23,13 @@ from batchd.core.domain import (
     ItemState,
 )
 from batchd.core.errors import FailedPrecondition, InvalidRequest
+from batchd.core.events import BatchEventType, check_cursor
 from batchd.core.export import ExportOrder, cursor_after
 from batchd.core.logs import get_logger
 from batchd.core.store import BatchStore, UploadSession
 from batchd.core.watchers import WatcherCounts
 from batchd.server import convert, principal, results, validation
+from batchd.server.batch_events import EventFilter, EventHub
 from batchd.server.decoding import Malformed
 from batchd.server.errors import translate_errors
 from batchd.server.metrics import ServerMetrics
@@ -52,6 +54,8 @@ MAX_PAGE_SIZE = 1_000
 DEFAULT_MIN_INTERVAL = 0.25
 MIN_MIN_INTERVAL = 0.01
 DEFAULT_HEARTBEAT = 5.0
+DEFAULT_EVENTS_HEARTBEAT = 15.0
+MIN_EVENTS_HEARTBEAT = 1.0
 _EXPORT_ORDERS = {
     batch_service_pb2.EXPORT_ORDER_UNSPECIFIED: ExportOrder.SUBMISSION,
     batch_service_pb2.EXPORT_ORDER_SUBMISSION: ExportOrder.SUBMISSION,
@@ -68,8 +72,10 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         watchers: WatcherCounts | None = None,
         metrics: ServerMetrics | None = None,
         tracing: Tracing | None = None,
+        events: EventHub | None = None,
     ) -> None:
         self.store = store
+        self.events = events  # None: no batch events (events_retain 0)
         self.metrics = metrics
         self.tracing = tracing  # None: batches keep no trace context
         self.hub = hub
@@ -352,6 +358,63 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
                     ),
                     heartbeat=is_heartbeat,
                 )
+
+    @translate_errors
+    async def WatchBatches(
+        self, request: batch_service_pb2.WatchBatchesRequest, context: Context
+    ) -> AsyncIterator[batch_service_pb2.WatchBatchesResponse]:
+        if self.events is None:
+            raise FailedPrecondition("batch events are off on this service (events_retain 0)")
+        view = _view()
+        keep, heartbeat = self._event_filter(request)
+        position = await self.events.start_position(
+            view.tenant, request.cursor, request.from_oldest
+        )
+        async with self._watch_slot(view):
+            async for delivery in self.events.watch(
+                view.tenant, position, keep=keep, heartbeat_interval=heartbeat
+            ):
+                if not delivery.events:
+                    yield batch_service_pb2.WatchBatchesResponse(
+                        heartbeat=True, cursor=delivery.cursor
+                    )
+                for event in delivery.events:
+                    yield batch_service_pb2.WatchBatchesResponse(
+                        event=convert.event_to_proto(event, view.shown_id(event.batch_id)),
+                        cursor=event.cursor,
+                    )
+
+    def _event_filter(
+        self, request: batch_service_pb2.WatchBatchesRequest
+    ) -> tuple[EventFilter, float]:
+        """A WatchBatches request's filter and heartbeat interval; INVALID_ARGUMENT with a
+        violation per bad field."""
+        violations = Violations()
+        states = validation.known_values(violations, request.states, BatchState, "states")
+        types = validation.known_values(violations, request.types, BatchEventType, "types")
+        validation.check_labels(violations, request.labels)
+        if len(request.handler) > validation.MAX_HANDLER_NAME:
+            violations.add("handler", f"at most {validation.MAX_HANDLER_NAME} characters")
+        if request.cursor:
+            if request.from_oldest:
+                violations.add("from_oldest", "not with a cursor: the cursor says where to start")
+            try:
+                check_cursor(request.cursor)
+            except InvalidRequest as exc:
+                violations.items.extend(exc.violations)
+        heartbeat = DEFAULT_EVENTS_HEARTBEAT
+        if request.HasField("heartbeat_interval"):
+            heartbeat = convert.seconds(request.heartbeat_interval)
+            if heartbeat < 0:
+                violations.add("heartbeat_interval", "must not be negative")
+        violations.raise_if_any()
+        keep = EventFilter(
+            states=frozenset(states),
+            types=frozenset(types),
+            labels=dict(request.labels),
+            handler=request.handler,
+        )
+        return keep, max(heartbeat, MIN_EVENTS_HEARTBEAT, self.watch_min_heartbeat)
 
     # -- exporting --------------------------------------------------------------------
     @translate_errors

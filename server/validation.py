@@ -8,6 +8,7 @@ handlers' code.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import re
@@ -34,6 +35,7 @@ from batchd.server import convert
 from batchd.v1 import batch_pb2, batch_service_pb2
 
 StateT = TypeVar("StateT", BatchState, ItemState)
+EnumT = TypeVar("EnumT", bound=enum.IntEnum)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ID_MESSAGE = "must be 1 to 64 characters of [A-Za-z0-9_.-]"
@@ -42,6 +44,8 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MAX_REQUEST_ID = 128
+# The longest handler name a filter may hold (WatchBatches).
+MAX_HANDLER_NAME = 128
 MAX_CHUNK_SIZE = 10_000
 MAX_ATTEMPTS = 100
 MAX_PRIORITY = 1_000
@@ -185,18 +189,35 @@ def _check_request_id(violations: Violations, request_id: str) -> None:
         violations.add("request_id", f"must not contain {TENANT_SEPARATOR!r}")
 
 
-def _check_metadata(violations: Violations, metadata: Mapping[str, str]) -> None:
+def _check_metadata(
+    violations: Violations, metadata: Mapping[str, str], field: str = "metadata"
+) -> None:
     if len(metadata) > MAX_METADATA_PAIRS:
-        violations.add("metadata", f"at most {MAX_METADATA_PAIRS} pairs")
+        violations.add(field, f"at most {MAX_METADATA_PAIRS} pairs")
     for key, value in metadata.items():
         if not 1 <= len(key) <= MAX_METADATA_KEY:
-            violations.add(
-                f"metadata[{key[:64]!r}]", f"keys are 1 to {MAX_METADATA_KEY} characters"
-            )
+            violations.add(f"{field}[{key[:64]!r}]", f"keys are 1 to {MAX_METADATA_KEY} characters")
         if len(value) > MAX_METADATA_VALUE:
             violations.add(
-                f"metadata[{key!r}]", f"values are at most {MAX_METADATA_VALUE} characters"
+                f"{field}[{key!r}]", f"values are at most {MAX_METADATA_VALUE} characters"
             )
+
+
+def check_labels(violations: Violations, labels: Mapping[str, str]) -> None:
+    """Checks a label filter (WatchBatches), bounded as a batch's metadata."""
+    _check_metadata(violations, labels, "labels")
+
+
+def known_values(
+    violations: Violations, values: Iterable[int], enum: type[EnumT], field: str
+) -> list[EnumT]:
+    """A request's list of enum numbers as `enum` members; a violation per number `enum`
+    does not have."""
+    known = {int(member) for member in enum}
+    for position, value in enumerate(values):
+        if value not in known:
+            violations.add(f"{field}[{position}]", f"unknown value {value}")
+    return [enum(value) for value in values if value in known]
 
 
 def _check_options(violations: Violations, options: batch_pb2.BatchOptions) -> None:

@@ -135,6 +135,9 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         self.watch_cancelled = asyncio.Event()
         self.export_script: list[pb.ExportBatchResultsResponse | Abort] = []
         """What ExportBatchResults sends: messages, then perhaps a failure."""
+        self.events_scripts: list[list[pb.WatchBatchesResponse | Abort | str]] = []
+        """What each WatchBatches call sends, in turn: messages, then perhaps a failure
+        (or HANG)."""
         # Set when an upload's first items message arrives, for the async and
         # the sync (threaded) laziness tests.
         self.items_arrived = asyncio.Event()
@@ -263,6 +266,19 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         except asyncio.CancelledError:
             self.watch_cancelled.set()
             raise
+
+    async def WatchBatches(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.WatchBatchesResponse]:
+        await self._enter("WatchBatches", request, context)
+        for step in self.events_scripts.pop(0) if self.events_scripts else []:
+            if isinstance(step, Abort):
+                await abort(context, step)
+            elif step == HANG:
+                await asyncio.Event().wait()
+            else:
+                assert isinstance(step, pb.WatchBatchesResponse)
+                yield step
 
     async def ExportBatchResults(
         self, request: Any, context: Any
