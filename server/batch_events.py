@@ -135,7 +135,8 @@ class EventHub:
         heartbeat_interval: float,
     ) -> AsyncIterator[Delivery]:
         """The tenant's events after `position` that `keep` lets through, a page at a time,
-        for ever; an empty Delivery after `heartbeat_interval` seconds without one. Store
+        for ever: first an empty Delivery (a heartbeat) with `position`, then one after
+        every `heartbeat_interval` seconds without events. Store
         errors (FailedPrecondition for a trimmed cursor) propagate; Unavailable when the
         server shuts down."""
         follower = self._followers.get(tenant)
@@ -146,6 +147,7 @@ class EventHub:
         follower.streams += 1
         try:
             await follower.ready.wait()
+            yield Delivery([], position)  # where the stream starts: a resume loses nothing
             sent_at = time.monotonic()
             while True:
                 if follower.error is not None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from batchd.cli._auth import add_token_flag
 from batchd.cli._tls import add_tls_flags
-from batchd.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, BatchState, ItemState
+from batchd.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, BatchEventType, BatchState, ItemState
 
 __all__ = ["TARGET_ENV", "build_parser"]
 
@@ -35,11 +35,22 @@ examples:
   batchd pause BATCH_ID; batchd resume BATCH_ID
   batchd update BATCH_ID --priority 10 --max-per-second 20
   batchd list --state running --json | jq .batch_id
+  batchd events --state completed --label team=billing
 
 The server is --target, else ${TARGET_ENV}, else {DEFAULT_TARGET}.
 Over TLS: --tls (the system's root CAs) or --tls-ca ca.pem; for mTLS add
 --tls-cert and --tls-key.
 """
+
+
+def _event_type(text: str) -> int:
+    names = [t.name.lower() for t in BatchEventType if t.value]
+    try:
+        return int(BatchEventType[text.upper().replace("-", "_")])
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown event type {text!r} (choose from {', '.join(names)})"
+        ) from None
 
 
 def _state(enum_type: type[BatchState] | type[ItemState]) -> Callable[[str], int]:
@@ -217,6 +228,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     list_.add_argument("--limit", type=int, default=0, metavar="N", help="at most N batches")
     _add_json(list_)
+
+    events = verb(
+        "events",
+        "follow the events of your batches (created, started, finished, ...): one JSON "
+        "line each, with a cursor to resume from",
+    )
+    events.add_argument(
+        "--state",
+        type=_state(BatchState),
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only events leaving the batch in this state (repeatable)",
+    )
+    events.add_argument(
+        "--label",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only batches with this metadata pair (repeatable: all must match)",
+    )
+    events.add_argument("--handler", default="", metavar="NAME", help="only this handler's")
+    events.add_argument(
+        "--type",
+        type=_event_type,
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="only events of this type (repeatable): "
+        + ", ".join(t.name.lower() for t in BatchEventType if t.value),
+    )
+    start = events.add_mutually_exclusive_group()
+    start.add_argument(
+        "--cursor", default="", metavar="CURSOR", help="start after this event's cursor"
+    )
+    start.add_argument(
+        "--from-oldest", action="store_true", help="start with the oldest event kept"
+    )
+    events.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="stop after N events (0: never)"
+    )
+    events.add_argument(
+        "--heartbeats",
+        action="store_true",
+        help='print heartbeats too ({"heartbeat": true, "cursor": ...})',
+    )
 
     cancel = verb("cancel", "cancel a batch (idempotent)")
     cancel.add_argument("batch_id", metavar="BATCH_ID")

@@ -21,6 +21,7 @@ from batchd.cli._output import (
     print_handlers,
     print_items,
     print_json,
+    to_jsonable,
 )
 from batchd.cli._parser import TARGET_ENV, build_parser
 from batchd.cli._progress import follow
@@ -177,6 +178,30 @@ def _list(client: Client, args: argparse.Namespace, io: _Io) -> int:
     return 0
 
 
+def _events(client: Client, args: argparse.Namespace, io: _Io) -> int:
+    events = client.watch_batches(
+        states=[BatchState(s) for s in args.state],
+        labels=dict(args.label),
+        handler=args.handler,
+        types=args.type,
+        cursor=args.cursor,
+        from_oldest=args.from_oldest,
+        heartbeats=args.heartbeats,
+    )
+    printed = 0
+    for event in events:
+        if event.heartbeat:
+            print_json({"heartbeat": True, "cursor": event.cursor}, io.out)
+            continue
+        line = to_jsonable(event)
+        del line["heartbeat"]
+        print_json(line, io.out)
+        printed += 1
+        if args.limit and printed >= args.limit:
+            break
+    return 0
+
+
 def _cancel(client: Client, args: argparse.Namespace, io: _Io) -> int:
     return _print_state(client.cancel(args.batch_id), args, io)
 
@@ -288,6 +313,7 @@ _COMMANDS: dict[str, Command] = {
     "watch": _watch,
     "get": _get,
     "list": _list,
+    "events": _events,
     "cancel": _cancel,
     "retry": _retry,
     "pause": _pause,

@@ -19,6 +19,9 @@
     export_results(batch_id, *, order, after) -> (async) iterator of ResultsPage
     watch(batch_id, *, min_interval, heartbeat_interval, retry, on_reconnect)
                                         -> (async) iterator of BatchProgress
+    watch_batches(*, states, labels, handler, types, cursor, from_oldest,
+                  heartbeat_interval, heartbeats, retry, on_reconnect)
+                                        -> (async) iterator of BatchEvent
 
 Results are frozen dataclasses (`Batch`, `BatchProgress`, ...) converted from the
 batchd.v1 messages, with `IntEnum` states, `datetime`s and `timedelta`s. Items
@@ -52,6 +55,8 @@ from batchd.client._sync import Client
 from batchd.client._tls import TLS, TLSFileError, TLSLike
 from batchd.client._types import (
     Batch,
+    BatchEvent,
+    BatchEventType,
     BatchItem,
     BatchOptions,
     BatchProgress,
@@ -78,6 +83,8 @@ __all__ = [
     "TLS",
     "AsyncClient",
     "Batch",
+    "BatchEvent",
+    "BatchEventType",
     "BatchItem",
     "BatchOptions",
     "BatchProgress",

@@ -12,6 +12,7 @@ from typing import Any, Self
 import grpc
 
 from batchd.client._errors import BatchdError, rpc_errors
+from batchd.client._events import EventsSession
 from batchd.client._items import (
     DEFAULT_ITEMS_PER_MESSAGE,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -37,6 +38,8 @@ from batchd.client._requests import channel_options as _channel_options
 from batchd.client._tls import TLSLike, channel_credentials
 from batchd.client._types import (
     Batch,
+    BatchEvent,
+    BatchEventType,
     BatchItem,
     BatchProgress,
     BatchState,
@@ -413,6 +416,58 @@ class AsyncClient:
                     yield progress
                     if progress.state.is_terminal:
                         return
+                error = session.ended_early()
+            except grpc.RpcError as exc:
+                error = session.failed(exc)
+            finally:
+                call.cancel()
+            await asyncio.sleep(session.backoff(error))
+
+    async def watch_batches(
+        self,
+        *,
+        states: Iterable[BatchState | int] | None = None,
+        labels: Mapping[str, str] | None = None,
+        handler: str = "",
+        types: Iterable[BatchEventType | int] | None = None,
+        cursor: str = "",
+        from_oldest: bool = False,
+        heartbeat_interval: float | timedelta | None = None,
+        heartbeats: bool = False,
+        retry: WatchRetry | None = None,
+        on_reconnect: Callable[[WatchReconnect], None] | None = None,
+    ) -> AsyncIterator[BatchEvent]:
+        """Yields the events of the caller's tenant's batches as they happen, for ever.
+
+        Only events passing every filter given: the batch's state after the event in
+        `states`, its metadata holding every `labels` pair, its `handler`, the event's
+        type in `types`. From after `cursor` (an event's `cursor`), else from the
+        oldest event retained with `from_oldest`, else from now. A lost stream
+        (UNAVAILABLE: a server stopping, a connection gone) is resumed from the last
+        cursor received, with backoff per `retry`: no event lost, none repeated.
+        `heartbeats=True` yields heartbeats too (`heartbeat=True`, only a cursor), so
+        a consumer of a rare filter can save a recent cursor. A cursor whose events
+        were trimmed raises `BatchdError` FAILED_PRECONDITION, as do other errors and
+        running out of retries.
+        """
+        session = EventsSession(
+            states=states,
+            labels=labels,
+            handler=handler,
+            types=types,
+            cursor=cursor,
+            from_oldest=from_oldest,
+            heartbeat_interval=heartbeat_interval,
+            policy=retry or WatchRetry(),
+            on_reconnect=on_reconnect,
+        )
+        while True:
+            call = self._stub.WatchBatches(session.request(), metadata=self._metadata)
+            try:
+                async for response in call:
+                    event = session.received(response)
+                    if heartbeats or not event.heartbeat:
+                        yield event
                 error = session.ended_early()
             except grpc.RpcError as exc:
                 error = session.failed(exc)

@@ -13,6 +13,7 @@ from typing import Any, Self
 import grpc
 
 from batchd.client._errors import BatchdError, rpc_errors
+from batchd.client._events import EventsSession
 from batchd.client._items import (
     DEFAULT_ITEMS_PER_MESSAGE,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -38,6 +39,8 @@ from batchd.client._requests import channel_options as _channel_options
 from batchd.client._tls import TLSLike, channel_credentials
 from batchd.client._types import (
     Batch,
+    BatchEvent,
+    BatchEventType,
     BatchItem,
     BatchProgress,
     BatchState,
@@ -396,6 +399,48 @@ class Client:
                 # call's __del__ waits for a lock that gRPC's stopped threads hold, and the
                 # process hangs. Without the traceback it goes once dropped.
                 exc.__traceback__ = None
+                error = session.failed(exc)
+            finally:
+                call.cancel()
+            time.sleep(session.backoff(error))
+
+    def watch_batches(
+        self,
+        *,
+        states: Iterable[BatchState | int] | None = None,
+        labels: Mapping[str, str] | None = None,
+        handler: str = "",
+        types: Iterable[BatchEventType | int] | None = None,
+        cursor: str = "",
+        from_oldest: bool = False,
+        heartbeat_interval: float | timedelta | None = None,
+        heartbeats: bool = False,
+        retry: WatchRetry | None = None,
+        on_reconnect: Callable[[WatchReconnect], None] | None = None,
+    ) -> Iterator[BatchEvent]:
+        """Yields the events of the caller's tenant's batches as they happen, for ever,
+        resuming a lost stream from the last cursor as `AsyncClient.watch_batches`."""
+        session = EventsSession(
+            states=states,
+            labels=labels,
+            handler=handler,
+            types=types,
+            cursor=cursor,
+            from_oldest=from_oldest,
+            heartbeat_interval=heartbeat_interval,
+            policy=retry or WatchRetry(),
+            on_reconnect=on_reconnect,
+        )
+        while True:
+            call = self._stub.WatchBatches(session.request(), metadata=self._metadata)
+            try:
+                for response in call:
+                    event = session.received(response)
+                    if heartbeats or not event.heartbeat:
+                        yield event
+                error = session.ended_early()
+            except grpc.RpcError as exc:
+                exc.__traceback__ = None  # as in watch(): no cycle through the traceback
                 error = session.failed(exc)
             finally:
                 call.cancel()

@@ -25,6 +25,8 @@ from batchd.v1 import batch_pb2, batch_service_pb2
 
 __all__ = [
     "Batch",
+    "BatchEvent",
+    "BatchEventType",
     "BatchItem",
     "BatchOptions",
     "BatchProgress",
@@ -394,6 +396,65 @@ class BatchProgress:
             effective_rate=pb.effective_rate,
             waiting_reason=pb.waiting_reason,
             scheduled_start_time=_time(pb, "scheduled_start_time"),
+        )
+
+
+class BatchEventType(enum.IntEnum):
+    """What happened to a batch (`watch_batches()`); the values are those of
+    `batchd.v1.BatchEventType`."""
+
+    UNSPECIFIED = 0
+    """Not an event: a heartbeat, or a type added after this client was built."""
+    CREATED = 1
+    STARTED = 2
+    PAUSED = 3
+    RESUMED = 4
+    CANCEL_REQUESTED = 5
+    FINISHED = 6
+    """The batch ended: COMPLETED or CANCELLED, as `state` says."""
+    RETRIED = 7
+    DELETED = 8
+
+    @classmethod
+    def _missing_(cls, value: object) -> BatchEventType:
+        return cls.UNSPECIFIED
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """One event of `watch_batches()`: what happened to a batch, and the batch right
+    after it. A heartbeat (`heartbeat=True`, only with `heartbeats=True`) carries only
+    a cursor."""
+
+    cursor: str
+    """Pass as `cursor=` to carry on after this event (or heartbeat)."""
+    type: BatchEventType
+    event_time: datetime | None
+    batch_id: str
+    state: BatchState
+    """The batch's state right after the event."""
+    handler: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    total_items: int = 0
+    counts: ItemCounts = field(default_factory=ItemCounts)
+    """Items per state right after the event; `running` holds every item a worker
+    holds (claimed ones too)."""
+    heartbeat: bool = False
+
+    @classmethod
+    def from_proto(cls, pb: batch_service_pb2.WatchBatchesResponse) -> BatchEvent:
+        event = pb.event
+        return cls(
+            cursor=pb.cursor or event.cursor,
+            type=BatchEventType(event.type),
+            event_time=_time(event, "event_time"),
+            batch_id=event.batch_id,
+            state=BatchState(event.state),
+            handler=event.handler,
+            metadata=dict(event.metadata),
+            total_items=event.total_items,
+            counts=ItemCounts.from_proto(event.counts),
+            heartbeat=pb.heartbeat,
         )
 
 

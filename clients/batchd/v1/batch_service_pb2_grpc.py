@@ -248,8 +248,9 @@ class BatchServiceServicer:
         as the transitions happened: for integrators who would rather pull than be
         called. Each event carries a cursor; a new call with `cursor` set to it
         carries on with the next event, none lost and none repeated, as long as the
-        event is still retained (FAILED_PRECONDITION once it was trimmed). A
-        heartbeat comes after heartbeat_interval without events. Counts toward the
+        event is still retained (FAILED_PRECONDITION once it was trimmed). The
+        first message is a heartbeat carrying the cursor the stream starts from;
+        another comes after heartbeat_interval without events. Counts toward the
         tenant's watcher limit (RESOURCE_EXHAUSTED beyond); UNAVAILABLE when the
         server shuts down: resume from the last cursor on another.
         """
