@@ -331,7 +331,8 @@ class Settings:
     )
     tenant_max_watchers: int = setting(
         5000,
-        "WatchProgress streams one tenant may have open at once, across all servers on "
+        "WatchProgress and WatchBatches streams one tenant may have open at once, across all "
+        "servers on "
         "the Redis (RESOURCE_EXHAUSTED beyond; admins are not held to it); 0: no limit",
         read_by=SERVER,
     )

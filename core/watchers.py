@@ -1,4 +1,5 @@
-"""Open WatchProgress streams per tenant, counted across every server on one Redis.
+"""Open watch streams (WatchProgress, WatchBatches) per tenant, counted across every
+server on one Redis.
 
 A server keeps its own count per tenant in memory and its share in Redis: one hash per
 tenant of server id -> streams open there (`Keys.tenant_watchers`), moved by one script
@@ -104,12 +105,14 @@ class WatcherCounts:
         if not opened:
             self._local[tenant] -= 1
             raise Exhausted(
-                f"tenant {tenant!r} has {streams} WatchProgress streams open "
+                f"tenant {tenant!r} has {streams} watch streams (WatchProgress, "
+                f"WatchBatches) open "
                 f"(limit {self.limit}, {LIMIT_SETTING})",
                 WATCHERS_RETRY_AFTER,
                 quota_subject=f"tenant:{tenant}:max_watchers",
                 quota_description=(
-                    f"the tenant's open WatchProgress streams, across all servers: "
+                    f"the tenant's open WatchProgress and WatchBatches streams, across "
+                    f"all servers: "
                     f"at most {self.limit} ({LIMIT_SETTING})"
                 ),
             )

@@ -86,6 +86,7 @@ RUN_BY = {
     ("README.md", "### Schedules"): "tests/e2e/test_readme.py",
     ("README.md", "### Callbacks"): "tests/e2e/test_readme.py",
     ("README.md", "### Blocks for bulk APIs"): "tests/e2e/test_readme.py",
+    ("README.md", "### Batch events"): "tests/e2e/test_readme.py",
     ("README.md", "## Development"): "tests/e2e/test_readme_commands.py",
     ("docs/api.md", "## With grpcurl"): "tests/e2e/test_readme_grpcurl.py",
     ("docs/handlers.md", "## 3. Registering it: the entry point"): (

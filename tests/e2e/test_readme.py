@@ -176,6 +176,29 @@ SCHEDULE_SESSION: Expected = [
 ]
 
 
+# "Batch events": a labelled batch's events read from the oldest, then resumed after the
+# first one's cursor.
+EVENTS_SESSION: Expected = [
+    ("echo", 0, []),
+    ("batchd submit noop invoices.jsonl --metadata team=billing", 0, []),
+    ("batchd watch", 0, []),
+    (
+        "batchd events --from-oldest --label team=billing --limit 3",
+        0,
+        ['"type": "CREATED"', '"type": "STARTED"', '"type": "FINISHED"', '"state": "COMPLETED"'],
+    ),
+    ("batchd events --cursor", 0, "exact"),
+]
+
+
+@pytest.mark.slow
+async def test_readme_events_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
+    (block,) = sh_blocks_after(README.read_text(), "### Batch events")
+    await poll(lambda: all_handlers_served(service.target), within=60)
+    async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
+        await run_session(shell, read_session(block), EVENTS_SESSION)
+
+
 @pytest.mark.slow
 async def test_readme_schedule_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
     (block,) = sh_blocks_after(README.read_text(), "### Schedules")
