@@ -26,6 +26,7 @@ import {
   ItemState,
 } from "./gen/batchd/v1/batch_pb.js";
 import {
+  type BatchEvent,
   BatchService,
   type ExportBatchResultsResponse,
   ExportOrder,
@@ -35,6 +36,7 @@ import {
   WatchProgressRequestSchema,
 } from "./gen/batchd/v1/batch_service_pb.js";
 import { BatchdError, lostConnection, rpc } from "./errors.js";
+import { EventsSession, type WatchBatchesOptions } from "./events.js";
 import {
   ABANDON,
   checkedSize,
@@ -570,6 +572,46 @@ export class BatchdClient {
         stream.abort();
       }
       await sleep(session.backoff(error), signal);
+    }
+  }
+
+  /**
+   * Yields the events of the caller's tenant's batches as they happen, for ever.
+   *
+   * Only events passing every filter given (`states`, `labels`, `handler`, `types`);
+   * from after `cursor`, else from the oldest event retained with `fromOldest`, else
+   * from now. A lost stream (UNAVAILABLE) is resumed from the last cursor received, with
+   * backoff per `retry`: no event lost, none repeated. A cursor whose events were
+   * trimmed throws `BatchdError` FAILED_PRECONDITION, as do other errors and running
+   * out of retries.
+   */
+  async *watchBatches(options: WatchBatchesOptions = {}): AsyncGenerator<BatchEvent> {
+    const session = new EventsSession(options, { ...DEFAULT_WATCH_RETRY, ...options.retry });
+    const signal = options.signal;
+    for (;;) {
+      const stream = new AbortController();
+      const abort = (): void => stream.abort(signal?.reason);
+      signal?.addEventListener("abort", abort, { once: true });
+      let error: BatchdError;
+      try {
+        for await (const response of this.client.watchBatches(session.request(), {
+          headers: this.headers,
+          signal: stream.signal,
+        })) {
+          const { event, heartbeat } = session.received(response);
+          if (!heartbeat || options.heartbeats === true) {
+            yield event;
+          }
+        }
+        error = session.endedEarly();
+      } catch (thrown) {
+        signal?.throwIfAborted();
+        error = session.failed(lostConnection(thrown, stream.signal));
+      } finally {
+        signal?.removeEventListener("abort", abort);
+        stream.abort();
+      }
+      await sleep(session.backoff(error, options.onReconnect), signal);
     }
   }
 }

@@ -34,6 +34,7 @@ export {
   type Params,
   toItem,
 } from "./items.js";
+export { type WatchBatchesOptions } from "./events.js";
 export {
   DEFAULT_WATCH_RETRY,
   isTerminal,
@@ -52,6 +53,8 @@ export {
   ItemState,
 } from "./gen/batchd/v1/batch_pb.js";
 export {
+  type BatchEvent,
+  BatchEventType,
   type ExportBatchResultsResponse,
   ExportOrder,
 } from "./gen/batchd/v1/batch_service_pb.js";

@@ -10,6 +10,8 @@ import {
   type Batch,
   BatchdClient,
   BatchdError,
+  type BatchEvent,
+  BatchEventType,
   BatchState,
   Code,
   ExportOrder,
@@ -53,6 +55,45 @@ describe("BatchdClient against batchd", { skip }, () => {
   let client: BatchdClient;
   before(() => {
     client = new BatchdClient(target, { timeoutMs: 10_000 });
+  });
+
+  test("watchBatches yields a labelled batch's events in order, and resumes after a cursor", async () => {
+    const run = randomUUID();
+    const stream = client.watchBatches({ labels: { run }, heartbeats: true });
+    const start = await stream.next(); // the stream's first message: where it starts
+    assert.equal(start.value?.type, BatchEventType.UNSPECIFIED);
+    const { batch } = await client.submit("noop", [["e1", {}], ["e2", {}]], { metadata: { run } });
+    const seen: BatchEvent[] = [];
+    while (seen.length < 3) {
+      const next = await stream.next();
+      assert.ok(next.value !== undefined);
+      if (next.value.type !== BatchEventType.UNSPECIFIED) {
+        seen.push(next.value);
+      }
+    }
+    await stream.return(undefined);
+    assert.deepEqual(
+      seen.map((e) => [e.batchId, e.type, e.state, e.metadata["run"]]),
+      [
+        [batch.batchId, BatchEventType.CREATED, BatchState.QUEUED, run],
+        [batch.batchId, BatchEventType.STARTED, BatchState.RUNNING, run],
+        [batch.batchId, BatchEventType.FINISHED, BatchState.COMPLETED, run],
+      ],
+    );
+    assert.equal(seen[2]?.counts?.succeeded, 2n);
+
+    const resumed: BatchEvent[] = [];
+    for await (const event of client.watchBatches({ labels: { run }, cursor: seen[0]?.cursor })) {
+      resumed.push(event);
+      if (resumed.length === 2) {
+        break;
+      }
+    }
+    assert.deepEqual(
+      resumed.map((e) => e.cursor),
+      seen.slice(1).map((e) => e.cursor),
+    );
+    await rejectsWith(collect(client.watchBatches({ cursor: "nope" })), Code.InvalidArgument);
   });
 
   test("submit, get, and watch to the terminal snapshot", async () => {
