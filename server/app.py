@@ -148,6 +148,10 @@ async def start_server(
     store = BatchStore.from_settings(redis, settings)
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
     events = EventHub(store.events) if settings.events_retain > 0 else None
+
+    def watchers_open() -> int:
+        return hub.watchers_open + (events.streams_open if events is not None else 0)
+
     watchers = None
     if settings.tenant_max_watchers > 0:
         if settings.server_ttl <= 0:
@@ -162,9 +166,7 @@ async def start_server(
     web_port = (settings.metrics_port or None) if metrics_port is None else metrics_port
     metrics = None
     if web_port is not None:
-        metrics = ServerMetrics(
-            store, worker_ttl=settings.worker_ttl, watchers_open=lambda: hub.watchers_open
-        )
+        metrics = ServerMetrics(store, worker_ttl=settings.worker_ttl, watchers_open=watchers_open)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if tracing is not None:  # outermost: refused calls get spans too
         interceptors.append(tracing.server_interceptor())

@@ -88,7 +88,7 @@ class ServerMetrics:
         )
         self.watchers = Gauge(
             "batchd_server_watchers_open",
-            "WatchProgress streams open on this server",
+            "WatchProgress and WatchBatches streams open on this server",
             registry=registry,
         )
         self.watchers.set_function(watchers_open)

@@ -18,7 +18,7 @@ from support import processes
 from support.in_process_server import HOST, running_server
 from support.polling import poll
 
-from batchd.client import AsyncClient, BatchdError, BatchProgress
+from batchd.client import AsyncClient, BatchdError, BatchEvent, BatchProgress
 from batchd.core.credentials import CredentialStore
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
@@ -186,3 +186,28 @@ async def test_a_killed_servers_watchers_stop_counting(
             assert_over_watchers(await refusal(clients.watching(on_survivor, batch_id)), acme, 2)
     finally:
         doomed.stop()
+
+
+async def test_batch_event_streams_take_the_same_slots(
+    redis_url: str, store: BatchStore, clients: Clients, counts: WatcherCounts
+) -> None:
+    acme = tenant()
+
+    async def events_open(client: AsyncClient) -> AsyncGenerator[BatchEvent, None]:
+        """A WatchBatches stream with its first message (a heartbeat) received: open."""
+        events = cast(AsyncGenerator[BatchEvent, None], client.watch_batches(heartbeats=True))
+        clients.stack.push_async_callback(events.aclose)
+        await anext(events)
+        return events
+
+    async with running_server(redis_url, auth="tokens", tenant_max_watchers=2) as server:
+        a = await clients.of(server.port, acme, "reader")
+        first = await events_open(a)
+        batch_id = (await (await clients.of(server.port, acme)).submit(ECHO, ITEMS)).batch.batch_id
+        await clients.watching(a, batch_id)
+        error = await refusal(events_open(a))
+        assert_over_watchers(error, acme, 2)
+        assert "WatchBatches" in error.message
+        await first.aclose()
+        await poll(streams_are(counts, acme, 1))
+        await events_open(a)
