@@ -61,6 +61,11 @@ async def _export(c: AsyncClient, batch_id: str) -> None:
         pass
 
 
+async def _events(c: AsyncClient, batch_id: str) -> None:
+    async for _ in c.watch_batches(heartbeats=True):
+        return
+
+
 CALLS: dict[str, Call] = {
     "GetBatch": lambda c, b: c.get(b),
     "ListBatches": lambda c, b: c.list_page(page_size=1),
@@ -76,6 +81,7 @@ CALLS: dict[str, Call] = {
     "UpdateBatch": lambda c, b: c.update(b, priority=1),
     "DeleteBatch": lambda c, b: c.delete(b),
     "ExportBatchResults": _export,
+    "WatchBatches": _events,
 }
 
 
