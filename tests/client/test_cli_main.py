@@ -460,3 +460,66 @@ async def test_results_broken_off_says_how_to_resume(
         "resume with: batchd results b1 --order id --after c2 >> FILE",
         "error: UNAVAILABLE: the server went away",
     ]
+
+
+def batch_event(cursor: str, kind: int) -> batch_service_pb2.WatchBatchesResponse:
+    return batch_service_pb2.WatchBatchesResponse(
+        event=batch_service_pb2.BatchEvent(
+            cursor=cursor,
+            type=batch_service_pb2.BatchEventType.ValueType(kind),
+            batch_id="b1",
+            state=batch_pb2.BATCH_STATE_QUEUED,
+            handler="noop",
+            metadata={"team": "billing"},
+            total_items=3,
+            counts=batch_pb2.ItemCounts(pending=3),
+        ),
+        cursor=cursor,
+    )
+
+
+async def test_events_prints_a_json_line_per_event(
+    service: FakeBatchService, server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service.events_scripts = [
+        [
+            batch_service_pb2.WatchBatchesResponse(heartbeat=True, cursor="1-0"),
+            batch_event("2-0", batch_service_pb2.BATCH_EVENT_TYPE_CREATED),
+            batch_event("3-0", batch_service_pb2.BATCH_EVENT_TYPE_STARTED),
+            batch_event("4-0", batch_service_pb2.BATCH_EVENT_TYPE_FINISHED),
+        ]
+    ]
+    args = ["events", "--label", "team=billing", "--state", "queued", "--type", "created"]
+    status = await run(
+        server, *args, "--type", "cancel-requested", "--cursor", "1-0", "--limit", "2"
+    )
+    assert status == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["cursor"], line["type"]) for line in lines] == [
+        ("2-0", "CREATED"),
+        ("3-0", "STARTED"),
+    ]
+    assert lines[0]["metadata"] == {"team": "billing"}
+    assert lines[0]["counts"]["pending"] == 3
+    assert "heartbeat" not in lines[0]
+    (request,) = [
+        r for r in service.requests if isinstance(r, batch_service_pb2.WatchBatchesRequest)
+    ]
+    assert (dict(request.labels), request.cursor, request.from_oldest) == (
+        {"team": "billing"},
+        "1-0",
+        False,
+    )
+    assert list(request.states) == [batch_pb2.BATCH_STATE_QUEUED]
+    assert list(request.types) == [
+        batch_service_pb2.BATCH_EVENT_TYPE_CREATED,
+        batch_service_pb2.BATCH_EVENT_TYPE_CANCEL_REQUESTED,
+    ]
+
+
+async def test_events_refuses_a_cursor_with_from_oldest(
+    server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        await run(server, "events", "--cursor", "1-0", "--from-oldest")
+    assert "not allowed with argument" in capsys.readouterr().err
