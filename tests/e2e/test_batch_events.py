@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import cast
 
 import grpc
 import pytest
@@ -320,3 +321,25 @@ async def test_a_watch_resumes_across_a_server_restart(
     ]
     assert reconnects
     assert reconnects[0].error.code is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_quiet_stream_sends_heartbeats_with_its_cursor(client: AsyncClient) -> None:
+    run = run_id()  # a label no batch has: nothing but heartbeats
+    events = cast(
+        AsyncGenerator[BatchEvent, None],
+        client.watch_batches(labels={"run": run}, heartbeat_interval=1.0, heartbeats=True),
+    )
+    async with asyncio.timeout(WAIT):
+        first = await anext(events)
+        await client.submit("noop", ITEMS[:1], metadata={"run": "another"})
+        second = await anext(events)
+    await events.aclose()
+    assert first.heartbeat
+    assert second.heartbeat
+    # The other batch's events were read and dropped: the cursor moved past them.
+    assert position(second.cursor) > position(first.cursor)
+
+
+def position(cursor: str) -> tuple[int, int]:
+    ms, seq = cursor.split("-")
+    return int(ms), int(seq)
