@@ -370,7 +370,7 @@ class Settings:
     watch_min_interval: float = setting(
         1.0,
         "seconds at least between two WatchProgress snapshots, whatever a watcher asks "
-        "(min_interval)",
+        "(min_interval); the terminal snapshot is sent at once",
         read_by=SERVER,
     )
     watch_min_heartbeat: float = setting(

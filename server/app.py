@@ -183,7 +183,7 @@ async def start_server(
         options=server_options(settings),
     )
     servicer = BatchServicer(store, hub, settings, watchers, metrics, tracing, events)
-    add_servicer(servicer, server)
+    add_servicer(servicer, server, serialized={"WatchProgress": servicer.watch_progress_serialized})
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)

@@ -2,17 +2,24 @@
 
 One `_Feed` per watched batch polls the store and keeps the latest snapshot and a
 recent rate; any number of watchers read from it, each at its own pace. So 1,000
-watchers of a batch cost the store one read per poll interval, not 1,000.
+watchers of a batch cost the store one read per poll interval, not 1,000, and a watcher
+costs no store read at all once its batch's feed has a snapshot.
+
+A waiting watcher holds no task, timer or queue of its own: it parks one future in its
+feed's set (woken by the next snapshot, or only by the terminal one while its
+`min_interval` runs) and in the hub's shared tick for its next due time (`_Ticks`), so a
+snapshot wakes only the watchers that may send it. See docs/design.md, "Watchers".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from batchd.core.domain import BatchRecord
 from batchd.core.errors import Unavailable
@@ -29,6 +36,9 @@ EFFECTIVE_RATE_INTERVAL = 1.0
 RATE_WINDOW = 10.0
 # Whether a live worker serves the batch's handler is read again at least this often.
 WAITING_REASON_INTERVAL = 1.0
+# Watchers due within the same tick of this many seconds wake from one shared timer; a
+# due time is rounded up, so no interval is ever cut short.
+TICK = 0.01
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,9 @@ class Snapshot:
     observed_at: float
     version: int
     effective_rate: float = 0.0  # the batch's start rate in force (0: unlimited)
+    # What the edge made of this snapshot, by its own key (a serialized message per
+    # caller's view of the id): made once, whatever the number of watchers.
+    encoded: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 class _Feed:
@@ -52,8 +65,11 @@ class _Feed:
         self._reason = ""
         self._reason_at = -WAITING_REASON_INTERVAL  # time.monotonic()
         self.latest: Snapshot | None = None
-        self.changed = asyncio.Condition()
         self.watchers = 0
+        # Watchers woken by the next snapshot (or error), and those woken only by the
+        # terminal one.
+        self.on_snapshot: set[asyncio.Future[None]] = set()
+        self.on_terminal: set[asyncio.Future[None]] = set()
         self.error: Exception | None = None
         self._samples: deque[tuple[float, int]] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -68,6 +84,12 @@ class _Feed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def fail(self, error: Exception) -> None:
+        """Every watcher wakes to `error`."""
+        self.error = error
+        _wake(self.on_snapshot)
+        _wake(self.on_terminal)
 
     async def _explained(self, batch: BatchRecord) -> BatchRecord:
         """The batch with its waiting reason, read again at most every
@@ -90,9 +112,7 @@ class _Feed:
                 batch = await self._explained(await self.store.get_batch(self.batch_id))
                 self.error = None
             except Exception as exc:  # the watchers decide what an error means to them
-                self.error = exc
-                async with self.changed:
-                    self.changed.notify_all()
+                self.fail(exc)
                 await asyncio.sleep(self.poll_interval)
                 continue
             previous = self.latest
@@ -101,8 +121,9 @@ class _Feed:
             if changed or rate_changed:
                 version += 1
                 self.latest = self._snapshot(batch, version)
-                async with self.changed:
-                    self.changed.notify_all()
+                _wake(self.on_snapshot)
+                if batch.state.is_terminal:
+                    _wake(self.on_terminal)
             if batch.state.is_terminal:
                 return
             await asyncio.sleep(self.poll_interval)
@@ -133,6 +154,40 @@ class _Feed:
             return False
         moved, self._effective_rate = rate != self._effective_rate, rate
         return moved
+
+
+def _wake(waiters: set[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+class _Ticks:
+    """Shared timers: one per TICK in which some watcher is due, however many are."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, set[asyncio.Future[None]]] = {}
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, when: float, waiter: asyncio.Future[None]
+    ) -> int:
+        """Wakes `waiter` at `when` (loop time) or up to a TICK later; returns the tick."""
+        tick = math.ceil(when / TICK)
+        waiters = self._due.get(tick)
+        if waiters is None:
+            waiters = self._due[tick] = set()
+            loop.call_at(tick * TICK, self._fire, tick)
+        waiters.add(waiter)
+        return tick
+
+    def discard(self, tick: int, waiter: asyncio.Future[None]) -> None:
+        waiters = self._due.get(tick)
+        if waiters is not None:
+            waiters.discard(waiter)
+
+    def _fire(self, tick: int) -> None:
+        _wake(self._due.pop(tick, set()))
 
 
 def _differs(a: BatchRecord, b: BatchRecord) -> bool:
@@ -166,6 +221,7 @@ class ProgressHub:
         self.worker_ttl = worker_ttl
         self.poll_interval = poll_interval
         self._feeds: dict[str, _Feed] = {}
+        self._ticks = _Ticks()
 
     @property
     def watchers_open(self) -> int:
@@ -176,51 +232,89 @@ class ProgressHub:
         self, batch_id: str, *, min_interval: float, heartbeat_interval: float
     ) -> AsyncIterator[tuple[Snapshot, bool]]:
         """Yields (snapshot, is_heartbeat): the current one at once, then one per change
-        at most every `min_interval`, a heartbeat after `heartbeat_interval` of silence,
-        and stops after the terminal snapshot. Store errors propagate."""
+        at most every `min_interval` (the terminal one at once), a heartbeat after
+        `heartbeat_interval` of silence, and stops after the terminal snapshot. Store
+        errors propagate (NotFound before anything is yielded)."""
         feed = self._feeds.get(batch_id)
         if feed is None:
             feed = _Feed(self.store, batch_id, self.poll_interval, self.worker_ttl)
             self._feeds[batch_id] = feed
             feed.start()
         feed.watchers += 1
+        loop = asyncio.get_running_loop()
         try:
-            sent = 0
+            snapshot, is_heartbeat = await self._first(feed), False
             while True:
-                snapshot = await self._next(feed, sent, heartbeat_interval)
-                is_heartbeat = snapshot.version == sent
                 yield snapshot, is_heartbeat
-                sent = snapshot.version
                 if snapshot.batch.state.is_terminal:
                     return
-                await asyncio.sleep(min_interval)
+                sent_at = loop.time()
+                snapshot, is_heartbeat = await self._next(
+                    loop,
+                    feed,
+                    snapshot.version,
+                    sent_at + min_interval,
+                    sent_at + max(heartbeat_interval, min_interval),
+                )
         finally:
             feed.watchers -= 1
             if feed.watchers == 0 and self._feeds.get(batch_id) is feed:
                 del self._feeds[batch_id]
                 await feed.stop()
 
-    async def _next(self, feed: _Feed, sent: int, heartbeat_interval: float) -> Snapshot:
-        """The feed's next snapshot newer than version `sent`, or the same one again
-        after `heartbeat_interval`."""
-        deadline = time.monotonic() + heartbeat_interval
-        async with feed.changed:
-            while True:
-                if feed.error is not None:
-                    raise feed.error
-                latest = feed.latest
-                if latest is not None and (latest.version != sent or time.monotonic() >= deadline):
-                    return latest
-                timeout = deadline - time.monotonic()
-                if latest is None:
-                    timeout = max(timeout, self.poll_interval)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(feed.changed.wait(), max(timeout, 0.001))
+    async def _first(self, feed: _Feed) -> Snapshot:
+        while True:
+            if feed.error is not None:
+                raise feed.error
+            if feed.latest is not None:
+                return feed.latest
+            await self._wait(asyncio.get_running_loop(), feed.on_snapshot, None)
+
+    async def _next(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        feed: _Feed,
+        sent: int,
+        ready_at: float,
+        beat_at: float,
+    ) -> tuple[Snapshot, bool]:
+        """What to send after version `sent`: a newer snapshot from `ready_at` on (the
+        terminal one at once), else the same one again as a heartbeat at `beat_at`."""
+        while True:
+            if feed.error is not None:
+                raise feed.error
+            latest = feed.latest
+            assert latest is not None  # a feed never drops its snapshot
+            now = loop.time()
+            changed = latest.version != sent
+            if changed and (now >= ready_at or latest.batch.state.is_terminal):
+                return latest, False
+            if not changed and now >= beat_at:
+                return latest, True
+            if now < ready_at:  # only the terminal snapshot may come before ready_at
+                await self._wait(loop, feed.on_terminal, ready_at)
+            else:
+                await self._wait(loop, feed.on_snapshot, beat_at)
+
+    async def _wait(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiters: set[asyncio.Future[None]],
+        until: float | None,
+    ) -> None:
+        """Until `waiters` are woken, or (loop time) `until`."""
+        waiter = loop.create_future()
+        waiters.add(waiter)
+        tick = None if until is None else self._ticks.add(loop, until, waiter)
+        try:
+            await waiter
+        finally:
+            waiters.discard(waiter)
+            if tick is not None:
+                self._ticks.discard(tick, waiter)
 
     async def close(self) -> None:
         """Ends every watch with UNAVAILABLE, so that clients reconnect to another server."""
         for feed in list(self._feeds.values()):
             await feed.stop()
-            feed.error = Unavailable("the server is shutting down")
-            async with feed.changed:
-                feed.changed.notify_all()
+            feed.fail(Unavailable("the server is shutting down"))

@@ -332,10 +332,19 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         return batch_service_pb2.DeleteBatchResponse()
 
     # -- watching ---------------------------------------------------------------------
-    @translate_errors
     async def WatchProgress(
         self, request: batch_service_pb2.WatchProgressRequest, context: Context
     ) -> AsyncIterator[batch_service_pb2.WatchProgressResponse]:
+        """The typed face of `watch_progress_serialized`, which the server registers."""
+        async for data in self.watch_progress_serialized(request, context):
+            yield batch_service_pb2.WatchProgressResponse.FromString(data)
+
+    @translate_errors
+    async def watch_progress_serialized(
+        self, request: batch_service_pb2.WatchProgressRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        """WatchProgress, each response serialized once per snapshot (and caller's view
+        of the batch id) and the same bytes handed to every watcher of the batch."""
         view = _view()
         batch_id = view.batch_id(request.batch_id)
         structlog.contextvars.bind_contextvars(batch_id=batch_id)
@@ -347,17 +356,20 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         if request.HasField("heartbeat_interval"):
             heartbeat = convert.seconds(request.heartbeat_interval)
         heartbeat = max(heartbeat, min_interval, self.watch_min_heartbeat)
-        await self.store.get_batch(batch_id)  # NOT_FOUND before the stream starts
+        shown_id = view.shown_id(batch_id)
         async with self._watch_slot(view):
+            # NOT_FOUND comes from the batch's feed before the first message.
             async for snapshot, is_heartbeat in self.hub.watch(
                 batch_id, min_interval=min_interval, heartbeat_interval=heartbeat
             ):
-                yield batch_service_pb2.WatchProgressResponse(
-                    progress=convert.progress_to_proto(
-                        snapshot, view.shown_id(snapshot.batch.batch_id)
-                    ),
-                    heartbeat=is_heartbeat,
-                )
+                key = (shown_id, is_heartbeat)
+                data = snapshot.encoded.get(key)
+                if data is None:
+                    data = snapshot.encoded[key] = batch_service_pb2.WatchProgressResponse(
+                        progress=convert.progress_to_proto(snapshot, shown_id),
+                        heartbeat=is_heartbeat,
+                    ).SerializeToString()
+                yield data
 
     @translate_errors
     async def WatchBatches(

@@ -77,6 +77,27 @@ async def test_watching_a_finished_batch_ends_at_once(stub: Stub) -> None:
     assert messages[0].progress.state == batch_pb2.BATCH_STATE_CANCELLED
 
 
+async def test_the_terminal_snapshot_is_not_held_to_min_interval(stub: Stub) -> None:
+    """A watcher asking for one snapshot a minute still hears at once that the batch
+    ended: only the snapshots before the terminal one are spaced out."""
+    batch_id = await queued_batch(stub)
+    minute = duration_pb2.Duration(seconds=60)
+    call = stub.WatchProgress(
+        batch_service_pb2.WatchProgressRequest(
+            batch_id=batch_id, min_interval=minute, heartbeat_interval=minute
+        )
+    )
+    first = await call.read()
+    assert isinstance(first, batch_service_pb2.WatchProgressResponse)
+    assert first.progress.state == batch_pb2.BATCH_STATE_QUEUED
+    await stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id=batch_id))
+    async with asyncio.timeout(30):  # half the interval asked
+        rest = await read_to_end(call)
+    assert [m.progress.state for m in rest] == [batch_pb2.BATCH_STATE_CANCELLED]
+    assert not rest[0].heartbeat
+    assert await call.code() == grpc.StatusCode.OK
+
+
 async def test_many_watchers_share_one_feed(stub: Stub) -> None:
     batch_id = await queued_batch(stub)
     calls = [stub.WatchProgress(watch_request(batch_id, heartbeat=5)) for _ in range(50)]

@@ -930,7 +930,10 @@ class WatchProgressRequest(_message.Message):
     """The batch to watch."""
     @_builtins.property
     def min_interval(self) -> _duration_pb2.Duration:
-        """The least time between two snapshots; unset means 250 ms. At least 10 ms."""
+        """The least time between two snapshots; unset means 250 ms. At least 10 ms
+        (and the server's floor, BATCHD_WATCH_MIN_INTERVAL). The terminal snapshot
+        is not held back by it.
+        """
 
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:

@@ -223,8 +223,9 @@ class BatchServiceServicer:
 
     def WatchProgress(self, request, context):
         """Streams progress snapshots: the current one at once, then one on every
-        change (at most one per min_interval), a heartbeat when nothing changes,
-        and OK after the terminal snapshot.
+        change (at most one per min_interval; the terminal snapshot as soon as the
+        server sees it), a heartbeat when nothing changes, and OK after the
+        terminal snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -84,8 +84,9 @@ class BatchServiceStub:
     """Lists the handlers that workers have published."""
     WatchProgress: _grpc.UnaryStreamMultiCallable[_batch_service_pb2.WatchProgressRequest, _batch_service_pb2.WatchProgressResponse]
     """Streams progress snapshots: the current one at once, then one on every
-    change (at most one per min_interval), a heartbeat when nothing changes,
-    and OK after the terminal snapshot.
+    change (at most one per min_interval; the terminal snapshot as soon as the
+    server sees it), a heartbeat when nothing changes, and OK after the
+    terminal snapshot.
     """
     ExportBatchResults: _grpc.UnaryStreamMultiCallable[_batch_service_pb2.ExportBatchResultsRequest, _batch_service_pb2.ExportBatchResultsResponse]
     """Streams the outcome of every item of a finished batch as JSON Lines, one
@@ -164,8 +165,9 @@ class BatchServiceAsyncStub(BatchServiceStub):
     """Lists the handlers that workers have published."""
     WatchProgress: _aio.UnaryStreamMultiCallable[_batch_service_pb2.WatchProgressRequest, _batch_service_pb2.WatchProgressResponse]  # type: ignore[assignment]
     """Streams progress snapshots: the current one at once, then one on every
-    change (at most one per min_interval), a heartbeat when nothing changes,
-    and OK after the terminal snapshot.
+    change (at most one per min_interval; the terminal snapshot as soon as the
+    server sees it), a heartbeat when nothing changes, and OK after the
+    terminal snapshot.
     """
     ExportBatchResults: _aio.UnaryStreamMultiCallable[_batch_service_pb2.ExportBatchResultsRequest, _batch_service_pb2.ExportBatchResultsResponse]  # type: ignore[assignment]
     """Streams the outcome of every item of a finished batch as JSON Lines, one
@@ -319,8 +321,9 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_batch_service_pb2.WatchProgressResponse], _abc.AsyncIterator[_batch_service_pb2.WatchProgressResponse]]:
         """Streams progress snapshots: the current one at once, then one on every
-        change (at most one per min_interval), a heartbeat when nothing changes,
-        and OK after the terminal snapshot.
+        change (at most one per min_interval; the terminal snapshot as soon as the
+        server sees it), a heartbeat when nothing changes, and OK after the
+        terminal snapshot.
         """
 
     @_abc_1.abstractmethod

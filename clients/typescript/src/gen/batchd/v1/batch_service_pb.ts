@@ -802,7 +802,9 @@ export type WatchProgressRequest = Message<"batchd.v1.WatchProgressRequest"> & {
   batchId: string;
 
   /**
-   * The least time between two snapshots; unset means 250 ms. At least 10 ms.
+   * The least time between two snapshots; unset means 250 ms. At least 10 ms
+   * (and the server's floor, BATCHD_WATCH_MIN_INTERVAL). The terminal snapshot
+   * is not held back by it.
    *
    * @generated from field: google.protobuf.Duration min_interval = 2;
    */
@@ -1392,8 +1394,9 @@ export const BatchService: GenService<{
   },
   /**
    * Streams progress snapshots: the current one at once, then one on every
-   * change (at most one per min_interval), a heartbeat when nothing changes,
-   * and OK after the terminal snapshot.
+   * change (at most one per min_interval; the terminal snapshot as soon as the
+   * server sees it), a heartbeat when nothing changes, and OK after the
+   * terminal snapshot.
    *
    * @generated from rpc batchd.v1.BatchService.WatchProgress
    */
