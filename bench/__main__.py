@@ -42,7 +42,7 @@ SCENARIOS = [
     (http.main, ["--items", "10000"]),
     (submit.main, ["--items", "100000", "--upload-items", "100000"]),
     (auth.main, ["--items", "50000", "--per-message", "100", "--rounds", "5"]),
-    (watchers.main, ["--watchers", "1000", "--items", "50000"]),
+    (watchers.main, ["--watchers", "1000", "--processes", "2", "--items", "50000"]),
     (scaling.main, ["--items", "50000"]),
     (redis_cost.main, ["--items", "20000", "--memory-items", "20000"]),
     (fairness.main, ["--items", "200000"]),

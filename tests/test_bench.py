@@ -205,9 +205,10 @@ def test_auth_small(tmp_path: Path) -> None:
 
 def test_watchers_small(tmp_path: Path) -> None:
     result = run_bench(
-        tmp_path, "watchers", "--watchers", "50", "--channels", "2", "--items", "2000",
-        "--hold", "1", "--deadline", "60",
+        tmp_path, "watchers", "--watchers", "50", "--channels", "2", "--processes", "2",
+        "--items", "2000", "--hold", "1", "--deadline", "60",
     )  # fmt: skip
+    # Every watcher, over both client processes, saw its first and terminal snapshots.
     assert (result["first_snapshots"], result["terminal_snapshots"]) == (50, 50)
     assert result["failed_streams"] == 0
     assert_positive(
