@@ -90,6 +90,9 @@ class WorkerRuntime:
     metrics: WorkerMetrics | None = None
     # None: no spans. Decided per chunk run, never per item (the no-op path pays nothing).
     tracing: Tracing | None = None
+    # The chunk runs in progress, oldest first (a dict as an ordered set): where a slot
+    # left free by a run out of items goes (`_ChunkRun._hand_on_slots`).
+    runs: dict[_ChunkRun, None] = field(default_factory=dict)
 
 
 class ChunkEnd(enum.Enum):
@@ -263,11 +266,14 @@ class _ChunkRun:
         )
         # Consumers, started as needed up to _pool_size: a handler that never waits
         # needs one or two, and a full pool of tasks per chunk would cost a run of cheap
-        # items more than its items do. `_idle` counts those not running an item.
+        # items more than its items do. `_idle` counts those not running an item,
+        # `_live` those not ended.
         self._consumers: asyncio.TaskGroup | None = None
         self._pool_size = 0
         self._started = 0
+        self._live = 0
         self._idle = 0
+        self._task: asyncio.Task[Any] | None = None  # the job's, which runs the run
         self.gate = FlowGate(
             runtime.store,
             claimed,
@@ -292,10 +298,12 @@ class _ChunkRun:
         )
         self.recorder.start()
         self._pool_size = pool
+        runs, self._task = self.runtime.runs, asyncio.current_task()
         try:
             async with asyncio.TaskGroup() as consumers:
                 self._consumers = consumers
                 self._spawn(1)  # grows as its items wait (`_grow`)
+                runs[self] = None
         except BaseException:
             # Cancelled (the worker is stopping) or broken: record what is done and hand
             # the rest back, items cut short in flight included (they run again).
@@ -306,6 +314,8 @@ class _ChunkRun:
                 self.log.warning("outcome_flush_failed", exc_info=True)
             self.log.debug("chunk_interrupted", **self.recorder.count_fields())
             raise
+        finally:
+            runs.pop(self, None)
         not_started = self._not_started()
         end = await self._finish(not_started)
         self._count_end(end.value, len(not_started) if end is ChunkEnd.HANDED_BACK else 0)
@@ -346,13 +356,18 @@ class _ChunkRun:
         return not (self.lease.lost.is_set() or self.recorder.lost or self.recorder.gone)
 
     # -- consumers -------------------------------------------------------------------
-    def _spawn(self, count: int) -> None:
+    def _spawn(self, count: int) -> int:
+        """Starts up to `count` more consumers (never more than `_pool_size` live): how
+        many it started."""
         assert self._consumers is not None
-        for _ in range(min(count, self._pool_size - self._started)):
+        count = max(min(count, self._pool_size - self._live), 0)
+        for _ in range(count):
             self._started += 1
+            self._live += 1
             self._idle += 1
             consume = self._consume() if self.block_size == 1 else self._consume_blocks()
             self._consumers.create_task(consume, name=f"consumer {self._started}")
+        return count
 
     def _grow(self) -> None:
         """Called as a consumer starts an item while every consumer runs one and items
@@ -360,6 +375,22 @@ class _ChunkRun:
         fills them in 9 steps)."""
         free = -(-self.runtime.in_flight.free // self.block_size)
         self._spawn(min(self._started, free))
+
+    def _hand_on_slots(self) -> None:
+        """Called as a consumer leaves for want of items: the worker slots left free,
+        which nobody waits for, go to other runs' queued items now (oldest run first),
+        not when one of their consumers next starts an item and grows its pool."""
+        free = self.runtime.in_flight.free
+        if free <= 0:
+            return
+        for run in self.runtime.runs:
+            if run is self or not run._takes_consumers():
+                continue
+            size = run.block_size  # a consumer of blocks starts up to this many items
+            started = run._spawn(min(-(-free // size), -(-len(run.queue) // size) - run._idle))
+            free -= started * size
+            if free <= 0:
+                return
 
     async def _consume(self) -> None:
         # Locals: this loop runs once per item, so its lookups are kept off `self`.
@@ -404,6 +435,20 @@ class _ChunkRun:
             recorder.add_one(outcome, last=not lease.in_flight and not queue)
             since_yield += 1
         self._idle -= 1
+        self._live -= 1
+        if not queue:
+            self._hand_on_slots()
+
+    def _takes_consumers(self) -> bool:
+        """Another run may start consumers here: items wait, and its task group takes
+        tasks (it refuses them once its last consumer ended or its job is cancelled)."""
+        task = self._task
+        return (
+            self._live > 0
+            and task is not None
+            and not task.cancelling()
+            and not self._stops_starting()
+        )
 
     async def _consume_blocks(self) -> None:
         """`_consume` for a handler taking blocks: starts up to `block_size` items in one
@@ -462,6 +507,9 @@ class _ChunkRun:
                 recorder.add_one(outcome, last=last and position == 0)
             since_yield += count
         self._idle -= 1
+        self._live -= 1
+        if not queue:
+            self._hand_on_slots()
 
     def _stops_starting(self, holding: bool = False) -> bool:
         """`holding`: asked by a consumer holding an item it took out of the queue."""

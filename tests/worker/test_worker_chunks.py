@@ -588,3 +588,45 @@ async def test_items_that_never_wait_need_no_pool_of_consumers(
     # ARQ's task, the job's, a flusher, the worker's four (heartbeat, lease renewer,
     # maintenance, callbacks), and a few consumers.
     assert most_tasks - tasks_before <= 2 + 1 + 4 + 4
+
+
+async def test_a_chunk_out_of_items_hands_its_slots_to_another_chunks_items(
+    redis: Redis, redis_url: str
+) -> None:
+    # Chunk A's items end while chunk B's consumers are all busy and B has items waiting:
+    # A's slots must go to B's waiting items at once, not when one of B's items ends
+    # (here none ends until the test says so).
+    settings = settings_for(redis_url, worker_concurrency=4, worker_max_chunks=2)
+    store = store_for(redis, settings)
+    started: dict[str, asyncio.Event] = {}
+    release: dict[str, asyncio.Event] = {}
+
+    def event(events: dict[str, asyncio.Event], name: str) -> asyncio.Event:
+        return events.setdefault(name, asyncio.Event())
+
+    async def gated(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        event(started, params["name"]).set()
+        await event(release, params["name"]).wait()
+        return {}
+
+    async def all_started(*names: str) -> None:
+        for name in names:
+            await event(started, name).wait()
+
+    a = [{"name": f"a{n}"} for n in range(2)]
+    await submit(store, "test.gated", a, options=BatchOptions(chunk_size=2))
+    worker = asyncio.create_task(run_burst(settings, [Handler(name="test.gated", run=gated)]))
+    async with asyncio.timeout(20):
+        await all_started("a0", "a1")
+        b = [{"name": f"b{n}"} for n in range(6)]
+        batch_b = await submit(store, "test.gated", b, options=BatchOptions(chunk_size=6))
+        await all_started("b0", "b1")  # the worker's 4 slots are full
+        assert not event(started, "b2").is_set()
+        for name in ("a0", "a1"):
+            event(release, name).set()
+        await all_started("b2", "b3")  # b0 and b1 still run
+        assert not event(started, "b4").is_set()
+        for n in range(6):
+            event(release, f"b{n}").set()
+        await worker
+    assert (await store.get_batch(batch_b)).counts.succeeded == 6
