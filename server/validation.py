@@ -362,7 +362,12 @@ def _params(
             if not isinstance(params, dict):
                 violations.add(field, "must be a JSON object")
                 return None
-            if nesting_depth(params, limits.max_depth) > limits.max_depth:
+            # A text of n bytes nests at most n / 2 levels (each opens and closes):
+            # short params, most of them, need no walk.
+            if (
+                len(item.params_json) > 2 * limits.max_depth
+                and nesting_depth(params, limits.max_depth) > limits.max_depth
+            ):
                 violations.add(field, _too_deep(limits))
                 return None
             encoded = item.params_json.strip()

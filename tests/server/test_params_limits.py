@@ -123,6 +123,18 @@ async def test_deep_params_json(stub: Stub, levels: int) -> None:
     assert DEEP in found["items[1].params_json"]
 
 
+async def test_the_shortest_params_json_too_deep_is_refused(stub: Stub) -> None:
+    # 33 levels in as few bytes as JSON allows: short params skip the depth walk only
+    # when they are too short to be this deep.
+    params = b'{"":' + b"[" * 32 + b"]" * 32 + b"}"
+    request = batch_service_pb2.SubmitBatchRequest(
+        handler="test.echo", items=[json_item("deep", params)]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SubmitBatch(request)
+    assert DEEP in violations(caught.value)["items[0].params_json"]
+
+
 async def test_params_at_the_depth_limit_pass(stub: Stub) -> None:
     # 32 levels: the object itself and 31 arrays within it.
     params = b'{"n":1,"s":"x","t":' + b"[" * 31 + b"]" * 31 + b"}"
