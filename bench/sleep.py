@@ -3,22 +3,27 @@
 W worker processes (one unless `--workers`) with BATCHD_WORKER_CONCURRENCY=C (500) run N
 items of `sleep` (`{"seconds": 0.01}`), uploaded and watched to the terminal snapshot.
 The ideal is W * C ÷ latency (500 ÷ 0.01 s = 50,000 items/s): workers that kept every
-slot busy with no overhead of their own. Beside it, measured in the same run: a bare
-asyncio loop (no Redis, no gRPC) with as many coroutines (W * C) each awaiting the same
-`sleep` handler for N items: what one Python process's event loop manages on this
-machine. Beside batchd's items/s, Redis commands per item (INFO commandstats delta from
-the upload to the terminal snapshot) and memory per pending item (the growth of Redis's
-stored bytes, `bench.service.redis_stored_bytes`, over a second upload of the same items
-while the worker is paused, divided by N; that batch is then cancelled).
+slot busy with no overhead of their own. Beside it, measured in the same run and
+alternating with batchd's runs (`--runs`, each figure the median of the runs): bare
+asyncio loops (no Redis, no gRPC) of C coroutines each awaiting the same `sleep` handler,
+W processes sharing the N items, as the workers do (`bare_loop`), and the same
+coroutines in one process (`bare_loop_one_process`): what the machine's event loops
+manage without batchd. Beside batchd's items/s, Redis commands per item (INFO
+commandstats delta from the upload to the terminal snapshot) and memory per pending item
+(the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
+upload of the same items while the worker is paused, divided by N; that batch is then
+cancelled), both of the first run.
 
     .venv/bin/python -m bench.sleep --items 500000   # a full run
-    .venv/bin/python -m bench.sleep --items 20000 --workers 2 --concurrency 100  # two workers
+    .venv/bin/python -m bench.sleep --items 20000 --workers 2 --concurrency 100 --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,8 +38,13 @@ from bench.service import (
     report,
     running_service,
     upload_and_measure,
+    upload_and_watch,
     wait_for_handler,
 )
+
+# Bare-loop processes start this long before their common start time: a fork and its
+# first steps are not part of the loop's time.
+BARE_START_AHEAD = 0.3
 
 
 def items(count: int, seconds: float) -> Iterator[tuple[str, dict[str, object]]]:
@@ -53,8 +63,24 @@ async def run(
         )
 
 
+async def run_again(count: int, seconds: float, service: Service, chunk_size: int) -> Measured:
+    """Another batch through the same service, timed as `run`, without the Redis figures."""
+    options = {"chunk_size": chunk_size} if chunk_size else {}
+    async with AsyncClient(service.target) as client:
+        took, run_took = await upload_and_watch(
+            client, "sleep", items(count, seconds), count, options
+        )
+    return Measured(took, count / took, 0.0, 0.0, count / run_took)
+
+
 async def bare_loop(count: int, seconds: float, concurrency: int) -> float:
     """Items/s of `concurrency` coroutines awaiting the `sleep` handler, in process."""
+    started = time.perf_counter()
+    await _consume_all(count, seconds, concurrency)
+    return count / (time.perf_counter() - started)
+
+
+async def _consume_all(count: int, seconds: float, concurrency: int) -> None:
     run_sleep = sleep_handler().run
     ctx = ItemContext(batch_id="bench", custom_id="item", attempt=1, logger=get_logger("bench"))
     left = iter(range(count))
@@ -63,11 +89,29 @@ async def bare_loop(count: int, seconds: float, concurrency: int) -> float:
         for _ in left:
             await run_sleep({"seconds": seconds}, ctx)
 
-    started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for _ in range(concurrency):
             group.create_task(consume())
-    return count / (time.perf_counter() - started)
+
+
+def _bare_process(count: int, seconds: float, concurrency: int, start_at: float) -> float:
+    """One process of `bare_loops`: waits for `start_at` (time.time()), runs its items,
+    returns when it ended (time.time())."""
+    time.sleep(max(start_at - time.time(), 0))
+    asyncio.run(_consume_all(count, seconds, concurrency))
+    return time.time()
+
+
+def bare_loops(count: int, seconds: float, concurrency: int, processes: int) -> float:
+    """Items/s of `processes` forked processes sharing `count` items, each with
+    `concurrency` coroutines, from their common start to the last one's end."""
+    shares = [count // processes + (i < count % processes) for i in range(processes)]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        start_at = time.time() + BARE_START_AHEAD
+        ends = pool.starmap(
+            _bare_process, [(share, seconds, concurrency, start_at) for share in shares]
+        )
+    return count / (max(ends) - start_at)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,32 +123,56 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="the batch's chunk_size (0: the default)"
     )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="batchd runs, each after a run of the bare loops"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
-    with running_service(workers=args.workers, env=env) as service:
-        measured = asyncio.run(
-            run(args.items, args.seconds, service, args.chunk_size, args.workers)
-        )
-    rate = measured.items_per_second
     slots = args.workers * args.concurrency
-    bare = asyncio.run(bare_loop(args.items, args.seconds, slots))
     ideal = slots / args.seconds
+    runs: list[Measured] = []
+    bare: list[float] = []
+    bare_one: list[float] = []
+    with running_service(workers=args.workers, env=env) as service:
+        for n in range(max(args.runs, 1)):
+            # The service idles (its workers poll) while the bare loops run, as the bare
+            # loops do not run while batchd does.
+            bare.append(bare_loops(args.items, args.seconds, args.concurrency, args.workers))
+            bare_one.append(asyncio.run(bare_loop(args.items, args.seconds, slots)))
+            if n == 0:
+                measure = run(args.items, args.seconds, service, args.chunk_size, args.workers)
+            else:
+                measure = run_again(args.items, args.seconds, service, args.chunk_size)
+            runs.append(asyncio.run(measure))
+    rate = statistics.median(m.items_per_second for m in runs)
+    run_rate = statistics.median(m.run_items_per_second for m in runs)
+    bare_rate = statistics.median(bare)
     report(
         {
             "items": args.items,
             "workers": args.workers,
             "concurrency": args.concurrency,
+            "runs": len(runs),
             "items_per_second": rate,
             "ideal_items_per_second": ideal,
             "ratio_to_ideal": rate / ideal,
             # From the upload's answer on: the run alone, without the upload before it.
-            "run_items_per_second": measured.run_items_per_second,
-            "run_ratio_to_ideal": measured.run_items_per_second / ideal,
-            "bare_loop_items_per_second": bare,
-            "bare_loop_ratio_to_ideal": bare / ideal,
-            "ratio_to_bare_loop": rate / bare,
-            **measured.redis_figures(),
+            "run_items_per_second": run_rate,
+            "run_ratio_to_ideal": run_rate / ideal,
+            "bare_loop_items_per_second": bare_rate,
+            "bare_loop_ratio_to_ideal": bare_rate / ideal,
+            "bare_loop_one_process_ratio_to_ideal": statistics.median(bare_one) / ideal,
+            "ratio_to_bare_loop": rate / bare_rate,
+            "run_ratio_to_bare_loop": run_rate / bare_rate,
+            # Each run's own ratios (batchd against the bare loops just before it).
+            "min_run_ratio_to_bare_loop": min(
+                m.run_items_per_second / b for m, b in zip(runs, bare, strict=True)
+            ),
+            "max_run_ratio_to_bare_loop": max(
+                m.run_items_per_second / b for m, b in zip(runs, bare, strict=True)
+            ),
+            **runs[0].redis_figures(),
         },
         args.json,
     )
