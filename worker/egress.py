@@ -48,6 +48,8 @@ __all__ = [
 
 ALLOW_VARIABLE = "BATCHD_EGRESS_ALLOW"
 MAX_REDIRECTS = 5
+# Targets whose check an egress connector keeps (a batch calls a few hosts, mostly).
+TARGETS_KEPT = 1024
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -229,6 +231,10 @@ class EgressConnector(aiohttp.TCPConnector):
         self._policy = policy
         self._guard = resolver
         self._proxied = proxied
+        # (host, port) targets seen: True for a literal address the policy allows, False
+        # for a name. Both verdicts are the fixed policy's on the host's spelling; a
+        # refused address is never kept, so it is refused again each time.
+        self._seen: dict[tuple[str, int], bool] = {}
 
     async def connect(
         self,
@@ -237,10 +243,16 @@ class EgressConnector(aiohttp.TCPConnector):
         timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's signature
     ) -> aiohttp.connector.Connection:
         host, port = req.url.raw_host or "", req.url.port or 0
-        address = literal_address(host)
-        if address is not None:
-            self._policy.check(host, port, address)
-        elif self._proxied:
+        literal = self._seen.get((host, port))
+        if literal is None:
+            address = literal_address(host)
+            if address is not None:
+                self._policy.check(host, port, address)
+            literal = address is not None
+            if len(self._seen) >= TARGETS_KEPT:
+                self._seen.clear()
+            self._seen[host, port] = literal
+        if not literal and self._proxied:
             await self._guard.resolve(host, port, socket.AF_UNSPEC)
         return await super().connect(req, traces, timeout)
 

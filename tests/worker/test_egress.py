@@ -27,7 +27,7 @@ from support.processes import SUPPORT_DIR
 
 from batchd.core.config import Settings
 from batchd.testing import call_handler
-from batchd.worker.egress import MAX_REDIRECTS, EgressPolicy
+from batchd.worker.egress import MAX_REDIRECTS, EgressPolicy, EgressRefused, egress_session
 from batchd.worker.handler import Code, HandlerError
 from batchd.worker.handlers import http_request_handler
 from batchd.worker.handlers.image import image_resize_handler
@@ -169,6 +169,21 @@ async def test_allow_entries_open_chosen_destinations() -> None:
         await refused(f"http://127.0.0.1:{port}/", egress_allow="localhost")
         await refused(f"http://127.0.0.1:{port}/", egress_allow="10.0.0.0/8")
         assert listener.accepted == 5
+
+
+async def test_one_session_checks_every_request_of_a_target_it_has_seen() -> None:
+    # The connector keeps its verdict per target: what it allowed stays allowed, what it
+    # refused is refused at every request, and neither leaks into another target's.
+    async with Listener() as allowed, Listener() as other:
+        settings = Settings.of(egress_allow=f"127.0.0.1:{allowed.port}")
+        async with egress_session(settings, limit=4, headers={}) as session:
+            for _ in range(3):
+                async with session.get(f"http://127.0.0.1:{allowed.port}/") as response:
+                    assert await response.text() == "ok"
+                for host in ("127.0.0.1", "localhost"):
+                    with pytest.raises(EgressRefused):
+                        await session.get(f"http://{host}:{other.port}/")
+        assert (allowed.accepted, other.accepted) == (3, 0)
 
 
 def test_bad_allow_entry_names_the_setting() -> None:
