@@ -5,21 +5,30 @@ The server runs in its own process (`--serve`, `bench.local_server`); it sleeps 
 answers a short text. The baseline, in the benchmark's process, keeps `--concurrency`
 GETs in flight through one aiohttp session (reading each body, as the handler does);
 batchd runs the same requests as `http.request` items in one worker at
-BATCHD_WORKER_CONCURRENCY equal to it. Beside its items/s, Redis commands per item (INFO
+BATCHD_WORKER_CONCURRENCY equal to it. Every process shares the machine's cores: the
+bare script (one process) with the HTTP server; batchd's worker with the HTTP server,
+Valkey, the batchd server and the benchmark's client (its upload, then its watch). The
+two alternate (`--runs`, each figure the median of the runs), each batchd run after a
+run of the bare script while the service idles. Beside the rates, CPU per item: the
+worker's and the bare script's process's (the figure that holds on a busy machine, where
+rates swing), and the batchd server's and Valkey's. And Redis commands per item (INFO
 commandstats delta from the upload to the terminal snapshot) and memory per pending item
 (the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
 upload of the same items while the worker is paused, divided by N; that batch is then
-cancelled, none of its requests made).
+cancelled, none of its requests made), both of the first run.
 
     .venv/bin/python -m bench.http --items 200000   # a full run
+    .venv/bin/python -m bench.http --items 20000 --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -30,9 +39,12 @@ from bench.local_server import local_server
 from bench.service import (
     Measured,
     Service,
+    cpu_seconds,
+    redis_cpu_seconds,
     report,
     running_service,
     upload_and_measure,
+    upload_and_watch,
     wait_for_handler,
 )
 
@@ -72,18 +84,62 @@ def items(count: int, base_url: str) -> Iterator[tuple[str, dict[str, object]]]:
         yield f"item-{i}", {"url": f"{base_url}/item-{i}"}
 
 
-async def batchd_run(service: Service, base_url: str, count: int) -> Measured:
+@dataclass(frozen=True)
+class Run:
+    """One batchd run: its figures, and the CPU seconds per item of the worker, the
+    batchd server and Valkey over it."""
+
+    measured: Measured
+    worker_cpu: float
+    server_cpu: float
+    redis_cpu: float
+
+
+async def batchd_run(
+    service: Service, base_url: str, count: int, options: dict[str, object], first: bool
+) -> Run:
+    """The batch through the service; the Redis figures only on the `first` run."""
+    cpu = (
+        cpu_seconds(service.worker_pid),
+        cpu_seconds(service.server_pid),
+        redis_cpu_seconds(service.redis_url),
+    )
     async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "http.request")
-        return await upload_and_measure(
-            client, service, "http.request", lambda: items(count, base_url), count
-        )
+        if first:
+            measured = await upload_and_measure(
+                client, service, "http.request", lambda: items(count, base_url), count, options
+            )
+        else:
+            took, run_took = await upload_and_watch(
+                client, "http.request", items(count, base_url), count, options
+            )
+            measured = Measured(took, count / took, 0.0, 0.0, count / run_took)
+    return Run(
+        measured,
+        (cpu_seconds(service.worker_pid) - cpu[0]) / count,
+        (cpu_seconds(service.server_pid) - cpu[1]) / count,
+        (redis_cpu_seconds(service.redis_url) - cpu[2]) / count,
+    )
+
+
+def bare_run(base_url: str, count: int, concurrency: int) -> tuple[float, float]:
+    """The bare script's requests/s and its process's CPU seconds per request."""
+    cpu = time.process_time()
+    rate = asyncio.run(bare_requests_per_second(base_url, count, concurrency))
+    return rate, (time.process_time() - cpu) / count
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, help="the batch's chunk_size (0: the handler's)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="batchd runs, each after a run of the bare script"
+    )
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -94,22 +150,40 @@ def main(argv: Sequence[str] | None = None) -> None:
         "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),
         "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # the local server this bench calls
     }
-    with local_server("bench.http") as server_port:
+    options: dict[str, object] = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+    bare: list[tuple[float, float]] = []
+    runs: list[Run] = []
+    with local_server("bench.http") as server_port, running_service(env=env) as service:
         base_url = f"http://127.0.0.1:{server_port}"
-        bare = asyncio.run(bare_requests_per_second(base_url, args.items, args.concurrency))
-        with running_service(env=env) as service:
-            measured = asyncio.run(batchd_run(service, base_url, args.items))
+        for n in range(max(args.runs, 1)):
+            bare.append(bare_run(base_url, args.items, args.concurrency))
+            runs.append(asyncio.run(batchd_run(service, base_url, args.items, options, n == 0)))
+    median = statistics.median
+    rate = median(r.measured.items_per_second for r in runs)
+    run_rate = median(r.measured.run_items_per_second for r in runs)
+    bare_rate = median(b[0] for b in bare)
+    worker_cpu, bare_cpu = median(r.worker_cpu for r in runs), median(b[1] for b in bare)
+    ratios = [r.measured.items_per_second / b[0] for r, b in zip(runs, bare, strict=True)]
     report(
         {
             "items": args.items,
             "concurrency": args.concurrency,
-            "items_per_second": measured.items_per_second,
-            "bare_aiohttp_requests_per_second": bare,
-            "ratio_to_bare": measured.items_per_second / bare,
+            "runs": len(runs),
+            "items_per_second": rate,
+            "bare_aiohttp_requests_per_second": bare_rate,
+            "ratio_to_bare": rate / bare_rate,
+            # Each run against the bare script's run just before it.
+            "min_ratio_to_bare": min(ratios),
+            "max_ratio_to_bare": max(ratios),
             # From the upload's answer on: the run alone, without the upload before it.
-            "run_items_per_second": measured.run_items_per_second,
-            "run_ratio_to_bare": measured.run_items_per_second / bare,
-            **measured.redis_figures(),
+            "run_items_per_second": run_rate,
+            "run_ratio_to_bare": run_rate / bare_rate,
+            "worker_cpu_us_per_item": worker_cpu * 1e6,
+            "bare_cpu_us_per_request": bare_cpu * 1e6,
+            "cpu_ratio_bare_to_worker": bare_cpu / worker_cpu,
+            "server_cpu_us_per_item": median(r.server_cpu for r in runs) * 1e6,
+            "redis_cpu_us_per_item": median(r.redis_cpu for r in runs) * 1e6,
+            **runs[0].measured.redis_figures(),
         },
         args.json,
     )

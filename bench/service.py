@@ -138,6 +138,12 @@ def redis_commands(url: str) -> int:
     return sum(int(value["calls"]) for value in stats.values())
 
 
+def redis_cpu_seconds(url: str) -> float:
+    """CPU the Redis at `url` has used so far, its own and its children's (INFO cpu)."""
+    info = _redis_info(url, "cpu")
+    return sum(float(value) for key, value in info.items() if key.startswith("used_cpu_"))
+
+
 def redis_stored_bytes(url: str) -> int:
     """Bytes the Redis at `url` holds for what it stores: INFO memory's `used_memory` less
     the clients' and the AOF buffers, which come and go with the traffic (a connection's
