@@ -8,7 +8,9 @@ alternating with batchd's runs (`--runs`, each figure the median of the runs): b
 asyncio loops (no Redis, no gRPC) of C coroutines each awaiting the same `sleep` handler,
 W processes sharing the N items, as the workers do (`bare_loop`), and the same
 coroutines in one process (`bare_loop_one_process`): what the machine's event loops
-manage without batchd. Beside batchd's items/s, Redis commands per item (INFO
+manage without batchd. Beside the rates, CPU per item of the workers (together), the
+batchd server and Valkey, and of the bare loops' processes: the figures that hold when
+other work on the machine swings the rates. And Redis commands per item (INFO
 commandstats delta from the upload to the terminal snapshot) and memory per pending item
 (the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
 upload of the same items while the worker is paused, divided by N; that batch is then
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import resource
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +38,8 @@ from batchd.worker.handlers import sleep_handler
 from bench.service import (
     Measured,
     Service,
+    cpu_seconds,
+    redis_cpu_seconds,
     report,
     running_service,
     upload_and_measure,
@@ -102,16 +107,29 @@ def _bare_process(count: int, seconds: float, concurrency: int, start_at: float)
     return time.time()
 
 
-def bare_loops(count: int, seconds: float, concurrency: int, processes: int) -> float:
+def bare_loops(count: int, seconds: float, concurrency: int, processes: int) -> tuple[float, float]:
     """Items/s of `processes` forked processes sharing `count` items, each with
-    `concurrency` coroutines, from their common start to the last one's end."""
+    `concurrency` coroutines, from their common start to the last one's end; and their
+    CPU seconds per item (start-up included, a few milliseconds)."""
     shares = [count // processes + (i < count % processes) for i in range(processes)]
+    before = _children_cpu()
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         start_at = time.time() + BARE_START_AHEAD
         ends = pool.starmap(
             _bare_process, [(share, seconds, concurrency, start_at) for share in shares]
         )
-    return count / (max(ends) - start_at)
+    return count / (max(ends) - start_at), (_children_cpu() - before) / count
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def service_cpu(service: Service) -> tuple[float, float, float]:
+    """CPU seconds so far of the service's workers (together), server and Valkey."""
+    workers = sum(cpu_seconds(pid) for pid in service.worker_pids)
+    return workers, cpu_seconds(service.server_pid), redis_cpu_seconds(service.redis_url)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -132,19 +150,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     slots = args.workers * args.concurrency
     ideal = slots / args.seconds
     runs: list[Measured] = []
+    cpu: list[tuple[float, float, float]] = []
     bare: list[float] = []
+    bare_cpu: list[float] = []
     bare_one: list[float] = []
     with running_service(workers=args.workers, env=env) as service:
         for n in range(max(args.runs, 1)):
             # The service idles (its workers poll) while the bare loops run, as the bare
             # loops do not run while batchd does.
-            bare.append(bare_loops(args.items, args.seconds, args.concurrency, args.workers))
+            rate, per_item = bare_loops(args.items, args.seconds, args.concurrency, args.workers)
+            bare.append(rate)
+            bare_cpu.append(per_item)
             bare_one.append(asyncio.run(bare_loop(args.items, args.seconds, slots)))
             if n == 0:
                 measure = run(args.items, args.seconds, service, args.chunk_size, args.workers)
             else:
                 measure = run_again(args.items, args.seconds, service, args.chunk_size)
+            before = service_cpu(service)
             runs.append(asyncio.run(measure))
+            after = service_cpu(service)
+            cpu.append(tuple((b - a) / args.items for a, b in zip(before, after, strict=True)))
     rate = statistics.median(m.items_per_second for m in runs)
     run_rate = statistics.median(m.run_items_per_second for m in runs)
     bare_rate = statistics.median(bare)
@@ -172,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "max_run_ratio_to_bare_loop": max(
                 m.run_items_per_second / b for m, b in zip(runs, bare, strict=True)
             ),
+            # CPU per item (the first run's includes its second, paused upload).
+            "workers_cpu_us_per_item": statistics.median(c[0] for c in cpu) * 1e6,
+            "bare_loop_cpu_us_per_item": statistics.median(bare_cpu) * 1e6,
+            "server_cpu_us_per_item": statistics.median(c[1] for c in cpu) * 1e6,
+            "redis_cpu_us_per_item": statistics.median(c[2] for c in cpu) * 1e6,
             **runs[0].redis_figures(),
         },
         args.json,
