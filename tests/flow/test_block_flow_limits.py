@@ -68,7 +68,9 @@ async def test_blocks_keep_max_concurrent_in_items_at_the_peer(
         f"\nmax_concurrent {limit}, blocks of 20: peak {peer.peak} items, sizes {peer.sizes[:12]}"
     )
     assert peer.peak <= limit
-    assert max(peer.sizes) == 20
+    # A block starts with the slots free at that moment (it never waits to fill), so
+    # under the limit whether one reaches the full 20 depends on timing.
+    assert 1 < max(peer.sizes) <= 20
     assert len(peer.sizes) < total / 5  # blocks, not items one by one
 
 
