@@ -20,7 +20,11 @@ from batchd.core.keys import Keys
 from batchd.core.replication import ReplicaAck
 from batchd.core.store import BatchStore
 
-ACK = ReplicaAck(replicas=1, timeout=0.2)
+# A deadline for a replica that is there: it answers WAIT at once when idle, but a
+# loaded machine can keep it from running for longer than a fraction of a second.
+ACK = ReplicaAck(replicas=1, timeout=10)
+# For a replica that cannot answer (stopped, or none): the wait always runs out.
+NO_ACK_WITHIN = ReplicaAck(replicas=1, timeout=0.2)
 
 
 async def _submit(store: BatchStore, request_id: str) -> tuple[BatchRecord, bool]:
@@ -70,10 +74,10 @@ async def test_an_unacknowledged_commit_fails_unavailable_and_its_retry_confirms
     primary: Redis, redis_server_factory: RedisServerFactory
 ) -> None:
     replica = await _replica_of(primary, redis_server_factory)
-    store = BatchStore(primary, Keys(), replica_ack=ACK)
     assert replica.pid is not None
     os.kill(replica.pid, signal.SIGSTOP)  # connected, but acknowledging nothing
     try:
+        store = BatchStore(primary, Keys(), replica_ack=NO_ACK_WITHIN)
         with pytest.raises(Unavailable, match="0 of the 1 Redis replicas required") as refused:
             await _submit(store, "r2")
         assert "same request_id" in refused.value.message
@@ -82,7 +86,9 @@ async def test_an_unacknowledged_commit_fails_unavailable_and_its_retry_confirms
             await _submit(store, "r2")
     finally:
         os.kill(replica.pid, signal.SIGCONT)
-    # ...which, once the replica holds it, answers with the batch first written.
+    # ...which, once the replica holds it, answers with the batch first written. (The
+    # replica, just woken, acknowledges when the machine lets it run: a longer wait.)
+    store = BatchStore(primary, Keys(), replica_ack=ACK)
     batch, replayed = await _submit(store, "r2")
     assert replayed
     assert batch.batch_id == (await primary.get(Keys().request("r2"))).decode()
@@ -91,7 +97,7 @@ async def test_an_unacknowledged_commit_fails_unavailable_and_its_retry_confirms
 async def test_without_a_replica_a_commit_required_to_wait_fails_unavailable(
     primary: Redis,
 ) -> None:
-    store = BatchStore(primary, Keys(), replica_ack=ACK)
+    store = BatchStore(primary, Keys(), replica_ack=NO_ACK_WITHIN)
     with pytest.raises(Unavailable):
         await _submit(store, "r3")
 
