@@ -35,8 +35,8 @@ from batchd.worker.metrics import WorkerMetrics
 
 __all__ = ["Admission", "FlowGate", "PermitPool"]
 
-# Granted permits not used within this long are dropped (the bucket counted them as
-# starts at grant time).
+# Granted permits not used within this long of their grant, or of a reservation's
+# time, are dropped (the bucket counted them as starts then).
 PERMIT_TTL = 0.05
 # A batch with no rate limit, no key and no handler key starts this long unasked (its
 # bucket only matters after a SlowDown).
@@ -415,7 +415,11 @@ class _Permits:
                     await self._wait(grant.wait, halted)
                     if halted():
                         continue
-                self.left, self.granted_at = grant.granted, time.monotonic()
+                # Fresh from the grant (or the reservation's time) as the bucket counted
+                # it, not from when this loop got to them: the ask was no later than the
+                # grant, so a late answer or an overslept wait drops permits rather
+                # than start them late, on top of other workers' on-time starts.
+                self.left, self.granted_at = grant.granted, now + grant.wait
             else:
                 await self._wait(grant.wait, halted)
         return True

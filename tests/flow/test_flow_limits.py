@@ -19,10 +19,9 @@ from support.flow_handlers import max_in_window, peak_overlap, read_runs
 from support.processes import ServiceProcess
 
 from batchd.client import AsyncClient, BatchState, ItemState
+from batchd.worker.flow_gate import PERMIT_TTL
 
 WORKERS = 3
-# Seconds a handler may run after the rate limiter let its item start (a busy CPU).
-LOGGED_LATE = 0.05
 
 
 async def _start_workers(client: AsyncClient, workers: Callable[..., ServiceProcess]) -> None:
@@ -88,11 +87,16 @@ async def test_a_key_limits_starts_across_workers(
         f"Redis: {commands:.2f} commands/item ({scripts:.2f} scripts/item), "
         f"workers used: {len({pid for _, _, pid in runs})}"
     )
-    assert abs(rate - limit) <= 0.05 * limit
-    # The bucket grants at most limit + burst starts in any second; each start is logged
-    # when its handler runs, up to LOGGED_LATE after its grant on a loaded machine, so
-    # one logged second may hold the grants of a second and that much.
-    assert window <= limit * (1 + LOGGED_LATE) + burst
+    assert rate <= 1.05 * limit
+    # The limit is used: workers that always have items ready start them as fast as the
+    # bucket allows. Not quite on a starved CPU: tokens beyond the bucket's capacity
+    # (burst) are lost while every worker stalls longer than it takes to fill it.
+    assert rate >= 0.85 * limit
+    # The bucket grants at most limit + burst starts in any second, and a worker starts
+    # a granted item no later than PERMIT_TTL after its grant (or its reservation's
+    # time), however late the worker hears of it or wakes from waiting for it: one
+    # second of starts holds the grants of a second and that much at most.
+    assert window <= limit * (1 + PERMIT_TTL) + burst
     assert len({pid for _, _, pid in runs}) == WORKERS
 
 
