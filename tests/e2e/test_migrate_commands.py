@@ -41,7 +41,9 @@ def steps(heading: str) -> list[str]:
 
 
 async def run(shell: Shell, command: str, status: int = 0) -> Ran:
-    ran = await shell.run(command, within=60)
+    # A deadline for a hang, not a speed target: `submit --watch` of the 12,000 rows
+    # takes several times longer on two cores shared with other test runs.
+    ran = await shell.run(command, within=180)
     assert ran.status == status, ran.context
     return ran
 
@@ -84,7 +86,7 @@ async def copied(warehouse: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(360)
 async def test_a_migration_between_databases_of_your_own_and_its_redrive(tmp_path: Path) -> None:
     (setting,) = steps("## Databases, engines and settings")
     plan_and_submit, failed, checksums = steps("## With databases of your own")

@@ -33,7 +33,9 @@ def worker_env(worker_env: Mapping[str, str]) -> Mapping[str, str]:
     }
 
 
-@pytest.mark.timeout(60)
+# Deadlines for a hang, not speed targets: two cores shared with other test runs take
+# several times longer than an idle machine.
+@pytest.mark.timeout(240)
 async def test_a_worker_killed_mid_block_loses_nothing(
     client: AsyncClient, workers: Callable[..., ServiceProcess]
 ) -> None:
@@ -45,14 +47,14 @@ async def test_a_worker_killed_mid_block_loses_nothing(
         items = [(f"p{i}", {"name": f"P{i}", "endpoint": peer.url}) for i in range(total)]
         options = {"chunk_size": 100, "block_size": 50, "retry_policy": {"min_backoff": 0.05}}
         batch_id = (await client.upload("greet.bulk", items, options=options)).batch.batch_id
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):
             await peer.received.wait()
         in_flight = peer.in_flight
         assert 0 < in_flight <= 100
         first.kill()  # SIGKILL, a block's request unanswered
         peer.open.set()
         workers()
-        async with asyncio.timeout(40):
+        async with asyncio.timeout(120):
             async for progress in client.watch(batch_id, min_interval=0.1):
                 last = progress
         assert last.state == BatchState.COMPLETED
