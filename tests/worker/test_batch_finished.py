@@ -23,21 +23,28 @@ from batchd.worker.handler import Handler, ItemContext, handler
 ITEMS = 40
 
 
-def counting_handler(name: str, ran: Counter[str]) -> Handler:
+def counting_handler(name: str, ran: Counter[str], both: asyncio.Event) -> Handler:
     """`test.share`, counting in `ran[name]` the items this worker's copy runs."""
 
     @handler("test.share", params_schema={"type": "object"})
     async def share(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
-        """Waits a moment, so that both workers get chunks."""
+        """Ends once both workers have run an item: the one that starts first holds
+        its few chunks until the other, however late it starts polling, has taken
+        some of the rest."""
         ran[name] += 1
-        await asyncio.sleep(0.005)
+        if len(ran) == 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), 60)
         return {}
 
     return share
 
 
 async def test_two_workers_log_the_end_of_their_batch_once(redis: Redis, redis_url: str) -> None:
-    settings = Settings(redis_url=redis_url, key_prefix=f"bf{uuid.uuid4().hex[:10]}:")
+    # Two chunks at a time per worker: the first to start cannot hold all twenty.
+    settings = Settings(
+        redis_url=redis_url, key_prefix=f"bf{uuid.uuid4().hex[:10]}:", worker_max_chunks=2
+    )
     store = BatchStore(redis, Keys(settings.key_prefix))
     batch_id = f"b{uuid.uuid4().hex[:12]}"
     spec = BatchSpec(
@@ -48,11 +55,12 @@ async def test_two_workers_log_the_end_of_their_batch_once(redis: Redis, redis_u
     await session.commit()
 
     ran: Counter[str] = Counter()
+    both = asyncio.Event()
     workers = [
         build_worker(
             settings,
             burst=True,
-            handlers={"test.share": counting_handler(name, ran)},
+            handlers={"test.share": counting_handler(name, ran, both)},
             poll_delay=0.01,
         )
         for name in ("a", "b")
