@@ -7,7 +7,7 @@ and retry with back-off until acknowledged or the deadline. See docs/design.md,
 "Completion callbacks", and docs/api.md for the receiver's side.
 """
 
-from batchd.core.callbacks.events import (
+from batchd.core.callbacks.cloudevent import (
     CONTENT_TYPE,
     EVENT_TYPE,
     SIGNATURE_HEADER,

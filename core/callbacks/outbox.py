@@ -17,7 +17,7 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
-from batchd.core.callbacks.events import CallbackEvent
+from batchd.core.callbacks.cloudevent import CallbackEvent
 from batchd.core.keys import Keys
 
 __all__ = ["CallbackOutbox", "ClaimedEvent"]
