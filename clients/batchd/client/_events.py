@@ -8,7 +8,6 @@ policy is `watch()`'s (`WatchRetry`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
@@ -16,15 +15,13 @@ import grpc
 
 from batchd.client._errors import BatchdError
 from batchd.client._types import BatchEvent, BatchEventType, BatchState
-from batchd.client._watch import WatchReconnect, WatchRetry
+from batchd.client._watch import StreamSession, WatchReconnect, WatchRetry
 from batchd.v1 import batch_pb2, batch_service_pb2
 
 __all__ = ["EventsSession"]
 
-_log = logging.getLogger("batchd.client")
 
-
-class EventsSession:
+class EventsSession(StreamSession):
     """The state of one `watch_batches()` across its streams."""
 
     def __init__(
@@ -40,12 +37,10 @@ class EventsSession:
         policy: WatchRetry,
         on_reconnect: Callable[[WatchReconnect], None] | None,
     ) -> None:
+        super().__init__(policy, on_reconnect)
         self.cursor = cursor
         """The cursor to resume from: the last one received (or the one given)."""
         self._given = cursor
-        self.policy = policy
-        self.on_reconnect = on_reconnect
-        self.failures = 0
         seconds = heartbeat_interval
         if isinstance(seconds, timedelta):
             seconds = seconds.total_seconds()
@@ -83,29 +78,8 @@ class EventsSession:
         """The stream closed with OK (a server going away): resumed like a lost one."""
         return BatchdError(grpc.StatusCode.UNAVAILABLE, "the event stream ended")
 
-    def failed(self, exc: grpc.RpcError) -> BatchdError:
-        """Maps a stream error; raises it unless the policy retries it."""
-        error = BatchdError.from_rpc_error(exc)
-        if error.code not in self.policy.retryable_codes:
-            raise error from exc
-        return error
+    def _watching(self) -> str:
+        return "batch events"
 
-    def backoff(self, error: BatchdError) -> float:
-        """Counts a failure; the delay before resuming, or raises `error` once the
-        retries are used up."""
-        self.failures += 1
-        if self.failures > self.policy.max_retries:
-            raise error
-        delay = self.policy.delay(self.failures, error.retry_after)
-        _log.info(
-            "batch events lost their stream (%s: %s); resume %d/%d after %s in %.2fs",
-            error.code.name,
-            error.message,
-            self.failures,
-            self.policy.max_retries,
-            self.cursor or "now",
-            delay,
-        )
-        if self.on_reconnect is not None:
-            self.on_reconnect(WatchReconnect(error, self.failures, delay))
-        return delay
+    def _resuming(self) -> str:
+        return f" after {self.cursor or 'now'}"

@@ -18,7 +18,7 @@ from batchd.client._errors import BatchdError
 from batchd.client._types import BatchProgress
 from batchd.v1 import batch_service_pb2
 
-__all__ = ["WatchReconnect", "WatchRetry", "WatchSession"]
+__all__ = ["StreamSession", "WatchReconnect", "WatchRetry", "WatchSession"]
 
 _log = logging.getLogger("batchd.client")
 
@@ -62,7 +62,59 @@ class WatchReconnect:
     """Seconds until the next attempt."""
 
 
-class WatchSession:
+class StreamSession:
+    """What a watch of either kind keeps across its streams: the reconnect policy and
+    the failures in a row. Subclasses say what a lost stream's log line names."""
+
+    def __init__(
+        self, policy: WatchRetry, on_reconnect: Callable[[WatchReconnect], None] | None
+    ) -> None:
+        self.policy = policy
+        self.on_reconnect = on_reconnect
+        self.failures = 0
+
+    def failed(self, exc: grpc.RpcError) -> BatchdError:
+        """Maps a stream error; raises it unless the policy retries it."""
+        error = BatchdError.from_rpc_error(exc)
+        if error.code not in self.policy.retryable_codes:
+            raise error from exc
+        return error
+
+    def backoff(self, error: BatchdError) -> float:
+        """Counts a failure; returns the delay before reconnecting, or raises `error`
+        once the retries are used up."""
+        self.failures += 1
+        if self.failures > self.policy.max_retries:
+            raise error
+        delay = self.policy.delay(self.failures, error.retry_after)
+        _log.info(
+            "%s lost its stream (%s: %s); reconnect %d/%d%s in %.2fs",
+            self._watching(),
+            error.code.name,
+            error.message,
+            self.failures,
+            self.policy.max_retries,
+            self._resuming(),
+            delay,
+        )
+        self._reconnecting()
+        if self.on_reconnect is not None:
+            self.on_reconnect(WatchReconnect(error, self.failures, delay))
+        return delay
+
+    def _watching(self) -> str:
+        """What is watched, for the log line of a lost stream."""
+        raise NotImplementedError
+
+    def _resuming(self) -> str:
+        """Where the next stream starts, for that log line (" after ..."; "": no need to say)."""
+        return ""
+
+    def _reconnecting(self) -> None:
+        """Called before each reconnect."""
+
+
+class WatchSession(StreamSession):
     """The state of one `watch()` across its streams: sync and async share it."""
 
     def __init__(
@@ -71,10 +123,8 @@ class WatchSession:
         policy: WatchRetry,
         on_reconnect: Callable[[WatchReconnect], None] | None = None,
     ) -> None:
+        super().__init__(policy, on_reconnect)
         self.batch_id = batch_id
-        self.policy = policy
-        self.on_reconnect = on_reconnect
-        self.failures = 0
         self.last: BatchProgress | None = None
         self._reconnected = False
 
@@ -103,30 +153,8 @@ class WatchSession:
             f"watch of batch {self.batch_id!r} ended before the batch finished",
         )
 
-    def failed(self, exc: grpc.RpcError) -> BatchdError:
-        """Maps a stream error; raises it unless the policy retries it."""
-        error = BatchdError.from_rpc_error(exc)
-        if error.code not in self.policy.retryable_codes:
-            raise error from exc
-        return error
+    def _watching(self) -> str:
+        return f"watch of batch {self.batch_id}"
 
-    def backoff(self, error: BatchdError) -> float:
-        """Counts a failure; returns the delay before reconnecting, or raises `error`
-        once the retries are used up."""
-        self.failures += 1
-        if self.failures > self.policy.max_retries:
-            raise error
-        delay = self.policy.delay(self.failures, error.retry_after)
-        _log.info(
-            "watch of batch %s lost its stream (%s: %s); reconnect %d/%d in %.2fs",
-            self.batch_id,
-            error.code.name,
-            error.message,
-            self.failures,
-            self.policy.max_retries,
-            delay,
-        )
+    def _reconnecting(self) -> None:
         self._reconnected = True
-        if self.on_reconnect is not None:
-            self.on_reconnect(WatchReconnect(error, self.failures, delay))
-        return delay
