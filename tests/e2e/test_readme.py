@@ -212,12 +212,11 @@ async def test_readme_schedule_session_runs_as_shown(service: Service, tmp_path:
 # "Callbacks": a batch whose end is POSTed, signed, to the receiver the README writes; the
 # service started with the settings the README's command line gives.
 CALLBACK_SESSION: Expected = [
-    ('cd "$(mktemp -d)"', 0, []),
     ("export BATCHD_CALLBACK_SECRET=", 0, []),
-    ("cat > receiver.py", 0, []),
     ("echo", 0, []),
-    ("python3 receiver.py 8001", 0, "exact"),
+    ("python3 examples/callback_receiver.py 8001", 0, "exact"),
 ]
+RECEIVER = README.parent / "examples" / "callback_receiver.py"
 
 
 def callback_service_env() -> dict[str, str]:
@@ -238,7 +237,16 @@ async def test_readme_callback_session_runs_as_shown(tmp_path: Path) -> None:
         await poll(lambda: all_handlers_served(service.target), within=60)
         async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
             shell.replacements["8001"] = str(find_free_port())
+            shell.replacements["examples/callback_receiver.py"] = str(RECEIVER)
             await run_session(shell, read_session(block), CALLBACK_SESSION)
+
+
+def test_callback_receiver_verifies_as_api_md_shows() -> None:
+    """The README's receiver checks signatures with the very code docs/api.md gives."""
+    section = (DOCS / "api.md").read_text().split("## Completion callbacks\n", 1)[1]
+    documented = re.search(r"\n(def verify_batchd_signature\(.*?)```", section, re.DOTALL)
+    assert documented, "no verify_batchd_signature under 'Completion callbacks'"
+    assert documented.group(1).strip() in RECEIVER.read_text()
 
 
 # "Blocks for bulk APIs": noop in blocks of 100, and a block refused for sleep.
