@@ -1,11 +1,11 @@
 """Delivering completion callbacks: the loop every worker process runs.
 
-It claims due events from the outbox (batchd.core.callbacks.outbox), a few at a time,
-and POSTs each as a signed CloudEvent through the egress guard (redirects not
-followed). A 2xx answer acknowledges the event; anything else — another status, a
-timeout, a refused connection — is retried after an exponential, jittered back-off
-until `callback_deadline` after the batch's end, when the event is dropped, logged and
-counted. A destination the egress guard refuses is dropped at once. The batch is
+It claims due events from the outbox (batchd.core.callbacks.outbox) as places among its
+IN_FLIGHT deliveries free up, and POSTs each as a signed CloudEvent through the egress
+guard (redirects not followed). A 2xx answer acknowledges the event; anything else —
+another status, a timeout, a refused connection — is retried after an exponential,
+jittered back-off until `callback_deadline` after the batch's end, when the event is
+dropped, logged and counted. A destination the egress guard refuses is dropped at once. The batch is
 already terminal: nothing here holds it up. See docs/design.md, "Completion callbacks".
 """
 
@@ -38,8 +38,8 @@ __all__ = ["CallbackDelivery", "retry_delay"]
 
 log = get_logger(__name__)
 
-# Events one claim takes, delivered concurrently.
-CLAIM_BATCH: Final = 16
+# Deliveries one worker process runs at once.
+IN_FLIGHT: Final = 16
 # The longest wait between two attempts, jitter aside.
 MAX_RETRY_DELAY: Final = 600.0
 # A claim outlasts the POST's timeout (half as long again, and a second) before another
@@ -74,21 +74,43 @@ class CallbackDelivery:
         self.lease = settings.callback_timeout * LEASE_FACTOR + LEASE_MARGIN
 
     async def run(self) -> None:
-        """Delivers due events until cancelled; a Redis outage is waited out."""
+        """Delivers due events until cancelled; a Redis outage is waited out. Up to
+        IN_FLIGHT deliveries run at once, and a freed place is claimed for at once: a
+        receiver that takes its whole timeout holds up no other delivery. Deliveries
+        still running when cancelled are cut short; their events come due again when
+        their claims lapse."""
         outage = Outage(log, "callbacks", self.metrics.outages if self.metrics else None)
         headers = {"User-Agent": USER_AGENT}
-        async with egress_session(self.settings, limit=CLAIM_BATCH, headers=headers) as session:
-            while True:
-                try:
-                    claimed = await self.outbox.claim(self.clock(), self.lease, CLAIM_BATCH)
-                except REDIS_UNAVAILABLE as exc:
-                    outage.failed(exc)
-                    claimed = []
-                else:
-                    outage.recovered()
-                    await asyncio.gather(*(self._settled(session, c) for c in claimed))
-                if len(claimed) < CLAIM_BATCH:
-                    await asyncio.sleep(self.interval)
+        running: set[asyncio.Task[None]] = set()
+        async with egress_session(self.settings, limit=IN_FLIGHT, headers=headers) as session:
+            try:
+                while True:
+                    room = IN_FLIGHT - len(running)
+                    claimed: list[ClaimedEvent] = []
+                    if room > 0:
+                        try:
+                            claimed = await self.outbox.claim(self.clock(), self.lease, room)
+                        except REDIS_UNAVAILABLE as exc:
+                            outage.failed(exc)
+                        else:
+                            outage.recovered()
+                    for event in claimed:
+                        task = asyncio.create_task(self._settled(session, event))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                    if room > 0 and len(claimed) == room:
+                        continue  # perhaps more due: claim again at once
+                    # Until a place frees up (then more may be due), or the next look.
+                    if running:
+                        await asyncio.wait(
+                            running, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    else:
+                        await asyncio.sleep(self.interval)
+            finally:
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def _settled(self, session: aiohttp.ClientSession, claimed: ClaimedEvent) -> None:
         """Delivers one event; an error settling it leaves it to come due again when its

@@ -123,3 +123,67 @@ async def test_an_event_never_acknowledged_is_dropped_at_its_deadline(
         else:
             assert posts == []  # never sent unsigned
             assert "no signing secret" in dropped_log["reason"]
+
+
+@contextlib.asynccontextmanager
+async def receivers() -> AsyncIterator[tuple[str, str, asyncio.Event, asyncio.Event]]:
+    """Two receivers on one port: /slow holds every POST until the test ends, /fast
+    answers 204. Yields their URLs and events set when each has had a POST."""
+    slow_started = asyncio.Event()
+    fast_answered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        slow_started.set()
+        await release.wait()
+        return web.Response(status=204)
+
+    async def fast(request: web.Request) -> web.Response:
+        fast_answered.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/slow", slow)
+    app.router.add_post("/fast", fast)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield f"{base}/slow", f"{base}/fast", slow_started, fast_answered
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_a_receiver_that_stalls_holds_up_no_later_event(redis: Redis) -> None:
+    keys = Keys(f"cd{uuid.uuid4().hex[:8]}:")
+    store = BatchStore(redis, keys)
+    async with receivers() as (slow_url, fast_url, slow_started, fast_answered):
+        settings = Settings(
+            egress_allow=slow_url.split("/")[2],
+            callback_secret=SECRET,
+            callback_timeout=60.0,  # the stalled POST outlasts the test
+            maintenance_interval=0.02,
+        )
+        outbox = CallbackOutbox(redis, keys)
+        delivery = CallbackDelivery(settings, outbox, CallbackSecrets.from_settings(settings))
+        task = asyncio.create_task(delivery.run())
+        try:
+            await ended_batch(store, slow_url)
+            await asyncio.wait_for(slow_started.wait(), 10)
+            await ended_batch(store, fast_url)  # filed while the first POST hangs
+            await asyncio.wait_for(fast_answered.wait(), 10)
+
+            async def only_the_stalled_one_left() -> bool | None:
+                return True if await outbox.pending() == 1 else None
+
+            await poll(only_the_stalled_one_left, within=10)  # the other acknowledged
+            assert not task.done()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # The stalled delivery was cut short, its event left to come due again.
+        assert await outbox.pending() == 1
