@@ -69,12 +69,18 @@ def store(redis: Redis, keys: Keys, clock: Clock) -> BatchStore:
 @pytest.fixture
 def new_batch(store: BatchStore) -> NewBatch:
     async def submit(
-        total: int = 7, chunk_size: int = 3, completion_window: float = 0.0
+        total: int = 7,
+        chunk_size: int = 3,
+        completion_window: float = 0.0,
+        callback_url: str = "",
     ) -> BatchRecord:
+        options = BatchOptions(
+            chunk_size=chunk_size, completion_window=completion_window, callback_url=callback_url
+        )
         spec = BatchSpec(
             batch_id=f"b-{uuid.uuid4().hex[:12]}",
             handler="test.echo",
-            options=BatchOptions(chunk_size=chunk_size, completion_window=completion_window),
+            options=options,
             metadata={},
         )
         session = await store.begin_upload(spec)

@@ -6,39 +6,23 @@ retry or drop it."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 
 from redis.asyncio import Redis
 
 from batchd.core.callbacks import CallbackOutbox, sign, verify
 from batchd.core.domain import (
-    BatchOptions,
-    BatchRecord,
-    BatchSpec,
     BatchState,
     ItemOutcome,
     ItemState,
-    NewItem,
 )
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
 
+from .conftest import NewBatch
+
 URL = "https://hooks.example/batchd"
 LEASE = 60.0
-
-
-async def submit(store: BatchStore, total: int, callback: str = URL) -> BatchRecord:
-    spec = BatchSpec(
-        batch_id=f"b-{uuid.uuid4().hex[:12]}",
-        handler="test.echo",
-        options=BatchOptions(chunk_size=total, callback_url=callback),
-        metadata={},
-    )
-    session = await store.begin_upload(spec)
-    await session.add_items(NewItem(custom_id=f"i{i}", params_json=b"{}") for i in range(total))
-    batch, _ = await session.commit()
-    return batch
 
 
 async def run_all(store: BatchStore, batch_id: str, total: int, state: ItemState) -> None:
@@ -55,9 +39,13 @@ async def filed(redis: Redis, keys: Keys) -> dict[str, dict[str, object]]:
 
 
 async def test_the_end_of_a_batch_files_one_event_with_its_summary(
-    store: BatchStore, redis: Redis, keys: Keys, advance: Callable[[float], float]
+    store: BatchStore,
+    new_batch: NewBatch,
+    redis: Redis,
+    keys: Keys,
+    advance: Callable[[float], float],
 ) -> None:
-    batch = await submit(store, 3)
+    batch = await new_batch(total=3, chunk_size=3, callback_url=URL)
     assert await filed(redis, keys) == {}
     advance(2)
     await run_all(store, batch.batch_id, 3, ItemState.SUCCEEDED)
@@ -88,19 +76,23 @@ async def test_the_end_of_a_batch_files_one_event_with_its_summary(
 
 
 async def test_a_batch_without_a_callback_files_nothing(
-    store: BatchStore, redis: Redis, keys: Keys
+    store: BatchStore, new_batch: NewBatch, redis: Redis, keys: Keys
 ) -> None:
-    batch = await submit(store, 2, callback="")
+    batch = await new_batch(total=2, chunk_size=2)
     await run_all(store, batch.batch_id, 2, ItemState.SUCCEEDED)
-    await store.cancel_batch((await submit(store, 2, callback="")).batch_id)
+    await store.cancel_batch((await new_batch(total=2, chunk_size=2)).batch_id)
     assert await filed(redis, keys) == {}
     assert await redis.zcard(keys.callbacks) == 0
 
 
 async def test_a_cancel_files_the_event_and_a_redrive_files_a_new_one(
-    store: BatchStore, redis: Redis, keys: Keys, advance: Callable[[float], float]
+    store: BatchStore,
+    new_batch: NewBatch,
+    redis: Redis,
+    keys: Keys,
+    advance: Callable[[float], float],
 ) -> None:
-    batch = await submit(store, 2)
+    batch = await new_batch(total=2, chunk_size=2, callback_url=URL)
     await run_all(store, batch.batch_id, 2, ItemState.FAILED)
     first = await filed(redis, keys)
     assert [r["failed"] for r in first.values()] == [2]
@@ -113,17 +105,17 @@ async def test_a_cancel_files_the_event_and_a_redrive_files_a_new_one(
     assert second_id.endswith(":2")
     assert (both[second_id]["succeeded"], both[second_id]["failed"]) == (2, 0)
 
-    cancelled = await submit(store, 4)
+    cancelled = await new_batch(total=4, chunk_size=4, callback_url=URL)
     await store.cancel_batch(cancelled.batch_id)
     records = [r for r in (await filed(redis, keys)).values() if r["batch"] == cancelled.batch_id]
     assert [(r["state"], r["cancelled"]) for r in records] == [(int(BatchState.CANCELLED), 4)]
 
 
 async def test_a_claim_hides_the_event_for_its_lease_and_the_latest_claim_decides(
-    store: BatchStore, redis: Redis, keys: Keys, clock: Callable[[], float]
+    store: BatchStore, new_batch: NewBatch, redis: Redis, keys: Keys, clock: Callable[[], float]
 ) -> None:
     outbox = CallbackOutbox(redis, keys)
-    batch = await submit(store, 1)
+    batch = await new_batch(total=1, chunk_size=1, callback_url=URL)
     await run_all(store, batch.batch_id, 1, ItemState.SUCCEEDED)
     now = clock()
     (first,) = await outbox.claim(now, lease=10, limit=5)
@@ -148,10 +140,10 @@ async def test_a_claim_hides_the_event_for_its_lease_and_the_latest_claim_decide
 
 
 async def test_the_body_is_a_signed_cloudevent_the_same_at_every_delivery(
-    store: BatchStore, redis: Redis, keys: Keys, clock: Callable[[], float]
+    store: BatchStore, new_batch: NewBatch, redis: Redis, keys: Keys, clock: Callable[[], float]
 ) -> None:
     outbox = CallbackOutbox(redis, keys)
-    batch = await submit(store, 2)
+    batch = await new_batch(total=2, chunk_size=2, callback_url=URL)
     await run_all(store, batch.batch_id, 2, ItemState.SUCCEEDED)
     (claimed,) = await outbox.claim(clock(), lease=1, limit=5)
     (again,) = await outbox.claim(clock() + 1, lease=1, limit=5)
