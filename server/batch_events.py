@@ -136,9 +136,9 @@ class EventHub:
     ) -> AsyncIterator[Delivery]:
         """The tenant's events after `position` that `keep` lets through, a page at a time,
         for ever: first an empty Delivery (a heartbeat) with `position`, then one after
-        every `heartbeat_interval` seconds without events. Store
-        errors (FailedPrecondition for a trimmed cursor) propagate; Unavailable when the
-        server shuts down."""
+        every `heartbeat_interval` seconds without events. Store errors propagate
+        (FailedPrecondition for a trimmed or foreign cursor, before anything is
+        yielded); Unavailable when the server shuts down."""
         follower = self._followers.get(tenant)
         if follower is None:
             follower = _Follower(self.log, tenant)
@@ -147,27 +147,30 @@ class EventHub:
         follower.streams += 1
         try:
             await follower.ready.wait()
+            # The first page is read before anything is sent: a cursor whose events were
+            # trimmed, or that is none of this stream's, fails the call before it starts.
+            seen = follower.version
+            page = await self.log.read(tenant, position, PAGE_SIZE)
             yield Delivery([], position)  # where the stream starts: a resume loses nothing
             sent_at = time.monotonic()
             while True:
-                if follower.error is not None:
-                    raise follower.error
-                seen = follower.version
-                page = await self.log.read(tenant, position, PAGE_SIZE)
                 position = page.position
                 kept = [event for event in page.events if keep(event)]
                 if kept:
                     yield Delivery(kept, position)
                     sent_at = time.monotonic()
-                if len(page.events) == PAGE_SIZE:
-                    continue  # more to read at once
-                silence = heartbeat_interval - (time.monotonic() - sent_at)
-                if silence <= 0 or not await self._woken(follower, seen, silence):
-                    if follower.error is not None:
-                        raise follower.error
-                    if time.monotonic() - sent_at >= heartbeat_interval:
-                        yield Delivery([], position)
-                        sent_at = time.monotonic()
+                if len(page.events) < PAGE_SIZE:  # else more to read at once
+                    silence = heartbeat_interval - (time.monotonic() - sent_at)
+                    if silence <= 0 or not await self._woken(follower, seen, silence):
+                        if follower.error is not None:
+                            raise follower.error
+                        if time.monotonic() - sent_at >= heartbeat_interval:
+                            yield Delivery([], position)
+                            sent_at = time.monotonic()
+                if follower.error is not None:
+                    raise follower.error
+                seen = follower.version
+                page = await self.log.read(tenant, position, PAGE_SIZE)
         finally:
             follower.streams -= 1
             if follower.streams == 0 and self._followers.get(tenant) is follower:

@@ -177,15 +177,19 @@ async def test_from_oldest_starts_with_the_oldest_retained(
     assert (await watch.take(1))[0].batch_id == batch.batch_id
 
 
-async def drain(events: AsyncIterator[BatchEvent]) -> None:
-    async with asyncio.timeout(WAIT):
-        async for _ in events:
-            pass
-
-
 async def first_error(events: AsyncIterator[BatchEvent]) -> BatchdError:
+    """The error a watch ends with, which must come before any message (heartbeats
+    asked for or not)."""
+    received: list[BatchEvent] = []
+
+    async def collect() -> None:
+        async with asyncio.timeout(WAIT):
+            async for event in events:
+                received.append(event)  # noqa: PERF401 -- what came before the error
+
     with pytest.raises(BatchdError) as caught:
-        await drain(events)
+        await collect()
+    assert received == []
     return caught.value
 
 
@@ -204,7 +208,7 @@ async def test_bad_requests_are_invalid_with_the_fields_named(client: AsyncClien
 
 
 async def test_a_cursor_past_the_stream_fails_precondition(client: AsyncClient) -> None:
-    error = await first_error(client.watch_batches(cursor="99999999999999-0"))
+    error = await first_error(client.watch_batches(cursor="99999999999999-0", heartbeats=True))
     assert error.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "past the last event" in error.message
 
@@ -274,7 +278,7 @@ async def test_a_trimmed_cursor_fails_precondition_saying_how_to_restart(
     for n in range(10):  # newer events push it out, as XADD MAXLEN does at its retention
         entry = {"type": "CREATED", "batch": f"{tenant}~f{n}", "state": 1}
         await redis.xadd(stream, entry, maxlen=3, approximate=False)  # type: ignore[arg-type]
-    error = await first_error(me.watch_batches(cursor=event.cursor))
+    error = await first_error(me.watch_batches(cursor=event.cursor, heartbeats=True))
     assert error.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "trimmed" in error.message
     assert "from_oldest" in error.message
