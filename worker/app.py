@@ -10,7 +10,7 @@ Besides ARQ's poll loop, each worker process runs four background tasks: the cat
 heartbeat, the lease renewer (`LeaseKeeper`: every chunk it holds, every lease_ttl / 3),
 the maintenance sweep (`batchd.core.maintenance`: expired leases, closed completion
 windows, jobs left in the single queue of earlier versions) and the delivery of
-completion callbacks (`batchd.worker.callbacks`).
+completion callbacks (`batchd.worker.callback_delivery`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from batchd.core.maintenance import maintenance_loop
 from batchd.core.metrics import Listener
 from batchd.core.store import BatchStore
 from batchd.worker.arq_worker import BatchdWorker
-from batchd.worker.callbacks import CallbackDelivery
+from batchd.worker.callback_delivery import CallbackDelivery
 from batchd.worker.chunk_runner import CTX_KEY, WorkerRuntime, run_chunk
 from batchd.worker.fifo_semaphore import FifoSemaphore
 from batchd.worker.flow_gate import PermitPool

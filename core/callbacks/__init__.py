@@ -2,8 +2,8 @@
 
 The script that ends a batch files its event in an outbox (core/lua/_callbacks.lua), in
 the same atomic call; workers claim due events from it (`CallbackOutbox`), POST them
-(batchd.worker.callbacks) signed with the tenant's secret (`CallbackSecrets`, `sign`),
-and retry with back-off until acknowledged or the deadline. See docs/design.md,
+(batchd.worker.callback_delivery) signed with the tenant's secret (`CallbackSecrets`,
+`sign`), and retry with back-off until acknowledged or the deadline. See docs/design.md,
 "Completion callbacks", and docs/api.md for the receiver's side.
 """
 

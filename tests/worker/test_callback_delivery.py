@@ -22,7 +22,7 @@ from batchd.core.config import Settings
 from batchd.core.domain import BatchOptions, BatchSpec, ItemOutcome, ItemState, NewItem
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
-from batchd.worker.callbacks import MAX_RETRY_DELAY, CallbackDelivery, retry_delay
+from batchd.worker.callback_delivery import MAX_RETRY_DELAY, CallbackDelivery, retry_delay
 from batchd.worker.metrics import WorkerMetrics
 
 SECRET = "delivery-test-secret-0123456789"
