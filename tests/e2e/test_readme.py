@@ -193,22 +193,6 @@ EVENTS_SESSION: Expected = [
 ]
 
 
-@pytest.mark.slow
-async def test_readme_events_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
-    (block,) = sh_blocks_after(README.read_text(), "### Batch events")
-    await poll(lambda: all_handlers_served(service.target), within=60)
-    async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
-        await run_session(shell, read_session(block), EVENTS_SESSION)
-
-
-@pytest.mark.slow
-async def test_readme_schedule_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
-    (block,) = sh_blocks_after(README.read_text(), "### Schedules")
-    await poll(lambda: all_handlers_served(service.target), within=60)
-    async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
-        await run_session(shell, read_session(block), SCHEDULE_SESSION)
-
-
 # "Callbacks": a batch whose end is POSTed, signed, to the receiver the README writes; the
 # service started with the settings the README's command line gives.
 CALLBACK_SESSION: Expected = [
@@ -259,8 +243,20 @@ BLOCKS_SESSION: Expected = [
 
 
 @pytest.mark.slow
-async def test_readme_blocks_session_runs_as_shown(service: Service, tmp_path: Path) -> None:
-    (block,) = sh_blocks_after(README.read_text(), "### Blocks for bulk APIs")
+@pytest.mark.parametrize(
+    ("heading", "expected"),
+    [
+        ("### Schedules", SCHEDULE_SESSION),
+        ("### Batch events", EVENTS_SESSION),
+        ("### Blocks for bulk APIs", BLOCKS_SESSION),
+    ],
+    ids=["schedules", "events", "blocks"],
+)
+async def test_readme_section_session_runs_as_shown(
+    service: Service, tmp_path: Path, heading: str, expected: Expected
+) -> None:
+    """A section whose one session needs nothing but the service."""
+    (block,) = sh_blocks_after(README.read_text(), heading)
     await poll(lambda: all_handlers_served(service.target), within=60)
     async with Shell(tmp_path, {"BATCHD_TARGET": service.target}) as shell:
-        await run_session(shell, read_session(block), BLOCKS_SESSION)
+        await run_session(shell, read_session(block), expected)
