@@ -2,7 +2,8 @@
 
 Every servicer method is wrapped by `translate_errors`: a `BatchdError` becomes its
 status code with google.rpc details (BadRequest field violations, RetryInfo); a Redis
-outage becomes UNAVAILABLE; anything else is logged and becomes a bare INTERNAL, so no
+outage becomes UNAVAILABLE, Redis refusing writes (batchd.core.redis_refusals)
+RESOURCE_EXHAUSTED or UNAVAILABLE; anything else is logged and becomes a bare INTERNAL, so no
 stack trace ever reaches a client.
 """
 
@@ -31,6 +32,7 @@ from batchd.core.errors import (
     Unavailable,
 )
 from batchd.core.logs import get_logger
+from batchd.core.redis_refusals import redis_refusal
 from batchd.server import principal
 from batchd.server.decoding import Malformed
 
@@ -87,6 +89,10 @@ def to_status(error: BatchdError) -> grpc.Status:
 
 async def abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Ends the call with the status that `exc` stands for. Always raises."""
+    refused = redis_refusal(exc)
+    if refused is not None:
+        log.warning("redis_refused_write", error=str(exc))
+        exc = refused
     if isinstance(exc, BatchdError):
         # The store names a tenant's batch by its stored id: say the caller's own.
         own = f"{principal.current().tenant}{TENANT_SEPARATOR}"

@@ -36,7 +36,14 @@ from batchd.core.background import BackgroundTasks
 from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
 from batchd.core.logs import get_logger
 from batchd.core.redis_access import connect
-from batchd.worker.outages import REDIS_UNAVAILABLE, RETRY_ON, Backoff, Outage, client_retry
+from batchd.worker.outages import (
+    REDIS_UNAVAILABLE,
+    RETRY_ON,
+    Backoff,
+    Outage,
+    client_retry,
+    waited_out,
+)
 
 __all__ = [
     "ARQ_OUTAGE",
@@ -192,7 +199,9 @@ class BatchdWorker(arq.Worker):
                     del self.tasks[job_id]
                     task.result()  # as arq: errors in run_job propagate
             await self.heart_beat()
-        except ARQ_OUTAGE as exc:
+        except Exception as exc:
+            if not (isinstance(exc, ARQ_OUTAGE) or waited_out(exc)):
+                raise
             self.poll_outage.failed(exc)
             await self._poll_backoff.wait()
         else:

@@ -10,8 +10,9 @@ Three layers keep a worker alive while Redis restarts or fails over:
   (redis-py 5.3 connects outside its retry loop, and a refused connect raises OSError,
   which its Retry does not take).
 - the loops that must not give up (outcome flushes, the ARQ poll loop, lease renewals,
-  maintenance, the heartbeat) catch `REDIS_UNAVAILABLE` and try again after a capped,
-  jittered backoff;
+  maintenance, the heartbeat) catch `REDIS_UNAVAILABLE` (outcome flushes and the poll
+  loop also Redis refusing writes, `waited_out`) and try again after a capped, jittered
+  backoff;
 - a chunk's lease decides, once Redis is back, whether the chunk is still ours.
 """
 
@@ -30,6 +31,7 @@ from redis.exceptions import ReadOnlyError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchd.core.metrics import OutageClock
+from batchd.core.redis_refusals import refuses_writes
 
 __all__ = [
     "CLIENT_RETRIES",
@@ -38,6 +40,7 @@ __all__ = [
     "Backoff",
     "Outage",
     "client_retry",
+    "waited_out",
 ]
 
 # Errors that mean Redis cannot be reached for now (not that a command is wrong):
@@ -52,6 +55,13 @@ REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
     ConnectionError,  # the builtin OSError subclass, raised by some socket paths
     TimeoutError,
 )
+
+
+def waited_out(exc: BaseException) -> bool:
+    """`exc` is Redis away, or refusing writes for now (full, unable to persist, a
+    replica: batchd.core.redis_refusals): what the loops that must not give up wait out."""
+    return isinstance(exc, REDIS_UNAVAILABLE) or refuses_writes(exc)
+
 
 # What the client retries by itself, command by command.
 RETRY_ON: list[type[Exception]] = [RedisConnectionError, RedisTimeoutError]

@@ -27,7 +27,7 @@ from batchd.core.metrics import OutageClock
 from batchd.core.store import BatchStore
 from batchd.worker.leases import Lease
 from batchd.worker.metrics import HandlerTally
-from batchd.worker.outages import REDIS_UNAVAILABLE, Backoff, Outage
+from batchd.worker.outages import Backoff, Outage, waited_out
 
 __all__ = ["FlushFailed", "Recorder"]
 
@@ -148,12 +148,12 @@ class Recorder:
                 self.buffer.clear()
                 self.gone = self.stops_starting = True
                 return
-            except REDIS_UNAVAILABLE as exc:
+            except Exception as exc:
+                if not waited_out(exc):
+                    raise FlushFailed(str(exc)) from exc
                 self._outage.failed(exc, outcomes=len(outcomes))
                 await backoff.wait()
                 continue
-            except Exception as exc:
-                raise FlushFailed(str(exc)) from exc
             del self.buffer[: len(outcomes)]  # what came in meanwhile stays
             if report >= 0 and self.lease is not None:
                 self.lease.reported = report
