@@ -110,6 +110,12 @@ class Settings:
         "UNAVAILABLE, its batch kept (a retry with the same request_id asks again)",
         read_by=SERVER,
     )
+    redis_timeout: float = setting(
+        5.0,
+        "seconds a Redis command waits for its reply before it fails: a silent network "
+        "partition turns into an error, not a hang; 0: no limit",
+        read_by=SHARED,
+    )
     key_prefix: str = setting("batchd:", "prefix of every Redis key batchd writes", read_by=SHARED)
     host: str = setting(
         "127.0.0.1",

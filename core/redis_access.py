@@ -34,6 +34,7 @@ __all__ = [
     "SENTINEL_PORT",
     "SENTINEL_SCHEME",
     "SentinelTarget",
+    "command_timeouts",
     "connect",
     "parse_sentinel_url",
     "redact",
@@ -122,6 +123,16 @@ def _address(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"Sentinel address {text!r}: the port must be a number below 65536")
     return host, int(port)
+
+
+def command_timeouts(seconds: float) -> dict[str, float | None]:
+    """The options of `connect` that bound a command's wait for its reply and a new
+    connection's opening at `seconds` (`Settings.redis_timeout`; 0 or less: no bound).
+    Without them a connection whose peer went silent (a network partition: no reset,
+    no reply) holds its command forever; with them the command fails with redis-py's
+    TimeoutError and its connection is dropped, so the next one starts afresh."""
+    bound = seconds if seconds > 0 else None
+    return {"socket_timeout": bound, "socket_connect_timeout": bound}
 
 
 @overload

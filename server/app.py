@@ -17,7 +17,7 @@ from batchd.core.config import SettingError, Settings
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.metrics import Listener, OutageClock
-from batchd.core.redis_access import connect, redis_access_problem
+from batchd.core.redis_access import command_timeouts, connect, redis_access_problem
 from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
@@ -144,7 +144,7 @@ async def start_server(
     problem = await redis_access_problem(settings.redis_url)  # an outage is waited out
     if problem:
         raise SettingError(problem)
-    redis = connect(settings.redis_url, health_check_interval=10)
+    redis = connect(settings.redis_url, health_check_interval=10, **_timeouts(settings))
     store = BatchStore.from_settings(redis, settings)
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
     events = EventHub(store.events) if settings.events_retain > 0 else None
@@ -258,6 +258,16 @@ async def start_server(
         settings=settings,
         events=events,
     )
+
+
+def _timeouts(settings: Settings) -> dict[str, float | None]:
+    """The server's bound on a Redis reply (docs/operations.md, "When Redis is unreachable
+    or full"): `redis_timeout`, plus the replicas' acknowledgement time for the WAIT a
+    submit may end with."""
+    seconds = settings.redis_timeout
+    if seconds > 0 and settings.redis_min_replicas_ack > 0:
+        seconds += settings.redis_replica_ack_timeout
+    return command_timeouts(seconds)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

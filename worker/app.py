@@ -100,6 +100,7 @@ def build_worker(
         run_chunk,
         queues=[keys.queue(name) for name in sorted(handlers)],
         redis_url=settings.redis_url,
+        redis_timeout=settings.redis_timeout,
         max_jobs=settings.chunk_jobs,
         on_startup=hooks.startup,
         on_shutdown=hooks.shutdown,

@@ -33,9 +33,10 @@ from arq.utils import timestamp_ms
 from redis.exceptions import WatchError
 
 from batchd.core.background import BackgroundTasks
+from batchd.core.config import Settings
 from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
 from batchd.core.logs import get_logger
-from batchd.core.redis_access import connect
+from batchd.core.redis_access import command_timeouts, connect
 from batchd.worker.outages import (
     REDIS_UNAVAILABLE,
     RETRY_ON,
@@ -69,6 +70,7 @@ SHUTDOWN_GRACE = 20
 
 # Seconds a connection to Redis may take to open (ARQ's own default).
 CONNECT_TIMEOUT = 1.0
+DEFAULT_REDIS_TIMEOUT: float = Settings.redis_timeout
 
 # What arq raises when Redis goes away: connection errors, and WatchError for a connection
 # lost inside a WATCH (redis-py turns it into one).
@@ -83,18 +85,22 @@ def run_later(seconds: float) -> BaseException:
     return arq.Retry(defer=seconds)
 
 
-def arq_pool(url: str) -> ArqRedis:
+def arq_pool(url: str, timeout: float = DEFAULT_REDIS_TIMEOUT) -> ArqRedis:
     """ARQ's Redis client for `url` (a sentinel URL too), built by batchd's one factory
     (`batchd.core.redis_access.connect`), retrying a command whose connection breaks.
 
     Handed to arq.Worker as `redis_pool`: ARQ builds its own only from `RedisSettings`,
     whose `from_dsn` keeps percent-encoded credentials encoded and drops a rediss://
     URL's TLS parameters, and whose Sentinel mode passes neither the retry policy nor
-    the Sentinels' credentials."""
+    the Sentinels' credentials.
+
+    A reply waits at most `timeout` seconds (`Settings.redis_timeout`; 0: no bound): a
+    connection gone silent in a network partition is then dropped, and the worker's
+    commands reach Redis again on fresh connections once the network heals."""
     return connect(
         url,
         redis_class=ArqRedis,
-        socket_connect_timeout=CONNECT_TIMEOUT,
+        **{**command_timeouts(timeout), "socket_connect_timeout": CONNECT_TIMEOUT},
         retry=client_retry(),
         retry_on_error=RETRY_ON,
     )
@@ -120,6 +126,7 @@ class BatchdWorker(arq.Worker):
         *,
         queues: Sequence[str],
         redis_url: str,
+        redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
         max_jobs: int,
         on_startup: Hook,
         on_shutdown: Hook,
@@ -136,7 +143,7 @@ class BatchdWorker(arq.Worker):
         super().__init__(
             functions=[arq.func(run_chunk, name=RUN_CHUNK, timeout=JOB_TIMEOUT)],
             queue_name=self.queues[0],
-            redis_pool=arq_pool(redis_url),
+            redis_pool=arq_pool(redis_url, redis_timeout),
             job_serializer=serialize,
             job_deserializer=deserialize,
             max_jobs=max_jobs,
