@@ -20,14 +20,17 @@ worker's outage handling would otherwise wait out forever.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
     "CHECK_TIMEOUT",
@@ -149,7 +152,7 @@ def connect(url: str, *, redis_class: type[Redis] = Redis, **options: Any) -> Re
     target = parse_sentinel_url(url)
     if target is None:
         client: Redis = redis_class.from_url(url, **options)
-        return client
+        return _bound_sends(client)
     credentials = {"username": target.sentinel_username, "password": target.sentinel_password}
     sentinel = Sentinel(
         target.sentinels,
@@ -168,7 +171,50 @@ def connect(url: str, *, redis_class: type[Redis] = Redis, **options: Any) -> Re
         **{k: v for k, v in primary.items() if v is not None},
         **options,
     )
-    return primary_client
+    return _bound_sends(primary_client)
+
+
+def _bound_sends(client: R) -> R:
+    """`client`, whose connections bound a command's send with `asyncio.timeout` rather
+    than redis-py's `asyncio.wait_for`: under Python 3.11, wait_for swallows a
+    cancellation that arrives as its send completes, and the cancelled task (a worker's
+    poll loop being stopped, say) runs on. Reads keep redis-py's bound."""
+    pool = client.connection_pool
+    if pool.connection_kwargs.get("socket_timeout"):
+        pool.connection_class = _send_bounded(pool.connection_class)
+    return client
+
+
+_BOUNDED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _send_bounded(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    if issubclass(cls, _SendBound):
+        return cls
+    if cls not in _BOUNDED:
+        _BOUNDED[cls] = type(f"SendBounded{cls.__name__}", (_SendBound, cls), {})
+    return _BOUNDED[cls]
+
+
+class _SendBound(AbstractConnection):
+    """A connection that opens (and health-checks) itself as redis-py does, then sends
+    with its socket_timeout as an `asyncio.timeout` (see `_bound_sends`)."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.is_connected:
+            await self.connect()  # type: ignore[no-untyped-call]  # handshake bounded as reads
+        elif check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        bound, self.socket_timeout = self.socket_timeout, None  # no wait_for below
+        try:
+            async with asyncio.timeout(bound):
+                await super().send_packed_command(command, check_health=False)
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = bound
 
 
 class _PrimaryPool(SentinelConnectionPool):

@@ -315,7 +315,10 @@ class _RedisHealth:
 
     async def check(self) -> None:
         try:
-            alive = await asyncio.wait_for(self.store.ping(), HEALTH_CHECK_INTERVAL)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+            # cancellation that stops the monitor.
+            async with asyncio.timeout(HEALTH_CHECK_INTERVAL):
+                alive = await self.store.ping()
         except Exception:
             alive = False
         if self.outages is not None:

@@ -4,6 +4,7 @@ its client follows the primary they name through a failover."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import cast
@@ -54,7 +55,7 @@ def test_the_workers_client_carries_credentials_and_tls() -> None:
     options = pool.connection_pool.connection_kwargs
     assert (options["host"], options["port"], options["db"]) == ("redis.internal", 6380, 2)
     assert (options["username"], options["password"]) == ("al@ice", "p:w")  # decoded
-    assert pool.connection_pool.connection_class is SSLConnection
+    assert issubclass(pool.connection_pool.connection_class, SSLConnection)
     assert (options["ssl_ca_certs"], options["ssl_certfile"], options["ssl_keyfile"]) == (
         "/ca.pem",
         "/c.pem",
@@ -140,3 +141,26 @@ async def test_the_start_up_check_takes_unreachable_sentinels_for_an_outage(
     problem = await redis_access_problem("redis+sentinel://u:pw@h/main/x")
     assert problem is not None
     assert "redis+sentinel://u:***@h/main/x is not one batchd can use" in problem
+
+
+async def test_a_client_with_a_timeout_stops_when_its_task_is_cancelled(redis_url: str) -> None:
+    # redis-py sends under asyncio.wait_for when a socket_timeout is set, and Python
+    # 3.11's wait_for swallows a cancellation that arrives just as the send completes:
+    # the task would run on. The factory's clients send under asyncio.timeout instead.
+    client = connect(redis_url, socket_timeout=5)
+
+    async def commands() -> None:
+        while True:
+            await client.ping()
+
+    try:
+        for _ in range(200):
+            task = asyncio.create_task(commands())
+            await asyncio.sleep(0.001)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert done, "a cancelled task went on sending commands"
+            assert task.cancelled()
+    finally:
+        await client.aclose()
+
