@@ -12,8 +12,10 @@ Every way a run ends is one release, which hands back (or, in a cancelling batch
 cancels) what it leaves unrecorded — except a lost lease, when the chunk is no longer
 ours to release. A run stops starting items when the batch is cancelling or paused,
 the worker drains, or the lease is lost; while the lease is stale (renewals fail) it
-waits. Items already in flight finish and are recorded (a drain waits for them up to
-its grace period; those cut short run again). Each item gets one attempt per run; a
+waits, and abandons the attempts in flight (cancels them, their items back in its
+queue) so that they never run beside a new holder's (batchd.worker.leases). Otherwise
+items already in flight finish and are recorded (a drain waits for them up to its grace
+period; those cut short run again). Each item gets one attempt per run; a
 retry is a deferred job written by the store, so no job sleeps. Nothing a handler does
 can crash the worker: every exception becomes a FAILED item.
 """
@@ -274,6 +276,11 @@ class _ChunkRun:
         self._live = 0
         self._idle = 0
         self._task: asyncio.Task[Any] | None = None  # the job's, which runs the run
+        # Consumers running an item, and those of them told to abandon it (the lease
+        # went stale: `_abandon_when_stale`).
+        self._running: set[asyncio.Task[Any]] = set()
+        self._abandoning: set[asyncio.Task[Any]] = set()
+        self.abandoned = 0
         self.gate = FlowGate(
             runtime.store,
             claimed,
@@ -299,12 +306,14 @@ class _ChunkRun:
         self.recorder.start()
         self._pool_size = pool
         runs, self._task = self.runtime.runs, asyncio.current_task()
+        watchdog = asyncio.create_task(self._abandon_when_stale(), name="lease watchdog")
         try:
             async with asyncio.TaskGroup() as consumers:
                 self._consumers = consumers
                 self._spawn(1)  # grows as its items wait (`_grow`)
                 runs[self] = None
         except BaseException:
+            watchdog.cancel()
             # Cancelled (the worker is stopping) or broken: record what is done and hand
             # the rest back, items cut short in flight included (they run again).
             self._count_end("interrupted", len(self.queue))
@@ -316,6 +325,7 @@ class _ChunkRun:
             raise
         finally:
             runs.pop(self, None)
+        watchdog.cancel()
         not_started = self._not_started()
         end = await self._finish(not_started)
         self._count_end(end.value, len(not_started) if end is ChunkEnd.HANDED_BACK else 0)
@@ -396,6 +406,9 @@ class _ChunkRun:
         # Locals: this loop runs once per item, so its lookups are kept off `self`.
         queue, gate, recorder, lease = self.queue, self.gate, self.recorder, self.lease
         handler, claimed, log, run = self.handler, self.claimed, self.log, self._run_item
+        running, abandoning = self._running, self._abandoning
+        me = asyncio.current_task()
+        assert me is not None
         since_yield = 0
         while True:
             # A handler that never awaits would otherwise starve flushes and renewals;
@@ -423,15 +436,31 @@ class _ChunkRun:
             lease.in_flight += 1  # items started and not ended
             if self._idle == 0 and queue:
                 self._grow()
+            outcome: ItemOutcome | None = None
+            running.add(me)
             try:
                 outcome = await run(handler, claimed, item, log, on_slow_down=admission.slow_down)
+            except asyncio.CancelledError:
+                if me not in abandoning or me.cancelling() > 1:
+                    raise  # the job is cancelled (as well): the run ends
             finally:
+                running.discard(me)
+                if me in abandoning:
+                    # Told to abandon the attempt (even one that ended meanwhile): its item
+                    # waits in the queue for the lease's fate.
+                    abandoning.discard(me)
+                    me.uncancel()
+                    outcome = None
+                    queue.appendleft(item)
+                    self.abandoned += 1
                 self._idle += 1
                 lease.in_flight -= 1
                 if gate.batch_slots is None:
                     gate.done_now(admission)
                 else:
                     await gate.done(admission)
+            if outcome is None:
+                continue
             recorder.add_one(outcome, last=not lease.in_flight and not queue)
             since_yield += 1
         self._idle -= 1
@@ -457,7 +486,10 @@ class _ChunkRun:
         block starts smaller rather than wait."""
         queue, gate, recorder, lease = self.queue, self.gate, self.recorder, self.lease
         handler, claimed, log, size = self.handler, self.claimed, self.log, self.block_size
+        running, abandoning = self._running, self._abandoning
+        me = asyncio.current_task()
         assert handler is not None
+        assert me is not None
         since_yield = 0
         while True:
             if since_yield >= YIELD_EVERY:
@@ -490,11 +522,23 @@ class _ChunkRun:
             lease.in_flight += count
             if self._idle == 0 and queue:
                 self._grow()
+            outcomes: list[ItemOutcome] | None = None
+            running.add(me)
             try:
                 outcomes = await self._run_block(
                     handler, claimed, items, log, on_slow_down=_BlockSlowDown(admissions)
                 )
+            except asyncio.CancelledError:
+                if me not in abandoning or me.cancelling() > 1:
+                    raise  # the job is cancelled (as well): the run ends
             finally:
+                running.discard(me)
+                if me in abandoning:  # as in `_consume`: the block waits in the queue
+                    abandoning.discard(me)
+                    me.uncancel()
+                    outcomes = None
+                    queue.extendleft(reversed(items))
+                    self.abandoned += count
                 self._idle += 1
                 lease.in_flight -= count
                 for admission in admissions:
@@ -502,6 +546,8 @@ class _ChunkRun:
                         gate.done_now(admission)
                     else:
                         await gate.done(admission)
+            if outcomes is None:
+                continue
             last = not lease.in_flight and not queue
             for position, outcome in enumerate(outcomes, 1 - count):
                 recorder.add_one(outcome, last=last and position == 0)
@@ -534,6 +580,24 @@ class _ChunkRun:
             self.log.debug("lease_stale_waiting")
             await _first_of(self.lease.wait_changed(), self.runtime.draining.wait())
         return False
+
+    async def _abandon_when_stale(self) -> None:
+        """Cancels the attempts in flight whenever the lease goes stale: by then another
+        worker may take the chunk over within a tenth of the lease (batchd.worker.leases).
+        Runs beside the consumers until the run ends."""
+        lease = self.lease
+        while not lease.lost.is_set():
+            wait = lease.live_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # renewals move live_until on: look again
+                continue
+            targets = self._running - self._abandoning
+            if targets:
+                self.log.warning("lease_stale_abandoning", items=len(targets))
+                for task in targets:
+                    self._abandoning.add(task)
+                    task.cancel()
+            await lease.wait_changed()
 
     def _not_started(self) -> list[Item]:
         left = list(self.queue)

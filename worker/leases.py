@@ -6,11 +6,15 @@ claim is lost (taken over after we looked dead, cancelled, expired, deleted) the
 marked lost and its chunk starts no more items; items in flight may finish and their
 outcomes are still recorded (first writer wins).
 
-A lease is "live" while it is known to be held: until `ttl` seconds after the last
-renewal (or claim) that succeeded, counted from when that call was *sent*. A chunk
-starts items only on a live lease. While Redis is away renewals fail and the lease goes
-stale: the chunk then waits, neither starting items nor giving up, until a renewal says
-whether the chunk is still ours.
+A lease is "live" while it is known to be held: until `LIVE_SHARE` (0.9) of `ttl`
+seconds after the last renewal (or claim) that succeeded, counted from when that call
+was *sent*. Redis lets the claim lapse `ttl` seconds after it *received* that call, and
+another worker may take the chunk over only then: a holder cut off from Redis stops in
+time. A chunk starts items only on a live lease, and a lease that goes stale (renewals
+fail: Redis away, or this worker cut off from it) abandons the attempts in flight
+(batchd.worker.chunk_runner) so that they never run beside a new holder's. The chunk then
+waits, until a renewal says whether it is still ours (it runs the abandoned items again)
+or lost (the new holder runs them). See docs/design.md, "When a worker loses Redis".
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ from batchd.core.store import BatchStore
 from batchd.worker.metrics import WorkerMetrics
 from batchd.worker.outages import REDIS_UNAVAILABLE, Outage
 
-__all__ = ["Lease", "LeaseKeeper"]
+__all__ = ["LIVE_SHARE", "Lease", "LeaseKeeper"]
 
 log = get_logger(__name__)
 
 LeaseKey = tuple[str, int, str]  # (batch_id, chunk, token)
+# The share of a lease's ttl, from a successful renewal, that the holder runs items on:
+# the rest (0.5 s of a 5 s lease) covers the time a renewal takes to reach Redis and the
+# abandoned attempts take to end.
+LIVE_SHARE = 0.9
 # Batch states in which a holder starts items.
 _RUNS = frozenset({BatchState.QUEUED, BatchState.RUNNING})
 
@@ -61,6 +69,11 @@ class Lease:
         """Known to be held right now."""
         return not self.lost.is_set() and time.monotonic() < self._valid_until
 
+    @property
+    def live_until(self) -> float:
+        """When the lease goes stale unless renewed (time.monotonic())."""
+        return self._valid_until
+
     async def wait_changed(self) -> None:
         """Returns at the next renewal, failed renewal or loss."""
         self._changed.clear()
@@ -80,8 +93,8 @@ class Lease:
         the store last took it."""
         return -1 if self.in_flight == self.reported else self.in_flight
 
-    def renewed(self, sent_at: float, ttl: float) -> None:
-        self._valid_until = max(self._valid_until, sent_at + ttl)
+    def renewed(self, sent_at: float, live_for: float) -> None:
+        self._valid_until = max(self._valid_until, sent_at + live_for)
         self._changed.set()
 
     def lose(self) -> None:
@@ -114,10 +127,15 @@ class LeaseKeeper:
     def interval(self) -> float:
         return self.ttl / 3
 
+    @property
+    def live_for(self) -> float:
+        """Seconds a lease stays live after a renewal is sent."""
+        return self.ttl * LIVE_SHARE
+
     def hold(self, claimed: ClaimedChunk, claimed_at: float) -> Lease:
         """Starts renewing a claim made at `claimed_at` (time.monotonic(), taken before
         claim_chunk was called)."""
-        lease = Lease(claimed.batch_id, claimed.chunk, claimed.token, claimed_at + self.ttl)
+        lease = Lease(claimed.batch_id, claimed.chunk, claimed.token, claimed_at + self.live_for)
         self._held[lease.key] = lease
         return lease
 
@@ -146,7 +164,7 @@ class LeaseKeeper:
         sent_at = time.monotonic()
         try:
             # A renewal stuck longer than a lease is useless: try afresh next round.
-            async with asyncio.timeout(self.ttl):
+            async with asyncio.timeout(self.live_for):
                 reports = [lease.in_flight_report() for lease in leases]
                 claims = [
                     (*lease.key, report) for lease, report in zip(leases, reports, strict=True)
@@ -172,7 +190,7 @@ class LeaseKeeper:
         for lease, state, report in zip(leases, results, reports, strict=True):
             if state is not None:
                 lease.learn(state)
-                lease.renewed(sent_at, self.ttl)
+                lease.renewed(sent_at, self.live_for)
                 if report >= 0:
                     lease.reported = report
                 continue

@@ -48,14 +48,22 @@ async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(
     store = BatchStore(redis, keys)
     gates = {"i0": asyncio.Event(), "i1": asyncio.Event()}
     started: list[str] = []
+    abandoned: list[str] = []
     both_in_flight = asyncio.Event()
+    both_abandoned = asyncio.Event()
 
     async def gated(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
         started.append(ctx.custom_id)
         if len(started) == 2:
             both_in_flight.set()
-        if ctx.custom_id in gates:
-            await gates[ctx.custom_id].wait()
+        try:
+            if ctx.custom_id in gates:
+                await gates[ctx.custom_id].wait()
+        except asyncio.CancelledError:
+            abandoned.append(ctx.custom_id)
+            if len(abandoned) == 2:
+                both_abandoned.set()
+            raise
         return {}
 
     cut_off = False
@@ -82,9 +90,6 @@ async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(
         expiry = await redis.zscore(keys.leases, keys.lease_member(batch_id, 0))
         return True if expiry is not None and expiry < time.time() * 1000 else None
 
-    async def recorded(custom_id: str) -> bool | None:
-        return True if await state_of(custom_id) == ItemState.SUCCEEDED else None
-
     worker = build_worker(
         settings, extra_handlers=[Handler(name="test.gated", run=gated)], poll_delay=0.01
     )
@@ -92,32 +97,30 @@ async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(
     try:
         await both_in_flight.wait()
         cut_off = True
+        # Renewals fail: before the claim can lapse, the attempts in flight are abandoned
+        # (they would otherwise run beside the chunk's next holder) and nothing starts.
+        await both_abandoned.wait()
         await poll(lease_expired)
-        gates["i0"].set()
-        # i0 is recorded (flushes still go through), but its consumer starts nothing
-        # on a lease it cannot vouch for.
-        await poll(lambda: recorded("i0"))
         assert started == ["i0", "i1"]
+        assert ItemState.SUCCEEDED not in {await state_of("i0"), await state_of("i1")}
 
         # Another worker takes the chunk over: everything not recorded is its now.
         taken = await store.claim_chunk(batch_id, 0, lease_ttl=60)
         assert taken is not None
-        assert [custom_id for _, custom_id, _ in taken.items] == ["i1", "i2", "i3", "i4", "i5"]
+        assert [c for _, c, _ in taken.items] == ["i0", "i1", "i2", "i3", "i4", "i5"]
         cut_off = False  # the next renewal learns that the claim is lost
-        gates["i1"].set()  # in flight: it may finish, and is recorded (first writer wins)
 
         async def job_ended() -> bool | None:
             return True if not worker.job_tasks else None
 
         await poll(job_ended)
-        await poll(lambda: recorded("i1"))
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await worker.close()
     assert started == ["i0", "i1"]  # nothing else, ever, from the worker that lost it
 
-    # The new holder finishes the rest; i1 counts once, as the old holder recorded it.
+    # The new holder runs the chunk, the abandoned items included; each counts once.
     now = time.time()
     outcomes = [
         ItemOutcome(index, ItemState.SUCCEEDED, 1, now, now, output_json=b"{}")
@@ -131,6 +134,84 @@ async def test_a_stale_lease_starts_nothing_and_a_lost_one_ends_the_chunk(
     items: list[ItemView]
     items, _ = await store.list_items(batch_id, 100, "", [])
     assert {i.state for i in items} == {ItemState.SUCCEEDED}
+
+
+@pytest.mark.parametrize("block_size", [1, 2], ids=["items", "blocks"])
+async def test_a_lease_back_from_stale_runs_the_abandoned_items_again(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch, block_size: int
+) -> None:
+    # Redis away for longer than a lease, nobody taking the chunk over: the attempts in
+    # flight (one item per call, or a block per call) are abandoned when the lease goes
+    # stale, and run again once a renewal says the chunk is still ours.
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=f"wl{uuid.uuid4().hex[:10]}:",
+        worker_concurrency=2,
+        lease_ttl=0.6,
+        maintenance_interval=3600.0,  # no reaper: the lease lapses, nobody takes it
+    )
+    store = BatchStore(redis, Keys(settings.key_prefix))
+    started: list[str] = []
+    abandoned: list[str] = []
+    both_in_flight = asyncio.Event()
+    both_abandoned = asyncio.Event()
+    release = asyncio.Event()
+
+    async def gated(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        started.append(ctx.custom_id)
+        if len(started) == 2:
+            both_in_flight.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            abandoned.append(ctx.custom_id)
+            if len(abandoned) == 2:
+                both_abandoned.set()
+            raise
+        return {}
+
+    cut_off = False
+    renew = BatchStore.renew_leases
+
+    async def renewals(self: BatchStore, claims: Sequence[Any], ttl: float) -> list[Any]:
+        if cut_off:
+            raise RedisConnectionError("this worker cannot reach Redis")
+        return await renew(self, claims, ttl)
+
+    monkeypatch.setattr(BatchStore, "renew_leases", renewals)
+    batch_id = f"b{uuid.uuid4().hex[:12]}"
+    session = await store.begin_upload(
+        BatchSpec(batch_id, "test.gated", BatchOptions(chunk_size=10, block_size=block_size), {})
+    )
+    await session.add_items(NewItem(f"i{n}", json.dumps({}).encode()) for n in range(4))
+    await session.commit()
+
+    async def completed() -> bool | None:
+        batch = await store.get_batch(batch_id)
+        return True if batch.state == BatchState.COMPLETED else None
+
+    async def gated_block(items: Sequence[tuple[dict[str, Any], ItemContext]]) -> list[Any]:
+        return list(await asyncio.gather(*(gated(params, ctx) for params, ctx in items)))
+
+    handler = Handler(name="test.gated", run=gated, run_many=gated_block)
+    worker = build_worker(settings, extra_handlers=[handler], poll_delay=0.01)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await both_in_flight.wait()
+        cut_off = True
+        await both_abandoned.wait()
+        assert started == ["i0", "i1"]
+        release.set()  # from here on, attempts end at once
+        cut_off = False
+        await poll(completed)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+    assert sorted(abandoned) == ["i0", "i1"]
+    assert sorted(started) == ["i0", "i0", "i1", "i1", "i2", "i3"]
+    batch = await store.get_batch(batch_id)
+    assert (batch.counts.succeeded, batch.counts.total) == (4, 4)
 
 
 async def test_a_job_whose_claim_was_lost_with_redis_writes_runs_again(
