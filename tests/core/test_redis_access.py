@@ -163,4 +163,3 @@ async def test_a_client_with_a_timeout_stops_when_its_task_is_cancelled(redis_ur
             assert task.cancelled()
     finally:
         await client.aclose()
-
