@@ -26,7 +26,12 @@ __all__ = ["FULL_RETRY_AFTER", "redis_refusal", "refuses_writes"]
 
 # RetryInfo of a write refused for want of memory: batches expire, or an operator acts.
 FULL_RETRY_AFTER = 30.0
-_MISCONF = "MISCONF"
+_MISCONF = "MISCONF "
+
+
+# How redis-py prefixes the error of a command in a pipeline: the command (its keys and
+# arguments, which a submitter may have chosen) comes first, Redis's reply after.
+_IN_PIPELINE = " of pipeline caused error: "
 
 
 def refuses_writes(exc: BaseException) -> bool:
@@ -34,7 +39,16 @@ def refuses_writes(exc: BaseException) -> bool:
     a replica), not a mistake in the command."""
     if isinstance(exc, OutOfMemoryError | ReadOnlyError):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(_MISCONF)
+    return _misconf(exc)
+
+
+def _misconf(exc: BaseException) -> bool:
+    """MISCONF, which redis-py raises as a plain ResponseError."""
+    if not isinstance(exc, ResponseError):
+        return False
+    reply = str(exc.args[0]) if exc.args else ""
+    reply = reply.rpartition(_IN_PIPELINE)[2].lstrip("('\"")
+    return reply.startswith(_MISCONF)
 
 
 def redis_refusal(exc: BaseException) -> BatchdError | None:
@@ -51,7 +65,7 @@ def redis_refusal(exc: BaseException) -> BatchdError | None:
             "the batch store is read-only (Redis answered as a replica); nothing was "
             "written, try again"
         )
-    if isinstance(exc, ResponseError) and str(exc).startswith(_MISCONF):
+    if _misconf(exc):
         return Unavailable(
             "the batch store cannot save to disk (Redis refuses writes: MISCONF); nothing "
             "was written, try again"
