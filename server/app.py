@@ -22,7 +22,7 @@ from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
 from batchd.server.authenticators import build_authenticators
-from batchd.server.batch_events import EventHub
+from batchd.server.batch_events import EventHub, follow_block_ms
 from batchd.server.call_cap import CallCapInterceptor
 from batchd.server.dashboard import mount_dashboard
 from batchd.server.decoding import add_servicer
@@ -147,7 +147,9 @@ async def start_server(
     redis = connect(settings.redis_url, health_check_interval=10, **_timeouts(settings))
     store = BatchStore.from_settings(redis, settings)
     hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
-    events = EventHub(store.events) if settings.events_retain > 0 else None
+    events = None
+    if settings.events_retain > 0:
+        events = EventHub(store.events, follow_block_ms(settings.redis_timeout))
 
     def watchers_open() -> int:
         return hub.watchers_open + (events.streams_open if events is not None else 0)

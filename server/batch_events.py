@@ -26,10 +26,20 @@ log = get_logger(__name__)
 
 # Events a stream reads per Redis call.
 PAGE_SIZE = 200
-# Milliseconds a follower blocks in XREAD before it asks again (so that a stop is quick).
+# Milliseconds a follower blocks in XREAD before it asks again (so that a stop is quick);
+# at most half the server's bound on a Redis reply, which a quiet stream's XREAD would
+# otherwise outlast (`follow_block_ms`).
 FOLLOW_BLOCK_MS = 5_000
 # Seconds a follower waits after a Redis error before it tries again.
 FOLLOW_RETRY = 1.0
+
+
+def follow_block_ms(redis_timeout: float) -> int:
+    """How long a follower's XREAD blocks under a reply bound of `redis_timeout` seconds
+    (Settings.redis_timeout; 0: none)."""
+    if redis_timeout <= 0:
+        return FOLLOW_BLOCK_MS
+    return max(1, min(FOLLOW_BLOCK_MS, int(redis_timeout * 1000 / 2)))
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,10 @@ class Delivery:
 class _Follower:
     """Wakes a tenant's streams whenever its event stream grows."""
 
-    def __init__(self, log_: EventLog, tenant: str) -> None:
+    def __init__(self, log_: EventLog, tenant: str, block_ms: int = FOLLOW_BLOCK_MS) -> None:
         self.log = log_
         self.tenant = tenant
+        self.block_ms = block_ms
         self.version = 0  # moves with every wake
         self.changed = asyncio.Condition()
         self.ready = asyncio.Event()
@@ -94,7 +105,7 @@ class _Follower:
                     latest = await self.log.position_now(self.tenant)
                     self.ready.set()
                     await self.wake()  # streams that read before `latest` read again
-                newer = await self.log.wait_after(self.tenant, latest, FOLLOW_BLOCK_MS)
+                newer = await self.log.wait_after(self.tenant, latest, self.block_ms)
             except Exception as exc:  # the streams' own reads fail and tell their callers
                 log.warning("events_follow_failed", tenant=self.tenant, error=str(exc))
                 self.ready.set()
@@ -109,8 +120,9 @@ class _Follower:
 class EventHub:
     """The WatchBatches streams of one server."""
 
-    def __init__(self, log_: EventLog) -> None:
+    def __init__(self, log_: EventLog, block_ms: int = FOLLOW_BLOCK_MS) -> None:
         self.log = log_
+        self.block_ms = block_ms
         self._followers: dict[str, _Follower] = {}
 
     @property
@@ -141,7 +153,7 @@ class EventHub:
         yielded); Unavailable when the server shuts down."""
         follower = self._followers.get(tenant)
         if follower is None:
-            follower = _Follower(self.log, tenant)
+            follower = _Follower(self.log, tenant, self.block_ms)
             self._followers[tenant] = follower
             follower.start()
         follower.streams += 1
