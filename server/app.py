@@ -18,6 +18,7 @@ from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.metrics import Listener, OutageClock
 from batchd.core.redis_access import command_timeouts, connect, redis_access_problem
+from batchd.core.redis_refusals import refuses_writes
 from batchd.core.store import BatchStore
 from batchd.core.watchers import WatcherCounts
 from batchd.server.auth import AuthInterceptor, exposure_problem, startup_notice
@@ -321,8 +322,10 @@ class _RedisHealth:
             # cancellation that stops the monitor.
             async with asyncio.timeout(HEALTH_CHECK_INTERVAL):
                 alive = await self.store.ping()
-        except Exception:
-            alive = False
+        except Exception as exc:
+            # Redis answering MISCONF (it does to PING too) is reachable: reads work, and
+            # writes fail with a status of their own (batchd.core.redis_refusals).
+            alive = refuses_writes(exc)
         if self.outages is not None:
             if alive:
                 self.outages.recovered("health_check")
