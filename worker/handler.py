@@ -42,10 +42,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import aiohttp
 import structlog
 
 from batchd.core.config import Settings
 from batchd.core.domain import MAX_BLOCK_SIZE, BatchOptions, tenant_of
+from batchd.worker.egress import egress_session
 
 if TYPE_CHECKING:
     from batchd.core.otel import Tracing
@@ -207,6 +209,17 @@ class WorkerInfo:
     # `tracing.client_trace_configs()` makes an aiohttp session's requests spans of the
     # item that makes them.
     tracing: Tracing | None = field(default=None, compare=False)
+
+    def egress_session(self, *, headers: Mapping[str, str]) -> aiohttp.ClientSession:
+        """An aiohttp session for a handler's requests on an item's behalf: every
+        connection through the egress guard (batchd.worker.egress), as many at once as
+        items in flight, each request a span of its item when the worker traces."""
+        return egress_session(
+            self.settings,
+            limit=max(self.concurrency, 1),
+            headers=headers,
+            trace_configs=self.tracing.client_trace_configs() if self.tracing else (),
+        )
 
 
 class RunItem(Protocol):

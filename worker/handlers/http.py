@@ -40,7 +40,7 @@ import aiohttp
 from yarl import URL
 
 from batchd.core.domain import BatchOptions, RetryPolicy
-from batchd.worker.egress import MAX_REDIRECTS, EgressRefused, egress_session
+from batchd.worker.egress import MAX_REDIRECTS, EgressRefused
 from batchd.worker.handler import (
     Code,
     Handler,
@@ -107,12 +107,7 @@ class _HttpRequest:
         self._session: aiohttp.ClientSession | None = None
 
     async def startup(self, worker: WorkerInfo) -> None:
-        self._session = egress_session(
-            worker.settings,
-            limit=max(worker.concurrency, 1),
-            headers={"User-Agent": USER_AGENT},
-            trace_configs=worker.tracing.client_trace_configs() if worker.tracing else (),
-        )
+        self._session = worker.egress_session(headers={"User-Agent": USER_AGENT})
 
     async def shutdown(self) -> None:
         if self._session is not None:

@@ -35,7 +35,6 @@ import aiohttp
 
 from batchd.core.config import SettingError, setting
 from batchd.core.domain import BatchOptions, RetryPolicy
-from batchd.worker.egress import egress_session
 from batchd.worker.handler import (
     Code,
     Handler,
@@ -174,12 +173,7 @@ class _ImageResize:
             _roots, settings.image_input_dir, settings.image_output_dir
         )
         self._slots = asyncio.Semaphore(self._pool.processes * _QUEUED_PER_PROCESS)
-        self._session = egress_session(
-            worker.settings,
-            limit=max(worker.concurrency, 1),
-            headers={"User-Agent": USER_AGENT},
-            trace_configs=worker.tracing.client_trace_configs() if worker.tracing else (),
-        )
+        self._session = worker.egress_session(headers={"User-Agent": USER_AGENT})
 
     async def shutdown(self) -> None:
         if self._session is not None:
