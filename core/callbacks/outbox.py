@@ -6,7 +6,8 @@ A claim (claim_callbacks.lua) counts a try and hides the event until its lease e
 so workers never deliver one attempt twice at once, and a worker that dies mid-delivery
 leaves the event due again at the lease's end: delivery is at least once. A settle
 (settle_callback.lua) removes an acknowledged event, or makes it due again after its
-back-off, or drops it at its deadline; only the latest claim may do the last two.
+back-off, or puts back one claimed but never attempted (its try uncounted), or drops it
+at its deadline; only the latest claim may do the last three.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class CallbackOutbox:
     async def retry_at(self, claimed: ClaimedEvent, due: float) -> bool:
         """The event is due again at `due`; False if a later claim holds it now."""
         args: list[EncodableT] = [claimed.event.event_id, claimed.tries, "retry", int(due * 1000)]
+        return bool(await self._settle(keys=self._keys, args=args))
+
+    async def release(self, claimed: ClaimedEvent, due: float) -> bool:
+        """The event was not attempted: it is due again at `due`, its claim's try
+        uncounted; False if a later claim holds it now."""
+        args: list[EncodableT] = [claimed.event.event_id, claimed.tries, "release", int(due * 1000)]
         return bool(await self._settle(keys=self._keys, args=args))
 
     async def drop(self, claimed: ClaimedEvent) -> bool:

@@ -129,10 +129,17 @@ async def test_a_claim_hides_the_event_for_its_lease_and_the_latest_claim_decide
     # The stale holder may neither retry nor drop it ...
     assert not await outbox.retry_at(first, now + 11)
     assert not await outbox.drop(first)
+    assert not await outbox.release(first, now + 11)
     # ... the latest may.
     assert await outbox.retry_at(second, now + 30)
     assert await outbox.claim(now + 29, lease=10, limit=5) == []
     (third,) = await outbox.claim(now + 30, lease=10, limit=5)
+    assert third.tries == 3
+    # Released unattempted: due again then, and that try is not counted.
+    assert await outbox.release(third, now + 35)
+    assert await outbox.claim(now + 34, lease=10, limit=5) == []
+    (third,) = await outbox.claim(now + 35, lease=10, limit=5)
+    assert third.tries == 3
     await outbox.acknowledge(third)
     assert await outbox.pending() == 0
     assert await filed(redis, keys) == {}

@@ -1,6 +1,7 @@
 """Completion callbacks end to end — real gRPC server, real workers, private Redis, a real
 local receiver: the event arrives signed (checked with the verification code of
-docs/api.md), after two refusals, and is acknowledged once; a loopback address the
+docs/api.md), after two refusals, and is acknowledged once; a 503 with Retry-After is
+retried no sooner than it asks; a loopback address the
 egress guard was not opened to is dropped, never reached; bad URLs and a tenant without
 a secret are refused at submit; a worker killed mid-delivery leaves the event to another."""
 
@@ -54,13 +55,15 @@ class Post:
     verified: bool
     timestamp: int
     status: int = 0
+    at: float = field(default_factory=time.time)  # when it arrived
 
 
 @dataclass
 class Receiver:
     """Verifies every POST with the documented code (401 if it fails). /flaky/*: 500 for
-    the first two POSTs of each event id, then 204. /hold: the first POST is never
-    answered, the next ones get 204."""
+    the first two POSTs of each event id, then 204. /busy: 503 with `Retry-After: 2` to
+    the first POST of each event id, then 204. /hold: the first POST is never answered,
+    the next ones get 204."""
 
     port: int = 0
     posts: list[Post] = field(default_factory=list)
@@ -87,6 +90,9 @@ class Receiver:
             post.status = 401
         elif request.path.startswith("/flaky/") and earlier < 2:
             post.status = 500
+        elif request.path == "/busy" and earlier == 0:
+            post.status = 503
+            return web.Response(status=503, headers={"Retry-After": "2"})
         elif request.path == "/hold" and earlier == 0:
             await asyncio.Event().wait()  # until the worker's connection goes
         else:
@@ -204,6 +210,22 @@ async def test_the_event_arrives_signed_after_two_failures_and_is_acknowledged_o
     assert receiver.accepted == {event_id: 1}
     assert counted(service, "delivered") == 1
     assert counted(service, "failed") == 2
+
+
+async def test_a_503_with_retry_after_is_tried_again_no_sooner(service: Service) -> None:
+    receiver = service.receiver
+    options = {"callback_url": receiver.url("/busy")}
+    await service.client.submit("noop", [("a", {})], options=options)
+
+    async def accepted() -> str | None:
+        return next(iter(receiver.accepted), None)
+
+    event_id = await poll(accepted)
+    first, second = receiver.of(event_id)
+    assert (first.status, second.status) == (503, 204)
+    # The back-off alone (callback_retry_delay 0.05 s) would have tried again at once.
+    assert second.at - first.at >= 1.95
+    assert counted(service, "failed") == 1
 
 
 async def test_a_redrive_that_ends_the_batch_again_sends_a_new_event(service: Service) -> None:
