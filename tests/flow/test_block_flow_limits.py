@@ -69,9 +69,10 @@ async def test_blocks_keep_max_concurrent_in_items_at_the_peer(
     )
     assert peer.peak <= limit
     # A block starts with the slots free at that moment (it never waits to fill), so
-    # under the limit whether one reaches the full 20 depends on timing.
+    # under the limit how full blocks are depends on timing (20 and 10 alternate while a
+    # worker holds the 30, smaller ones when several workers share them).
     assert 1 < max(peer.sizes) <= 20
-    assert len(peer.sizes) < total / 5  # blocks, not items one by one
+    assert len(peer.sizes) < total / 2  # blocks, not items one by one (600 calls)
 
 
 @pytest.mark.slow
