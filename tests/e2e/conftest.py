@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from support.http_peer import serving
 
 from batchd.client import AsyncClient
 from batchd.core.config import Settings
@@ -75,10 +76,5 @@ async def http_base() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_route("*", "/ok/{n}", ok)
     app.router.add_route("*", "/broken/{n}", broken)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(app) as base:
+        yield base

@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from support.http_peer import serving
+
 __all__ = ["BulkPeer", "running_bulk_peer"]
 
 
@@ -55,13 +57,9 @@ async def running_bulk_peer(hold: float = 0.0) -> AsyncIterator[BulkPeer]:
     peer = BulkPeer(hold)
     app = web.Application()
     app.router.add_post("/greetings", peer.greetings)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    peer.url = f"http://127.0.0.1:{runner.addresses[0][1]}/greetings"
-    try:
-        yield peer
-    finally:
-        peer.open.set()
-        await runner.cleanup()
+    async with serving(app) as base:
+        peer.url = f"{base}/greetings"
+        try:
+            yield peer
+        finally:
+            peer.open.set()

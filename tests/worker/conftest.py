@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from support.http_peer import serving
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +65,6 @@ async def http_base() -> AsyncIterator[str]:
     app.router.add_get("/slow", slow)
     app.router.add_get("/large", large)
     app.router.add_get("/json", json_reply)
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    ends.set()
-    await runner.cleanup()
+    async with serving(app) as base:
+        yield base
+        ends.set()

@@ -17,6 +17,7 @@ import pytest
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from support.http_peer import serving
 from support.polling import poll
 
 from batchd.core.callbacks import CallbackOutbox, CallbackSecrets
@@ -85,14 +86,8 @@ async def refusing() -> AsyncIterator[tuple[str, list[float]]]:
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", times
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/hook", times
 
 
 async def ended_batch(store: BatchStore, url: str) -> None:
@@ -185,16 +180,11 @@ async def receivers() -> AsyncIterator[tuple[str, str, asyncio.Event, asyncio.Ev
     app = web.Application()
     app.router.add_post("/slow", slow)
     app.router.add_post("/fast", fast)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield f"{base}/slow", f"{base}/fast", slow_started, fast_answered
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serving(app) as base:
+        try:
+            yield f"{base}/slow", f"{base}/fast", slow_started, fast_answered
+        finally:
+            release.set()
 
 
 async def test_a_receiver_that_stalls_holds_up_no_later_event(redis: Redis) -> None:
@@ -253,15 +243,11 @@ async def stalling() -> AsyncIterator[tuple[str, list[int], asyncio.Event, async
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", held, full, release
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serving(app) as base:
+        try:
+            yield f"{base}/hook", held, full, release
+        finally:
+            release.set()
 
 
 @contextlib.asynccontextmanager
@@ -275,14 +261,8 @@ async def accepting() -> AsyncIterator[tuple[str, asyncio.Event]]:
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", answered
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/hook", answered
 
 
 async def test_a_stalled_receiver_holds_at_most_its_cap_and_loses_no_event(

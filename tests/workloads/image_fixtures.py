@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 from PIL import Image, ImageDraw
+from support.http_peer import serving
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
@@ -120,11 +121,5 @@ async def image_server(files: Mapping[str, bytes]) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/files/{name}", serve_file)
     app.router.add_get("/status/{code}", status)
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base
