@@ -2,7 +2,8 @@
 
 See docs/design.md, "Writing a batch". Staged keys live under the batch's upload lock
 and expire with it, so an upload that dies leaves nothing for long; `abort` deletes
-them at once. At most one chunk is buffered in memory.
+them at once. At most one chunk is buffered in memory beyond the items of the call
+under way.
 
 The request digest is a SHA-256 over the canonical JSON of
 `{"handler", "options" (as given, defaults merged), "metadata"}`, then, per item in
@@ -169,9 +170,11 @@ class UploadSession:
         return self._bytes
 
     async def add_items(self, items: Iterable[NewItem]) -> None:
-        """Buffer items; stage every full chunk. InvalidRequest on a duplicate custom_id
-        (field `items[<global index>].custom_id`), after which the session is aborted."""
+        """Buffer items; stage every full chunk, all of one call's in one round trip.
+        InvalidRequest on a duplicate custom_id (field `items[<global index>].custom_id`),
+        after which the session is aborted."""
         self._check_open()
+        full: list[list[NewItem]] = []
         for item in items:
             self._digest.update(_digest_entry(item))
             self._count += 1
@@ -186,7 +189,10 @@ class UploadSession:
                 raise self._over_upload_bytes()
             self._buffer.append(item)
             if len(self._buffer) >= self.chunk_size:
-                await self._stage()
+                full.append(self._buffer)
+                self._buffer = []
+        if full:
+            await self._stage(full)
 
     async def commit(self) -> tuple[BatchRecord, bool]:
         """Make the batch visible and runnable; returns (batch, replayed).
@@ -199,7 +205,8 @@ class UploadSession:
         """
         self._check_open()
         if self._buffer:
-            await self._stage()
+            last, self._buffer = self._buffer, []
+            await self._stage([last])
         if self._replay_of is None and self._count > 0:
             await self._admit(0)
         if self._count == 0:
@@ -259,51 +266,56 @@ class UploadSession:
         if self._closed:
             raise FailedPrecondition(f"the upload of batch {self.spec.batch_id!r} is over")
 
-    async def _stage(self) -> None:
-        batch_id, chunk = self.spec.batch_id, self._staged
-        first = chunk * self.chunk_size
-        ids = [item.custom_id for item in self._buffer]
+    async def _stage(self, chunks: list[list[NewItem]]) -> None:
+        """Stages `chunks` (full ones, but for an upload's last) in one pipeline: each
+        chunk's script checks its ids against those staged before it, in order."""
+        batch_id, first_chunk = self.spec.batch_id, self._staged
         others_staged = await self._list_staged()
-        # Counted before the call: a call cut short may still have staged the chunk,
-        # and abort must then delete it too.
-        self._staged = chunk + 1
+        # Counted before the call: a call cut short may still have staged the chunks,
+        # and abort must then delete them too.
+        self._staged = first_chunk + len(chunks)
+        firsts = [(first_chunk + n) * self.chunk_size for n in range(len(chunks))]
         try:
-            result = await self._scripts.stage_chunk(
-                keys=[
-                    self._keys.upload_lock(batch_id),
-                    self._keys.ids(batch_id),
-                    self._keys.chunk(batch_id, chunk),
-                ],
-                args=[
-                    self._token,
-                    self._ttl_ms,
-                    codec.encode_chunk(self._buffer),
-                    first,
-                    codec.encode_ids(ids),
-                ],
-            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for n, (chunk, first) in enumerate(zip(chunks, firsts, strict=True)):
+                    await self._scripts.stage_chunk(
+                        keys=[
+                            self._keys.upload_lock(batch_id),
+                            self._keys.ids(batch_id),
+                            self._keys.chunk(batch_id, first_chunk + n),
+                        ],
+                        args=[
+                            self._token,
+                            self._ttl_ms,
+                            codec.encode_chunk(chunk),
+                            first,
+                            codec.encode_ids([item.custom_id for item in chunk]),
+                        ],
+                        client=pipe,
+                    )
+                results = await pipe.execute()
         except BaseException:
             with contextlib.suppress(RedisError):  # the first error is the one to report
                 await self.abort()
             raise
-        if result == -1:
-            await self.abort()
-            raise FailedPrecondition(f"the upload of batch {batch_id!r} expired")
-        if isinstance(result, list):
-            position, previous = int(result[0]), int(result[1])
-            await self.abort()
-            raise InvalidRequest.for_field(
-                f"items[{first + position}].custom_id",
-                f"custom_id {ids[position]!r} is already used by items[{previous}]",
-            )
-        staged = len(self._buffer)
-        self._buffer.clear()
-        await self._admit(staged, others_staged)
+        for chunk, first, result in zip(chunks, firsts, results, strict=True):
+            if result == -1:
+                await self.abort()
+                raise FailedPrecondition(f"the upload of batch {batch_id!r} expired")
+            if isinstance(result, list):
+                position, previous = int(result[0]), int(result[1])
+                await self.abort()
+                raise InvalidRequest.for_field(
+                    f"items[{first + position}].custom_id",
+                    f"custom_id {chunk[position].custom_id!r} is already used by "
+                    f"items[{previous}]",
+                )
+        await self._admit(sum(map(len, chunks)), others_staged)
         await self._refresh_ttls()
 
     async def _list_staged(self) -> tuple[int, int]:
         """Files this upload in the staging index with its items and bytes once the
-        buffered chunk is staged, until its staging TTL: an upload never committed (a
+        chunks being staged are, until its staging TTL: an upload never committed (a
         server gone mid-stream) stops counting then; returns the items the other uploads
         have staged (all, this tenant's), as `_others_staged` does. Exhausted (after
         aborting: nothing stays) when the bytes all uploads, or its tenant's, have

@@ -133,13 +133,18 @@ def _json(params: object, index: int) -> bytes:
         params = dict(params)
     if not params:
         return b"{}"
-    _check_depth(params, index)
     try:
-        return _JSON_ENCODER.encode(params).encode()
+        encoded = _JSON_ENCODER.encode(params).encode()
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) is one
         raise BatchdError.invalid_argument(_where(index, ".params"), f"not JSON: {exc}") from None
     except RecursionError:
+        _check_depth(params, index)  # names the limit
         raise BatchdError.invalid_argument(_where(index, ".params"), _TOO_DEEP) from None
+    # A text of n bytes nests at most n / 2 levels (each opens and closes): short
+    # params, most of them, need no walk.
+    if len(encoded) > 2 * MAX_PARAMS_DEPTH:
+        _check_depth(params, index)
+    return encoded
 
 
 _TOO_DEEP = "nested too deeply to encode"
