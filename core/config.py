@@ -216,6 +216,12 @@ class Settings:
     worker_poll_interval: float = setting(
         0.05, "seconds a worker waits between looks at the queue when it has room", read_by=WORKER
     )
+    worker_event_loop: str = setting(
+        "auto",
+        "the worker's event loop: uvloop, asyncio (the standard library's), or auto "
+        "(uvloop where it is installed: every platform but Windows)",
+        read_by=WORKER,
+    )
     handlers: str = setting(
         "", "extra handlers to serve: comma-separated module:attribute", read_by=WORKER
     )

@@ -199,6 +199,7 @@ class _WorkerHooks:
             max_chunks=settings.chunk_jobs,
             gc_threshold=gc.get_threshold()[0],
             tracing=self.tracing is not None,
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
 
     async def shutdown(self, ctx: dict[Any, Any]) -> None:
