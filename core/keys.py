@@ -142,6 +142,13 @@ class Keys:
         return f"{self.prefix}rate:{{{name}}}"
 
     @property
+    def wake(self) -> str:
+        """Pub/sub channel: a queue's key, published when a job due at once is added to it
+        (a batch committed), so that idle workers look at once rather than at their next
+        poll."""
+        return f"{self.prefix}wake"
+
+    @property
     def watch_servers(self) -> str:
         """ZSET server id -> when its liveness lapses (ms): the servers whose WatchProgress
         streams count toward the tenants' limits. Shares a hash tag with `tenant_watchers`,

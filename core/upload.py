@@ -304,11 +304,11 @@ class UploadSession:
                 raise FailedPrecondition(f"the upload of batch {batch_id!r} expired")
             if isinstance(result, list):
                 position, previous = int(result[0]), int(result[1])
+                custom_id = chunk[position].custom_id
                 await self.abort()
                 raise InvalidRequest.for_field(
                     f"items[{first + position}].custom_id",
-                    f"custom_id {chunk[position].custom_id!r} is already used by "
-                    f"items[{previous}]",
+                    f"custom_id {custom_id!r} is already used by items[{previous}]",
                 )
         await self._admit(sum(map(len, chunks)), others_staged)
         await self._refresh_ttls()
@@ -580,6 +580,7 @@ class UploadSession:
                 queued[job.job_id] = job.score_ms
             if queued:
                 pipe.zadd(keys.queue(spec.handler), queued)
+                pipe.publish(keys.wake, keys.queue(spec.handler))
             await pipe.execute()
         return None
 

@@ -110,6 +110,8 @@ def build_worker(
         burst=burst,
         handle_signals=handle_signals,
         poll_delay=settings.worker_poll_interval if poll_delay is None else poll_delay,
+        wake_channel=keys.wake,
+        lease_ttl=settings.lease_ttl,
     )
     hooks.worker = worker
     return worker

@@ -30,7 +30,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.utils import timestamp_ms
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from batchd.core.background import BackgroundTasks
 from batchd.core.config import Settings
@@ -62,6 +62,8 @@ log = get_logger(__name__)
 # still claimed (its lease then expires and the chunk is taken over). A crashed worker's
 # chunk does not wait for it: its lease expires within lease_ttl.
 JOB_TIMEOUT = 3600
+# Leases (BATCHD_LEASE_TTL) a chunk job's in-progress mark lasts unrenewed.
+MARK_LEASES = 3
 # Runs of one chunk job: stops and Redis errors each use one.
 JOB_MAX_TRIES = 10
 # On SIGTERM/SIGINT, how long the jobs in hand may run before they are cancelled (and
@@ -133,6 +135,9 @@ class BatchdWorker(arq.Worker):
         worker_id: str,
         started: asyncio.Event,
         draining: asyncio.Event,
+        wake_channel: str | None = None,
+        poll_delay: float = 0.5,
+        lease_ttl: float = 5.0,
         **options: Any,
     ) -> None:
         if not queues:
@@ -152,8 +157,22 @@ class BatchdWorker(arq.Worker):
             job_completion_wait=SHUTDOWN_GRACE,
             on_startup=on_startup,
             on_shutdown=on_shutdown,
+            # The wait between polls is `_until_woken`'s, at the end of each pass.
+            poll_delay=0,
             **options,
         )
+        self._poll_delay = poll_delay
+        # ARQ marks a job it starts as in progress for the job's whole timeout (an hour),
+        # and no worker starts it again meanwhile: a worker killed between that mark and
+        # its claim of the job's chunk (which a lapsed lease would hand on) would leave
+        # the chunk waiting that long. Here the mark lasts MARK_LEASES leases and the
+        # worker renews the marks of the jobs it holds every lease (`_keep_marks`).
+        self._lease_ttl = lease_ttl
+        self.in_progress_timeout_s = MARK_LEASES * lease_ttl
+        self._marking: asyncio.Task[None] | None = None
+        self._wake_channel = wake_channel
+        self._woken = asyncio.Event()
+        self._listening: asyncio.Task[None] | None = None
         self.worker_id = worker_id
         self.started = started
         self._draining = draining
@@ -182,6 +201,9 @@ class BatchdWorker(arq.Worker):
             else:
                 outage.recovered()
                 break
+        if self._wake_channel is not None:
+            self._listening = asyncio.create_task(self._listen_for_wakes(self._wake_channel))
+        self._marking = asyncio.create_task(self._keep_marks())
         await super().main()
 
     # -- routing ----------------------------------------------------------------------
@@ -215,6 +237,61 @@ class BatchdWorker(arq.Worker):
             self.poll_outage.recovered()
             self._poll_backoff.reset()
         self.last_pass = time.monotonic()
+        await self._until_woken()
+
+    async def _until_woken(self) -> None:
+        """Waits `poll_delay` seconds, or less if a served queue gets a job meanwhile."""
+        if not self._woken.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_delay):
+                    await self._woken.wait()
+        self._woken.clear()
+
+    async def _listen_for_wakes(self, channel: str) -> None:
+        """Wakes the poll loop when a served queue's key is published on `channel`
+        (`Keys.wake`). Without the subscription (Redis away) the loop polls as ever."""
+        served = {queue.encode() for queue in self.queues}
+        backoff = Backoff()
+        while True:
+            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                # Jobs added while it was not subscribed: look once.
+                self._woken.set()
+                while True:
+                    # A timeout, not a blocking read: the connection's socket timeout
+                    # (redis_timeout) would end a read that waits longer for a message.
+                    message = await pubsub.get_message(timeout=1.0)
+                    backoff.reset()
+                    if message is not None and message["data"] in served:
+                        self._woken.set()
+            except (*ARQ_OUTAGE, *REDIS_UNAVAILABLE) as exc:
+                log.debug("wake_subscription_lost", error=type(exc).__name__)
+            except RedisError as exc:  # an ACL without the channel, say: polls alone
+                log.warning("wake_subscription_refused", channel=channel, error=str(exc))
+                return
+            finally:
+                with contextlib.suppress(*ARQ_OUTAGE, *REDIS_UNAVAILABLE):
+                    await pubsub.aclose()
+            await backoff.wait()
+
+    async def _keep_marks(self) -> None:
+        """Renews the in-progress marks of the jobs in hand every `lease_ttl` seconds;
+        a renewal Redis misses is tried at the next (MARK_LEASES of them pass before a
+        mark lapses)."""
+        ttl_ms = round(self.in_progress_timeout_s * 1000)
+        while True:
+            await asyncio.sleep(self._lease_ttl)
+            held = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not held:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in held:
+                        pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)  # only if set
+                    await pipe.execute()
+            except ARQ_OUTAGE as exc:
+                log.debug("job_marks_not_renewed", error=type(exc).__name__)
 
     async def _read_queues(self) -> list[bytes]:
         """The due jobs at the head of the served queues, in score order across them (as
@@ -322,6 +399,10 @@ class BatchdWorker(arq.Worker):
         # with CancelledError, which must not stop the close (its job runs again).
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await self._clearing.cancel_all()
+        for task in (self._listening, self._marking):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._delete_health_check()
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)

@@ -102,6 +102,7 @@ async def test_the_arq_attributes_and_keys_batchd_relies_on_exist(redis_url: str
         "ctx",
         "on_shutdown",
         "health_check_key",
+        "in_progress_timeout_s",
     ]:
         assert hasattr(worker, attribute), f"arq.Worker.{attribute} is gone"
     assert in_progress_key_prefix == "arq:in-progress:", "arq's in-progress key prefix moved"

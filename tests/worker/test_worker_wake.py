@@ -1,0 +1,69 @@
+"""A committed batch wakes idle workers at once: they need not wait for their next poll
+(BATCHD_WORKER_POLL_INTERVAL), which these tests set far beyond their deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from support.polling import poll
+from support.redis_server import RedisServer
+
+from batchd.client import AsyncClient, BatchState
+from batchd.core.config import Settings
+from batchd.core.keys import Keys
+from batchd.server.app import start_server
+from batchd.worker.app import build_worker
+
+POLL_INTERVAL = 600.0  # no test waits that long: only a wake-up runs their batches
+
+
+@contextlib.asynccontextmanager
+async def service(url: str, prefix: str) -> AsyncIterator[AsyncClient]:
+    """An in-process server and a worker polling every POLL_INTERVAL seconds, subscribed
+    to its wake-ups; a client of the server."""
+    settings = Settings(redis_url=url, host="127.0.0.1", key_prefix=prefix)
+    server = await start_server(settings, port=0, metrics_port=0)
+    worker = build_worker(settings, poll_delay=POLL_INTERVAL)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await worker.started.wait()
+        async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+            yield client
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+        await server.stop(grace=0)
+
+
+async def completes(client: AsyncClient, items: int) -> None:
+    submitted = await client.submit("noop", [(f"n-{i}", {}) for i in range(items)])
+    async with asyncio.timeout(20):
+        async for progress in client.watch(submitted.batch.batch_id, min_interval=0.05):
+            last = progress
+    assert last.state == BatchState.COMPLETED
+    assert last.counts.succeeded == items
+
+
+async def test_each_new_batch_wakes_the_idle_worker(redis_server: RedisServer) -> None:
+    prefix = f"wake-{secrets.token_hex(4)}:"
+    async with (
+        service(redis_server.url, prefix) as client,
+        Redis.from_url(redis_server.url) as redis,
+    ):
+        channel = Keys(prefix).wake
+
+        async def subscribed() -> bool | None:
+            counts = dict(await redis.pubsub_numsub(channel))
+            return counts.get(channel.encode(), 0) == 1 or None
+
+        await poll(subscribed)
+        # Each batch after the first can only be found by a wake-up: the worker's look
+        # at the queue on subscribing is spent, and its next poll is minutes away.
+        for items in (1, 250, 1):
+            await completes(client, items)
