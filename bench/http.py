@@ -3,7 +3,8 @@ asyncio + aiohttp script making the same requests at the same concurrency.
 
 The server runs in its own process (`--serve`, `bench.local_server`); it sleeps 5 ms and
 answers a short text. The baseline, in the benchmark's process, keeps `--concurrency`
-GETs in flight through one aiohttp session (reading each body, as the handler does);
+GETs in flight through one aiohttp session (reading each body, as the handler does), on
+asyncio's event loop and again on uvloop's (the workers' loop, BATCHD_WORKER_EVENT_LOOP);
 batchd runs the same requests as `http.request` items in one worker at
 BATCHD_WORKER_CONCURRENCY equal to it. Every process shares the machine's cores: the
 bare script (one process) with the HTTP server; batchd's worker with the HTTP server,
@@ -35,6 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from batchd.client import AsyncClient
+from batchd.worker.main import loop_factory
 from bench.local_server import local_server
 from bench.service import (
     Measured,
@@ -123,10 +125,12 @@ async def batchd_run(
     )
 
 
-def bare_run(base_url: str, count: int, concurrency: int) -> tuple[float, float]:
-    """The bare script's requests/s and its process's CPU seconds per request."""
+def bare_run(base_url: str, count: int, concurrency: int, loop: str) -> tuple[float, float]:
+    """The bare script's requests/s and its process's CPU seconds per request, on the
+    event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's values)."""
     cpu = time.process_time()
-    rate = asyncio.run(bare_requests_per_second(base_url, count, concurrency))
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        rate = runner.run(bare_requests_per_second(base_url, count, concurrency))
     return rate, (time.process_time() - cpu) / count
 
 
@@ -152,16 +156,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     options: dict[str, object] = {"chunk_size": args.chunk_size} if args.chunk_size else {}
     bare: list[tuple[float, float]] = []
+    bare_uvloop: list[tuple[float, float]] = []
     runs: list[Run] = []
     with local_server("bench.http") as server_port, running_service(env=env) as service:
         base_url = f"http://127.0.0.1:{server_port}"
         for n in range(max(args.runs, 1)):
-            bare.append(bare_run(base_url, args.items, args.concurrency))
+            bare.append(bare_run(base_url, args.items, args.concurrency, "asyncio"))
+            bare_uvloop.append(bare_run(base_url, args.items, args.concurrency, "uvloop"))
             runs.append(asyncio.run(batchd_run(service, base_url, args.items, options, n == 0)))
     median = statistics.median
     rate = median(r.measured.items_per_second for r in runs)
     run_rate = median(r.measured.run_items_per_second for r in runs)
     bare_rate = median(b[0] for b in bare)
+    bare_uvloop_rate = median(b[0] for b in bare_uvloop)
     worker_cpu, bare_cpu = median(r.worker_cpu for r in runs), median(b[1] for b in bare)
     ratios = [r.measured.items_per_second / b[0] for r, b in zip(runs, bare, strict=True)]
     report(
@@ -181,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "worker_cpu_us_per_item": worker_cpu * 1e6,
             "bare_cpu_us_per_request": bare_cpu * 1e6,
             "cpu_ratio_bare_to_worker": bare_cpu / worker_cpu,
+            # The same script on uvloop, the workers' loop: what aiohttp manages on it.
+            "bare_uvloop_requests_per_second": bare_uvloop_rate,
+            "ratio_to_bare_uvloop": rate / bare_uvloop_rate,
+            "run_ratio_to_bare_uvloop": run_rate / bare_uvloop_rate,
+            "bare_uvloop_cpu_us_per_request": median(b[1] for b in bare_uvloop) * 1e6,
             "server_cpu_us_per_item": median(r.server_cpu for r in runs) * 1e6,
             "redis_cpu_us_per_item": median(r.redis_cpu for r in runs) * 1e6,
             **runs[0].measured.redis_figures(),

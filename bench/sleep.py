@@ -6,15 +6,15 @@ The ideal is W * C ÷ latency (500 ÷ 0.01 s = 50,000 items/s): workers that kep
 slot busy with no overhead of their own. Beside it, measured in the same run and
 alternating with batchd's runs (`--runs`, each figure the median of the runs): bare
 asyncio loops (no Redis, no gRPC) of C coroutines each awaiting the same `sleep` handler,
-W processes sharing the N items, as the workers do (`bare_loop`), and the same
-coroutines in one process (`bare_loop_one_process`): what the machine's event loops
-manage without batchd. Beside the rates, CPU per item of the workers (together), the
-batchd server and Valkey, and of the bare loops' processes: the figures that hold when
-other work on the machine swings the rates. And Redis commands per item (INFO
-commandstats delta from the upload to the terminal snapshot) and memory per pending item
-(the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
-upload of the same items while the worker is paused, divided by N; that batch is then
-cancelled), both of the first run.
+W processes sharing the N items, as the workers do (`bare_loop`), the same on uvloop,
+the workers' event loop (`bare_uvloop`), and the asyncio coroutines in one process
+(`bare_loop_one_process`): what the machine's event loops manage without batchd. Beside
+the rates, CPU per item of the workers (together), the batchd server and Valkey, and of
+the bare loops' processes: the figures that hold when other work on the machine swings
+the rates. And Redis commands per item (INFO commandstats delta from the upload to the
+terminal snapshot) and memory per pending item (the growth of Redis's stored bytes,
+`bench.service.redis_stored_bytes`, over a second upload of the same items while the
+worker is paused, divided by N; that batch is then cancelled), both of the first run.
 
     .venv/bin/python -m bench.sleep --items 500000   # a full run
     .venv/bin/python -m bench.sleep --items 20000 --workers 2 --concurrency 100 --runs 5
@@ -35,6 +35,7 @@ from batchd.client import AsyncClient
 from batchd.core.logs import get_logger
 from batchd.worker.handler import ItemContext
 from batchd.worker.handlers import sleep_handler
+from batchd.worker.main import loop_factory
 from bench.service import (
     Measured,
     Service,
@@ -99,24 +100,30 @@ async def _consume_all(count: int, seconds: float, concurrency: int) -> None:
             group.create_task(consume())
 
 
-def _bare_process(count: int, seconds: float, concurrency: int, start_at: float) -> float:
+def _bare_process(
+    count: int, seconds: float, concurrency: int, start_at: float, loop: str
+) -> float:
     """One process of `bare_loops`: waits for `start_at` (time.time()), runs its items,
     returns when it ended (time.time())."""
     time.sleep(max(start_at - time.time(), 0))
-    asyncio.run(_consume_all(count, seconds, concurrency))
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(_consume_all(count, seconds, concurrency))
     return time.time()
 
 
-def bare_loops(count: int, seconds: float, concurrency: int, processes: int) -> tuple[float, float]:
+def bare_loops(
+    count: int, seconds: float, concurrency: int, processes: int, loop: str = "asyncio"
+) -> tuple[float, float]:
     """Items/s of `processes` forked processes sharing `count` items, each with
-    `concurrency` coroutines, from their common start to the last one's end; and their
-    CPU seconds per item (start-up included, a few milliseconds)."""
+    `concurrency` coroutines on the event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's
+    values), from their common start to the last one's end; and their CPU seconds per
+    item (start-up included, a few milliseconds)."""
     shares = [count // processes + (i < count % processes) for i in range(processes)]
     before = _children_cpu()
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         start_at = time.time() + BARE_START_AHEAD
         ends = pool.starmap(
-            _bare_process, [(share, seconds, concurrency, start_at) for share in shares]
+            _bare_process, [(share, seconds, concurrency, start_at, loop) for share in shares]
         )
     return count / (max(ends) - start_at), (_children_cpu() - before) / count
 
@@ -154,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bare: list[float] = []
     bare_cpu: list[float] = []
     bare_one: list[float] = []
+    bare_uvloop: list[tuple[float, float]] = []
     with running_service(workers=args.workers, env=env) as service:
         for n in range(max(args.runs, 1)):
             # The service idles (its workers poll) while the bare loops run, as the bare
@@ -162,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             bare.append(rate)
             bare_cpu.append(per_item)
             bare_one.append(asyncio.run(bare_loop(args.items, args.seconds, slots)))
+            bare_uvloop.append(
+                bare_loops(args.items, args.seconds, args.concurrency, args.workers, "uvloop")
+            )
             if n == 0:
                 measure = run(args.items, args.seconds, service, args.chunk_size, args.workers)
             else:
@@ -188,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "bare_loop_items_per_second": bare_rate,
             "bare_loop_ratio_to_ideal": bare_rate / ideal,
             "bare_loop_one_process_ratio_to_ideal": statistics.median(bare_one) / ideal,
+            # The bare loops on uvloop, the workers' event loop.
+            "bare_uvloop_ratio_to_ideal": statistics.median(b[0] for b in bare_uvloop) / ideal,
+            "run_ratio_to_bare_uvloop": run_rate / statistics.median(b[0] for b in bare_uvloop),
+            "bare_uvloop_cpu_us_per_item": statistics.median(b[1] for b in bare_uvloop) * 1e6,
             "ratio_to_bare_loop": rate / bare_rate,
             "run_ratio_to_bare_loop": run_rate / bare_rate,
             # Each run's own ratios (batchd against the bare loops just before it).
