@@ -149,6 +149,12 @@ class Keys:
         return f"{self.prefix}wake"
 
     @property
+    def ended(self) -> str:
+        """Pub/sub channel: the id of each batch as the script that ends it runs, so that
+        the servers' progress feeds of it read the end at once (batchd.core.wakeups)."""
+        return f"{self.prefix}ended"
+
+    @property
     def watch_servers(self) -> str:
         """ZSET server id -> when its liveness lapses (ms): the servers whose WatchProgress
         streams count toward the tenants' limits. Shares a hash tag with `tenant_watchers`,

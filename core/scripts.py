@@ -121,6 +121,7 @@ class BatchScope:
                 k.callbacks,
                 k.events(tenant_of(batch_id)),
                 self.events_retain,
+                k.ended,
                 *args,
             ],
         )

@@ -147,7 +147,8 @@ async def start_server(
         raise SettingError(problem)
     redis = connect(settings.redis_url, health_check_interval=10, **_timeouts(settings))
     store = BatchStore.from_settings(redis, settings)
-    hub = ProgressHub(store, worker_ttl=settings.worker_ttl)
+    hub = ProgressHub(store, worker_ttl=settings.worker_ttl, ended_channel=store.keys.ended)
+    hub.start()
     events = None
     if settings.events_retain > 0:
         events = EventHub(store.events, follow_block_ms(settings.redis_timeout))

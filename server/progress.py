@@ -8,7 +8,10 @@ costs no store read at all once its batch's feed has a snapshot.
 A waiting watcher holds no task, timer or queue of its own: it parks one future in its
 feed's set (woken by the next snapshot, or only by the terminal one while its
 `min_interval` runs) and in the hub's shared tick for its next due time (`_Ticks`), so a
-snapshot wakes only the watchers that may send it. See docs/design.md, "Watchers".
+snapshot wakes only the watchers that may send it. A feed polls every `poll_interval`,
+and at once when the script that ends its batch says so (`Keys.ended`,
+batchd.core.wakeups): the terminal snapshot does not wait for the next poll. See
+docs/design.md, "Watchers".
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
+from batchd.core import wakeups
 from batchd.core.domain import BatchRecord
 from batchd.core.errors import Unavailable
 from batchd.core.logs import get_logger
@@ -75,6 +79,19 @@ class _Feed:
         self._task: asyncio.Task[None] | None = None
         self._effective_rate = 0.0
         self._effective_rate_at = 0.0  # time.monotonic()
+        self._nudged = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Reads the batch now rather than at the next poll."""
+        self._nudged.set()
+
+    async def _pause(self) -> None:
+        """`poll_interval` seconds, or until nudged."""
+        if not self._nudged.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._nudged.wait()
+        self._nudged.clear()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll(), name=f"progress-{self.batch_id}")
@@ -113,7 +130,7 @@ class _Feed:
                 self.error = None
             except Exception as exc:  # the watchers decide what an error means to them
                 self.fail(exc)
-                await asyncio.sleep(self.poll_interval)
+                await self._pause()
                 continue
             previous = self.latest
             changed = previous is None or _differs(previous.batch, batch)
@@ -126,7 +143,7 @@ class _Feed:
                     _wake(self.on_terminal)
             if batch.state.is_terminal:
                 return
-            await asyncio.sleep(self.poll_interval)
+            await self._pause()
 
     def _snapshot(self, batch: BatchRecord, version: int) -> Snapshot:
         now = time.time()
@@ -215,13 +232,33 @@ def _rate(batch: BatchRecord, samples: deque[tuple[float, int]], now: float) -> 
 
 class ProgressHub:
     def __init__(
-        self, store: BatchStore, *, worker_ttl: float, poll_interval: float = 0.05
+        self,
+        store: BatchStore,
+        *,
+        worker_ttl: float,
+        poll_interval: float = 0.05,
+        ended_channel: str | None = None,
     ) -> None:
         self.store = store
         self.worker_ttl = worker_ttl
         self.poll_interval = poll_interval
         self._feeds: dict[str, _Feed] = {}
         self._ticks = _Ticks()
+        self._ended_channel = ended_channel
+        self._listening: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Listens for batch ends (if given a channel), to read them at once."""
+        if self._ended_channel is not None and self._listening is None:
+            self._listening = asyncio.create_task(
+                wakeups.listen(self.store.redis, self._ended_channel, self._on_ended),
+                name="progress-ends",
+            )
+
+    def _on_ended(self, batch_id: bytes) -> None:
+        feed = self._feeds.get(batch_id.decode())
+        if feed is not None:
+            feed.nudge()
 
     @property
     def watchers_open(self) -> int:
@@ -315,6 +352,9 @@ class ProgressHub:
 
     async def close(self) -> None:
         """Ends every watch with UNAVAILABLE, so that clients reconnect to another server."""
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
         for feed in list(self._feeds.values()):
             await feed.stop()
             feed.fail(Unavailable("the server is shutting down"))

@@ -30,8 +30,9 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.utils import timestamp_ms
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
+from batchd.core import wakeups
 from batchd.core.background import BackgroundTasks
 from batchd.core.config import Settings
 from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
@@ -202,7 +203,10 @@ class BatchdWorker(arq.Worker):
                 outage.recovered()
                 break
         if self._wake_channel is not None:
-            self._listening = asyncio.create_task(self._listen_for_wakes(self._wake_channel))
+            # On (re)subscribing, look once: jobs added while it was not are not told.
+            self._listening = asyncio.create_task(
+                wakeups.listen(self.pool, self._wake_channel, self._on_wake, self._woken.set)
+            )
         self._marking = asyncio.create_task(self._keep_marks())
         await super().main()
 
@@ -247,33 +251,10 @@ class BatchdWorker(arq.Worker):
                     await self._woken.wait()
         self._woken.clear()
 
-    async def _listen_for_wakes(self, channel: str) -> None:
-        """Wakes the poll loop when a served queue's key is published on `channel`
-        (`Keys.wake`). Without the subscription (Redis away) the loop polls as ever."""
-        served = {queue.encode() for queue in self.queues}
-        backoff = Backoff()
-        while True:
-            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                # Jobs added while it was not subscribed: look once.
-                self._woken.set()
-                while True:
-                    # A timeout, not a blocking read: the connection's socket timeout
-                    # (redis_timeout) would end a read that waits longer for a message.
-                    message = await pubsub.get_message(timeout=1.0)
-                    backoff.reset()
-                    if message is not None and message["data"] in served:
-                        self._woken.set()
-            except (*ARQ_OUTAGE, *REDIS_UNAVAILABLE) as exc:
-                log.debug("wake_subscription_lost", error=type(exc).__name__)
-            except RedisError as exc:  # an ACL without the channel, say: polls alone
-                log.warning("wake_subscription_refused", channel=channel, error=str(exc))
-                return
-            finally:
-                with contextlib.suppress(*ARQ_OUTAGE, *REDIS_UNAVAILABLE):
-                    await pubsub.aclose()
-            await backoff.wait()
+    def _on_wake(self, queue: bytes) -> None:
+        """A job due at once was added to `queue` (`Keys.wake`): look if it is served."""
+        if queue.decode() in self.queues:
+            self._woken.set()
 
     async def _keep_marks(self) -> None:
         """Renews the in-progress marks of the jobs in hand every `lease_ttl` seconds;

@@ -18,8 +18,6 @@ Three layers keep a worker alive while Redis restarts or fails over:
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 from typing import Any
 
@@ -30,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from batchd.core.backoff import Backoff
 from batchd.core.metrics import OutageClock
 from batchd.core.redis_refusals import refuses_writes
 
@@ -73,26 +72,6 @@ CLIENT_RETRIES = 10
 def client_retry() -> Retry:
     """The retry policy of a worker's Redis client (see the module docstring)."""
     return Retry(ExponentialBackoff(cap=1.0, base=0.05), CLIENT_RETRIES)
-
-
-class Backoff:
-    """Capped exponential waits with "equal jitter": half fixed, half random."""
-
-    def __init__(self, first: float = 0.1, cap: float = 1.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.first * 2.0**self.failures)
-        self.failures += 1
-        return delay / 2 + random.uniform(0, delay / 2)
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self.next_delay())
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Outage:

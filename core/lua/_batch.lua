@@ -10,7 +10,8 @@
 --       prefix, job function, job expiry (ms), request key prefix, the global pending
 --       counter's key, the tenants' dispatch clocks (hash), the callback outbox (zset,
 --       _callbacks.lua), the batch's tenant's event stream, events it keeps (0: none
---       written); a script's own arguments follow (ARGV[OWN_ARG] ...)
+--       written), the channel batch ends are published on; a script's own arguments
+--       follow (ARGV[OWN_ARG] ...)
 local META, CHUNKS, RUNNING, FAILED, EXPIRED, ATTEMPTS, IDS, DEADLINES, LEASES, QUEUES, BATCHES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11]
@@ -20,8 +21,9 @@ local PENDING_TOTAL = ARGV[9]
 local TENANT_CLOCK = ARGV[10]
 local CALLBACKS = ARGV[11]
 local EVENTS, EVENTS_RETAIN = ARGV[12], tonumber(ARGV[13])
+local ENDED = ARGV[14]
 -- ARGV[OWN_ARG] is the first of a script's own arguments.
-local OWN_ARG = 14
+local OWN_ARG = 15
 -- The batch's queue: its handler's, read when a script first needs it.
 local queue_key = nil
 local function QUEUE()
@@ -255,6 +257,7 @@ local function finish(state)
   ended_now = {state, e[1], e[2], e[3], e[4], e[5], e[6] or '0', e[7], e[8], NOW}
   file_callback(META, BATCH, NOW, CALLBACKS, ended_now)
   batch_event('FINISHED')
+  redis.call('PUBLISH', ENDED, BATCH)
   redis.call('ZREM', DEADLINES, BATCH)
   tenant_decrease(':open', 1)
   account()
