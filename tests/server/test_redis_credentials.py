@@ -5,7 +5,6 @@ batchd-admin in one line that shows no password."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support.certs import make_certificates
+from support.in_process_worker import running_worker
 from support.processes import SUPPORT_DIR
 from support.redis_server import (
     RedisServer,
@@ -29,7 +29,6 @@ from support.redis_server import (
 from batchd.client import AsyncClient, BatchState
 from batchd.core.config import SettingError, Settings
 from batchd.server.app import start_server
-from batchd.worker.app import build_worker
 
 USER, PASSWORD = "alice", "s3cret:pw"  # a ':' in it: percent-encoded in the URL
 # alice may do anything; the default user (no password) is off.
@@ -48,17 +47,13 @@ async def service(url: str) -> AsyncIterator[AsyncClient]:
         redis_url=url, host="127.0.0.1", key_prefix=f"creds-{secrets.token_hex(4)}:"
     )
     server = await start_server(settings, port=0, metrics_port=0)
-    worker = build_worker(settings, poll_delay=0.02)
-    task = asyncio.create_task(worker.async_run())
     try:
-        await worker.started.wait()
-        async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+        async with (
+            running_worker(settings, poll_delay=0.02),
+            AsyncClient(f"127.0.0.1:{server.port}") as client,
+        ):
             yield client
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
         await server.stop(grace=0)
 
 

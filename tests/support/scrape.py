@@ -3,7 +3,6 @@ over HTTP and parsed as Prometheus parses it."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ from prometheus_client.samples import Sample
 
 from batchd.core.config import Settings
 from batchd.server.app import BatchdServer, start_server
-from batchd.worker.app import build_worker
 from batchd.worker.arq_worker import BatchdWorker
+from support.in_process_worker import running_worker
 
 
 @dataclass
@@ -59,14 +58,8 @@ async def running(settings: Settings) -> AsyncIterator[tuple[BatchdServer, Batch
     """A server and a worker in this process, each with a /metrics listener on a free
     port (`server.web.port`, `worker.metrics_port`)."""
     server = await start_server(settings, port=0, metrics_port=0)
-    worker = build_worker(settings, poll_delay=0.02, metrics_port=0)
-    task = asyncio.create_task(worker.async_run())
     try:
-        await worker.started.wait()
-        yield server, worker
+        async with running_worker(settings, poll_delay=0.02, metrics_port=0) as worker:
+            yield server, worker
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
         await server.stop(grace=0)

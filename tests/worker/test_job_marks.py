@@ -6,38 +6,22 @@ chunk back that long, not for ARQ's job timeout of an hour."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
+from support.in_process_worker import running_worker
 from support.polling import poll
 
 from batchd.core.config import Settings
 from batchd.core.domain import BatchOptions, BatchSpec, NewItem
 from batchd.core.keys import Keys
 from batchd.core.store import BatchStore
-from batchd.worker.app import build_worker
 from batchd.worker.arq_worker import MARK_LEASES
 
 LEASE_TTL = 1.0
 MARK_MS = MARK_LEASES * LEASE_TTL * 1000
-
-
-@contextlib.asynccontextmanager
-async def worker_running(settings: Settings) -> AsyncIterator[None]:
-    worker = build_worker(settings, poll_delay=0.02)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        await worker.started.wait()
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
 
 
 async def submit_sleeps(store: BatchStore, seconds: float) -> str:
@@ -64,7 +48,7 @@ async def test_a_running_jobs_mark_is_short_and_renewed(redis: Redis, redis_url:
     settings = settings_for(redis_url)
     keys = Keys(settings.key_prefix)
     store = BatchStore(redis, keys)
-    async with worker_running(settings):
+    async with running_worker(settings, poll_delay=0.02):
         # Items of twice the mark's life: the mark must be renewed to outlast them.
         batch_id = await submit_sleeps(store, 2 * MARK_LEASES * LEASE_TTL)
         mark = in_progress_key_prefix + keys.chunk_job_id(batch_id, 0)
@@ -96,6 +80,6 @@ async def test_a_job_a_dead_worker_marked_runs_once_the_mark_lapses(
     mark = in_progress_key_prefix + keys.chunk_job_id(batch_id, 0)
     await redis.set(mark, b"1", px=round(MARK_MS))
     marked_at = time.monotonic()
-    async with worker_running(settings):
+    async with running_worker(settings, poll_delay=0.02):
         await poll(lambda: finished(store, batch_id), within=MARK_MS / 1000 + 20)
     assert time.monotonic() - marked_at >= MARK_MS / 1000 - 0.1

@@ -12,26 +12,19 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from support.in_process_worker import running_worker
 
 from batchd.core.config import Settings
 from batchd.server.probe import check_http
-from batchd.worker.app import BatchdWorker, build_worker
+from batchd.worker.app import BatchdWorker
 from batchd.worker.health import LOOP_STALL, WorkerHealth
 
 
 @contextlib.asynccontextmanager
-async def running_worker(redis_url: str) -> AsyncIterator[BatchdWorker]:
+async def worker_with_health(redis_url: str) -> AsyncIterator[BatchdWorker]:
     settings = Settings(redis_url=redis_url, key_prefix=f"wh{uuid.uuid4().hex[:10]}:")
-    worker = build_worker(settings, poll_delay=0.01, metrics_port=0)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        await worker.started.wait()
+    async with running_worker(settings, poll_delay=0.01, metrics_port=0) as worker:
         yield worker
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
 
 
 async def get(port: int | None, path: str) -> tuple[int, str]:
@@ -43,7 +36,7 @@ async def get(port: int | None, path: str) -> tuple[int, str]:
 
 
 async def test_a_running_worker_is_live_and_ready(redis_url: str) -> None:
-    async with running_worker(redis_url) as worker:
+    async with worker_with_health(redis_url) as worker:
         assert await get(worker.metrics_port, "/healthz") == (200, "ok\n")
         assert await get(worker.metrics_port, "/readyz") == (200, "ok\n")
         url = f"http://127.0.0.1:{worker.metrics_port}/healthz"
@@ -51,7 +44,7 @@ async def test_a_running_worker_is_live_and_ready(redis_url: str) -> None:
 
 
 async def test_a_draining_worker_is_live_but_not_ready(redis_url: str) -> None:
-    async with running_worker(redis_url) as worker:
+    async with worker_with_health(redis_url) as worker:
         worker.handle_sig_wait_for_completion(signal.SIGTERM)  # what SIGTERM does
         assert await get(worker.metrics_port, "/readyz") == (503, "draining\n")
         assert (await get(worker.metrics_port, "/healthz"))[0] == 200

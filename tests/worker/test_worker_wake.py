@@ -9,6 +9,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from support.in_process_worker import running_worker
 from support.polling import poll
 from support.redis_server import RedisServer
 
@@ -16,7 +17,6 @@ from batchd.client import AsyncClient, BatchState
 from batchd.core.config import Settings
 from batchd.core.keys import Keys
 from batchd.server.app import start_server
-from batchd.worker.app import build_worker
 
 POLL_INTERVAL = 600.0  # no test waits that long: only a wake-up runs their batches
 
@@ -27,17 +27,13 @@ async def service(url: str, prefix: str) -> AsyncIterator[AsyncClient]:
     to its wake-ups; a client of the server."""
     settings = Settings(redis_url=url, host="127.0.0.1", key_prefix=prefix)
     server = await start_server(settings, port=0, metrics_port=0)
-    worker = build_worker(settings, poll_delay=POLL_INTERVAL)
-    task = asyncio.create_task(worker.async_run())
     try:
-        await worker.started.wait()
-        async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+        async with (
+            running_worker(settings, poll_delay=POLL_INTERVAL),
+            AsyncClient(f"127.0.0.1:{server.port}") as client,
+        ):
             yield client
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
         await server.stop(grace=0)
 
 
