@@ -101,7 +101,8 @@ async def test_a_worker_cut_off_stops_in_time_and_rejoins(
 ) -> None:
     # One chunk job at a time: the cut then falls in the job's items, not between ARQ
     # taking a job and its claim reaching Redis (a job taken but not claimed waits for
-    # its worker's return: docs/operations.md, "When Redis is unreachable or full").
+    # its worker's return, or three leases: docs/operations.md, "When Redis is
+    # unreachable or full"), which would change the timings measured here.
     env = {**worker_env, "BATCHD_WORKER_MAX_CHUNKS": "1"}
     # Three items at once for chunks of four: the cut falls inside a chunk.
     cut_off = WorkerPool(proxy.url(), tmp_path / "cut", env, concurrency=3)
