@@ -30,7 +30,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.utils import timestamp_ms
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from batchd.core import wakeups
 from batchd.core.background import BackgroundTasks
@@ -271,7 +271,7 @@ class BatchdWorker(arq.Worker):
                     for job_id in held:
                         pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)  # only if set
                     await pipe.execute()
-            except ARQ_OUTAGE as exc:
+            except (RedisError, OSError) as exc:  # away, or refusing writes: next time
                 log.debug("job_marks_not_renewed", error=type(exc).__name__)
 
     async def _read_queues(self) -> list[bytes]:
