@@ -8,10 +8,12 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 
+import pytest
 from redis.asyncio import Redis
+from support.faults import wait_for_handler
 from support.in_process_worker import running_worker
 from support.polling import poll
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, RedisServerFactory
 
 from batchd.client import AsyncClient, BatchState
 from batchd.core.config import Settings
@@ -46,20 +48,41 @@ async def completes(client: AsyncClient, items: int) -> None:
     assert last.counts.succeeded == items
 
 
+async def subscribed(redis: Redis, channel: str) -> None:
+    """Until one client (the worker) subscribes to `channel`."""
+
+    async def one() -> bool | None:
+        counts = dict(await redis.pubsub_numsub(channel))
+        return counts.get(channel.encode(), 0) == 1 or None
+
+    await poll(one)
+
+
 async def test_each_new_batch_wakes_the_idle_worker(redis_server: RedisServer) -> None:
     prefix = f"wake-{secrets.token_hex(4)}:"
     async with (
         service(redis_server.url, prefix) as client,
         Redis.from_url(redis_server.url) as redis,
     ):
-        channel = Keys(prefix).wake
-
-        async def subscribed() -> bool | None:
-            counts = dict(await redis.pubsub_numsub(channel))
-            return counts.get(channel.encode(), 0) == 1 or None
-
-        await poll(subscribed)
+        await subscribed(redis, Keys(prefix).wake)
         # Each batch after the first can only be found by a wake-up: the worker's look
         # at the queue on subscribing is spent, and its next poll is minutes away.
         for items in (1, 250, 1):
+            await completes(client, items)
+
+
+@pytest.mark.slow
+async def test_wake_ups_resume_after_redis_restarts(
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    server = redis_server_factory()
+    prefix = f"wake-{secrets.token_hex(4)}:"
+    async with service(server.url, prefix) as client:
+        async with Redis.from_url(server.url) as redis:
+            await subscribed(redis, Keys(prefix).wake)
+        server.restart()  # empty: the subscription and the handler catalog are gone
+        async with Redis.from_url(server.url) as redis:
+            await subscribed(redis, Keys(prefix).wake)
+        await wait_for_handler(client, "noop")  # published again at the next heartbeat
+        for items in (1, 1):  # the second only by a wake-up, as above
             await completes(client, items)
