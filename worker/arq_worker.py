@@ -1,6 +1,6 @@
 """batchd's ARQ worker: the one module that subclasses `arq.Worker` (arq 0.28).
 
-It adds three things to ARQ's poll loop, described in docs/design.md ("Workers" and
+It adds five things to ARQ's poll loop, described in docs/design.md ("Workers" and
 "ARQ, and what batchd relies on", which lists every ARQ internal used here;
 tests/worker/test_arq_internals.py pins each one and fails naming it when ARQ changes):
 
@@ -13,6 +13,10 @@ tests/worker/test_arq_internals.py pins each one and fails naming it when ARQ ch
 - **Drain and close.** SIGTERM/SIGINT also tell the chunks in hand to start no more
   items; `close` tolerates job tasks that ended cancelled and closes the pool with
   redis-py 5's `aclose()`.
+- **Wake-ups.** The wait between polls ends early when a commit publishes a served
+  queue's key (`Keys.wake`, batchd.core.wakeups).
+- **Short in-progress marks.** A started job's mark lasts `MARK_LEASES` leases, renewed
+  while the job runs, rather than ARQ's job timeout.
 """
 
 from __future__ import annotations
