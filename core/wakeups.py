@@ -11,6 +11,7 @@ an ACL without the channel) leaves the process polling as before.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ from redis.exceptions import NoPermissionError, RedisError
 from batchd.core.backoff import Backoff
 from batchd.core.logs import get_logger
 
-__all__ = ["listen"]
+__all__ = ["listen", "wait"]
 
 log = get_logger(__name__)
 
@@ -60,3 +61,12 @@ async def listen(
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
         await backoff.wait()
+
+
+async def wait(woken: asyncio.Event, seconds: float) -> None:
+    """Waits `seconds`, or less if `woken` is set meanwhile (or was); clears it."""
+    if not woken.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await woken.wait()
+    woken.clear()

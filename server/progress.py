@@ -87,11 +87,7 @@ class _Feed:
 
     async def _pause(self) -> None:
         """`poll_interval` seconds, or until nudged."""
-        if not self._nudged.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._nudged.wait()
-        self._nudged.clear()
+        await wakeups.wait(self._nudged, self.poll_interval)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll(), name=f"progress-{self.batch_id}")

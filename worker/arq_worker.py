@@ -249,11 +249,7 @@ class BatchdWorker(arq.Worker):
 
     async def _until_woken(self) -> None:
         """Waits `poll_delay` seconds, or less if a served queue gets a job meanwhile."""
-        if not self._woken.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_delay):
-                    await self._woken.wait()
-        self._woken.clear()
+        await wakeups.wait(self._woken, self._poll_delay)
 
     def _on_wake(self, queue: bytes) -> None:
         """A job due at once was added to `queue` (`Keys.wake`): look if it is served."""
