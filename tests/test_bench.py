@@ -90,11 +90,12 @@ def test_export_small(tmp_path: Path) -> None:
         "custom_id_items_per_second",
         "list_items_items_per_second",
         "ratio_export_to_list_items",
-        "server_cpu_us_per_item",
         "redis_commands_per_item",
         "file_bytes_per_item",
         "custom_id_index_bytes_per_item",
     )
+    # Counted in clock ticks of 10 ms: a small export may take less than one.
+    assert result["server_cpu_us_per_item"] >= 0
 
 
 def documented_commands() -> list[str]:

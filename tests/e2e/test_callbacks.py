@@ -333,8 +333,13 @@ async def test_a_worker_killed_mid_delivery_leaves_the_event_to_another(
                     return True if receiver.accepted[event_id] else None
 
                 await poll(accepted, within=30)
+
+                async def logged() -> bool | None:  # once the answer reached the worker
+                    events = second.events()
+                    return any(e.get("event") == "callback_delivered" for e in events) or None
+
+                await poll(logged, within=30)
             assert [p.event["id"] for p in receiver.posts] == [event_id, event_id]
-            assert any(e.get("event") == "callback_delivered" for e in second.events())
         finally:
             first.stop()
             second.stop()
