@@ -262,6 +262,7 @@ def decode_meta(batch_id: str, meta: Mapping[bytes, bytes], in_flight: int = 0) 
         end_time=_time(meta, b"ended"),
         tenant=meta.get(b"tenant", DEFAULT_TENANT.encode()).decode(),
         scheduled_start=_time(meta, b"sched"),
+        uploading=b"uploader" in meta,
     )
 
 

@@ -172,6 +172,8 @@ class BatchRecord:
     tenant: str = DEFAULT_TENANT
     # When a batch submitted with a start time may start (Unix seconds); None: at once.
     scheduled_start: float | None = None
+    # Its upload started it early and has not ended yet: items are still coming.
+    uploading: bool = False
 
 
 class NewItem(NamedTuple):

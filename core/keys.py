@@ -109,6 +109,13 @@ class Keys:
         return f"{self.prefix}staging"
 
     @property
+    def uploading(self) -> str:
+        """ZSET batch_id -> when its upload's lease ends (ms): batches whose upload starts
+        early and has not ended. The maintenance sweep cancels those whose upload died
+        (its lock expired)."""
+        return f"{self.prefix}uploading"
+
+    @property
     def staging_items(self) -> str:
         """HASH `<tenant> <batch_id>` -> items that upload has staged so far."""
         return f"{self.prefix}staging:items"

@@ -2,10 +2,10 @@
 
 Each sweep reaps expired leases (their chunks get a job that takes them over), expires
 batches whose completion window closed, starts scheduled batches whose start time came,
-and moves the jobs an earlier version left in its single queue to their handlers'
-queues. All four are safe to run in any number of
-processes at once: every lease and every batch is handled by one Lua call, atomically,
-and what one process did the next one finds done.
+cancels batches whose early upload lost its server, and moves the jobs an earlier
+version left in its single queue to their handlers' queues. All five are safe to run in
+any number of processes at once: every lease and every batch is handled by one Lua
+call, atomically, and what one process did the next one finds done.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class SweepResult:
     batches_expired: int
     legacy_jobs_moved: int = 0
     batches_started: int = 0
+    uploads_lost: int = 0
 
 
 async def sweep(store: BatchStore, now: float | None = None) -> SweepResult:
@@ -39,11 +40,13 @@ async def sweep(store: BatchStore, now: float | None = None) -> SweepResult:
     reaped = await store.reap_expired_leases(now)
     expired = await store.expire_batches(now)
     started = await store.start_scheduled(now)
+    lost = await store.end_dead_uploads(now)
     return SweepResult(
         leases_reaped=reaped,
         batches_expired=expired,
         legacy_jobs_moved=moved,
         batches_started=started,
+        uploads_lost=lost,
     )
 
 
@@ -65,11 +68,13 @@ async def maintenance_loop(
                 metrics.leases_reaped.inc(result.leases_reaped)
                 metrics.batches_expired.inc(result.batches_expired)
                 metrics.scheduled_batches_started.inc(result.batches_started)
+                metrics.uploads_lost.inc(result.uploads_lost)
             if (
                 result.leases_reaped
                 or result.batches_expired
                 or result.legacy_jobs_moved
                 or result.batches_started
+                or result.uploads_lost
             ):
                 log.info(
                     "maintenance_swept",
@@ -77,5 +82,6 @@ async def maintenance_loop(
                     batches_expired=result.batches_expired,
                     legacy_jobs_moved=result.legacy_jobs_moved,
                     batches_started=result.batches_started,
+                    uploads_lost=result.uploads_lost,
                 )
         await asyncio.sleep(max(interval, 0.01))

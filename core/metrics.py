@@ -142,6 +142,12 @@ class MaintenanceMetrics:
             "Batches this process's sweeps ended EXPIRED as their completion window closed",
             registry=registry,
         )
+        self.uploads_lost = Counter(
+            "batchd_uploads_lost",
+            "Batches this process's sweeps cancelled because the upload that started them "
+            "early lost its server (its lease lapsed before its end message)",
+            registry=registry,
+        )
         self.scheduled_batches_started = Counter(
             "batchd_scheduled_batches_started",
             "Scheduled batches this process's sweeps started (their first chunk jobs "

@@ -51,6 +51,8 @@ class Scripts:
         self.resume_batch = per_batch("resume_batch.lua")
         self.update_batch = per_batch("update_batch.lua")
         self.start_scheduled = per_batch("start_scheduled.lua")
+        self.append_chunk = per_batch("append_chunk.lua")
+        self.end_upload = per_batch("end_upload.lua")
         self.reap_leases: AsyncScript = redis.register_script(jobs + _source("reap_leases.lua"))
         self.renew_leases: AsyncScript = redis.register_script(_source("renew_leases.lua"))
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
@@ -90,7 +92,10 @@ class BatchScope:
         *,
         keys: Sequence[str] = (),
         args: Sequence[Arg] = (),
+        client: Any = None,
     ) -> Any:
+        """Runs `script` on `batch_id`; on `client` if given (a pipeline: the call is
+        queued, and its result comes with the pipeline's)."""
         k = self.keys
         return await script(
             keys=[
@@ -124,6 +129,7 @@ class BatchScope:
                 k.ended,
                 *args,
             ],
+            client=client,
         )
 
     def job_args(self) -> list[Arg]:

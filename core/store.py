@@ -46,11 +46,14 @@ from batchd.core.events import DEFAULT_EVENTS_RETAIN, EventLog
 from batchd.core.export import ExportOrder, ExportPage
 from batchd.core.jobs import DEFAULT_JOB_EXPIRY
 from batchd.core.keys import Keys
+from batchd.core.logs import get_logger
 from batchd.core.replication import ReplicaAck
 from batchd.core.scripts import BatchScope, Scripts
-from batchd.core.upload import Limits, UploadSession, drop_if_owner
+from batchd.core.upload import EarlyUploadSession, Limits, UploadSession, drop_if_owner
 
 __all__ = ["BatchStore", "Limits", "RecordResult", "UploadSession"]
+
+log = get_logger(__name__)
 
 # Worker entries silent for this many TTLs are dropped from the workers zset.
 _PRUNE_AFTER_TTLS = 10
@@ -67,7 +70,9 @@ class BatchStore:
     """Batches, chunks, outcomes and the handler catalog in Redis.
 
     `staging_ttl`: seconds an upload's staged keys (and its lock) outlive its last
-    chunk. `job_expiry`: seconds a chunk's ARQ job may wait in the queue past its time
+    chunk. `upload_lease`: seconds an upload that starts early holds its batch past its
+    last message; a batch whose upload's lease lapsed is cancelled by the maintenance
+    sweep. `job_expiry`: seconds a chunk's ARQ job may wait in the queue past its time
     before ARQ drops it (arq's default, a day). `default_chunk_size`: items per chunk
     when the batch options leave it at 0. `retention`: seconds a finished batch is kept
     (Settings.retention; 0 keeps it for ever). `clock`: Unix seconds now (tests pass
@@ -89,10 +94,12 @@ class BatchStore:
         limits: Limits | None = None,
         replica_ack: ReplicaAck | None = None,
         events_retain: int = DEFAULT_EVENTS_RETAIN,
+        upload_lease: float = 120.0,
     ) -> None:
         self.redis = redis
         self.keys = keys or Keys()
         self.staging_ttl = staging_ttl
+        self.upload_lease = upload_lease
         self.job_expiry = job_expiry
         self.default_chunk_size = default_chunk_size
         self.retention = retention
@@ -138,17 +145,22 @@ class BatchStore:
             ),
             replica_ack=replica_ack,
             events_retain=settings.events_retain,
+            # A server ends an upload idle for upload_idle_timeout: one whose lease lapses
+            # at twice that has lost its server.
+            upload_lease=2 * settings.upload_idle_timeout,
         )
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
     # -- submitting -----------------------------------------------------------------
-    async def begin_upload(self, spec: BatchSpec) -> UploadSession:
+    async def begin_upload(self, spec: BatchSpec, *, early: int = 0) -> UploadSession:
         """AlreadyExists if spec.batch_id is taken or being uploaded.
 
         A known request_id starts a session that stages nothing and whose commit
-        returns the original batch (the batch id is then not checked).
+        returns the original batch (the batch id is then not checked). `early`: the
+        items the upload announces, to start them as they come (EarlyUploadSession: the
+        batch exists from here on, holding that many items); 0: at the commit.
         """
         if spec.request_id:
             original = await self.redis.get(self.keys.request(spec.request_id))
@@ -172,7 +184,18 @@ class BatchStore:
             raise AlreadyExists(f"batch {spec.batch_id!r} already exists")
         if not acquired:
             raise AlreadyExists(f"batch {spec.batch_id!r} is being uploaded")
-        return self._session(spec, token=token)
+        if not early:
+            return self._session(spec, token=token)
+        session = EarlyUploadSession(
+            early, self._scope, self.upload_lease, **self._session_args(spec, token=token)
+        )
+        try:
+            await session.open()
+        except BaseException:
+            with contextlib.suppress(RedisError):
+                await asyncio.shield(drop_if_owner(self.redis, lock, token, []))
+            raise
+        return session
 
     # -- reading --------------------------------------------------------------------
     async def get_batch(self, batch_id: str) -> BatchRecord:
@@ -461,6 +484,28 @@ class BatchStore:
             if len(due) < _SCHEDULED_SLICE:
                 return started
 
+    async def end_dead_uploads(self, now: float | None = None) -> int:
+        """Cancels every batch whose upload started it early and died (its server gone:
+        the upload's lease lapsed by `now`), as the broken stream would have. Returns how
+        many. Safe to run in any number of processes at once (end_upload.lua)."""
+        now_ms, keys = self._now_ms(now), self.keys
+        due = await self.redis.zrangebyscore(keys.uploading, "-inf", now_ms)
+        ended = 0
+        for raw in due:
+            batch_id = bytes(raw).decode()
+            done, end = await self._scope.run(
+                self._scripts.end_upload,
+                batch_id,
+                now_ms,
+                keys=[keys.upload_lock(batch_id), keys.uploading],
+                args=["", ""],
+            )
+            if done:
+                ended += 1
+                log.warning("upload_lost", batch_id=batch_id)
+                log_batch_end(batch_id, end)
+        return ended
+
     async def expire_batches(self, now: float | None = None) -> int:
         """Ends every unfinished batch whose completion window closed by `now`: its items
         without an outcome become EXPIRED. Returns how many batches expired."""
@@ -572,21 +617,26 @@ class BatchStore:
     def _session(
         self, spec: BatchSpec, *, token: str, replay_of: str | None = None
     ) -> UploadSession:
-        return UploadSession(
-            self.redis,
-            self.keys,
-            self._scripts,
-            spec,
-            chunk_size=max(1, spec.options.chunk_size or self.default_chunk_size),
-            token=token,
-            staging_ttl=self.staging_ttl,
-            job_expiry=self.job_expiry,
-            now_ms=self._now_ms,
-            replay_of=replay_of,
-            limits=self.limits,
-            replica_ack=self.replica_ack,
-            events_retain=self._scope.events_retain,
-        )
+        return UploadSession(**self._session_args(spec, token=token, replay_of=replay_of))
+
+    def _session_args(
+        self, spec: BatchSpec, *, token: str, replay_of: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "redis": self.redis,
+            "keys": self.keys,
+            "scripts": self._scripts,
+            "spec": spec,
+            "chunk_size": max(1, spec.options.chunk_size or self.default_chunk_size),
+            "token": token,
+            "staging_ttl": self.staging_ttl,
+            "job_expiry": self.job_expiry,
+            "now_ms": self._now_ms,
+            "replay_of": replay_of,
+            "limits": self.limits,
+            "replica_ack": self.replica_ack,
+            "events_retain": self._scope.events_retain,
+        }
 
 
 def _before_start(batch: BatchRecord, now: float) -> bool:

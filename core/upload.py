@@ -21,12 +21,13 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from batchd.core import codec
-from batchd.core.domain import BatchRecord, BatchSpec, NewItem, tenant_of
+from batchd.core.domain import BatchRecord, BatchSpec, BatchState, NewItem, tenant_of
 from batchd.core.errors import (
     AlreadyExists,
     Exhausted,
@@ -38,7 +39,7 @@ from batchd.core.events import DEFAULT_EVENTS_RETAIN, append_created
 from batchd.core.jobs import dispatched_job
 from batchd.core.keys import Keys
 from batchd.core.replication import ReplicaAck, confirm_replicated
-from batchd.core.scripts import Scripts
+from batchd.core.scripts import BatchScope, Scripts
 
 _COMMIT_ATTEMPTS = 5
 # RetryInfo of an upload refused for the system-wide pending limit: workers need a while
@@ -385,14 +386,18 @@ class UploadSession:
                 mine += items
         return every, mine
 
-    async def _admit(self, staged: int, others_staged: tuple[int, int] | None = None) -> None:
+    async def _admit(
+        self, staged: int, others_staged: tuple[int, int] | None = None, count: int | None = None
+    ) -> None:
         """Exhausted (after aborting: nothing stays) when this batch would take the items
         not yet terminal across all batches beyond max_pending_items, or its tenant past
         a quota: its items not yet terminal, its unfinished batches, or (for the `staged`
         items just staged) its submitted items per second. `others_staged`: the items
         other uploads have staged (all, this tenant's), when the caller has just read
-        them in the same script that filed this upload; else they are read here."""
+        them in the same script that filed this upload; else they are read here. `count`:
+        the batch's items (default: those taken so far)."""
         keys, limits, tenant = self._keys, self._limits, self.spec.tenant
+        count = self._count if count is None else count
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.pending)
             pipe.get(keys.tenant_pending(tenant))
@@ -405,19 +410,19 @@ class UploadSession:
         tenant_pending += staged_tenant
         refusal: Exhausted | None = None
         limit = limits.max_pending_items
-        if pending + self._count > limit:
+        if pending + count > limit:
             refusal = Exhausted(
                 f"too many items pending: {pending} across all batches, and this batch "
-                f"would add {self._count} (limit {limit})",
+                f"would add {count} (limit {limit})",
                 ADMISSION_RETRY_AFTER,
                 quota_subject="max_pending_items",
                 quota_description=f"items not yet finished across all batches: at most {limit}",
             )
-        elif 0 < limits.tenant_max_pending_items < tenant_pending + self._count:
+        elif 0 < limits.tenant_max_pending_items < tenant_pending + count:
             limit = limits.tenant_max_pending_items
             refusal = Exhausted(
                 f"tenant {tenant!r} has {tenant_pending} items pending, and this batch "
-                f"would add {self._count} (limit {limit})",
+                f"would add {count} (limit {limit})",
                 ADMISSION_RETRY_AFTER,
                 quota_subject=f"tenant:{tenant}:max_pending_items",
                 quota_description=f"the tenant's items not yet finished: at most {limit}",
@@ -481,12 +486,18 @@ class UploadSession:
                     pipe.pexpire(key, self._ttl_ms)
                 await pipe.execute()
 
-    async def _try_commit(self) -> str | None:
-        """One WATCH/MULTI/EXEC; returns the original batch id if the request_id is known."""
+    async def _try_commit(self, early: int = 0, lease_ms: int = 0) -> str | None:
+        """One WATCH/MULTI/EXEC; returns the original batch id if the request_id is known.
+
+        `early`: the items an upload that starts early announced: the batch is written
+        holding them all, with no chunk yet (append_chunk.lua brings each), its lock kept
+        for `lease_ms` and its dispatch window owed (meta `owed`) rather than enqueued."""
         spec, keys = self.spec, self._keys
         lock = keys.upload_lock(spec.batch_id)
         request = keys.request(spec.request_id) if spec.request_id else None
         staged = [keys.chunk(spec.batch_id, n) for n in range(self._staged)]
+        total = early or self._count
+        chunks = -(-early // self.chunk_size) if early else self._staged
         async with self._redis.pipeline(transaction=True) as pipe:
             await pipe.watch(lock, *([request] if request else []))
             if request and (original := await pipe.get(request)) is not None:
@@ -495,7 +506,7 @@ class UploadSession:
                 self._closed = True  # the staged keys may be the new owner's: keep them
                 raise AlreadyExists(f"batch {spec.batch_id!r} already exists")
             owned = await pipe.get(lock) == self._token.encode()
-            if not owned or await pipe.exists(*staged) != len(staged):
+            if not owned or (staged and await pipe.exists(*staged) != len(staged)):
                 await pipe.reset()
                 await self.abort()
                 raise FailedPrecondition(f"the upload of batch {spec.batch_id!r} expired")
@@ -505,7 +516,8 @@ class UploadSession:
             scheduled = start is not None and start > created
             # A scheduled batch dispatches nothing now: the maintenance sweep enqueues its
             # first window at its start time (start_scheduled.lua).
-            window = 0 if scheduled else min(max(self._limits.window, 1), self._staged)
+            window = 0 if scheduled else min(max(self._limits.window, 1), chunks)
+            owed, window = (window, 0) if early else (0, window)
             # The window's jobs take their times from the tenant's dispatch clock (fair
             # shares across tenants: docs/design.md, "Priority and fairness").
             first_at = 0
@@ -525,9 +537,9 @@ class UploadSession:
                 options=options,
                 metadata=spec.metadata,
                 request_id=spec.request_id,
-                digest=self._digest.hexdigest(),
-                total=self._count,
-                chunks=self._staged,
+                digest="" if early else self._digest.hexdigest(),
+                total=total,
+                chunks=chunks,
                 chunk_size=self.chunk_size,
                 created_ms=created,
                 deadline_ms=deadline,
@@ -536,6 +548,8 @@ class UploadSession:
                 scheduled_ms=start if scheduled else None,
             )
             meta.update(cursor=window, prio=options.priority, acct=0)
+            if early:
+                meta.update(up=0, owed=owed, uploader=self._token)
             pipe.multi()
             pipe.hset(keys.meta(spec.batch_id), mapping=meta)
             pipe.zadd(keys.batches, {spec.batch_id: created})
@@ -547,14 +561,18 @@ class UploadSession:
                 pipe.zadd(keys.scheduled, {spec.batch_id: begins})
             if request:
                 pipe.set(request, spec.batch_id)
-            for key in [*staged, keys.ids(spec.batch_id)]:
-                pipe.persist(key)
-            pipe.delete(lock)
-            pipe.zrem(keys.staging, self._member)  # its items now count as pending
-            pipe.hdel(keys.staging_items, self._member)
-            pipe.hdel(keys.staging_bytes, self._member)
-            pipe.incrby(keys.pending, self._count)
-            pipe.incrby(keys.tenant_pending(spec.tenant), self._count)
+            if early:
+                pipe.pexpire(lock, lease_ms)
+                pipe.zadd(keys.uploading, {spec.batch_id: created + lease_ms})
+            else:
+                for key in [*staged, keys.ids(spec.batch_id)]:
+                    pipe.persist(key)
+                pipe.delete(lock)
+                pipe.zrem(keys.staging, self._member)  # its items now count as pending
+                pipe.hdel(keys.staging_items, self._member)
+                pipe.hdel(keys.staging_bytes, self._member)
+            pipe.incrby(keys.pending, total)
+            pipe.incrby(keys.tenant_pending(spec.tenant), total)
             pipe.incr(keys.tenant_open(spec.tenant))
             append_created(
                 pipe,
@@ -601,12 +619,190 @@ class UploadSession:
 
     async def _replay(self, batch_id: str) -> tuple[BatchRecord, bool]:
         record, digest = await self._read_meta(batch_id)
+        if record.uploading:
+            raise FailedPrecondition(
+                f"the request_id's batch {batch_id!r} is still being uploaded: retry once "
+                "its upload ends"
+            )
         if digest.decode() != self._digest.hexdigest():
             raise InvalidRequest.for_field(
                 "request_id",
                 f"already used by batch {batch_id!r} with a different request body",
             )
         return record, True
+
+
+class EarlyUploadSession(UploadSession):
+    """An upload whose items start as they come (UploadBatchHeader.start_early).
+
+    Made by `BatchStore.begin_upload`. `open` writes the batch at once, holding the
+    `announced` items (admitted all at once) and no chunk yet; each full chunk is then
+    appended to it for good and runs from there (append_chunk.lua); `commit` appends the
+    last one and ends the upload, keeping the digest for replays. `abort` cannot take
+    back what ran: the batch keeps the chunks that came (its total drops to their items),
+    is cancelled (those not yet run end CANCELLED) and its request_id is freed
+    (end_upload.lua). The upload holds its batch for `lease` seconds past
+    its latest call; the maintenance sweep cancels a batch whose upload's lease lapsed
+    (its server gone: BatchStore.end_dead_uploads).
+    """
+
+    def __init__(self, announced: int, scope: BatchScope, lease: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.announced = announced
+        self._scope = scope
+        self._lease_ms = max(int(lease * 1000), 1)
+        self._opened = False
+
+    async def open(self) -> None:
+        """Writes the batch, QUEUED. Exhausted past an admission limit; AlreadyExists
+        when its id was taken meanwhile; FailedPrecondition when another upload took its
+        request_id meanwhile. Nothing stays after a refusal."""
+        if self.announced > self._limits.max_batch_items:
+            await self.abort()
+            raise self._over_batch_limit()
+        await self._admit(self.announced, count=self.announced)
+        for _ in range(_COMMIT_ATTEMPTS):
+            try:
+                original = await self._try_commit(self.announced, self._lease_ms)
+            except WatchError:
+                continue
+            if original is not None:
+                await self.abort()
+                raise FailedPrecondition(
+                    f"the request_id was taken meanwhile, by batch {original!r}: retry"
+                )
+            self._opened = True
+            self._refreshed = time.monotonic()
+            return
+        await self.abort()
+        raise WatchError(f"creating batch {self.spec.batch_id!r} kept conflicting")
+
+    async def add_items(self, items: Iterable[NewItem]) -> None:
+        """Appends every full chunk, all of one call's in one round trip. InvalidRequest
+        past the announced count or on a duplicate custom_id; FailedPrecondition when the
+        batch stopped taking items (cancelled, expired) or the upload lost its lease."""
+        self._check_open()
+        full: list[list[NewItem]] = []
+        for item in items:
+            self._digest.update(_digest_entry(item))
+            self._count += 1
+            if self._count > self.announced:
+                raise InvalidRequest.for_field(
+                    f"items[{self._count - 1}]",
+                    f"the header announced {self.announced} items (item_count)",
+                )
+            self._bytes += staged_bytes(item)
+            self._buffer.append(item)
+            if len(self._buffer) >= self.chunk_size:
+                full.append(self._buffer)
+                self._buffer = []
+        if full:
+            await self._append(full)
+        else:
+            await self._renew()
+
+    async def commit(self) -> tuple[BatchRecord, bool]:
+        """Appends the last chunk and ends the upload; returns (batch, False).
+        InvalidRequest when the stream carried fewer items than announced."""
+        self._check_open()
+        # Checked first: a batch cut short keeps its full chunks only (truncate_upload).
+        if self._count != self.announced:
+            raise InvalidRequest.for_field(
+                "item_count",
+                f"the header announced {self.announced} items; the stream carried {self._count}",
+            )
+        if self._buffer:
+            last, self._buffer = self._buffer, []
+            await self._append([last])
+        ended, _ = await self._end(self._digest.hexdigest())
+        if not ended:
+            raise self._lost()
+        self._closed = True
+        return await self._replicated((await self._read_batch(self.spec.batch_id), False))
+
+    async def abort(self) -> None:
+        """Before `open`: as UploadSession.abort. After: cancels the batch and frees its
+        request_id, if the upload still holds it. Idempotent; shielded."""
+        if not self._opened:
+            await super().abort()
+            return
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        _, ended = await asyncio.shield(self._end(""))
+        # Imported here: batch_end -> logs -> config imports this module.
+        from batchd.core.batch_end import log_batch_end
+
+        log_batch_end(self.spec.batch_id, ended)
+
+    async def _end(self, digest: str) -> tuple[bool, Any]:
+        keys, batch_id = self._keys, self.spec.batch_id
+        ended, end = await self._scope.run(
+            self._scripts.end_upload,
+            batch_id,
+            self._now_ms(),
+            keys=[keys.upload_lock(batch_id), keys.uploading],
+            args=[self._token, digest],
+        )
+        return bool(ended), end
+
+    async def _append(self, chunks: list[list[NewItem]]) -> None:
+        keys, batch_id, size = self._keys, self.spec.batch_id, self.chunk_size
+        now, first_chunk = self._now_ms(), self._staged
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for k, chunk in enumerate(chunks):
+                n = first_chunk + k
+                await self._scope.run(
+                    self._scripts.append_chunk,
+                    batch_id,
+                    now,
+                    keys=[keys.upload_lock(batch_id), keys.uploading],
+                    args=[
+                        self._token,
+                        self._lease_ms,
+                        n,
+                        codec.encode_chunk(chunk),
+                        codec.encode_ids([item.custom_id for item in chunk]),
+                        n * size,
+                        keys.wake,
+                    ],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        self._refreshed = time.monotonic()
+        for k, (chunk, result) in enumerate(zip(chunks, results, strict=True)):
+            n = first_chunk + k
+            if result == 0:
+                self._staged = n + 1
+                continue
+            if result == -1:
+                raise self._lost()
+            position, other = int(result[0]), int(result[1])
+            if position == -2:
+                state = BatchState(other).name
+                raise FailedPrecondition(f"batch {batch_id!r} is {state} and takes no more items")
+            raise InvalidRequest.for_field(
+                f"items[{n * size + position}].custom_id",
+                f"custom_id {chunk[position].custom_id!r} is already used by items[{other}]",
+            )
+
+    async def _renew(self) -> None:
+        """Holds the batch another lease, once a third of it has gone by."""
+        if time.monotonic() - self._refreshed < self._lease_ms / 3000:
+            return
+        self._refreshed = time.monotonic()
+        keys, batch_id = self._keys, self.spec.batch_id
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.pexpire(keys.upload_lock(batch_id), self._lease_ms)
+            pipe.zadd(keys.uploading, {batch_id: self._now_ms() + self._lease_ms}, xx=True)
+            await pipe.execute()
+
+    def _lost(self) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"the upload of batch {self.spec.batch_id!r} lost its hold on the batch (idle "
+            "past its lease): the batch was cancelled"
+        )
 
 
 def _digest_entry(item: NewItem) -> bytes:

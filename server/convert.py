@@ -113,6 +113,7 @@ def batch_to_proto(batch: BatchRecord) -> batch_pb2.Batch:
         end_time=timestamp(batch.end_time),
         waiting_reason=batch.waiting_reason,
         scheduled_start_time=timestamp(batch.scheduled_start),
+        uploading=batch.uploading,
     )
 
 
@@ -132,6 +133,7 @@ def progress_to_proto(snapshot: Snapshot, batch_id: str) -> batch_pb2.BatchProgr
         effective_rate=snapshot.effective_rate,
         waiting_reason=batch.waiting_reason,
         scheduled_start_time=timestamp(batch.scheduled_start),
+        uploading=batch.uploading,
     )
     if snapshot.eta is not None:
         progress.eta.CopyFrom(duration(snapshot.eta))

@@ -204,11 +204,12 @@ class _Ticks:
 
 
 def _differs(a: BatchRecord, b: BatchRecord) -> bool:
-    return (a.state, a.counts, a.end_time, a.waiting_reason) != (
+    return (a.state, a.counts, a.end_time, a.waiting_reason, a.uploading) != (
         b.state,
         b.counts,
         b.end_time,
         b.waiting_reason,
+        b.uploading,
     )
 
 

@@ -173,6 +173,9 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             callback_allow_http=self.callback_allow_http,
         )
         start_at = validation.check_start_time(violations, header, now=self.store.clock())
+        early = 0
+        if isinstance(header, batch_service_pb2.UploadBatchHeader) and header.start_early:
+            early = validation.check_early_start(violations, header)
         if spec is not None:
             validation.check_block_size(violations, header.options, spec, self.service_defaults)
         violations.raise_if_any()
@@ -197,7 +200,8 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             violations, items, first_index=0, validator=validator, limits=self.params_limits
         )
         violations.raise_if_any()
-        upload = _Upload(await self.store.begin_upload(batch_spec), validator, self.params_limits)
+        session = await self.store.begin_upload(batch_spec, early=early)
+        upload = _Upload(session, validator, self.params_limits)
         if new_items:
             try:
                 await upload.session.add_items(new_items)

@@ -173,6 +173,16 @@ def check_start_time(
     return start if start > now else None
 
 
+def check_early_start(violations: Violations, header: batch_service_pb2.UploadBatchHeader) -> int:
+    """The items an upload that starts early announces (`item_count`, required);
+    INVALID_ARGUMENT without them, or with a start_time."""
+    if header.item_count == 0:
+        violations.add("item_count", "start_early needs the number of items the stream carries")
+    if header.HasField("start_time"):
+        violations.add("start_early", "starts items as they arrive: not with a start_time")
+    return header.item_count
+
+
 def check_retry(violations: Violations, custom_ids: Iterable[str], request_id: str) -> None:
     """Checks a RetryBatchItems request's item ids and request id."""
     for position, custom_id in enumerate(custom_ids):

@@ -218,13 +218,25 @@ local function tenant_time(count, priority)
   return at + 1
 end
 
+-- Chunks that may be dispatched: all of them, but those of a batch that starts early
+-- (meta `up`: chunks its upload has appended so far).
+local function dispatchable(chunks, up)
+  if up then return math.min(tonumber(chunks), tonumber(up)) end
+  return tonumber(chunks)
+end
+
 -- Enqueues the batch's next chunk not yet in the queue (meta `cursor`), if any: a claim of
--- a fresh chunk calls it, so each batch keeps a small window of jobs in the queue.
+-- a fresh chunk calls it, so each batch keeps a small window of jobs in the queue. A
+-- chunk not yet appended by an early upload is owed (meta `owed`): append_chunk enqueues
+-- it as it comes.
 local function dispatch_next()
-  local c = redis.call('HMGET', META, 'cursor', 'chunks', 'prio')
+  local c = redis.call('HMGET', META, 'cursor', 'chunks', 'prio', 'up')
   if not c[1] then return end
   local cursor = tonumber(c[1])
-  if cursor >= tonumber(c[2]) then return end
+  if cursor >= dispatchable(c[2], c[4]) then
+    if cursor < tonumber(c[2]) then redis.call('HINCRBY', META, 'owed', 1) end
+    return
+  end
   redis.call('HSET', META, 'cursor', cursor + 1)
   enqueue_due(BATCH, cursor, 'q', dispatch_score(c[3], tenant_time(1, c[3])))
 end
@@ -314,4 +326,51 @@ local function each_open_chunk(count, size, total, visit)
     end
   end
   flush()
+end
+
+-- A batch whose early upload is still under way, ending before its last item came
+-- (cancelled, expired, or its upload broke off): it keeps the items that came, the
+-- chunks appended so far (each full but an upload's last), and the rest leave its total
+-- and the pending counts. Returns the batch's total and chunks.
+local function truncate_upload()
+  local m = redis.call('HMGET', META, 'uploader', 'up', 'chunk_size', 'total', 'chunks')
+  local total = tonumber(m[4])
+  if not m[1] then return total, tonumber(m[5]) end
+  local up = tonumber(m[2])
+  local came = math.min(up * tonumber(m[3]), total)
+  if came < total then
+    redis.call('HSET', META, 'total', came, 'chunks', up)
+    redis.call('DECRBY', PENDING_TOTAL, total - came)
+    tenant_decrease('', total - came)
+  end
+  return came, up
+end
+
+-- Cancels the batch, as cancel_batch.lua describes: returns {state after, ended_now}, the
+-- state unchanged (and false) when it was not QUEUED, RUNNING or PAUSED, or nil without
+-- the batch.
+local function cancel()
+  local m = redis.call('HMGET', META, 'state', 'chunk_size')
+  if not m[1] then return nil end
+  local state = tonumber(m[1])
+  if state ~= QUEUED and state ~= RUNNING_BATCH and state ~= PAUSED then return {state, false} end
+  local size = tonumber(m[2])
+  local total, count = truncate_upload()
+
+  local cancelled = 0
+  each_open_chunk(count, size, total, function(n, first, len, s)
+    if is_claimed(s) then
+      cancelled = cancelled + close_waiting(n, first, CANCELLED)
+      return nil
+    end
+    cancelled = cancelled + close_chunk(n, first, len, CANCELLED, false)
+    return 'c'
+  end)
+  redis.call('DEL', PARKED)
+
+  redis.call('HINCRBY', META, 'n_cancel', cancelled)
+  redis.call('HSET', META, 'state', CANCELLING)
+  batch_event('CANCEL_REQUESTED')
+  local after = settle()
+  return {after, ended_now}
 end

@@ -42,8 +42,8 @@ if take_next then
   for _, id in ipairs(jobs) do
     if string.sub(id, 1, #mine) ~= mine then return nil end
   end
-  local c = redis.call('HMGET', META, 'cursor', 'chunks')
-  if tonumber(c[1]) >= tonumber(c[2]) then return nil end
+  local c = redis.call('HMGET', META, 'cursor', 'chunks', 'up')
+  if tonumber(c[1]) >= dispatchable(c[2], c[3]) then return nil end
   n = c[1]
   redis.call('HSET', META, 'cursor', tonumber(n) + 1)
 end

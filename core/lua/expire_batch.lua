@@ -15,7 +15,8 @@ if tonumber(m[5]) > NOW then
   redis.call('ZADD', DEADLINES, m[5], BATCH)
   return 0
 end
-local total, count, size = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
+local size = tonumber(m[4])
+local total, count = truncate_upload()
 
 local expired = 0
 each_open_chunk(count, size, total, function(n, first, len, s)

@@ -24,6 +24,7 @@ from batchd.client._requests import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
     OptionsLike,
+    announced_count,
     bearer_metadata,
     export_request,
     list_batches_request,
@@ -169,6 +170,8 @@ class AsyncClient:
         batch_id: str | None = None,
         params_struct: bool = False,
         start_time: datetime | None = None,
+        start_early: bool = False,
+        item_count: int | None = None,
         items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline reaches the server)
@@ -181,6 +184,10 @@ class AsyncClient:
         upload is abandoned, so the service keeps nothing, and the exception
         propagates unchanged. A sync iterable is iterated on the event loop: keep
         it non-blocking.
+
+        `start_early`: items start as their messages arrive, not once the last one
+        has (`item_count` of them, or `len(items)`). Then an upload that fails
+        part-way leaves its batch CANCELLED, with the items that ran kept.
         """
         header = upload_header(
             handler,
@@ -189,6 +196,8 @@ class AsyncClient:
             request_id=request_id,
             batch_id=batch_id,
             start_time=start_time,
+            start_early=start_early,
+            item_count=announced_count(items, start_early, item_count),
         )
         packer = UploadPacker(
             items_per_message=items_per_message,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "SUBMIT_RETRY",
     "OptionsLike",
+    "announced_count",
     "bearer_metadata",
     "channel_options",
     "export_request",
@@ -163,6 +164,8 @@ def upload_header(
     request_id: str | None,
     batch_id: str | None,
     start_time: datetime | None = None,
+    start_early: bool = False,
+    item_count: int = 0,
 ) -> batch_service_pb2.UploadBatchHeader:
     return batch_service_pb2.UploadBatchHeader(
         handler=handler,
@@ -171,6 +174,24 @@ def upload_header(
         request_id=request_id or "",
         batch_id=batch_id or "",
         start_time=_timestamp(start_time),
+        start_early=start_early,
+        item_count=item_count if start_early else 0,
+    )
+
+
+def announced_count(items: object, start_early: bool, item_count: int | None) -> int:
+    """The item count an upload that starts early announces: `item_count`, else the
+    length of `items`; ValueError for an iterable of unknown length. 0 without
+    `start_early`."""
+    if not start_early:
+        return 0
+    if item_count is not None:
+        return item_count
+    if isinstance(items, Sized):
+        return len(items)
+    raise ValueError(
+        "start_early needs item_count (how many items the upload carries) when the items "
+        "have no len()"
     )
 
 

@@ -25,6 +25,7 @@ from batchd.client._requests import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
     OptionsLike,
+    announced_count,
     bearer_metadata,
     export_request,
     list_batches_request,
@@ -157,6 +158,8 @@ class Client:
         batch_id: str | None = None,
         params_struct: bool = False,
         start_time: datetime | None = None,
+        start_early: bool = False,
+        item_count: int | None = None,
         items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = None,
@@ -164,7 +167,7 @@ class Client:
         """Submits a batch of any size as a stream (UploadBatch), pulling items only
         as messages are sent. If `items` raises (or an item is invalid), the upload
         is abandoned, so the service keeps nothing, and the exception propagates
-        unchanged."""
+        unchanged. `start_early`: as AsyncClient.upload."""
         header = upload_header(
             handler,
             options=options,
@@ -172,6 +175,8 @@ class Client:
             request_id=request_id,
             batch_id=batch_id,
             start_time=start_time,
+            start_early=start_early,
+            item_count=announced_count(items, start_early, item_count),
         )
         packer = UploadPacker(
             items_per_message=items_per_message,

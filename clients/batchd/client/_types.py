@@ -301,6 +301,9 @@ class Batch:
     scheduled_start_time: datetime | None = None
     """When a batch submitted with a `start_time` may start; None for one that could
     start at once."""
+    uploading: bool = False
+    """True while the upload that started the batch early is still under way
+    (`upload(..., start_early=True)`): its items are still coming."""
 
     @classmethod
     def from_proto(cls, pb: batch_pb2.Batch) -> Batch:
@@ -319,6 +322,7 @@ class Batch:
             end_time=_time(pb, "end_time"),
             waiting_reason=pb.waiting_reason,
             scheduled_start_time=_time(pb, "scheduled_start_time"),
+            uploading=pb.uploading,
         )
 
 
@@ -371,6 +375,8 @@ class BatchProgress:
     scheduled_start_time: datetime | None = None
     """When a batch submitted with a `start_time` may start, as
     `Batch.scheduled_start_time`."""
+    uploading: bool = False
+    """True while its upload is still under way, as `Batch.uploading`."""
 
     @property
     def fraction(self) -> float:
@@ -396,6 +402,7 @@ class BatchProgress:
             effective_rate=pb.effective_rate,
             waiting_reason=pb.waiting_reason,
             scheduled_start_time=_time(pb, "scheduled_start_time"),
+            uploading=pb.uploading,
         )
 
 

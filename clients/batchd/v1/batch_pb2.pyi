@@ -399,6 +399,7 @@ class Batch(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
     SCHEDULED_START_TIME_FIELD_NUMBER: _builtins.int
+    UPLOADING_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch's id: caller-chosen at submit time or assigned by the service."""
     handler: _builtins.str
@@ -414,6 +415,11 @@ class Batch(_message.Message):
     waiting_reason: _builtins.str
     """Why an unfinished batch makes no progress, when the service knows: for
     example `no live worker serves handler "acc.upper"`. Empty otherwise.
+    """
+    uploading: _builtins.bool
+    """True while the upload of a batch that starts early
+    (`UploadBatchHeader.start_early`) is still under way: its items are still
+    coming, and those not yet uploaded count as pending.
     """
     @_builtins.property
     def options(self) -> Global___BatchOptions:
@@ -462,10 +468,11 @@ class Batch(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         waiting_reason: _builtins.str = ...,
         scheduled_start_time: _timestamp_pb2.Timestamp | None = ...,
+        uploading: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "options", b"options", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "chunk_count", b"chunk_count", "counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "handler", b"handler", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "chunk_count", b"chunk_count", "counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "handler", b"handler", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "uploading", b"uploading", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,6 +499,7 @@ class BatchProgress(_message.Message):
     EFFECTIVE_RATE_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
     SCHEDULED_START_TIME_FIELD_NUMBER: _builtins.int
+    UPLOADING_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch."""
     state: Global___BatchState.ValueType
@@ -507,6 +515,8 @@ class BatchProgress(_message.Message):
     """
     waiting_reason: _builtins.str
     """Why an unfinished batch makes no progress, as `Batch.waiting_reason`."""
+    uploading: _builtins.bool
+    """True while its upload is still under way, as `Batch.uploading`."""
     @_builtins.property
     def counts(self) -> Global___ItemCounts:
         """Items per state."""
@@ -553,10 +563,11 @@ class BatchProgress(_message.Message):
         effective_rate: _builtins.float = ...,
         waiting_reason: _builtins.str = ...,
         scheduled_start_time: _timestamp_pb2.Timestamp | None = ...,
+        uploading: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "end_time", b"end_time", "eta", b"eta", "observe_time", b"observe_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "effective_rate", b"effective_rate", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "effective_rate", b"effective_rate", "end_time", b"end_time", "eta", b"eta", "items_per_second", b"items_per_second", "observe_time", b"observe_time", "scheduled_start_time", b"scheduled_start_time", "start_time", b"start_time", "state", b"state", "total_items", b"total_items", "uploading", b"uploading", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

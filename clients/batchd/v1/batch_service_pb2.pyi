@@ -252,12 +252,28 @@ class UploadBatchHeader(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    START_EARLY_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
     handler: _builtins.str
     """The handler that runs every item."""
     request_id: _builtins.str
     """Makes the upload safe to retry, as in SubmitBatchRequest."""
     batch_id: _builtins.str
     """An id of the caller's choosing, as in SubmitBatchRequest."""
+    start_early: _builtins.bool
+    """Start items as their messages arrive rather than when the end message
+    does: the batch is created with the header, holding `item_count` items
+    (admission limits count them all at once), and `Batch.uploading` is true
+    until the end message. A stream that breaks off or is refused part-way (a
+    bad or duplicate item, more or fewer items than announced), or whose server
+    stops, cancels the batch rather than leaving nothing: the items that ran
+    keep their outcomes, the others end CANCELLED, and the request_id is free
+    again. Needs `item_count`; not with `start_time`.
+    """
+    item_count: _builtins.int
+    """How many items the stream will carry: required with `start_early` (the
+    end message must say the same), ignored without it.
+    """
     @_builtins.property
     def options(self) -> _batch_pb2.BatchOptions:
         """How the batch is run; unset fields take the handler's defaults."""
@@ -279,10 +295,12 @@ class UploadBatchHeader(_message.Message):
         request_id: _builtins.str = ...,
         batch_id: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        start_early: _builtins.bool = ...,
+        item_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "handler", b"handler", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "handler", b"handler", "item_count", b"item_count", "metadata", b"metadata", "options", b"options", "request_id", b"request_id", "start_early", b"start_early", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -137,7 +137,8 @@ class BatchServiceServicer:
     def UploadBatch(self, request_iterator, context):
         """Submits a batch of any size as a stream: one header, item messages, and an
         end message. The batch becomes visible and starts only when the end message
-        arrives; a broken stream leaves nothing behind.
+        arrives; a broken stream leaves nothing behind. With `header.start_early`,
+        items start as their messages arrive instead; see UploadBatchHeader.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

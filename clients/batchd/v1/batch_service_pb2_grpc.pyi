@@ -46,7 +46,8 @@ class BatchServiceStub:
     UploadBatch: _grpc.StreamUnaryMultiCallable[_batch_service_pb2.UploadBatchRequest, _batch_service_pb2.UploadBatchResponse]
     """Submits a batch of any size as a stream: one header, item messages, and an
     end message. The batch becomes visible and starts only when the end message
-    arrives; a broken stream leaves nothing behind.
+    arrives; a broken stream leaves nothing behind. With `header.start_early`,
+    items start as their messages arrive instead; see UploadBatchHeader.
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_batch_service_pb2.GetBatchRequest, _batch_service_pb2.GetBatchResponse]
     """Returns one batch."""
@@ -127,7 +128,8 @@ class BatchServiceAsyncStub(BatchServiceStub):
     UploadBatch: _aio.StreamUnaryMultiCallable[_batch_service_pb2.UploadBatchRequest, _batch_service_pb2.UploadBatchResponse]  # type: ignore[assignment]
     """Submits a batch of any size as a stream: one header, item messages, and an
     end message. The batch becomes visible and starts only when the end message
-    arrives; a broken stream leaves nothing behind.
+    arrives; a broken stream leaves nothing behind. With `header.start_early`,
+    items start as their messages arrive instead; see UploadBatchHeader.
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_batch_service_pb2.GetBatchRequest, _batch_service_pb2.GetBatchResponse]  # type: ignore[assignment]
     """Returns one batch."""
@@ -217,7 +219,8 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_batch_service_pb2.UploadBatchResponse, _abc.Awaitable[_batch_service_pb2.UploadBatchResponse]]:
         """Submits a batch of any size as a stream: one header, item messages, and an
         end message. The batch becomes visible and starts only when the end message
-        arrives; a broken stream leaves nothing behind.
+        arrives; a broken stream leaves nothing behind. With `header.start_early`,
+        items start as their messages arrive instead; see UploadBatchHeader.
         """
 
     @_abc_1.abstractmethod

@@ -87,6 +87,14 @@ export interface SubmitOptions {
 }
 
 export interface UploadOptions extends SubmitOptions {
+  /**
+   * Start items as their messages arrive, not once the last one has: the batch exists
+   * from the header on, holding `itemCount` items (or `items.length` for an array). An
+   * upload that fails part-way then leaves its batch CANCELLED, with the items that
+   * ran kept.
+   */
+  readonly startEarly?: boolean;
+  readonly itemCount?: number;
   readonly itemsPerMessage?: number;
   readonly maxMessageBytes?: number;
   /** Deadline of the whole upload; none by default. */
@@ -316,6 +324,8 @@ export class BatchdClient {
       metadata: options.metadata ?? {},
       requestId: options.requestId ?? "",
       batchId: options.batchId ?? "",
+      startEarly: options.startEarly ?? false,
+      itemCount: BigInt(announcedCount(items, options)),
     });
     const packer = new UploadPacker(
       options.itemsPerMessage ?? DEFAULT_ITEMS_PER_MESSAGE,
@@ -621,4 +631,17 @@ function required(batch: Batch | undefined): Batch {
     throw new BatchdError(Code.Internal, "the service's response carries no batch");
   }
   return batch;
+}
+
+/** The items an upload that starts early announces; 0 without `startEarly`. */
+function announcedCount(
+  items: Iterable<ItemLike> | AsyncIterable<ItemLike>,
+  options: UploadOptions,
+): number {
+  if (options.startEarly !== true) return 0;
+  if (options.itemCount !== undefined) return options.itemCount;
+  if (Array.isArray(items)) return items.length;
+  throw new Error(
+    "startEarly needs itemCount (how many items the upload carries) unless items is an array",
+  );
 }

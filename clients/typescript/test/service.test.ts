@@ -171,6 +171,23 @@ describe("BatchdClient against batchd", { skip }, () => {
     await rejectsWith(client.get(batchId), Code.NotFound);
   });
 
+  test("an upload that starts early runs its items and ends uploading", async () => {
+    const items = Array.from({ length: 250 }, (_, i) => ({ customId: `e${i}`, params: {} }));
+    const uploaded = await client.upload("noop", items, {
+      startEarly: true,
+      options: { chunkSize: 100 },
+    });
+    assert.equal(uploaded.batch.totalItems, 250n);
+    assert.equal(uploaded.batch.uploading, false);
+    const last = (await watchToEnd(client, uploaded.batch.batchId)).at(-1);
+    assert.equal(last?.progress.state, BatchState.COMPLETED);
+    assert.equal(last.progress.counts?.succeeded, 250n);
+    async function* unsized() {
+      yield { customId: "x", params: {} };
+    }
+    await assert.rejects(client.upload("noop", unsized(), { startEarly: true }), /itemCount/);
+  });
+
   test("an upload the service refuses mid-stream fails with the service's status", async () => {
     async function* items() {
       for (let i = 0; i < 3000; i++) {
