@@ -188,13 +188,19 @@ def report(figures: dict[str, float], json_path: Path | None) -> None:
 
 async def upload_and_watch(
     client: AsyncClient, handler: str, items: Iterable[ItemLike],
-    count: int, options: Mapping[str, object] | None = None,
+    count: int, options: Mapping[str, object] | None = None, start_early: bool = False,
 ) -> tuple[float, float]:  # fmt: skip
     """Uploads a batch and watches it to its terminal snapshot: the seconds that took,
-    and the seconds from the upload's answer (the batch committed: nothing runs before)
-    to that snapshot. Raises unless all `count` items succeeded."""
+    and the seconds from the upload's answer (the batch committed: nothing runs before,
+    unless `start_early`) to that snapshot. Raises unless all `count` items succeeded."""
     started = time.perf_counter()
-    result = await client.upload(handler, items, options=dict(options or {}))
+    result = await client.upload(
+        handler,
+        items,
+        options=dict(options or {}),
+        start_early=start_early,
+        item_count=count if start_early else None,
+    )
     uploaded = time.perf_counter()
     last = None
     async for progress in client.watch(result.batch.batch_id, min_interval=0.1):
@@ -225,14 +231,16 @@ class Measured:
 async def upload_and_measure(
     client: AsyncClient, service: Service, handler: str,
     items: Callable[[], Iterable[ItemLike]], count: int,
-    options: Mapping[str, object] | None = None,
+    options: Mapping[str, object] | None = None, start_early: bool = False,
 ) -> Measured:  # fmt: skip
     """`upload_and_watch` of `items()` with Redis commands per item over it (INFO
     commandstats: the upload, the workers, the client's watch and the heartbeats), then
     Redis memory per pending item on a second upload of `items()` that no worker takes
     (`redis_bytes_per_pending_item`)."""
     before = redis_commands(service.redis_url)
-    seconds, run_seconds = await upload_and_watch(client, handler, items(), count, options)
+    seconds, run_seconds = await upload_and_watch(
+        client, handler, items(), count, options, start_early
+    )
     commands = redis_commands(service.redis_url) - before
     pending = await redis_bytes_per_pending_item(client, service, handler, items(), count, options)
     return Measured(seconds, count / seconds, commands / count, pending, count / run_seconds)

@@ -59,22 +59,29 @@ def items(count: int, seconds: float) -> Iterator[tuple[str, dict[str, object]]]
 
 
 async def run(
-    count: int, seconds: float, service: Service, chunk_size: int, workers: int = 1
+    count: int,
+    seconds: float,
+    service: Service,
+    chunk_size: int,
+    workers: int = 1,
+    start_early: bool = False,
 ) -> Measured:
     options = {"chunk_size": chunk_size} if chunk_size else {}
     async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "sleep", workers)
         return await upload_and_measure(
-            client, service, "sleep", lambda: items(count, seconds), count, options
+            client, service, "sleep", lambda: items(count, seconds), count, options, start_early
         )
 
 
-async def run_again(count: int, seconds: float, service: Service, chunk_size: int) -> Measured:
+async def run_again(
+    count: int, seconds: float, service: Service, chunk_size: int, start_early: bool = False
+) -> Measured:
     """Another batch through the same service, timed as `run`, without the Redis figures."""
     options = {"chunk_size": chunk_size} if chunk_size else {}
     async with AsyncClient(service.target) as client:
         took, run_took = await upload_and_watch(
-            client, "sleep", items(count, seconds), count, options
+            client, "sleep", items(count, seconds), count, options, start_early
         )
     return Measured(took, count / took, 0.0, 0.0, count / run_took)
 
@@ -151,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--runs", type=int, default=1, help="batchd runs, each after a run of the bare loops"
     )
+    parser.add_argument(
+        "--start-early",
+        action="store_true",
+        help="upload with start_early: items start as their messages arrive",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     env = {"BATCHD_WORKER_CONCURRENCY": str(args.concurrency)}
@@ -173,10 +185,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             bare_uvloop.append(
                 bare_loops(args.items, args.seconds, args.concurrency, args.workers, "uvloop")
             )
+            early = args.start_early
             if n == 0:
-                measure = run(args.items, args.seconds, service, args.chunk_size, args.workers)
+                measure = run(
+                    args.items, args.seconds, service, args.chunk_size, args.workers, early
+                )
             else:
-                measure = run_again(args.items, args.seconds, service, args.chunk_size)
+                measure = run_again(args.items, args.seconds, service, args.chunk_size, early)
             before = service_cpu(service)
             runs.append(asyncio.run(measure))
             after = service_cpu(service)
@@ -190,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "workers": args.workers,
             "concurrency": args.concurrency,
             "runs": len(runs),
+            "start_early": int(args.start_early),
             "items_per_second": rate,
             "ideal_items_per_second": ideal,
             "ratio_to_ideal": rate / ideal,
