@@ -370,7 +370,8 @@ class Settings:
     upload_idle_timeout: float = setting(
         60.0,
         "seconds an UploadBatch stream may send nothing before it is ended "
-        "(DEADLINE_EXCEEDED) and its staged items dropped",
+        "(DEADLINE_EXCEEDED) and its staged items dropped; twice this is the lease of an "
+        "upload that starts early (its batch is cancelled once its server is gone that long)",
         read_by=SERVER,
     )
     max_upload_duration: float = setting(

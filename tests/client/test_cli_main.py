@@ -79,6 +79,17 @@ async def test_submit_streams_a_file(
     assert upload.items[4].params_json == b'{"i":4}'
 
 
+async def test_submit_start_early_announces_the_files_items(
+    service: FakeBatchService, server: FakeServer, tmp_path: Path
+) -> None:
+    lines = [json.dumps({"custom_id": f"i{i}"}) for i in range(1500)]
+    path = jsonl(tmp_path, [*lines[:700], "", *lines[700:]])  # a blank line is no item
+    assert await run(server, "submit", "noop", path, "--start-early") == 0
+    upload = service.uploads[-1]
+    assert (upload.header.start_early, upload.header.item_count) == (True, 1500)
+    assert len(upload.items) == 1500
+
+
 async def test_submit_reads_stdin(
     service: FakeBatchService,
     server: FakeServer,

@@ -55,6 +55,17 @@ async def test_submit_from_a_pipe(service: FakeBatchService, server: FakeServer)
     assert len(service.uploads[-1].items) == 3000
 
 
+async def test_start_early_from_a_pipe_is_a_usage_error(
+    service: FakeBatchService, server: FakeServer
+) -> None:
+    uploads = len(service.uploads)
+    process = await start(server, "submit", "noop", "--start-early")
+    out, err = await asyncio.wait_for(process.communicate(b'{"custom_id": "a"}\n'), GUARD)
+    assert (process.returncode, out) == (2, b"")
+    assert b"--start-early needs FILE to be a file" in err
+    assert len(service.uploads) == uploads
+
+
 async def test_ctrl_c_mid_upload_exits_130_quietly(
     service: FakeBatchService, server: FakeServer
 ) -> None:

@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         "at most 30 days ahead",
     )
     submit.add_argument(
+        "--start-early",
+        action="store_true",
+        help="start items as they are uploaded, not once the file is: an upload that "
+        "breaks off then leaves the batch CANCELLED with what ran (FILE must be a file: "
+        "its items are counted first)",
+    )
+    submit.add_argument(
         "--callback-url",
         metavar="URL",
         help="an https URL POSTed a signed CloudEvent when the batch ends",

@@ -109,6 +109,7 @@ def _submit(client: Client, args: argparse.Namespace, io: _Io) -> int:
     # sent, no 10,000-item / 4 MiB SubmitBatch limits to trip over. The service
     # stages uploads exactly like submits, so small inputs lose nothing.
     with _open_input(args.file) as stream:
+        count = _count_items(stream) if args.start_early else None
         items = JsonlItems(stream)
         try:
             result = client.upload(
@@ -120,6 +121,8 @@ def _submit(client: Client, args: argparse.Namespace, io: _Io) -> int:
                 batch_id=args.batch_id,
                 items_per_message=args.items_per_message,
                 start_time=args.start_at,
+                start_early=args.start_early,
+                item_count=count,
             )
         except BatchdError as exc:
             # The client checks each item as it pulls it: a fault it names is the last
@@ -135,6 +138,18 @@ def _submit(client: Client, args: argparse.Namespace, io: _Io) -> int:
     if not args.watch:
         return 0
     return _follow(client, batch.batch_id, args, io)
+
+
+def _count_items(stream: BinaryIO) -> int:
+    """The items of a JSONL file (its non-blank lines), counted ahead of an upload that
+    announces them (--start-early); the stream is rewound."""
+    if not stream.seekable():
+        raise _UsageError(
+            "--start-early needs FILE to be a file, not a pipe: it counts the items first"
+        )
+    count = sum(1 for line in stream if line.strip())
+    stream.seek(0)
+    return count
 
 
 def _follow(client: Client, batch_id: str, args: argparse.Namespace, io: _Io) -> int:
