@@ -61,6 +61,11 @@ SCENARIOS: list[tuple[Callable[[Sequence[str]], None], list[str], list[str]]] = 
         ["--items", "20000", "--workers", "2", "--concurrency", "100"],
         ["--items", "20000", "--workers", "2", "--concurrency", "100", "--runs", "5"],
     ),
+    (
+        sleep.main,
+        ["--items", "20000", "--workers", "2", "--concurrency", "100", "--start-early"],
+        ["--items=20000", "--workers=2", "--concurrency=100", "--start-early", "--runs=5"],
+    ),
     (http.main, ["--items", "10000"], ["--items", "200000"]),
     (
         submit.main,

@@ -163,6 +163,15 @@ def test_sleep_two_workers_small(tmp_path: Path) -> None:
     assert_positive(result, "items_per_second", "run_ratio_to_ideal", "ratio_to_bare_loop")
 
 
+def test_sleep_start_early_small(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path, "sleep", "--items", "2000", "--workers", "2", "--concurrency", "50",
+        "--start-early",
+    )  # fmt: skip
+    assert result["start_early"] == 1
+    assert_positive(result, "items_per_second", "ratio_to_ideal", "ratio_to_bare_loop")
+
+
 def test_http_small(tmp_path: Path) -> None:
     result = run_bench(tmp_path, "http", "--items", "1000")
     assert_positive(

@@ -41,11 +41,11 @@ async def stub(server: BatchdServer, client: AsyncClient) -> AsyncIterator[Stub]
 
 
 def header(batch_id: str, count: int, **fields: object) -> Request:
+    fields.setdefault("options", batch_pb2.BatchOptions(chunk_size=CHUNK))
     return Request(
         header=batch_service_pb2.UploadBatchHeader(
             handler="noop",
             batch_id=batch_id,
-            options=batch_pb2.BatchOptions(chunk_size=CHUNK),
             start_early=True,
             item_count=count,
             **fields,  # type: ignore[arg-type]
@@ -197,6 +197,32 @@ async def test_cancelling_the_batch_ends_its_upload(stub: Stub, client: AsyncCli
     over = await batch_where(client, batch_id, lambda b: b.state == BatchState.CANCELLED)
     assert (over.total_items, over.counts.succeeded) == (100, 100)
     assert not over.uploading
+
+
+async def test_a_window_that_closes_mid_upload_ends_the_batch(
+    stub: Stub, client: AsyncClient
+) -> None:
+    """The completion window closes while items are still coming: the batch ends as any
+    expired batch does (COMPLETED, its unfinished items EXPIRED) with the chunks that
+    came, and the stream is refused from then on."""
+    batch_id = new_id()
+    stream = Stream(stub)
+    window = batch_pb2.BatchOptions(chunk_size=CHUNK)
+    window.completion_window.FromSeconds(2)
+    stream.send(header(batch_id, 1000, options=window), items(0, 100))
+    await batch_where(client, batch_id, lambda b: b.counts.succeeded == 100)
+    await client.pause(batch_id)
+    stream.send(items(100, 200))
+    await batch_where(client, batch_id, lambda b: b.counts.pending == 900)
+    over = await batch_where(client, batch_id, lambda b: b.state == BatchState.COMPLETED)
+    assert over.total_items == 200
+    assert (over.counts.succeeded, over.counts.expired) == (100, 100)
+    stream.send(items(200, 300))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stream.call
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "COMPLETED and takes no more items" in (refused.value.details() or "")
+    assert not (await client.get(batch_id)).uploading
 
 
 async def test_header_errors_create_nothing(stub: Stub, client: AsyncClient) -> None:
