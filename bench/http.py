@@ -98,7 +98,12 @@ class Run:
 
 
 async def batchd_run(
-    service: Service, base_url: str, count: int, options: dict[str, object], first: bool
+    service: Service,
+    base_url: str,
+    count: int,
+    options: dict[str, object],
+    first: bool,
+    start_early: bool = False,
 ) -> Run:
     """The batch through the service; the Redis figures only on the `first` run."""
     cpu = (
@@ -110,11 +115,17 @@ async def batchd_run(
         await wait_for_handler(client, "http.request")
         if first:
             measured = await upload_and_measure(
-                client, service, "http.request", lambda: items(count, base_url), count, options
+                client,
+                service,
+                "http.request",
+                lambda: items(count, base_url),
+                count,
+                options,
+                start_early,
             )
         else:
             took, run_took = await upload_and_watch(
-                client, "http.request", items(count, base_url), count, options
+                client, "http.request", items(count, base_url), count, options, start_early
             )
             measured = Measured(took, count / took, 0.0, 0.0, count / run_took)
     return Run(
@@ -144,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--runs", type=int, default=1, help="batchd runs, each after a run of the bare script"
     )
+    parser.add_argument(
+        "--start-early",
+        action="store_true",
+        help="upload with start_early: items start as their messages arrive",
+    )
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -163,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for n in range(max(args.runs, 1)):
             bare.append(bare_run(base_url, args.items, args.concurrency, "asyncio"))
             bare_uvloop.append(bare_run(base_url, args.items, args.concurrency, "uvloop"))
-            runs.append(asyncio.run(batchd_run(service, base_url, args.items, options, n == 0)))
+            run = batchd_run(service, base_url, args.items, options, n == 0, args.start_early)
+            runs.append(asyncio.run(run))
     median = statistics.median
     rate = median(r.measured.items_per_second for r in runs)
     run_rate = median(r.measured.run_items_per_second for r in runs)
@@ -176,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "items": args.items,
             "concurrency": args.concurrency,
             "runs": len(runs),
+            "start_early": int(args.start_early),
             "items_per_second": rate,
             "bare_aiohttp_requests_per_second": bare_rate,
             "ratio_to_bare": rate / bare_rate,
