@@ -71,6 +71,7 @@ def batch_payload(
         "eta": eta,
         "effective_rate": effective_rate,
         "waiting_reason": batch.waiting_reason,
+        "uploading": batch.uploading,
     }
 
 

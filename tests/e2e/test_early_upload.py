@@ -20,6 +20,7 @@ from support.faults import wait_for_handler
 from support.polling import poll
 from support.rich_status import violations
 
+from batchd.cli.main import main as cli
 from batchd.client import AsyncClient, Batch, BatchdError, BatchState
 from batchd.core.config import Settings
 from batchd.server.app import BatchdServer
@@ -103,7 +104,9 @@ def new_id() -> str:
     return f"early-{uuid.uuid4().hex[:8]}"
 
 
-async def test_items_run_while_the_stream_brings_more(stub: Stub, client: AsyncClient) -> None:
+async def test_items_run_while_the_stream_brings_more(
+    stub: Stub, client: AsyncClient, server: BatchdServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     batch_id = new_id()
     stream = Stream(stub)
     stream.send(header(batch_id, 300), items(0, 100))
@@ -112,6 +115,9 @@ async def test_items_run_while_the_stream_brings_more(stub: Stub, client: AsyncC
     assert running.uploading
     assert running.total_items == 300
     assert running.state == BatchState.RUNNING
+    target = f"127.0.0.1:{server.port}"
+    assert await asyncio.to_thread(cli, ["--target", target, "get", batch_id]) == 0
+    assert "uploading   yes: items are still coming" in capsys.readouterr().out
     stream.send(items(100, 300))
     stream.finish(300)
     response = await stream.call

@@ -109,6 +109,7 @@ def print_batch(batch: Batch, out: TextIO) -> None:
             f"expired={c.expired}",
         ),
         *([("waiting", batch.waiting_reason)] if batch.waiting_reason else []),
+        *([("uploading", "yes: items are still coming")] if batch.uploading else []),
         ("created", format_time(batch.create_time)),
         *(
             [("scheduled", format_time(batch.scheduled_start_time))]

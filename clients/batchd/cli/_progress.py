@@ -72,6 +72,8 @@ def snapshot_line(p: BatchProgress) -> str:
     )
     if p.effective_rate:
         line += f" limit={p.effective_rate:.1f}/s"
+    if p.uploading:
+        line += " uploading=yes"
     if p.waiting_reason:
         # Last and JSON-quoted: the reason is free text, the fields before it are not.
         line += f" waiting={json.dumps(p.waiting_reason, ensure_ascii=False)}"
@@ -135,6 +137,8 @@ def render(
     lines.append(_rate(p))
     if p.waiting_reason and not p.state.is_terminal:
         lines.append(Text.assemble(("waiting  ", "dim"), (p.waiting_reason, "yellow")))
+    if p.uploading and not p.state.is_terminal:
+        lines.append(Text.assemble(("uploading  ", "dim"), "items are still coming"))
     if silent_for >= STALE_AFTER:
         lines.append(Text(f"no word from the server for {silent_for:.0f}s", style="yellow"))
     return Group(*lines)

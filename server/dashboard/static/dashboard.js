@@ -66,6 +66,7 @@
         setField(scope, "effective_rate", data.effective_rate === 0 ? "unlimited" : perSecond(data.effective_rate));
       }
       setField(scope, "waiting_reason", data.waiting_reason);
+      setField(scope, "uploading", data.uploading ? "Uploading: items are still coming" : "");
       scope.dataset.state = data.state;
     }
   }
