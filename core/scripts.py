@@ -5,7 +5,8 @@ tag) plus the global zsets they keep in step (leases, deadlines, the ARQ queue).
 share three preludes, prepended here: `_jobs.lua` (enqueueing ARQ chunk jobs exactly as
 `ArqRedis.enqueue_job` does), `_callbacks.lua` (a completion callback filed as its
 batch ends) and `_batch.lua` (the batch's keys and the helpers that move items between
-states). `BatchScope` builds the KEYS and ARGV every per-batch script starts with;
+states); the two that write an upload's chunks share `_ids.lua` (custom_ids checked and
+filed). `BatchScope` builds the KEYS and ARGV every per-batch script starts with;
 docs/design.md describes what each script does.
 """
 
@@ -51,13 +52,14 @@ class Scripts:
         self.resume_batch = per_batch("resume_batch.lua")
         self.update_batch = per_batch("update_batch.lua")
         self.start_scheduled = per_batch("start_scheduled.lua")
-        self.append_chunk = per_batch("append_chunk.lua")
+        ids = _source("_ids.lua")
+        self.append_chunk = redis.register_script(batch + ids + _source("append_chunk.lua"))
         self.end_upload = per_batch("end_upload.lua")
         self.reap_leases: AsyncScript = redis.register_script(jobs + _source("reap_leases.lua"))
         self.renew_leases: AsyncScript = redis.register_script(_source("renew_leases.lua"))
         self.prune_batches: AsyncScript = redis.register_script(_source("prune_batches.lua"))
         self.move_legacy_jobs: AsyncScript = redis.register_script(_source("move_legacy_jobs.lua"))
-        self.stage_chunk: AsyncScript = redis.register_script(_source("stage_chunk.lua"))
+        self.stage_chunk: AsyncScript = redis.register_script(ids + _source("stage_chunk.lua"))
         self.list_staged: AsyncScript = redis.register_script(_source("list_staged.lua"))
         self.index_ids: AsyncScript = redis.register_script(_source("index_ids.lua"))
         self.export_by_name: AsyncScript = redis.register_script(_source("export_by_name.lua"))

@@ -22,27 +22,8 @@ local state = tonumber(m[1])
 if state ~= QUEUED and state ~= RUNNING_BATCH and state ~= PAUSED then return {-2, state} end
 if tonumber(m[2]) ~= n or n >= tonumber(m[4]) then return -1 end
 
-local ids = cmsgpack.unpack(ARGV[OWN_ARG + 4])
--- Check every id before writing any; slices because unpack() is bounded.
-local seen = {}
-for from = 1, #ids, 1000 do
-  local to = math.min(from + 999, #ids)
-  local known = redis.call('HMGET', IDS, unpack(ids, from, to))
-  for j = 1, #known do
-    local i = from + j - 1
-    local prev = known[j] or seen[ids[i]]
-    if prev then return {i - 1, tonumber(prev)} end
-    seen[ids[i]] = first + i - 1
-  end
-end
-for from = 1, #ids, 500 do
-  local pairs_ = {}
-  for i = from, math.min(from + 499, #ids) do
-    pairs_[#pairs_ + 1] = ids[i]
-    pairs_[#pairs_ + 1] = first + i - 1
-  end
-  redis.call('HSET', IDS, unpack(pairs_))
-end
+local duplicate = file_ids(IDS, cmsgpack.unpack(ARGV[OWN_ARG + 4]), first)
+if duplicate then return duplicate end
 redis.call('SET', items_key(n), ARGV[OWN_ARG + 3])
 
 local cursor, owed = tonumber(m[5]), tonumber(m[6] or '0')

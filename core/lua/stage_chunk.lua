@@ -12,29 +12,8 @@ if redis.call('GET', lock) ~= token then return -1 end
 -- Our lock and no batch yet: anything left in ids is from an expired upload.
 if first == 0 then redis.call('DEL', ids_key) end
 
-local ids = cmsgpack.unpack(ARGV[5])
-
--- Check every id before writing any; slices because unpack() is bounded.
-local seen = {}
-for from = 1, #ids, 1000 do
-  local to = math.min(from + 999, #ids)
-  local known = redis.call('HMGET', ids_key, unpack(ids, from, to))
-  for j = 1, #known do
-    local i = from + j - 1
-    local prev = known[j] or seen[ids[i]]
-    if prev then return {i - 1, tonumber(prev)} end
-    seen[ids[i]] = first + i - 1
-  end
-end
-
-for from = 1, #ids, 500 do
-  local pairs_ = {}
-  for i = from, math.min(from + 499, #ids) do
-    pairs_[#pairs_ + 1] = ids[i]
-    pairs_[#pairs_ + 1] = first + i - 1
-  end
-  redis.call('HSET', ids_key, unpack(pairs_))
-end
+local duplicate = file_ids(ids_key, cmsgpack.unpack(ARGV[5]), first)
+if duplicate then return duplicate end
 redis.call('SET', chunk_key, ARGV[3], 'PX', ttl)
 redis.call('PEXPIRE', ids_key, ttl)
 redis.call('PEXPIRE', lock, ttl)
