@@ -252,6 +252,27 @@ async def test_header_errors_create_nothing(stub: Stub, client: AsyncClient) -> 
     assert not [b async for b in client.list() if b.batch_id == batch_id]
 
 
+async def test_a_replay_waits_for_the_original_upload_to_end(
+    stub: Stub, client: AsyncClient
+) -> None:
+    batch_id, request_id = new_id(), uuid.uuid4().hex
+    stream = Stream(stub)
+    stream.send(header(batch_id, 200, request_id=request_id), items(0, 100))
+    await batch_where(client, batch_id, lambda b: b.uploading)
+    work: list[tuple[str, dict[str, object]]] = [(f"item-{i}", {}) for i in range(200)]
+    with pytest.raises(BatchdError) as refused:
+        await client.upload("noop", work, request_id=request_id)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "still being uploaded" in refused.value.message
+    stream.send(items(100, 200))
+    stream.finish(200)
+    await stream.call
+    again = await client.upload(
+        "noop", work, request_id=request_id, options={"chunk_size": CHUNK}, start_early=True
+    )
+    assert (again.replayed, again.batch.batch_id) == (True, batch_id)
+
+
 async def test_the_client_starts_early_and_replays(client: AsyncClient) -> None:
     request_id = uuid.uuid4().hex
     work: list[tuple[str, dict[str, object]]] = [(f"item-{i}", {}) for i in range(250)]
