@@ -801,7 +801,7 @@ class EarlyUploadSession(UploadSession):
     def _lost(self) -> FailedPrecondition:
         return FailedPrecondition(
             f"the upload of batch {self.spec.batch_id!r} lost its hold on the batch (idle "
-            "past its lease): the batch was cancelled"
+            "past its lease): the maintenance sweep cancels it"
         )
 
 
