@@ -26,6 +26,7 @@ local duplicate = file_ids(IDS, cmsgpack.unpack(ARGV[OWN_ARG + 4]), first)
 if duplicate then return duplicate end
 redis.call('SET', items_key(n), ARGV[OWN_ARG + 3])
 
+-- The jobs owed, for chunks now here (the cursor never passes the chunks appended).
 local cursor, owed = tonumber(m[5]), tonumber(m[6] or '0')
 local due = math.min(owed, n + 1 - cursor)
 if due > 0 then
@@ -35,8 +36,7 @@ if due > 0 then
   end
   redis.call('PUBLISH', wake, QUEUE())
 end
-redis.call('HSET', META, 'up', n + 1, 'cursor', cursor + math.max(due, 0),
-  'owed', owed - math.max(due, 0))
+redis.call('HSET', META, 'up', n + 1, 'cursor', cursor + due, 'owed', owed - due)
 redis.call('PEXPIRE', lock, lease)
 redis.call('ZADD', uploading, NOW + lease, BATCH)
 return 0
