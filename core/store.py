@@ -187,7 +187,11 @@ class BatchStore:
         if not early:
             return self._session(spec, token=token)
         session = EarlyUploadSession(
-            early, self._scope, self.upload_lease, **self._session_args(spec, token=token)
+            early,
+            self._scope,
+            self.upload_lease,
+            log_batch_end,
+            **self._session_args(spec, token=token),
         )
         try:
             await session.open()

@@ -175,25 +175,38 @@ class UploadSession:
         InvalidRequest on a duplicate custom_id (field `items[<global index>].custom_id`),
         after which the session is aborted."""
         self._check_open()
+        full = await self._fill(items)
+        if full:
+            await self._stage(full)
+
+    async def _fill(self, items: Iterable[NewItem]) -> list[list[NewItem]]:
+        """Digests and counts `items` and buffers them into chunks; returns the chunks
+        they filled. The refusal of an item past a limit (`_refusal`) is raised after
+        aborting the session."""
         full: list[list[NewItem]] = []
         for item in items:
             self._digest.update(_digest_entry(item))
             self._count += 1
             if self._replay_of is not None:
                 continue
-            if self._count > self._limits.max_batch_items:
-                await self.abort()
-                raise self._over_batch_limit()
             self._bytes += staged_bytes(item)
-            if self._bytes > self._limits.max_upload_bytes > 0:
+            refusal = self._refusal()
+            if refusal is not None:
                 await self.abort()
-                raise self._over_upload_bytes()
+                raise refusal
             self._buffer.append(item)
             if len(self._buffer) >= self.chunk_size:
                 full.append(self._buffer)
                 self._buffer = []
-        if full:
-            await self._stage(full)
+        return full
+
+    def _refusal(self) -> Exception | None:
+        """Why the item just taken may not be: the batch's or the upload's limit."""
+        if self._count > self._limits.max_batch_items:
+            return self._over_batch_limit()
+        if self._bytes > self._limits.max_upload_bytes > 0:
+            return self._over_upload_bytes()
+        return None
 
     async def commit(self) -> tuple[BatchRecord, bool]:
         """Make the batch visible and runnable; returns (batch, replayed).
@@ -646,10 +659,18 @@ class EarlyUploadSession(UploadSession):
     (its server gone: BatchStore.end_dead_uploads).
     """
 
-    def __init__(self, announced: int, scope: BatchScope, lease: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        announced: int,
+        scope: BatchScope,
+        lease: float,
+        on_end: Callable[[str, Any], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.announced = announced
         self._scope = scope
+        self._on_end = on_end  # (batch id, the end a script gave it): batch_end's logger
         self._lease_ms = max(int(lease * 1000), 1)
         self._opened = False
 
@@ -682,24 +703,21 @@ class EarlyUploadSession(UploadSession):
         past the announced count or on a duplicate custom_id; FailedPrecondition when the
         batch stopped taking items (cancelled, expired) or the upload lost its lease."""
         self._check_open()
-        full: list[list[NewItem]] = []
-        for item in items:
-            self._digest.update(_digest_entry(item))
-            self._count += 1
-            if self._count > self.announced:
-                raise InvalidRequest.for_field(
-                    f"items[{self._count - 1}]",
-                    f"the header announced {self.announced} items (item_count)",
-                )
-            self._bytes += staged_bytes(item)
-            self._buffer.append(item)
-            if len(self._buffer) >= self.chunk_size:
-                full.append(self._buffer)
-                self._buffer = []
+        full = await self._fill(items)
         if full:
             await self._append(full)
         else:
             await self._renew()
+
+    def _refusal(self) -> Exception | None:
+        """An item past those announced (the batch's limit was checked by `open`; the
+        items are not staged, so no upload byte limit applies)."""
+        if self._count > self.announced:
+            return InvalidRequest.for_field(
+                f"items[{self._count - 1}]",
+                f"the header announced {self.announced} items (item_count)",
+            )
+        return None
 
     async def commit(self) -> tuple[BatchRecord, bool]:
         """Appends the last chunk and ends the upload; returns (batch, False).
@@ -731,10 +749,7 @@ class EarlyUploadSession(UploadSession):
         self._closed = True
         self._buffer.clear()
         _, ended = await asyncio.shield(self._end(""))
-        # Imported here: batch_end -> logs -> config imports this module.
-        from batchd.core.batch_end import log_batch_end
-
-        log_batch_end(self.spec.batch_id, ended)
+        self._on_end(self.spec.batch_id, ended)
 
     async def _end(self, digest: str) -> tuple[bool, Any]:
         keys, batch_id = self._keys, self.spec.batch_id
