@@ -251,6 +251,9 @@ class BatchdWorker(arq.Worker):
         """Waits `poll_delay` seconds, or less if a served queue gets a job meanwhile."""
         await wakeups.wait(self._woken, self._poll_delay)
 
+    def _wake(self, _: object = None) -> None:
+        self._woken.set()
+
     def _on_wake(self, queue: bytes) -> None:
         """A job due at once was added to `queue` (`Keys.wake`): look if it is served."""
         if queue.decode() in self.queues:
@@ -308,6 +311,11 @@ class BatchdWorker(arq.Worker):
             queue = _job_queue.set(self._job_queues.get(job_id, self.queues[0]))
             try:
                 await super().start_jobs([job_id])
+                task = self.tasks.get(job_id.decode())
+                if task is not None:
+                    # Added after arq's own callback, which frees the job's slot: the
+                    # worker then looks at the queues at once, not at its next poll.
+                    task.add_done_callback(self._wake)
             except Exception:
                 # arq took the slot before the Redis calls that failed: give it back.
                 self.job_counter -= 1

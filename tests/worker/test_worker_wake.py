@@ -24,10 +24,13 @@ POLL_INTERVAL = 600.0  # no test waits that long: only a wake-up runs their batc
 
 
 @contextlib.asynccontextmanager
-async def service(url: str, prefix: str) -> AsyncIterator[AsyncClient]:
+async def service(url: str, prefix: str, max_chunks: int = 0) -> AsyncIterator[AsyncClient]:
     """An in-process server and a worker polling every POLL_INTERVAL seconds, subscribed
-    to its wake-ups; a client of the server."""
-    settings = Settings(redis_url=url, host="127.0.0.1", key_prefix=prefix)
+    to its wake-ups, running at most `max_chunks` chunk jobs (0: its default); a client
+    of the server."""
+    settings = Settings(
+        redis_url=url, host="127.0.0.1", key_prefix=prefix, worker_max_chunks=max_chunks
+    )
     server = await start_server(settings, port=0, metrics_port=0)
     try:
         async with (
@@ -69,6 +72,27 @@ async def test_each_new_batch_wakes_the_idle_worker(redis_server: RedisServer) -
         # at the queue on subscribing is spent, and its next poll is minutes away.
         for items in (1, 250, 1):
             await completes(client, items)
+
+
+async def test_a_worker_with_room_again_looks_at_the_queue_at_once(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"wake-{secrets.token_hex(4)}:"
+    async with (
+        service(redis_server.url, prefix, max_chunks=1) as client,
+        Redis.from_url(redis_server.url) as redis,
+    ):
+        await subscribed(redis, Keys(prefix).wake)
+        busy = await client.submit("sleep", [("long", {"seconds": 2.0})])
+
+        async def claimed() -> bool | None:
+            return (await client.get(busy.batch.batch_id)).state == BatchState.RUNNING or None
+
+        await poll(claimed)
+        # The second batch's wake-up comes while the worker's one chunk job runs: it can
+        # take no job then, and its next poll is minutes away. It looks again when the
+        # running job ends.
+        await completes(client, 1)
 
 
 @pytest.mark.slow
