@@ -170,6 +170,12 @@ class UploadSession:
         """The items' bytes so far, as `staged_bytes` counts them."""
         return self._bytes
 
+    @property
+    def items_apart(self) -> int:
+        """How many of a message's next items to add apart from the rest, because their
+        chunk would then start work sooner: 0 here, where nothing runs before the commit."""
+        return 0
+
     async def add_items(self, items: Iterable[NewItem]) -> None:
         """Buffer items; stage every full chunk, all of one call's in one round trip.
         InvalidRequest on a duplicate custom_id (field `items[<global index>].custom_id`),
@@ -697,6 +703,12 @@ class EarlyUploadSession(UploadSession):
             return
         await self.abort()
         raise WatchError(f"creating batch {self.spec.batch_id!r} kept conflicting")
+
+    @property
+    def items_apart(self) -> int:
+        """Until the first chunk is appended, the items that complete it: it runs as soon
+        as it is checked, rather than once its whole message is."""
+        return self.chunk_size - len(self._buffer) if self._staged == 0 else 0
 
     async def add_items(self, items: Iterable[NewItem]) -> None:
         """Appends every full chunk, all of one call's in one round trip. InvalidRequest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -474,7 +474,16 @@ class _Upload:
     validator: validation.Validator
     limits: validation.ParamsLimits
 
-    async def add(self, items: Iterable[batch_pb2.Item]) -> None:
+    async def add(self, items: Sequence[batch_pb2.Item]) -> None:
+        # An early upload's first chunk is checked and appended on its own: it runs while
+        # the rest of its message is checked.
+        head = self.session.items_apart
+        if 0 < head < len(items):
+            await self._add(items[:head])
+            items = items[head:]
+        await self._add(items)
+
+    async def _add(self, items: Iterable[batch_pb2.Item]) -> None:
         violations = Violations()
         new_items = validation.check_items(
             violations,

@@ -161,6 +161,11 @@ async def test_a_broken_stream_cancels_the_batch_and_keeps_what_came(
 DUPLICATE = ["new-0", "item-7", *(f"new-{i}" for i in range(2, 50))]
 
 
+def with_bad_params(message: Request, index: int) -> Request:
+    message.items.items[index].params_json = b"{"
+    return message
+
+
 @pytest.mark.parametrize(
     ("sent", "field"),
     [
@@ -170,6 +175,11 @@ DUPLICATE = ["new-0", "item-7", *(f"new-{i}" for i in range(2, 50))]
             [items(0, 100), items(0, 50, DUPLICATE), end(150)],
             "items[101].custom_id",
             id="duplicate",
+        ),
+        # The first chunk is appended as soon as it is checked, before the rest of its
+        # message: a bad item past it leaves it.
+        pytest.param(
+            [with_bad_params(items(0, 150), 120)], "items[120].params_json", id="bad-item"
         ),
     ],
 )
