@@ -23,7 +23,12 @@ from batchd.client import (
     RetryPolicy,
     to_item,
 )
-from batchd.client._items import UploadPacker, aiter_upload_requests, iter_upload_requests
+from batchd.client._items import (
+    FIRST_EARLY_MESSAGE_ITEMS,
+    UploadPacker,
+    aiter_upload_requests,
+    iter_upload_requests,
+)
 from batchd.client._requests import submit_request, upload_header
 from batchd.v1 import batch_pb2, batch_service_pb2
 
@@ -87,6 +92,15 @@ def test_packer_splits_by_count() -> None:
     sizes = [len(m.items.items) for m in [*messages, last]]
     assert sizes == [1000, 1000, 500]
     assert packer.flush() is None
+
+
+def test_packer_sends_a_smaller_first_message_when_asked() -> None:
+    # What an upload that starts early asks for: a chunk's worth, then full messages.
+    packer = UploadPacker(items_per_message=1000, first_message_items=FIRST_EARLY_MESSAGE_ITEMS)
+    messages = [m for i in range(2500) if (m := packer.add((f"i{i}", {}))) is not None]
+    last = packer.flush()
+    assert last is not None
+    assert [len(m.items.items) for m in [*messages, last]] == [100, 1000, 1000, 400]
 
 
 def test_packer_splits_by_bytes() -> None:

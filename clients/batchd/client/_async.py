@@ -16,6 +16,7 @@ from batchd.client._events import EventsSession
 from batchd.client._items import (
     DEFAULT_ITEMS_PER_MESSAGE,
     DEFAULT_MAX_MESSAGE_BYTES,
+    FIRST_EARLY_MESSAGE_ITEMS,
     ItemLike,
     UploadPacker,
     aiter_upload_requests,
@@ -203,6 +204,7 @@ class AsyncClient:
             items_per_message=items_per_message,
             max_message_bytes=max_message_bytes,
             params_struct=params_struct,
+            first_message_items=FIRST_EARLY_MESSAGE_ITEMS if start_early else None,
         )
         call = self._stub.UploadBatch(timeout=timeout, metadata=self._metadata)
         response = await upload_async(call, aiter_upload_requests(header, items, packer))

@@ -48,6 +48,9 @@ ItemLike: TypeAlias = Mapping[str, Any] | tuple[str, Params | None] | batch_pb2.
 """Anything `submit()` and `upload()` accept as an item."""
 
 DEFAULT_ITEMS_PER_MESSAGE = 1000
+# An upload that starts early sends its first items in a message of a chunk's worth (the
+# service's default chunk size): they start running while the client packs the rest.
+FIRST_EARLY_MESSAGE_ITEMS = 100
 # Servers accept 4 MiB messages by default; stay well below, whatever the item count.
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 
@@ -232,10 +235,14 @@ class UploadPacker:
         items_per_message: int = DEFAULT_ITEMS_PER_MESSAGE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         params_struct: bool = False,
+        first_message_items: int | None = None,
     ) -> None:
+        """`first_message_items`: fewer items in the first message (at most
+        `items_per_message`), so that it goes out sooner."""
         if items_per_message < 1:
             raise ValueError("items_per_message must be at least 1")
-        self._per_message = items_per_message
+        self._per_message_after = items_per_message
+        self._per_message = min(first_message_items or items_per_message, items_per_message)
         self._max_bytes = max_message_bytes
         self._struct = params_struct
         self._new_message()
@@ -281,6 +288,7 @@ class UploadPacker:
         """Returns the items not sent yet as one message, or None if there are none."""
         if not self._count_pending:
             return None
+        self._per_message = self._per_message_after
         message = self._message
         self._new_message()
         return message

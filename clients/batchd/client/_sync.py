@@ -17,6 +17,7 @@ from batchd.client._events import EventsSession
 from batchd.client._items import (
     DEFAULT_ITEMS_PER_MESSAGE,
     DEFAULT_MAX_MESSAGE_BYTES,
+    FIRST_EARLY_MESSAGE_ITEMS,
     ItemLike,
     UploadPacker,
     iter_upload_requests,
@@ -182,6 +183,7 @@ class Client:
             items_per_message=items_per_message,
             max_message_bytes=max_message_bytes,
             params_struct=params_struct,
+            first_message_items=FIRST_EARLY_MESSAGE_ITEMS if start_early else None,
         )
         requests = GuardedRequests(iter_upload_requests(header, items, packer))
         future = self._stub.UploadBatch.future(

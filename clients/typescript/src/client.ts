@@ -42,6 +42,7 @@ import {
   checkedSize,
   DEFAULT_ITEMS_PER_MESSAGE,
   DEFAULT_MAX_MESSAGE_BYTES,
+  FIRST_EARLY_MESSAGE_ITEMS,
   type ItemLike,
   MAX_REQUEST_BYTES,
   toItem,
@@ -331,6 +332,7 @@ export class BatchdClient {
       options.itemsPerMessage ?? DEFAULT_ITEMS_PER_MESSAGE,
       options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
       options.paramsStruct ?? false,
+      options.startEarly === true ? FIRST_EARLY_MESSAGE_ITEMS : undefined,
     );
     let itemsError: { error: unknown } | undefined;
     async function* guarded() {

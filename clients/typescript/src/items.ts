@@ -159,22 +159,31 @@ export function checkedSize(item: Item, index: number): number {
   return size;
 }
 
+/** An upload that starts early sends its first items in a message of a chunk's worth
+ * (the service's default chunk size): they start running while the client packs the
+ * rest. */
+export const FIRST_EARLY_MESSAGE_ITEMS = 100;
+
 /** Packs items into UploadBatchItems messages of at most `itemsPerMessage` items and
- * (unless one item alone is larger) `maxMessageBytes` bytes. */
+ * (unless one item alone is larger) `maxMessageBytes` bytes; the first message holds at
+ * most `firstMessageItems`, if given, so that it goes out sooner. */
 export class UploadPacker {
   /** Items packed so far. */
   count = 0;
   private pending: Item[] = [];
   private pendingBytes = 0;
+  private perMessage: number;
 
   constructor(
     private readonly itemsPerMessage = DEFAULT_ITEMS_PER_MESSAGE,
     private readonly maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
     private readonly paramsStruct = false,
+    firstMessageItems?: number,
   ) {
     if (!Number.isInteger(itemsPerMessage) || itemsPerMessage < 1) {
       throw new RangeError("itemsPerMessage must be an integer of at least 1");
     }
+    this.perMessage = Math.min(firstMessageItems ?? itemsPerMessage, itemsPerMessage);
   }
 
   /** Adds one item; returns a full message when there is one to send. */
@@ -189,7 +198,7 @@ export class UploadPacker {
     }
     this.pending.push(item);
     this.pendingBytes += size + 5; // the repeated field's tag and length prefix
-    if (full === undefined && this.pending.length >= this.itemsPerMessage) {
+    if (full === undefined && this.pending.length >= this.perMessage) {
       full = this.flush();
     }
     return full;
@@ -203,6 +212,7 @@ export class UploadPacker {
     const items = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
+    this.perMessage = this.itemsPerMessage;
     return create(UploadBatchRequestSchema, { part: { case: "items", value: { items } } });
   }
 }

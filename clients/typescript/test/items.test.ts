@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { BatchdClient, BatchdError, Code, codeName, toItem } from "../src/index.js";
-import { UploadPacker, uploadRequests } from "../src/items.js";
+import { FIRST_EARLY_MESSAGE_ITEMS, UploadPacker, uploadRequests } from "../src/items.js";
 import { UploadBatchHeaderSchema } from "../src/gen/batchd/v1/batch_service_pb.js";
 import { create } from "@bufbuild/protobuf";
 
@@ -29,6 +29,18 @@ test("an upload is a header, messages of at most 1,000 items, and an end with th
     );
   }
   assert.deepEqual(parts, ["header", "items:1000", "items:1000", "items:500", "end:2500"]);
+});
+
+test("an upload that starts early sends a chunk's worth first, then full messages", async () => {
+  const parts: number[] = [];
+  const header = create(UploadBatchHeaderSchema, { handler: "noop", startEarly: true });
+  const packer = new UploadPacker(1000, undefined, false, FIRST_EARLY_MESSAGE_ITEMS);
+  for await (const message of uploadRequests(header, generated(2500), packer)) {
+    if (message.part.case === "items") {
+      parts.push(message.part.value.items.length);
+    }
+  }
+  assert.deepEqual(parts, [100, 1000, 1000, 400]);
 });
 
 test("a message is cut at max_message_bytes before it reaches the item count", () => {
