@@ -101,6 +101,8 @@ def test_packer_sends_a_smaller_first_message_when_asked() -> None:
     last = packer.flush()
     assert last is not None
     assert [len(m.items.items) for m in [*messages, last]] == [100, 1000, 1000, 400]
+    with pytest.raises(ValueError, match="first_message_items"):
+        UploadPacker(first_message_items=0)
 
 
 def test_packer_splits_by_bytes() -> None:

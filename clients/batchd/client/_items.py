@@ -241,8 +241,12 @@ class UploadPacker:
         `items_per_message`), so that it goes out sooner."""
         if items_per_message < 1:
             raise ValueError("items_per_message must be at least 1")
+        if first_message_items is None:
+            first_message_items = items_per_message
+        elif first_message_items < 1:
+            raise ValueError("first_message_items must be at least 1")
         self._per_message_after = items_per_message
-        self._per_message = min(first_message_items or items_per_message, items_per_message)
+        self._per_message = min(first_message_items, items_per_message)
         self._max_bytes = max_message_bytes
         self._struct = params_struct
         self._new_message()

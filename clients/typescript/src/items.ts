@@ -183,7 +183,11 @@ export class UploadPacker {
     if (!Number.isInteger(itemsPerMessage) || itemsPerMessage < 1) {
       throw new RangeError("itemsPerMessage must be an integer of at least 1");
     }
-    this.perMessage = Math.min(firstMessageItems ?? itemsPerMessage, itemsPerMessage);
+    const first = firstMessageItems;
+    if (first !== undefined && (!Number.isInteger(first) || first < 1)) {
+      throw new RangeError("firstMessageItems must be an integer of at least 1");
+    }
+    this.perMessage = Math.min(first ?? itemsPerMessage, itemsPerMessage);
   }
 
   /** Adds one item; returns a full message when there is one to send. */

@@ -41,6 +41,7 @@ test("an upload that starts early sends a chunk's worth first, then full message
     }
   }
   assert.deepEqual(parts, [100, 1000, 1000, 400]);
+  assert.throws(() => new UploadPacker(1000, undefined, false, 0), RangeError);
 });
 
 test("a message is cut at max_message_bytes before it reaches the item count", () => {
