@@ -45,6 +45,10 @@ class Abort:
 HANG = "hang"
 """A watch script step: keep the stream open until the client cancels it."""
 
+CLOSE_SLOWLY = "close slowly"
+"""A watch script step: end the stream (OK) only after a moment, as a loaded service
+might after a terminal snapshot."""
+
 WatchStep = pb.WatchProgressResponse | Abort | str
 
 
@@ -133,6 +137,8 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
         self.watch_scripts: list[list[WatchStep]] = []
         self.watch_requests: list[pb.WatchProgressRequest] = []
         self.watch_cancelled = asyncio.Event()
+        self.watch_finished = asyncio.Event()
+        """Set when a WatchProgress stream's script ran to its end (not cancelled)."""
         self.export_script: list[pb.ExportBatchResultsResponse | Abort] = []
         """What ExportBatchResults sends: messages, then perhaps a failure."""
         self.events_scripts: list[list[pb.WatchBatchesResponse | Abort | str]] = []
@@ -260,12 +266,15 @@ class FakeBatchService(batch_service_pb2_grpc.BatchServiceServicer):
                     await abort(context, step)
                 elif step == HANG:
                     await asyncio.Event().wait()
+                elif step == CLOSE_SLOWLY:
+                    await asyncio.sleep(0.2)
                 else:
                     assert isinstance(step, pb.WatchProgressResponse)
                     yield step
         except asyncio.CancelledError:
             self.watch_cancelled.set()
             raise
+        self.watch_finished.set()
 
     async def WatchBatches(
         self, request: Any, context: Any

@@ -7,7 +7,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from client.client_fakes import HANG, Abort, FakeBatchService, FakeServer, WatchStep, progress
+from client.client_fakes import (
+    CLOSE_SLOWLY,
+    HANG,
+    Abort,
+    FakeBatchService,
+    FakeServer,
+    WatchStep,
+    progress,
+)
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
@@ -149,6 +157,22 @@ async def test_watch_ends_at_the_terminal_snapshot_even_if_the_stream_stays_open
     assert [p.state for p in snapshots] == [RUNNING, CANCELLED]
     # The client hung up: the server's stream was cancelled.
     await asyncio.wait_for(service.watch_cancelled.wait(), GUARD)
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_after_the_terminal_snapshot_the_service_ends_the_stream(
+    service: FakeBatchService, aclient: AsyncClient, client: Client, flavour: str
+) -> None:
+    service.watch_scripts = [[progress(COMPLETED, succeeded=10), CLOSE_SLOWLY]]
+    if flavour == "async":
+        snapshots = [p async for p in aclient.watch("b1", retry=FAST)]
+    else:
+        snapshots = await asyncio.to_thread(lambda: list(client.watch("b1", retry=FAST)))
+    assert [p.state for p in snapshots] == [COMPLETED]
+    # The client waited for the service to end the stream rather than resetting it: a
+    # service ending ten thousand watches at once pays for every reset.
+    await asyncio.wait_for(service.watch_finished.wait(), GUARD)
+    assert not service.watch_cancelled.is_set()
 
 
 async def test_breaking_out_of_watch_cancels_the_stream(

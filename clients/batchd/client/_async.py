@@ -54,7 +54,7 @@ from batchd.client._types import (
     SubmitResult,
 )
 from batchd.client._upload import upload_async
-from batchd.client._watch import WatchReconnect, WatchRetry, WatchSession
+from batchd.client._watch import CLOSE_GRACE, WatchReconnect, WatchRetry, WatchSession
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
 __all__ = ["AsyncClient"]
@@ -421,17 +421,19 @@ class AsyncClient:
         request = watch_request(batch_id, min_interval, heartbeat_interval)
         while True:
             call = self._stub.WatchProgress(request, metadata=self._metadata)
+            terminal = False
             try:
                 async for response in call:
                     progress = session.snapshot(response)
+                    terminal = progress.state.is_terminal
                     yield progress
-                    if progress.state.is_terminal:
+                    if terminal:
                         return
                 error = session.ended_early()
             except grpc.RpcError as exc:
                 error = session.failed(exc)
             finally:
-                call.cancel()
+                await _hang_up(call, terminal)
             await asyncio.sleep(session.backoff(error))
 
     async def watch_batches(
@@ -485,3 +487,16 @@ class AsyncClient:
             finally:
                 call.cancel()
             await asyncio.sleep(session.backoff(error))
+
+
+async def _hang_up(call: Any, terminal: bool) -> None:
+    """Ends a watch's stream: after the terminal snapshot the service's own end of it,
+    awaited up to CLOSE_GRACE seconds, else a cancel."""
+    try:
+        if terminal and not call.done():
+            async with asyncio.timeout(CLOSE_GRACE):
+                await call.code()
+    except TimeoutError:
+        pass
+    finally:
+        call.cancel()  # nothing to cancel once the call is done

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import builtins
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -55,7 +56,7 @@ from batchd.client._types import (
     SubmitResult,
 )
 from batchd.client._upload import GuardedRequests
-from batchd.client._watch import WatchReconnect, WatchRetry, WatchSession
+from batchd.client._watch import CLOSE_GRACE, WatchReconnect, WatchRetry, WatchSession
 from batchd.v1 import batch_service_pb2, batch_service_pb2_grpc
 
 __all__ = ["Client"]
@@ -393,11 +394,13 @@ class Client:
         request = watch_request(batch_id, min_interval, heartbeat_interval)
         while True:
             call = self._stub.WatchProgress(request, metadata=self._metadata)
+            terminal = False
             try:
                 for response in call:
                     progress = session.snapshot(response)
+                    terminal = progress.state.is_terminal
                     yield progress
-                    if progress.state.is_terminal:
+                    if terminal:
                         return
                 error = session.ended_early()
             except grpc.RpcError as exc:
@@ -408,7 +411,7 @@ class Client:
                 exc.__traceback__ = None
                 error = session.failed(exc)
             finally:
-                call.cancel()
+                _hang_up(call, terminal)
             time.sleep(session.backoff(error))
 
     def watch_batches(
@@ -452,3 +455,13 @@ class Client:
             finally:
                 call.cancel()
             time.sleep(session.backoff(error))
+
+
+def _hang_up(call: Any, terminal: bool) -> None:
+    """`AsyncClient`'s `_hang_up`: after the terminal snapshot, the service's end of the
+    stream awaited up to CLOSE_GRACE seconds, else a cancel."""
+    if terminal and not call.done():
+        closed = threading.Event()
+        call.add_done_callback(lambda _: closed.set())
+        closed.wait(CLOSE_GRACE)
+    call.cancel()  # nothing to cancel once the call is done

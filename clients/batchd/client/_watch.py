@@ -18,9 +18,15 @@ from batchd.client._errors import BatchdError
 from batchd.client._types import BatchProgress
 from batchd.v1 import batch_service_pb2
 
-__all__ = ["StreamSession", "WatchReconnect", "WatchRetry", "WatchSession"]
+__all__ = ["CLOSE_GRACE", "StreamSession", "WatchReconnect", "WatchRetry", "WatchSession"]
 
 _log = logging.getLogger("batchd.client")
+
+CLOSE_GRACE = 1.0
+"""Seconds a watch that got its terminal snapshot waits for the service to end the
+stream, which it does at once (OK), before hanging up: a stream reset while the service
+closes it costs the service more than the close, and one ending thousands of watches at
+once feels it."""
 
 
 @dataclass(frozen=True)
