@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from redis import Redis as SyncRedis
 from support.readme_session import read_session, sh_blocks_after, with_venv
+from support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
 
@@ -49,6 +51,33 @@ def assert_positive(figures: dict[str, float], *names: str) -> None:
         assert math.isfinite(figures[name]), name
         if name not in NOISY:
             assert figures[name] > 0, name
+
+
+# A few tenths of a second of Valkey's CPU in one script. (Not a loop on TIME: a
+# script sees the time it started at until it has run past the busy-script limit.)
+BUSY_SCRIPT = "local x = 0 for i = 1, 30000000 do x = x + i end return 0"
+
+
+def test_redis_cpu_is_the_process_s_own(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Valkey CPU the scenarios report per item is what the kernel counts for the
+    process: not its main thread counted a second time (Valkey 8's INFO has both)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.service import cpu_seconds, redis_cpu_seconds
+
+    pid = redis_server.pid
+    assert pid is not None
+    client = SyncRedis.from_url(redis_server.url)
+    try:
+        before = redis_cpu_seconds(redis_server.url), cpu_seconds(pid)
+        client.eval(BUSY_SCRIPT, 0)
+        after = redis_cpu_seconds(redis_server.url), cpu_seconds(pid)
+    finally:
+        client.close()
+    reported, kernel = after[0] - before[0], after[1] - before[1]
+    assert kernel >= 0.1
+    assert reported == pytest.approx(kernel, rel=0.15, abs=0.03)
 
 
 def test_upload_noop_small(tmp_path: Path) -> None:
