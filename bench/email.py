@@ -133,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.serve:
         serve(args.serve)
         return
-    with local_server("bench.email") as port:
+    with local_server("bench.email") as server:
+        port = server.port
         bare = asyncio.run(bare_messages_per_second(port, args.items, args.connections))
         env = {
             "BATCHD_WORKER_CONCURRENCY": str(args.concurrency),

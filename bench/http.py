@@ -12,7 +12,10 @@ Valkey, the batchd server and the benchmark's client (its upload, then its watch
 two alternate (`--runs`, each figure the median of the runs), each batchd run after a
 run of the bare script while the service idles. Beside the rates, CPU per item: the
 worker's and the bare script's process's (the figure that holds on a busy machine, where
-rates swing), and the batchd server's and Valkey's. And Redis commands per item (INFO
+rates swing), and the batchd server's and Valkey's. How each side shares the cores: the
+CPU per item of every process on it (the HTTP server's and the client's included) and
+their sum, the ratio of the two sums (the rates' ratio were both runs CPU-bound), and
+the cores left idle on average over each run. And Redis commands per item (INFO
 commandstats delta from the upload to the terminal snapshot) and memory per pending item
 (the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
 upload of the same items while the worker is paused, divided by N; that batch is then
@@ -37,11 +40,12 @@ from aiohttp import web
 
 from batchd.client import AsyncClient
 from batchd.worker.main import loop_factory
-from bench.local_server import local_server
+from bench.local_server import LocalServer, local_server
 from bench.service import (
     Measured,
     Service,
     cpu_seconds,
+    idle_cores,
     redis_cpu_seconds,
     report,
     running_service,
@@ -88,29 +92,58 @@ def items(count: int, base_url: str) -> Iterator[tuple[str, dict[str, object]]]:
 
 @dataclass(frozen=True)
 class Run:
-    """One batchd run: its figures, and the CPU seconds per item of the worker, the
-    batchd server and Valkey over it."""
+    """One batchd run: its figures, the CPU seconds per item of the worker, the batchd
+    server, Valkey, the benchmark's client (its upload and watch) and the HTTP server
+    over it, and the cores left idle on average."""
 
     measured: Measured
     worker_cpu: float
     server_cpu: float
     redis_cpu: float
+    client_cpu: float
+    downstream_cpu: float
+    idle_cores: float
+
+    @property
+    def total_cpu(self) -> float:
+        """Every process's CPU per item: what the run asked of the shared cores."""
+        parts = (self.worker_cpu, self.server_cpu, self.redis_cpu, self.client_cpu)
+        return sum(parts) + self.downstream_cpu
+
+
+@dataclass(frozen=True)
+class BareRun:
+    """One run of the bare script: requests/s, its process's CPU seconds per request and
+    the HTTP server's, and the cores left idle on average."""
+
+    rate: float
+    cpu: float
+    downstream_cpu: float
+    idle_cores: float
+
+    @property
+    def total_cpu(self) -> float:
+        return self.cpu + self.downstream_cpu
 
 
 async def batchd_run(
     service: Service,
-    base_url: str,
+    downstream: LocalServer,
     count: int,
     options: dict[str, object],
     first: bool,
     start_early: bool = False,
 ) -> Run:
     """The batch through the service; the Redis figures only on the `first` run."""
+    base_url = f"http://127.0.0.1:{downstream.port}"
     cpu = (
         cpu_seconds(service.worker_pid),
         cpu_seconds(service.server_pid),
         redis_cpu_seconds(service.redis_url),
+        time.process_time(),
+        cpu_seconds(downstream.pid),
     )
+    idle = idle_cores()
     async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "http.request")
         if first:
@@ -133,16 +166,25 @@ async def batchd_run(
         (cpu_seconds(service.worker_pid) - cpu[0]) / count,
         (cpu_seconds(service.server_pid) - cpu[1]) / count,
         (redis_cpu_seconds(service.redis_url) - cpu[2]) / count,
+        (time.process_time() - cpu[3]) / count,
+        (cpu_seconds(downstream.pid) - cpu[4]) / count,
+        idle(),
     )
 
 
-def bare_run(base_url: str, count: int, concurrency: int, loop: str) -> tuple[float, float]:
-    """The bare script's requests/s and its process's CPU seconds per request, on the
-    event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's values)."""
-    cpu = time.process_time()
+def bare_run(downstream: LocalServer, count: int, concurrency: int, loop: str) -> BareRun:
+    """The bare script's run on the event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's
+    values)."""
+    cpu, downstream_cpu, idle = time.process_time(), cpu_seconds(downstream.pid), idle_cores()
+    base_url = f"http://127.0.0.1:{downstream.port}"
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         rate = runner.run(bare_requests_per_second(base_url, count, concurrency))
-    return rate, (time.process_time() - cpu) / count
+    return BareRun(
+        rate,
+        (time.process_time() - cpu) / count,
+        (cpu_seconds(downstream.pid) - downstream_cpu) / count,
+        idle(),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -171,23 +213,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # the local server this bench calls
     }
     options: dict[str, object] = {"chunk_size": args.chunk_size} if args.chunk_size else {}
-    bare: list[tuple[float, float]] = []
-    bare_uvloop: list[tuple[float, float]] = []
+    bare: list[BareRun] = []
+    bare_uvloop: list[BareRun] = []
     runs: list[Run] = []
-    with local_server("bench.http") as server_port, running_service(env=env) as service:
-        base_url = f"http://127.0.0.1:{server_port}"
+    with local_server("bench.http") as downstream, running_service(env=env) as service:
         for n in range(max(args.runs, 1)):
-            bare.append(bare_run(base_url, args.items, args.concurrency, "asyncio"))
-            bare_uvloop.append(bare_run(base_url, args.items, args.concurrency, "uvloop"))
-            run = batchd_run(service, base_url, args.items, options, n == 0, args.start_early)
+            bare.append(bare_run(downstream, args.items, args.concurrency, "asyncio"))
+            bare_uvloop.append(bare_run(downstream, args.items, args.concurrency, "uvloop"))
+            run = batchd_run(service, downstream, args.items, options, n == 0, args.start_early)
             runs.append(asyncio.run(run))
     median = statistics.median
     rate = median(r.measured.items_per_second for r in runs)
     run_rate = median(r.measured.run_items_per_second for r in runs)
-    bare_rate = median(b[0] for b in bare)
-    bare_uvloop_rate = median(b[0] for b in bare_uvloop)
-    worker_cpu, bare_cpu = median(r.worker_cpu for r in runs), median(b[1] for b in bare)
-    ratios = [r.measured.items_per_second / b[0] for r, b in zip(runs, bare, strict=True)]
+    bare_rate = median(b.rate for b in bare)
+    bare_uvloop_rate = median(b.rate for b in bare_uvloop)
+    worker_cpu, bare_cpu = median(r.worker_cpu for r in runs), median(b.cpu for b in bare)
+    total_cpu, bare_total_cpu = median(r.total_cpu for r in runs), median(b.total_cpu for b in bare)
+    ratios = [r.measured.items_per_second / b.rate for r, b in zip(runs, bare, strict=True)]
     report(
         {
             "items": args.items,
@@ -210,9 +252,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             "bare_uvloop_requests_per_second": bare_uvloop_rate,
             "ratio_to_bare_uvloop": rate / bare_uvloop_rate,
             "run_ratio_to_bare_uvloop": run_rate / bare_uvloop_rate,
-            "bare_uvloop_cpu_us_per_request": median(b[1] for b in bare_uvloop) * 1e6,
+            "bare_uvloop_cpu_us_per_request": median(b.cpu for b in bare_uvloop) * 1e6,
             "server_cpu_us_per_item": median(r.server_cpu for r in runs) * 1e6,
             "redis_cpu_us_per_item": median(r.redis_cpu for r in runs) * 1e6,
+            "client_cpu_us_per_item": median(r.client_cpu for r in runs) * 1e6,
+            # How each side shares the cores: the HTTP server's CPU, every process's
+            # together, and the cores left idle on average (0: the run was CPU-bound).
+            "downstream_cpu_us_per_item": median(r.downstream_cpu for r in runs) * 1e6,
+            "bare_downstream_cpu_us_per_request": median(b.downstream_cpu for b in bare) * 1e6,
+            "total_cpu_us_per_item": total_cpu * 1e6,
+            "bare_total_cpu_us_per_request": bare_total_cpu * 1e6,
+            # The ratio two CPU-bound runs would show: what the cores allow batchd.
+            "total_cpu_ratio_bare_to_batchd": bare_total_cpu / total_cpu,
+            "idle_cores": median(r.idle_cores for r in runs),
+            "bare_idle_cores": median(b.idle_cores for b in bare),
             **runs[0].measured.redis_figures(),
         },
         args.json,

@@ -9,14 +9,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from batchd.core.embedded_redis import free_port
 
 
+@dataclass(frozen=True)
+class LocalServer:
+    port: int
+    pid: int  # for its CPU: what the downstream's share of the cores was
+
+
 @contextlib.contextmanager
-def local_server(module: str, start_timeout: float = 15) -> Iterator[int]:
-    """`python -m <module> --serve PORT` on a free port, once it accepts connections: the
-    port. Terminated (SIGTERM) at the end."""
+def local_server(module: str, start_timeout: float = 15) -> Iterator[LocalServer]:
+    """`python -m <module> --serve PORT` on a free port, once it accepts connections.
+    Terminated (SIGTERM) at the end."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", module, "--serve", str(port)])
     try:
@@ -29,7 +36,7 @@ def local_server(module: str, start_timeout: float = 15) -> Iterator[int]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"the {module} server did not start") from None
                 time.sleep(0.05)
-        yield port
+        yield LocalServer(port, process.pid)
     finally:
         process.terminate()
         process.wait(30)

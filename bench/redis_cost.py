@@ -303,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "BATCHD_WORKER_CONCURRENCY": str(CONCURRENCY),
         "BATCHD_EGRESS_ALLOW": "127.0.0.1",  # the local server http.request calls
     }
-    with local_server("bench.http") as server_port, running_service(env=env) as service:
-        figures = asyncio.run(measure(service, args, f"http://127.0.0.1:{server_port}"))
+    with local_server("bench.http") as server, running_service(env=env) as service:
+        figures = asyncio.run(measure(service, args, f"http://127.0.0.1:{server.port}"))
     for workers in args.idle_workers:
         figures.update(asyncio.run(idle_pool(workers, args.idle_pool_seconds)))
     if args.primary_requests:

@@ -115,6 +115,24 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def idle_cores() -> Callable[[], float]:
+    """Starts a count of the machine's idle time (/proc/stat's first line, idle and
+    iowait); the function returned gives the cores idle on average since."""
+
+    def read() -> tuple[int, int]:
+        ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)
+
+    idle, total = read()
+    cores = os.cpu_count() or 1
+
+    def since() -> float:
+        now_idle, now_total = read()
+        return cores * (now_idle - idle) / max(now_total - total, 1)
+
+    return since
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far (/proc/<pid>/stat)."""
     # The command name (field 2) may hold spaces: count fields after its closing ")".

@@ -210,8 +210,19 @@ def test_http_small(tmp_path: Path) -> None:
         "ratio_to_bare",
         "run_items_per_second",
         "run_ratio_to_bare",
+        "downstream_cpu_us_per_item",
+        "bare_downstream_cpu_us_per_request",
+        "total_cpu_ratio_bare_to_batchd",
         *REDIS,
     )
+    # How the two share the cores: every process's CPU, summed (one run: no medians).
+    parts = ("worker", "server", "redis", "client", "downstream")
+    total = sum(result[f"{part}_cpu_us_per_item"] for part in parts)
+    assert result["total_cpu_us_per_item"] == pytest.approx(total)
+    bare = result["bare_cpu_us_per_request"] + result["bare_downstream_cpu_us_per_request"]
+    assert result["bare_total_cpu_us_per_request"] == pytest.approx(bare)
+    assert 0 <= result["idle_cores"] <= (os.cpu_count() or 1)
+    assert 0 <= result["bare_idle_cores"] <= (os.cpu_count() or 1)
 
 
 def test_submit_small(tmp_path: Path) -> None:
