@@ -68,6 +68,11 @@ SCENARIOS: list[tuple[Callable[[Sequence[str]], None], list[str], list[str]]] = 
     ),
     (http.main, ["--items", "10000"], ["--items", "200000"]),
     (
+        http.main,
+        ["--items", "20000", "--workers", "2", "--start-early"],
+        ["--items=20000", "--workers=2", "--start-early", "--runs=5"],
+    ),
+    (
         submit.main,
         ["--items", "100000", "--upload-items", "100000"],
         ["--items", "1000000", "--upload-items", "2000000"],

@@ -2,33 +2,39 @@
 asyncio + aiohttp script making the same requests at the same concurrency.
 
 The server runs in its own process (`--serve`, `bench.local_server`); it sleeps 5 ms and
-answers a short text. The baseline, in the benchmark's process, keeps `--concurrency`
-GETs in flight through one aiohttp session (reading each body, as the handler does), on
-asyncio's event loop and again on uvloop's (the workers' loop, BATCHD_WORKER_EVENT_LOOP);
-batchd runs the same requests as `http.request` items in one worker at
-BATCHD_WORKER_CONCURRENCY equal to it. Every process shares the machine's cores: the
-bare script (one process) with the HTTP server; batchd's worker with the HTTP server,
-Valkey, the batchd server and the benchmark's client (its upload, then its watch). The
-two alternate (`--runs`, each figure the median of the runs), each batchd run after a
+answers a short text. batchd runs the requests as `http.request` items in W worker
+processes (`--workers`, one unless said) at BATCHD_WORKER_CONCURRENCY C (`--concurrency`,
+100). The baseline, the bare script, runs in as many forked processes, sharing the
+requests, each keeping C GETs in flight through one aiohttp session (reading each body,
+as the handler does), on asyncio's event loop and again on uvloop's (the workers' loop,
+BATCHD_WORKER_EVENT_LOOP). Every process shares the machine's cores: the bare script's
+with the HTTP server; batchd's workers with the HTTP server, Valkey, the batchd server
+and the benchmark's client (its upload, then its watch). A tenth of the items first
+goes through each, not counted (the first run on a fresh server is the slowest). Then
+the two alternate (`--runs`, each figure the median of the runs), each batchd run after a
 run of the bare script while the service idles. Beside the rates, CPU per item: the
-worker's and the bare script's process's (the figure that holds on a busy machine, where
-rates swing), and the batchd server's and Valkey's. How each side shares the cores: the
-CPU per item of every process on it (the HTTP server's and the client's included) and
-their sum, the ratio of the two sums (the rates' ratio were both runs CPU-bound), and
-the cores left idle on average over each run. And Redis commands per item (INFO
-commandstats delta from the upload to the terminal snapshot) and memory per pending item
-(the growth of Redis's stored bytes, `bench.service.redis_stored_bytes`, over a second
-upload of the same items while the worker is paused, divided by N; that batch is then
-cancelled, none of its requests made), both of the first run.
+workers' and the bare script's processes', each side's together (the figure that holds
+on a busy machine, where rates swing), and the batchd server's and Valkey's. How each
+side shares the cores: the CPU per item of every process on it (the HTTP server's and
+the client's included) and their sum, the ratio of the two sums (the rates' ratio were
+both runs CPU-bound), and the cores left idle on average over each run. And Redis
+commands per item (INFO commandstats delta from the upload to the terminal snapshot) and
+memory per pending item (the growth of Redis's stored bytes,
+`bench.service.redis_stored_bytes`, over a second upload of the same items while the
+workers are paused, divided by N; that batch is then cancelled, none of its requests
+made), both of the first run.
 
     .venv/bin/python -m bench.http --items 200000   # a full run
     .venv/bin/python -m bench.http --items 20000 --runs 5
+    .venv/bin/python -m bench.http --items 20000 --workers 2 --start-early --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import resource
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -55,6 +61,8 @@ from bench.service import (
 )
 
 DELAY = 0.005  # the server's answer time
+# The bare script's forked processes start together this long after the pool is up.
+BARE_START_AHEAD = 0.3
 
 
 async def _answer(request: web.Request) -> web.Response:
@@ -133,11 +141,12 @@ async def batchd_run(
     options: dict[str, object],
     first: bool,
     start_early: bool = False,
+    workers: int = 1,
 ) -> Run:
     """The batch through the service; the Redis figures only on the `first` run."""
     base_url = f"http://127.0.0.1:{downstream.port}"
     cpu = (
-        cpu_seconds(service.worker_pid),
+        sum(cpu_seconds(pid) for pid in service.worker_pids),
         cpu_seconds(service.server_pid),
         redis_cpu_seconds(service.redis_url),
         time.process_time(),
@@ -145,7 +154,7 @@ async def batchd_run(
     )
     idle = idle_cores()
     async with AsyncClient(service.target) as client:
-        await wait_for_handler(client, "http.request")
+        await wait_for_handler(client, "http.request", workers)
         if first:
             measured = await upload_and_measure(
                 client,
@@ -163,7 +172,7 @@ async def batchd_run(
             measured = Measured(took, count / took, 0.0, 0.0, count / run_took)
     return Run(
         measured,
-        (cpu_seconds(service.worker_pid) - cpu[0]) / count,
+        (sum(cpu_seconds(pid) for pid in service.worker_pids) - cpu[0]) / count,
         (cpu_seconds(service.server_pid) - cpu[1]) / count,
         (redis_cpu_seconds(service.redis_url) - cpu[2]) / count,
         (time.process_time() - cpu[3]) / count,
@@ -172,25 +181,57 @@ async def batchd_run(
     )
 
 
-def bare_run(downstream: LocalServer, count: int, concurrency: int, loop: str) -> BareRun:
-    """The bare script's run on the event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's
-    values)."""
-    cpu, downstream_cpu, idle = time.process_time(), cpu_seconds(downstream.pid), idle_cores()
-    base_url = f"http://127.0.0.1:{downstream.port}"
+def _bare_process(base_url: str, count: int, concurrency: int, start_at: float, loop: str) -> float:
+    """One process of `bare_run`: waits for `start_at` (time.time()), makes its requests,
+    returns when it ended (time.time())."""
+    time.sleep(max(start_at - time.time(), 0))
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-        rate = runner.run(bare_requests_per_second(base_url, count, concurrency))
+        runner.run(bare_requests_per_second(base_url, count, concurrency))
+    return time.time()
+
+
+def bare_run(
+    downstream: LocalServer, count: int, concurrency: int, loop: str, processes: int = 1
+) -> BareRun:
+    """The bare script in `processes` forked processes sharing `count` requests, each
+    keeping `concurrency` in flight on the event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's
+    values): requests/s from their common start to the last one's end, their CPU (start-up
+    included, a few milliseconds) and the HTTP server's."""
+    base_url = f"http://127.0.0.1:{downstream.port}"
+    shares = [count // processes + (i < count % processes) for i in range(processes)]
+    cpu, downstream_cpu = _children_cpu(), cpu_seconds(downstream.pid)
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        start_at = time.time() + BARE_START_AHEAD
+        ending = pool.starmap_async(
+            _bare_process, [(base_url, share, concurrency, start_at, loop) for share in shares]
+        )
+        time.sleep(max(start_at - time.time(), 0))
+        idle = idle_cores()
+        ends = ending.get()
+        idle_during = idle()
     return BareRun(
-        rate,
-        (time.process_time() - cpu) / count,
+        count / (max(ends) - start_at),
+        (_children_cpu() - cpu) / count,
         (cpu_seconds(downstream.pid) - downstream_cpu) / count,
-        idle(),
+        idle_during,
     )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=100, help="per worker process")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (and as many processes of the bare script)",
+    )
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="the batch's chunk_size (0: the handler's)"
     )
@@ -216,11 +257,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     bare: list[BareRun] = []
     bare_uvloop: list[BareRun] = []
     runs: list[Run] = []
-    with local_server("bench.http") as downstream, running_service(env=env) as service:
+    count, concurrency, workers, early = (
+        args.items,
+        args.concurrency,
+        args.workers,
+        args.start_early,
+    )
+    with (
+        local_server("bench.http") as downstream,
+        running_service(workers=workers, env=env) as service,
+    ):
+        # Each side's first run on a fresh HTTP server and service is its slowest: a
+        # tenth of the items through each, not counted.
+        warm_up = max(count // 10, 100)
+        bare_run(downstream, warm_up, concurrency, "asyncio", workers)
+        asyncio.run(batchd_run(service, downstream, warm_up, options, False, early, workers))
         for n in range(max(args.runs, 1)):
-            bare.append(bare_run(downstream, args.items, args.concurrency, "asyncio"))
-            bare_uvloop.append(bare_run(downstream, args.items, args.concurrency, "uvloop"))
-            run = batchd_run(service, downstream, args.items, options, n == 0, args.start_early)
+            bare.append(bare_run(downstream, count, concurrency, "asyncio", workers))
+            bare_uvloop.append(bare_run(downstream, count, concurrency, "uvloop", workers))
+            run = batchd_run(service, downstream, count, options, n == 0, early, workers)
             runs.append(asyncio.run(run))
     median = statistics.median
     rate = median(r.measured.items_per_second for r in runs)
@@ -233,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report(
         {
             "items": args.items,
+            "workers": args.workers,
             "concurrency": args.concurrency,
             "runs": len(runs),
             "start_early": int(args.start_early),

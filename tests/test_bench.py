@@ -225,6 +225,19 @@ def test_http_small(tmp_path: Path) -> None:
     assert 0 <= result["bare_idle_cores"] <= (os.cpu_count() or 1)
 
 
+def test_http_two_workers_small(tmp_path: Path) -> None:
+    """Two workers against the bare script in two processes: each side's CPU counts both."""
+    result = run_bench(tmp_path, "http", "--items", "1000", "--workers", "2", "--start-early")
+    assert result["workers"] == 2
+    assert_positive(
+        result,
+        "ratio_to_bare",
+        "worker_cpu_us_per_item",
+        "bare_cpu_us_per_request",
+        "total_cpu_ratio_bare_to_batchd",
+    )
+
+
 def test_submit_small(tmp_path: Path) -> None:
     result = run_bench(
         tmp_path, "submit", "--items", "4000", "--upload-items", "4000", "--per-message", "1000"
