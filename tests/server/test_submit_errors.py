@@ -13,6 +13,8 @@ from support.rich_status import violations
 
 from batchd.core.domain import BatchOptions, HandlerSpec
 from batchd.core.store import BatchStore
+from batchd.worker.handlers import http_request_handler
+from batchd.worker.registry import specs
 from batchd.v1 import batch_pb2, batch_service_pb2
 
 if TYPE_CHECKING:
@@ -74,6 +76,32 @@ async def test_invalid_submit_names_the_field(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in violations(error), violations(error)
     assert not [k async for k in store.redis.scan_iter(match=f"*{batch_id}*")]
+
+
+async def test_http_request_takes_json_or_body_not_both(stub: Stub, store: BatchStore) -> None:
+    await store.publish_worker(
+        f"test-{uuid.uuid4().hex}", specs({"http.request": http_request_handler()}), ttl=3600
+    )
+    url = "http://127.0.0.1:1/"
+
+    def item(**params: Any) -> batch_pb2.Item:
+        return batch_pb2.Item(
+            custom_id="a", params_json=json.dumps({"url": url, **params}).encode()
+        )
+
+    error = await submit_error(
+        stub, handler="http.request", items=[item(json={"a": 1}, body="text")]
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(violations(error)) == ["items[0].params.body"]
+    for params in ({"json": {"a": 1}}, {"body": "text"}, {}):
+        request = batch_service_pb2.SubmitBatchRequest(
+            handler="http.request", items=[item(**params)]
+        )
+        submitted = await stub.SubmitBatch(request)
+        await stub.CancelBatch(
+            batch_service_pb2.CancelBatchRequest(batch_id=submitted.batch.batch_id)
+        )
 
 
 async def test_struct_params_are_validated_like_json(stub: Stub) -> None:

@@ -88,7 +88,10 @@ PARAMS_SCHEMA: dict[str, Any] = {
     },
     "required": ["url"],
     "additionalProperties": False,
-    "not": {"required": ["json", "body"]},
+    # json and body exclude each other. Not as `"not": {"required": [...]}`: a compiled
+    # validator checks that by failing the inner schema, raising and catching an exception
+    # for every item that is fine (2 of the server's 9 us per item of an upload).
+    "dependencies": {"json": {"properties": {"body": False}}},
 }
 
 _PERMANENT_CODES: dict[int, Code] = {
