@@ -13,9 +13,9 @@ from support.rich_status import violations
 
 from batchd.core.domain import BatchOptions, HandlerSpec
 from batchd.core.store import BatchStore
+from batchd.v1 import batch_pb2, batch_service_pb2
 from batchd.worker.handlers import http_request_handler
 from batchd.worker.registry import specs
-from batchd.v1 import batch_pb2, batch_service_pb2
 
 if TYPE_CHECKING:
     from batchd.v1.batch_service_pb2_grpc import BatchServiceAsyncStub as Stub
