@@ -21,6 +21,9 @@ async def http_base() -> AsyncIterator[str]:
     /slow                   answers only when the session ends
     /large                  200, "a" + "é" * 40,000 (80,001 bytes of UTF-8)
     /json                   200, {"ok": true}
+    /charset/<name>         200, "héllo" in Content-Type's charset <name>; ?utf8=1: in
+                            UTF-8 whatever the charset says; ?large=1: after 70,000
+                            "a"s (past the handler's cut)
     """
     tries: dict[str, int] = {}
     ends = asyncio.Event()
@@ -58,8 +61,15 @@ async def http_base() -> AsyncIterator[str]:
     async def json_reply(request: web.Request) -> web.Response:
         return web.Response(text=json.dumps({"ok": True}), content_type="application/json")
 
+    async def charset(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        text = "a" * 70_000 + "héllo" if request.query.get("large") == "1" else "héllo"
+        body = text.encode("utf-8" if request.query.get("utf8") == "1" else name)
+        return web.Response(body=body, headers={"Content-Type": f"text/plain; charset={name}"})
+
     app = web.Application()
     app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/charset/{name}", charset)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/flaky", flaky)
     app.router.add_get("/slow", slow)

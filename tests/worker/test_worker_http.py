@@ -132,6 +132,29 @@ async def test_large_bodies_are_cut(http: Handler, http_base: str) -> None:
     assert len(out["body"].encode()) > BODY_LIMIT - 4
 
 
+@pytest.mark.parametrize("charset", ["utf-8", "latin-1", "utf-16"])
+async def test_bodies_are_decoded_in_their_charset(
+    http: Handler, http_base: str, charset: str
+) -> None:
+    out = await _call(http, url=f"{http_base}/charset/{charset}")
+    assert out["body"] == "héllo"
+
+
+@pytest.mark.parametrize("charset", ["no-such-charset", "base64", "rot13", "idna"])
+@pytest.mark.parametrize("large", [False, True])
+async def test_a_charset_that_is_no_text_encoding_reads_as_utf8(
+    http: Handler, http_base: str, charset: str, large: bool
+) -> None:
+    """A server's charset names no codec, one that is not bytes to text, or one that
+    refuses to replace bad bytes (idna): the body reads as UTF-8; the item succeeds."""
+    out = await _call(http, url=f"{http_base}/charset/{charset}?utf8=1&large={int(large)}")
+    assert out["body_truncated"] is large
+    if large:
+        assert out["body"] == "a" * BODY_LIMIT
+    else:
+        assert out["body"] == "héllo"
+
+
 async def test_pool_is_sized_to_the_worker(http: Handler) -> None:
     session = http.run.__self__._session  # type: ignore[attr-defined]
     assert session.connector.limit == 3

@@ -131,7 +131,7 @@ class _HttpRequest:
                 str(params.get("method", "GET")),
                 str(params["url"]),
                 headers=params.get("headers"),
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=_client_timeout(timeout),
                 max_redirects=MAX_REDIRECTS,
                 **body,
             ) as response:
@@ -201,6 +201,22 @@ def _origin_key(origin: str) -> str | None:
 # Origins whose keys host_key remembers at most (then it forgets them all).
 ORIGINS_KEPT = 10_000
 _ORIGIN_KEYS: dict[str, str | None] = {}
+
+
+def _client_timeout(total: float) -> aiohttp.ClientTimeout:
+    """The (frozen, shareable) ClientTimeout of `total` seconds: one per distinct timeout
+    rather than one per request."""
+    timeout = _TIMEOUTS.get(total)
+    if timeout is None:
+        if len(_TIMEOUTS) >= TIMEOUTS_KEPT:
+            _TIMEOUTS.clear()
+        timeout = _TIMEOUTS[total] = aiohttp.ClientTimeout(total=total)
+    return timeout
+
+
+# Distinct timeouts _client_timeout keeps at most (then it forgets them all).
+TIMEOUTS_KEPT = 64
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
 
 
 def client_error(
@@ -277,20 +293,34 @@ async def _read_text(response: aiohttp.ClientResponse) -> tuple[str, bool]:
     length = response.content_length
     if length is not None and length <= BODY_LIMIT:
         # Small, and said so: in one read (reading in chunks cost a tenth of the handler).
-        raw, truncated = await response.read(), False
-    else:
-        parts: list[bytes] = []
-        size = 0
-        async for data in response.content.iter_chunked(BODY_LIMIT):
-            parts.append(data)
-            size += len(data)
-            if size > BODY_LIMIT:
-                break
-        raw = b"".join(parts)
-        truncated = len(raw) > BODY_LIMIT
-    try:
-        decoder = codecs.getincrementaldecoder(response.charset or "utf-8")(errors="replace")
-    except LookupError:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return _decode(await response.read(), response.charset, final=True), False
+    parts: list[bytes] = []
+    size = 0
+    async for data in response.content.iter_chunked(BODY_LIMIT):
+        parts.append(data)
+        size += len(data)
+        if size > BODY_LIMIT:
+            break
+    raw = b"".join(parts)
+    truncated = len(raw) > BODY_LIMIT
     # Not final when cut: a character split at the limit is dropped, not garbled.
-    return decoder.decode(raw[:BODY_LIMIT], final=not truncated), truncated
+    return _decode(raw[:BODY_LIMIT], response.charset, final=not truncated), truncated
+
+
+def _decode(raw: bytes, charset: str | None, *, final: bool) -> str:
+    """`raw` as text in the response's `charset`, bad bytes replaced; as UTF-8 when the
+    charset names no codec, one that is not a text encoding (base64) or one that refuses
+    to replace (idna). Not `final`: an incomplete character at the end is dropped."""
+    try:
+        return _decode_as(raw, charset or "utf-8", final)
+    except (LookupError, UnicodeError):
+        return _decode_as(raw, "utf-8", final)
+
+
+def _decode_as(raw: bytes, codec: str, final: bool) -> str:
+    if final:  # bytes.decode: an incremental decoder, looked up and built per response,
+        return raw.decode(codec, errors="replace")  # cost a twentieth of the handler
+    # As bytes.decode does, refuse a codec that is no text encoding or will not replace
+    # (an incremental decoder would hand back bytes, or fail an assertion).
+    b" ".decode(codec, errors="replace")
+    return codecs.getincrementaldecoder(codec)(errors="replace").decode(raw, final=False)
