@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -216,10 +217,13 @@ async def test_admission_limits_refuse_with_retry_and_quota_details(redis_url: s
         assert subjects == ["max_batch_items"]
         assert await keys_of(svc, request.batch_id) == []
 
-        # 50 pending (paused, so they stay pending), then an upload that would pass 100:
-        # refused as its chunks stage, and nothing of it is kept.
-        held = await client.submit("test.starts", items(50), options={"chunk_size": 10})
-        await client.pause(held.batch.batch_id)
+        # 50 pending (scheduled an hour ahead: admitted now, none of them run), then an
+        # upload that would pass 100: refused as its chunks stage, and nothing of it is
+        # kept. (Paused after its submit instead, the batch could finish items first.)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        held = await client.submit(
+            "test.starts", items(50), options={"chunk_size": 10}, start_time=later
+        )
         upload_id = "too-many-" + uuid.uuid4().hex[:8]
         with pytest.raises(BatchdError) as exhausted:
             await client.upload(
