@@ -143,16 +143,25 @@ async def batchd_run(
     start_early: bool = False,
     workers: int = 1,
 ) -> Run:
-    """The batch through the service; the Redis figures only on the `first` run."""
+    """The batch through the service; the Redis figures only on the `first` run (its CPU
+    figures are read before the second upload those take)."""
     base_url = f"http://127.0.0.1:{downstream.port}"
-    cpu = (
-        sum(cpu_seconds(pid) for pid in service.worker_pids),
-        cpu_seconds(service.server_pid),
-        redis_cpu_seconds(service.redis_url),
-        time.process_time(),
-        cpu_seconds(downstream.pid),
-    )
-    idle = idle_cores()
+
+    def spent() -> tuple[float, ...]:  # in Run's order
+        return (
+            sum(cpu_seconds(pid) for pid in service.worker_pids),
+            cpu_seconds(service.server_pid),
+            redis_cpu_seconds(service.redis_url),
+            time.process_time(),
+            cpu_seconds(downstream.pid),
+        )
+
+    before, idle = spent(), idle_cores()
+    after: list[tuple[tuple[float, ...], float]] = []
+
+    def watched() -> None:
+        after.append((spent(), idle()))
+
     async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "http.request", workers)
         if first:
@@ -164,21 +173,19 @@ async def batchd_run(
                 count,
                 options,
                 start_early,
+                watched,
             )
         else:
             took, run_took = await upload_and_watch(
                 client, "http.request", items(count, base_url), count, options, start_early
             )
+            watched()
             measured = Measured(took, count / took, 0.0, 0.0, count / run_took)
-    return Run(
-        measured,
-        (sum(cpu_seconds(pid) for pid in service.worker_pids) - cpu[0]) / count,
-        (cpu_seconds(service.server_pid) - cpu[1]) / count,
-        (redis_cpu_seconds(service.redis_url) - cpu[2]) / count,
-        (time.process_time() - cpu[3]) / count,
-        (cpu_seconds(downstream.pid) - cpu[4]) / count,
-        idle(),
+    ((end, idle_during),) = after
+    worker, server, redis, client_cpu, downstream_cpu = (
+        (e - b) / count for e, b in zip(end, before, strict=True)
     )
+    return Run(measured, worker, server, redis, client_cpu, downstream_cpu, idle_during)
 
 
 def _bare_process(base_url: str, count: int, concurrency: int, start_at: float, loop: str) -> float:

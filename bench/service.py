@@ -256,15 +256,19 @@ async def upload_and_measure(
     client: AsyncClient, service: Service, handler: str,
     items: Callable[[], Iterable[ItemLike]], count: int,
     options: Mapping[str, object] | None = None, start_early: bool = False,
+    watched: Callable[[], object] | None = None,
 ) -> Measured:  # fmt: skip
     """`upload_and_watch` of `items()` with Redis commands per item over it (INFO
     commandstats: the upload, the workers, the client's watch and the heartbeats), then
     Redis memory per pending item on a second upload of `items()` that no worker takes
-    (`redis_bytes_per_pending_item`)."""
+    (`redis_bytes_per_pending_item`). `watched` is called in between: a scenario reads
+    its CPU figures there, so that they are of the batch alone."""
     before = redis_commands(service.redis_url)
     seconds, run_seconds = await upload_and_watch(
         client, handler, items(), count, options, start_early
     )
     commands = redis_commands(service.redis_url) - before
+    if watched is not None:
+        watched()
     pending = await redis_bytes_per_pending_item(client, service, handler, items(), count, options)
     return Measured(seconds, count / seconds, commands / count, pending, count / run_seconds)

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import resource
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from batchd.client import AsyncClient
@@ -65,12 +66,21 @@ async def run(
     chunk_size: int,
     workers: int = 1,
     start_early: bool = False,
+    watched: Callable[[], object] | None = None,
 ) -> Measured:
+    """The batch with the Redis figures; `watched` as `upload_and_measure`'s."""
     options = {"chunk_size": chunk_size} if chunk_size else {}
     async with AsyncClient(service.target) as client:
         await wait_for_handler(client, "sleep", workers)
         return await upload_and_measure(
-            client, service, "sleep", lambda: items(count, seconds), count, options, start_early
+            client,
+            service,
+            "sleep",
+            lambda: items(count, seconds),
+            count,
+            options,
+            start_early,
+            watched,
         )
 
 
@@ -140,6 +150,10 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _append_cpu(into: list[tuple[float, float, float]], service: Service) -> None:
+    into.append(service_cpu(service))
+
+
 def service_cpu(service: Service) -> tuple[float, float, float]:
     """CPU seconds so far of the service's workers (together), server and Valkey."""
     workers = sum(cpu_seconds(pid) for pid in service.worker_pids)
@@ -186,15 +200,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                 bare_loops(args.items, args.seconds, args.concurrency, args.workers, "uvloop")
             )
             early = args.start_early
-            if n == 0:
+            before = service_cpu(service)
+            ends: list[tuple[float, float, float]] = []
+            if n == 0:  # its CPU figures read before the second upload its Redis ones take
                 measure = run(
-                    args.items, args.seconds, service, args.chunk_size, args.workers, early
+                    args.items,
+                    args.seconds,
+                    service,
+                    args.chunk_size,
+                    args.workers,
+                    early,
+                    functools.partial(_append_cpu, ends, service),
                 )
             else:
                 measure = run_again(args.items, args.seconds, service, args.chunk_size, early)
-            before = service_cpu(service)
             runs.append(asyncio.run(measure))
-            after = service_cpu(service)
+            after = ends[0] if ends else service_cpu(service)
             cpu.append(tuple((b - a) / args.items for a, b in zip(before, after, strict=True)))
     rate = statistics.median(m.items_per_second for m in runs)
     run_rate = statistics.median(m.run_items_per_second for m in runs)
