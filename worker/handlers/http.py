@@ -88,9 +88,9 @@ PARAMS_SCHEMA: dict[str, Any] = {
     },
     "required": ["url"],
     "additionalProperties": False,
-    # json and body exclude each other. Not as `"not": {"required": [...]}`: a compiled
-    # validator checks that by failing the inner schema, raising and catching an exception
-    # for every item that is fine (2 of the server's 9 us per item of an upload).
+    # json and body exclude each other, said so that the validator looks only when json
+    # is there: a compiled `"not": {"required": [...]}` fails its inner schema, raising
+    # and catching an exception, for every item that is fine.
     "dependencies": {"json": {"properties": {"body": False}}},
 }
 
@@ -318,8 +318,8 @@ def _decode(raw: bytes, charset: str | None, *, final: bool) -> str:
 
 
 def _decode_as(raw: bytes, codec: str, final: bool) -> str:
-    if final:  # bytes.decode: an incremental decoder, looked up and built per response,
-        return raw.decode(codec, errors="replace")  # cost a twentieth of the handler
+    if final:  # not an incremental decoder, looked up and built per response: it showed
+        return raw.decode(codec, errors="replace")  # in the handler's profile
     # As bytes.decode does, refuse a codec that is no text encoding or will not replace
     # (an incremental decoder would hand back bytes, or fail an assertion).
     b" ".decode(codec, errors="replace")
