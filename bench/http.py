@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import resource
+import functools
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +44,6 @@ import aiohttp
 from aiohttp import web
 
 from batchd.client import AsyncClient
-from batchd.worker.main import loop_factory
 from bench.local_server import LocalServer, local_server
 from bench.service import (
     Measured,
@@ -54,15 +52,15 @@ from bench.service import (
     idle_cores,
     redis_cpu_seconds,
     report,
+    run_forked,
     running_service,
+    shares,
     upload_and_measure,
     upload_and_watch,
     wait_for_handler,
 )
 
 DELAY = 0.005  # the server's answer time
-# The bare script's forked processes start together this long after the pool is up.
-BARE_START_AHEAD = 0.3
 
 
 async def _answer(request: web.Request) -> web.Response:
@@ -188,45 +186,25 @@ async def batchd_run(
     return Run(measured, worker, server, redis, client_cpu, downstream_cpu, idle_during)
 
 
-def _bare_process(base_url: str, count: int, concurrency: int, start_at: float, loop: str) -> float:
-    """One process of `bare_run`: waits for `start_at` (time.time()), makes its requests,
-    returns when it ended (time.time())."""
-    time.sleep(max(start_at - time.time(), 0))
-    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-        runner.run(bare_requests_per_second(base_url, count, concurrency))
-    return time.time()
-
-
 def bare_run(
     downstream: LocalServer, count: int, concurrency: int, loop: str, processes: int = 1
 ) -> BareRun:
     """The bare script in `processes` forked processes sharing `count` requests, each
-    keeping `concurrency` in flight on the event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's
-    values): requests/s from their common start to the last one's end, their CPU (start-up
-    included, a few milliseconds) and the HTTP server's."""
+    keeping `concurrency` in flight, on the event loop `loop` names (`run_forked`), and
+    the HTTP server's CPU meanwhile."""
     base_url = f"http://127.0.0.1:{downstream.port}"
-    shares = [count // processes + (i < count % processes) for i in range(processes)]
-    cpu, downstream_cpu = _children_cpu(), cpu_seconds(downstream.pid)
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        start_at = time.time() + BARE_START_AHEAD
-        ending = pool.starmap_async(
-            _bare_process, [(base_url, share, concurrency, start_at, loop) for share in shares]
-        )
-        time.sleep(max(start_at - time.time(), 0))
-        idle = idle_cores()
-        ends = ending.get()
-        idle_during = idle()
+    downstream_cpu = cpu_seconds(downstream.pid)
+    works = [
+        functools.partial(bare_requests_per_second, base_url, share, concurrency)
+        for share in shares(count, processes)
+    ]
+    forked = run_forked(works, loop)
     return BareRun(
-        count / (max(ends) - start_at),
-        (_children_cpu() - cpu) / count,
+        count / forked.seconds,
+        forked.cpu_seconds / count,
         (cpu_seconds(downstream.pid) - downstream_cpu) / count,
-        idle_during,
+        forked.idle_cores,
     )
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
+import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from redis import Redis as SyncRedis
 
 from batchd.client import AsyncClient, BatchState, ItemLike
 from batchd.core.embedded_redis import EmbeddedRedis, free_port
+from batchd.worker.main import loop_factory
 
 T = TypeVar("T")
 
@@ -131,6 +134,54 @@ def idle_cores() -> Callable[[], float]:
         return cores * (now_idle - idle) / max(now_total - total, 1)
 
     return since
+
+
+# Forked baseline processes start together this long after their pool is up.
+FORK_START_AHEAD = 0.3
+
+
+@dataclass(frozen=True)
+class Forked:
+    """A `run_forked`: from the common start to the last process's end, the processes'
+    CPU (start-up included, a few milliseconds), and the cores left idle meanwhile."""
+
+    seconds: float
+    cpu_seconds: float
+    idle_cores: float
+
+
+def run_forked(works: Sequence[Callable[[], Coroutine[Any, Any, object]]], loop: str) -> Forked:
+    """Each of `works` (picklable: a module function or a partial of one) in a forked
+    process of its own, on the event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's
+    values), all starting at once: a baseline split over processes as the workers are."""
+    cpu = _children_cpu()
+    with multiprocessing.get_context("fork").Pool(len(works)) as pool:
+        start_at = time.time() + FORK_START_AHEAD
+        ending = pool.starmap_async(_run_at, [(work, start_at, loop) for work in works])
+        time.sleep(max(start_at - time.time(), 0))
+        idle = idle_cores()
+        ends = ending.get()
+        idle_during = idle()
+    return Forked(max(ends) - start_at, _children_cpu() - cpu, idle_during)
+
+
+def _run_at(work: Callable[[], Coroutine[Any, Any, object]], start_at: float, loop: str) -> float:
+    """One process of `run_forked`: waits for `start_at` (time.time()), runs `work`,
+    returns when it ended (time.time())."""
+    time.sleep(max(start_at - time.time(), 0))
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(work())
+    return time.time()
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def shares(count: int, parts: int) -> list[int]:
+    """`count` split into `parts` near-equal shares."""
+    return [count // parts + (i < count % parts) for i in range(parts)]
 
 
 def cpu_seconds(pid: int) -> float:

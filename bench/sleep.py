@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import multiprocessing
-import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,22 +34,19 @@ from batchd.client import AsyncClient
 from batchd.core.logs import get_logger
 from batchd.worker.handler import ItemContext
 from batchd.worker.handlers import sleep_handler
-from batchd.worker.main import loop_factory
 from bench.service import (
     Measured,
     Service,
     cpu_seconds,
     redis_cpu_seconds,
     report,
+    run_forked,
     running_service,
+    shares,
     upload_and_measure,
     upload_and_watch,
     wait_for_handler,
 )
-
-# Bare-loop processes start this long before their common start time: a fork and its
-# first steps are not part of the loop's time.
-BARE_START_AHEAD = 0.3
 
 
 def items(count: int, seconds: float) -> Iterator[tuple[str, dict[str, object]]]:
@@ -117,37 +112,18 @@ async def _consume_all(count: int, seconds: float, concurrency: int) -> None:
             group.create_task(consume())
 
 
-def _bare_process(
-    count: int, seconds: float, concurrency: int, start_at: float, loop: str
-) -> float:
-    """One process of `bare_loops`: waits for `start_at` (time.time()), runs its items,
-    returns when it ended (time.time())."""
-    time.sleep(max(start_at - time.time(), 0))
-    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-        runner.run(_consume_all(count, seconds, concurrency))
-    return time.time()
-
-
 def bare_loops(
     count: int, seconds: float, concurrency: int, processes: int, loop: str = "asyncio"
 ) -> tuple[float, float]:
     """Items/s of `processes` forked processes sharing `count` items, each with
-    `concurrency` coroutines on the event loop `loop` names (BATCHD_WORKER_EVENT_LOOP's
-    values), from their common start to the last one's end; and their CPU seconds per
-    item (start-up included, a few milliseconds)."""
-    shares = [count // processes + (i < count % processes) for i in range(processes)]
-    before = _children_cpu()
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        start_at = time.time() + BARE_START_AHEAD
-        ends = pool.starmap(
-            _bare_process, [(share, seconds, concurrency, start_at, loop) for share in shares]
-        )
-    return count / (max(ends) - start_at), (_children_cpu() - before) / count
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    `concurrency` coroutines, on the event loop `loop` names (`run_forked`), from their
+    common start to the last one's end; and their CPU seconds per item."""
+    works = [
+        functools.partial(_consume_all, share, seconds, concurrency)
+        for share in shares(count, processes)
+    ]
+    forked = run_forked(works, loop)
+    return count / forked.seconds, forked.cpu_seconds / count
 
 
 def _append_cpu(into: list[tuple[float, float, float]], service: Service) -> None:
