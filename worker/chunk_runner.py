@@ -275,6 +275,7 @@ class _ChunkRun:
         self._started = 0
         self._live = 0
         self._idle = 0
+        self._fresh = 0  # started and not yet run (`_unclaimed_slots`)
         self._task: asyncio.Task[Any] | None = None  # the job's, which runs the run
         # Consumers running an item, and those of them told to abandon it (the lease
         # went stale: `_abandon_when_stale`).
@@ -375,6 +376,7 @@ class _ChunkRun:
             self._started += 1
             self._live += 1
             self._idle += 1
+            self._fresh += 1
             consume = self._consume() if self.block_size == 1 else self._consume_blocks()
             self._consumers.create_task(consume, name=f"consumer {self._started}")
         return count
@@ -382,15 +384,28 @@ class _ChunkRun:
     def _grow(self) -> None:
         """Called as a consumer starts an item while every consumer runs one and items
         wait: doubles the consumers, up to the free worker slots (a 500-slot worker
-        fills them in 9 steps)."""
-        free = -(-self.runtime.in_flight.free // self.block_size)
-        self._spawn(min(self._started, free))
+        fills them in 9 steps) that no idle consumer will take."""
+        free = self._unclaimed_slots()
+        if free > 0:
+            self._spawn(min(self._started, -(-free // self.block_size)))
+
+    def _unclaimed_slots(self) -> int:
+        """Free worker slots less the consumers of every run started and not yet run,
+        each of which takes one as it first runs: what a new consumer could run with at
+        once. A consumer more than that waits in the slots' line, and then every slot
+        freed goes to a waiter, every consumer that freed one waiting in turn: a
+        hand-over and a wait per item where, with no waiters, a consumer takes back its
+        own slot."""
+        free = self.runtime.in_flight.free
+        if free <= 0:
+            return 0
+        return free - sum(run._fresh for run in self.runtime.runs)
 
     def _hand_on_slots(self) -> None:
         """Called as a consumer leaves for want of items: the worker slots left free,
         which nobody waits for, go to other runs' queued items now (oldest run first),
         not when one of their consumers next starts an item and grows its pool."""
-        free = self.runtime.in_flight.free
+        free = self._unclaimed_slots()
         if free <= 0:
             return
         for run in self.runtime.runs:
@@ -409,6 +424,7 @@ class _ChunkRun:
         running, abandoning = self._running, self._abandoning
         me = asyncio.current_task()
         assert me is not None
+        self._fresh -= 1
         since_yield = 0
         while True:
             # A handler that never awaits would otherwise starve flushes and renewals;
@@ -490,6 +506,7 @@ class _ChunkRun:
         me = asyncio.current_task()
         assert handler is not None
         assert me is not None
+        self._fresh -= 1
         since_yield = 0
         while True:
             if since_yield >= YIELD_EVERY:

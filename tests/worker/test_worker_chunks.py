@@ -566,6 +566,33 @@ async def test_a_chunk_of_slow_items_fills_every_worker_slot(redis: Redis, redis
     assert (await store.get_batch(batch_id)).counts.succeeded == 500
 
 
+async def test_chunks_sharing_the_slots_start_no_more_consumers_than_slots(
+    redis: Redis, redis_url: str
+) -> None:
+    # Four chunks grow their consumers at once over the worker's 20 slots. A consumer
+    # beyond the slots waits in their line, and then every slot freed goes to a waiter
+    # while the consumer that freed it waits in turn: a hand-over per item. Only a run's
+    # first consumer may wait (its run has no slot yet).
+    settings = settings_for(redis_url, worker_concurrency=20, worker_max_chunks=4)
+    store = store_for(redis, settings)
+    most_consumers = 0
+
+    async def brief(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        nonlocal most_consumers
+        consumers = sum(t.get_name().startswith("consumer ") for t in asyncio.all_tasks())
+        most_consumers = max(most_consumers, consumers)
+        await asyncio.sleep(0.002)  # the item's work
+        return {}
+
+    options = BatchOptions(chunk_size=80)
+    batch_ids = [await submit(store, "test.brief", [{}] * 80, options=options) for _ in range(4)]
+    async with asyncio.timeout(30):
+        await run_burst(settings, [Handler(name="test.brief", run=brief)])
+    assert most_consumers <= 20 + 4
+    for batch_id in batch_ids:
+        assert (await store.get_batch(batch_id)).counts.succeeded == 80
+
+
 async def test_items_that_never_wait_need_no_pool_of_consumers(
     redis: Redis, redis_url: str
 ) -> None:
