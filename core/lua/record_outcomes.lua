@@ -114,9 +114,12 @@ if is_claimed(claimed) or claimed == 'd' then
     if state == CANCELLING then
       redis.call('HINCRBY', META, 'n_cancel', close_chunk(n, first, len, CANCELLED, true))
     else
-      local settled = settled_set(n)
-      for l = 0, len - 1 do -- handed back: runs again with the next claim
-        if not settled[l] then redis.call('ZADD', w, NOW, l) end
+      -- Most releases leave nothing: every item has its record.
+      if redis.call('HLEN', o) < len then
+        local settled = settled_set(n)
+        for l = 0, len - 1 do -- handed back: runs again with the next claim
+          if not settled[l] then redis.call('ZADD', w, NOW, l) end
+        end
       end
       set_running(n, 0)
     end
