@@ -101,15 +101,18 @@ if state == QUEUED then
 end
 
 local attempts = {}
-local indexes = {}
-for i, l in ipairs(runnable) do indexes[i] = first + l end
-in_slices(indexes, 1000, function(slice)
-  local found = redis.call('HMGET', ATTEMPTS, unpack(slice))
-  for i, raw in ipairs(found) do
-    if raw then
-      attempts[#attempts + 1] = slice[i]
-      attempts[#attempts + 1] = raw
+-- Most batches have no item waiting for another attempt: nothing to look up then.
+if redis.call('HLEN', ATTEMPTS) > 0 then
+  local indexes = {}
+  for i, l in ipairs(runnable) do indexes[i] = first + l end
+  in_slices(indexes, 1000, function(slice)
+    local found = redis.call('HMGET', ATTEMPTS, unpack(slice))
+    for i, raw in ipairs(found) do
+      if raw then
+        attempts[#attempts + 1] = slice[i]
+        attempts[#attempts + 1] = raw
+      end
     end
-  end
-end)
+  end)
+end
 return {items, m[2], m[3], m[4], runnable, attempts, n, m[6]}
