@@ -72,6 +72,11 @@ class Scripts:
         self.hold_slots = per_batch("hold_slots.lua")
 
 
+def start_job_script(redis: Redis) -> AsyncScript:
+    """`start_job.lua` on `redis`: how a worker starts an ARQ job (batchd.worker.arq_worker)."""
+    return redis.register_script(_source("start_job.lua"))
+
+
 @dataclass(frozen=True)
 class BatchScope:
     """What every per-batch script is called with (the header of core/lua/_batch.lua).

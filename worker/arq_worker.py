@@ -1,6 +1,6 @@
 """batchd's ARQ worker: the one module that subclasses `arq.Worker` (arq 0.28).
 
-It adds five things to ARQ's poll loop, described in docs/design.md ("Workers" and
+It adds six things to ARQ's poll loop, described in docs/design.md ("Workers" and
 "ARQ, and what batchd relies on", which lists every ARQ internal used here;
 tests/worker/test_arq_internals.py pins each one and fails naming it when ARQ changes):
 
@@ -17,6 +17,8 @@ tests/worker/test_arq_internals.py pins each one and fails naming it when ARQ ch
   queue's key (`Keys.wake`, batchd.core.wakeups).
 - **Short in-progress marks.** A started job's mark lasts `MARK_LEASES` leases, renewed
   while the job runs, rather than ARQ's job timeout.
+- **Job starts in one round trip.** A job's in-progress check and mark are one script
+  (core/lua/start_job.lua), not ARQ's WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from batchd.core.config import Settings
 from batchd.core.jobs import RUN_CHUNK, deserialize, serialize
 from batchd.core.logs import get_logger
 from batchd.core.redis_access import command_timeouts, connect
+from batchd.core.scripts import start_job_script
 from batchd.worker.outages import (
     REDIS_UNAVAILABLE,
     RETRY_ON,
@@ -167,6 +170,7 @@ class BatchdWorker(arq.Worker):
             **options,
         )
         self._poll_delay = poll_delay
+        self._start_job_script = start_job_script(self.pool)
         # ARQ marks a job it starts as in progress for the job's whole timeout (an hour),
         # and no worker starts it again meanwhile: a worker killed between that mark and
         # its claim of the job's chunk (which a lapsed lease would hand on) would leave
@@ -302,32 +306,65 @@ class BatchdWorker(arq.Worker):
         return list(self._job_queues)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's `start_jobs`, a job at a time, each in its queue's context (the task it
-        creates for the job copies the context: `run_job` and `finish_job` see the queue);
-        a job that could not be started gives its slot back."""
+        """arq's `start_jobs` (`_start_job`), a job at a time, each in its queue's context
+        (the task it creates for the job copies the context: `run_job` and `finish_job`
+        see the queue); a job that could not be started gives its slot back."""
         for job_id in job_ids:
             if self.job_counter >= self.max_jobs:
                 return
+            running = self.tasks.get(job_id.decode())
+            if running is not None and not running.done():
+                continue  # running here: still queued (until it ends) and marked
             queue = _job_queue.set(self._job_queues.get(job_id, self.queues[0]))
             try:
-                await super().start_jobs([job_id])
-                task = self.tasks.get(job_id.decode())
-                if task is not None:
-                    # Added after arq's own callback, which frees the job's slot: the
-                    # worker then looks at the queues at once, not at its next poll.
-                    task.add_done_callback(self._wake)
+                await self._start_job(job_id.decode())
             except Exception:
-                # arq took the slot before the Redis calls that failed: give it back.
-                self.job_counter -= 1
-                self.sem.release()
-                # The EXEC that set the job's in-progress key may have gone through with
-                # only its reply lost: the job, not started here, would then wait an hour
+                # The slot was taken before the Redis call that failed: give it back.
+                self._job_slot_freed()
+                # The script that set the job's in-progress key may have run with only
+                # its reply lost: the job, not started here, would then wait an hour
                 # for the key to expire. Clear it once Redis is back (a chunk job that
                 # another worker did start meanwhile tolerates a second start).
                 self._clear_later(job_id.decode())
                 raise
             finally:
                 _job_queue.reset(queue)
+
+    async def _start_job(self, job_id: str) -> None:
+        """arq's `start_jobs` for one job, its look and mark in one script
+        (core/lua/start_job.lua) rather than a WATCH, three commands and a MULTI/EXEC:
+        one round trip, where two workers reading the same queue head each made five for
+        every job that only one of them would get. As arq: a slot (`sem`, `job_counter`)
+        is taken before the Redis call and given back if the job is not started (the
+        caller gives it back if the call fails)."""
+        await self.sem.acquire()
+        if self.job_counter >= self.max_jobs:
+            self.sem.release()
+            return
+        self.job_counter += 1
+        mark_ms = round(self.in_progress_timeout_s * 1000)
+        score = await self._start_job_script(
+            keys=[in_progress_key_prefix + job_id, self.queue_name],
+            args=[job_id, timestamp_ms(), mark_ms],
+        )
+        if score is None:  # started elsewhere, done, or queued for later
+            self._job_slot_freed()
+            log.debug("job_not_started", job_id=job_id)
+            return
+        # The task copies the context, and with it the job's queue (`queue_name`).
+        task = asyncio.create_task(self.run_job(job_id, int(float(score))))
+        task.add_done_callback(self._job_ended)
+        self.tasks[job_id] = task
+
+    def _job_slot_freed(self) -> None:
+        self.job_counter -= 1
+        self.sem.release()
+
+    def _job_ended(self, _: object) -> None:
+        """The job's slot is free: the worker looks at the queues at once, not at its
+        next poll."""
+        self._job_slot_freed()
+        self._wake()
 
     # -- outages ----------------------------------------------------------------------
     async def run_job(self, job_id: str, score: int) -> None:

@@ -44,9 +44,8 @@ PINNED = {
     ),
     "start_jobs": (
         "b45797cfa40bed7f",
-        "takes sem and job_counter before its Redis calls, reads "
-        "zscore(self.queue_name, ...), and creates the job's task with "
-        "loop.create_task (which copies the context carrying the job's queue)",
+        "replaced whole by BatchdWorker.start_jobs and _start_job (its look and mark as "
+        "core/lua/start_job.lua): carry over whatever the new version does",
     ),
     "run_job": (
         "589a19059ff84ee7",
