@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -170,7 +170,7 @@ class BatchdWorker(arq.Worker):
             **options,
         )
         self._poll_delay = poll_delay
-        self._start_job_script = start_job_script(self.pool)
+        self._start_job_script: Callable[..., Awaitable[Any]] = start_job_script(self.pool)
         # ARQ marks a job it starts as in progress for the job's whole timeout (an hour),
         # and no worker starts it again meanwhile: a worker killed between that mark and
         # its claim of the job's chunk (which a lapsed lease would hand on) would leave
