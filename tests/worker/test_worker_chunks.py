@@ -352,14 +352,15 @@ async def test_items_in_flight_are_bounded_per_worker(redis: Redis, redis_url: s
     store = store_for(redis, settings)
     in_flight = 0
     most_in_flight = 0
-    most_tasks = 0
+    most_consumers = 0
     full = asyncio.Event()
 
     async def probe(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
-        nonlocal in_flight, most_in_flight, most_tasks
+        nonlocal in_flight, most_in_flight, most_consumers
         in_flight += 1
         most_in_flight = max(most_in_flight, in_flight)
-        most_tasks = max(most_tasks, len(asyncio.all_tasks()))
+        consumers = sum(t.get_name().startswith("consumer ") for t in asyncio.all_tasks())
+        most_consumers = max(most_consumers, consumers)
         if in_flight == 4:
             full.set()
         await full.wait()  # every item overlaps with others until the slots filled up once
@@ -368,12 +369,10 @@ async def test_items_in_flight_are_bounded_per_worker(redis: Redis, redis_url: s
 
     options = BatchOptions(chunk_size=60)
     batch_ids = [await submit(store, "test.probe", [{}] * 60, options=options) for _ in range(2)]
-    tasks_before = len(asyncio.all_tasks())
     await run_burst(settings, [Handler(name="test.probe", run=probe)])
     assert most_in_flight == 4
-    # Per chunk job: ARQ's task, the job's task, a flusher and at most 4 consumers; per
-    # worker: the heartbeat, the lease renewer and the maintenance sweep.
-    assert most_tasks - tasks_before <= 2 * (2 + 1 + 4) + 3 + 2
+    # A consumer per slot, and at most one more per chunk job, waiting for a slot.
+    assert most_consumers <= 4 + 2
     for batch_id in batch_ids:
         assert (await store.get_batch(batch_id)).counts.succeeded == 60
 
@@ -591,6 +590,32 @@ async def test_chunks_sharing_the_slots_start_no_more_consumers_than_slots(
     assert most_consumers <= 20 + 4
     for batch_id in batch_ids:
         assert (await store.get_batch(batch_id)).counts.succeeded == 80
+
+
+async def test_a_chunk_out_of_items_hands_its_consumers_on_to_the_next_chunks(
+    redis: Redis, redis_url: str
+) -> None:
+    # Six chunks of 60 items over 20 slots: as each chunk runs out of items, its consumers
+    # (and the slots they hold) go on to the next chunk's items rather than end, each
+    # slot freed then starting a new task: a few dozen consumer tasks, not one per item.
+    settings = settings_for(redis_url, worker_concurrency=20, worker_max_chunks=4)
+    store = store_for(redis, settings)
+    consumers: set[asyncio.Task[Any]] = set()
+
+    async def brief(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        consumers.add(task)
+        await asyncio.sleep(0.002)  # the item's work
+        return {}
+
+    options = BatchOptions(chunk_size=60)
+    batch_ids = [await submit(store, "test.brief", [{}] * 60, options=options) for _ in range(6)]
+    async with asyncio.timeout(30):
+        await run_burst(settings, [Handler(name="test.brief", run=brief)])
+    for batch_id in batch_ids:
+        assert (await store.get_batch(batch_id)).counts.succeeded == 60
+    assert len(consumers) <= 2 * 20 + 6
 
 
 async def test_items_that_never_wait_need_no_pool_of_consumers(
