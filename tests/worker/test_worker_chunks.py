@@ -95,6 +95,11 @@ async def all_items(store: BatchStore, batch_id: str) -> list[ItemView]:
     return items
 
 
+def consumer_tasks() -> int:
+    """The chunk runs' consumer tasks alive now (batchd.worker.chunk_runner names them)."""
+    return sum(task.get_name().startswith("consumer ") for task in asyncio.all_tasks())
+
+
 def output(item: ItemView) -> Any:
     assert item.output_json is not None
     return json.loads(item.output_json)
@@ -359,8 +364,7 @@ async def test_items_in_flight_are_bounded_per_worker(redis: Redis, redis_url: s
         nonlocal in_flight, most_in_flight, most_consumers
         in_flight += 1
         most_in_flight = max(most_in_flight, in_flight)
-        consumers = sum(t.get_name().startswith("consumer ") for t in asyncio.all_tasks())
-        most_consumers = max(most_consumers, consumers)
+        most_consumers = max(most_consumers, consumer_tasks())
         if in_flight == 4:
             full.set()
         await full.wait()  # every item overlaps with others until the slots filled up once
@@ -578,8 +582,7 @@ async def test_chunks_sharing_the_slots_start_no_more_consumers_than_slots(
 
     async def brief(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
         nonlocal most_consumers
-        consumers = sum(t.get_name().startswith("consumer ") for t in asyncio.all_tasks())
-        most_consumers = max(most_consumers, consumers)
+        most_consumers = max(most_consumers, consumer_tasks())
         await asyncio.sleep(0.002)  # the item's work
         return {}
 
