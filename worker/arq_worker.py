@@ -312,12 +312,13 @@ class BatchdWorker(arq.Worker):
         for job_id in job_ids:
             if self.job_counter >= self.max_jobs:
                 return
-            running = self.tasks.get(job_id.decode())
+            name = job_id.decode()
+            running = self.tasks.get(name)
             if running is not None and not running.done():
                 continue  # running here: still queued (until it ends) and marked
             queue = _job_queue.set(self._job_queues.get(job_id, self.queues[0]))
             try:
-                await self._start_job(job_id.decode())
+                await self._start_job(name)
             except Exception:
                 # The slot was taken before the Redis call that failed: give it back.
                 self._job_slot_freed()
@@ -325,7 +326,7 @@ class BatchdWorker(arq.Worker):
                 # its reply lost: the job, not started here, would then wait an hour
                 # for the key to expire. Clear it once Redis is back (a chunk job that
                 # another worker did start meanwhile tolerates a second start).
-                self._clear_later(job_id.decode())
+                self._clear_later(name)
                 raise
             finally:
                 _job_queue.reset(queue)

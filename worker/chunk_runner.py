@@ -384,7 +384,7 @@ class _ChunkRun:
     def _grow(self) -> None:
         """Called as a consumer starts an item while every consumer runs one and items
         wait: doubles the consumers, up to the free worker slots (a 500-slot worker
-        fills them in 9 steps) that no idle consumer will take."""
+        fills them in 9 steps) that no consumer started and not yet run will take."""
         free = self._unclaimed_slots()
         if free > 0:
             self._spawn(min(self._started, -(-free // self.block_size)))
