@@ -45,7 +45,7 @@ def handlers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_builtins_are_always_there() -> None:
     handlers = load_handlers()
     assert {"noop", "sleep", "http.request"} <= set(handlers)
-    assert handlers["http.request"].default_options.chunk_size == 50
+    assert handlers["http.request"].default_options.chunk_size == 100
     assert handlers["http.request"].default_options.retry_policy.max_attempts == 5
 
 
@@ -121,4 +121,4 @@ def test_handler_names_are_checked() -> None:
 def test_specs_carry_what_the_server_needs() -> None:
     specs = {s.name: s for s in registry.specs(load_handlers())}
     assert specs["sleep"].params_schema["required"] == ["seconds"]
-    assert specs["http.request"].default_options.chunk_size == 50
+    assert specs["http.request"].default_options.chunk_size == 100

@@ -159,7 +159,7 @@ def http_request_handler() -> Handler:
         ),
         params_schema=PARAMS_SCHEMA,
         default_options=BatchOptions(
-            chunk_size=50,
+            chunk_size=100,
             retry_policy=RetryPolicy(
                 max_attempts=5, min_backoff=0.2, max_backoff=60.0, max_doublings=5
             ),
