@@ -268,9 +268,14 @@ class _ChunkRun:
         )
         # Consumers, started as needed up to _pool_size: a handler that never waits
         # needs one or two, and a full pool of tasks per chunk would cost a run of cheap
-        # items more than its items do. `_idle` counts those not running an item,
-        # `_live` those not ended.
-        self._consumers: asyncio.TaskGroup | None = None
+        # items more than its items do. A consumer whose run is out of items goes on to
+        # another run's (`_serve`). `_members` are those serving this run now, `_idle`
+        # those of them not running an item, `_live` how many; the run ends once none is
+        # left (`_all_left`).
+        self._members: set[asyncio.Task[None]] = set()
+        self._all_left = asyncio.Event()
+        self._failure: BaseException | None = None  # a consumer's, raised by `run`
+        self._serving = False
         self._pool_size = 0
         self._started = 0
         self._live = 0
@@ -309,12 +314,15 @@ class _ChunkRun:
         runs, self._task = self.runtime.runs, asyncio.current_task()
         watchdog = asyncio.create_task(self._abandon_when_stale(), name="lease watchdog")
         try:
-            async with asyncio.TaskGroup() as consumers:
-                self._consumers = consumers
-                self._spawn(1)  # grows as its items wait (`_grow`)
-                runs[self] = None
+            self._serving = True
+            self._spawn(1)  # grows as its items wait (`_grow`)
+            runs[self] = None
+            await self._all_left.wait()
+            if self._failure is not None:
+                raise self._failure
         except BaseException:
             watchdog.cancel()
+            await self._stop_members()
             # Cancelled (the worker is stopping) or broken: record what is done and hand
             # the rest back, items cut short in flight included (they run again).
             self._count_end("interrupted", len(self.queue))
@@ -370,16 +378,107 @@ class _ChunkRun:
     def _spawn(self, count: int) -> int:
         """Starts up to `count` more consumers (never more than `_pool_size` live): how
         many it started."""
-        assert self._consumers is not None
+        assert self._serving
         count = max(min(count, self._pool_size - self._live), 0)
         for _ in range(count):
             self._started += 1
-            self._live += 1
-            self._idle += 1
             self._fresh += 1
-            consume = self._consume() if self.block_size == 1 else self._consume_blocks()
-            self._consumers.create_task(consume, name=f"consumer {self._started}")
+            consumer = _Consumer(self)
+            task = asyncio.create_task(self._serve(consumer), name=f"consumer {self._started}")
+            # However it ends (cancelled before it ever ran, say), it leaves its run.
+            task.add_done_callback(consumer.leave)
+            self._join(task)
         return count
+
+    def _join(self, consumer: asyncio.Task[None]) -> None:
+        self._members.add(consumer)
+        self._live += 1
+        self._idle += 1
+
+    def _leave(self, consumer: asyncio.Task[None]) -> None:
+        self._members.discard(consumer)
+        self._idle -= 1
+        self._live -= 1
+        if self._live == 0:
+            self._all_left.set()
+
+    async def _serve(self, consumer: _Consumer) -> None:
+        """A consumer's life: this run's items, then, while another run has items waiting
+        for consumers, that run's (`_next_run`), and so on: a slot this run no longer
+        needs goes on with the consumer holding it, not to a task started for it. A
+        consumer's failure (a bug: handlers' errors are outcomes) ends its run, as in a
+        task group: the run's other consumers are cancelled and `run` raises it."""
+        me = asyncio.current_task()
+        assert me is not None
+        consumer.started = True
+        self._fresh -= 1
+        run = self
+        while True:
+            try:
+                if not consumer.started:  # gone on to `run`: starts with the next loop pass
+                    await asyncio.sleep(0)
+                    consumer.started = True
+                    run._fresh -= 1
+                await (run._consume() if run.block_size == 1 else run._consume_blocks())
+            except asyncio.CancelledError:
+                consumer.leave(me)
+                raise
+            except BaseException as exc:
+                run._fail(exc, me)
+                consumer.leave(me)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            after = run._next_run()
+            consumer.leave(me)
+            if after is None:
+                if not run.queue:
+                    run._hand_on_slots()
+                return
+            after._join(me)
+            # It starts there with the loop's next pass, as a task started for it would,
+            # counted meanwhile as started and not yet run (`_unclaimed_slots`). Going on
+            # at once, each consumer sent its next request as it read its last response,
+            # one by one between the handling of the others', and a downstream woke for
+            # each; consumers going on together send theirs together.
+            after._fresh += 1
+            consumer.started = False
+            consumer.run = run = after
+
+    def _next_run(self) -> _ChunkRun | None:
+        """The run a consumer of this one, out of items, goes on to: the oldest with more
+        items waiting than idle consumers, if both take one item per call, and no run has
+        a span its consumers' items must be children of."""
+        if (
+            self.block_size != 1
+            or self.runtime.tracing is not None
+            or self.queue
+            or self.runtime.in_flight.free <= 0  # its slot went to a consumer in line
+        ):
+            return None
+        for run in self.runtime.runs:
+            if (
+                run is not self
+                and run.block_size == 1
+                and len(run.queue) > run._idle
+                and run._takes_consumers()
+            ):
+                return run
+        return None
+
+    def _fail(self, exc: BaseException, consumer: asyncio.Task[None]) -> None:
+        if self._failure is None:
+            self._failure = exc
+        for other in self._members:
+            if other is not consumer:
+                other.cancel()
+
+    async def _stop_members(self) -> None:
+        """Cancels the consumers serving this run and waits for them to leave."""
+        for consumer in list(self._members):
+            consumer.cancel()
+        if self._live > 0:
+            await self._all_left.wait()
 
     def _grow(self) -> None:
         """Called as a consumer starts an item while every consumer runs one and items
@@ -424,7 +523,6 @@ class _ChunkRun:
         running, abandoning = self._running, self._abandoning
         me = asyncio.current_task()
         assert me is not None
-        self._fresh -= 1
         since_yield = 0
         while True:
             # A handler that never awaits would otherwise starve flushes and renewals;
@@ -479,14 +577,10 @@ class _ChunkRun:
                 continue
             recorder.add_one(outcome, last=not lease.in_flight and not queue)
             since_yield += 1
-        self._idle -= 1
-        self._live -= 1
-        if not queue:
-            self._hand_on_slots()
 
     def _takes_consumers(self) -> bool:
-        """Another run may start consumers here: items wait, and its task group takes
-        tasks (it refuses them once its last consumer ended or its job is cancelled)."""
+        """Another run may start or send consumers here: items wait, and it has consumers
+        (it ends once the last has left) and its job is not cancelled."""
         task = self._task
         return (
             self._live > 0
@@ -506,7 +600,6 @@ class _ChunkRun:
         me = asyncio.current_task()
         assert handler is not None
         assert me is not None
-        self._fresh -= 1
         since_yield = 0
         while True:
             if since_yield >= YIELD_EVERY:
@@ -569,10 +662,6 @@ class _ChunkRun:
             for position, outcome in enumerate(outcomes, 1 - count):
                 recorder.add_one(outcome, last=last and position == 0)
             since_yield += count
-        self._idle -= 1
-        self._live -= 1
-        if not queue:
-            self._hand_on_slots()
 
     def _stops_starting(self, holding: bool = False) -> bool:
         """`holding`: asked by a consumer holding an item it took out of the queue."""
@@ -620,6 +709,26 @@ class _ChunkRun:
         left = list(self.queue)
         self.queue.clear()
         return left
+
+
+class _Consumer:
+    """Which run a consumer task serves now (None once it left the last), and whether it
+    has run there (a consumer gone on to a run starts there with the next loop pass)."""
+
+    __slots__ = ("run", "started")
+
+    def __init__(self, run: _ChunkRun) -> None:
+        self.run: _ChunkRun | None = run
+        self.started = False
+
+    def leave(self, task: asyncio.Task[None]) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        if not self.started:  # cancelled before it ran there: its start no longer pending
+            self.started = True
+            run._fresh -= 1
+        run._leave(task)
 
 
 class _BlockSlowDown:

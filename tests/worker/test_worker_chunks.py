@@ -595,6 +595,32 @@ async def test_chunks_sharing_the_slots_start_no_more_consumers_than_slots(
         assert (await store.get_batch(batch_id)).counts.succeeded == 80
 
 
+async def test_a_chunk_out_of_items_hands_its_consumers_on_to_the_next_chunks(
+    redis: Redis, redis_url: str
+) -> None:
+    # Six chunks of 60 items over 20 slots: as each chunk runs out of items, its consumers
+    # (and the slots they hold) go on to the next chunk's items rather than end and have
+    # each slot they free start a new task: a few dozen consumer tasks, not one per item.
+    settings = settings_for(redis_url, worker_concurrency=20, worker_max_chunks=4)
+    store = store_for(redis, settings)
+    consumers: set[asyncio.Task[Any]] = set()
+
+    async def brief(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        consumers.add(task)
+        await asyncio.sleep(0.002)  # the item's work
+        return {}
+
+    options = BatchOptions(chunk_size=60)
+    batch_ids = [await submit(store, "test.brief", [{}] * 60, options=options) for _ in range(6)]
+    async with asyncio.timeout(30):
+        await run_burst(settings, [Handler(name="test.brief", run=brief)])
+    for batch_id in batch_ids:
+        assert (await store.get_batch(batch_id)).counts.succeeded == 60
+    assert len(consumers) <= 2 * 20 + 6
+
+
 async def test_items_that_never_wait_need_no_pool_of_consumers(
     redis: Redis, redis_url: str
 ) -> None:
