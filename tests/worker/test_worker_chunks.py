@@ -7,7 +7,7 @@ import asyncio
 import json
 import textwrap
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -569,6 +569,30 @@ async def test_a_chunk_of_slow_items_fills_every_worker_slot(redis: Redis, redis
     assert (await store.get_batch(batch_id)).counts.succeeded == 500
 
 
+async def run_brief_chunks(
+    redis: Redis, redis_url: str, chunks: int, size: int, on_item: Callable[[], None]
+) -> None:
+    """`chunks` batches of one chunk of `size` brief items (2 ms each), run by a worker of
+    20 slots holding up to 4 chunks, `on_item` called as each item starts; every item
+    must succeed."""
+    settings = settings_for(redis_url, worker_concurrency=20, worker_max_chunks=4)
+    store = store_for(redis, settings)
+
+    async def brief(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+        on_item()
+        await asyncio.sleep(0.002)  # the item's work
+        return {}
+
+    options = BatchOptions(chunk_size=size)
+    batch_ids = [
+        await submit(store, "test.brief", [{}] * size, options=options) for _ in range(chunks)
+    ]
+    async with asyncio.timeout(30):
+        await run_burst(settings, [Handler(name="test.brief", run=brief)])
+    for batch_id in batch_ids:
+        assert (await store.get_batch(batch_id)).counts.succeeded == size
+
+
 async def test_chunks_sharing_the_slots_start_no_more_consumers_than_slots(
     redis: Redis, redis_url: str
 ) -> None:
@@ -576,23 +600,14 @@ async def test_chunks_sharing_the_slots_start_no_more_consumers_than_slots(
     # beyond the slots waits in their line, and then every slot freed goes to a waiter
     # while the consumer that freed it waits in turn: a hand-over per item. Only a run's
     # first consumer may wait (its run has no slot yet).
-    settings = settings_for(redis_url, worker_concurrency=20, worker_max_chunks=4)
-    store = store_for(redis, settings)
     most_consumers = 0
 
-    async def brief(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+    def count() -> None:
         nonlocal most_consumers
         most_consumers = max(most_consumers, consumer_tasks())
-        await asyncio.sleep(0.002)  # the item's work
-        return {}
 
-    options = BatchOptions(chunk_size=80)
-    batch_ids = [await submit(store, "test.brief", [{}] * 80, options=options) for _ in range(4)]
-    async with asyncio.timeout(30):
-        await run_burst(settings, [Handler(name="test.brief", run=brief)])
+    await run_brief_chunks(redis, redis_url, 4, 80, count)
     assert most_consumers <= 20 + 4
-    for batch_id in batch_ids:
-        assert (await store.get_batch(batch_id)).counts.succeeded == 80
 
 
 async def test_a_chunk_out_of_items_hands_its_consumers_on_to_the_next_chunks(
@@ -601,23 +616,14 @@ async def test_a_chunk_out_of_items_hands_its_consumers_on_to_the_next_chunks(
     # Six chunks of 60 items over 20 slots: as each chunk runs out of items, its consumers
     # (and the slots they hold) go on to the next chunk's items rather than end and have
     # each slot they free start a new task: a few dozen consumer tasks, not one per item.
-    settings = settings_for(redis_url, worker_concurrency=20, worker_max_chunks=4)
-    store = store_for(redis, settings)
     consumers: set[asyncio.Task[Any]] = set()
 
-    async def brief(params: dict[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
+    def note() -> None:
         task = asyncio.current_task()
         assert task is not None
         consumers.add(task)
-        await asyncio.sleep(0.002)  # the item's work
-        return {}
 
-    options = BatchOptions(chunk_size=60)
-    batch_ids = [await submit(store, "test.brief", [{}] * 60, options=options) for _ in range(6)]
-    async with asyncio.timeout(30):
-        await run_burst(settings, [Handler(name="test.brief", run=brief)])
-    for batch_id in batch_ids:
-        assert (await store.get_batch(batch_id)).counts.succeeded == 60
+    await run_brief_chunks(redis, redis_url, 6, 60, note)
     assert len(consumers) <= 2 * 20 + 6
 
 
