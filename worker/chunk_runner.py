@@ -447,8 +447,9 @@ class _ChunkRun:
 
     def _next_run(self) -> _ChunkRun | None:
         """The run a consumer of this one, out of items, goes on to: the oldest with more
-        items waiting than idle consumers, if both take one item per call, and no run has
-        a span its consumers' items must be children of."""
+        items waiting than idle consumers and fewer consumers than its pool may have (its
+        batch's max_concurrent), if both take one item per call, and no run has a span
+        its consumers' items must be children of."""
         if (
             self.block_size != 1
             or self.runtime.tracing is not None
@@ -461,6 +462,7 @@ class _ChunkRun:
                 run is not self
                 and run.block_size == 1
                 and len(run.queue) > run._idle
+                and run._live < run._pool_size
                 and run._takes_consumers()
             ):
                 return run
