@@ -270,15 +270,12 @@ class _ChunkRun:
         # needs one or two, and a full pool of tasks per chunk would cost a run of cheap
         # items more than its items do. A consumer whose run is out of items goes on to
         # another run's (`_serve`). `_members` are those serving this run now, `_idle`
-        # those of them not running an item, `_live` how many; the run ends once none is
-        # left (`_all_left`).
+        # those of them not running an item; the run ends once none is left (`_all_left`).
         self._members: set[asyncio.Task[None]] = set()
         self._all_left = asyncio.Event()
         self._failure: BaseException | None = None  # a consumer's, raised by `run`
-        self._serving = False
         self._pool_size = 0
         self._started = 0
-        self._live = 0
         self._idle = 0
         self._fresh = 0  # started and not yet run (`_unclaimed_slots`)
         self._task: asyncio.Task[Any] | None = None  # the job's, which runs the run
@@ -314,7 +311,6 @@ class _ChunkRun:
         runs, self._task = self.runtime.runs, asyncio.current_task()
         watchdog = asyncio.create_task(self._abandon_when_stale(), name="lease watchdog")
         try:
-            self._serving = True
             self._spawn(1)  # grows as its items wait (`_grow`)
             runs[self] = None
             await self._all_left.wait()
@@ -378,8 +374,7 @@ class _ChunkRun:
     def _spawn(self, count: int) -> int:
         """Starts up to `count` more consumers (never more than `_pool_size` live): how
         many it started."""
-        assert self._serving
-        count = max(min(count, self._pool_size - self._live), 0)
+        count = max(min(count, self._pool_size - len(self._members)), 0)
         for _ in range(count):
             self._started += 1
             self._fresh += 1
@@ -392,14 +387,12 @@ class _ChunkRun:
 
     def _join(self, consumer: asyncio.Task[None]) -> None:
         self._members.add(consumer)
-        self._live += 1
         self._idle += 1
 
     def _leave(self, consumer: asyncio.Task[None]) -> None:
         self._members.discard(consumer)
         self._idle -= 1
-        self._live -= 1
-        if self._live == 0:
+        if not self._members:
             self._all_left.set()
 
     async def _serve(self, consumer: _Consumer) -> None:
@@ -410,16 +403,14 @@ class _ChunkRun:
         task group: the run's other consumers are cancelled and `run` raises it."""
         me = asyncio.current_task()
         assert me is not None
-        consumer.started = True
-        self._fresh -= 1
+        consumer.arrive()
         run = self
         while True:
             try:
                 if not consumer.started:  # gone on to `run`: starts with the next loop pass
                     await asyncio.sleep(0)
-                    consumer.started = True
-                    run._fresh -= 1
-                await (run._consume() if run.block_size == 1 else run._consume_blocks())
+                    consumer.arrive()
+                await (run._consume(me) if run.block_size == 1 else run._consume_blocks(me))
             except asyncio.CancelledError:
                 consumer.leave(me)
                 raise
@@ -462,7 +453,7 @@ class _ChunkRun:
                 run is not self
                 and run.block_size == 1
                 and len(run.queue) > run._idle
-                and run._live < run._pool_size
+                and len(run._members) < run._pool_size
                 and run._takes_consumers()
             ):
                 return run
@@ -479,7 +470,7 @@ class _ChunkRun:
         """Cancels the consumers serving this run and waits for them to leave."""
         for consumer in list(self._members):
             consumer.cancel()
-        if self._live > 0:
+        if self._members:
             await self._all_left.wait()
 
     def _grow(self) -> None:
@@ -518,13 +509,11 @@ class _ChunkRun:
             if free <= 0:
                 return
 
-    async def _consume(self) -> None:
+    async def _consume(self, me: asyncio.Task[None]) -> None:
         # Locals: this loop runs once per item, so its lookups are kept off `self`.
         queue, gate, recorder, lease = self.queue, self.gate, self.recorder, self.lease
         handler, claimed, log, run = self.handler, self.claimed, self.log, self._run_item
         running, abandoning = self._running, self._abandoning
-        me = asyncio.current_task()
-        assert me is not None
         since_yield = 0
         while True:
             # A handler that never awaits would otherwise starve flushes and renewals;
@@ -532,6 +521,8 @@ class _ChunkRun:
             if since_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0
+            if not queue:  # out of items (what `_stops_starting` would say first)
+                break
             if (self._stops_starting() or not lease.live) and not await self._may_start():
                 break
             item = queue.popleft()
@@ -585,13 +576,13 @@ class _ChunkRun:
         (it ends once the last has left) and its job is not cancelled."""
         task = self._task
         return (
-            self._live > 0
+            len(self._members) > 0
             and task is not None
             and not task.cancelling()
             and not self._stops_starting()
         )
 
-    async def _consume_blocks(self) -> None:
+    async def _consume_blocks(self, me: asyncio.Task[None]) -> None:
         """`_consume` for a handler taking blocks: starts up to `block_size` items in one
         `run_many` call. The first item is admitted as in `_consume` (waiting if need
         be, Redis asked for a block's worth); the others only with what is at hand, so a
@@ -599,14 +590,14 @@ class _ChunkRun:
         queue, gate, recorder, lease = self.queue, self.gate, self.recorder, self.lease
         handler, claimed, log, size = self.handler, self.claimed, self.log, self.block_size
         running, abandoning = self._running, self._abandoning
-        me = asyncio.current_task()
         assert handler is not None
-        assert me is not None
         since_yield = 0
         while True:
             if since_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0
+            if not queue:  # out of items (what `_stops_starting` would say first)
+                break
             if (self._stops_starting() or not lease.live) and not await self._may_start():
                 break
             item = queue.popleft()
@@ -724,13 +715,19 @@ class _Consumer:
         self.started = False
 
     def leave(self, task: asyncio.Task[None]) -> None:
-        run, self.run = self.run, None
+        run = self.run
         if run is None:
             return
         if not self.started:  # cancelled before it ran there: its start no longer pending
-            self.started = True
-            run._fresh -= 1
+            self.arrive()
+        self.run = None
         run._leave(task)
+
+    def arrive(self) -> None:
+        """It runs in its run now: no longer one started and not yet run."""
+        assert self.run is not None
+        self.started = True
+        self.run._fresh -= 1
 
 
 class _BlockSlowDown:
