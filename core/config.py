@@ -419,7 +419,8 @@ class Settings:
     gc_threshold: int = setting(
         10_000,
         "allocations between collections of Python's youngest garbage-collector generation "
-        "in batchd's processes (the interpreter's default: 700); 0 leaves it as it is",
+        "in batchd's processes (the interpreter's default: 700), raised by a server to ten "
+        "per open watch stream where that is more; 0 leaves it as it is",
         read_by=SHARED,
     )
     auth: str = setting(

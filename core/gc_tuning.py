@@ -10,13 +10,36 @@ freezing what startup built keep both rare (figures: docs/performance.md, `sleep
 
 Reference cycles still get collected, only later: a process holds at most a threshold's
 worth of young container objects more.
+
+A server's open streams (WatchProgress, WatchBatches) each keep about ten young objects
+alive between two of their messages (a wait's future and coroutines, gRPC's operations),
+and a young collection walks every young object still alive: with thousands of streams
+open, each collection stops the event loop for tens of milliseconds, and a batch's end,
+every stream's last message and close at once, meets several. A server therefore raises
+the threshold with its open streams (`scale_with_streams`): the more each collection
+walks, the less often it collects (docs/performance.md, "Watchers by the thousand").
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from collections.abc import Callable
 
-__all__ = ["tune_gc"]
+__all__ = [
+    "YOUNG_PER_STREAM",
+    "YOUNG_THRESHOLD_MAX",
+    "scale_with_streams",
+    "tune_gc",
+    "young_threshold_for",
+]
+
+# Young objects an open stream keeps alive between its messages, about.
+YOUNG_PER_STREAM = 10
+# The threshold grows no further with streams (a hundred thousand of them).
+YOUNG_THRESHOLD_MAX = 1_000_000
+# Seconds between two looks at how many streams are open.
+STREAMS_LOOK_EVERY = 1.0
 
 
 def tune_gc(young_threshold: int) -> None:
@@ -28,3 +51,28 @@ def tune_gc(young_threshold: int) -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(young_threshold, middle, old)
+
+
+def young_threshold_for(base: int, streams: int) -> int:
+    """The young threshold for a process holding `streams` open streams: `base`, or
+    YOUNG_PER_STREAM per stream where that is more (at most YOUNG_THRESHOLD_MAX)."""
+    return max(base, min(streams * YOUNG_PER_STREAM, YOUNG_THRESHOLD_MAX))
+
+
+async def scale_with_streams(streams: Callable[[], int], every: float = STREAMS_LOOK_EVERY) -> None:
+    """Keeps the young threshold at `young_threshold_for(base, streams())`, looked at
+    every `every` seconds, `base` being the threshold as this starts; puts `base` back
+    when cancelled."""
+    base = current = gc.get_threshold()[0]
+    try:
+        while True:
+            await asyncio.sleep(every)
+            wanted = young_threshold_for(base, streams())
+            if wanted != current:
+                _, middle, old = gc.get_threshold()
+                gc.set_threshold(wanted, middle, old)
+                current = wanted
+    finally:
+        if current != base:
+            _, middle, old = gc.get_threshold()
+            gc.set_threshold(base, middle, old)

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from batchd.core.background import BackgroundTasks
 from batchd.core.config import SettingError, Settings
+from batchd.core.gc_tuning import scale_with_streams
 from batchd.core.logs import get_logger
 from batchd.core.maintenance import maintenance_loop
 from batchd.core.metrics import Listener, OutageClock
@@ -220,6 +221,8 @@ async def start_server(
             await redis.aclose()
             raise
     background = BackgroundTasks()
+    if settings.gc_threshold > 0:  # 0: the interpreter's settings, left alone
+        background.spawn(scale_with_streams(watchers_open), "gc-threshold")
     if watchers is not None:
         await watchers.heartbeat()  # counted among the live servers before any watch
         background.spawn(watchers.run(), "watch-heartbeat")

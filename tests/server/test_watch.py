@@ -4,12 +4,15 @@ snapshot, then OK."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from support.polling import poll
 
+from batchd.core.gc_tuning import YOUNG_PER_STREAM
 from batchd.core.store import BatchStore
 from batchd.core.throttle import buckets_for
 from batchd.server.app import BatchdServer
@@ -131,6 +134,13 @@ async def test_thousands_of_watchers_arriving_at_once_are_all_served(
         assert [
             f for f in firsts if not isinstance(f, batch_service_pb2.WatchProgressResponse)
         ] == []
+
+        # Meanwhile the server collects its youngest generation less often (batchd.core.
+        # gc_tuning): each stream keeps young objects alive that every collection walks.
+        async def threshold_raised() -> bool | None:
+            return True if gc.get_threshold()[0] >= 3000 * YOUNG_PER_STREAM else None
+
+        await poll(threshold_raised, within=10)
         await stub.CancelBatch(batch_service_pb2.CancelBatchRequest(batch_id=batch_id))
         ends = await asyncio.gather(*(read_to_end(call) for call in calls))
         assert {rest[-1].progress.state for rest in ends} == {batch_pb2.BATCH_STATE_CANCELLED}
