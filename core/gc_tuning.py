@@ -17,7 +17,8 @@ and a young collection walks every young object still alive: with thousands of s
 open, each collection stops the event loop for tens of milliseconds, and a batch's end,
 every stream's last message and close at once, meets several. A server therefore raises
 the threshold with its open streams (`scale_with_streams`): the more each collection
-walks, the less often it collects (docs/performance.md, "Watchers by the thousand").
+walks, the less often it collects (docs/performance.md, "Watch streams and the
+garbage collector").
 """
 
 from __future__ import annotations
