@@ -50,8 +50,7 @@ def tune_gc(young_threshold: int) -> None:
     if young_threshold <= 0:
         return
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(young_threshold, middle, old)
+    _set_young(young_threshold)
 
 
 def young_threshold_for(base: int, streams: int) -> int:
@@ -70,10 +69,14 @@ async def scale_with_streams(streams: Callable[[], int], every: float = STREAMS_
             await asyncio.sleep(every)
             wanted = young_threshold_for(base, streams())
             if wanted != current:
-                _, middle, old = gc.get_threshold()
-                gc.set_threshold(wanted, middle, old)
+                _set_young(wanted)
                 current = wanted
     finally:
         if current != base:
-            _, middle, old = gc.get_threshold()
-            gc.set_threshold(base, middle, old)
+            _set_young(base)
+
+
+def _set_young(threshold: int) -> None:
+    """Sets the youngest generation's threshold, the older ones' left as they are."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(threshold, middle, old)
