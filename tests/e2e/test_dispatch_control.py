@@ -33,15 +33,19 @@ if TYPE_CHECKING:
 
 @dataclass
 class Starts:
-    """A handler that records when each item starts (per batch), then takes `delay`."""
+    """A handler that records when each item starts (per batch), then waits for `gate`
+    if given, then takes `delay`."""
 
     delay: float = 0.0
+    gate: asyncio.Event | None = None
     times: dict[str, list[float]] = field(default_factory=dict)
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, params: Mapping[str, Any], ctx: ItemContext) -> Mapping[str, Any]:
         self.times.setdefault(ctx.batch_id, []).append(time.monotonic())
         self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)  # the item's work
         return {}
@@ -244,7 +248,9 @@ async def test_admission_limits_refuse_with_retry_and_quota_details(redis_url: s
 
 
 async def test_update_batch_changes_options_and_rejects_bad_masks(redis_url: str) -> None:
-    async with service(redis_url, Starts()) as svc:
+    # The items started before the pause wait for the gate: the batch cannot end first.
+    gate = asyncio.Event()
+    async with service(redis_url, Starts(gate=gate)) as svc:
         client = svc.client
         submitted = await client.submit("test.starts", items(20), options={"chunk_size": 5})
         batch_id = submitted.batch.batch_id
@@ -270,6 +276,7 @@ async def test_update_batch_changes_options_and_rejects_bad_masks(redis_url: str
             await client.update(batch_id)
         assert none_given.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert (await client.get(batch_id)).options.priority == 7
+        gate.set()
         await client.resume(batch_id)
         assert (await final(client, batch_id)).counts.succeeded == 20
 
